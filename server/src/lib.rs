@@ -1,0 +1,28 @@
+//! Keyhold: a secrets server that speaks HashiCorp Vault's HTTP API.
+//!
+//! See ARCHITECTURE.md at the repository root for the bird's-eye view. The
+//! path of a request: `http` (TLS, envelope) -> `core` (token, ACL, audit,
+//! router) -> a mounted engine (`secrets`, `auth`, the system backend) ->
+//! `logical::StorageView` -> `barrier` (AES-256-GCM) -> `physical`.
+
+#![deny(unsafe_code)]
+
+pub mod audit;
+pub mod auth;
+pub mod barrier;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod core;
+pub mod error;
+pub mod http;
+pub mod logical;
+pub mod memlock;
+pub mod metrics;
+pub mod physical;
+pub mod policy;
+pub mod seal;
+pub mod secrets;
+
+/// The version every node reports in `sys/health` and `sys/seal-status`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,82 @@
+//! Physical storage: the durable key/value layer under the barrier.
+//!
+//! Everything the server persists goes through [`Backend`]. Values arriving here
+//! from the barrier are already ciphertext; only the barrier's own bookkeeping
+//! (seal configuration, wrapped root key) is stored in the clear, as in Vault.
+//!
+//! Implementations: [`inmem::InmemBackend`] for `-dev` and tests, and
+//! [`sled_store::SledStore`], the durable store that the Raft state machine
+//! is built on. Every implementation passes the same conformance suite
+//! ([`conformance`]).
+
+pub mod inmem;
+pub mod sled_store;
+
+#[cfg(test)]
+pub(crate) mod conformance;
+
+use async_trait::async_trait;
+
+/// Errors from a storage layer (physical store or barrier).
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("storage I/O failed: {0}")]
+    Io(String),
+    #[error("the storage value at {key:?} failed its integrity check; it was not returned")]
+    Integrity { key: String },
+    #[error("Vault is sealed")]
+    Sealed,
+    #[error("storage key {key:?} is invalid: {reason}")]
+    InvalidKey { key: String, reason: &'static str },
+    #[error("the value for {key:?} is {size} bytes, over the {limit}-byte limit")]
+    TooLarge {
+        key: String,
+        size: usize,
+        limit: usize,
+    },
+}
+
+/// One operation of an atomic [`Backend::transaction`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum TxnOp {
+    Put { key: String, value: Vec<u8> },
+    Delete { key: String },
+}
+
+/// A key/value store with Vault's list semantics.
+///
+/// Keys are `/`-separated paths. `list(prefix)` returns the names directly under
+/// `prefix`: plain keys as their last segment, and each sub-folder once with a
+/// trailing `/`. A write is durable when the call returns.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError>;
+    async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), StorageError>;
+    async fn delete(&self, key: &str) -> Result<(), StorageError>;
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError>;
+    /// Applies every operation or none of them.
+    async fn transaction(&self, ops: Vec<TxnOp>) -> Result<(), StorageError>;
+}
+
+/// Folds full keys under `prefix` into Vault's list answer (sorted, folders once).
+pub fn list_children<'a>(prefix: &str, keys: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for key in keys {
+        let Some(rest) = key.strip_prefix(prefix) else {
+            continue;
+        };
+        if rest.is_empty() {
+            continue;
+        }
+        let child = match rest.find('/') {
+            Some(i) => &rest[..=i],
+            None => rest,
+        };
+        if out.last().map(String::as_str) != Some(child) {
+            out.push(child.to_string());
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
