@@ -23,6 +23,7 @@ pub mod physical;
 pub mod policy;
 pub mod seal;
 pub mod secrets;
+pub mod server;
 
 /// The version every node reports in `sys/health` and `sys/seal-status`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
