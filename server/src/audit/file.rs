@@ -1,0 +1,508 @@
+//! The `file` audit device: appends lines to a file, stdout, or nowhere
+//! (`discard`).
+//!
+//! Every device owns one writer thread fed by a bounded queue, and the async
+//! side only ever waits on a confirmation with a deadline. A file that blocks
+//! (a FIFO without a reader, a hung NFS mount, a full pipe on stdout) therefore
+//! stalls that thread alone: requests see the device fail after the write
+//! timeout, and while it stays blocked they see it fail at once, without
+//! waiting, so one stuck device never hangs the server (hashicorp/vault#5361).
+//! The thread opens the file itself, so even opening a FIFO cannot block the
+//! caller.
+//!
+//! Like Vault, the device keeps writing to the file it opened until it is
+//! reopened (SIGHUP): a file that is renamed or deleted underneath it keeps
+//! receiving lines (a deleted one invisibly, hashicorp/vault#31718), which is
+//! what lets logrotate move the file before signalling.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
+use std::path::PathBuf;
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::entry::FormatOptions;
+use crate::error::{Error, Result};
+
+/// Lines a device may have queued before further writes fail at once.
+const QUEUE_DEPTH: usize = 256;
+
+const DEFAULT_MODE: u32 = 0o600;
+
+const SUPPORTED_OPTIONS: &[&str] = &[
+    "file_path",
+    "path",
+    "log_raw",
+    "hmac_accessor",
+    "mode",
+    "format",
+    "prefix",
+    "elide_list_responses",
+];
+
+/// Where a file device writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Target {
+    Stdout,
+    Discard,
+    File {
+        path: PathBuf,
+        /// `None` for `mode=0000`: create with the default and never chmod.
+        mode: Option<u32>,
+    },
+}
+
+/// A file device's validated options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FileOptions {
+    pub target: Target,
+    pub format: FormatOptions,
+}
+
+impl FileOptions {
+    pub(crate) fn parse(options: &BTreeMap<String, String>) -> Result<FileOptions> {
+        if let Some(unknown) = options
+            .keys()
+            .find(|k| !SUPPORTED_OPTIONS.contains(&k.as_str()))
+        {
+            return Err(Error::invalid(format!(
+                "unknown option {unknown:?} for the file audit device; supported: {}",
+                SUPPORTED_OPTIONS.join(", ")
+            )));
+        }
+        let file_path = options
+            .get("file_path")
+            .or_else(|| options.get("path"))
+            .filter(|p| !p.trim().is_empty())
+            .ok_or_else(|| {
+                Error::invalid(
+                    "file_path is required for the file audit device \
+                     (a file path, \"stdout\" or \"discard\")",
+                )
+            })?;
+        let mode = match options.get("mode") {
+            None => DEFAULT_MODE,
+            Some(text) => parse_mode(text)?,
+        };
+        let target = match file_path.as_str() {
+            "stdout" => Target::Stdout,
+            "discard" => Target::Discard,
+            path => Target::File {
+                path: PathBuf::from(path),
+                mode: (mode != 0).then_some(mode),
+            },
+        };
+        match options.get("format").map(String::as_str) {
+            None | Some("json") => {}
+            Some("jsonx") => {
+                return Err(Error::invalid(
+                    "format \"jsonx\" is not supported by this build; use format=json",
+                ))
+            }
+            Some(other) => {
+                return Err(Error::invalid(format!(
+                    "unknown format {other:?}; supported: json"
+                )))
+            }
+        }
+        let format = FormatOptions {
+            log_raw: parse_bool(options, "log_raw", false)?,
+            hmac_accessor: parse_bool(options, "hmac_accessor", true)?,
+            elide_list_responses: parse_bool(options, "elide_list_responses", false)?,
+            prefix: options.get("prefix").cloned().unwrap_or_default(),
+        };
+        Ok(FileOptions { target, format })
+    }
+}
+
+/// Go's `strconv.ParseBool`, which Vault uses for device options.
+fn parse_bool(options: &BTreeMap<String, String>, key: &str, default: bool) -> Result<bool> {
+    match options.get(key).map(String::as_str) {
+        None | Some("") => Ok(default),
+        Some("1" | "t" | "T" | "true" | "TRUE" | "True") => Ok(true),
+        Some("0" | "f" | "F" | "false" | "FALSE" | "False") => Ok(false),
+        Some(other) => Err(Error::invalid(format!(
+            "{key}: {other:?} is not a boolean; use true or false"
+        ))),
+    }
+}
+
+fn parse_mode(text: &str) -> Result<u32> {
+    let mode = u32::from_str_radix(text.trim(), 8).map_err(|_| {
+        Error::invalid(format!(
+            "mode: {text:?} is not an octal file mode such as \"0600\""
+        ))
+    })?;
+    if mode > 0o777 {
+        return Err(Error::invalid(format!(
+            "mode: {text:?} is out of range; use permission bits such as \"0600\""
+        )));
+    }
+    if mode & 0o111 != 0 {
+        return Err(Error::invalid(format!(
+            "mode: {text:?} has executable bits; an audit log needs none (e.g. \"0600\")"
+        )));
+    }
+    Ok(mode)
+}
+
+/// What the writer thread is asked to do.
+enum Job {
+    Write {
+        line: Vec<u8>,
+        done: oneshot::Sender<io::Result<()>>,
+    },
+    Reopen {
+        done: oneshot::Sender<io::Result<()>>,
+    },
+}
+
+/// State shared between the async side and the writer thread.
+#[derive(Default)]
+struct Shared {
+    /// When the thread started the job (or open) it is busy with; `None` when
+    /// idle. A job older than the write timeout means the device is blocked.
+    busy_since: Mutex<Option<Instant>>,
+}
+
+impl Shared {
+    fn set_busy(&self, busy: bool) {
+        *self.busy_since.lock().unwrap_or_else(|p| p.into_inner()) = busy.then(Instant::now);
+    }
+
+    fn busy_for(&self) -> Option<Duration> {
+        self.busy_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|t| t.elapsed())
+    }
+}
+
+/// Why one device did not log a line. Never carries entry contents.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WriteError {
+    #[error("blocked: a write has been pending for {0:?}")]
+    Blocked(Duration),
+    #[error("queue full ({QUEUE_DEPTH} lines waiting on the writer)")]
+    QueueFull,
+    #[error("write not confirmed within {0:?}")]
+    Timeout(Duration),
+    #[error("writer thread stopped")]
+    Stopped,
+    #[error("{0}")]
+    Io(io::Error),
+}
+
+/// A started write: resolves when the writer thread has written and flushed
+/// the line, failed to, or the deadline passed.
+pub(crate) struct PendingWrite {
+    done: oneshot::Receiver<io::Result<()>>,
+    timeout: Duration,
+}
+
+impl PendingWrite {
+    pub(crate) async fn wait(self, deadline: tokio::time::Instant) -> Result<(), WriteError> {
+        match tokio::time::timeout_at(deadline, self.done).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(WriteError::Io(e)),
+            Ok(Err(_)) => Err(WriteError::Stopped),
+            Err(_) => Err(WriteError::Timeout(self.timeout)),
+        }
+    }
+}
+
+/// The async handle on one file device's writer thread. Dropping it stops
+/// the thread once the thread is done with what it has (a thread blocked
+/// forever in `open` or `write` stays blocked, holding nothing but the file).
+pub(crate) struct FileSink {
+    jobs: SyncSender<Job>,
+    shared: Arc<Shared>,
+    timeout: Duration,
+}
+
+impl FileSink {
+    /// Starts the writer thread, which opens the target. Waits for the open
+    /// (up to `timeout`) so that a missing directory or a permission problem
+    /// is reported to whoever enables the device; a FIFO's open is not waited
+    /// for, since it blocks until a reader appears.
+    pub(crate) async fn open(name: &str, target: Target, timeout: Duration) -> Result<FileSink> {
+        let (jobs, queue) = mpsc::sync_channel(QUEUE_DEPTH);
+        let shared = Arc::new(Shared::default());
+        let (opened_tx, opened_rx) = oneshot::channel();
+        let description = describe(&target);
+        let writer = Writer {
+            target,
+            out: None,
+            shared: shared.clone(),
+        };
+        std::thread::Builder::new()
+            .name(format!("audit-{}", name.trim_end_matches('/')))
+            .spawn(move || writer.run(queue, opened_tx))
+            .map_err(|e| Error::internal(format!("start the audit writer thread: {e}")))?;
+        let sink = FileSink {
+            jobs,
+            shared,
+            timeout,
+        };
+        match tokio::time::timeout(timeout, opened_rx).await {
+            Ok(Ok(Ok(()))) => Ok(sink),
+            Ok(Ok(Err(e))) => Err(Error::invalid(format!(
+                "cannot open audit file {description}: {e}"
+            ))),
+            Ok(Err(_)) => Err(Error::internal("the audit writer thread stopped")),
+            Err(_) => Err(Error::invalid(format!(
+                "opening audit file {description} did not finish within {timeout:?}; \
+                 is its file system hung?"
+            ))),
+        }
+    }
+
+    /// Queues a line. Fails at once if the device is blocked or its queue is
+    /// full, so a stuck device costs a request nothing but its failure.
+    pub(crate) fn write(&self, line: Vec<u8>) -> Result<PendingWrite, WriteError> {
+        self.submit(|done| Job::Write { line, done })
+    }
+
+    /// Asks the thread to close and reopen the file (after logrotate moved
+    /// it); the returned write resolves when the reopen is done.
+    pub(crate) fn reopen(&self) -> Result<PendingWrite, WriteError> {
+        self.submit(|done| Job::Reopen { done })
+    }
+
+    fn submit(
+        &self,
+        job: impl FnOnce(oneshot::Sender<io::Result<()>>) -> Job,
+    ) -> Result<PendingWrite, WriteError> {
+        if let Some(busy) = self.shared.busy_for().filter(|b| *b >= self.timeout) {
+            return Err(WriteError::Blocked(busy));
+        }
+        let (done, rx) = oneshot::channel();
+        self.jobs.try_send(job(done)).map_err(|e| match e {
+            TrySendError::Full(_) => WriteError::QueueFull,
+            TrySendError::Disconnected(_) => WriteError::Stopped,
+        })?;
+        Ok(PendingWrite {
+            done: rx,
+            timeout: self.timeout,
+        })
+    }
+
+    /// True while a write or open has been pending longer than the timeout.
+    pub(crate) fn is_blocked(&self) -> bool {
+        self.shared.busy_for().is_some_and(|b| b >= self.timeout)
+    }
+}
+
+fn describe(target: &Target) -> String {
+    match target {
+        Target::Stdout => "stdout".into(),
+        Target::Discard => "discard".into(),
+        Target::File { path, .. } => format!("{:?}", path.display().to_string()),
+    }
+}
+
+enum Output {
+    Stdout,
+    Discard,
+    File(File),
+}
+
+/// The writer thread's state.
+struct Writer {
+    target: Target,
+    out: Option<Output>,
+    shared: Arc<Shared>,
+}
+
+impl Writer {
+    fn run(mut self, queue: mpsc::Receiver<Job>, opened: oneshot::Sender<io::Result<()>>) {
+        self.shared.set_busy(true);
+        if self.is_fifo() {
+            // Opening blocks until a reader appears: report success now and
+            // let writes wait (and time out) instead of the caller.
+            let _ = opened.send(Ok(()));
+            if let Err(e) = self.open() {
+                tracing::warn!(target = %describe(&self.target), "open audit FIFO: {e}");
+            }
+        } else {
+            let _ = opened.send(self.open());
+        }
+        self.shared.set_busy(false);
+        // Ends when the sink is dropped and the queue is drained.
+        for job in queue {
+            self.shared.set_busy(true);
+            match job {
+                Job::Write { line, done } => {
+                    let _ = done.send(self.write(&line));
+                }
+                Job::Reopen { done } => {
+                    self.out = None;
+                    let _ = done.send(self.open());
+                }
+            }
+            self.shared.set_busy(false);
+        }
+    }
+
+    fn is_fifo(&self) -> bool {
+        match &self.target {
+            Target::File { path, .. } => std::fs::metadata(path)
+                .map(|m| m.file_type().is_fifo())
+                .unwrap_or(false),
+            Target::Stdout | Target::Discard => false,
+        }
+    }
+
+    fn open(&mut self) -> io::Result<()> {
+        self.out = None;
+        let out = match &self.target {
+            Target::Stdout => Output::Stdout,
+            Target::Discard => Output::Discard,
+            Target::File { path, mode } => {
+                let file = OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .mode(mode.unwrap_or(DEFAULT_MODE))
+                    .open(path)?;
+                // The mode applies to an existing file too, and is not
+                // narrowed by the umask (Vault chmods after opening).
+                if let Some(mode) = mode {
+                    file.set_permissions(std::fs::Permissions::from_mode(*mode))?;
+                }
+                Output::File(file)
+            }
+        };
+        self.out = Some(out);
+        Ok(())
+    }
+
+    /// Writes and flushes one line. After a failure the file is reopened and
+    /// the write tried once more, as Vault does, so a file that can be
+    /// recreated recovers without a SIGHUP.
+    fn write(&mut self, line: &[u8]) -> io::Result<()> {
+        let first = self.try_write(line);
+        if first.is_ok() {
+            return first;
+        }
+        self.open()?;
+        self.try_write(line)
+    }
+
+    fn try_write(&mut self, line: &[u8]) -> io::Result<()> {
+        if self.out.is_none() {
+            self.open()?;
+        }
+        match self.out.as_mut() {
+            Some(Output::Discard) => Ok(()),
+            Some(Output::Stdout) => {
+                let mut stdout = io::stdout().lock();
+                stdout.write_all(line)?;
+                stdout.flush()
+            }
+            Some(Output::File(file)) => {
+                let result = file.write_all(line).and_then(|()| file.flush());
+                if result.is_err() {
+                    self.out = None;
+                }
+                result
+            }
+            None => Err(io::Error::other("audit file is not open")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    type Options = &'static [(&'static str, &'static str)];
+
+    #[test]
+    fn parses_valid_options() {
+        let cases: &[(Options, Target, FormatOptions)] = &[
+            (
+                &[("file_path", "/var/log/a.log")],
+                Target::File {
+                    path: "/var/log/a.log".into(),
+                    mode: Some(0o600),
+                },
+                FormatOptions::default(),
+            ),
+            (
+                &[("path", "/legacy.log"), ("mode", "0000")],
+                Target::File {
+                    path: "/legacy.log".into(),
+                    mode: None,
+                },
+                FormatOptions::default(),
+            ),
+            (
+                &[
+                    ("file_path", "stdout"),
+                    ("log_raw", "true"),
+                    ("prefix", "@cee:"),
+                ],
+                Target::Stdout,
+                FormatOptions {
+                    log_raw: true,
+                    prefix: "@cee:".into(),
+                    ..Default::default()
+                },
+            ),
+            (
+                &[
+                    ("file_path", "discard"),
+                    ("hmac_accessor", "false"),
+                    ("elide_list_responses", "1"),
+                    ("format", "json"),
+                    ("mode", "640"),
+                ],
+                Target::Discard,
+                FormatOptions {
+                    hmac_accessor: false,
+                    elide_list_responses: true,
+                    ..Default::default()
+                },
+            ),
+        ];
+        for (input, target, format) in cases {
+            let parsed = FileOptions::parse(&options(input)).unwrap();
+            assert_eq!(&parsed.target, target, "{input:?}");
+            assert_eq!(&parsed.format, format, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn rejects_invalid_options_with_a_reason() {
+        let cases: &[(Options, &str)] = &[
+            (&[], "file_path is required"),
+            (&[("file_path", "")], "file_path is required"),
+            (&[("file_path", "/a"), ("format", "jsonx")], "jsonx"),
+            (&[("file_path", "/a"), ("format", "xml")], "unknown format"),
+            (&[("file_path", "/a"), ("mode", "rw")], "octal"),
+            (&[("file_path", "/a"), ("mode", "0755")], "executable"),
+            (&[("file_path", "/a"), ("mode", "07000")], "out of range"),
+            (&[("file_path", "/a"), ("log_raw", "yes")], "log_raw"),
+            (&[("file_path", "/a"), ("filepath", "/b")], "\"filepath\""),
+        ];
+        for (input, expected) in cases {
+            let err = FileOptions::parse(&options(input)).unwrap_err();
+            assert!(
+                matches!(err, Error::InvalidRequest(ref m) if m.contains(expected)),
+                "{input:?}: {err}"
+            );
+        }
+    }
+}
