@@ -176,6 +176,8 @@ impl AuditBroker {
     }
 
     /// Reopens every device's file, e.g. on SIGHUP after logrotate moved it.
+    /// Until then a device keeps writing to the file it opened, even one that
+    /// was renamed or deleted (as Vault does, hashicorp/vault#31718).
     /// Failures are logged, not returned: a device that cannot reopen keeps
     /// failing its writes (and so fails closed if it is the only one).
     pub async fn reopen(&self) {

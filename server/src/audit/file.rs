@@ -327,7 +327,7 @@ impl Writer {
             // let writes wait (and time out) instead of the caller.
             let _ = opened.send(Ok(()));
             if let Err(e) = self.open() {
-                tracing::warn!(target = %describe(&self.target), "open audit FIFO: {e}");
+                tracing::warn!(file = %describe(&self.target), "open audit FIFO: {e}");
             }
         } else {
             let _ = opened.send(self.open());
