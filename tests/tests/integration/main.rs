@@ -1,1 +1,9 @@
+//! keyhold's integration tests: one binary, one module per concern. Every test starts its own
+//! `keyhold server` processes on loopback (see the `keyhold_tests` harness) and talks to them over
+//! real TLS; nothing is mocked. Waits are bounded in count; no test asserts on elapsed time.
 
+mod bad_input;
+mod durability;
+mod lifecycle;
+mod smoke;
+mod tls;

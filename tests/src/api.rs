@@ -1,0 +1,261 @@
+//! A small HTTP client for the Vault-shaped API of one node: raw requests that keep the status
+//! and body for assertions, plus the operator steps every test needs (init, unseal, KV writes).
+
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+/// What the server answered: the status and the body, parsed as JSON when it is JSON.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub text: String,
+    pub json: Value,
+}
+
+impl Resp {
+    /// The `errors` array of a Vault error body, joined, for messages.
+    pub fn errors(&self) -> String {
+        match self.json.get("errors") {
+            Some(Value::Array(errs)) => errs
+                .iter()
+                .map(|e| e.as_str().unwrap_or_default().to_string())
+                .collect::<Vec<_>>()
+                .join("; "),
+            _ => self.text.clone(),
+        }
+    }
+
+    /// Fails unless the status is `want`, naming the request and what came back.
+    pub fn expect(self, want: u16, what: &str) -> Result<Resp> {
+        ensure!(
+            self.status.as_u16() == want,
+            "{what}: expected HTTP {want}, got {} with body {}",
+            self.status,
+            self.text
+        );
+        Ok(self)
+    }
+
+    /// Fails unless the status is 200 or 204 (Vault answers either for success).
+    pub fn expect_ok(self, what: &str) -> Result<Resp> {
+        ensure!(
+            self.status == StatusCode::OK || self.status == StatusCode::NO_CONTENT,
+            "{what}: expected HTTP 200 or 204, got {} with body {}",
+            self.status,
+            self.text
+        );
+        Ok(self)
+    }
+}
+
+/// The answer to `PUT /v1/sys/init`.
+#[derive(Debug, Clone)]
+pub struct InitKeys {
+    /// Unseal key shares, hex.
+    pub keys: Vec<String>,
+    pub keys_base64: Vec<String>,
+    pub root_token: String,
+    pub threshold: usize,
+}
+
+/// A handle on one node's API. Cheap to clone; clones share the connection pool.
+#[derive(Clone)]
+pub struct Api {
+    http: reqwest::Client,
+    /// `https://127.0.0.1:PORT` (or `http://` for a TLS-disabled listener).
+    pub base: String,
+    /// Sent as `X-Vault-Token` when set.
+    pub token: Option<String>,
+}
+
+/// The `LIST` verb hvac and the CLI use.
+pub fn list_method() -> Method {
+    Method::from_bytes(b"LIST").expect("LIST is a valid method token")
+}
+
+impl Api {
+    pub fn new(http: reqwest::Client, base: String) -> Api {
+        Api {
+            http,
+            base,
+            token: None,
+        }
+    }
+
+    /// The same node, speaking with another token (or none).
+    pub fn with_token(&self, token: Option<&str>) -> Api {
+        Api {
+            http: self.http.clone(),
+            base: self.base.clone(),
+            token: token.map(str::to_string),
+        }
+    }
+
+    /// The underlying HTTP client, for requests the helpers below do not cover.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// The full URL for an API path such as `sys/health` (the `/v1/` is added).
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/v1/{}", self.base, path.trim_start_matches('/'))
+    }
+
+    /// Sends one request and returns whatever came back; only a transport failure is an error.
+    pub async fn request(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Resp> {
+        let mut req = self
+            .http
+            .request(method.clone(), self.url(path))
+            .timeout(Duration::from_secs(30));
+        if let Some(token) = &self.token {
+            req = req.header("X-Vault-Token", token);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("{method} /v1/{path}"))?;
+        Self::read(resp).await
+    }
+
+    /// Sends a body given as raw bytes (for malformed or oversized input).
+    pub async fn request_raw(&self, method: Method, path: &str, body: Vec<u8>) -> Result<Resp> {
+        let mut req = self
+            .http
+            .request(method.clone(), self.url(path))
+            .timeout(Duration::from_secs(30))
+            .header("Content-Type", "application/json")
+            .body(body);
+        if let Some(token) = &self.token {
+            req = req.header("X-Vault-Token", token);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("{method} /v1/{path}"))?;
+        Self::read(resp).await
+    }
+
+    async fn read(resp: reqwest::Response) -> Result<Resp> {
+        let status = resp.status();
+        let text = resp.text().await.context("read response body")?;
+        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Ok(Resp { status, text, json })
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Resp> {
+        self.request(Method::GET, path, None).await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> Result<Resp> {
+        self.request(Method::PUT, path, Some(&body)).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Result<Resp> {
+        self.request(Method::POST, path, Some(&body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<Resp> {
+        self.request(Method::DELETE, path, None).await
+    }
+
+    pub async fn list(&self, path: &str) -> Result<Resp> {
+        self.request(list_method(), path, None).await
+    }
+
+    /// `GET /v1/sys/seal-status`, which must answer 200 in every state.
+    pub async fn seal_status(&self) -> Result<Value> {
+        Ok(self
+            .get("sys/seal-status")
+            .await?
+            .expect(200, "seal-status")?
+            .json)
+    }
+
+    /// `PUT /v1/sys/init` with Shamir shares; remembers nothing (see `Node::init`).
+    pub async fn init(&self, shares: usize, threshold: usize) -> Result<InitKeys> {
+        let resp = self
+            .put(
+                "sys/init",
+                json!({"secret_shares": shares, "secret_threshold": threshold}),
+            )
+            .await?
+            .expect(200, "PUT sys/init")?;
+        let strings = |field: &str| -> Result<Vec<String>> {
+            resp.json[field]
+                .as_array()
+                .with_context(|| format!("sys/init answer has no `{field}` array: {}", resp.text))?
+                .iter()
+                .map(|k| {
+                    k.as_str()
+                        .map(str::to_string)
+                        .with_context(|| format!("non-string in `{field}`"))
+                })
+                .collect()
+        };
+        let keys = strings("keys")?;
+        let keys_base64 = strings("keys_base64")?;
+        ensure!(
+            keys.len() == shares,
+            "sys/init returned {} keys for {shares} shares",
+            keys.len()
+        );
+        let root_token = resp.json["root_token"]
+            .as_str()
+            .with_context(|| format!("sys/init answer has no root_token: {}", resp.text))?
+            .to_string();
+        Ok(InitKeys {
+            keys,
+            keys_base64,
+            root_token,
+            threshold,
+        })
+    }
+
+    /// Submits unseal keys one at a time until the node reports itself unsealed.
+    pub async fn unseal_all(&self, keys: &[String]) -> Result<()> {
+        for (i, key) in keys.iter().enumerate() {
+            let status = self
+                .put("sys/unseal", json!({"key": key}))
+                .await?
+                .expect(200, &format!("PUT sys/unseal with key {}", i + 1))?
+                .json;
+            if status["sealed"] == Value::Bool(false) {
+                return Ok(());
+            }
+        }
+        bail!("still sealed after submitting all {} keys", keys.len())
+    }
+
+    /// Mounts a KV engine of the given version (1 or 2) at `path`.
+    pub async fn mount_kv(&self, path: &str, version: u8) -> Result<()> {
+        self.post(
+            &format!("sys/mounts/{path}"),
+            json!({"type": "kv", "options": {"version": version.to_string()}}),
+        )
+        .await?
+        .expect_ok(&format!("mount kv v{version} at {path}"))?;
+        Ok(())
+    }
+
+    /// Writes a KV v2 secret under `mount`.
+    pub async fn kv2_put(&self, mount: &str, key: &str, data: Value) -> Result<Resp> {
+        self.post(&format!("{mount}/data/{key}"), json!({ "data": data }))
+            .await
+    }
+
+    /// Reads the latest version of a KV v2 secret, returning its `data.data` (None on 404).
+    pub async fn kv2_get(&self, mount: &str, key: &str) -> Result<Option<Value>> {
+        let resp = self.get(&format!("{mount}/data/{key}")).await?;
+        if resp.status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let resp = resp.expect(200, &format!("read {mount}/data/{key}"))?;
+        Ok(Some(resp.json["data"]["data"].clone()))
+    }
+}
