@@ -1,7 +1,18 @@
 //! `keyhold server`: load config, open storage, build the core, serve HTTP
-//! until SIGINT/SIGTERM.
+//! until SIGINT/SIGTERM; SIGHUP reloads TLS certificates and reopens audit
+//! files.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::{LogFormat, ServerConfig, StorageConfig};
+use crate::core::{Core, CoreConfig, InitRequest};
+use crate::http::{router, serve_listener, ListenerSettings};
+use crate::physical::Backend;
 
 /// Arguments of `keyhold server`, parsed by `cli`.
 #[derive(Debug, Clone, Default)]
@@ -20,8 +31,190 @@ pub struct ServerArgs {
     pub log_level: Option<String>,
 }
 
+/// How long in-flight requests get to finish on shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Loads and checks the configuration the way `server` would use it.
+pub fn load_config(args: &ServerArgs) -> anyhow::Result<ServerConfig> {
+    let config = if args.dev {
+        ServerConfig::dev(args.dev_listen_address.as_deref().unwrap_or("127.0.0.1:8200"))
+    } else {
+        if args.config.is_empty() {
+            bail!("no configuration given: pass -config=FILE (repeatable, or a directory), or -dev for a throw-away in-memory server");
+        }
+        ServerConfig::load(&args.config)?
+    };
+    config.validate()?;
+    let unsupported = config.unsupported();
+    if !unsupported.is_empty() {
+        let lines: Vec<String> = unsupported.iter().map(|e| format!("  {e}")).collect();
+        bail!("the configuration uses features this build cannot run yet:\n{}", lines.join("\n"));
+    }
+    Ok(config)
+}
+
 /// Runs the server until it is told to stop. `Ok(())` is a clean shutdown.
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
-    let _ = args;
-    anyhow::bail!("the server is still being assembled")
+    let config = load_config(&args)?;
+    if args.check {
+        println!("Configuration is valid.");
+        return Ok(());
+    }
+    init_logging(&config, args.log_level.as_deref())?;
+
+    if !config.disable_mlock {
+        crate::memlock::lock_memory().context("lock memory (mlockall)")?;
+    }
+    if let Some(pid_file) = &config.pid_file {
+        std::fs::write(pid_file, format!("{}\n", std::process::id())).with_context(|| format!("write pid_file {}", pid_file.display()))?;
+    }
+
+    let (physical, storage_type, ha_enabled): (Arc<dyn Backend>, &str, bool) = match &config.storage {
+        StorageConfig::Inmem => (Arc::new(crate::physical::inmem::InmemBackend::new()), "inmem", false),
+        StorageConfig::Raft(raft) => {
+            create_private_dir(&raft.path)?;
+            let store = crate::physical::sled_store::SledStore::open(&raft.path)?;
+            (Arc::new(store), "raft", true)
+        }
+    };
+    let telemetry = crate::metrics::Telemetry::install(config.telemetry.prometheus_retention_time);
+    let core = Core::new(
+        CoreConfig {
+            default_lease_ttl: config.default_lease_ttl,
+            max_lease_ttl: config.max_lease_ttl,
+            cluster_name: config.cluster_name.clone(),
+            storage_type: storage_type.into(),
+            api_addr: config.api_addr.clone(),
+            cluster_addr: config.cluster_addr.clone(),
+            ha_enabled,
+            prometheus_enabled: !config.telemetry.prometheus_retention_time.is_zero(),
+            audit_write_timeout: Duration::from_secs(5),
+        },
+        physical,
+        telemetry,
+    );
+
+    let mut listeners = Vec::new();
+    let mut tasks = Vec::new();
+    for listener in &config.listeners {
+        let settings = ListenerSettings {
+            max_request_size: listener.max_request_size,
+            max_request_duration: listener.max_request_duration,
+            unauthenticated_metrics_access: listener.telemetry.unauthenticated_metrics_access,
+        };
+        let (handle, task) = serve_listener(listener, router(core.clone(), settings)).await?;
+        tracing::info!(address = %handle.address, tls = !listener.tls_disable, "listening");
+        listeners.push(handle);
+        tasks.push(task);
+    }
+
+    if args.dev {
+        dev_bootstrap(&core, &config, args.dev_root_token_id.as_deref()).await?;
+    }
+    tracing::info!(version = crate::VERSION, storage = storage_type, "keyhold server started");
+
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = sighup.recv() => {
+                tracing::info!("SIGHUP: reloading TLS certificates and reopening audit files");
+                for l in &listeners {
+                    l.reload_tls();
+                }
+                if let Ok(u) = core.unsealed() {
+                    u.audit.reopen().await;
+                }
+            }
+        }
+    }
+    tracing::info!("shutting down");
+    for l in &listeners {
+        l.shutdown(SHUTDOWN_GRACE);
+    }
+    for task in tasks {
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(1), task).await;
+    }
+    core.shutdown();
+    if let Some(pid_file) = &config.pid_file {
+        let _ = std::fs::remove_file(pid_file);
+    }
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+fn create_private_dir(path: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !path.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .with_context(|| format!("create storage directory {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn init_logging(config: &ServerConfig, override_level: Option<&str>) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let level = override_level.unwrap_or(&config.log_level);
+    let level = match level.to_ascii_lowercase().as_str() {
+        "err" => "error".to_string(),
+        other => other.to_string(),
+    };
+    let filter = EnvFilter::try_new(format!("warn,keyhold={level}")).with_context(|| format!("log_level {level:?}: use trace, debug, info, warn or error"))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let result = match (&config.log_file, config.log_format) {
+        (Some(path), format) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("open log_file {}", path.display()))?;
+            let writer = std::sync::Mutex::new(file);
+            match format {
+                LogFormat::Json => builder.json().with_writer(writer).try_init(),
+                LogFormat::Standard => builder.with_ansi(false).with_writer(writer).try_init(),
+            }
+        }
+        (None, LogFormat::Json) => builder.json().with_writer(std::io::stderr).try_init(),
+        (None, LogFormat::Standard) => builder.with_writer(std::io::stderr).try_init(),
+    };
+    if result.is_err() {
+        // Already initialised (tests running servers in-process).
+    }
+    Ok(())
+}
+
+/// `-dev`: initialise with one share, unseal, mount KV v2 at `secret/`.
+async fn dev_bootstrap(core: &Arc<Core>, config: &ServerConfig, root_token_id: Option<&str>) -> anyhow::Result<()> {
+    let init = core.init(InitRequest { secret_shares: 1, secret_threshold: 1, ..Default::default() }).await?;
+    let key = init.keys_base64.first().cloned().context("init returned no key")?;
+    core.unseal(Some(&key), false).await?;
+    let unsealed = core.unsealed()?;
+    let root = match root_token_id {
+        Some(id) => {
+            let token = unsealed.tokens.create_root(Some(id.to_string())).await?.id.clone();
+            unsealed.tokens.revoke(&init.root_token).await?;
+            token
+        }
+        None => init.root_token.clone(),
+    };
+    let mount = crate::logical::Request::new(crate::logical::Operation::Update, "sys/mounts/secret")
+        .with_token(root.clone())
+        .with_data(serde_json::json!({"type": "kv", "options": {"version": "2"}, "description": "key/value secret storage"}));
+    core.handle_request(mount).await?;
+    let addr = config.listeners.first().map(|l| l.address.clone()).unwrap_or_default();
+    println!(
+        "WARNING! dev mode is enabled! In this mode, keyhold runs entirely in-memory\n\
+         and starts unsealed with a single unseal key. Never use it in production.\n\n\
+         You may need to set the following environment variables:\n\n    \
+         $ export VAULT_ADDR='http://{addr}'\n    $ export VAULT_TOKEN='{root}'\n\n\
+         The unseal key and root token are displayed below in case you want to\n\
+         seal/unseal or re-authenticate.\n\nUnseal Key: {key}\nRoot Token: {root}\n"
+    );
+    Ok(())
 }

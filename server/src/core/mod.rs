@@ -1,1 +1,614 @@
-//! (being written)
+//! The core: seal state, the unsealed server's services (mounts, tokens,
+//! policies, audit), and the one request pipeline every client request takes:
+//! token -> ACL -> audit request -> route -> audit response.
+//!
+//! Architecture invariant: handlers never see keys or plaintext storage
+//! outside their mount's `StorageView`; the core never sees plaintext storage
+//! except through the barrier.
+
+mod keys;
+pub mod mounts;
+mod root_ops;
+mod system;
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+
+use crate::audit::AuditBroker;
+use crate::auth::token::TokenStore;
+use crate::barrier::Barrier;
+use crate::error::{Error, Result};
+use crate::logical::{BackendRequest, LogicalBackend, Operation, Request, Response, StorageView};
+use crate::physical::Backend;
+use crate::policy::PolicyStore;
+use crate::seal::ShamirSeal;
+
+pub use keys::KeyCollector;
+pub use mounts::{MountEntry, Table};
+pub use root_ops::{GenerateRootStatus, RekeyStatus, RekeyUpdate, RekeyVerifyStatus};
+
+use mounts::{Mount, Router};
+
+const CLUSTER_INFO_KEY: &str = "core/cluster-info";
+const AUDIT_TABLE_KEY: &str = "core/audit";
+/// How often expired tokens are swept from storage.
+const TIDY_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What the core needs from the server config.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    pub default_lease_ttl: Duration,
+    pub max_lease_ttl: Duration,
+    pub cluster_name: Option<String>,
+    /// `raft` or `inmem`, reported in `sys/seal-status`.
+    pub storage_type: String,
+    pub api_addr: Option<String>,
+    pub cluster_addr: Option<String>,
+    pub ha_enabled: bool,
+    /// Prometheus output of `sys/metrics`; `None` when disabled
+    /// (`prometheus_retention_time = 0`).
+    pub prometheus_enabled: bool,
+    /// Per-device audit write timeout.
+    pub audit_write_timeout: Duration,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            default_lease_ttl: Duration::from_secs(768 * 3600),
+            max_lease_ttl: Duration::from_secs(768 * 3600),
+            cluster_name: None,
+            storage_type: "inmem".into(),
+            api_addr: None,
+            cluster_addr: None,
+            ha_enabled: false,
+            prometheus_enabled: true,
+            audit_write_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Identity of the cluster, created at init and kept behind the barrier.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    pub name: String,
+    pub id: String,
+}
+
+/// `sys/seal-status` (also the answer of `sys/unseal`).
+#[derive(Debug, Clone, Serialize)]
+pub struct SealStatus {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub initialized: bool,
+    pub sealed: bool,
+    pub t: u8,
+    pub n: u8,
+    pub progress: usize,
+    pub nonce: String,
+    pub version: String,
+    pub build_date: String,
+    pub migration: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
+    pub recovery_seal: bool,
+    pub storage_type: String,
+    pub removed_from_cluster: bool,
+}
+
+/// `sys/init` input.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct InitRequest {
+    #[serde(default)]
+    pub secret_shares: u8,
+    #[serde(default)]
+    pub secret_threshold: u8,
+    #[serde(default)]
+    pub pgp_keys: Option<Vec<String>>,
+    #[serde(default)]
+    pub root_token_pgp_key: Option<String>,
+    #[serde(default)]
+    pub stored_shares: Option<u8>,
+    #[serde(default)]
+    pub recovery_shares: Option<u8>,
+    #[serde(default)]
+    pub recovery_threshold: Option<u8>,
+}
+
+/// `sys/init` output: shares hex- and base64-encoded, and the root token.
+#[derive(Serialize)]
+pub struct InitResponse {
+    pub keys: Vec<String>,
+    pub keys_base64: Vec<String>,
+    pub recovery_keys: Vec<String>,
+    pub recovery_keys_base64: Vec<String>,
+    pub root_token: String,
+}
+
+/// The services that exist only while unsealed.
+pub struct Unsealed {
+    router: RwLock<Router>,
+    pub tokens: TokenStore,
+    pub policies: PolicyStore,
+    pub audit: Arc<AuditBroker>,
+    /// Serialises changes to the mount and audit tables.
+    table_lock: Mutex<()>,
+    pub cluster: ClusterInfo,
+    pub active_time: DateTime<Utc>,
+    tidy: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Unsealed {
+    fn drop(&mut self) {
+        self.tidy.abort();
+    }
+}
+
+impl Unsealed {
+    fn route(&self, path: &str) -> Option<(Mount, String)> {
+        let router = self.router.read().expect("router lock");
+        router.route(path).map(|(m, rel)| (m.clone(), rel))
+    }
+}
+
+pub struct Core {
+    pub config: CoreConfig,
+    physical: Arc<dyn Backend>,
+    barrier: Arc<Barrier>,
+    /// The barrier as every mount sees it: with timing metrics.
+    storage: Arc<dyn Backend>,
+    seal: ShamirSeal,
+    state: RwLock<Option<Arc<Unsealed>>>,
+    /// Serialises init, unseal, seal, rekey.
+    lifecycle: Mutex<()>,
+    unseal_keys: std::sync::Mutex<KeyCollector>,
+    root_ops: root_ops::RootOps,
+    pub telemetry: crate::metrics::Telemetry,
+}
+
+impl Core {
+    pub fn new(config: CoreConfig, physical: Arc<dyn Backend>, telemetry: crate::metrics::Telemetry) -> Arc<Core> {
+        let barrier = Arc::new(Barrier::new(physical.clone()));
+        let storage: Arc<dyn Backend> = Arc::new(crate::metrics::MeteredBackend::new(barrier.clone(), "barrier"));
+        Arc::new(Core {
+            config,
+            seal: ShamirSeal::new(physical.clone()),
+            physical,
+            barrier,
+            storage,
+            state: RwLock::new(None),
+            lifecycle: Mutex::new(()),
+            unseal_keys: std::sync::Mutex::new(KeyCollector::new()),
+            root_ops: root_ops::RootOps::default(),
+            telemetry,
+        })
+    }
+
+    /// The unsealed services, or `Error::Sealed`.
+    pub fn unsealed(&self) -> Result<Arc<Unsealed>> {
+        self.state.read().expect("state lock").clone().ok_or(Error::Sealed)
+    }
+
+    pub fn is_sealed(&self) -> bool {
+        self.state.read().expect("state lock").is_none()
+    }
+
+    pub async fn is_initialized(&self) -> Result<bool> {
+        Ok(self.seal.config().await?.is_some())
+    }
+
+    fn view(&self, prefix: &str) -> StorageView {
+        StorageView::new(self.storage.clone(), prefix)
+    }
+
+    // ---------------------------------------------------------------- init
+
+    pub async fn init(self: &Arc<Self>, req: InitRequest) -> Result<InitResponse> {
+        let _guard = self.lifecycle.lock().await;
+        if self.is_initialized().await? {
+            return Err(Error::invalid("Vault is already initialized"));
+        }
+        if req.pgp_keys.as_ref().is_some_and(|k| !k.is_empty()) || req.root_token_pgp_key.as_deref().is_some_and(|k| !k.is_empty()) {
+            return Err(Error::invalid("PGP-encrypted shares are not supported by this build; omit pgp_keys and root_token_pgp_key"));
+        }
+        if req.recovery_shares.unwrap_or(0) > 0 {
+            return Err(Error::invalid("recovery_shares only applies to auto-unseal seals; this server uses the shamir seal"));
+        }
+        let shares = self.seal.initialize(&self.barrier, req.secret_shares, req.secret_threshold).await?;
+        let threshold = req.secret_threshold.max(1) as usize;
+
+        // Unseal once to write the initial state (cluster identity, mounts,
+        // root token), then seal again: Vault leaves a fresh server sealed.
+        let key = keys::reconstruct(&shares[..threshold.min(shares.len())], threshold)?;
+        let root_key = self.seal.recover_root_key(&key).await?;
+        self.barrier.unseal(&root_key).await?;
+        let outcome = async {
+            let name = self.config.cluster_name.clone().unwrap_or_else(|| format!("vault-cluster-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
+            let info = ClusterInfo { name, id: uuid::Uuid::new_v4().to_string() };
+            self.view("").put_json(CLUSTER_INFO_KEY, &info).await?;
+            let unsealed = self.post_unseal().await?;
+            let root = unsealed.tokens.create_root(None).await?;
+            Ok::<_, Error>(root.id.clone())
+        }
+        .await;
+        self.pre_seal();
+        let root_token = outcome?;
+
+        Ok(InitResponse {
+            keys: shares.iter().map(|s| hex::encode(s.as_slice())).collect(),
+            keys_base64: shares.iter().map(|s| base64_std(s)).collect(),
+            recovery_keys: Vec::new(),
+            recovery_keys_base64: Vec::new(),
+            root_token,
+        })
+    }
+
+    // --------------------------------------------------------- seal status
+
+    pub async fn seal_status(&self) -> Result<SealStatus> {
+        let config = self.seal.config().await?;
+        let unsealed = self.state.read().expect("state lock").clone();
+        let keys = self.unseal_keys.lock().expect("unseal lock");
+        let (progress, nonce) = if keys.progress() > 0 { (keys.progress(), keys.nonce.clone()) } else { (0, String::new()) };
+        Ok(SealStatus {
+            kind: "shamir".into(),
+            initialized: config.is_some(),
+            sealed: unsealed.is_none(),
+            t: config.as_ref().map_or(0, |c| c.secret_threshold),
+            n: config.as_ref().map_or(0, |c| c.secret_shares),
+            progress,
+            nonce,
+            version: crate::VERSION.to_string(),
+            build_date: env!("KEYHOLD_BUILD_DATE").to_string(),
+            migration: false,
+            cluster_name: unsealed.as_ref().map(|u| u.cluster.name.clone()),
+            cluster_id: unsealed.as_ref().map(|u| u.cluster.id.clone()),
+            recovery_seal: false,
+            storage_type: self.config.storage_type.clone(),
+            removed_from_cluster: false,
+        })
+    }
+
+    // -------------------------------------------------------------- unseal
+
+    /// One `sys/unseal` call: a key share, or `reset`.
+    pub async fn unseal(self: &Arc<Self>, key: Option<&str>, reset: bool) -> Result<SealStatus> {
+        let _guard = self.lifecycle.lock().await;
+        let Some(config) = self.seal.config().await? else {
+            return Err(Error::NotInitialized);
+        };
+        if reset {
+            self.unseal_keys.lock().expect("unseal lock").reset();
+            return self.seal_status().await;
+        }
+        if !self.is_sealed() {
+            return self.seal_status().await;
+        }
+        let Some(key) = key.filter(|k| !k.trim().is_empty()) else {
+            return Err(Error::invalid("'key' must be specified in request body as JSON, or 'reset' set to true"));
+        };
+        let share = keys::decode_share(key)?;
+        let threshold = config.secret_threshold.max(1) as usize;
+        let collected = {
+            let mut keys = self.unseal_keys.lock().expect("unseal lock");
+            keys.add(share);
+            if keys.progress() < threshold {
+                None
+            } else {
+                Some(keys.take())
+            }
+        };
+        let Some(collected) = collected else {
+            return self.seal_status().await;
+        };
+        let attempt = async {
+            let unseal_key = keys::reconstruct(&collected, threshold)?;
+            let root_key = self.seal.recover_root_key(&unseal_key).await.map_err(|_| {
+                Error::invalid("the key shares did not reconstruct this server's unseal key (cipher: message authentication failed); unseal progress was reset, submit the correct keys again")
+            })?;
+            self.barrier.unseal(&root_key).await?;
+            self.post_unseal().await
+        }
+        .await;
+        if let Err(e) = attempt {
+            self.pre_seal();
+            tracing::warn!(error = %e, "unseal attempt failed");
+            return Err(e);
+        }
+        tracing::info!("vault is unsealed");
+        self.seal_status().await
+    }
+
+    /// Builds the unsealed services from what is stored behind the barrier.
+    async fn post_unseal(self: &Arc<Self>) -> Result<Arc<Unsealed>> {
+        let cluster: ClusterInfo = match self.view("").get_json(CLUSTER_INFO_KEY).await? {
+            Some(info) => info,
+            None => return Err(Error::internal("cluster identity missing from storage (core/cluster-info)")),
+        };
+        let policies = PolicyStore::new(self.view("sys/policy/"));
+        policies.setup().await?;
+        let tokens = TokenStore::new(self.view("sys/token/"));
+        tokens.setup().await?;
+        let audit = Arc::new(AuditBroker::new().with_write_timeout(self.config.audit_write_timeout));
+
+        let mut router = Router::default();
+        for (key, table, defaults) in [
+            (mounts::MOUNTS_KEY, Table::Secret, vec![MountEntry::new(Table::Secret, "sys", "system", "system endpoints used for control, policy and debugging")]),
+            (mounts::AUTH_KEY, Table::Auth, vec![MountEntry::new(Table::Auth, "token", "token", "token based credentials")]),
+        ] {
+            let entries: Vec<MountEntry> = match self.view("").get_json(key).await? {
+                Some(entries) => entries,
+                None => {
+                    self.view("").put_json(key, &defaults).await?;
+                    defaults
+                }
+            };
+            for entry in entries {
+                let backend = self.backend_for(&entry, &tokens)?;
+                let view = self.view(&entry.view_prefix());
+                router.insert(Mount { entry, backend, view })?;
+            }
+        }
+
+        let audit_table: Vec<AuditTableEntry> = self.view("").get_json(AUDIT_TABLE_KEY).await?.unwrap_or_default();
+        for entry in &audit_table {
+            audit.enable(&entry.config, self.view(&format!("audit/{}/", entry.uuid))).await.map_err(|e| {
+                Error::internal(format!(
+                    "audit device {:?} could not be re-enabled ({e}); refusing to unseal without it, because requests would go unaudited. Fix the device (path, permissions) and unseal again",
+                    entry.config.path
+                ))
+            })?;
+        }
+
+        let tidy = {
+            let tokens = tokens.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(TIDY_INTERVAL);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    match tokens.tidy().await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(removed = n, "expired tokens removed"),
+                        Err(e) => tracing::warn!(error = %e, "token tidy failed"),
+                    }
+                }
+            })
+        };
+        let unsealed = Arc::new(Unsealed {
+            router: RwLock::new(router),
+            tokens,
+            policies,
+            audit,
+            table_lock: Mutex::new(()),
+            cluster,
+            active_time: Utc::now(),
+            tidy,
+        });
+        *self.state.write().expect("state lock") = Some(unsealed.clone());
+        metrics::gauge!("vault.core.unsealed").set(1.0);
+        Ok(unsealed)
+    }
+
+    fn backend_for(&self, entry: &MountEntry, tokens: &TokenStore) -> Result<Arc<dyn LogicalBackend>> {
+        backend_factory(entry, tokens)
+    }
+
+    /// Drops the unsealed services and the keys.
+    fn pre_seal(&self) {
+        *self.state.write().expect("state lock") = None;
+        self.barrier.seal();
+        self.unseal_keys.lock().expect("unseal lock").reset();
+        metrics::gauge!("vault.core.unsealed").set(0.0);
+    }
+
+    /// `sys/seal`: needs a token with `sudo` on `sys/seal` (root or a policy).
+    pub async fn seal(&self, token: Option<&str>) -> Result<()> {
+        self.authorize_sudo(token, "sys/seal").await?;
+        let _guard = self.lifecycle.lock().await;
+        self.pre_seal();
+        tracing::info!("vault is sealed");
+        Ok(())
+    }
+
+    /// `sys/step-down`: needs `sudo` on `sys/step-down`. A single-voter
+    /// cluster has no standby to hand leadership to, so after the check there
+    /// is nothing to do; with replicated Raft this transfers leadership.
+    pub async fn step_down(&self, token: Option<&str>) -> Result<()> {
+        self.authorize_sudo(token, "sys/step-down").await
+    }
+
+    /// Checks that `token` holds `sudo` (and update) on a root-protected path.
+    async fn authorize_sudo(&self, token: Option<&str>, path: &str) -> Result<()> {
+        let u = self.unsealed()?;
+        let entry = match token {
+            Some(t) => u.tokens.use_token(t).await?,
+            None => None,
+        };
+        let Some(entry) = entry else { return Err(Error::PermissionDenied) };
+        let acl = u.policies.acl(&entry.policies).await?;
+        let result = acl.allow_operation(path, Operation::Update, &serde_json::Map::new());
+        if result.allowed && result.root_privs {
+            Ok(())
+        } else {
+            Err(Error::PermissionDenied)
+        }
+    }
+
+    /// `sys/metrics` on a listener with `unauthenticated_metrics_access`.
+    pub fn metrics_unauthenticated(&self, req: &Request) -> Result<Response> {
+        self.metrics_response(req)
+    }
+
+    /// Seals on shutdown so key material leaves memory before exit.
+    pub fn shutdown(&self) {
+        self.pre_seal();
+    }
+
+    pub async fn rotate(&self) -> Result<crate::barrier::KeyStatus> {
+        let _guard = self.lifecycle.lock().await;
+        Ok(self.barrier.rotate().await?)
+    }
+
+    pub fn key_status(&self) -> Result<crate::barrier::KeyStatus> {
+        Ok(self.barrier.key_status()?)
+    }
+
+    // ------------------------------------------------------------ requests
+
+    /// Serves one client request through token check, ACL, audit and routing.
+    pub async fn handle_request(&self, mut req: Request) -> Result<Response> {
+        let started = Instant::now();
+        let u = self.unsealed()?;
+        let result = self.handle_unsealed(&u, &mut req).await;
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        metrics::histogram!("vault.core.handle_request").record(elapsed_ms);
+        if let Some(mount) = &req.mount {
+            let mount_label = mount.path.replace('/', "-");
+            metrics::histogram!(format!("vault.route.{}.{}", req.operation.as_str(), mount_label.trim_end_matches('-'))).record(elapsed_ms);
+        }
+        result
+    }
+
+    async fn handle_unsealed(&self, u: &Unsealed, req: &mut Request) -> Result<Response> {
+        let route = u.route(&req.path);
+        if let Some((mount, _)) = &route {
+            req.mount = Some(mount.entry.info(self.config.default_lease_ttl, self.config.max_lease_ttl));
+        }
+        let unauthenticated = match &route {
+            Some((mount, rel)) if mount.entry.kind == "system" => system::is_unauthenticated(rel),
+            Some((mount, rel)) => mount.backend.unauthenticated_paths().iter().any(|p| path_matches(p, rel)),
+            None => false,
+        };
+
+        // Token: required unless the path is a login path.
+        let token_entry = match req.client_token.as_deref().filter(|t| !t.is_empty()) {
+            Some(token) => u.tokens.use_token(token).await?,
+            None => None,
+        };
+        if token_entry.is_none() && !unauthenticated {
+            return self.refuse(u, req, Error::PermissionDenied).await;
+        }
+        req.auth = token_entry.as_ref().map(TokenStore::to_auth);
+
+        if !unauthenticated {
+            let policies = token_entry.as_ref().map(|e| e.policies.clone()).unwrap_or_default();
+            let acl = u.policies.acl(&policies).await?;
+            if req.operation == Operation::Update {
+                if let Some((mount, rel)) = &route {
+                    if self.exists(u, mount, rel, req).await? == Some(false) {
+                        req.operation = Operation::Create;
+                    }
+                }
+            }
+            let verdict = acl.allow_operation(&req.path, req.operation, &req.data);
+            if !verdict.allowed {
+                return self.refuse(u, req, Error::PermissionDenied).await;
+            }
+            let needs_sudo = match &route {
+                Some((mount, rel)) if mount.entry.kind == "system" => system::needs_sudo(rel),
+                Some((mount, rel)) if mount.entry.kind == "token" => rel.starts_with("accessors") || rel.starts_with("revoke-orphan"),
+                _ => false,
+            };
+            if needs_sudo && !verdict.root_privs {
+                return self.refuse(u, req, Error::PermissionDenied).await;
+            }
+        }
+
+        u.audit.log_request(req, req.auth.as_ref(), None).await?;
+        let result = match &route {
+            None => Err(Error::UnsupportedPath(req.path.clone())),
+            Some((mount, rel)) if mount.entry.kind == "system" => self.system(u, req, rel).await,
+            Some((mount, rel)) => {
+                let info = req.mount.clone().unwrap_or_default();
+                let outcome = mount.backend.handle(BackendRequest { path: rel.clone(), req, storage: &mount.view, mount: &info }).await;
+                match outcome {
+                    Ok(mut resp) if mount.entry.table == Table::Auth && mount.entry.kind != "token" => {
+                        if let Some(login) = resp.auth.take() {
+                            resp.auth = Some(u.tokens.create_from_login(&login, &info).await?);
+                        }
+                        Ok(resp)
+                    }
+                    other => other,
+                }
+            }
+        };
+        let error = result.as_ref().err().map(|e| e.to_string());
+        u.audit.log_response(req, req.auth.as_ref(), result.as_ref().ok(), error.as_deref()).await?;
+        result
+    }
+
+    /// Audits a refused request (so denied attempts are on record) and
+    /// returns the refusal; an audit failure wins, as the request was not logged.
+    async fn refuse(&self, u: &Unsealed, req: &Request, err: Error) -> Result<Response> {
+        let msg = err.to_string();
+        u.audit.log_request(req, req.auth.as_ref(), Some(&msg)).await?;
+        u.audit.log_response(req, req.auth.as_ref(), None, Some(&msg)).await?;
+        Err(err)
+    }
+
+    async fn exists(&self, u: &Unsealed, mount: &Mount, rel: &str, req: &Request) -> Result<Option<bool>> {
+        if mount.entry.kind == "system" {
+            return Ok(system::exists(self, u, rel).await);
+        }
+        let info = req.mount.clone().unwrap_or_default();
+        mount.backend.exists(BackendRequest { path: rel.to_string(), req, storage: &mount.view, mount: &info }).await
+    }
+}
+
+/// A persisted audit device: its config and the uuid of its storage view.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditTableEntry {
+    pub config: crate::audit::AuditDeviceConfig,
+    pub uuid: String,
+}
+
+/// Builds the backend serving a mount entry.
+fn backend_factory(entry: &MountEntry, tokens: &TokenStore) -> Result<Arc<dyn LogicalBackend>> {
+    use crate::auth::{approle::ApproleBackend, userpass::UserpassBackend};
+    use crate::secrets::kv::KvBackend;
+    let backend: Arc<dyn LogicalBackend> = match (entry.table, entry.kind.as_str()) {
+        (_, "system") => Arc::new(system::Placeholder),
+        (Table::Auth, "token") => Arc::new(tokens.clone()),
+        (Table::Auth, "userpass") => Arc::new(UserpassBackend::new()),
+        (Table::Auth, "approle") => Arc::new(ApproleBackend::new()),
+        (Table::Secret, "kv") => {
+            let version = entry.options.get("version").map(String::as_str).unwrap_or("1");
+            Arc::new(KvBackend::new(if version == "2" { 2 } else { 1 }))
+        }
+        (table, kind) => {
+            let what = if table == Table::Auth { "auth method" } else { "secrets engine" };
+            return Err(Error::internal(format!("{what} type {kind:?} in the mount table is not supported by this build")));
+        }
+    };
+    Ok(backend)
+}
+
+/// Vault's special-path match: exact, or prefix when the pattern ends in `*`.
+fn path_matches(pattern: &str, path: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => path.starts_with(prefix),
+        None => pattern == path,
+    }
+}
+
+fn base64_std(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// JSON for a `KeyStatus`, as Vault shows it.
+pub fn key_status_json(status: &crate::barrier::KeyStatus) -> Value {
+    json!({
+        "term": status.term,
+        "install_time": status.install_time.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        "encryptions": status.encryptions,
+    })
+}

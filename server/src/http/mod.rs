@@ -1,1 +1,355 @@
-//! (being written)
+//! The HTTP face of the server: Vault's `/v1/` API over axum, with the
+//! envelope (the three response shapes), the one error-to-response mapping,
+//! body limits and request timeouts. TLS listeners live in `listener`.
+
+mod listener;
+mod sys_raw;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response as HttpResponse};
+use axum::Router;
+use serde_json::{json, Map, Value};
+
+use crate::core::Core;
+use crate::error::Error;
+use crate::logical::{Auth, Operation, Request, Response};
+
+pub use listener::{serve_listener, tls_server_config, ListenerHandle};
+
+/// Per-listener request settings.
+#[derive(Debug, Clone)]
+pub struct ListenerSettings {
+    pub max_request_size: u64,
+    pub max_request_duration: Duration,
+    pub unauthenticated_metrics_access: bool,
+}
+
+impl Default for ListenerSettings {
+    fn default() -> Self {
+        ListenerSettings { max_request_size: 32 << 20, max_request_duration: Duration::from_secs(90), unauthenticated_metrics_access: false }
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    core: Arc<Core>,
+    settings: Arc<ListenerSettings>,
+}
+
+/// The axum app for one listener.
+pub fn router(core: Arc<Core>, settings: ListenerSettings) -> Router {
+    Router::new().fallback(entry).with_state(AppState { core, settings: Arc::new(settings) })
+}
+
+async fn entry(
+    State(state): State<AppState>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> HttpResponse {
+    let limit = state.settings.max_request_duration;
+    match tokio::time::timeout(limit, serve(&state, remote, method, uri, headers, body)).await {
+        Ok(resp) => resp,
+        Err(_) => error_response(&Error::Internal(format!(
+            "request exceeded the listener's max_request_duration ({}s) and was cancelled",
+            limit.as_secs()
+        ))),
+    }
+}
+
+async fn serve(state: &AppState, remote: SocketAddr, method: Method, uri: Uri, headers: HeaderMap, body: Body) -> HttpResponse {
+    let Some(raw_path) = uri.path().strip_prefix("/v1/") else {
+        return error_response(&Error::UnsupportedPath(uri.path().trim_start_matches('/').to_string()));
+    };
+    let path = percent_decode(raw_path);
+    let query = parse_query(uri.query());
+
+    let limit = state.settings.max_request_size as usize;
+    let bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(e) => {
+            let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                || e.to_string().contains("length limit");
+            return if too_large {
+                error_response(&Error::TooLarge)
+            } else {
+                error_response(&Error::invalid(format!("failed to read request body: {e}")))
+            };
+        }
+    };
+
+    let token = headers
+        .get("x-vault-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| {
+            headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(|t| t.trim().to_string())
+        })
+        .filter(|t| !t.is_empty());
+
+    let list_query = query.get("list").is_some_and(|v| v == "true" || v == "1");
+    let operation = match (method.as_str(), list_query) {
+        ("GET", true) | ("LIST", _) => Operation::List,
+        ("GET", false) | ("HEAD", _) => Operation::Read,
+        ("POST" | "PUT", _) => Operation::Update,
+        ("PATCH", _) => Operation::Patch,
+        ("DELETE", _) => Operation::Delete,
+        _ => return error_response(&Error::UnsupportedOperation),
+    };
+
+    if operation == Operation::Patch {
+        let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        if !content_type.starts_with("application/merge-patch+json") {
+            return (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                axum::Json(json!({"errors": [format!("PATCH requires Content-Type application/merge-patch+json, got {content_type:?}")]})),
+            )
+                .into_response();
+        }
+    }
+
+    let mut data = match parse_body(&bytes) {
+        Ok(d) => d,
+        Err(e) => return error_response(&e),
+    };
+    if matches!(operation, Operation::Read | Operation::List | Operation::Delete) {
+        for (k, v) in &query {
+            if k != "list" {
+                data.entry(k.clone()).or_insert_with(|| Value::String(v.clone()));
+            }
+        }
+    }
+
+    if let Some(resp) = sys_raw::handle(state, &method, &path, &query, &data, token.as_deref()).await {
+        return resp;
+    }
+
+    let path = path.trim_end_matches('/').to_string() + if operation == Operation::List && !path.ends_with('/') { "/" } else { "" };
+    let path = if operation == Operation::List || raw_path.ends_with('/') && operation != Operation::Read {
+        ensure_trailing_slash(&path, operation)
+    } else {
+        path
+    };
+    let mut req = Request::new(operation, path.clone());
+    req.data = data;
+    req.client_token = token;
+    req.remote_addr = Some(remote);
+    req.headers = headers
+        .iter()
+        .filter(|(name, _)| !matches!(name.as_str(), "x-vault-token" | "authorization" | "cookie"))
+        .filter_map(|(name, value)| Some((name.as_str().to_string(), value.to_str().ok()?.to_string())))
+        .collect();
+
+    let result = state.core.handle_request(req).await;
+    if method == Method::HEAD {
+        let status = match &result {
+            Ok(r) => StatusCode::from_u16(r.status.unwrap_or(200)).unwrap_or(StatusCode::OK),
+            Err(e) => StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        };
+        return status.into_response();
+    }
+    match result {
+        Ok(resp) => logical_response(&path, resp),
+        Err(e) => error_response(&e),
+    }
+}
+
+fn ensure_trailing_slash(path: &str, operation: Operation) -> String {
+    if operation == Operation::List && !path.ends_with('/') && !path.is_empty() {
+        format!("{path}/")
+    } else {
+        path.to_string()
+    }
+}
+
+/// Vault accepts an empty body, or a JSON object.
+fn parse_body(bytes: &[u8]) -> Result<Map<String, Value>, Error> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(Value::Null) => Ok(Map::new()),
+        Ok(_) => Err(Error::invalid("failed to parse JSON input: the body must be a JSON object")),
+        Err(e) => Err(Error::invalid(format!("failed to parse JSON input: {e}"))),
+    }
+}
+
+fn parse_query(query: Option<&str>) -> BTreeMap<String, String> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(&k.replace('+', " ")), percent_decode(&v.replace('+', " ")))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() + 0 && i + 2 <= bytes.len() - 1 {
+            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Routes whose `data` Vault also copies to the top level of the body.
+fn injects_data(path: &str) -> bool {
+    const EXACT: &[&str] = &[
+        "sys/audit",
+        "sys/auth",
+        "sys/capabilities",
+        "sys/capabilities-accessor",
+        "sys/capabilities-self",
+        "sys/key-status",
+        "sys/mounts",
+        "sys/policy",
+        "sys/rekey/backup",
+        "sys/remount",
+        "sys/rotate",
+        "sys/wrapping/wrap",
+        "sys/config/cors",
+    ];
+    const PREFIX: &[&str] = &["sys/audit/", "sys/audit-hash/", "sys/auth/", "sys/mounts/", "sys/policy/"];
+    let path = path.trim_end_matches('/');
+    EXACT.contains(&path) || PREFIX.iter().any(|p| path.starts_with(p))
+}
+
+fn auth_json(auth: &Auth) -> Value {
+    json!({
+        "client_token": auth.client_token,
+        "accessor": auth.accessor,
+        "policies": auth.policies,
+        "token_policies": auth.token_policies,
+        "identity_policies": if auth.identity_policies.is_empty() { Value::Null } else { json!(auth.identity_policies) },
+        "metadata": if auth.metadata.is_empty() { Value::Null } else { json!(auth.metadata) },
+        "lease_duration": auth.lease_duration,
+        "renewable": auth.renewable,
+        "entity_id": auth.entity_id,
+        "token_type": if auth.token_type.is_empty() { "service" } else { &auth.token_type },
+        "orphan": auth.orphan,
+        "mfa_requirement": Value::Null,
+        "num_uses": auth.num_uses,
+    })
+}
+
+/// The normal wrapper (and the injector variant) for a logical response.
+fn logical_response(path: &str, resp: Response) -> HttpResponse {
+    if let Some(raw) = resp.raw {
+        let status = StatusCode::from_u16(resp.status.unwrap_or(200)).unwrap_or(StatusCode::OK);
+        return (status, [(header::CONTENT_TYPE, raw.content_type)], raw.body).into_response();
+    }
+    let has_content = resp.data.is_some() || resp.auth.is_some() || !resp.warnings.is_empty();
+    let status = resp.status.unwrap_or(if has_content { 200 } else { 204 });
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    if !has_content {
+        return status.into_response();
+    }
+    let lease = resp.lease.clone().unwrap_or_default();
+    let mount_type = path.split('/').next().unwrap_or("").to_string();
+    let mut body = json!({
+        "request_id": uuid::Uuid::new_v4().to_string(),
+        "lease_id": lease.lease_id,
+        "renewable": lease.renewable,
+        "lease_duration": lease.lease_duration,
+        "data": resp.data.clone().map(Value::Object).unwrap_or(Value::Null),
+        "wrap_info": Value::Null,
+        "warnings": if resp.warnings.is_empty() { Value::Null } else { json!(resp.warnings) },
+        "auth": resp.auth.as_ref().map(auth_json).unwrap_or(Value::Null),
+        "mount_type": if mount_type == "sys" { "system".to_string() } else { String::new() },
+    });
+    if injects_data(path) {
+        if let (Some(data), Some(top)) = (resp.data, body.as_object_mut()) {
+            for (k, v) in data {
+                top.entry(k).or_insert(v);
+            }
+        }
+    }
+    (status, axum::Json(body)).into_response()
+}
+
+/// The one place errors become HTTP responses: Vault's `{"errors":[...]}`.
+pub fn error_response(err: &Error) -> HttpResponse {
+    let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if status.is_server_error() && !matches!(err, Error::Sealed | Error::NoActiveNode | Error::Storage(crate::physical::StorageError::Sealed)) {
+        tracing::error!(error = %err, "request failed");
+    }
+    let errors: Vec<String> = match err {
+        Error::NotFound => Vec::new(),
+        other => vec![other.to_string()],
+    };
+    (status, axum::Json(json!({ "errors": errors }))).into_response()
+}
+
+/// A bare JSON body (the raw `sys/` handlers).
+fn raw_json<T: serde::Serialize>(status: StatusCode, value: &T) -> HttpResponse {
+    (status, axum::Json(value)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn injector_routes() {
+        for (path, want) in [
+            ("sys/mounts", true),
+            ("sys/mounts/secret", true),
+            ("sys/policy/foo", true),
+            ("sys/policies/acl/foo", false),
+            ("sys/capabilities-self", true),
+            ("sys/audit-hash/file", true),
+            ("secret/data/x", false),
+            ("sys/auth/userpass/tune", true),
+        ] {
+            assert_eq!(injects_data(path), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn bodies() {
+        assert!(parse_body(b"").unwrap().is_empty());
+        assert!(parse_body(b"  \n").unwrap().is_empty());
+        assert_eq!(parse_body(br#"{"a":1}"#).unwrap()["a"], 1);
+        for bad in [&b"{"[..], b"[1,2]", b"\"x\"", b"{\"a\":"] {
+            let err = parse_body(bad).unwrap_err();
+            assert_eq!(err.status(), 400);
+            assert!(err.to_string().starts_with("failed to parse JSON input"), "{err}");
+        }
+    }
+
+    #[test]
+    fn query_and_percent_decoding() {
+        let q = parse_query(Some("list=true&version=2&a%2Fb=c%20d"));
+        assert_eq!(q["list"], "true");
+        assert_eq!(q["version"], "2");
+        assert_eq!(q["a/b"], "c d");
+        assert_eq!(percent_decode("secret/data/a%20b"), "secret/data/a b");
+        assert_eq!(percent_decode("100%"), "100%");
+    }
+}

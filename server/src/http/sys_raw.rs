@@ -1,0 +1,203 @@
+//! The raw `sys/` handlers: answered with bare JSON (no envelope), without a
+//! token, and mostly while sealed — init, seal-status, unseal, seal, health,
+//! leader, step-down, generate-root and rekey. None of these are audited
+//! (Vault does not audit them either).
+
+use std::collections::BTreeMap;
+
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response as HttpResponse};
+use serde_json::{json, Map, Value};
+
+use super::{error_response, raw_json, AppState};
+use crate::error::Error;
+
+/// `Some(response)` when `path` is a raw handler.
+pub(super) async fn handle(
+    state: &AppState,
+    method: &Method,
+    path: &str,
+    query: &BTreeMap<String, String>,
+    body: &Map<String, Value>,
+    token: Option<&str>,
+) -> Option<HttpResponse> {
+    let core = &state.core;
+    let write = matches!(method.as_str(), "PUT" | "POST");
+    let get = method == Method::GET;
+    let str_field = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
+    let resp = match path.trim_end_matches('/') {
+        "sys/health" if get || method == Method::HEAD => health(state, query, method == Method::HEAD).await,
+        "sys/seal-status" if get => result(core.seal_status().await),
+        "sys/init" if get => match core.is_initialized().await {
+            Ok(init) => raw_json(StatusCode::OK, &json!({ "initialized": init })),
+            Err(e) => error_response(&e),
+        },
+        "sys/init" if write => match serde_json::from_value::<crate::core::InitRequest>(Value::Object(body.clone())) {
+            Ok(req) => result(core.init(req).await),
+            Err(e) => error_response(&Error::invalid(format!("invalid init request: {e}"))),
+        },
+        "sys/unseal" if write => {
+            let reset = body.get("reset").and_then(Value::as_bool).unwrap_or(false);
+            if body.get("migrate").and_then(Value::as_bool).unwrap_or(false) {
+                return Some(error_response(&Error::invalid("seal migration is not supported by this build: no migration seal is configured")));
+            }
+            result(core.unseal(str_field("key").as_deref(), reset).await)
+        }
+        "sys/seal" if write => match core.seal(token).await {
+            Ok(()) => StatusCode::NO_CONTENT.into_response(),
+            Err(e) => error_response(&e),
+        },
+        "sys/step-down" if write => match core.step_down(token).await {
+            Ok(()) => StatusCode::NO_CONTENT.into_response(),
+            Err(e) => error_response(&e),
+        },
+        "sys/leader" if get => leader(state).await,
+        "sys/metrics" if get && state.settings.unauthenticated_metrics_access => {
+            let mut req = crate::logical::Request::new(crate::logical::Operation::Read, "sys/metrics");
+            req.data = body.clone();
+            for (k, v) in query {
+                req.data.insert(k.clone(), Value::String(v.clone()));
+            }
+            match core.metrics_unauthenticated(&req) {
+                Ok(resp) => super::logical_response("sys/metrics", resp),
+                Err(e) => error_response(&e),
+            }
+        }
+        "sys/generate-root/attempt" => match method.as_str() {
+            "GET" => result(core.generate_root_status().await),
+            "PUT" | "POST" => result(core.generate_root_start(str_field("otp"), str_field("pgp_key")).await),
+            "DELETE" => {
+                core.generate_root_cancel();
+                StatusCode::NO_CONTENT.into_response()
+            }
+            _ => error_response(&Error::UnsupportedOperation),
+        },
+        "sys/generate-root/update" if write => match str_field("key") {
+            Some(key) => result(core.generate_root_update(&key, str_field("nonce").as_deref()).await),
+            None => error_response(&Error::invalid("'key' must be specified in request body as JSON")),
+        },
+        "sys/rekey/init" => match method.as_str() {
+            "GET" => result(core.rekey_status().await),
+            "PUT" | "POST" => {
+                let num = |k: &str| body.get(k).and_then(Value::as_u64).unwrap_or(0).min(255) as u8;
+                let flag = |k: &str| body.get(k).and_then(Value::as_bool).unwrap_or(false);
+                let pgp = body.get("pgp_keys").and_then(Value::as_array).is_some_and(|a| !a.is_empty());
+                result(core.rekey_start(num("secret_shares"), num("secret_threshold"), flag("require_verification"), pgp, flag("backup")).await)
+            }
+            "DELETE" => {
+                core.rekey_cancel();
+                StatusCode::NO_CONTENT.into_response()
+            }
+            _ => error_response(&Error::UnsupportedOperation),
+        },
+        "sys/rekey/update" if write => match str_field("key") {
+            Some(key) => result(core.rekey_update(&key, str_field("nonce").as_deref()).await),
+            None => error_response(&Error::invalid("'key' must be specified in request body as JSON")),
+        },
+        "sys/rekey/verify" => match method.as_str() {
+            "GET" => result(core.rekey_verify_status().await),
+            "PUT" | "POST" => match str_field("key") {
+                Some(key) => result(core.rekey_verify_update(&key, str_field("nonce").as_deref()).await),
+                None => error_response(&Error::invalid("'key' must be specified in request body as JSON")),
+            },
+            "DELETE" => match core.rekey_verify_cancel() {
+                Ok(()) => result(core.rekey_verify_status().await),
+                Err(e) => error_response(&e),
+            },
+            _ => error_response(&Error::UnsupportedOperation),
+        },
+        "sys/rekey/backup" | "sys/rekey/recovery-key-backup" => {
+            error_response(&Error::invalid("rekey backups are only made for PGP-encrypted shares, which this build does not support"))
+        }
+        _ => return None,
+    };
+    Some(resp)
+}
+
+fn result<T: serde::Serialize>(r: Result<T, Error>) -> HttpResponse {
+    match r {
+        Ok(v) => raw_json(StatusCode::OK, &v),
+        Err(e) => error_response(&e),
+    }
+}
+
+/// `sys/health`: status codes chosen by state, each overridable by a query
+/// parameter, as Vault does (first match wins).
+async fn health(state: &AppState, query: &BTreeMap<String, String>, head: bool) -> HttpResponse {
+    let code = |name: &str, default: u16| -> Result<u16, Error> {
+        match query.get(name) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<u16>()
+                .ok()
+                .filter(|c| (100..600).contains(c))
+                .ok_or_else(|| Error::invalid(format!("bad code value {v:?} for {name}: use an HTTP status code"))),
+        }
+    };
+    let flag = |name: &str| query.get(name).is_some_and(|v| v.is_empty() || v == "true" || v == "1");
+    let core = &state.core;
+    let initialized = match core.is_initialized().await {
+        Ok(i) => i,
+        Err(e) => return error_response(&e),
+    };
+    let sealed = core.is_sealed();
+    let standby = false;
+    let status = (|| -> Result<u16, Error> {
+        Ok(if !initialized {
+            code("uninitcode", 501)?
+        } else if sealed {
+            code("sealedcode", 503)?
+        } else if standby && !flag("standbyok") {
+            code("standbycode", 429)?
+        } else {
+            code("activecode", 200)?
+        })
+    })();
+    let status = match status {
+        Ok(s) => StatusCode::from_u16(s).unwrap_or(StatusCode::OK),
+        Err(e) => return error_response(&e),
+    };
+    if head {
+        return status.into_response();
+    }
+    let cluster = core.unsealed().ok().map(|u| u.cluster.clone());
+    let body = json!({
+        "initialized": initialized,
+        "sealed": sealed,
+        "standby": standby,
+        "performance_standby": false,
+        "replication_performance_mode": "disabled",
+        "replication_dr_mode": "disabled",
+        "server_time_utc": chrono::Utc::now().timestamp(),
+        "version": crate::VERSION,
+        "enterprise": false,
+        "cluster_name": cluster.as_ref().map(|c| c.name.clone()).unwrap_or_default(),
+        "cluster_id": cluster.as_ref().map(|c| c.id.clone()).unwrap_or_default(),
+        "echo_duration_ms": 0,
+        "clock_skew_ms": 0,
+        "replication_primary_canary_age_ms": 0,
+        "removed_from_cluster": false,
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+async fn leader(state: &AppState) -> HttpResponse {
+    let core = &state.core;
+    let unsealed = match core.unsealed() {
+        Ok(u) => u,
+        Err(e) => return error_response(&e),
+    };
+    let ha = core.config.ha_enabled;
+    let body = json!({
+        "ha_enabled": ha,
+        "is_self": ha,
+        "active_time": if ha { unsealed.active_time.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true) } else { "0001-01-01T00:00:00Z".to_string() },
+        "leader_address": if ha { core.config.api_addr.clone().unwrap_or_default() } else { String::new() },
+        "leader_cluster_address": if ha { core.config.cluster_addr.clone().unwrap_or_default() } else { String::new() },
+        "performance_standby": false,
+        "performance_standby_last_remote_wal": 0,
+        "raft_committed_index": 0,
+        "raft_applied_index": 0,
+    });
+    raw_json(StatusCode::OK, &body)
+}
