@@ -120,7 +120,10 @@ fn check_key(key: &str) -> Result<()> {
     if body.is_empty() {
         return Ok(());
     }
-    if body.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
+    if body
+        .split('/')
+        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
         return Err(Error::invalid(format!(
             "invalid path {key:?}: a path may not contain empty, \".\" or \"..\" segments"
         )));

@@ -51,7 +51,7 @@ async fn read(req: &BackendRequest<'_>, key: &str) -> Result<Response> {
             fields::signed_duration_secs(&one, "ttl").ok().flatten()
         })
         .and_then(|secs| u64::try_from(secs).ok())
-        .unwrap_or_else(|| req.mount.default_lease_ttl.as_secs());
+        .unwrap_or(req.mount.default_lease_ttl.as_secs());
     let mut resp = Response::data(Value::Object(secret));
     resp.lease = Some(Lease {
         lease_id: String::new(),

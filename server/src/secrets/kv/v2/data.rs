@@ -264,9 +264,7 @@ pub(super) async fn subkeys(
 fn strip_values(map: &mut Map<String, Value>, depth: i64, max_depth: i64) {
     for value in map.values_mut() {
         match value {
-            Value::Object(inner)
-                if (max_depth == 0 || depth + 1 <= max_depth) && !inner.is_empty() =>
-            {
+            Value::Object(inner) if (max_depth == 0 || depth < max_depth) && !inner.is_empty() => {
                 strip_values(inner, depth + 1, max_depth)
             }
             other => *other = Value::Null,

@@ -54,7 +54,11 @@ pub(super) async fn config(req: &BackendRequest<'_>) -> Result<Response> {
     }
 }
 
-pub(super) async fn handle(kv: &KvBackend, req: &BackendRequest<'_>, key: &str) -> Result<Response> {
+pub(super) async fn handle(
+    kv: &KvBackend,
+    req: &BackendRequest<'_>,
+    key: &str,
+) -> Result<Response> {
     if req.operation() == Operation::List {
         return list(req, key).await;
     }
@@ -275,7 +279,10 @@ async fn write(kv: &KvBackend, req: &BackendRequest<'_>, key: &str) -> Result<Re
     let cas_required = fields::boolean(data, "cas_required")?;
     let delete_after = key_delete_after(data)?;
     let custom = custom_metadata(data, false)?;
-    if max_versions.is_none() && cas_required.is_none() && delete_after.is_none() && custom.is_none()
+    if max_versions.is_none()
+        && cas_required.is_none()
+        && delete_after.is_none()
+        && custom.is_none()
     {
         return Ok(Response::empty());
     }

@@ -12,7 +12,8 @@
 //!
 //! Behaviour that may surprise but is Vault's: a key's effective
 //! `max_versions` is the larger of the key's and the mount's (10 when both are
-//! 0); `oldest_version` stays 0 until the first version is pruned; a write to
+//! 0); `oldest_version` stays 0 until the window of kept versions first fills
+//! (it is 1 after the tenth write, when nothing has been pruned yet); a write to
 //! `metadata/<path>` with no known field does nothing.
 
 mod data;
@@ -182,7 +183,7 @@ impl KeyMetadata {
 struct VersionMetadata {
     created_time: DateTime<Utc>,
     /// Set by a delete, or ahead of time by `delete_version_after`; the
-    /// version reads as deleted once this time has passed.
+    /// version reads as deleted from this time on.
     #[serde(default)]
     deletion_time: Option<DateTime<Utc>>,
     #[serde(default)]
@@ -191,7 +192,7 @@ struct VersionMetadata {
 
 impl VersionMetadata {
     fn is_deleted(&self, now: DateTime<Utc>) -> bool {
-        self.deletion_time.is_some_and(|at| at < now)
+        self.deletion_time.is_some_and(|at| at <= now)
     }
 
     fn is_live(&self, now: DateTime<Utc>) -> bool {
