@@ -1,0 +1,137 @@
+//! The key/value secret engine, wire-compatible with Vault's `kv` plugin.
+//!
+//! One [`KvBackend`] serves one mount, in either form:
+//! - **v1** ([`v1`]): a plain map from path to a JSON object, stored as is.
+//! - **v2** ([`v2`]): versioned secrets under `data/`, `metadata/`, `delete/`,
+//!   `undelete/`, `destroy/`, `subkeys/` and `config`, with check-and-set,
+//!   soft delete, destroy, version pruning and automatic deletion.
+//!
+//! Both keep their keys in clear text in the mount's storage view (the barrier
+//! below encrypts the values); see [`v2`] for the versioned layout.
+
+mod fields;
+mod v1;
+mod v2;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::sync::RwLock;
+
+use crate::error::{Error, Result};
+use crate::logical::{BackendRequest, LogicalBackend, Response};
+
+/// Where the engine reads the time; tests substitute a clock they can move.
+pub(crate) type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+/// The `kv` secret engine for one mount.
+pub struct KvBackend {
+    version: u8,
+    locks: KeyLocks,
+    clock: Clock,
+}
+
+impl KvBackend {
+    /// `version` 2 gives the versioned engine; any other value gives v1, as a
+    /// Vault `kv` mount without `options.version = "2"` is v1.
+    pub fn new(version: u8) -> KvBackend {
+        Self::with_clock(version, Arc::new(Utc::now))
+    }
+
+    pub(crate) fn with_clock(version: u8, clock: Clock) -> KvBackend {
+        KvBackend {
+            version: if version == 2 { 2 } else { 1 },
+            locks: KeyLocks::new(),
+            clock,
+        }
+    }
+
+    /// 1 or 2.
+    pub fn version(&self) -> u8 {
+        self.version
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        (self.clock)()
+    }
+}
+
+impl std::fmt::Debug for KvBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvBackend")
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
+#[async_trait]
+impl LogicalBackend for KvBackend {
+    async fn handle(&self, req: BackendRequest<'_>) -> Result<Response> {
+        if self.version == 2 {
+            v2::handle(self, &req).await
+        } else {
+            v1::handle(&req).await
+        }
+    }
+
+    async fn exists(&self, req: BackendRequest<'_>) -> Result<Option<bool>> {
+        if self.version == 2 {
+            v2::exists(&req).await
+        } else {
+            v1::exists(&req).await
+        }
+    }
+}
+
+/// Striped per-key locks, so a read-modify-write of one secret (a CAS write,
+/// a delete of some versions) cannot interleave with another on the same key.
+/// Only the active node serves writes, so a lock in this process is enough.
+struct KeyLocks {
+    stripes: Vec<RwLock<()>>,
+}
+
+impl KeyLocks {
+    const STRIPES: usize = 64;
+
+    fn new() -> Self {
+        KeyLocks {
+            stripes: (0..Self::STRIPES).map(|_| RwLock::new(())).collect(),
+        }
+    }
+
+    fn for_key(&self, key: &str) -> &RwLock<()> {
+        let mut hasher = DefaultHasher::new();
+        key.hash(&mut hasher);
+        &self.stripes[(hasher.finish() % Self::STRIPES as u64) as usize]
+    }
+}
+
+/// Rejects keys that would not round-trip through storage listing or that
+/// look like path traversal: empty, `.` or `..` segments. A trailing `/`
+/// (a folder) is the caller's to decide on.
+fn check_key(key: &str) -> Result<()> {
+    let body = key.strip_suffix('/').unwrap_or(key);
+    if body.is_empty() {
+        return Ok(());
+    }
+    if body
+        .split('/')
+        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
+        return Err(Error::invalid(format!(
+            "invalid path {key:?}: a path may not contain empty, \".\" or \"..\" segments"
+        )));
+    }
+    Ok(())
+}
+
+/// The unsupported-path error, naming the path as the client sent it.
+fn unsupported(req: &BackendRequest<'_>) -> Error {
+    Error::UnsupportedPath(req.req.path.clone())
+}
