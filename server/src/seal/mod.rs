@@ -194,7 +194,7 @@ impl ShamirSeal {
         barrier: &Barrier,
         secret_shares: u8,
         secret_threshold: u8,
-    ) -> Result<Vec<Zeroizing<Vec<u8>>>, SealError> {
+    ) -> Result<Shares, SealError> {
         self.check_same_store(barrier);
         let config = SealConfig::shamir(secret_shares, secret_threshold)?;
         if barrier.initialized().await? {
@@ -243,7 +243,7 @@ impl ShamirSeal {
         current_unseal_key: &[u8],
         secret_shares: u8,
         secret_threshold: u8,
-    ) -> Result<Vec<Zeroizing<Vec<u8>>>, SealError> {
+    ) -> Result<Shares, SealError> {
         self.check_same_store(barrier);
         let config = SealConfig::shamir(secret_shares, secret_threshold)?;
         if barrier.is_sealed() {
@@ -272,10 +272,13 @@ impl ShamirSeal {
     }
 }
 
+/// Operator shares (or the single unseal key), each zeroized on drop.
+pub type Shares = Vec<Zeroizing<Vec<u8>>>;
+
 /// A fresh unseal key and the shares handed out for it.
 fn new_unseal_key(
     config: &SealConfig,
-) -> Result<(Zeroizing<[u8; UNSEAL_KEY_LEN]>, Vec<Zeroizing<Vec<u8>>>), SealError> {
+) -> Result<(Zeroizing<[u8; UNSEAL_KEY_LEN]>, Shares), SealError> {
     let mut key = Zeroizing::new([0u8; UNSEAL_KEY_LEN]);
     OsRng.fill_bytes(&mut key[..]);
     let shares = if config.secret_shares == 1 {
