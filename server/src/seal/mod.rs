@@ -1,1 +1,324 @@
-//! (being written)
+//! Seals: what wraps the barrier's root key while the server is sealed. Here, Vault's Shamir seal.
+//!
+//! Init generates a root key and a 32-byte unseal key (the key-encryption key),
+//! wraps the root key under the unseal key with AES-256-GCM at
+//! `core/hsm/barrier-unseal-keys`, and Shamir-splits the unseal key into the
+//! shares handed to operators ([`shamir`], Vault's share encoding). Unseal
+//! combines a threshold of shares, unwraps the root key and opens the barrier.
+//!
+//! `core/seal-config` is stored in the clear so that `t` and `n` are known
+//! while sealed. Its JSON uses Vault's field names.
+//!
+//! Crash safety: init and rekey commit every entry they touch (seal config,
+//! wrapped root key, keyring, `core/root-key`) in ONE physical transaction.
+//! Before it commits, the old shares open the store; after, the new ones do.
+//! Never a mix, whatever the order of writes inside it.
+
+pub mod shamir;
+
+use std::sync::Arc;
+
+use aes_gcm::{Aes256Gcm, KeyInit};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use rand::rngs::OsRng;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::barrier::{layout, Barrier, BarrierError, RootKey};
+use crate::physical::{Backend, StorageError, TxnOp};
+use shamir::ShamirError;
+
+pub const SEAL_CONFIG_PATH: &str = "core/seal-config";
+pub const UNSEAL_KEYS_PATH: &str = "core/hsm/barrier-unseal-keys";
+
+/// Length of the unseal key (the key-encryption key the shares rebuild).
+pub const UNSEAL_KEY_LEN: usize = 32;
+
+/// Why a seal operation failed. No variant carries key bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    /// A rule of Vault's `SealConfig.Validate`; the text is Vault's.
+    #[error("invalid seal configuration: {0}")]
+    InvalidConfig(&'static str),
+    #[error("Vault is already initialized")]
+    AlreadyInitialized,
+    #[error("Vault is not initialized")]
+    NotInitialized,
+    /// The unseal key (or the shares it was combined from) does not open the
+    /// wrapped root key. Vault's wording.
+    #[error("cipher: message authentication failed")]
+    InvalidKey,
+    #[error("'key' must be a valid hex or base64 string")]
+    KeyEncoding,
+    #[error("failed to combine the unseal key shares: {0}")]
+    Shamir(#[from] ShamirError),
+    #[error(transparent)]
+    Barrier(#[from] BarrierError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("seal storage is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl From<SealError> for crate::error::Error {
+    fn from(e: SealError) -> Self {
+        use crate::error::Error;
+        match e {
+            SealError::NotInitialized => Error::NotInitialized,
+            SealError::Barrier(e) => e.into(),
+            SealError::Storage(e) => Error::Storage(e),
+            SealError::Corrupt(_) => Error::internal(e.to_string()),
+            SealError::InvalidConfig(_)
+            | SealError::AlreadyInitialized
+            | SealError::InvalidKey
+            | SealError::KeyEncoding
+            | SealError::Shamir(_) => Error::invalid(e.to_string()),
+        }
+    }
+}
+
+/// The seal's configuration, as stored (in the clear) at `core/seal-config`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealConfig {
+    /// `"shamir"`.
+    pub r#type: String,
+    pub secret_shares: u8,
+    pub secret_threshold: u8,
+    /// Keys stored by the seal itself: always 1 (the wrapped root key), as in
+    /// Vault since 1.3.
+    #[serde(default = "one")]
+    pub stored_shares: u8,
+}
+
+fn one() -> u8 {
+    1
+}
+
+impl SealConfig {
+    pub fn shamir(secret_shares: u8, secret_threshold: u8) -> Result<Self, SealError> {
+        check_share_counts(secret_shares.into(), secret_threshold.into())?;
+        Ok(SealConfig {
+            r#type: "shamir".into(),
+            secret_shares,
+            secret_threshold,
+            stored_shares: 1,
+        })
+    }
+
+    /// Rebuilds the unseal key from a threshold of operator shares (already
+    /// decoded, e.g. by [`decode_key`]). With one share the share is the key.
+    pub fn combine(&self, shares: &[&[u8]]) -> Result<Zeroizing<Vec<u8>>, SealError> {
+        match shares {
+            [single] if self.secret_shares == 1 => Ok(Zeroizing::new(single.to_vec())),
+            _ => Ok(shamir::combine(shares)?),
+        }
+    }
+}
+
+/// Vault's share/threshold rules, over the request's integers (so the HTTP
+/// layer can report 256 or -1 with Vault's message before narrowing to `u8`).
+pub fn check_share_counts(shares: i64, threshold: i64) -> Result<(u8, u8), SealError> {
+    let invalid = |msg| Err(SealError::InvalidConfig(msg));
+    if shares < 1 {
+        return invalid("shares must be at least one");
+    }
+    if threshold < 1 {
+        return invalid("threshold must be at least one");
+    }
+    if shares > 1 && threshold == 1 {
+        return invalid("threshold must be greater than one for multiple shares");
+    }
+    if shares > 255 {
+        return invalid("shares must be less than 256");
+    }
+    if threshold > 255 {
+        return invalid("threshold must be less than 256");
+    }
+    if threshold > shares {
+        return invalid("threshold cannot be larger than shares");
+    }
+    Ok((shares as u8, threshold as u8))
+}
+
+/// Decodes an operator's key or share: hex first, then standard base64, as
+/// Vault's `sys/unseal` does.
+pub fn decode_key(s: &str) -> Result<Zeroizing<Vec<u8>>, SealError> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err(SealError::KeyEncoding);
+    }
+    if let Ok(bytes) = hex::decode(s) {
+        return Ok(Zeroizing::new(bytes));
+    }
+    let mut out = Zeroizing::new(Vec::with_capacity(s.len() / 4 * 3 + 3));
+    B64.decode_vec(s, &mut out)
+        .map_err(|_| SealError::KeyEncoding)?;
+    Ok(out)
+}
+
+/// Vault's Shamir seal over the physical store.
+///
+/// `physical` must be the same store the [`Barrier`] sits on: init and rekey
+/// commit the seal's entries in the barrier's transaction.
+pub struct ShamirSeal {
+    physical: Arc<dyn Backend>,
+}
+
+impl std::fmt::Debug for ShamirSeal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShamirSeal").finish_non_exhaustive()
+    }
+}
+
+impl ShamirSeal {
+    pub fn new(physical: Arc<dyn Backend>) -> Self {
+        ShamirSeal { physical }
+    }
+
+    pub async fn config(&self) -> Result<Option<SealConfig>, SealError> {
+        let Some(raw) = self.physical.get(SEAL_CONFIG_PATH).await? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&raw)
+            .map(Some)
+            .map_err(|e| SealError::Corrupt(format!("{SEAL_CONFIG_PATH} is not valid JSON: {e}")))
+    }
+
+    /// Initialises the seal and the barrier (left sealed) and returns the
+    /// unseal key shares: the 32-byte key itself when `secret_shares` is 1,
+    /// otherwise 33-byte Shamir shares. The caller encodes them for display.
+    pub async fn initialize(
+        &self,
+        barrier: &Barrier,
+        secret_shares: u8,
+        secret_threshold: u8,
+    ) -> Result<Shares, SealError> {
+        self.check_same_store(barrier);
+        let config = SealConfig::shamir(secret_shares, secret_threshold)?;
+        if barrier.initialized().await? {
+            return Err(SealError::AlreadyInitialized);
+        }
+        let root = RootKey::generate();
+        let (unseal_key, shares) = new_unseal_key(&config)?;
+        let ops = seal_ops(&config, &unseal_key, &root)?;
+        match barrier.initialize_with(&root, ops).await {
+            Err(BarrierError::AlreadyInitialized) => Err(SealError::AlreadyInitialized),
+            other => other.map_err(SealError::from),
+        }?;
+        Ok(shares)
+    }
+
+    /// Unwraps the root key with a (combined) unseal key.
+    pub async fn recover_root_key(&self, unseal_key: &[u8]) -> Result<RootKey, SealError> {
+        let wrapped = self
+            .physical
+            .get(UNSEAL_KEYS_PATH)
+            .await?
+            .ok_or(SealError::NotInitialized)?;
+        if unseal_key.len() != UNSEAL_KEY_LEN {
+            return Err(SealError::InvalidKey);
+        }
+        let cipher = Aes256Gcm::new_from_slice(unseal_key).map_err(|_| SealError::InvalidKey)?;
+        let plain = Zeroizing::new(
+            layout::decrypt(&cipher, UNSEAL_KEYS_PATH, &wrapped).ok_or(SealError::InvalidKey)?,
+        );
+        RootKey::from_bytes(&plain).map_err(|_| {
+            SealError::Corrupt(format!("{UNSEAL_KEYS_PATH} does not hold a 32-byte key"))
+        })
+    }
+
+    /// Replaces the unseal key, its shares and the root key, given the current
+    /// (combined) unseal key. The barrier must be unsealed.
+    ///
+    /// Everything is committed in one transaction with the re-encrypted
+    /// keyring (see the module docs). What no write order can fix: once it
+    /// commits, only the returned shares open the store, so a caller that
+    /// loses them (crash before answering) loses the store. Vault's answer is
+    /// PGP-encrypted backups and rekey verification; neither is here yet.
+    pub async fn rekey(
+        &self,
+        barrier: &Barrier,
+        current_unseal_key: &[u8],
+        secret_shares: u8,
+        secret_threshold: u8,
+    ) -> Result<Shares, SealError> {
+        self.check_same_store(barrier);
+        let config = SealConfig::shamir(secret_shares, secret_threshold)?;
+        if barrier.is_sealed() {
+            return Err(BarrierError::Sealed.into());
+        }
+        let current_root = self.recover_root_key(current_unseal_key).await?;
+        if !barrier.root_key_matches(&current_root)? {
+            return Err(SealError::Corrupt(
+                "the stored unseal keys open a different root key than the barrier holds; \
+                 reload the keyring and retry"
+                    .into(),
+            ));
+        }
+        let root = RootKey::generate();
+        let (unseal_key, shares) = new_unseal_key(&config)?;
+        let ops = seal_ops(&config, &unseal_key, &root)?;
+        barrier.rekey_with(&root, ops).await?;
+        Ok(shares)
+    }
+
+    fn check_same_store(&self, barrier: &Barrier) {
+        debug_assert!(
+            std::ptr::addr_eq(Arc::as_ptr(&self.physical), Arc::as_ptr(barrier.physical())),
+            "the seal and the barrier must share one physical store"
+        );
+    }
+}
+
+/// Operator shares (or the single unseal key), each zeroized on drop.
+pub type Shares = Vec<Zeroizing<Vec<u8>>>;
+
+/// A fresh unseal key and the shares handed out for it.
+fn new_unseal_key(
+    config: &SealConfig,
+) -> Result<(Zeroizing<[u8; UNSEAL_KEY_LEN]>, Shares), SealError> {
+    let mut key = Zeroizing::new([0u8; UNSEAL_KEY_LEN]);
+    OsRng.fill_bytes(&mut key[..]);
+    let shares = if config.secret_shares == 1 {
+        vec![Zeroizing::new(key.to_vec())]
+    } else {
+        shamir::split(
+            &key[..],
+            config.secret_shares.into(),
+            config.secret_threshold.into(),
+        )?
+    };
+    Ok((key, shares))
+}
+
+/// The seal's physical entries: its config (clear) and the wrapped root key.
+fn seal_ops(
+    config: &SealConfig,
+    unseal_key: &[u8; UNSEAL_KEY_LEN],
+    root: &RootKey,
+) -> Result<Vec<TxnOp>, SealError> {
+    let cipher = Aes256Gcm::new(aes_gcm::Key::<Aes256Gcm>::from_slice(&unseal_key[..]));
+    let wrapped = layout::encrypt(
+        &cipher,
+        layout::OUTSIDE_KEYRING_TERM,
+        UNSEAL_KEYS_PATH,
+        root.as_bytes(),
+    )
+    .map_err(|_| SealError::Corrupt("AES-GCM refused to wrap the root key".into()))?;
+    let config = serde_json::to_vec(config).expect("seal config encodes");
+    Ok(vec![
+        TxnOp::Put {
+            key: SEAL_CONFIG_PATH.into(),
+            value: config,
+        },
+        TxnOp::Put {
+            key: UNSEAL_KEYS_PATH.into(),
+            value: wrapped,
+        },
+    ])
+}
+
+#[cfg(test)]
+mod tests;
