@@ -36,7 +36,7 @@ struct RekeyAttempt {
 
 struct PendingRekey {
     current_key: Zeroizing<Vec<u8>>,
-    new_shares: Vec<Zeroizing<Vec<u8>>>,
+    prepared: Arc<crate::seal::PreparedRekey>,
     verification: KeyCollector,
 }
 
@@ -264,7 +264,7 @@ impl Core {
         if pgp || backup {
             return Err(Error::invalid("PGP-encrypted rekey shares and backups are not supported by this build"));
         }
-        crate::seal::validate_shares(shares, threshold)?;
+        crate::seal::SealConfig::shamir(shares, threshold)?;
         {
             let mut attempt = self.root_ops.rekey.lock().expect("rekey lock");
             if attempt.is_some() {
@@ -321,14 +321,14 @@ impl Core {
             return Err(Error::invalid("the key shares did not reconstruct the unseal key; rekey was cancelled, start again"));
         }
         if require_verification {
-            let new_shares = crate::seal::prepare_shares(shares, threshold)?;
-            let encoded_hex = new_shares.iter().map(|s| hex::encode(s.as_slice())).collect();
-            let encoded_b64 = new_shares.iter().map(|s| base64_std(s)).collect();
+            let prepared = Arc::new(crate::seal::PreparedRekey::new(shares, threshold)?);
+            let encoded_hex = prepared.shares.iter().map(|s| hex::encode(s.as_slice())).collect();
+            let encoded_b64 = prepared.shares.iter().map(|s| base64_std(s)).collect();
             let verification = KeyCollector::new();
             let verification_nonce = verification.nonce.clone();
             let mut guard = self.root_ops.rekey.lock().expect("rekey lock");
             if let Some(attempt) = guard.as_mut() {
-                attempt.pending = Some(PendingRekey { current_key, new_shares, verification });
+                attempt.pending = Some(PendingRekey { current_key, prepared, verification });
             }
             return Ok(RekeyUpdate {
                 nonce,
@@ -410,19 +410,19 @@ impl Core {
             (nonce, submitted, threshold, t, n)
         };
         let (nonce, submitted, threshold, t, n) = ready;
-        let candidate = keys::reconstruct(&submitted, threshold)?;
-        let (current_key, new_shares) = {
+        let _ = threshold;
+        let (current_key, prepared) = {
             let guard = self.root_ops.rekey.lock().expect("rekey lock");
             let pending = guard.as_ref().and_then(|a| a.pending.as_ref()).ok_or_else(|| Error::invalid("no rekey verification in progress"))?;
-            (pending.current_key.clone(), pending.new_shares.iter().map(|s| s.clone()).collect::<Vec<_>>())
+            (pending.current_key.clone(), pending.prepared.clone())
         };
-        let expected = keys::reconstruct(&new_shares[..threshold.min(new_shares.len())], threshold)?;
-        if candidate.as_slice() != expected.as_slice() {
+        let refs: Vec<&[u8]> = submitted.iter().map(|k| k.as_slice()).collect();
+        if !prepared.verifies(&refs) {
             return Err(Error::invalid("the submitted keys are not the new keys; verification progress was reset, submit the new keys again"));
         }
         {
             let _guard = self.lifecycle.lock().await;
-            self.seal.rekey_with_shares(&self.barrier, &current_key, &new_shares, t, n).await?;
+            self.seal.apply_rekey(&self.barrier, &current_key, &prepared).await?;
         }
         self.rekey_cancel();
         tracing::info!("unseal keys rekeyed after verification");

@@ -244,8 +244,21 @@ impl ShamirSeal {
         secret_shares: u8,
         secret_threshold: u8,
     ) -> Result<Shares, SealError> {
+        let prepared = PreparedRekey::new(secret_shares, secret_threshold)?;
+        self.apply_rekey(barrier, current_unseal_key, &prepared).await?;
+        Ok(prepared.shares)
+    }
+
+    /// Commits a prepared rekey: a new root key, wrapped by the prepared
+    /// unseal key, written in one transaction with the new seal config.
+    /// `current_unseal_key` must open the store as it is now.
+    pub async fn apply_rekey(
+        &self,
+        barrier: &Barrier,
+        current_unseal_key: &[u8],
+        prepared: &PreparedRekey,
+    ) -> Result<(), SealError> {
         self.check_same_store(barrier);
-        let config = SealConfig::shamir(secret_shares, secret_threshold)?;
         if barrier.is_sealed() {
             return Err(BarrierError::Sealed.into());
         }
@@ -258,10 +271,9 @@ impl ShamirSeal {
             ));
         }
         let root = RootKey::generate();
-        let (unseal_key, shares) = new_unseal_key(&config)?;
-        let ops = seal_ops(&config, &unseal_key, &root)?;
+        let ops = seal_ops(&prepared.config, &prepared.unseal_key, &root)?;
         barrier.rekey_with(&root, ops).await?;
-        Ok(shares)
+        Ok(())
     }
 
     fn check_same_store(&self, barrier: &Barrier) {
@@ -269,6 +281,37 @@ impl ShamirSeal {
             std::ptr::addr_eq(Arc::as_ptr(&self.physical), Arc::as_ptr(barrier.physical())),
             "the seal and the barrier must share one physical store"
         );
+    }
+}
+
+/// New unseal key and shares, generated but not yet in force: rekey with
+/// verification hands the shares out first and applies them only once a
+/// threshold of them has been given back.
+pub struct PreparedRekey {
+    config: SealConfig,
+    unseal_key: Zeroizing<[u8; UNSEAL_KEY_LEN]>,
+    pub shares: Shares,
+}
+
+impl PreparedRekey {
+    pub fn new(secret_shares: u8, secret_threshold: u8) -> Result<Self, SealError> {
+        let config = SealConfig::shamir(secret_shares, secret_threshold)?;
+        let (unseal_key, shares) = new_unseal_key(&config)?;
+        Ok(PreparedRekey { config, unseal_key, shares })
+    }
+
+    /// True when `shares` (a threshold of the new ones) rebuild the new key.
+    pub fn verifies(&self, shares: &[&[u8]]) -> bool {
+        match self.config.combine(shares) {
+            Ok(key) => key.len() == UNSEAL_KEY_LEN && key.iter().zip(self.unseal_key.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0,
+            Err(_) => false,
+        }
+    }
+}
+
+impl std::fmt::Debug for PreparedRekey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedRekey").field("config", &self.config).finish_non_exhaustive()
     }
 }
 
