@@ -8,6 +8,8 @@ pub mod cidr;
 pub mod fields;
 pub mod token;
 pub mod token_params;
+pub mod userpass;
 
 pub use token::{TokenEntry, TokenStore};
 pub use token_params::TokenParams;
+pub use userpass::UserpassBackend;
