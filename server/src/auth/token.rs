@@ -42,6 +42,9 @@ const ACCESSOR_LEN: usize = 24;
 /// `num_uses` of a token whose last use has been taken (Vault's
 /// `tokenRevocationPending`); such an entry is never valid again.
 pub const REVOCATION_PENDING: i64 = -1;
+/// Bound on the parent chain walked on every lookup; a deeper chain means a
+/// corrupted store (a cycle), not a real token tree.
+const MAX_TOKEN_DEPTH: usize = 1024;
 
 /// A token as stored. `id` is filled in from the caller's input when the
 /// entry is found by its ID, and is empty when it was found another way (by
@@ -321,7 +324,10 @@ impl TokenStore {
     }
 
     /// A valid entry by hash: expired ones are revoked on the spot, ones whose
-    /// last use is taken are treated as gone.
+    /// last use is taken are treated as gone, and so is a token with an
+    /// expired or missing ancestor (the whole invalid subtree is revoked).
+    /// Walking the ancestors costs a read per level, but without it a child
+    /// would outlive its expired parent until the next tidy.
     async fn lookup_hash(&self, hash: &str) -> Result<Option<TokenEntry>> {
         let Some(entry) = self.get_by_hash(hash).await? else {
             return Ok(None);
@@ -329,9 +335,31 @@ impl TokenStore {
         if entry.num_uses == REVOCATION_PENDING {
             return Ok(None);
         }
-        if entry.is_expired(now_ms()) {
+        let now = now_ms();
+        if entry.is_expired(now) {
             self.revoke_tree(hash).await?;
             return Ok(None);
+        }
+        let mut ancestor = entry.parent.clone();
+        let mut depth = 0;
+        while let Some(parent) = ancestor {
+            depth += 1;
+            if depth > MAX_TOKEN_DEPTH {
+                return Err(Error::internal("token parent chain is too deep"));
+            }
+            match self.get_by_hash(&parent).await? {
+                None => {
+                    // A leftover of an interrupted revocation.
+                    self.revoke_tree(hash).await?;
+                    return Ok(None);
+                }
+                Some(p) if p.is_expired(now) => {
+                    self.revoke_tree(&parent).await?;
+                    return Ok(None);
+                }
+                Some(p) if p.num_uses == REVOCATION_PENDING => return Ok(None),
+                Some(p) => ancestor = p.parent,
+            }
         }
         Ok(Some(entry))
     }

@@ -416,6 +416,32 @@ async fn expiry_and_tidy() {
     assert!(h.store.lookup(&short.client_token).await.unwrap().is_none());
     assert!(!h.alive(&long_child).await);
     assert!(h.alive(&long).await);
+    // A child outliving its parent's TTL dies with the parent, even when only
+    // the child is looked up.
+    let parent = h
+        .create(&h.root, json!({"ttl": "1s"}))
+        .await
+        .unwrap()
+        .client_token;
+    let child = h
+        .create(&parent, json!({"ttl": "1h"}))
+        .await
+        .unwrap()
+        .client_token;
+    let grandchild = h
+        .create(&child, json!({"ttl": "1h"}))
+        .await
+        .unwrap()
+        .client_token;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(h.store.use_token(&grandchild).await.unwrap().is_none());
+    assert!(h
+        .store
+        .get_by_hash(&h.store.hash(&parent).await.unwrap())
+        .await
+        .unwrap()
+        .is_none());
+    assert!(!h.alive(&child).await);
     // Tidy removes the other expired token without anyone looking it up.
     let before = h.view.list("id/").await.unwrap().len();
     let removed = h.store.tidy().await.unwrap();
