@@ -116,8 +116,8 @@ impl ServerConfig {
             out.push(ConfigError::new(
                 Location::file(self.sources()),
                 "listener",
-                "no listener stanza; add one, e.g. listener \"tcp\" { address = \"0.0.0.0:8200\" \
-                 tls_cert_file = \"...\" tls_key_file = \"...\" }",
+                "no listener stanza; add one, e.g. listener \"tcp\" { address = \"0.0.0.0:8200\" } \
+                 with tls_cert_file and tls_key_file set",
             ));
         }
         for (i, listener) in self.listeners.iter().enumerate() {
@@ -276,7 +276,11 @@ fn raft_problems(raft: &RaftStorageConfig, out: &mut Vec<ConfigError>) {
     if raft.path.as_os_str().is_empty() {
         out.push(problem("path", "must not be empty".into()));
     }
-    if raft.node_id.as_deref().is_some_and(|id| id.trim().is_empty()) {
+    if raft
+        .node_id
+        .as_deref()
+        .is_some_and(|id| id.trim().is_empty())
+    {
         out.push(problem("node_id", "must not be empty".into()));
     }
     if raft.performance_multiplier > RaftStorageConfig::MAX_PERFORMANCE_MULTIPLIER {
@@ -405,17 +409,20 @@ fn listener_problems(l: &ListenerConfig, out: &mut Vec<ConfigError>) {
     if l.tls_max_version.is_some_and(|max| max < l.tls_min_version) {
         out.push(problem(
             "tls_max_version",
-            format!(
-                "is below tls_min_version ({})",
-                l.tls_min_version.as_str()
-            ),
+            format!("is below tls_min_version ({})", l.tls_min_version.as_str()),
         ));
     }
     if l.max_request_duration.is_zero() {
-        out.push(problem("max_request_duration", "must be greater than zero".into()));
+        out.push(problem(
+            "max_request_duration",
+            "must be greater than zero".into(),
+        ));
     }
     if l.max_request_size == 0 {
-        out.push(problem("max_request_size", "must be greater than zero".into()));
+        out.push(problem(
+            "max_request_size",
+            "must be greater than zero".into(),
+        ));
     }
 }
 
@@ -432,11 +439,7 @@ fn check_file(location: Location, key: &str, file: &Path, out: &mut Vec<ConfigEr
         }
         Err(e) => format!("cannot read {}: {e}", file.display()),
     };
-    out.push(ConfigError::new(
-        location,
-        key,
-        format!("{key}: {message}"),
-    ));
+    out.push(ConfigError::new(location, key, format!("{key}: {message}")));
 }
 
 /// `host:port`, with a bracketed IPv6 host, and a numeric port.

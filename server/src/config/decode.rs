@@ -172,14 +172,23 @@ pub(super) fn decode_file(src: &Source<'_>, root: Object) -> Result<FileConfig, 
         let storage = match block.label {
             "raft" => StorageConfig::Raft(decode_raft(src, block)?),
             "inmem" => {
-                Section::new(src, block.body, "in storage \"inmem\"", "storage.inmem", &[], &[])?;
+                Section::new(
+                    src,
+                    block.body,
+                    "in storage \"inmem\"",
+                    "storage.inmem",
+                    &[],
+                    &[],
+                )?;
                 StorageConfig::Inmem
             }
             other => {
                 return Err(src.error(
                     block.label_pos,
                     "storage",
-                    format!("unsupported storage type {other:?}; Keyhold supports: {STORAGE_TYPES}"),
+                    format!(
+                        "unsupported storage type {other:?}; Keyhold supports: {STORAGE_TYPES}"
+                    ),
                 ))
             }
         };
@@ -514,7 +523,14 @@ fn decode_telemetry(src: &Source<'_>, body: &Node) -> Result<TelemetryConfig, Co
 fn decode_seal(src: &Source<'_>, block: &Labelled<'_>) -> Result<SealConfig, ConfigError> {
     match block.label {
         "shamir" => {
-            Section::new(src, block.body, "in seal \"shamir\"", "seal.shamir", &[], &[])?;
+            Section::new(
+                src,
+                block.body,
+                "in seal \"shamir\"",
+                "seal.shamir",
+                &[],
+                &[],
+            )?;
             Ok(SealConfig::Shamir)
         }
         "awskms" => {
@@ -602,6 +618,8 @@ struct Section<'s, 'n> {
     /// Key path prefix: `listener.tcp`.
     path: &'static str,
     entries: Vec<&'n Entry>,
+    /// Where the block starts.
+    pos: usize,
 }
 
 impl<'s, 'n> Section<'s, 'n> {
@@ -625,6 +643,7 @@ impl<'s, 'n> Section<'s, 'n> {
             place,
             path,
             entries: object.entries.iter().collect(),
+            pos: node.pos,
         };
         for (i, entry) in object.entries.iter().enumerate() {
             let key = entry.key.as_str();
@@ -707,12 +726,12 @@ impl<'s, 'n> Section<'s, 'n> {
 
     fn missing(&self, key: &str, what: &str) -> ConfigError {
         let path = self.key_path(key);
-        let pos = self.entries.first().map_or(0, |e| e.key_pos);
+        // The key may be present but empty (`path = ""`).
         let pos = self
             .entries
             .iter()
             .find(|e| e.key == key)
-            .map_or(pos, |e| e.key_pos);
+            .map_or(self.pos, |e| e.key_pos);
         self.src.error(
             pos,
             &path,

@@ -74,6 +74,9 @@ pub enum LogFormat {
     Json,
 }
 
+// Built once per process; keeping `Raft(RaftStorageConfig)` unboxed keeps
+// matches on it plain for every user of this API.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum StorageConfig {
     /// Memory only, gone on restart: for `-dev` and tests.

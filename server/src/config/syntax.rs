@@ -123,7 +123,18 @@ pub(crate) fn parse(src: &Source<'_>, text: &str, json: bool) -> Result<Object, 
 }
 
 fn parse_hcl(src: &Source<'_>, text: &str) -> Result<Object, ConfigError> {
-    let body = hcl_edit::parser::parse_body(text).map_err(|e| {
+    let strict = hcl_edit::parser::parse_body(text);
+    // HCL1 (which Vault reads) also takes commas between attributes and
+    // several attributes on one line; HCL2 does not. Retry with those
+    // separators turned into newlines, keeping every byte offset.
+    let parsed = match strict {
+        Err(e) => match relax_hcl1(text).map(|t| hcl_edit::parser::parse_body(&t)) {
+            Some(Ok(body)) => Ok(body),
+            _ => Err(e),
+        },
+        ok => ok,
+    };
+    let body = parsed.map_err(|e| {
         let loc = e.location();
         // The parser's message says what it expected; its copy of the source
         // line is left out because that line may hold a secret.
@@ -134,6 +145,123 @@ fn parse_hcl(src: &Source<'_>, text: &str) -> Result<Object, ConfigError> {
         )
     })?;
     hcl_body(src, &body)
+}
+
+/// Rewrites HCL1 separators into HCL2 ones without moving any byte: inside
+/// `{ }`, a `,` after a value becomes a newline, and so does the blank before
+/// an attribute that follows a value on the same line; a brace pair that saw
+/// such a rewrite also gets newlines just inside it. `None` if nothing changed.
+fn relax_hcl1(text: &str) -> Option<String> {
+    let mut out: Vec<u8> = text.as_bytes().to_vec();
+    let bytes = text.as_bytes();
+    // Open brackets: (byte, position, whether a separator inside was rewritten).
+    let mut stack: Vec<(u8, usize, bool)> = Vec::new();
+    let mut changed = false;
+    let mut last_significant = b'\n';
+    let mut i = 0;
+    let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' && bytes[i] != b'\n' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                last_significant = b'"';
+            }
+            b'#' => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                let end = text[i + 2..].find("*/").map_or(bytes.len(), |e| i + 4 + e);
+                i = end;
+                continue;
+            }
+            b'<' if bytes.get(i + 1) == Some(&b'<') => {
+                // Heredoc: skip to the line holding only the delimiter.
+                let rest = text[i + 2..].trim_start_matches('-');
+                let delim: String = rest.chars().take_while(|c| is_ident(*c as u8)).collect();
+                let body_start = text[i..].find('\n').map_or(bytes.len(), |n| i + n + 1);
+                let mut at = body_start;
+                while at < bytes.len() {
+                    let line_end = text[at..].find('\n').map_or(bytes.len(), |n| at + n);
+                    if !delim.is_empty() && text[at..line_end].trim() == delim {
+                        at = line_end;
+                        break;
+                    }
+                    at = line_end + 1;
+                }
+                i = at;
+                last_significant = b'"';
+                continue;
+            }
+            b'{' | b'[' | b'(' => {
+                stack.push((b, i, false));
+                last_significant = b;
+            }
+            b'}' | b']' | b')' => {
+                if let Some((b'{', open, true)) = stack.pop() {
+                    for at in [open + 1, i.wrapping_sub(1)] {
+                        if matches!(out.get(at), Some(b' ' | b'\t')) {
+                            out[at] = b'\n';
+                        }
+                    }
+                }
+                last_significant = b;
+            }
+            b',' if matches!(stack.last(), Some((b'{', _, _))) => {
+                out[i] = b'\n';
+                changed = true;
+                if let Some(top) = stack.last_mut() {
+                    top.2 = true;
+                }
+                last_significant = b'\n';
+            }
+            b'\n' => last_significant = b'\n',
+            b' ' | b'\t' | b'\r' => {}
+            _ if is_ident(b) => {
+                let start = i;
+                while i < bytes.len() && is_ident(bytes[i]) {
+                    i += 1;
+                }
+                let after = text[i..].trim_start_matches([' ', '\t']);
+                let is_attribute = after.starts_with('=') && !after.starts_with("==");
+                let follows_value = matches!(last_significant, b'"' | b']' | b'}' | b')')
+                    || is_ident(last_significant);
+                if is_attribute
+                    && follows_value
+                    && start > 0
+                    && matches!(bytes[start - 1], b' ' | b'\t')
+                    && matches!(stack.last(), Some((b'{', _, _)))
+                {
+                    out[start - 1] = b'\n';
+                    changed = true;
+                    if let Some(top) = stack.last_mut() {
+                        top.2 = true;
+                    }
+                }
+                last_significant = bytes[i - 1];
+                continue;
+            }
+            _ => last_significant = b,
+        }
+        i += 1;
+    }
+    if changed {
+        String::from_utf8(out).ok()
+    } else {
+        None
+    }
 }
 
 fn start(span: Option<std::ops::Range<usize>>) -> usize {

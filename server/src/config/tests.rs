@@ -24,9 +24,8 @@ fn check_all(cases: &[(&str, &str)], run: impl Fn(&str) -> String) {
         .iter()
         .filter_map(|(input, expected)| {
             let got = run(input);
-            (got != *expected).then(|| {
-                format!("input:\n{input}\n  expected: {expected}\n  got:      {got}\n")
-            })
+            (got != *expected)
+                .then(|| format!("input:\n{input}\n  expected: {expected}\n  got:      {got}\n"))
         })
         .collect();
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
@@ -132,7 +131,10 @@ fn production_raft_example_parses_field_by_field() {
             maximum_gauge_cardinality: Some(500),
         }
     );
-    assert!(!c.disable_mlock, "disable_mlock is commented out in the guide");
+    assert!(
+        !c.disable_mlock,
+        "disable_mlock is commented out in the guide"
+    );
     assert_eq!(c.default_lease_ttl, secs(3600));
     assert_eq!(c.max_lease_ttl, secs(768 * 3600));
     assert_eq!(c.pid_file, None);
@@ -249,7 +251,11 @@ fn json_config_parses() {
     assert_eq!(c.listeners[1].location.line, 15);
     assert_eq!(c.seal, SealConfig::Shamir);
     assert_eq!(c.telemetry.prometheus_retention_time, secs(3600));
-    assert_eq!(c.telemetry.usage_gauge_interval(), None, "\"none\" turns it off");
+    assert_eq!(
+        c.telemetry.usage_gauge_interval(),
+        None,
+        "\"none\" turns it off"
+    );
     assert_eq!(c.default_lease_ttl, secs(3600));
     assert_eq!(c.log_format, LogFormat::Json);
     c.validate().unwrap();
@@ -379,9 +385,15 @@ fn seals_parse() {
     };
     assert_eq!(address, "https://hcp-vault.example.com:8200");
     assert_eq!(token.as_deref(), Some("hvs.transit-unseal-token"));
-    assert_eq!((key_name.as_str(), mount_path.as_str()), ("autounseal", "transit/"));
+    assert_eq!(
+        (key_name.as_str(), mount_path.as_str()),
+        ("autounseal", "transit/")
+    );
     assert!(*tls_skip_verify && !*disable_renewal);
-    assert!(!format!("{c:?}").contains("hvs."), "Debug redacts the token");
+    assert!(
+        !format!("{c:?}").contains("hvs."),
+        "Debug redacts the token"
+    );
     assert_eq!(c.unsupported().len(), 1);
 }
 
@@ -533,13 +545,13 @@ fn parse_errors_name_file_line_and_key() {
             // Required keys.
             (
                 "storage \"raft\" {\n  node_id = \"n1\"\n}\n",
-                "vault.hcl:2:3: path is required in storage \"raft\": set it to the directory \
+                "vault.hcl:1:1: path is required in storage \"raft\": set it to the directory \
                  where this node keeps its data",
             ),
             (
                 "storage \"inmem\" {}\nseal \"transit\" {\n  address = \"https://v:8200\"\n  \
                  mount_path = \"transit/\"\n}\n",
-                "vault.hcl:3:3: key_name is required in seal \"transit\": set it to the transit \
+                "vault.hcl:2:1: key_name is required in seal \"transit\": set it to the transit \
                  key to encrypt with",
             ),
             // Stanzas given twice.
@@ -640,7 +652,9 @@ fn secrets_never_appear_in_errors() {
         } else {
             "vault.hcl"
         };
-        let err = ServerConfig::parse_str(input, name).unwrap_err().to_string();
+        let err = ServerConfig::parse_str(input, name)
+            .unwrap_err()
+            .to_string();
         assert!(!err.contains("SECRET"), "{err}");
     }
 }
@@ -664,7 +678,7 @@ fn validation_errors_point_at_the_cause() {
             (
                 "storage \"inmem\" {}\n",
                 "vault.hcl: no listener stanza; add one, e.g. listener \"tcp\" { address = \
-                 \"0.0.0.0:8200\" tls_cert_file = \"...\" tls_key_file = \"...\" }",
+                 \"0.0.0.0:8200\" } with tls_cert_file and tls_key_file set",
             ),
             (
                 "storage \"raft\" {\n  path = \"/d\"\n  performance_multiplier = 11\n}\n\
@@ -775,7 +789,10 @@ fn load_reads_directories_in_name_order_and_merges() {
     assert_eq!(c.log_level, "warn", "later files win");
     assert!(c.ui, "keys a later file does not set are kept");
     assert_eq!(c.cluster_addr.as_deref(), Some("https://n:8201"));
-    assert!(c.location_of("log_level").file.ends_with("20-listener.json"));
+    assert!(c
+        .location_of("log_level")
+        .file
+        .ends_with("20-listener.json"));
     assert!(c.listeners[1].location.file.ends_with("30-more.hcl"));
     c.validate().unwrap();
 
@@ -820,14 +837,16 @@ fn load_errors() {
 
     let missing = dir.path().join("nope.hcl");
     assert_eq!(
-        ServerConfig::load(&[missing.clone()]).unwrap_err().to_string(),
+        ServerConfig::load(std::slice::from_ref(&missing))
+            .unwrap_err()
+            .to_string(),
         format!("{}: config file or directory not found", missing.display())
     );
 
     let empty_dir = dir.path().join("empty");
     fs::create_dir(&empty_dir).unwrap();
     assert_eq!(
-        ServerConfig::load(&[empty_dir.clone()])
+        ServerConfig::load(std::slice::from_ref(&empty_dir))
             .unwrap_err()
             .to_string(),
         format!(
@@ -839,7 +858,9 @@ fn load_errors() {
     let empty = dir.path().join("empty.hcl");
     fs::write(&empty, "").unwrap();
     assert_eq!(
-        ServerConfig::load(&[empty.clone()]).unwrap_err().to_string(),
+        ServerConfig::load(std::slice::from_ref(&empty))
+            .unwrap_err()
+            .to_string(),
         format!(
             "{}: no storage stanza; add one, e.g. storage \"raft\" {{ path = \
              \"/opt/keyhold/data\" }}",
@@ -852,11 +873,48 @@ fn load_errors() {
 
 #[test]
 fn error_display_and_fields() {
-    let err = parse("storage \"inmem\" {}\nlistener \"tcp\" {\n  tls_min_versoin = 1\n}\n")
-        .unwrap_err();
+    let err =
+        parse("storage \"inmem\" {}\nlistener \"tcp\" {\n  tls_min_versoin = 1\n}\n").unwrap_err();
     assert_eq!(err.file(), "vault.hcl");
     assert_eq!((err.line(), err.column()), (3, 3));
     assert_eq!(err.key, "listener.tcp.tls_min_versoin");
     let boxed: Box<dyn std::error::Error> = Box::new(err);
     assert!(boxed.to_string().starts_with("vault.hcl:3:3: unknown key"));
+}
+
+#[test]
+fn hcl1_separators_are_accepted() {
+    let cases = [
+        "listener \"tcp\" { address = \"127.0.0.1:8201\" tls_disable = 1 }\n",
+        "listener \"tcp\" { address = \"127.0.0.1:8201\", tls_disable = 1 }\n",
+        "listener \"tcp\" {\n  address = \"127.0.0.1:8201\",\n  tls_disable = 1,\n}\n",
+        "listener \"tcp\" {\n  address = \"127.0.0.1:8201\"  tls_disable = \"true\" # a, b = c\n}\n",
+    ];
+    for tail in cases {
+        let text = format!("storage \"inmem\" {{}}\nui = true\n{tail}log_level = \"debug\"\n");
+        let c = parse(&text).unwrap_or_else(|e| panic!("{text}\n{e}"));
+        assert_eq!(c.listeners[0].address, "127.0.0.1:8201", "{text}");
+        assert!(c.listeners[0].tls_disable, "{text}");
+        assert_eq!(
+            c.location_of("log_level").line,
+            text.lines().count(),
+            "{text}"
+        );
+        assert!(c.ui);
+    }
+    // Strings, lists and heredocs keep their commas.
+    let c = parse(
+        "storage \"inmem\" {}\nlistener \"tcp\" { tls_disable = true, tls_cipher_suites = [\"A\", \"B\"] }\n\
+         cluster_name = \"a, b = c\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.listeners[0].tls_cipher_suites, ["A", "B"]);
+    assert_eq!(c.cluster_name.as_deref(), Some("a, b = c"));
+    // When even the relaxed form does not parse, the strict error is shown.
+    assert_eq!(
+        parse("storage \"inmem\" {}\nlistener \"tcp\" { address = \"x\" tls_disable }\n")
+            .unwrap_err()
+            .to_string(),
+        "vault.hcl:2:32: HCL syntax error: invalid block body; expected `}`, newline or identifier"
+    );
 }
