@@ -1,0 +1,976 @@
+//! The decoder: one file's syntax tree becomes a `FileConfig` (every key as
+//! written, nothing defaulted yet), checking key names, value types and the
+//! stanza types this build knows. Defaults are applied only after all files
+//! are merged, so that "a later file wins" means "a later file that sets it".
+
+use super::error::{ConfigError, KeyLocations, Location};
+use super::syntax::{Entry, Node, Object, Source, Value};
+use super::{
+    ListenerConfig, ListenerTelemetry, LogFormat, RaftStorageConfig, RetryJoin, SealConfig,
+    StorageConfig, TelemetryConfig, TlsVersion,
+};
+use crate::logical::parse_duration;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// One file's settings, before defaults. `None` means "not set in this file".
+#[derive(Debug, Default)]
+pub(super) struct FileConfig {
+    pub storage: Option<(StorageConfig, Location)>,
+    pub seal: Option<(SealConfig, Location)>,
+    pub listeners: Vec<ListenerConfig>,
+    pub telemetry: Option<TelemetryConfig>,
+    pub top: TopLevel,
+    pub keys: KeyLocations,
+}
+
+macro_rules! top_level {
+    ($($field:ident: $ty:ty),* $(,)?) => {
+        /// The top-level scalar keys, each as written in one file.
+        #[derive(Debug, Default)]
+        pub(super) struct TopLevel {
+            $(pub $field: Option<$ty>,)*
+        }
+
+        impl TopLevel {
+            /// Keys set in `later` win over keys set here.
+            fn merge(&mut self, later: TopLevel) {
+                $(if later.$field.is_some() { self.$field = later.$field; })*
+            }
+        }
+    };
+}
+
+top_level! {
+    api_addr: String,
+    cluster_addr: String,
+    cluster_name: String,
+    ui: bool,
+    log_level: String,
+    log_file: PathBuf,
+    log_format: LogFormat,
+    log_rotate_duration: Duration,
+    log_rotate_bytes: u64,
+    log_rotate_max_files: u32,
+    disable_mlock: bool,
+    default_lease_ttl: Duration,
+    max_lease_ttl: Duration,
+    pid_file: PathBuf,
+    plugin_directory: PathBuf,
+    disable_cache: bool,
+    raw_storage_endpoint: bool,
+    introspection_endpoint: bool,
+    enable_response_header_hostname: bool,
+    enable_response_header_raft_node_id: bool,
+}
+
+impl FileConfig {
+    /// Folds a later file into this one: scalars and telemetry from `later`
+    /// win, listeners accumulate, storage and seal may be given only once.
+    pub fn merge(&mut self, later: FileConfig) -> Result<(), ConfigError> {
+        for (name, mine, theirs) in [
+            (
+                "storage",
+                self.storage.as_ref().map(|s| &s.1),
+                later.storage.as_ref().map(|s| &s.1),
+            ),
+            (
+                "seal",
+                self.seal.as_ref().map(|s| &s.1),
+                later.seal.as_ref().map(|s| &s.1),
+            ),
+        ] {
+            if let (Some(first), Some(second)) = (mine, theirs) {
+                return Err(ConfigError::new(
+                    second.clone(),
+                    name,
+                    format!(
+                        "{name} is given twice, at {first} and at {second}; \
+                         keep exactly one {name} stanza across all config files"
+                    ),
+                ));
+            }
+        }
+        if later.storage.is_some() {
+            self.storage = later.storage;
+        }
+        if later.seal.is_some() {
+            self.seal = later.seal;
+        }
+        if later.telemetry.is_some() {
+            self.telemetry = later.telemetry;
+        }
+        self.listeners.extend(later.listeners);
+        self.top.merge(later.top);
+        self.keys.extend(later.keys);
+        Ok(())
+    }
+}
+
+const TOP_KEYS: &[&str] = &[
+    "api_addr",
+    "cluster_addr",
+    "cluster_name",
+    "default_lease_ttl",
+    "disable_cache",
+    "disable_mlock",
+    "enable_response_header_hostname",
+    "enable_response_header_raft_node_id",
+    "introspection_endpoint",
+    "listener",
+    "log_file",
+    "log_format",
+    "log_level",
+    "log_rotate_bytes",
+    "log_rotate_duration",
+    "log_rotate_max_files",
+    "max_lease_ttl",
+    "pid_file",
+    "plugin_directory",
+    "raw_storage_endpoint",
+    "seal",
+    "storage",
+    "telemetry",
+    "ui",
+];
+
+const STORAGE_TYPES: &str = "raft, inmem";
+const SEAL_TYPES: &str = "shamir, awskms, transit";
+const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error"];
+
+pub(super) fn decode_file(src: &Source<'_>, root: Object) -> Result<FileConfig, ConfigError> {
+    let root = Node {
+        value: Value::Object(root),
+        pos: 0,
+    };
+    let top = Section::new(
+        src,
+        &root,
+        "at the top level",
+        "",
+        TOP_KEYS,
+        &["listener", "storage", "seal", "telemetry"],
+    )?;
+    let mut out = FileConfig {
+        keys: top.locations(),
+        ..FileConfig::default()
+    };
+
+    let storages = top.labelled("storage", "storage \"raft\" { path = \"...\" }")?;
+    if let Some(extra) = storages.get(1) {
+        return Err(src.error(
+            extra.pos,
+            "storage",
+            format!(
+                "only one storage stanza is allowed; the first is at line {}",
+                src.location(storages[0].pos).line
+            ),
+        ));
+    }
+    if let Some(block) = storages.first() {
+        let location = src.location(block.pos);
+        let storage = match block.label {
+            "raft" => StorageConfig::Raft(decode_raft(src, block)?),
+            "inmem" => {
+                Section::new(
+                    src,
+                    block.body,
+                    "in storage \"inmem\"",
+                    "storage.inmem",
+                    &[],
+                    &[],
+                )?;
+                StorageConfig::Inmem
+            }
+            other => {
+                return Err(src.error(
+                    block.label_pos,
+                    "storage",
+                    format!(
+                        "unsupported storage type {other:?}; Keyhold supports: {STORAGE_TYPES}"
+                    ),
+                ))
+            }
+        };
+        out.keys.insert("storage".into(), location.clone());
+        out.storage = Some((storage, location));
+    }
+
+    let seals = top.labelled("seal", "seal \"shamir\" {}")?;
+    if let Some(extra) = seals.get(1) {
+        return Err(src.error(
+            extra.pos,
+            "seal",
+            format!(
+                "only one seal stanza is allowed (seal migration is not supported); \
+                 the first is at line {}",
+                src.location(seals[0].pos).line
+            ),
+        ));
+    }
+    if let Some(block) = seals.first() {
+        let location = src.location(block.pos);
+        out.keys.insert("seal".into(), location.clone());
+        out.seal = Some((decode_seal(src, block)?, location));
+    }
+
+    for block in top.labelled("listener", "listener \"tcp\" { address = \"...\" }")? {
+        if block.label != "tcp" {
+            return Err(src.error(
+                block.label_pos,
+                "listener",
+                format!(
+                    "unsupported listener type {:?}; Keyhold supports: tcp",
+                    block.label
+                ),
+            ));
+        }
+        out.listeners.push(decode_listener(src, &block)?);
+    }
+
+    let telemetry = top.blocks("telemetry")?;
+    if let Some(extra) = telemetry.get(1) {
+        return Err(src.error(
+            extra.pos,
+            "telemetry",
+            format!(
+                "only one telemetry stanza is allowed; the first is at line {}",
+                src.location(telemetry[0].pos).line
+            ),
+        ));
+    }
+    if let Some(body) = telemetry.first() {
+        out.telemetry = Some(decode_telemetry(src, body)?);
+    }
+
+    let t = &mut out.top;
+    t.api_addr = top.string("api_addr")?;
+    t.cluster_addr = top.string("cluster_addr")?;
+    t.cluster_name = top.string("cluster_name")?;
+    t.ui = top.bool("ui")?;
+    t.log_level = match top.string("log_level")? {
+        None => None,
+        Some(level) => Some(log_level(&top, &level)?),
+    };
+    t.log_file = top.path("log_file")?;
+    t.log_format = match top.string("log_format")? {
+        None => None,
+        Some(f) => Some(match f.to_ascii_lowercase().as_str() {
+            "standard" => LogFormat::Standard,
+            "json" => LogFormat::Json,
+            _ => {
+                return Err(top.value_error(
+                    "log_format",
+                    format!("unknown log format {f:?}; use \"standard\" or \"json\""),
+                ))
+            }
+        }),
+    };
+    t.log_rotate_duration = top.duration("log_rotate_duration")?;
+    t.log_rotate_bytes = top.uint("log_rotate_bytes", u64::MAX)?;
+    t.log_rotate_max_files = top.u32("log_rotate_max_files")?;
+    t.disable_mlock = top.bool("disable_mlock")?;
+    t.default_lease_ttl = top.duration("default_lease_ttl")?;
+    t.max_lease_ttl = top.duration("max_lease_ttl")?;
+    t.pid_file = top.path("pid_file")?;
+    t.plugin_directory = top.path("plugin_directory")?;
+    t.disable_cache = top.bool("disable_cache")?;
+    t.raw_storage_endpoint = top.bool("raw_storage_endpoint")?;
+    t.introspection_endpoint = top.bool("introspection_endpoint")?;
+    t.enable_response_header_hostname = top.bool("enable_response_header_hostname")?;
+    t.enable_response_header_raft_node_id = top.bool("enable_response_header_raft_node_id")?;
+    Ok(out)
+}
+
+fn log_level(top: &Section<'_, '_>, level: &str) -> Result<String, ConfigError> {
+    let normal = match level.trim().to_ascii_lowercase().as_str() {
+        "warning" => "warn".to_string(),
+        "err" => "error".to_string(),
+        other => other.to_string(),
+    };
+    if LOG_LEVELS.contains(&normal.as_str()) {
+        Ok(normal)
+    } else {
+        Err(top.value_error(
+            "log_level",
+            format!(
+                "unknown log level {level:?}; use one of {}",
+                LOG_LEVELS.join(", ")
+            ),
+        ))
+    }
+}
+
+const RAFT_KEYS: &[&str] = &[
+    "autopilot_reconcile_interval",
+    "autopilot_redundancy_zone",
+    "autopilot_update_interval",
+    "autopilot_upgrade_version",
+    "max_entry_size",
+    "node_id",
+    "path",
+    "performance_multiplier",
+    "retry_join",
+    "snapshot_interval",
+    "snapshot_threshold",
+    "trailing_logs",
+];
+
+const RETRY_JOIN_KEYS: &[&str] = &[
+    "auto_join",
+    "auto_join_port",
+    "auto_join_scheme",
+    "leader_api_addr",
+    "leader_ca_cert",
+    "leader_ca_cert_file",
+    "leader_client_cert",
+    "leader_client_cert_file",
+    "leader_client_key",
+    "leader_client_key_file",
+    "leader_tls_servername",
+];
+
+fn decode_raft(src: &Source<'_>, block: &Labelled<'_>) -> Result<RaftStorageConfig, ConfigError> {
+    let s = Section::new(
+        src,
+        block.body,
+        "in storage \"raft\"",
+        "storage.raft",
+        RAFT_KEYS,
+        &["retry_join"],
+    )?;
+    let defaults = RaftStorageConfig::new(PathBuf::new());
+    let mut retry_join = Vec::new();
+    for body in s.blocks("retry_join")? {
+        retry_join.push(decode_retry_join(src, body)?);
+    }
+    Ok(RaftStorageConfig {
+        path: s.required_path("path", "the directory where this node keeps its data")?,
+        node_id: s.string("node_id")?,
+        performance_multiplier: s.u32("performance_multiplier")?.unwrap_or(0),
+        snapshot_threshold: s
+            .uint("snapshot_threshold", u64::MAX)?
+            .unwrap_or(defaults.snapshot_threshold),
+        snapshot_interval: s
+            .duration("snapshot_interval")?
+            .unwrap_or(defaults.snapshot_interval),
+        trailing_logs: s
+            .uint("trailing_logs", u64::MAX)?
+            .unwrap_or(defaults.trailing_logs),
+        max_entry_size: s
+            .uint("max_entry_size", u64::MAX)?
+            .unwrap_or(defaults.max_entry_size),
+        autopilot_reconcile_interval: s
+            .duration("autopilot_reconcile_interval")?
+            .unwrap_or(defaults.autopilot_reconcile_interval),
+        autopilot_update_interval: s
+            .duration("autopilot_update_interval")?
+            .unwrap_or(defaults.autopilot_update_interval),
+        autopilot_upgrade_version: s.string("autopilot_upgrade_version")?,
+        autopilot_redundancy_zone: s.string("autopilot_redundancy_zone")?,
+        retry_join,
+        location: src.location(block.pos),
+        keys: s.locations(),
+    })
+}
+
+fn decode_retry_join(src: &Source<'_>, body: &Node) -> Result<RetryJoin, ConfigError> {
+    let s = Section::new(
+        src,
+        body,
+        "in storage \"raft\" retry_join",
+        "storage.raft.retry_join",
+        RETRY_JOIN_KEYS,
+        &[],
+    )?;
+    let auto_join_scheme = match s.string("auto_join_scheme")? {
+        None => None,
+        Some(scheme) if scheme == "http" || scheme == "https" => Some(scheme),
+        Some(other) => {
+            return Err(s.value_error(
+                "auto_join_scheme",
+                format!("unknown scheme {other:?}; use \"https\" or \"http\""),
+            ))
+        }
+    };
+    Ok(RetryJoin {
+        leader_api_addr: s.string("leader_api_addr")?,
+        auto_join: s.string("auto_join")?,
+        auto_join_scheme,
+        auto_join_port: s.port("auto_join_port")?,
+        leader_tls_servername: s.string("leader_tls_servername")?,
+        leader_ca_cert: s.string("leader_ca_cert")?,
+        leader_ca_cert_file: s.path("leader_ca_cert_file")?,
+        leader_client_cert: s.string("leader_client_cert")?,
+        leader_client_cert_file: s.path("leader_client_cert_file")?,
+        leader_client_key: s.string("leader_client_key")?,
+        leader_client_key_file: s.path("leader_client_key_file")?,
+        location: src.location(body.pos),
+    })
+}
+
+const LISTENER_KEYS: &[&str] = &[
+    "address",
+    "cluster_address",
+    "max_request_duration",
+    "max_request_size",
+    "telemetry",
+    "tls_cert_file",
+    "tls_cipher_suites",
+    "tls_client_ca_file",
+    "tls_disable",
+    "tls_disable_client_certs",
+    "tls_key_file",
+    "tls_max_version",
+    "tls_min_version",
+    "tls_require_and_verify_client_cert",
+];
+
+fn decode_listener(src: &Source<'_>, block: &Labelled<'_>) -> Result<ListenerConfig, ConfigError> {
+    let s = Section::new(
+        src,
+        block.body,
+        "in listener \"tcp\"",
+        "listener.tcp",
+        LISTENER_KEYS,
+        &[],
+    )?;
+    let defaults = ListenerConfig::new(ListenerConfig::DEFAULT_ADDRESS);
+    let mut telemetry = ListenerTelemetry::default();
+    if let Some(body) = s.blocks("telemetry")?.first() {
+        let t = Section::new(
+            src,
+            body,
+            "in listener \"tcp\" telemetry",
+            "listener.tcp.telemetry",
+            &["unauthenticated_metrics_access"],
+            &[],
+        )?;
+        telemetry.unauthenticated_metrics_access =
+            t.bool("unauthenticated_metrics_access")?.unwrap_or(false);
+    }
+    let max_request_size = match s.int("max_request_size")? {
+        None | Some(0) => defaults.max_request_size,
+        Some(n) if n < 0 => {
+            return Err(s.value_error(
+                "max_request_size",
+                "a negative size (no limit) is not supported; give a size in bytes, \
+                 or 0 for the default of 33554432",
+            ))
+        }
+        Some(n) => n.unsigned_abs(),
+    };
+    Ok(ListenerConfig {
+        address: s.string("address")?.unwrap_or(defaults.address),
+        cluster_address: s.string("cluster_address")?,
+        tls_disable: s.bool("tls_disable")?.unwrap_or(false),
+        tls_cert_file: s.path("tls_cert_file")?,
+        tls_key_file: s.path("tls_key_file")?,
+        tls_min_version: s
+            .tls_version("tls_min_version")?
+            .unwrap_or(defaults.tls_min_version),
+        tls_max_version: s.tls_version("tls_max_version")?,
+        tls_cipher_suites: s.string_list("tls_cipher_suites")?.unwrap_or_default(),
+        tls_client_ca_file: s.path("tls_client_ca_file")?,
+        tls_require_and_verify_client_cert: s
+            .bool("tls_require_and_verify_client_cert")?
+            .unwrap_or(false),
+        tls_disable_client_certs: s.bool("tls_disable_client_certs")?.unwrap_or(false),
+        max_request_size,
+        max_request_duration: match s.duration("max_request_duration")? {
+            None => defaults.max_request_duration,
+            Some(d) if d.is_zero() => defaults.max_request_duration,
+            Some(d) => d,
+        },
+        telemetry,
+        location: src.location(block.pos),
+        keys: s.locations(),
+    })
+}
+
+fn decode_telemetry(src: &Source<'_>, body: &Node) -> Result<TelemetryConfig, ConfigError> {
+    let s = Section::new(
+        src,
+        body,
+        "in telemetry",
+        "telemetry",
+        &[
+            "disable_hostname",
+            "maximum_gauge_cardinality",
+            "prometheus_retention_time",
+            "usage_gauge_period",
+        ],
+        &[],
+    )?;
+    let defaults = TelemetryConfig::default();
+    let usage_gauge_period = match s.one("usage_gauge_period") {
+        Some(Node {
+            value: Value::Str(v),
+            ..
+        }) if v.eq_ignore_ascii_case("none") => Some(Duration::ZERO),
+        _ => s.duration("usage_gauge_period")?,
+    };
+    Ok(TelemetryConfig {
+        prometheus_retention_time: s
+            .duration("prometheus_retention_time")?
+            .unwrap_or(defaults.prometheus_retention_time),
+        disable_hostname: s.bool("disable_hostname")?.unwrap_or(false),
+        usage_gauge_period,
+        maximum_gauge_cardinality: s.uint("maximum_gauge_cardinality", u64::MAX)?,
+    })
+}
+
+fn decode_seal(src: &Source<'_>, block: &Labelled<'_>) -> Result<SealConfig, ConfigError> {
+    match block.label {
+        "shamir" => {
+            Section::new(
+                src,
+                block.body,
+                "in seal \"shamir\"",
+                "seal.shamir",
+                &[],
+                &[],
+            )?;
+            Ok(SealConfig::Shamir)
+        }
+        "awskms" => {
+            let s = Section::new(
+                src,
+                block.body,
+                "in seal \"awskms\"",
+                "seal.awskms",
+                &[
+                    "access_key",
+                    "disabled",
+                    "endpoint",
+                    "kms_key_id",
+                    "region",
+                    "secret_key",
+                ],
+                &[],
+            )?;
+            Ok(SealConfig::AwsKms {
+                region: s.string("region")?,
+                kms_key_id: s.required_string("kms_key_id", "the ARN, ID or alias of the key")?,
+                endpoint: s.string("endpoint")?,
+                access_key: s.string("access_key")?,
+                secret_key: s.string("secret_key")?,
+                disabled: s.bool("disabled")?.unwrap_or(false),
+            })
+        }
+        "transit" => {
+            let s = Section::new(
+                src,
+                block.body,
+                "in seal \"transit\"",
+                "seal.transit",
+                &[
+                    "address",
+                    "disable_renewal",
+                    "key_name",
+                    "mount_path",
+                    "namespace",
+                    "tls_ca_cert",
+                    "tls_client_cert",
+                    "tls_client_key",
+                    "tls_server_name",
+                    "tls_skip_verify",
+                    "token",
+                ],
+                &[],
+            )?;
+            Ok(SealConfig::Transit {
+                address: s.required_string("address", "the URL of the transit server")?,
+                token: s.string("token")?,
+                key_name: s.required_string("key_name", "the transit key to encrypt with")?,
+                mount_path: s.required_string("mount_path", "where transit is mounted")?,
+                namespace: s.string("namespace")?,
+                tls_ca_cert: s.path("tls_ca_cert")?,
+                tls_client_cert: s.path("tls_client_cert")?,
+                tls_client_key: s.path("tls_client_key")?,
+                tls_server_name: s.string("tls_server_name")?,
+                tls_skip_verify: s.bool("tls_skip_verify")?.unwrap_or(false),
+                disable_renewal: s.bool("disable_renewal")?.unwrap_or(false),
+            })
+        }
+        other => Err(src.error(
+            block.label_pos,
+            "seal",
+            format!("unsupported seal type {other:?}; Keyhold supports: {SEAL_TYPES}"),
+        )),
+    }
+}
+
+/// One labelled block: `listener "tcp" { body }` or `{"listener": {"tcp": {...}}}`.
+struct Labelled<'n> {
+    label: &'n str,
+    label_pos: usize,
+    body: &'n Node,
+    /// Where the stanza starts (the key in HCL, the label in JSON).
+    pos: usize,
+}
+
+/// The entries of one block body, checked against the keys allowed there.
+struct Section<'s, 'n> {
+    src: &'s Source<'s>,
+    /// Where the keys are, for messages: `in listener "tcp"`.
+    place: &'static str,
+    /// Key path prefix: `listener.tcp`.
+    path: &'static str,
+    entries: Vec<&'n Entry>,
+    /// Where the block starts.
+    pos: usize,
+}
+
+impl<'s, 'n> Section<'s, 'n> {
+    fn new(
+        src: &'s Source<'s>,
+        node: &'n Node,
+        place: &'static str,
+        path: &'static str,
+        allowed: &[&str],
+        repeatable: &[&str],
+    ) -> Result<Self, ConfigError> {
+        let Value::Object(object) = &node.value else {
+            return Err(src.error(
+                node.pos,
+                path,
+                format!("{path}: expected a block, got {}", node.value.kind()),
+            ));
+        };
+        let section = Section {
+            src,
+            place,
+            path,
+            entries: object.entries.iter().collect(),
+            pos: node.pos,
+        };
+        for (i, entry) in object.entries.iter().enumerate() {
+            let key = entry.key.as_str();
+            if !allowed.contains(&key) {
+                return Err(src.error(
+                    entry.key_pos,
+                    &section.key_path(key),
+                    unknown_key_message(key, place, allowed),
+                ));
+            }
+            if !repeatable.contains(&key) {
+                if let Some(first) = object.entries[..i].iter().find(|e| e.key == key) {
+                    return Err(src.error(
+                        entry.key_pos,
+                        &section.key_path(key),
+                        format!(
+                            "{key:?} is set twice {place}; the first is at line {}",
+                            src.location(first.key_pos).line
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(section)
+    }
+
+    fn key_path(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    fn locations(&self) -> KeyLocations {
+        self.entries
+            .iter()
+            .map(|e| (e.key.clone(), self.src.location(e.key_pos)))
+            .collect()
+    }
+
+    fn one(&self, key: &str) -> Option<&'n Node> {
+        self.entries
+            .iter()
+            .find(|e| e.key == key)
+            .map(|e| &e.value)
+            .filter(|node| node.value != Value::Null)
+    }
+
+    fn value_error(&self, key: &str, message: impl std::fmt::Display) -> ConfigError {
+        let pos = self.one(key).map_or(0, |n| n.pos);
+        let path = self.key_path(key);
+        self.src.error(pos, &path, format!("{path}: {message}"))
+    }
+
+    fn type_error(&self, key: &str, node: &Node, expected: &str) -> ConfigError {
+        let path = self.key_path(key);
+        self.src.error(
+            node.pos,
+            &path,
+            format!("{path}: expected {expected}, got {}", node.value.kind()),
+        )
+    }
+
+    /// A string; an empty string counts as not set, as in Vault.
+    fn string(&self, key: &str) -> Result<Option<String>, ConfigError> {
+        match self.one(key) {
+            None => Ok(None),
+            Some(Node {
+                value: Value::Str(s),
+                ..
+            }) => Ok(Some(s.clone()).filter(|s| !s.is_empty())),
+            Some(node) => Err(self.type_error(key, node, "a string")),
+        }
+    }
+
+    fn required_string(&self, key: &str, what: &str) -> Result<String, ConfigError> {
+        self.string(key)?.ok_or_else(|| self.missing(key, what))
+    }
+
+    fn missing(&self, key: &str, what: &str) -> ConfigError {
+        let path = self.key_path(key);
+        // The key may be present but empty (`path = ""`).
+        let pos = self
+            .entries
+            .iter()
+            .find(|e| e.key == key)
+            .map_or(self.pos, |e| e.key_pos);
+        self.src.error(
+            pos,
+            &path,
+            format!(
+                "{key} is required {}: set it to {what}",
+                self.place.trim_start_matches("at ")
+            ),
+        )
+    }
+
+    fn path(&self, key: &str) -> Result<Option<PathBuf>, ConfigError> {
+        Ok(self.string(key)?.map(PathBuf::from))
+    }
+
+    fn required_path(&self, key: &str, what: &str) -> Result<PathBuf, ConfigError> {
+        self.path(key)?.ok_or_else(|| self.missing(key, what))
+    }
+
+    /// A bool, or a string Go's `strconv.ParseBool` accepts, or 0/1: Vault
+    /// takes all of these, and configs written for it use them.
+    fn bool(&self, key: &str) -> Result<Option<bool>, ConfigError> {
+        let Some(node) = self.one(key) else {
+            return Ok(None);
+        };
+        match &node.value {
+            Value::Bool(b) => Ok(Some(*b)),
+            Value::Int(0) => Ok(Some(false)),
+            Value::Int(1) => Ok(Some(true)),
+            Value::Str(s) => match s.as_str() {
+                "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(Some(true)),
+                "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(Some(false)),
+                _ => Err(self.type_error(key, node, "true or false")),
+            },
+            _ => Err(self.type_error(key, node, "true or false")),
+        }
+    }
+
+    /// A whole number, or a string holding one.
+    fn int(&self, key: &str) -> Result<Option<i64>, ConfigError> {
+        let Some(node) = self.one(key) else {
+            return Ok(None);
+        };
+        match &node.value {
+            Value::Int(i) => Ok(Some(*i)),
+            Value::Float(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(Some(*f as i64)),
+            Value::Str(s) => s
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| self.type_error(key, node, "a whole number")),
+            _ => Err(self.type_error(key, node, "a whole number")),
+        }
+    }
+
+    fn uint(&self, key: &str, max: u64) -> Result<Option<u64>, ConfigError> {
+        match self.int(key)? {
+            None => Ok(None),
+            Some(i) if i < 0 => Err(self.value_error(key, "must not be negative")),
+            Some(i) if i.unsigned_abs() > max => {
+                Err(self.value_error(key, format!("must be at most {max}")))
+            }
+            Some(i) => Ok(Some(i.unsigned_abs())),
+        }
+    }
+
+    fn u32(&self, key: &str) -> Result<Option<u32>, ConfigError> {
+        Ok(self
+            .uint(key, u32::MAX.into())?
+            .and_then(|n| u32::try_from(n).ok()))
+    }
+
+    fn port(&self, key: &str) -> Result<Option<u16>, ConfigError> {
+        match self.uint(key, u16::MAX.into())? {
+            Some(0) => Err(self.value_error(key, "must be a port number from 1 to 65535")),
+            n => Ok(n.and_then(|n| u16::try_from(n).ok())),
+        }
+    }
+
+    /// A Go-style duration string, or a number of seconds (HCL1 habit).
+    fn duration(&self, key: &str) -> Result<Option<Duration>, ConfigError> {
+        const EXPECTED: &str = "a duration such as \"90s\" or \"1h\"";
+        let Some(node) = self.one(key) else {
+            return Ok(None);
+        };
+        match &node.value {
+            Value::Int(i) if *i >= 0 => Ok(Some(Duration::from_secs(i.unsigned_abs()))),
+            Value::Float(f) if *f >= 0.0 && f.is_finite() => Ok(Some(Duration::from_secs_f64(*f))),
+            Value::Int(_) | Value::Float(_) => Err(self.value_error(key, "must not be negative")),
+            Value::Str(s) if s.trim().is_empty() => Ok(None),
+            Value::Str(s) => parse_duration(s)
+                .map(Some)
+                .map_err(|e| self.value_error(key, format!("{e}; expected {EXPECTED}"))),
+            _ => Err(self.type_error(key, node, EXPECTED)),
+        }
+    }
+
+    /// A list of strings, or one comma-separated string (Vault's form for
+    /// `tls_cipher_suites`).
+    fn string_list(&self, key: &str) -> Result<Option<Vec<String>>, ConfigError> {
+        const EXPECTED: &str = "a comma-separated string or a list of strings";
+        let Some(node) = self.one(key) else {
+            return Ok(None);
+        };
+        let items: Vec<String> = match &node.value {
+            Value::Str(s) => s.split(',').map(|s| s.trim().to_string()).collect(),
+            Value::List(items) => items
+                .iter()
+                .map(|item| match &item.value {
+                    Value::Str(s) => Ok(s.trim().to_string()),
+                    _ => Err(self.type_error(key, item, EXPECTED)),
+                })
+                .collect::<Result<_, _>>()?,
+            _ => return Err(self.type_error(key, node, EXPECTED)),
+        };
+        Ok(Some(items.into_iter().filter(|s| !s.is_empty()).collect()))
+    }
+
+    fn tls_version(&self, key: &str) -> Result<Option<TlsVersion>, ConfigError> {
+        match self.string(key)?.as_deref() {
+            None => Ok(None),
+            Some("tls12") => Ok(Some(TlsVersion::Tls12)),
+            Some("tls13") => Ok(Some(TlsVersion::Tls13)),
+            Some(old @ ("tls10" | "tls11")) => Err(self.value_error(
+                key,
+                format!("{old:?} is insecure and not supported; use \"tls12\" or \"tls13\""),
+            )),
+            Some(other) => Err(self.value_error(
+                key,
+                format!("unknown TLS version {other:?}; use \"tls12\" or \"tls13\""),
+            )),
+        }
+    }
+
+    /// Every body given for an unlabelled block key such as `telemetry` or
+    /// `retry_join`: one block, repeated blocks, or a JSON list of objects.
+    fn blocks(&self, key: &str) -> Result<Vec<&'n Node>, ConfigError> {
+        let mut out = Vec::new();
+        for entry in self.entries.iter().filter(|e| e.key == key) {
+            match &entry.value.value {
+                Value::Object(_) => out.push(&entry.value),
+                Value::List(items) => {
+                    for item in items {
+                        match item.value {
+                            Value::Object(_) => out.push(item),
+                            _ => return Err(self.type_error(key, item, "a block")),
+                        }
+                    }
+                }
+                _ => return Err(self.type_error(key, &entry.value, "a block")),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every labelled block under `key`, in the order written.
+    fn labelled(&self, key: &str, example: &str) -> Result<Vec<Labelled<'n>>, ConfigError> {
+        let mut out = Vec::new();
+        for entry in self.entries.iter().filter(|e| e.key == key) {
+            self.collect_labelled(key, example, &entry.value, entry.key_pos, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn collect_labelled(
+        &self,
+        key: &str,
+        example: &str,
+        node: &'n Node,
+        pos: usize,
+        out: &mut Vec<Labelled<'n>>,
+    ) -> Result<(), ConfigError> {
+        match &node.value {
+            Value::Object(object) if object.is_block_body => Err(self.src.error(
+                pos,
+                key,
+                format!("a {key} block needs a type label, e.g. {example}"),
+            )),
+            Value::Object(object) => {
+                for labelled in &object.entries {
+                    let body = &labelled.value;
+                    let bodies: Vec<&Node> = match &body.value {
+                        Value::List(items) => items.iter().collect(),
+                        _ => vec![body],
+                    };
+                    for body in bodies {
+                        if !matches!(body.value, Value::Object(_)) {
+                            return Err(self.type_error(key, body, "a block"));
+                        }
+                        out.push(Labelled {
+                            label: &labelled.key,
+                            label_pos: labelled.key_pos,
+                            body,
+                            pos: pos.min(labelled.key_pos),
+                        });
+                    }
+                }
+                Ok(())
+            }
+            Value::List(items) => {
+                for item in items {
+                    self.collect_labelled(key, example, item, item.pos, out)?;
+                }
+                Ok(())
+            }
+            _ => Err(self.type_error(key, node, &format!("a block such as {example}"))),
+        }
+    }
+}
+
+fn unknown_key_message(key: &str, place: &str, allowed: &[&str]) -> String {
+    let suggestion = allowed
+        .iter()
+        .map(|a| (edit_distance(key, a), a))
+        .filter(|(d, a)| *d <= 2.max(a.len() / 4))
+        .min()
+        .map(|(_, a)| format!(" (did you mean {a:?}?)"))
+        .unwrap_or_default();
+    if allowed.is_empty() {
+        format!("unknown key {key:?} {place}{suggestion}; this block takes no keys")
+    } else {
+        format!(
+            "unknown key {key:?} {place}{suggestion}; allowed: {}",
+            allowed.join(", ")
+        )
+    }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            let next = (row[j] + 1).min(row[j + 1] + 1).min(prev + cost);
+            prev = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
