@@ -65,8 +65,8 @@ impl Telemetry {
     }
 }
 
-fn metrics_util_mask() -> metrics_exporter_prometheus::MetricKindMask {
-    metrics_exporter_prometheus::MetricKindMask::ALL
+fn metrics_util_mask() -> metrics_util::MetricKindMask {
+    metrics_util::MetricKindMask::ALL
 }
 
 fn resident_bytes() -> Option<u64> {

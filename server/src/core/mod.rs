@@ -160,7 +160,6 @@ impl Unsealed {
 
 pub struct Core {
     pub config: CoreConfig,
-    physical: Arc<dyn Backend>,
     barrier: Arc<Barrier>,
     /// The barrier as every mount sees it: with timing metrics.
     storage: Arc<dyn Backend>,
@@ -179,8 +178,7 @@ impl Core {
         let storage: Arc<dyn Backend> = Arc::new(crate::metrics::MeteredBackend::new(barrier.clone(), "barrier"));
         Arc::new(Core {
             config,
-            seal: ShamirSeal::new(physical.clone()),
-            physical,
+            seal: ShamirSeal::new(physical),
             barrier,
             storage,
             state: RwLock::new(None),
@@ -332,16 +330,16 @@ impl Core {
             Some(info) => info,
             None => return Err(Error::internal("cluster identity missing from storage (core/cluster-info)")),
         };
-        let policies = PolicyStore::new(self.view("sys/policy/"));
+        let policies = PolicyStore::new(self.view("sys/"));
         policies.setup().await?;
         let tokens = TokenStore::new(self.view("sys/token/"));
         tokens.setup().await?;
-        let audit = Arc::new(AuditBroker::new().with_write_timeout(self.config.audit_write_timeout));
+        let audit = Arc::new(AuditBroker::with_write_timeout(self.config.audit_write_timeout));
 
         let mut router = Router::default();
-        for (key, table, defaults) in [
-            (mounts::MOUNTS_KEY, Table::Secret, vec![MountEntry::new(Table::Secret, "sys", "system", "system endpoints used for control, policy and debugging")]),
-            (mounts::AUTH_KEY, Table::Auth, vec![MountEntry::new(Table::Auth, "token", "token", "token based credentials")]),
+        for (key, defaults) in [
+            (mounts::MOUNTS_KEY, vec![MountEntry::new(Table::Secret, "sys", "system", "system endpoints used for control, policy and debugging")]),
+            (mounts::AUTH_KEY, vec![MountEntry::new(Table::Auth, "token", "token", "token based credentials")]),
         ] {
             let entries: Vec<MountEntry> = match self.view("").get_json(key).await? {
                 Some(entries) => entries,
