@@ -1,1 +1,425 @@
-//! (being written)
+//! `keyhold::client`: the HTTP client of the Vault API, used by the CLI and the provisioner.
+//!
+//! A library API: it never prints and never exits. [`Client::request`] is the one place a
+//! request is sent; the helpers (`read`, `write`, `list`, ...) and the typed `sys/` calls in
+//! [`sys`] are built on it.
+
+mod config;
+mod error;
+pub mod sys;
+mod tls;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+pub use config::{
+    parse_bool, parse_duration, token_file_path, CaCert, ClientConfig, DEFAULT_ADDRESS,
+    DEFAULT_TIMEOUT,
+};
+pub use error::{ApiError, ClientError};
+pub use sys::{
+    GenerateRootStatus, HealthQuery, HealthResponse, InitRequest, InitResponse, KeyStatus,
+    LeaderResponse, RekeyInitRequest, RekeyStatus, RekeyUpdateResponse, RekeyVerificationStatus,
+    SealStatus,
+};
+
+/// An HTTP method of the Vault API, including its `LIST` verb.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Put,
+    Post,
+    Delete,
+    List,
+    Patch,
+    Head,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Put => "PUT",
+            Method::Post => "POST",
+            Method::Delete => "DELETE",
+            Method::List => "LIST",
+            Method::Patch => "PATCH",
+            Method::Head => "HEAD",
+        }
+    }
+
+    fn to_reqwest(self) -> reqwest::Method {
+        match self {
+            Method::Get => reqwest::Method::GET,
+            Method::Put => reqwest::Method::PUT,
+            Method::Post => reqwest::Method::POST,
+            Method::Delete => reqwest::Method::DELETE,
+            Method::Patch => reqwest::Method::PATCH,
+            Method::Head => reqwest::Method::HEAD,
+            Method::List => reqwest::Method::from_bytes(b"LIST").expect("LIST is a valid token"),
+        }
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A response body: nothing (204), JSON, or bytes that are not JSON (a snapshot, metrics text).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Body {
+    Empty,
+    Json(Value),
+    Raw(Vec<u8>),
+}
+
+/// A successful (status < 400) answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiResponse {
+    pub status: u16,
+    pub body: Body,
+}
+
+impl ApiResponse {
+    /// The JSON body, if there is one.
+    pub fn json(&self) -> Option<&Value> {
+        match &self.body {
+            Body::Json(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The body as Vault's logical response wrapper; `None` for an empty body.
+    pub fn secret(&self) -> Option<Secret> {
+        self.json()
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+    }
+
+    /// Decodes the whole JSON body as `T`.
+    fn decode<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        url: &str,
+    ) -> Result<T, ClientError> {
+        let value = self.json().cloned().unwrap_or(Value::Null);
+        serde_json::from_value(value).map_err(|e| ClientError::Decode {
+            method: method.to_string(),
+            url: url.to_string(),
+            cause: e.to_string(),
+        })
+    }
+
+    /// Decodes `data` when the body has it (wrapped responses), else the whole body
+    /// (injector routes copy `data` to the top level, raw handlers have only that).
+    fn decode_data<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        url: &str,
+    ) -> Result<T, ClientError> {
+        match self.json().and_then(|v| v.get("data")).filter(|d| d.is_object()) {
+            Some(data) => serde_json::from_value(data.clone()).map_err(|e| ClientError::Decode {
+                method: method.to_string(),
+                url: url.to_string(),
+                cause: e.to_string(),
+            }),
+            None => self.decode(method, url),
+        }
+    }
+}
+
+/// Vault's logical response wrapper (Go's `api.Secret`). Serialises with every field, as
+/// `vault read -format=json` prints it. `Debug` shows data keys only, never values.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Secret {
+    pub request_id: String,
+    pub lease_id: String,
+    pub lease_duration: i64,
+    pub renewable: bool,
+    pub data: Option<Map<String, Value>>,
+    pub warnings: Option<Vec<String>>,
+    pub auth: Option<SecretAuth>,
+    pub wrap_info: Option<Value>,
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Secret")
+            .field("request_id", &self.request_id)
+            .field("lease_duration", &self.lease_duration)
+            .field(
+                "data_keys",
+                &self.data.as_ref().map(|d| d.keys().collect::<Vec<_>>()),
+            )
+            .field("warnings", &self.warnings)
+            .field("auth", &self.auth)
+            .finish()
+    }
+}
+
+/// The `auth` block of a login or token-create answer. `Debug` hides the token.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SecretAuth {
+    pub client_token: String,
+    pub accessor: String,
+    pub policies: Vec<String>,
+    pub token_policies: Vec<String>,
+    pub identity_policies: Option<Vec<String>>,
+    pub metadata: Option<Map<String, Value>>,
+    pub orphan: bool,
+    pub entity_id: String,
+    pub lease_duration: i64,
+    pub renewable: bool,
+    pub token_type: String,
+    pub num_uses: i64,
+    pub mfa_requirement: Option<Value>,
+}
+
+impl fmt::Debug for SecretAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretAuth")
+            .field("client_token", &"<redacted>")
+            .field("accessor", &self.accessor)
+            .field("policies", &self.policies)
+            .field("lease_duration", &self.lease_duration)
+            .field("renewable", &self.renewable)
+            .finish()
+    }
+}
+
+/// A client of one server. Cheap to clone (the connection pool is shared).
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    address: String,
+    token: Option<String>,
+    namespace: Option<String>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("address", &self.address)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("namespace", &self.namespace)
+            .finish()
+    }
+}
+
+impl Client {
+    pub fn new(config: &ClientConfig) -> Result<Self, ClientError> {
+        let address = config.address.trim_end_matches('/').to_string();
+        let parsed = reqwest::Url::parse(&address)
+            .map_err(|e| ClientError::Config(format!("invalid address {address:?}: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(ClientError::Config(format!(
+                "invalid address {address:?}: the scheme must be http or https"
+            )));
+        }
+        let mut builder = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .redirect(reqwest::redirect::Policy::limited(5));
+        if tls::needs_custom(config) {
+            builder = builder.tls_backend_preconfigured(tls::rustls_config(config)?);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| ClientError::Config(format!("building the HTTP client: {e}")))?;
+        Ok(Client {
+            http,
+            address,
+            token: config.token.clone(),
+            namespace: config.namespace.clone(),
+        })
+    }
+
+    /// The base address, e.g. `https://127.0.0.1:8200`.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    pub fn set_token(&mut self, token: Option<String>) {
+        self.token = token;
+    }
+
+    /// The full URL of an API path (`path` has no `/v1/` prefix, may carry a `?query`).
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/v1/{}", self.address, path.trim_start_matches('/'))
+    }
+
+    /// Sends one request. A status >= 400 is a [`ClientError::Api`] carrying the server's
+    /// `errors` list.
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<ApiResponse, ClientError> {
+        let payload = body.map(|b| serde_json::to_vec(b).expect("a Value serialises"));
+        self.send(method, path, payload, method == Method::Patch)
+            .await
+    }
+
+    /// Sends raw bytes (a snapshot to restore) and returns the answer.
+    pub async fn request_bytes(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<ApiResponse, ClientError> {
+        self.send(method, path, Some(body), false).await
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        merge_patch: bool,
+    ) -> Result<ApiResponse, ClientError> {
+        let url = self.url(path);
+        let mut req = self
+            .http
+            .request(method.to_reqwest(), &url)
+            .header("X-Vault-Request", "true");
+        if let Some(token) = &self.token {
+            req = req.header("X-Vault-Token", token);
+        }
+        if let Some(ns) = &self.namespace {
+            req = req.header("X-Vault-Namespace", ns);
+        }
+        if let Some(body) = body {
+            let content_type = if merge_patch {
+                "application/merge-patch+json"
+            } else {
+                "application/json"
+            };
+            req = req.header("Content-Type", content_type).body(body);
+        }
+        let transport = |e: reqwest::Error| ClientError::Transport {
+            method: method.to_string(),
+            url: url.clone(),
+            address: self.address.clone(),
+            cause: error_chain(&e.without_url()),
+        };
+        let resp = req.send().await.map_err(transport)?;
+        let status = resp.status().as_u16();
+        let is_json = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("json"));
+        let bytes = resp.bytes().await.map_err(transport)?;
+        let parsed: Option<Value> = if bytes.is_empty() {
+            None
+        } else {
+            serde_json::from_slice(&bytes).ok()
+        };
+
+        if status >= 400 {
+            let errors = parsed
+                .as_ref()
+                .and_then(|v| v.get("errors"))
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .map(|e| e.as_str().map(str::to_string).unwrap_or_else(|| e.to_string()))
+                        .collect::<Vec<_>>()
+                });
+            let (errors, raw) = match errors {
+                Some(errors) => (errors, false),
+                None if parsed.is_some() => (Vec::new(), false),
+                None => (vec![String::from_utf8_lossy(&bytes).trim().to_string()], true),
+            };
+            return Err(ClientError::Api(ApiError {
+                method: method.to_string(),
+                url,
+                status,
+                errors,
+                raw,
+                body: parsed,
+            }));
+        }
+
+        let body = match parsed {
+            _ if bytes.is_empty() => Body::Empty,
+            Some(v) => Body::Json(v),
+            None if is_json => {
+                return Err(ClientError::Decode {
+                    method: method.to_string(),
+                    url,
+                    cause: "the body is not valid JSON".into(),
+                })
+            }
+            None => Body::Raw(bytes.to_vec()),
+        };
+        Ok(ApiResponse { status, body })
+    }
+
+    /// `GET path`. `Ok(None)` when nothing is there (404), as Vault's `Logical().Read`,
+    /// except that a 404 carrying data or warnings (a deleted KV version) is returned.
+    pub async fn read(&self, path: &str) -> Result<Option<Secret>, ClientError> {
+        match self.request(Method::Get, path, None).await {
+            Ok(resp) => Ok(resp.secret()),
+            Err(ClientError::Api(e)) if e.status == 404 => Ok(e
+                .body
+                .and_then(|b| serde_json::from_value::<Secret>(b).ok())
+                .filter(|s| {
+                    s.data.as_ref().is_some_and(|d| !d.is_empty())
+                        || s.warnings.as_ref().is_some_and(|w| !w.is_empty())
+                })),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `PUT path` with a JSON body; `Ok(None)` for a 204.
+    pub async fn write(&self, path: &str, body: &Value) -> Result<Option<Secret>, ClientError> {
+        Ok(self.request(Method::Put, path, Some(body)).await?.secret())
+    }
+
+    /// `LIST path`; `Ok(None)` when there is nothing to list (404).
+    pub async fn list(&self, path: &str) -> Result<Option<Secret>, ClientError> {
+        match self.request(Method::List, path, None).await {
+            Ok(resp) => Ok(resp.secret()),
+            Err(ClientError::Api(e)) if e.status == 404 => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `DELETE path`.
+    pub async fn delete(&self, path: &str) -> Result<Option<Secret>, ClientError> {
+        Ok(self.request(Method::Delete, path, None).await?.secret())
+    }
+
+    /// `PATCH path` with a JSON merge patch (`application/merge-patch+json`).
+    pub async fn patch(&self, path: &str, body: &Value) -> Result<Option<Secret>, ClientError> {
+        Ok(self.request(Method::Patch, path, Some(body)).await?.secret())
+    }
+}
+
+/// An error and its sources on one line, for transport failures whose useful part (connection
+/// refused, unknown issuer) is often three levels down.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests;
