@@ -388,10 +388,17 @@ pub struct AuditEnableCmd {
 #[derive(Debug, Subcommand)]
 pub enum PolicyCmd {
     /// Upload a policy from a file, or `-` for stdin.
-    Write { name: String, file: String },
-    Read { name: String },
+    Write {
+        name: String,
+        file: String,
+    },
+    Read {
+        name: String,
+    },
     List,
-    Delete { name: String },
+    Delete {
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

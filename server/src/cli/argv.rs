@@ -77,21 +77,51 @@ mod tests {
     #[test]
     fn go_flags_become_clap_flags() {
         let cases = [
-            ("server -config=/etc/vault.hcl", "server --config=/etc/vault.hcl"),
-            ("server -config /etc/a.hcl -config=/etc/b.hcl", "server --config /etc/a.hcl --config=/etc/b.hcl"),
-            ("operator init -key-shares=5 -key-threshold=3", "operator init --key-shares=5 --key-threshold=3"),
-            ("read -format=json sys/metrics", "read --format=json sys/metrics"),
-            ("server -dev -dev-root-token-id=root", "server --dev --dev-root-token-id=root"),
-            ("kv put --mount=secret foo a=b", "kv put --mount=secret foo a=b"),
-            ("write -f sys/replication/dr/primary/enable", "write --f sys/replication/dr/primary/enable"),
+            (
+                "server -config=/etc/vault.hcl",
+                "server --config=/etc/vault.hcl",
+            ),
+            (
+                "server -config /etc/a.hcl -config=/etc/b.hcl",
+                "server --config /etc/a.hcl --config=/etc/b.hcl",
+            ),
+            (
+                "operator init -key-shares=5 -key-threshold=3",
+                "operator init --key-shares=5 --key-threshold=3",
+            ),
+            (
+                "read -format=json sys/metrics",
+                "read --format=json sys/metrics",
+            ),
+            (
+                "server -dev -dev-root-token-id=root",
+                "server --dev --dev-root-token-id=root",
+            ),
+            (
+                "kv put --mount=secret foo a=b",
+                "kv put --mount=secret foo a=b",
+            ),
+            (
+                "write -f sys/replication/dr/primary/enable",
+                "write --f sys/replication/dr/primary/enable",
+            ),
             ("policy write p -", "policy write p -"),
             ("token renew -increment -1", "token renew --increment -1"),
-            ("kv put secret/foo -- -a=b -c", "kv put secret/foo -- -a=b -c"),
+            (
+                "kv put secret/foo -- -a=b -c",
+                "kv put secret/foo -- -a=b -c",
+            ),
             ("status -h", "status -h"),
-            ("token create -orphan=true -detailed=false", "token create --orphan"),
+            (
+                "token create -orphan=true -detailed=false",
+                "token create --orphan",
+            ),
             ("status -tls-skip-verify=1", "status --tls-skip-verify"),
             ("token create -orphan=maybe", "token create --orphan=maybe"),
-            ("token create -renewable=false", "token create --renewable=false"),
+            (
+                "token create -renewable=false",
+                "token create --renewable=false",
+            ),
             ("write secret/foo value=-abc", "write secret/foo value=-abc"),
         ];
         for (input, expect) in cases {

@@ -8,7 +8,10 @@ use serde_json::{Map, Value};
 
 use super::CliError;
 
-pub fn parse_kv_args(args: &[String], stdin: &mut dyn Read) -> Result<Map<String, Value>, CliError> {
+pub fn parse_kv_args(
+    args: &[String],
+    stdin: &mut dyn Read,
+) -> Result<Map<String, Value>, CliError> {
     let mut map = Map::new();
     let mut stdin_used = false;
     let mut read_stdin = |what: &str| -> Result<String, CliError> {
@@ -28,7 +31,9 @@ pub fn parse_kv_args(args: &[String], stdin: &mut dyn Read) -> Result<Map<String
         if arg == "-" {
             let text = read_stdin("a JSON object")?;
             let value: Value = serde_json::from_str(&text).map_err(|e| {
-                CliError::Usage(format!("Failed to parse K=V data: invalid JSON on stdin: {e}"))
+                CliError::Usage(format!(
+                    "Failed to parse K=V data: invalid JSON on stdin: {e}"
+                ))
             })?;
             let Value::Object(obj) = value else {
                 return Err(CliError::Usage(
@@ -48,8 +53,11 @@ pub fn parse_kv_args(args: &[String], stdin: &mut dyn Read) -> Result<Map<String
         let value = if value == "-" {
             read_stdin(key)?
         } else if let Some(path) = value.strip_prefix('@') {
-            std::fs::read_to_string(path)
-                .map_err(|e| CliError::Local(format!("Failed to parse K=V data: error reading file {path}: {e}")))?
+            std::fs::read_to_string(path).map_err(|e| {
+                CliError::Local(format!(
+                    "Failed to parse K=V data: error reading file {path}: {e}"
+                ))
+            })?
         } else if let Some(escaped) = value.strip_prefix("\\@") {
             format!("@{escaped}")
         } else {
@@ -95,12 +103,24 @@ mod tests {
         std::fs::write(&file, "PEM DATA\n").unwrap();
         let at_file = format!("c=@{}", file.display());
         check(&["a=b", "c=d=e"], "", Ok(json!({"a": "b", "c": "d=e"})));
-        check(&["a=b", &at_file], "", Ok(json!({"a": "b", "c": "PEM DATA\n"})));
+        check(
+            &["a=b", &at_file],
+            "",
+            Ok(json!({"a": "b", "c": "PEM DATA\n"})),
+        );
         check(&["a=-"], "from stdin", Ok(json!({"a": "from stdin"})));
-        check(&["-"], r#"{"x": 1, "y": [true]}"#, Ok(json!({"x": 1, "y": [true]})));
+        check(
+            &["-"],
+            r#"{"x": 1, "y": [true]}"#,
+            Ok(json!({"x": 1, "y": [true]})),
+        );
         check(&["-", "z=1"], r#"{"x": 1}"#, Ok(json!({"x": 1, "z": "1"})));
         check(&["a=\\@not-a-file"], "", Ok(json!({"a": "@not-a-file"})));
-        check(&["p=a", "p=b", "p=c"], "", Ok(json!({"p": ["a", "b", "c"]})));
+        check(
+            &["p=a", "p=b", "p=c"],
+            "",
+            Ok(json!({"p": ["a", "b", "c"]})),
+        );
         check(&["a="], "", Ok(json!({"a": ""})));
         check(&["novalue"], "", Err("format must be key=value"));
         check(&["a=-", "b=-"], "x", Err("stdin already consumed"));

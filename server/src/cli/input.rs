@@ -12,8 +12,12 @@ pub fn read_secret(prompt: &str, arg: Option<&str>) -> Result<String, CliError> 
         Some("-") => read_stdin(),
         Some(v) => Ok(v.to_string()),
         None if std::io::stdin().is_terminal() => {
-            let v = rpassword::prompt_password(prompt)
-                .map_err(|e| CliError::Local(format!("Failed to read {}: {e}", prompt.trim_end_matches([':', ' ']))))?;
+            let v = rpassword::prompt_password(prompt).map_err(|e| {
+                CliError::Local(format!(
+                    "Failed to read {}: {e}",
+                    prompt.trim_end_matches([':', ' '])
+                ))
+            })?;
             Ok(v.trim().to_string())
         }
         None => read_stdin(),

@@ -38,7 +38,7 @@ pub enum CliError {
     Api {
         context: String,
         #[source]
-        source: ClientError,
+        source: Box<ClientError>,
     },
     /// The server answered, but not with what the command needed.
     #[error("{0}")]
@@ -55,7 +55,7 @@ impl CliError {
     pub fn api(context: impl Into<String>, source: ClientError) -> Self {
         CliError::Api {
             context: context.into(),
-            source,
+            source: Box::new(source),
         }
     }
 }
@@ -127,7 +127,12 @@ fn bool_flags(cmd: &clap::Command) -> HashSet<String> {
         for arg in cmd.get_arguments() {
             if matches!(arg.get_action(), clap::ArgAction::SetTrue) {
                 names.extend(arg.get_long().map(str::to_string));
-                names.extend(arg.get_all_aliases().unwrap_or_default().into_iter().map(str::to_string));
+                names.extend(
+                    arg.get_all_aliases()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(str::to_string),
+                );
             }
         }
         stack.extend(cmd.get_subcommands());

@@ -184,7 +184,10 @@ pub fn secret_table(secret: &Secret) -> String {
     let row = |k: &str, v: String| vec![k.to_string(), v];
     if secret.lease_duration > 0 {
         if secret.lease_id.is_empty() {
-            rows.push(row("refresh_interval", human_duration(secret.lease_duration)));
+            rows.push(row(
+                "refresh_interval",
+                human_duration(secret.lease_duration),
+            ));
         } else {
             rows.push(row("lease_id", secret.lease_id.clone()));
             rows.push(row("lease_duration", human_duration(secret.lease_duration)));
@@ -250,7 +253,12 @@ fn map_rows(data: &Map<String, Value>) -> Vec<Vec<String>> {
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut all: Vec<Vec<String>> = Vec::with_capacity(rows.len() + 2);
     all.push(header.iter().map(|h| h.to_string()).collect());
-    all.push(header.iter().map(|h| "-".repeat(h.chars().count())).collect());
+    all.push(
+        header
+            .iter()
+            .map(|h| "-".repeat(h.chars().count()))
+            .collect(),
+    );
     all.extend(rows.iter().cloned());
     columns(&all)
 }

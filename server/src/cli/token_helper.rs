@@ -17,7 +17,9 @@ pub fn token_path() -> Result<PathBuf, CliError> {
 /// Writes the token with mode 0600, replacing any previous one.
 pub fn store(token: &str) -> Result<(), CliError> {
     let path = token_path()?;
-    let fail = |e: std::io::Error| CliError::Local(format!("Error storing token in {}: {e}", path.display()));
+    let fail = |e: std::io::Error| {
+        CliError::Local(format!("Error storing token in {}: {e}", path.display()))
+    };
     let _ = std::fs::remove_file(&path);
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);

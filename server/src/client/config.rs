@@ -108,13 +108,17 @@ impl ClientConfig {
         config.client_key = var("VAULT_CLIENT_KEY").map(PathBuf::from);
         if let Some(v) = var("VAULT_SKIP_VERIFY") {
             config.skip_verify = parse_bool(&v).ok_or_else(|| {
-                ClientError::Config(format!("could not parse VAULT_SKIP_VERIFY={v:?} as a boolean"))
+                ClientError::Config(format!(
+                    "could not parse VAULT_SKIP_VERIFY={v:?} as a boolean"
+                ))
             })?;
         }
         config.tls_server_name = var("VAULT_TLS_SERVER_NAME");
         if let Some(v) = var("VAULT_CLIENT_TIMEOUT") {
             config.timeout = parse_duration(&v).ok_or_else(|| {
-                ClientError::Config(format!("could not parse VAULT_CLIENT_TIMEOUT={v:?} as a duration"))
+                ClientError::Config(format!(
+                    "could not parse VAULT_CLIENT_TIMEOUT={v:?} as a duration"
+                ))
             })?;
         }
         config.namespace = var("VAULT_NAMESPACE");

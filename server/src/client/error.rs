@@ -8,7 +8,7 @@ use std::fmt;
 pub enum ClientError {
     /// The server answered with a status >= 400.
     #[error("{0}")]
-    Api(ApiError),
+    Api(Box<ApiError>),
     /// The request never got an answer: connection refused, TLS failure, timeout...
     #[error(
         "error sending {method} {url}: {cause}\n\nIs a server listening at {address}? Check \

@@ -120,7 +120,11 @@ impl ApiResponse {
         method: Method,
         url: &str,
     ) -> Result<T, ClientError> {
-        match self.json().and_then(|v| v.get("data")).filter(|d| d.is_object()) {
+        match self
+            .json()
+            .and_then(|v| v.get("data"))
+            .filter(|d| d.is_object())
+        {
             Some(data) => serde_json::from_value(data.clone()).map_err(|e| ClientError::Decode {
                 method: method.to_string(),
                 url: url.to_string(),
@@ -332,22 +336,29 @@ impl Client {
                 .and_then(Value::as_array)
                 .map(|a| {
                     a.iter()
-                        .map(|e| e.as_str().map(str::to_string).unwrap_or_else(|| e.to_string()))
+                        .map(|e| {
+                            e.as_str()
+                                .map(str::to_string)
+                                .unwrap_or_else(|| e.to_string())
+                        })
                         .collect::<Vec<_>>()
                 });
             let (errors, raw) = match errors {
                 Some(errors) => (errors, false),
                 None if parsed.is_some() => (Vec::new(), false),
-                None => (vec![String::from_utf8_lossy(&bytes).trim().to_string()], true),
+                None => (
+                    vec![String::from_utf8_lossy(&bytes).trim().to_string()],
+                    true,
+                ),
             };
-            return Err(ClientError::Api(ApiError {
+            return Err(ClientError::Api(Box::new(ApiError {
                 method: method.to_string(),
                 url,
                 status,
                 errors,
                 raw,
                 body: parsed,
-            }));
+            })));
         }
 
         let body = match parsed {
@@ -402,7 +413,10 @@ impl Client {
 
     /// `PATCH path` with a JSON merge patch (`application/merge-patch+json`).
     pub async fn patch(&self, path: &str, body: &Value) -> Result<Option<Secret>, ClientError> {
-        Ok(self.request(Method::Patch, path, Some(body)).await?.secret())
+        Ok(self
+            .request(Method::Patch, path, Some(body))
+            .await?
+            .secret())
     }
 }
 

@@ -253,7 +253,9 @@ impl Client {
     /// `GET sys/init`: whether the server has been initialised.
     pub async fn init_status(&self) -> Result<bool, ClientError> {
         let v: Value = self.sys_json(Method::Get, "sys/init", None).await?;
-        Ok(v.get("initialized").and_then(Value::as_bool).unwrap_or(false))
+        Ok(v.get("initialized")
+            .and_then(Value::as_bool)
+            .unwrap_or(false))
     }
 
     /// `PUT sys/init`.
@@ -390,9 +392,7 @@ impl Client {
     }
 
     /// `GET sys/rekey/verify`.
-    pub async fn rekey_verification_status(
-        &self,
-    ) -> Result<RekeyVerificationStatus, ClientError> {
+    pub async fn rekey_verification_status(&self) -> Result<RekeyVerificationStatus, ClientError> {
         self.sys_json(Method::Get, "sys/rekey/verify", None).await
     }
 
@@ -422,7 +422,9 @@ impl Client {
 
     /// `PUT sys/rotate`: a new barrier key term.
     pub async fn rotate(&self) -> Result<(), ClientError> {
-        self.request(Method::Put, "sys/rotate", None).await.map(drop)
+        self.request(Method::Put, "sys/rotate", None)
+            .await
+            .map(drop)
     }
 
     /// A raw sys handler answering bare JSON.

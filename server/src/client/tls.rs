@@ -61,25 +61,24 @@ pub(super) fn rustls_config(config: &ClientConfig) -> Result<rustls::ClientConfi
         .dangerous()
         .with_custom_certificate_verifier(verifier);
 
-    let tls = match (&config.client_cert, &config.client_key) {
-        (Some(cert), Some(key)) => {
-            let chain = read_certs(cert)?;
-            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-                ClientError::Config(format!("reading client key {}: {e}", key.display()))
-            })?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| ClientError::Config(format!("client certificate: {e}")))?
-        }
-        (None, None) => builder.with_no_client_auth(),
-        _ => {
-            return Err(ClientError::Config(
+    let tls =
+        match (&config.client_cert, &config.client_key) {
+            (Some(cert), Some(key)) => {
+                let chain = read_certs(cert)?;
+                let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+                    ClientError::Config(format!("reading client key {}: {e}", key.display()))
+                })?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| ClientError::Config(format!("client certificate: {e}")))?
+            }
+            (None, None) => builder.with_no_client_auth(),
+            _ => return Err(ClientError::Config(
                 "VAULT_CLIENT_CERT and VAULT_CLIENT_KEY (or -client-cert and -client-key) must be \
                  given together"
                     .into(),
-            ))
-        }
-    };
+            )),
+        };
     Ok(tls)
 }
 
@@ -127,7 +126,9 @@ fn root_store(ca: Option<&CaCert>) -> Result<RootCertStore, ClientError> {
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ClientError> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| ClientError::Config(format!("reading certificates from {}: {e}", path.display())))?;
+        .map_err(|e| {
+            ClientError::Config(format!("reading certificates from {}: {e}", path.display()))
+        })?;
     if certs.is_empty() {
         return Err(ClientError::Config(format!(
             "no PEM certificate found in {}",
@@ -204,7 +205,12 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -213,7 +219,12 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -5,7 +5,9 @@ use serde_json::{json, Map, Value};
 
 use crate::client::{Client, ClientError, Method, Secret};
 
-use super::super::args::{KvCmd, KvGetCmd, KvMetadataCmd, KvMetadataPutCmd, KvPutCmd, KvVersionsCmd};
+use super::super::args::{
+    KvCmd, KvGetCmd, KvMetadataCmd, KvMetadataPutCmd, KvPutCmd, KvVersionsCmd,
+};
 use super::super::data::parse_kv_args;
 use super::super::output::{header_for_map, map_table, pad_equal_signs};
 use super::{join_path, output_keys, CliError, Context, Ui};
@@ -45,10 +47,21 @@ struct Target {
 /// `sys/internal/ui/mounts/<path>`; a 404 from both means a v1 mount (or an old server).
 pub async fn kv_preflight(client: &Client, path: &str) -> Result<(String, u32), ClientError> {
     for prefix in ["sys/mounts-all/", "sys/internal/ui/mounts/"] {
-        match client.request(Method::Get, &format!("{prefix}{path}"), None).await {
+        match client
+            .request(Method::Get, &format!("{prefix}{path}"), None)
+            .await
+        {
             Ok(resp) => {
-                let data = resp.json().and_then(|v| v.get("data")).cloned().unwrap_or(Value::Null);
-                let mount = data.get("path").and_then(Value::as_str).unwrap_or("").to_string();
+                let data = resp
+                    .json()
+                    .and_then(|v| v.get("data"))
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                let mount = data
+                    .get("path")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
                 let version = match data.get("options").and_then(|o| o.get("version")) {
                     Some(Value::String(v)) if v == "2" => 2,
                     Some(Value::Number(n)) if n.as_u64() == Some(2) => 2,
@@ -262,7 +275,11 @@ fn parse_versions(raw: &[String]) -> Result<Vec<u64>, CliError> {
 async fn delete(ctx: &Context, ui: &mut Ui, cmd: KvVersionsCmd) -> Result<u8, CliError> {
     let versions = parse_versions(&cmd.versions)?;
     let client = ctx.client()?;
-    let prefix = if versions.is_empty() { "data" } else { "delete" };
+    let prefix = if versions.is_empty() {
+        "data"
+    } else {
+        "delete"
+    };
     let target = resolve(&client, cmd.mount.as_deref(), &cmd.path, prefix).await?;
     let path = target.full.clone();
     let result = if target.v2 && !versions.is_empty() {

@@ -28,9 +28,7 @@ pub async fn write(ctx: &Context, ui: &mut Ui, cmd: WriteCmd) -> Result<u8, CliE
     let path = sanitize(&cmd.path);
     let data = parse_kv_args(&cmd.data, &mut std::io::stdin())?;
     if data.is_empty() && !cmd.force {
-        return Err(CliError::Usage(
-            "Must supply data or use -force".into(),
-        ));
+        return Err(CliError::Usage("Must supply data or use -force".into()));
     }
     let client = ctx.client()?;
     let secret = client

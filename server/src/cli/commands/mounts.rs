@@ -20,7 +20,11 @@ fn bare(path: &str) -> String {
 
 /// The mount table of `sys/mounts`, `sys/auth` or `sys/audit`: `data` when wrapped, else the
 /// top level without the wrapper's own keys.
-async fn mount_table(ctx: &Context, path: &str, what: &str) -> Result<Map<String, Value>, CliError> {
+async fn mount_table(
+    ctx: &Context,
+    path: &str,
+    what: &str,
+) -> Result<Map<String, Value>, CliError> {
     let client = ctx.client()?;
     let resp = client
         .request(Method::Get, path, None)
@@ -51,7 +55,11 @@ fn text(entry: &Value, key: &str) -> String {
 }
 
 fn ttl(entry: &Value, key: &str) -> String {
-    match entry.get("config").and_then(|c| c.get(key)).and_then(Value::as_i64) {
+    match entry
+        .get("config")
+        .and_then(|c| c.get(key))
+        .and_then(Value::as_i64)
+    {
         Some(0) | None => "system".into(),
         Some(secs) => human_duration(secs),
     }
@@ -98,7 +106,11 @@ pub async fn secrets(ctx: &Context, ui: &mut Ui, cmd: SecretsCmd) -> Result<u8, 
                 .request(Method::Post, &format!("sys/mounts/{path}"), Some(&body))
                 .await
                 .map_err(|e| CliError::api("Error enabling", e))?;
-            let shown = if engine == "kv" && version == Some(2) { "kv-v2" } else { &engine };
+            let shown = if engine == "kv" && version == Some(2) {
+                "kv-v2"
+            } else {
+                &engine
+            };
             ui.output(&format!(
                 "Success! Enabled the {shown} secrets engine at: {}",
                 with_slash(&path)
@@ -111,7 +123,9 @@ pub async fn secrets(ctx: &Context, ui: &mut Ui, cmd: SecretsCmd) -> Result<u8, 
             client
                 .request(Method::Delete, &format!("sys/mounts/{path}"), None)
                 .await
-                .map_err(|e| CliError::api(format!("Error disabling secrets engine at {path}"), e))?;
+                .map_err(|e| {
+                    CliError::api(format!("Error disabling secrets engine at {path}"), e)
+                })?;
             ui.output(&format!(
                 "Success! Disabled the secrets engine (if it existed) at: {}",
                 with_slash(&path)
@@ -139,7 +153,10 @@ pub async fn secrets(ctx: &Context, ui: &mut Ui, cmd: SecretsCmd) -> Result<u8, 
                                 .unwrap_or(false)
                                 .to_string(),
                             replication(m),
-                            m.get("seal_wrap").and_then(Value::as_bool).unwrap_or(false).to_string(),
+                            m.get("seal_wrap")
+                                .and_then(Value::as_bool)
+                                .unwrap_or(false)
+                                .to_string(),
                             m.get("external_entropy_access")
                                 .and_then(Value::as_bool)
                                 .unwrap_or(false)
@@ -149,7 +166,12 @@ pub async fn secrets(ctx: &Context, ui: &mut Ui, cmd: SecretsCmd) -> Result<u8, 
                             text(m, "uuid"),
                         ]
                     } else {
-                        vec![path.clone(), text(m, "type"), text(m, "accessor"), text(m, "description")]
+                        vec![
+                            path.clone(),
+                            text(m, "type"),
+                            text(m, "accessor"),
+                            text(m, "description"),
+                        ]
                     }
                 })
                 .collect();
@@ -206,7 +228,9 @@ pub async fn auth(ctx: &Context, ui: &mut Ui, cmd: AuthCmd) -> Result<u8, CliErr
             client
                 .request(Method::Post, &format!("sys/auth/{path}"), Some(&body))
                 .await
-                .map_err(|e| CliError::api(format!("Error enabling {} auth", cmd.method_type), e))?;
+                .map_err(|e| {
+                    CliError::api(format!("Error enabling {} auth", cmd.method_type), e)
+                })?;
             ui.output(&format!(
                 "Success! Enabled {} auth method at: {}",
                 cmd.method_type,
@@ -329,8 +353,10 @@ pub async fn audit(ctx: &Context, ui: &mut Ui, cmd: AuditCmd) -> Result<u8, CliE
                         row.push(replication(d));
                         let opts = match d.get("options") {
                             Some(Value::Object(o)) => {
-                                let mut kv: Vec<String> =
-                                    o.iter().map(|(k, v)| format!("{k}={}", go_value(v))).collect();
+                                let mut kv: Vec<String> = o
+                                    .iter()
+                                    .map(|(k, v)| format!("{k}={}", go_value(v)))
+                                    .collect();
                                 kv.sort();
                                 kv.join(" ")
                             }

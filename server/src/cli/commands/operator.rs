@@ -399,7 +399,10 @@ fn print_rekey_status(ui: &mut Ui, status: &RekeyStatus) -> Result<(), CliError>
         ],
     ];
     if let Some(fps) = &status.pgp_fingerprints {
-        rows.push(vec!["PGP Fingerprints".into(), format!("[{}]", fps.join(" "))]);
+        rows.push(vec![
+            "PGP Fingerprints".into(),
+            format!("[{}]", fps.join(" ")),
+        ]);
         rows.push(vec!["Backup".into(), status.backup.to_string()]);
     }
     ui.output(&columns(&rows));
@@ -415,10 +418,9 @@ async fn generate_root(ctx: &Context, ui: &mut Ui, cmd: GenerateRootCmd) -> Resu
         ));
     }
     if let Some(encoded) = &cmd.decode {
-        let otp = cmd
-            .otp
-            .as_deref()
-            .ok_or_else(|| CliError::Usage("Missing -otp flag: -decode needs the OTP used at -init".into()))?;
+        let otp = cmd.otp.as_deref().ok_or_else(|| {
+            CliError::Usage("Missing -otp flag: -decode needs the OTP used at -init".into())
+        })?;
         let token = decode_root_token(encoded, otp)?;
         if ui.is_table() {
             ui.raw_field(&Value::String(token))?;
@@ -433,7 +435,11 @@ async fn generate_root(ctx: &Context, ui: &mut Ui, cmd: GenerateRootCmd) -> Resu
             .generate_root_status()
             .await
             .map_err(|e| CliError::api("Error getting root generation status", e))?;
-        let len = if status.otp_length == 0 { 28 } else { status.otp_length } as usize;
+        let len = if status.otp_length == 0 {
+            28
+        } else {
+            status.otp_length
+        } as usize;
         let otp: String = rand::thread_rng()
             .sample_iter(&rand::distributions::Alphanumeric)
             .take(len)
@@ -503,7 +509,10 @@ fn print_generate_root_status(ui: &mut Ui, status: &GenerateRootStatus) -> Resul
         vec!["Complete".into(), status.complete.to_string()],
     ];
     if !status.pgp_fingerprint.is_empty() {
-        rows.push(vec!["PGP Fingerprint".into(), status.pgp_fingerprint.clone()]);
+        rows.push(vec![
+            "PGP Fingerprint".into(),
+            status.pgp_fingerprint.clone(),
+        ]);
     }
     if !status.encoded_token.is_empty() {
         rows.push(vec!["Encoded Token".into(), status.encoded_token.clone()]);
@@ -541,6 +550,7 @@ pub fn decode_root_token(encoded: &str, otp: &str) -> Result<String, CliError> {
         )));
     }
     let token: Vec<u8> = bytes.iter().zip(otp.bytes()).map(|(a, b)| a ^ b).collect();
-    String::from_utf8(token)
-        .map_err(|_| CliError::Usage("Error decoding token: the result is not text; wrong OTP?".into()))
+    String::from_utf8(token).map_err(|_| {
+        CliError::Usage("Error decoding token: the result is not text; wrong OTP?".into())
+    })
 }

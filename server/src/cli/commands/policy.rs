@@ -14,16 +14,19 @@ pub async fn run(ctx: &Context, ui: &mut Ui, cmd: PolicyCmd) -> Result<u8, CliEr
             let name = name.trim().to_lowercase();
             let rules = if file == "-" {
                 let mut text = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut text)
-                    .map_err(|e| CliError::Local(format!("Error reading policy from stdin: {e}")))?;
+                std::io::stdin().read_to_string(&mut text).map_err(|e| {
+                    CliError::Local(format!("Error reading policy from stdin: {e}"))
+                })?;
                 text
             } else {
                 std::fs::read_to_string(&file)
                     .map_err(|e| CliError::Local(format!("Error opening policy file: {e}")))?
             };
             client
-                .write(&format!("sys/policies/acl/{name}"), &json!({ "policy": rules }))
+                .write(
+                    &format!("sys/policies/acl/{name}"),
+                    &json!({ "policy": rules }),
+                )
                 .await
                 .map_err(|e| CliError::api("Error uploading policy", e))?;
             ui.output(&format!("Success! Uploaded policy: {name}"));

@@ -93,7 +93,11 @@ fn status_json(status: &SealStatus, leader: &LeaderResponse) -> Value {
 
 /// The `Key Value` table of `vault status`.
 pub fn seal_status_table(status: &SealStatus, leader: &LeaderResponse) -> String {
-    let prefix = if status.recovery_seal { "Recovery " } else { "" };
+    let prefix = if status.recovery_seal {
+        "Recovery "
+    } else {
+        ""
+    };
     let mut rows: Vec<(String, String)> = vec![
         (format!("{prefix}Seal Type"), status.seal_type.clone()),
         ("Initialized".into(), status.initialized.to_string()),
@@ -120,10 +124,7 @@ pub fn seal_status_table(status: &SealStatus, leader: &LeaderResponse) -> String
     }
     rows.push(("HA Enabled".into(), leader.ha_enabled.to_string()));
     if leader.ha_enabled && !status.sealed {
-        rows.push((
-            "HA Cluster".into(),
-            leader.leader_cluster_address.clone(),
-        ));
+        rows.push(("HA Cluster".into(), leader.leader_cluster_address.clone()));
         if leader.is_self {
             rows.push(("HA Mode".into(), "active".into()));
             if !leader.active_time.is_empty() && !leader.active_time.starts_with("0001-") {
@@ -152,7 +153,10 @@ pub fn seal_status_table(status: &SealStatus, leader: &LeaderResponse) -> String
         ));
     }
     if !status.warnings.is_empty() {
-        rows.push(("Warnings".into(), format!("[{}]", status.warnings.join(" "))));
+        rows.push((
+            "Warnings".into(),
+            format!("[{}]", status.warnings.join(" ")),
+        ));
     }
     let mut all = vec![
         vec!["Key".to_string(), "Value".to_string()],

@@ -70,7 +70,9 @@ async fn create(client: &Client, ui: &mut Ui, cmd: TokenCreateCmd) -> Result<u8,
         .write(&path, &body)
         .await
         .map_err(|e| CliError::api("Error creating token", e))?
-        .ok_or_else(|| CliError::Remote("Error creating token: the server returned no token".into()))?;
+        .ok_or_else(|| {
+            CliError::Remote("Error creating token: the server returned no token".into())
+        })?;
     ui.secret(&secret)?;
     Ok(0)
 }
@@ -97,11 +99,17 @@ async fn lookup(client: &Client, ui: &mut Ui, cmd: TokenTargetCmd) -> Result<u8,
                 .write("auth/token/lookup-accessor", &json!({ "accessor": a }))
                 .await
         }
-        (Some(t), false) => client.write("auth/token/lookup", &json!({ "token": t })).await,
+        (Some(t), false) => {
+            client
+                .write("auth/token/lookup", &json!({ "token": t }))
+                .await
+        }
     };
     let secret = result
         .map_err(|e| CliError::api("Error looking up token", e))?
-        .ok_or_else(|| CliError::Remote("Error looking up token: no token information returned".into()))?;
+        .ok_or_else(|| {
+            CliError::Remote("Error looking up token: no token information returned".into())
+        })?;
     ui.secret(&secret)?;
     Ok(0)
 }
@@ -130,7 +138,9 @@ async fn renew(client: &Client, ui: &mut Ui, cmd: TokenRenewCmd) -> Result<u8, C
         .write(path, &Value::Object(body))
         .await
         .map_err(|e| CliError::api("Error renewing token", e))?
-        .ok_or_else(|| CliError::Remote("Error renewing token: no token information returned".into()))?;
+        .ok_or_else(|| {
+            CliError::Remote("Error renewing token: no token information returned".into())
+        })?;
     ui.secret(&secret)?;
     Ok(0)
 }
@@ -140,7 +150,11 @@ async fn revoke(client: &Client, ui: &mut Ui, cmd: TokenRevokeCmd) -> Result<u8,
     let orphan = match cmd.mode.as_deref() {
         None | Some("") | Some("path") => false,
         Some("orphan") => true,
-        Some(other) => return Err(CliError::Usage(format!("Invalid -mode {other:?}: expected \"orphan\""))),
+        Some(other) => {
+            return Err(CliError::Usage(format!(
+                "Invalid -mode {other:?}: expected \"orphan\""
+            )))
+        }
     };
     let (path, body) = match (token, cmd.self_, cmd.accessor) {
         (Some(_), true, _) => {
@@ -227,10 +241,9 @@ pub async fn login(ctx: &Context, ui: &mut Ui, cmd: LoginCmd) -> Result<u8, CliE
             )))
         }
     };
-    let auth = secret
-        .auth
-        .clone()
-        .ok_or_else(|| CliError::Remote("Error authenticating: no auth information returned".into()))?;
+    let auth = secret.auth.clone().ok_or_else(|| {
+        CliError::Remote("Error authenticating: no auth information returned".into())
+    })?;
 
     if cmd.token_only {
         ui.raw_field(&Value::String(auth.client_token.clone()))?;
@@ -294,7 +307,10 @@ fn token_secret_from_lookup(token: &str, lookup: &Secret) -> Secret {
             token_policies: policies,
             identity_policies: Some(identity),
             lease_duration: data.get("ttl").and_then(Value::as_i64).unwrap_or(0),
-            renewable: data.get("renewable").and_then(Value::as_bool).unwrap_or(false),
+            renewable: data
+                .get("renewable")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
             ..Default::default()
         }),
         ..Default::default()
