@@ -160,6 +160,7 @@ listener "tcp" {{
 
 disable_mlock = true
 api_addr      = "{self.url}"
+cluster_addr  = "https://127.0.0.1:{self.port + 1}"
 cluster_name  = "keyhold-compat"
 log_level     = "info"
 '''

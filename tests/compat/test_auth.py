@@ -110,7 +110,11 @@ def test_token_lifecycle(client, session_server):
 
 
 def test_child_token_revoked_with_parent(client, session_server):
-    parent = client.auth.token.create(policies=["default"], ttl="1h")["auth"]["client_token"]
+    # The default policy does not allow creating tokens; the parent gets a policy that does.
+    creator = unique("token-creator")
+    client.sys.create_or_update_acl_policy(
+        name=creator, policy='path "auth/token/create" {\n  capabilities = ["create", "update"]\n}\n')
+    parent = client.auth.token.create(policies=[creator], ttl="1h")["auth"]["client_token"]
     parent_client = session_server.client(parent)
     child = parent_client.auth.token.create(policies=["default"], ttl="1h")["auth"]["client_token"]
     orphan = client.auth.token.create_orphan(policies=["default"], ttl="1h")["auth"]["client_token"]

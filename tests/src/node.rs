@@ -264,6 +264,15 @@ impl Node {
         let _ = writeln!(hcl, "}}\n");
         let _ = writeln!(hcl, "disable_mlock = true");
         let _ = writeln!(hcl, "api_addr = \"{}\"", self.api.base);
+        if o.storage == Storage::Raft {
+            // Vault requires cluster_addr with raft storage; it is api port + 1, kept free by `free_port`.
+            let _ = writeln!(
+                hcl,
+                "cluster_addr = \"https://{}:{}\"",
+                self.ip,
+                self.port + 1
+            );
+        }
         let _ = writeln!(hcl, "cluster_name = \"keyhold-test\"");
         let _ = writeln!(hcl, "log_level = \"{}\"", o.log_level);
         for line in &o.extra_top {

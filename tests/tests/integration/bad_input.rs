@@ -66,7 +66,7 @@ async fn config_check_names_the_bad_line() -> Result<()> {
         ConfigCase {
             name: "valid raft config",
             hcl: format!(
-                "storage \"raft\" {{\n  path = \"{data}\"\n  node_id = \"n1\"\n}}\nlistener \"tcp\" {{\n  address = \"127.0.0.1:8200\"\n  tls_disable = true\n}}\ndisable_mlock = true\n"
+                "storage \"raft\" {{\n  path = \"{data}\"\n  node_id = \"n1\"\n}}\nlistener \"tcp\" {{\n  address = \"127.0.0.1:8200\"\n  tls_disable = true\n}}\ndisable_mlock = true\napi_addr = \"https://127.0.0.1:8200\"\ncluster_addr = \"https://127.0.0.1:8201\"\n"
             ),
             error: None,
         },

@@ -13,7 +13,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 const WRITERS: usize = 3;
 /// Upper bound on writes per writer per round, so a server that never dies cannot loop forever.
 const MAX_WRITES_PER_WRITER: usize = 2_000;
@@ -74,7 +74,7 @@ async fn acknowledged_writes_survive_kill_9() -> Result<()> {
 
     let mut acknowledged: Vec<(String, String)> = Vec::new();
     for round in 0..ROUNDS {
-        let target = rng.gen_range(5..150usize);
+        let target = rng.gen_range(5..400usize);
         let stream = Arc::new(Stream::default());
         let writers: Vec<_> = (0..WRITERS)
             .map(|w| tokio::spawn(writer(node.api(), stream.clone(), round, w, rng.gen())))
