@@ -13,7 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use metrics::{Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder, SharedString, Unit};
+use metrics::{
+    Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
+    SharedString, Unit,
+};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use serde_json::{json, Value};
 
@@ -33,11 +36,17 @@ impl Telemetry {
         let builder = PrometheusBuilder::new()
             .set_quantiles(&[0.5, 0.9, 0.99])
             .expect("static quantiles are valid")
-            .idle_timeout(metrics_util_mask(), (!retention.is_zero()).then_some(retention));
+            .idle_timeout(
+                metrics_util_mask(),
+                (!retention.is_zero()).then_some(retention),
+            );
         let prometheus = builder.build_recorder();
         let handle = prometheus.handle();
         let aggregate = Arc::new(Aggregate::default());
-        let recorder = FanoutRecorder { prometheus, aggregate: aggregate.clone() };
+        let recorder = FanoutRecorder {
+            prometheus,
+            aggregate: aggregate.clone(),
+        };
         if metrics::set_global_recorder(recorder).is_err() {
             return Telemetry::default();
         }
@@ -52,11 +61,17 @@ impl Telemetry {
                 }
             })
             .ok();
-        Telemetry { prometheus: Some(handle), aggregate }
+        Telemetry {
+            prometheus: Some(handle),
+            aggregate,
+        }
     }
 
     pub fn render_prometheus(&self) -> String {
-        self.prometheus.as_ref().map(PrometheusHandle::render).unwrap_or_default()
+        self.prometheus
+            .as_ref()
+            .map(PrometheusHandle::render)
+            .unwrap_or_default()
     }
 
     /// Vault's JSON format (go-metrics' `DisplayMetrics`).
@@ -184,7 +199,11 @@ impl Series {
         self.gauge_bits.store(v.to_bits(), Ordering::Relaxed);
     }
     fn add(&self, delta: f64) {
-        let _ = self.gauge_bits.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| Some((f64::from_bits(bits) + delta).to_bits()));
+        let _ = self
+            .gauge_bits
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                Some((f64::from_bits(bits) + delta).to_bits())
+            });
     }
 }
 
@@ -197,7 +216,10 @@ struct Aggregate {
 impl Aggregate {
     fn entry(&self, key: &Key, kind: Kind) -> Arc<Series> {
         self.started.get_or_init(Instant::now);
-        let labels: BTreeMap<String, String> = key.labels().map(|l| (l.key().to_string(), l.value().to_string())).collect();
+        let labels: BTreeMap<String, String> = key
+            .labels()
+            .map(|l| (l.key().to_string(), l.value().to_string()))
+            .collect();
         let id = format!("{}{:?}", key.name(), labels);
         self.series
             .lock()
@@ -216,7 +238,12 @@ impl Aggregate {
     }
 
     fn render(&self) -> Value {
-        let elapsed = self.started.get().map(|t| t.elapsed().as_secs_f64()).unwrap_or(1.0).max(1.0);
+        let elapsed = self
+            .started
+            .get()
+            .map(|t| t.elapsed().as_secs_f64())
+            .unwrap_or(1.0)
+            .max(1.0);
         let (mut gauges, mut counters, mut samples) = (Vec::new(), Vec::new(), Vec::new());
         for series in self.series.lock().expect("metrics lock").values() {
             match series.kind {
@@ -227,8 +254,16 @@ impl Aggregate {
                 })),
                 Kind::Counter | Kind::Sample => {
                     let s = *series.stats.lock().expect("metrics lock");
-                    let mean = if s.count > 0 { s.sum / s.count as f64 } else { 0.0 };
-                    let var = if s.count > 1 { ((s.sumsq - s.sum * mean) / (s.count - 1) as f64).max(0.0) } else { 0.0 };
+                    let mean = if s.count > 0 {
+                        s.sum / s.count as f64
+                    } else {
+                        0.0
+                    };
+                    let var = if s.count > 1 {
+                        ((s.sumsq - s.sum * mean) / (s.count - 1) as f64).max(0.0)
+                    } else {
+                        0.0
+                    };
                     let row = json!({
                         "Name": series.name,
                         "Count": s.count,
@@ -267,11 +302,15 @@ pub struct MeteredBackend {
 impl MeteredBackend {
     pub fn new(inner: Arc<dyn Backend>, name: &str) -> Self {
         let n = |op: &str| format!("vault.{name}.{op}");
-        MeteredBackend { inner, names: [n("get"), n("put"), n("delete"), n("list"), n("transaction")] }
+        MeteredBackend {
+            inner,
+            names: [n("get"), n("put"), n("delete"), n("list"), n("transaction")],
+        }
     }
 
     fn record(&self, idx: usize, started: Instant) {
-        metrics::histogram!(self.names[idx].clone()).record(started.elapsed().as_secs_f64() * 1000.0);
+        metrics::histogram!(self.names[idx].clone())
+            .record(started.elapsed().as_secs_f64() * 1000.0);
     }
 }
 

@@ -37,7 +37,11 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Loads and checks the configuration the way `server` would use it.
 pub fn load_config(args: &ServerArgs) -> anyhow::Result<ServerConfig> {
     let config = if args.dev {
-        ServerConfig::dev(args.dev_listen_address.as_deref().unwrap_or("127.0.0.1:8200"))
+        ServerConfig::dev(
+            args.dev_listen_address
+                .as_deref()
+                .unwrap_or("127.0.0.1:8200"),
+        )
     } else {
         if args.config.is_empty() {
             bail!("no configuration given: pass -config=FILE (repeatable, or a directory), or -dev for a throw-away in-memory server");
@@ -48,7 +52,10 @@ pub fn load_config(args: &ServerArgs) -> anyhow::Result<ServerConfig> {
     let unsupported = config.unsupported();
     if !unsupported.is_empty() {
         let lines: Vec<String> = unsupported.iter().map(|e| format!("  {e}")).collect();
-        bail!("the configuration uses features this build cannot run yet:\n{}", lines.join("\n"));
+        bail!(
+            "the configuration uses features this build cannot run yet:\n{}",
+            lines.join("\n")
+        );
     }
     Ok(config)
 }
@@ -66,11 +73,17 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         crate::memlock::lock_memory().context("lock memory (mlockall)")?;
     }
     if let Some(pid_file) = &config.pid_file {
-        std::fs::write(pid_file, format!("{}\n", std::process::id())).with_context(|| format!("write pid_file {}", pid_file.display()))?;
+        std::fs::write(pid_file, format!("{}\n", std::process::id()))
+            .with_context(|| format!("write pid_file {}", pid_file.display()))?;
     }
 
-    let (physical, storage_type, ha_enabled): (Arc<dyn Backend>, &str, bool) = match &config.storage {
-        StorageConfig::Inmem => (Arc::new(crate::physical::inmem::InmemBackend::new()), "inmem", false),
+    let (physical, storage_type, ha_enabled): (Arc<dyn Backend>, &str, bool) = match &config.storage
+    {
+        StorageConfig::Inmem => (
+            Arc::new(crate::physical::inmem::InmemBackend::new()),
+            "inmem",
+            false,
+        ),
         StorageConfig::Raft(raft) => {
             create_private_dir(&raft.path)?;
             let store = crate::physical::sled_store::SledStore::open(&raft.path)?;
@@ -111,7 +124,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     if args.dev {
         dev_bootstrap(&core, &config, args.dev_root_token_id.as_deref()).await?;
     }
-    tracing::info!(version = crate::VERSION, storage = storage_type, "keyhold server started");
+    tracing::info!(
+        version = crate::VERSION,
+        storage = storage_type,
+        "keyhold server started"
+    );
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -165,8 +182,11 @@ fn init_logging(config: &ServerConfig, override_level: Option<&str>) -> anyhow::
         "err" => "error".to_string(),
         other => other.to_string(),
     };
-    let filter = EnvFilter::try_new(format!("warn,keyhold={level}")).with_context(|| format!("log_level {level:?}: use trace, debug, info, warn or error"))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let filter = EnvFilter::try_new(format!("warn,keyhold={level}"))
+        .with_context(|| format!("log_level {level:?}: use trace, debug, info, warn or error"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
     let result = match (&config.log_file, config.log_format) {
         (Some(path), format) => {
             let file = std::fs::OpenOptions::new()
@@ -190,14 +210,33 @@ fn init_logging(config: &ServerConfig, override_level: Option<&str>) -> anyhow::
 }
 
 /// `-dev`: initialise with one share, unseal, mount KV v2 at `secret/`.
-async fn dev_bootstrap(core: &Arc<Core>, config: &ServerConfig, root_token_id: Option<&str>) -> anyhow::Result<()> {
-    let init = core.init(InitRequest { secret_shares: 1, secret_threshold: 1, ..Default::default() }).await?;
-    let key = init.keys_base64.first().cloned().context("init returned no key")?;
+async fn dev_bootstrap(
+    core: &Arc<Core>,
+    config: &ServerConfig,
+    root_token_id: Option<&str>,
+) -> anyhow::Result<()> {
+    let init = core
+        .init(InitRequest {
+            secret_shares: 1,
+            secret_threshold: 1,
+            ..Default::default()
+        })
+        .await?;
+    let key = init
+        .keys_base64
+        .first()
+        .cloned()
+        .context("init returned no key")?;
     core.unseal(Some(&key), false).await?;
     let unsealed = core.unsealed()?;
     let root = match root_token_id {
         Some(id) => {
-            let token = unsealed.tokens.create_root(Some(id.to_string())).await?.id.clone();
+            let token = unsealed
+                .tokens
+                .create_root(Some(id.to_string()))
+                .await?
+                .id
+                .clone();
             unsealed.tokens.revoke(&init.root_token).await?;
             token
         }
@@ -207,7 +246,11 @@ async fn dev_bootstrap(core: &Arc<Core>, config: &ServerConfig, root_token_id: O
         .with_token(root.clone())
         .with_data(serde_json::json!({"type": "kv", "options": {"version": "2"}, "description": "key/value secret storage"}));
     core.handle_request(mount).await?;
-    let addr = config.listeners.first().map(|l| l.address.clone()).unwrap_or_default();
+    let addr = config
+        .listeners
+        .first()
+        .map(|l| l.address.clone())
+        .unwrap_or_default();
     println!(
         "WARNING! dev mode is enabled! In this mode, keyhold runs entirely in-memory\n\
          and starts unsealed with a single unseal key. Never use it in production.\n\n\

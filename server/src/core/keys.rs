@@ -16,7 +16,10 @@ pub struct KeyCollector {
 
 impl KeyCollector {
     pub fn new() -> Self {
-        KeyCollector { nonce: uuid::Uuid::new_v4().to_string(), keys: Vec::new() }
+        KeyCollector {
+            nonce: uuid::Uuid::new_v4().to_string(),
+            keys: Vec::new(),
+        }
     }
 
     pub fn progress(&self) -> usize {
@@ -63,8 +66,12 @@ pub fn decode_share(key: &str) -> Result<Zeroizing<Vec<u8>>> {
 /// threshold is 1).
 pub fn reconstruct(keys: &[Zeroizing<Vec<u8>>], threshold: usize) -> Result<Zeroizing<Vec<u8>>> {
     if threshold <= 1 {
-        return keys.first().cloned().ok_or_else(|| Error::invalid("no key given"));
+        return keys
+            .first()
+            .cloned()
+            .ok_or_else(|| Error::invalid("no key given"));
     }
     let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
-    seal::shamir::combine(&refs).map_err(|e| Error::invalid(format!("failed to combine the key shares: {e}")))
+    seal::shamir::combine(&refs)
+        .map_err(|e| Error::invalid(format!("failed to combine the key shares: {e}")))
 }

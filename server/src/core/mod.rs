@@ -173,9 +173,16 @@ pub struct Core {
 }
 
 impl Core {
-    pub fn new(config: CoreConfig, physical: Arc<dyn Backend>, telemetry: crate::metrics::Telemetry) -> Arc<Core> {
+    pub fn new(
+        config: CoreConfig,
+        physical: Arc<dyn Backend>,
+        telemetry: crate::metrics::Telemetry,
+    ) -> Arc<Core> {
         let barrier = Arc::new(Barrier::new(physical.clone()));
-        let storage: Arc<dyn Backend> = Arc::new(crate::metrics::MeteredBackend::new(barrier.clone(), "barrier"));
+        let storage: Arc<dyn Backend> = Arc::new(crate::metrics::MeteredBackend::new(
+            barrier.clone(),
+            "barrier",
+        ));
         Arc::new(Core {
             config,
             seal: ShamirSeal::new(physical),
@@ -191,7 +198,11 @@ impl Core {
 
     /// The unsealed services, or `Error::Sealed`.
     pub fn unsealed(&self) -> Result<Arc<Unsealed>> {
-        self.state.read().expect("state lock").clone().ok_or(Error::Sealed)
+        self.state
+            .read()
+            .expect("state lock")
+            .clone()
+            .ok_or(Error::Sealed)
     }
 
     pub fn is_sealed(&self) -> bool {
@@ -213,13 +224,21 @@ impl Core {
         if self.is_initialized().await? {
             return Err(Error::invalid("Vault is already initialized"));
         }
-        if req.pgp_keys.as_ref().is_some_and(|k| !k.is_empty()) || req.root_token_pgp_key.as_deref().is_some_and(|k| !k.is_empty()) {
+        if req.pgp_keys.as_ref().is_some_and(|k| !k.is_empty())
+            || req
+                .root_token_pgp_key
+                .as_deref()
+                .is_some_and(|k| !k.is_empty())
+        {
             return Err(Error::invalid("PGP-encrypted shares are not supported by this build; omit pgp_keys and root_token_pgp_key"));
         }
         if req.recovery_shares.unwrap_or(0) > 0 {
             return Err(Error::invalid("recovery_shares only applies to auto-unseal seals; this server uses the shamir seal"));
         }
-        let shares = self.seal.initialize(&self.barrier, req.secret_shares, req.secret_threshold).await?;
+        let shares = self
+            .seal
+            .initialize(&self.barrier, req.secret_shares, req.secret_threshold)
+            .await?;
         let threshold = req.secret_threshold.max(1) as usize;
 
         // Unseal once to write the initial state (cluster identity, mounts,
@@ -228,8 +247,16 @@ impl Core {
         let root_key = self.seal.recover_root_key(&key).await?;
         self.barrier.unseal(&root_key).await?;
         let outcome = async {
-            let name = self.config.cluster_name.clone().unwrap_or_else(|| format!("vault-cluster-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
-            let info = ClusterInfo { name, id: uuid::Uuid::new_v4().to_string() };
+            let name = self.config.cluster_name.clone().unwrap_or_else(|| {
+                format!(
+                    "vault-cluster-{}",
+                    &uuid::Uuid::new_v4().simple().to_string()[..8]
+                )
+            });
+            let info = ClusterInfo {
+                name,
+                id: uuid::Uuid::new_v4().to_string(),
+            };
             self.view("").put_json(CLUSTER_INFO_KEY, &info).await?;
             let unsealed = self.post_unseal().await?;
             let root = unsealed.tokens.create_root(None).await?;
@@ -254,7 +281,11 @@ impl Core {
         let config = self.seal.config().await?;
         let unsealed = self.state.read().expect("state lock").clone();
         let keys = self.unseal_keys.lock().expect("unseal lock");
-        let (progress, nonce) = if keys.progress() > 0 { (keys.progress(), keys.nonce.clone()) } else { (0, String::new()) };
+        let (progress, nonce) = if keys.progress() > 0 {
+            (keys.progress(), keys.nonce.clone())
+        } else {
+            (0, String::new())
+        };
         Ok(SealStatus {
             kind: "shamir".into(),
             initialized: config.is_some(),
@@ -290,7 +321,9 @@ impl Core {
             return self.seal_status().await;
         }
         let Some(key) = key.filter(|k| !k.trim().is_empty()) else {
-            return Err(Error::invalid("'key' must be specified in request body as JSON, or 'reset' set to true"));
+            return Err(Error::invalid(
+                "'key' must be specified in request body as JSON, or 'reset' set to true",
+            ));
         };
         let share = keys::decode_share(key)?;
         let threshold = config.secret_threshold.max(1) as usize;
@@ -328,18 +361,40 @@ impl Core {
     async fn post_unseal(self: &Arc<Self>) -> Result<Arc<Unsealed>> {
         let cluster: ClusterInfo = match self.view("").get_json(CLUSTER_INFO_KEY).await? {
             Some(info) => info,
-            None => return Err(Error::internal("cluster identity missing from storage (core/cluster-info)")),
+            None => {
+                return Err(Error::internal(
+                    "cluster identity missing from storage (core/cluster-info)",
+                ))
+            }
         };
         let policies = PolicyStore::new(self.view("sys/"));
         policies.setup().await?;
         let tokens = TokenStore::new(self.view("sys/token/"));
         tokens.setup().await?;
-        let audit = Arc::new(AuditBroker::with_write_timeout(self.config.audit_write_timeout));
+        let audit = Arc::new(AuditBroker::with_write_timeout(
+            self.config.audit_write_timeout,
+        ));
 
         let mut router = Router::default();
         for (key, defaults) in [
-            (mounts::MOUNTS_KEY, vec![MountEntry::new(Table::Secret, "sys", "system", "system endpoints used for control, policy and debugging")]),
-            (mounts::AUTH_KEY, vec![MountEntry::new(Table::Auth, "token", "token", "token based credentials")]),
+            (
+                mounts::MOUNTS_KEY,
+                vec![MountEntry::new(
+                    Table::Secret,
+                    "sys",
+                    "system",
+                    "system endpoints used for control, policy and debugging",
+                )],
+            ),
+            (
+                mounts::AUTH_KEY,
+                vec![MountEntry::new(
+                    Table::Auth,
+                    "token",
+                    "token",
+                    "token based credentials",
+                )],
+            ),
         ] {
             let entries: Vec<MountEntry> = match self.view("").get_json(key).await? {
                 Some(entries) => entries,
@@ -351,11 +406,19 @@ impl Core {
             for entry in entries {
                 let backend = self.backend_for(&entry, &tokens)?;
                 let view = self.view(&entry.view_prefix());
-                router.insert(Mount { entry, backend, view })?;
+                router.insert(Mount {
+                    entry,
+                    backend,
+                    view,
+                })?;
             }
         }
 
-        let audit_table: Vec<AuditTableEntry> = self.view("").get_json(AUDIT_TABLE_KEY).await?.unwrap_or_default();
+        let audit_table: Vec<AuditTableEntry> = self
+            .view("")
+            .get_json(AUDIT_TABLE_KEY)
+            .await?
+            .unwrap_or_default();
         for entry in &audit_table {
             audit.enable(&entry.config, self.view(&format!("audit/{}/", entry.uuid))).await.map_err(|e| {
                 Error::internal(format!(
@@ -395,7 +458,11 @@ impl Core {
         Ok(unsealed)
     }
 
-    fn backend_for(&self, entry: &MountEntry, tokens: &TokenStore) -> Result<Arc<dyn LogicalBackend>> {
+    fn backend_for(
+        &self,
+        entry: &MountEntry,
+        tokens: &TokenStore,
+    ) -> Result<Arc<dyn LogicalBackend>> {
         backend_factory(entry, tokens)
     }
 
@@ -430,7 +497,9 @@ impl Core {
             Some(t) => u.tokens.use_token(t).await?,
             None => None,
         };
-        let Some(entry) = entry else { return Err(Error::PermissionDenied) };
+        let Some(entry) = entry else {
+            return Err(Error::PermissionDenied);
+        };
         let acl = u.policies.acl(&entry.policies).await?;
         let result = acl.allow_operation(path, Operation::Update, &serde_json::Map::new());
         if result.allowed && result.root_privs {
@@ -470,7 +539,12 @@ impl Core {
         metrics::histogram!("vault.core.handle_request").record(elapsed_ms);
         if let Some(mount) = &req.mount {
             let mount_label = mount.path.replace('/', "-");
-            metrics::histogram!(format!("vault.route.{}.{}", req.operation.as_str(), mount_label.trim_end_matches('-'))).record(elapsed_ms);
+            metrics::histogram!(format!(
+                "vault.route.{}.{}",
+                req.operation.as_str(),
+                mount_label.trim_end_matches('-')
+            ))
+            .record(elapsed_ms);
         }
         result
     }
@@ -478,11 +552,19 @@ impl Core {
     async fn handle_unsealed(&self, u: &Unsealed, req: &mut Request) -> Result<Response> {
         let route = u.route(&req.path);
         if let Some((mount, _)) = &route {
-            req.mount = Some(mount.entry.info(self.config.default_lease_ttl, self.config.max_lease_ttl));
+            req.mount = Some(
+                mount
+                    .entry
+                    .info(self.config.default_lease_ttl, self.config.max_lease_ttl),
+            );
         }
         let unauthenticated = match &route {
             Some((mount, rel)) if mount.entry.kind == "system" => system::is_unauthenticated(rel),
-            Some((mount, rel)) => mount.backend.unauthenticated_paths().iter().any(|p| path_matches(p, rel)),
+            Some((mount, rel)) => mount
+                .backend
+                .unauthenticated_paths()
+                .iter()
+                .any(|p| path_matches(p, rel)),
             None => false,
         };
 
@@ -497,7 +579,10 @@ impl Core {
         req.auth = token_entry.as_ref().map(TokenStore::to_auth);
 
         if !unauthenticated {
-            let policies = token_entry.as_ref().map(|e| e.policies.clone()).unwrap_or_default();
+            let policies = token_entry
+                .as_ref()
+                .map(|e| e.policies.clone())
+                .unwrap_or_default();
             let acl = u.policies.acl(&policies).await?;
             if req.operation == Operation::Update {
                 if let Some((mount, rel)) = &route {
@@ -512,7 +597,9 @@ impl Core {
             }
             let needs_sudo = match &route {
                 Some((mount, rel)) if mount.entry.kind == "system" => system::needs_sudo(rel),
-                Some((mount, rel)) if mount.entry.kind == "token" => rel.starts_with("accessors") || rel.starts_with("revoke-orphan"),
+                Some((mount, rel)) if mount.entry.kind == "token" => {
+                    rel.starts_with("accessors") || rel.starts_with("revoke-orphan")
+                }
                 _ => false,
             };
             if needs_sudo && !verdict.root_privs {
@@ -526,9 +613,19 @@ impl Core {
             Some((mount, rel)) if mount.entry.kind == "system" => self.system(u, req, rel).await,
             Some((mount, rel)) => {
                 let info = req.mount.clone().unwrap_or_default();
-                let outcome = mount.backend.handle(BackendRequest { path: rel.clone(), req, storage: &mount.view, mount: &info }).await;
+                let outcome = mount
+                    .backend
+                    .handle(BackendRequest {
+                        path: rel.clone(),
+                        req,
+                        storage: &mount.view,
+                        mount: &info,
+                    })
+                    .await;
                 match outcome {
-                    Ok(mut resp) if mount.entry.table == Table::Auth && mount.entry.kind != "token" => {
+                    Ok(mut resp)
+                        if mount.entry.table == Table::Auth && mount.entry.kind != "token" =>
+                    {
                         if let Some(login) = resp.auth.take() {
                             resp.auth = Some(u.tokens.create_from_login(&login, &info).await?);
                         }
@@ -539,7 +636,14 @@ impl Core {
             }
         };
         let error = result.as_ref().err().map(|e| e.to_string());
-        u.audit.log_response(req, req.auth.as_ref(), result.as_ref().ok(), error.as_deref()).await?;
+        u.audit
+            .log_response(
+                req,
+                req.auth.as_ref(),
+                result.as_ref().ok(),
+                error.as_deref(),
+            )
+            .await?;
         result
     }
 
@@ -547,17 +651,35 @@ impl Core {
     /// returns the refusal; an audit failure wins, as the request was not logged.
     async fn refuse(&self, u: &Unsealed, req: &Request, err: Error) -> Result<Response> {
         let msg = err.to_string();
-        u.audit.log_request(req, req.auth.as_ref(), Some(&msg)).await?;
-        u.audit.log_response(req, req.auth.as_ref(), None, Some(&msg)).await?;
+        u.audit
+            .log_request(req, req.auth.as_ref(), Some(&msg))
+            .await?;
+        u.audit
+            .log_response(req, req.auth.as_ref(), None, Some(&msg))
+            .await?;
         Err(err)
     }
 
-    async fn exists(&self, u: &Unsealed, mount: &Mount, rel: &str, req: &Request) -> Result<Option<bool>> {
+    async fn exists(
+        &self,
+        u: &Unsealed,
+        mount: &Mount,
+        rel: &str,
+        req: &Request,
+    ) -> Result<Option<bool>> {
         if mount.entry.kind == "system" {
             return Ok(system::exists(self, u, rel).await);
         }
         let info = req.mount.clone().unwrap_or_default();
-        mount.backend.exists(BackendRequest { path: rel.to_string(), req, storage: &mount.view, mount: &info }).await
+        mount
+            .backend
+            .exists(BackendRequest {
+                path: rel.to_string(),
+                req,
+                storage: &mount.view,
+                mount: &info,
+            })
+            .await
     }
 }
 
@@ -578,12 +700,22 @@ fn backend_factory(entry: &MountEntry, tokens: &TokenStore) -> Result<Arc<dyn Lo
         (Table::Auth, "userpass") => Arc::new(UserpassBackend::new()),
         (Table::Auth, "approle") => Arc::new(ApproleBackend::new()),
         (Table::Secret, "kv") => {
-            let version = entry.options.get("version").map(String::as_str).unwrap_or("1");
+            let version = entry
+                .options
+                .get("version")
+                .map(String::as_str)
+                .unwrap_or("1");
             Arc::new(KvBackend::new(if version == "2" { 2 } else { 1 }))
         }
         (table, kind) => {
-            let what = if table == Table::Auth { "auth method" } else { "secrets engine" };
-            return Err(Error::internal(format!("{what} type {kind:?} in the mount table is not supported by this build")));
+            let what = if table == Table::Auth {
+                "auth method"
+            } else {
+                "secrets engine"
+            };
+            return Err(Error::internal(format!(
+                "{what} type {kind:?} in the mount table is not supported by this build"
+            )));
         }
     };
     Ok(backend)

@@ -137,7 +137,11 @@ impl MountEntry {
             "force_no_cache": self.config.force_no_cache,
         });
         if self.table == Table::Auth {
-            let token_type = if self.config.token_type.is_empty() { "default-service" } else { &self.config.token_type };
+            let token_type = if self.config.token_type.is_empty() {
+                "default-service"
+            } else {
+                &self.config.token_type
+            };
             config["token_type"] = json!(token_type);
         }
         if !self.config.listing_visibility.is_empty() {
@@ -147,9 +151,14 @@ impl MountEntry {
             config["audit_non_hmac_request_keys"] = json!(self.config.audit_non_hmac_request_keys);
         }
         if !self.config.audit_non_hmac_response_keys.is_empty() {
-            config["audit_non_hmac_response_keys"] = json!(self.config.audit_non_hmac_response_keys);
+            config["audit_non_hmac_response_keys"] =
+                json!(self.config.audit_non_hmac_response_keys);
         }
-        let options = if self.options.is_empty() { Value::Null } else { json!(self.options) };
+        let options = if self.options.is_empty() {
+            Value::Null
+        } else {
+            json!(self.options)
+        };
         json!({
             "type": self.kind,
             "description": self.description,
@@ -195,7 +204,9 @@ impl Router {
     pub fn insert(&mut self, mount: Mount) -> Result<()> {
         let route = mount.entry.route_path();
         if let Some(existing) = self.conflict(&route) {
-            return Err(Error::invalid(format!("path is already in use at {existing}")));
+            return Err(Error::invalid(format!(
+                "path is already in use at {existing}"
+            )));
         }
         self.mounts.insert(route, mount);
         Ok(())
@@ -220,14 +231,18 @@ impl Router {
         let route = match table {
             Table::Secret => {
                 if RESERVED.iter().any(|r| path.starts_with(r)) {
-                    return Err(Error::invalid(format!("cannot mount at {path:?}: the path is reserved")));
+                    return Err(Error::invalid(format!(
+                        "cannot mount at {path:?}: the path is reserved"
+                    )));
                 }
                 path
             }
             Table::Auth => format!("auth/{path}"),
         };
         match self.conflict(&route) {
-            Some(existing) => Err(Error::invalid(format!("path is already in use at {existing}"))),
+            Some(existing) => Err(Error::invalid(format!(
+                "path is already in use at {existing}"
+            ))),
             None => Ok(()),
         }
     }
@@ -252,7 +267,11 @@ impl Router {
     }
 
     pub fn entries(&self, table: Table) -> Vec<MountEntry> {
-        self.mounts.values().filter(|m| m.entry.table == table).map(|m| m.entry.clone()).collect()
+        self.mounts
+            .values()
+            .filter(|m| m.entry.table == table)
+            .map(|m| m.entry.clone())
+            .collect()
     }
 }
 
@@ -275,33 +294,54 @@ mod tests {
         let mut r = Router::default();
         for (table, path) in paths {
             let entry = MountEntry::new(*table, path, "kv", "");
-            r.insert(Mount { entry, backend: Arc::new(Nop), view: StorageView::inmem() }).unwrap();
+            r.insert(Mount {
+                entry,
+                backend: Arc::new(Nop),
+                view: StorageView::inmem(),
+            })
+            .unwrap();
         }
         r
     }
 
     #[test]
     fn longest_prefix_routing() {
-        let r = router(&[(Table::Secret, "secret"), (Table::Secret, "team/a"), (Table::Auth, "userpass")]);
+        let r = router(&[
+            (Table::Secret, "secret"),
+            (Table::Secret, "team/a"),
+            (Table::Auth, "userpass"),
+        ]);
         let cases = [
             ("secret/data/x", Some(("secret/", "data/x"))),
             ("secret", Some(("secret/", ""))),
             ("secret/", Some(("secret/", ""))),
             ("team/a/foo", Some(("team/a/", "foo"))),
             ("team/b/foo", None),
-            ("auth/userpass/login/bob", Some(("auth/userpass/", "login/bob"))),
+            (
+                "auth/userpass/login/bob",
+                Some(("auth/userpass/", "login/bob")),
+            ),
             ("secretive/x", None),
         ];
         for (path, want) in cases {
             let got = r.route(path).map(|(m, rel)| (m.entry.route_path(), rel));
-            assert_eq!(got, want.map(|(a, b)| (a.to_string(), b.to_string())), "{path}");
+            assert_eq!(
+                got,
+                want.map(|(a, b)| (a.to_string(), b.to_string())),
+                "{path}"
+            );
         }
     }
 
     #[test]
     fn overlapping_and_reserved_mounts_are_refused() {
         let r = router(&[(Table::Secret, "team/a")]);
-        for (table, path) in [(Table::Secret, "team/a/b"), (Table::Secret, "team"), (Table::Secret, "sys"), (Table::Secret, "")] {
+        for (table, path) in [
+            (Table::Secret, "team/a/b"),
+            (Table::Secret, "team"),
+            (Table::Secret, "sys"),
+            (Table::Secret, ""),
+        ] {
             assert!(r.check_mountable(table, path).is_err(), "{path}");
         }
         assert!(r.check_mountable(Table::Secret, "team/b").is_ok());

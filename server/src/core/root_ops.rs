@@ -98,13 +98,19 @@ fn random_otp() -> Zeroizing<String> {
     use rand::Rng;
     const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
     let mut rng = rand::rngs::OsRng;
-    Zeroizing::new((0..OTP_LENGTH).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect())
+    Zeroizing::new(
+        (0..OTP_LENGTH)
+            .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+            .collect(),
+    )
 }
 
 fn check_nonce(given: Option<&str>, expected: &str) -> Result<()> {
     match given {
         Some(n) if n == expected => Ok(()),
-        Some(_) => Err(Error::invalid(format!("nonce mismatch; the current attempt's nonce is {expected:?}"))),
+        Some(_) => Err(Error::invalid(format!(
+            "nonce mismatch; the current attempt's nonce is {expected:?}"
+        ))),
         None => Err(Error::invalid("'nonce' must be specified")),
     }
 }
@@ -119,7 +125,11 @@ impl Core {
 
     pub async fn generate_root_status(&self) -> Result<GenerateRootStatus> {
         let (required, _) = self.threshold().await?;
-        let attempt = self.root_ops.generate_root.lock().expect("generate-root lock");
+        let attempt = self
+            .root_ops
+            .generate_root
+            .lock()
+            .expect("generate-root lock");
         Ok(match attempt.as_ref() {
             None => GenerateRootStatus {
                 started: false,
@@ -150,24 +160,40 @@ impl Core {
 
     /// Starts an attempt. With no `otp` the server makes one and returns it
     /// once, as Vault 1.10+ does.
-    pub async fn generate_root_start(&self, otp: Option<String>, pgp_key: Option<String>) -> Result<GenerateRootStatus> {
+    pub async fn generate_root_start(
+        &self,
+        otp: Option<String>,
+        pgp_key: Option<String>,
+    ) -> Result<GenerateRootStatus> {
         self.unsealed()?;
         if pgp_key.is_some_and(|k| !k.is_empty()) {
-            return Err(Error::invalid("PGP-encrypted root tokens are not supported by this build; use the OTP flow"));
+            return Err(Error::invalid(
+                "PGP-encrypted root tokens are not supported by this build; use the OTP flow",
+            ));
         }
         let (generated, otp) = match otp.filter(|o| !o.is_empty()) {
             Some(otp) if otp.len() == OTP_LENGTH => (false, Zeroizing::new(otp)),
             Some(otp) => {
-                return Err(Error::invalid(format!("OTP string is wrong length: got {} characters, need {OTP_LENGTH}", otp.len())));
+                return Err(Error::invalid(format!(
+                    "OTP string is wrong length: got {} characters, need {OTP_LENGTH}",
+                    otp.len()
+                )));
             }
             None => (true, random_otp()),
         };
         {
-            let mut attempt = self.root_ops.generate_root.lock().expect("generate-root lock");
+            let mut attempt = self
+                .root_ops
+                .generate_root
+                .lock()
+                .expect("generate-root lock");
             if attempt.is_some() {
                 return Err(Error::invalid("root generation already in progress; cancel it first (DELETE sys/generate-root/attempt)"));
             }
-            *attempt = Some(GenerateRootAttempt { keys: KeyCollector::new(), otp: otp.clone() });
+            *attempt = Some(GenerateRootAttempt {
+                keys: KeyCollector::new(),
+                otp: otp.clone(),
+            });
         }
         let mut status = self.generate_root_status().await?;
         if generated {
@@ -177,16 +203,30 @@ impl Core {
     }
 
     pub fn generate_root_cancel(&self) {
-        *self.root_ops.generate_root.lock().expect("generate-root lock") = None;
+        *self
+            .root_ops
+            .generate_root
+            .lock()
+            .expect("generate-root lock") = None;
     }
 
-    pub async fn generate_root_update(&self, key: &str, nonce: Option<&str>) -> Result<GenerateRootStatus> {
+    pub async fn generate_root_update(
+        &self,
+        key: &str,
+        nonce: Option<&str>,
+    ) -> Result<GenerateRootStatus> {
         let u = self.unsealed()?;
         let (required, _) = self.threshold().await?;
         let share = keys::decode_share(key)?;
         let ready = {
-            let mut guard = self.root_ops.generate_root.lock().expect("generate-root lock");
-            let attempt = guard.as_mut().ok_or_else(|| Error::invalid("no root generation in progress"))?;
+            let mut guard = self
+                .root_ops
+                .generate_root
+                .lock()
+                .expect("generate-root lock");
+            let attempt = guard
+                .as_mut()
+                .ok_or_else(|| Error::invalid("no root generation in progress"))?;
             check_nonce(nonce, &attempt.keys.nonce)?;
             attempt.keys.add(share);
             if attempt.keys.progress() < required as usize {
@@ -210,7 +250,8 @@ impl Core {
         if token.len() != otp.len() {
             return Err(Error::internal("root token and OTP lengths differ"));
         }
-        let xored: Zeroizing<Vec<u8>> = Zeroizing::new(token.bytes().zip(otp.bytes()).map(|(a, b)| a ^ b).collect());
+        let xored: Zeroizing<Vec<u8>> =
+            Zeroizing::new(token.bytes().zip(otp.bytes()).map(|(a, b)| a ^ b).collect());
         use base64::Engine;
         let encoded = base64::engine::general_purpose::STANDARD_NO_PAD.encode(xored.as_slice());
         tracing::info!("root token generated by a quorum of unseal key holders");
@@ -259,16 +300,27 @@ impl Core {
         })
     }
 
-    pub async fn rekey_start(&self, shares: u8, threshold: u8, require_verification: bool, pgp: bool, backup: bool) -> Result<RekeyStatus> {
+    pub async fn rekey_start(
+        &self,
+        shares: u8,
+        threshold: u8,
+        require_verification: bool,
+        pgp: bool,
+        backup: bool,
+    ) -> Result<RekeyStatus> {
         self.unsealed()?;
         if pgp || backup {
-            return Err(Error::invalid("PGP-encrypted rekey shares and backups are not supported by this build"));
+            return Err(Error::invalid(
+                "PGP-encrypted rekey shares and backups are not supported by this build",
+            ));
         }
         crate::seal::SealConfig::shamir(shares, threshold)?;
         {
             let mut attempt = self.root_ops.rekey.lock().expect("rekey lock");
             if attempt.is_some() {
-                return Err(Error::invalid("rekey already in progress; cancel it first (DELETE sys/rekey/init)"));
+                return Err(Error::invalid(
+                    "rekey already in progress; cancel it first (DELETE sys/rekey/init)",
+                ));
             }
             *attempt = Some(RekeyAttempt {
                 keys: KeyCollector::new(),
@@ -285,15 +337,23 @@ impl Core {
         *self.root_ops.rekey.lock().expect("rekey lock") = None;
     }
 
-    pub async fn rekey_update(self: &Arc<Self>, key: &str, nonce: Option<&str>) -> Result<RekeyUpdate> {
+    pub async fn rekey_update(
+        self: &Arc<Self>,
+        key: &str,
+        nonce: Option<&str>,
+    ) -> Result<RekeyUpdate> {
         self.unsealed()?;
         let (required, _) = self.threshold().await?;
         let share = keys::decode_share(key)?;
         let ready = {
             let mut guard = self.root_ops.rekey.lock().expect("rekey lock");
-            let attempt = guard.as_mut().ok_or_else(|| Error::invalid("no rekey in progress"))?;
+            let attempt = guard
+                .as_mut()
+                .ok_or_else(|| Error::invalid("no rekey in progress"))?;
             if attempt.pending.is_some() {
-                return Err(Error::invalid("rekey is waiting for verification of the new keys (sys/rekey/verify)"));
+                return Err(Error::invalid(
+                    "rekey is waiting for verification of the new keys (sys/rekey/verify)",
+                ));
             }
             check_nonce(nonce, &attempt.keys.nonce)?;
             attempt.keys.add(share);
@@ -312,7 +372,13 @@ impl Core {
                 });
             }
             let nonce = attempt.keys.nonce.clone();
-            (nonce, attempt.keys.take(), attempt.secret_shares, attempt.secret_threshold, attempt.require_verification)
+            (
+                nonce,
+                attempt.keys.take(),
+                attempt.secret_shares,
+                attempt.secret_threshold,
+                attempt.require_verification,
+            )
         };
         let (nonce, collected, shares, threshold, require_verification) = ready;
         let current_key = keys::reconstruct(&collected, required as usize)?;
@@ -322,13 +388,21 @@ impl Core {
         }
         if require_verification {
             let prepared = Arc::new(crate::seal::PreparedRekey::new(shares, threshold)?);
-            let encoded_hex = prepared.shares.iter().map(|s| hex::encode(s.as_slice())).collect();
+            let encoded_hex = prepared
+                .shares
+                .iter()
+                .map(|s| hex::encode(s.as_slice()))
+                .collect();
             let encoded_b64 = prepared.shares.iter().map(|s| base64_std(s)).collect();
             let verification = KeyCollector::new();
             let verification_nonce = verification.nonce.clone();
             let mut guard = self.root_ops.rekey.lock().expect("rekey lock");
             if let Some(attempt) = guard.as_mut() {
-                attempt.pending = Some(PendingRekey { current_key, prepared, verification });
+                attempt.pending = Some(PendingRekey {
+                    current_key,
+                    prepared,
+                    verification,
+                });
             }
             return Ok(RekeyUpdate {
                 nonce,
@@ -345,7 +419,9 @@ impl Core {
         }
         let new_shares = {
             let _guard = self.lifecycle.lock().await;
-            self.seal.rekey(&self.barrier, &current_key, shares, threshold).await?
+            self.seal
+                .rekey(&self.barrier, &current_key, shares, threshold)
+                .await?
         };
         self.rekey_cancel();
         tracing::info!(shares, threshold, "unseal keys rekeyed");
@@ -354,7 +430,10 @@ impl Core {
             complete: true,
             progress: 0,
             required,
-            keys: new_shares.iter().map(|s| hex::encode(s.as_slice())).collect(),
+            keys: new_shares
+                .iter()
+                .map(|s| hex::encode(s.as_slice()))
+                .collect(),
             keys_base64: new_shares.iter().map(|s| base64_std(s)).collect(),
             pgp_fingerprints: None,
             backup: false,
@@ -365,8 +444,13 @@ impl Core {
 
     pub async fn rekey_verify_status(&self) -> Result<RekeyVerifyStatus> {
         let guard = self.root_ops.rekey.lock().expect("rekey lock");
-        let attempt = guard.as_ref().ok_or_else(|| Error::invalid("no rekey in progress"))?;
-        let pending = attempt.pending.as_ref().ok_or_else(|| Error::invalid("no rekey verification in progress"))?;
+        let attempt = guard
+            .as_ref()
+            .ok_or_else(|| Error::invalid("no rekey in progress"))?;
+        let pending = attempt
+            .pending
+            .as_ref()
+            .ok_or_else(|| Error::invalid("no rekey verification in progress"))?;
         Ok(RekeyVerifyStatus {
             started: true,
             nonce: pending.verification.nonce.clone(),
@@ -380,19 +464,31 @@ impl Core {
     /// Restarts verification (the new shares stay the same).
     pub fn rekey_verify_cancel(&self) -> Result<()> {
         let mut guard = self.root_ops.rekey.lock().expect("rekey lock");
-        let pending = guard.as_mut().and_then(|a| a.pending.as_mut()).ok_or_else(|| Error::invalid("no rekey verification in progress"))?;
+        let pending = guard
+            .as_mut()
+            .and_then(|a| a.pending.as_mut())
+            .ok_or_else(|| Error::invalid("no rekey verification in progress"))?;
         pending.verification.reset();
         Ok(())
     }
 
-    pub async fn rekey_verify_update(&self, key: &str, nonce: Option<&str>) -> Result<RekeyVerifyStatus> {
+    pub async fn rekey_verify_update(
+        &self,
+        key: &str,
+        nonce: Option<&str>,
+    ) -> Result<RekeyVerifyStatus> {
         let share = keys::decode_share(key)?;
         let ready = {
             let mut guard = self.root_ops.rekey.lock().expect("rekey lock");
-            let attempt = guard.as_mut().ok_or_else(|| Error::invalid("no rekey in progress"))?;
+            let attempt = guard
+                .as_mut()
+                .ok_or_else(|| Error::invalid("no rekey in progress"))?;
             let threshold = attempt.secret_threshold.max(1) as usize;
             let (t, n) = (attempt.secret_threshold, attempt.secret_shares);
-            let pending = attempt.pending.as_mut().ok_or_else(|| Error::invalid("no rekey verification in progress"))?;
+            let pending = attempt
+                .pending
+                .as_mut()
+                .ok_or_else(|| Error::invalid("no rekey verification in progress"))?;
             check_nonce(nonce, &pending.verification.nonce)?;
             pending.verification.add(share);
             if pending.verification.progress() < threshold {
@@ -413,7 +509,10 @@ impl Core {
         let _ = threshold;
         let (current_key, prepared) = {
             let guard = self.root_ops.rekey.lock().expect("rekey lock");
-            let pending = guard.as_ref().and_then(|a| a.pending.as_ref()).ok_or_else(|| Error::invalid("no rekey verification in progress"))?;
+            let pending = guard
+                .as_ref()
+                .and_then(|a| a.pending.as_ref())
+                .ok_or_else(|| Error::invalid("no rekey verification in progress"))?;
             (pending.current_key.clone(), pending.prepared.clone())
         };
         let refs: Vec<&[u8]> = submitted.iter().map(|k| k.as_slice()).collect();
@@ -422,10 +521,19 @@ impl Core {
         }
         {
             let _guard = self.lifecycle.lock().await;
-            self.seal.apply_rekey(&self.barrier, &current_key, &prepared).await?;
+            self.seal
+                .apply_rekey(&self.barrier, &current_key, &prepared)
+                .await?;
         }
         self.rekey_cancel();
         tracing::info!("unseal keys rekeyed after verification");
-        Ok(RekeyVerifyStatus { started: false, nonce, t, n, progress: 0, complete: true })
+        Ok(RekeyVerifyStatus {
+            started: false,
+            nonce,
+            t,
+            n,
+            progress: 0,
+            complete: true,
+        })
     }
 }

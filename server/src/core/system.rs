@@ -11,7 +11,9 @@ use serde_json::{json, Map, Value};
 use super::mounts::{normalize_mount_path, Mount, MountEntry, Table};
 use super::{AuditTableEntry, Core, Unsealed, AUDIT_TABLE_KEY};
 use crate::error::{Error, Result};
-use crate::logical::{parse_duration_field, BackendRequest, LogicalBackend, Operation, Request, Response};
+use crate::logical::{
+    parse_duration_field, BackendRequest, LogicalBackend, Operation, Request, Response,
+};
 
 /// Stands in the router for `sys/`; the core serves those paths itself
 /// because they need the core's state.
@@ -32,21 +34,40 @@ pub(super) fn is_unauthenticated(rel: &str) -> bool {
 /// Root-protected `sys/` paths: the caller needs `sudo` as well.
 pub(super) fn needs_sudo(rel: &str) -> bool {
     const EXACT: &[&str] = &["audit", "rotate", "remount", "seal", "step-down", "raw"];
-    const PREFIX: &[&str] = &["audit/", "auth/", "raw/", "config/", "plugins/catalog/", "leases/revoke-prefix/", "leases/revoke-force/", "leases/lookup/"];
+    const PREFIX: &[&str] = &[
+        "audit/",
+        "auth/",
+        "raw/",
+        "config/",
+        "plugins/catalog/",
+        "leases/revoke-prefix/",
+        "leases/revoke-force/",
+        "leases/lookup/",
+    ];
     EXACT.contains(&rel) || PREFIX.iter().any(|p| rel.starts_with(p))
 }
 
 /// Existence check for `sys/` writes, so a policy can grant `create` alone.
 pub(super) async fn exists(core: &Core, u: &Unsealed, rel: &str) -> Option<bool> {
-    if let Some(name) = rel.strip_prefix("policies/acl/").or_else(|| rel.strip_prefix("policy/")) {
+    if let Some(name) = rel
+        .strip_prefix("policies/acl/")
+        .or_else(|| rel.strip_prefix("policy/"))
+    {
         return Some(matches!(u.policies.get(name).await, Ok(Some(_))));
     }
     let router = u.router.read().expect("router lock");
-    if let Some(path) = rel.strip_prefix("mounts/").filter(|p| !p.ends_with("/tune")) {
+    if let Some(path) = rel
+        .strip_prefix("mounts/")
+        .filter(|p| !p.ends_with("/tune"))
+    {
         return Some(router.get(&normalize_mount_path(path)).is_some());
     }
     if let Some(path) = rel.strip_prefix("auth/").filter(|p| !p.ends_with("/tune")) {
-        return Some(router.get(&format!("auth/{}", normalize_mount_path(path))).is_some());
+        return Some(
+            router
+                .get(&format!("auth/{}", normalize_mount_path(path)))
+                .is_some(),
+        );
     }
     let _ = core;
     None
@@ -93,14 +114,27 @@ impl Core {
                 Ok(injected(json!({ "policies": names, "keys": names })))
             }
             "policies/acl" | "policies/acl/" if matches!(op, Operation::List | Operation::Read) => {
-                let names: Vec<String> = u.policies.list().await?.into_iter().filter(|n| n != "root").collect();
+                let names: Vec<String> = u
+                    .policies
+                    .list()
+                    .await?
+                    .into_iter()
+                    .filter(|n| n != "root")
+                    .collect();
                 Response::list(names)
             }
-            "capabilities-self" if write => self.capabilities(u, req, req.client_token.clone()).await,
+            "capabilities-self" if write => {
+                self.capabilities(u, req, req.client_token.clone()).await
+            }
             "capabilities" if write => self.capabilities(u, req, str_field(req, "token")).await,
             "capabilities-accessor" if write => {
-                let accessor = str_field(req, "accessor").ok_or_else(|| Error::invalid("missing accessor"))?;
-                let entry = u.tokens.lookup_accessor(&accessor).await?.ok_or_else(|| Error::invalid("invalid accessor"))?;
+                let accessor =
+                    str_field(req, "accessor").ok_or_else(|| Error::invalid("missing accessor"))?;
+                let entry = u
+                    .tokens
+                    .lookup_accessor(&accessor)
+                    .await?
+                    .ok_or_else(|| Error::invalid("invalid accessor"))?;
                 self.capabilities(u, req, Some(entry.id)).await
             }
             "rotate" | "rotate/keyring" if write => {
@@ -108,11 +142,13 @@ impl Core {
                 tracing::info!(term = status.term, "keyring rotated");
                 Ok(Response::empty())
             }
-            "key-status" | "rotate/keyring/status" if op == Operation::Read => Ok(injected(super::key_status_json(&self.key_status()?))),
-            "metrics" if op == Operation::Read => self.metrics_response(req),
-            "internal/ui/mounts" if op == Operation::Read => {
-                Ok(Response::data(json!({ "secret": self.mounts_json(u, Table::Secret), "auth": self.mounts_json(u, Table::Auth) })))
+            "key-status" | "rotate/keyring/status" if op == Operation::Read => {
+                Ok(injected(super::key_status_json(&self.key_status()?)))
             }
+            "metrics" if op == Operation::Read => self.metrics_response(req),
+            "internal/ui/mounts" if op == Operation::Read => Ok(Response::data(
+                json!({ "secret": self.mounts_json(u, Table::Secret), "auth": self.mounts_json(u, Table::Auth) }),
+            )),
             _ => self.system_prefixed(u, req, rel).await,
         }
     }
@@ -126,7 +162,9 @@ impl Core {
             }
             let path = normalize_mount_path(rest);
             return match op {
-                Operation::Create | Operation::Update => self.enable_mount(u, req, Table::Secret, rest).await,
+                Operation::Create | Operation::Update => {
+                    self.enable_mount(u, req, Table::Secret, rest).await
+                }
                 Operation::Delete => self.disable_mount(u, Table::Secret, &path).await,
                 Operation::Read => self.mount_json(u, &path).map(Response::data),
                 _ => Err(Error::UnsupportedOperation),
@@ -134,17 +172,24 @@ impl Core {
         }
         if let Some(rest) = rel.strip_prefix("auth/") {
             if let Some(path) = rest.strip_suffix("/tune") {
-                return self.tune(u, req, &format!("auth/{}", normalize_mount_path(path))).await;
+                return self
+                    .tune(u, req, &format!("auth/{}", normalize_mount_path(path)))
+                    .await;
             }
             let route = format!("auth/{}", normalize_mount_path(rest));
             return match op {
-                Operation::Create | Operation::Update => self.enable_mount(u, req, Table::Auth, rest).await,
+                Operation::Create | Operation::Update => {
+                    self.enable_mount(u, req, Table::Auth, rest).await
+                }
                 Operation::Delete => self.disable_mount(u, Table::Auth, &route).await,
                 Operation::Read => self.mount_json(u, &route).map(Response::data),
                 _ => Err(Error::UnsupportedOperation),
             };
         }
-        if let Some(name) = rel.strip_prefix("policies/acl/").or_else(|| rel.strip_prefix("policy/")) {
+        if let Some(name) = rel
+            .strip_prefix("policies/acl/")
+            .or_else(|| rel.strip_prefix("policy/"))
+        {
             let legacy = rel.starts_with("policy/");
             return match op {
                 Operation::Read => {
@@ -153,12 +198,18 @@ impl Core {
                     let mut data = Map::new();
                     data.insert("name".into(), json!(policy.name));
                     data.insert(field.into(), json!(policy.raw));
-                    Ok(if legacy { injected(Value::Object(data)) } else { Response::data(Value::Object(data)) })
+                    Ok(if legacy {
+                        injected(Value::Object(data))
+                    } else {
+                        Response::data(Value::Object(data))
+                    })
                 }
                 Operation::Create | Operation::Update => {
                     let text = str_field(req, "policy")
                         .or_else(|| str_field(req, "rules"))
-                        .ok_or_else(|| Error::invalid("'policy' parameter not supplied or empty"))?;
+                        .ok_or_else(|| {
+                            Error::invalid("'policy' parameter not supplied or empty")
+                        })?;
                     let text = decode_maybe_base64(&text);
                     u.policies.set(name, &text).await?;
                     Ok(Response::empty())
@@ -182,16 +233,23 @@ impl Core {
             if !write {
                 return Err(Error::UnsupportedOperation);
             }
-            let input = req.get_str("input").ok_or_else(|| Error::invalid("the \"input\" parameter is required"))?;
+            let input = req
+                .get_str("input")
+                .ok_or_else(|| Error::invalid("the \"input\" parameter is required"))?;
             let hash = u.audit.hash(&normalize_mount_path(path), &input).await?;
             return Ok(Response::data(json!({ "hash": hash })));
         }
-        if let Some(path) = rel.strip_prefix("internal/ui/mounts/").or_else(|| rel.strip_prefix("mounts-all/")) {
+        if let Some(path) = rel
+            .strip_prefix("internal/ui/mounts/")
+            .or_else(|| rel.strip_prefix("mounts-all/"))
+        {
             if op != Operation::Read {
                 return Err(Error::UnsupportedOperation);
             }
             let Some((mount, _)) = u.route(path) else {
-                return Err(Error::invalid(format!("Path {path:?} does not exist: no mount serves it")));
+                return Err(Error::invalid(format!(
+                    "Path {path:?} does not exist: no mount serves it"
+                )));
             };
             let mut data = mount.entry.to_json();
             data["path"] = json!(mount.entry.route_path().trim_start_matches("auth/"));
@@ -211,11 +269,22 @@ impl Core {
 
     fn mount_json(&self, u: &Unsealed, route: &str) -> Result<Value> {
         let router = u.router.read().expect("router lock");
-        router.get(route).map(|m| m.entry.to_json()).ok_or(Error::NotFound)
+        router
+            .get(route)
+            .map(|m| m.entry.to_json())
+            .ok_or(Error::NotFound)
     }
 
-    async fn enable_mount(&self, u: &Unsealed, req: &Request, table: Table, path: &str) -> Result<Response> {
-        let mut kind = str_field(req, "type").ok_or_else(|| Error::invalid("the \"type\" parameter is required (e.g. kv, kv-v2, userpass, approle)"))?;
+    async fn enable_mount(
+        &self,
+        u: &Unsealed,
+        req: &Request,
+        table: Table,
+        path: &str,
+    ) -> Result<Response> {
+        let mut kind = str_field(req, "type").ok_or_else(|| {
+            Error::invalid("the \"type\" parameter is required (e.g. kv, kv-v2, userpass, approle)")
+        })?;
         let mut options = string_map(req.data.get("options"))?;
         if kind == "kv-v2" {
             kind = "kv".into();
@@ -223,14 +292,26 @@ impl Core {
         }
         match (table, kind.as_str()) {
             (Table::Secret, "kv") => {
-                let version = options.entry("version".into()).or_insert_with(|| "1".into());
+                let version = options
+                    .entry("version".into())
+                    .or_insert_with(|| "1".into());
                 if version != "1" && version != "2" {
-                    return Err(Error::invalid(format!("invalid kv version {version:?}: use 1 or 2")));
+                    return Err(Error::invalid(format!(
+                        "invalid kv version {version:?}: use 1 or 2"
+                    )));
                 }
             }
             (Table::Auth, "userpass" | "approle") => {}
-            (Table::Auth, "token") => return Err(Error::invalid("token credential backend cannot be instantiated")),
-            (Table::Secret, "system" | "cubbyhole" | "identity") => return Err(Error::invalid(format!("cannot mount {kind:?} of type {kind:?}"))),
+            (Table::Auth, "token") => {
+                return Err(Error::invalid(
+                    "token credential backend cannot be instantiated",
+                ))
+            }
+            (Table::Secret, "system" | "cubbyhole" | "identity") => {
+                return Err(Error::invalid(format!(
+                    "cannot mount {kind:?} of type {kind:?}"
+                )))
+            }
             (Table::Secret, other) => {
                 return Err(Error::invalid(format!("secrets engine type {other:?} is not supported by this build; supported: kv, kv-v2")));
             }
@@ -241,21 +322,36 @@ impl Core {
         let description = req.get_str("description").unwrap_or_default();
         let mut entry = MountEntry::new(table, path, &kind, &description);
         entry.options = options;
-        entry.local = req.data.get("local").and_then(Value::as_bool).unwrap_or(false);
-        entry.seal_wrap = req.data.get("seal_wrap").and_then(Value::as_bool).unwrap_or(false);
+        entry.local = req
+            .data
+            .get("local")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        entry.seal_wrap = req
+            .data
+            .get("seal_wrap")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         if let Some(Value::Object(config)) = req.data.get("config") {
             apply_tune(&mut entry, config)?;
         }
 
         let _guard = u.table_lock.lock().await;
-        u.router.read().expect("router lock").check_mountable(table, path)?;
+        u.router
+            .read()
+            .expect("router lock")
+            .check_mountable(table, path)?;
         let tokens = u.tokens.clone();
         let backend = super::backend_factory(&entry, &tokens)?;
         let view = self.view(&entry.view_prefix());
         let mut entries = u.router.read().expect("router lock").entries(table);
         entries.push(entry.clone());
         self.view("").put_json(table_key(table), &entries).await?;
-        u.router.write().expect("router lock").insert(Mount { entry: entry.clone(), backend, view })?;
+        u.router.write().expect("router lock").insert(Mount {
+            entry: entry.clone(),
+            backend,
+            view,
+        })?;
         tracing::info!(path = %entry.route_path(), kind = %entry.kind, "mount enabled");
         Ok(Response::empty())
     }
@@ -269,7 +365,14 @@ impl Core {
             // Vault answers 204 for a path that is not mounted.
             return Ok(Response::empty());
         };
-        let entries: Vec<MountEntry> = u.router.read().expect("router lock").entries(table).into_iter().filter(|e| e.route_path() != route).collect();
+        let entries: Vec<MountEntry> = u
+            .router
+            .read()
+            .expect("router lock")
+            .entries(table)
+            .into_iter()
+            .filter(|e| e.route_path() != route)
+            .collect();
         self.view("").put_json(table_key(table), &entries).await?;
         u.router.write().expect("router lock").remove(route);
         mount.backend.cleanup(&mount.view).await?;
@@ -279,10 +382,18 @@ impl Core {
     }
 
     async fn tune(&self, u: &Unsealed, req: &Request, route: &str) -> Result<Response> {
-        let mount = u.router.read().expect("router lock").get(route).cloned().ok_or_else(|| Error::invalid(format!("no mount at {route:?}")))?;
+        let mount = u
+            .router
+            .read()
+            .expect("router lock")
+            .get(route)
+            .cloned()
+            .ok_or_else(|| Error::invalid(format!("no mount at {route:?}")))?;
         match req.operation {
             Operation::Read => {
-                let info = mount.entry.info(self.config.default_lease_ttl, self.config.max_lease_ttl);
+                let info = mount
+                    .entry
+                    .info(self.config.default_lease_ttl, self.config.max_lease_ttl);
                 let mut data = json!({
                     "default_lease_ttl": info.default_lease_ttl.as_secs(),
                     "max_lease_ttl": info.max_lease_ttl.as_secs(),
@@ -293,7 +404,11 @@ impl Core {
                     data["options"] = json!(mount.entry.options);
                 }
                 if mount.entry.table == Table::Auth {
-                    data["token_type"] = json!(if mount.entry.config.token_type.is_empty() { "default-service" } else { &mount.entry.config.token_type });
+                    data["token_type"] = json!(if mount.entry.config.token_type.is_empty() {
+                        "default-service"
+                    } else {
+                        &mount.entry.config.token_type
+                    });
                 }
                 Ok(Response::data(data))
             }
@@ -306,7 +421,10 @@ impl Core {
                 }
                 if let Some(Value::Object(options)) = req.data.get("options") {
                     for (k, v) in string_map(Some(&Value::Object(options.clone())))? {
-                        if k == "version" && entry.kind == "kv" && v != entry.options.get("version").cloned().unwrap_or_default() {
+                        if k == "version"
+                            && entry.kind == "kv"
+                            && v != entry.options.get("version").cloned().unwrap_or_default()
+                        {
                             return Err(Error::invalid("changing the kv version of an existing mount is not supported by this build"));
                         }
                         entry.options.insert(k, v);
@@ -319,21 +437,39 @@ impl Core {
                     .expect("router lock")
                     .entries(table)
                     .into_iter()
-                    .map(|e| if e.uuid == entry.uuid { entry.clone() } else { e })
+                    .map(|e| {
+                        if e.uuid == entry.uuid {
+                            entry.clone()
+                        } else {
+                            e
+                        }
+                    })
                     .collect();
                 self.view("").put_json(table_key(table), &entries).await?;
                 let mut router = u.router.write().expect("router lock");
                 router.remove(route);
-                router.insert(Mount { entry, backend: mount.backend.clone(), view: mount.view.clone() })?;
+                router.insert(Mount {
+                    entry,
+                    backend: mount.backend.clone(),
+                    view: mount.view.clone(),
+                })?;
                 Ok(Response::empty())
             }
             _ => Err(Error::UnsupportedOperation),
         }
     }
 
-    async fn capabilities(&self, u: &Unsealed, req: &Request, token: Option<String>) -> Result<Response> {
+    async fn capabilities(
+        &self,
+        u: &Unsealed,
+        req: &Request,
+        token: Option<String>,
+    ) -> Result<Response> {
         let mut paths: Vec<String> = match req.data.get("paths") {
-            Some(Value::Array(items)) => items.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
             Some(Value::String(s)) => s.split(',').map(|p| p.trim().to_string()).collect(),
             _ => Vec::new(),
         };
@@ -344,7 +480,11 @@ impl Core {
             return Err(Error::invalid("missing paths"));
         }
         let token = token.ok_or_else(|| Error::invalid("missing token"))?;
-        let entry = u.tokens.lookup(&token).await?.ok_or_else(|| Error::invalid("invalid token"))?;
+        let entry = u
+            .tokens
+            .lookup(&token)
+            .await?
+            .ok_or_else(|| Error::invalid("invalid token"))?;
         let acl = u.policies.acl(&entry.policies).await?;
         let mut data = Map::new();
         let mut first = None;
@@ -358,21 +498,35 @@ impl Core {
     }
 
     async fn enable_audit(&self, u: &Unsealed, req: &Request, path: &str) -> Result<Response> {
-        let kind = str_field(req, "type").ok_or_else(|| Error::invalid("the \"type\" parameter is required (e.g. file)"))?;
+        let kind = str_field(req, "type")
+            .ok_or_else(|| Error::invalid("the \"type\" parameter is required (e.g. file)"))?;
         let config = crate::audit::AuditDeviceConfig {
             path: path.to_string(),
             r#type: kind,
             description: req.get_str("description").unwrap_or_default(),
             options: string_map(req.data.get("options"))?,
-            local: req.data.get("local").and_then(Value::as_bool).unwrap_or(false),
+            local: req
+                .data
+                .get("local")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
         };
         let _guard = u.table_lock.lock().await;
-        let mut table: Vec<AuditTableEntry> = self.view("").get_json(AUDIT_TABLE_KEY).await?.unwrap_or_default();
+        let mut table: Vec<AuditTableEntry> = self
+            .view("")
+            .get_json(AUDIT_TABLE_KEY)
+            .await?
+            .unwrap_or_default();
         if table.iter().any(|e| e.config.path == path) {
             return Err(Error::invalid(format!("path already in use: {path}")));
         }
-        let entry = AuditTableEntry { config, uuid: uuid::Uuid::new_v4().to_string() };
-        u.audit.enable(&entry.config, self.view(&format!("audit/{}/", entry.uuid))).await?;
+        let entry = AuditTableEntry {
+            config,
+            uuid: uuid::Uuid::new_v4().to_string(),
+        };
+        u.audit
+            .enable(&entry.config, self.view(&format!("audit/{}/", entry.uuid)))
+            .await?;
         table.push(entry);
         if let Err(e) = self.view("").put_json(AUDIT_TABLE_KEY, &table).await {
             u.audit.disable(path).await;
@@ -384,7 +538,11 @@ impl Core {
 
     async fn disable_audit(&self, u: &Unsealed, path: &str) -> Result<Response> {
         let _guard = u.table_lock.lock().await;
-        let mut table: Vec<AuditTableEntry> = self.view("").get_json(AUDIT_TABLE_KEY).await?.unwrap_or_default();
+        let mut table: Vec<AuditTableEntry> = self
+            .view("")
+            .get_json(AUDIT_TABLE_KEY)
+            .await?
+            .unwrap_or_default();
         let Some(pos) = table.iter().position(|e| e.config.path == path) else {
             return Ok(Response::empty());
         };
@@ -392,7 +550,9 @@ impl Core {
         self.view("").put_json(AUDIT_TABLE_KEY, &table).await?;
         u.audit.disable(path).await;
         // A re-enabled device gets a new salt, as in Vault.
-        self.view(&format!("audit/{}/", removed.uuid)).clear("").await?;
+        self.view(&format!("audit/{}/", removed.uuid))
+            .clear("")
+            .await?;
         tracing::info!(path, "audit device disabled");
         Ok(Response::empty())
     }
@@ -414,11 +574,14 @@ impl Core {
             None | Some("") | Some("json") => Ok(Response {
                 raw: Some(crate::logical::RawBody {
                     content_type: "application/json".into(),
-                    body: serde_json::to_vec(&self.telemetry.render_json()).map_err(|e| Error::internal(e.to_string()))?,
+                    body: serde_json::to_vec(&self.telemetry.render_json())
+                        .map_err(|e| Error::internal(e.to_string()))?,
                 }),
                 ..Default::default()
             }),
-            Some(other) => Err(Error::invalid(format!("unknown metrics format {other:?}: use prometheus or json"))),
+            Some(other) => Err(Error::invalid(format!(
+                "unknown metrics format {other:?}: use prometheus or json"
+            ))),
         }
     }
 }
@@ -435,11 +598,20 @@ fn apply_tune(entry: &mut MountEntry, config: &Map<String, Value>) -> Result<()>
         entry.config.force_no_cache = b;
     }
     for (field, target) in [
-        ("audit_non_hmac_request_keys", &mut entry.config.audit_non_hmac_request_keys),
-        ("audit_non_hmac_response_keys", &mut entry.config.audit_non_hmac_response_keys),
+        (
+            "audit_non_hmac_request_keys",
+            &mut entry.config.audit_non_hmac_request_keys,
+        ),
+        (
+            "audit_non_hmac_response_keys",
+            &mut entry.config.audit_non_hmac_response_keys,
+        ),
     ] {
         if let Some(Value::Array(items)) = config.get(field) {
-            *target = items.iter().filter_map(|v| v.as_str().map(str::to_string)).collect();
+            *target = items
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect();
         }
     }
     if let Some(v) = config.get("listing_visibility").and_then(Value::as_str) {
@@ -450,7 +622,9 @@ fn apply_tune(entry: &mut MountEntry, config: &Map<String, Value>) -> Result<()>
     }
     let (d, m) = (entry.config.default_lease_ttl, entry.config.max_lease_ttl);
     if d > 0 && m > 0 && d > m {
-        return Err(Error::invalid("default_lease_ttl cannot be greater than max_lease_ttl"));
+        return Err(Error::invalid(
+            "default_lease_ttl cannot be greater than max_lease_ttl",
+        ));
     }
     Ok(())
 }

@@ -34,7 +34,9 @@ impl ListenerHandle {
                     rustls_config.reload_from_config(Arc::new(config));
                     tracing::info!(address = %self.address, "TLS certificates reloaded");
                 }
-                Err(e) => tracing::error!(address = %self.address, error = %format!("{e:#}"), "TLS reload failed; keeping the previous certificates"),
+                Err(e) => {
+                    tracing::error!(address = %self.address, error = %format!("{e:#}"), "TLS reload failed; keeping the previous certificates")
+                }
             }
         }
     }
@@ -47,65 +49,126 @@ impl ListenerHandle {
 
 /// The rustls server config for a listener's TLS settings.
 pub fn tls_server_config(listener: &ListenerConfig) -> anyhow::Result<rustls::ServerConfig> {
-    let cert_path = listener.tls_cert_file.as_ref().context("tls_cert_file is required unless tls_disable = true")?;
-    let key_path = listener.tls_key_file.as_ref().context("tls_key_file is required unless tls_disable = true")?;
+    let cert_path = listener
+        .tls_cert_file
+        .as_ref()
+        .context("tls_cert_file is required unless tls_disable = true")?;
+    let key_path = listener
+        .tls_key_file
+        .as_ref()
+        .context("tls_key_file is required unless tls_disable = true")?;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
         .with_context(|| format!("read tls_cert_file {}", cert_path.display()))?
         .collect::<Result<_, _>>()
-        .with_context(|| format!("parse tls_cert_file {} (expected PEM certificates)", cert_path.display()))?;
+        .with_context(|| {
+            format!(
+                "parse tls_cert_file {} (expected PEM certificates)",
+                cert_path.display()
+            )
+        })?;
     if certs.is_empty() {
-        bail!("tls_cert_file {} holds no PEM certificate", cert_path.display());
+        bail!(
+            "tls_cert_file {} holds no PEM certificate",
+            cert_path.display()
+        );
     }
-    let key = PrivateKeyDer::from_pem_file(key_path).with_context(|| format!("read tls_key_file {} (expected a PEM private key)", key_path.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key_path).with_context(|| {
+        format!(
+            "read tls_key_file {} (expected a PEM private key)",
+            key_path.display()
+        )
+    })?;
 
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let versions: &[&'static rustls::SupportedProtocolVersion] = match (listener.tls_min_version, listener.tls_max_version) {
-        (TlsVersion::Tls13, _) => &[&rustls::version::TLS13],
-        (TlsVersion::Tls12, Some(TlsVersion::Tls12)) => &[&rustls::version::TLS12],
-        (TlsVersion::Tls12, _) => &[&rustls::version::TLS13, &rustls::version::TLS12],
-    };
+    let versions: &[&'static rustls::SupportedProtocolVersion] =
+        match (listener.tls_min_version, listener.tls_max_version) {
+            (TlsVersion::Tls13, _) => &[&rustls::version::TLS13],
+            (TlsVersion::Tls12, Some(TlsVersion::Tls12)) => &[&rustls::version::TLS12],
+            (TlsVersion::Tls12, _) => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        };
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
         .context("configure TLS versions")?;
 
-    let builder = match (&listener.tls_client_ca_file, listener.tls_require_and_verify_client_cert, listener.tls_disable_client_certs) {
+    let builder = match (
+        &listener.tls_client_ca_file,
+        listener.tls_require_and_verify_client_cert,
+        listener.tls_disable_client_certs,
+    ) {
         (_, false, true) | (None, false, _) => builder.with_no_client_auth(),
-        (None, true, _) => bail!("tls_require_and_verify_client_cert = true needs tls_client_ca_file"),
+        (None, true, _) => {
+            bail!("tls_require_and_verify_client_cert = true needs tls_client_ca_file")
+        }
         (Some(ca), require, _) => {
             let mut roots = RootCertStore::empty();
-            for cert in CertificateDer::pem_file_iter(ca).with_context(|| format!("read tls_client_ca_file {}", ca.display()))? {
-                let cert = cert.with_context(|| format!("parse tls_client_ca_file {}", ca.display()))?;
-                roots.add(cert).with_context(|| format!("add CA from tls_client_ca_file {}", ca.display()))?;
+            for cert in CertificateDer::pem_file_iter(ca)
+                .with_context(|| format!("read tls_client_ca_file {}", ca.display()))?
+            {
+                let cert =
+                    cert.with_context(|| format!("parse tls_client_ca_file {}", ca.display()))?;
+                roots
+                    .add(cert)
+                    .with_context(|| format!("add CA from tls_client_ca_file {}", ca.display()))?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-            let verifier = if require { verifier } else { verifier.allow_unauthenticated() };
-            builder.with_client_cert_verifier(verifier.build().context("build the client certificate verifier")?)
+            let verifier = if require {
+                verifier
+            } else {
+                verifier.allow_unauthenticated()
+            };
+            builder.with_client_cert_verifier(
+                verifier
+                    .build()
+                    .context("build the client certificate verifier")?,
+            )
         }
     };
-    let mut config = builder.with_single_cert(certs, key).context("the TLS certificate and key do not match or are unsupported")?;
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .context("the TLS certificate and key do not match or are unsupported")?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
 
 /// Binds and serves `app` on the listener; returns once it is accepting.
-pub async fn serve_listener(listener: &ListenerConfig, app: axum::Router) -> anyhow::Result<(ListenerHandle, tokio::task::JoinHandle<std::io::Result<()>>)> {
-    let address: SocketAddr = listener
-        .address
-        .parse()
-        .with_context(|| format!("listener address {:?} must be IP:PORT (e.g. 127.0.0.1:8200)", listener.address))?;
+pub async fn serve_listener(
+    listener: &ListenerConfig,
+    app: axum::Router,
+) -> anyhow::Result<(ListenerHandle, tokio::task::JoinHandle<std::io::Result<()>>)> {
+    let address: SocketAddr = listener.address.parse().with_context(|| {
+        format!(
+            "listener address {:?} must be IP:PORT (e.g. 127.0.0.1:8200)",
+            listener.address
+        )
+    })?;
     // Bind here so an address in use is reported before anything else starts.
-    let std_listener = std::net::TcpListener::bind(address).with_context(|| format!("bind listener {address}: is another server using the port?"))?;
+    let std_listener = std::net::TcpListener::bind(address)
+        .with_context(|| format!("bind listener {address}: is another server using the port?"))?;
     std_listener.set_nonblocking(true)?;
     let local = std_listener.local_addr()?;
     let handle: Handle<SocketAddr> = Handle::new();
     let service = app.into_make_service_with_connect_info::<SocketAddr>();
     let (tls, task) = if listener.tls_disable {
         let server = axum_server::from_tcp(std_listener)?.handle(handle.clone());
-        (None, tokio::spawn(async move { server.serve(service).await }))
+        (
+            None,
+            tokio::spawn(async move { server.serve(service).await }),
+        )
     } else {
         let rustls_config = RustlsConfig::from_config(Arc::new(tls_server_config(listener)?));
-        let server = axum_server::from_tcp_rustls(std_listener, rustls_config.clone())?.handle(handle.clone());
-        (Some((rustls_config, listener.clone())), tokio::spawn(async move { server.serve(service).await }))
+        let server = axum_server::from_tcp_rustls(std_listener, rustls_config.clone())?
+            .handle(handle.clone());
+        (
+            Some((rustls_config, listener.clone())),
+            tokio::spawn(async move { server.serve(service).await }),
+        )
     };
-    Ok((ListenerHandle { address: local, handle, tls }, task))
+    Ok((
+        ListenerHandle {
+            address: local,
+            handle,
+            tls,
+        },
+        task,
+    ))
 }

@@ -33,7 +33,11 @@ pub struct ListenerSettings {
 
 impl Default for ListenerSettings {
     fn default() -> Self {
-        ListenerSettings { max_request_size: 32 << 20, max_request_duration: Duration::from_secs(90), unauthenticated_metrics_access: false }
+        ListenerSettings {
+            max_request_size: 32 << 20,
+            max_request_duration: Duration::from_secs(90),
+            unauthenticated_metrics_access: false,
+        }
     }
 }
 
@@ -45,7 +49,10 @@ struct AppState {
 
 /// The axum app for one listener.
 pub fn router(core: Arc<Core>, settings: ListenerSettings) -> Router {
-    Router::new().fallback(entry).with_state(AppState { core, settings: Arc::new(settings) })
+    Router::new().fallback(entry).with_state(AppState {
+        core,
+        settings: Arc::new(settings),
+    })
 }
 
 async fn entry(
@@ -66,9 +73,18 @@ async fn entry(
     }
 }
 
-async fn serve(state: &AppState, remote: SocketAddr, method: Method, uri: Uri, headers: HeaderMap, body: Body) -> HttpResponse {
+async fn serve(
+    state: &AppState,
+    remote: SocketAddr,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> HttpResponse {
     let Some(raw_path) = uri.path().strip_prefix("/v1/") else {
-        return error_response(&Error::UnsupportedPath(uri.path().trim_start_matches('/').to_string()));
+        return error_response(&Error::UnsupportedPath(
+            uri.path().trim_start_matches('/').to_string(),
+        ));
     };
     let path = percent_decode(raw_path);
     let query = parse_query(uri.query());
@@ -77,7 +93,8 @@ async fn serve(state: &AppState, remote: SocketAddr, method: Method, uri: Uri, h
     let bytes = match axum::body::to_bytes(body, limit).await {
         Ok(b) => b,
         Err(e) => {
-            let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
                 || e.to_string().contains("length limit");
             return if too_large {
                 error_response(&Error::TooLarge)
@@ -111,7 +128,10 @@ async fn serve(state: &AppState, remote: SocketAddr, method: Method, uri: Uri, h
     };
 
     if operation == Operation::Patch {
-        let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         if !content_type.starts_with("application/merge-patch+json") {
             return (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -125,20 +145,33 @@ async fn serve(state: &AppState, remote: SocketAddr, method: Method, uri: Uri, h
         Ok(d) => d,
         Err(e) => return error_response(&e),
     };
-    if matches!(operation, Operation::Read | Operation::List | Operation::Delete) {
+    if matches!(
+        operation,
+        Operation::Read | Operation::List | Operation::Delete
+    ) {
         for (k, v) in &query {
             if k != "list" {
-                data.entry(k.clone()).or_insert_with(|| Value::String(v.clone()));
+                data.entry(k.clone())
+                    .or_insert_with(|| Value::String(v.clone()));
             }
         }
     }
 
-    if let Some(resp) = sys_raw::handle(state, &method, &path, &query, &data, token.as_deref()).await {
+    if let Some(resp) =
+        sys_raw::handle(state, &method, &path, &query, &data, token.as_deref()).await
+    {
         return resp;
     }
 
-    let path = path.trim_end_matches('/').to_string() + if operation == Operation::List && !path.ends_with('/') { "/" } else { "" };
-    let path = if operation == Operation::List || raw_path.ends_with('/') && operation != Operation::Read {
+    let path = path.trim_end_matches('/').to_string()
+        + if operation == Operation::List && !path.ends_with('/') {
+            "/"
+        } else {
+            ""
+        };
+    let path = if operation == Operation::List
+        || raw_path.ends_with('/') && operation != Operation::Read
+    {
         ensure_trailing_slash(&path, operation)
     } else {
         path
@@ -150,7 +183,9 @@ async fn serve(state: &AppState, remote: SocketAddr, method: Method, uri: Uri, h
     req.headers = headers
         .iter()
         .filter(|(name, _)| !matches!(name.as_str(), "x-vault-token" | "authorization" | "cookie"))
-        .filter_map(|(name, value)| Some((name.as_str().to_string(), value.to_str().ok()?.to_string())))
+        .filter_map(|(name, value)| {
+            Some((name.as_str().to_string(), value.to_str().ok()?.to_string()))
+        })
         .collect();
 
     let result = state.core.handle_request(req).await;
@@ -183,7 +218,9 @@ fn parse_body(bytes: &[u8]) -> Result<Map<String, Value>, Error> {
     match serde_json::from_slice::<Value>(bytes) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(Value::Null) => Ok(Map::new()),
-        Ok(_) => Err(Error::invalid("failed to parse JSON input: the body must be a JSON object")),
+        Ok(_) => Err(Error::invalid(
+            "failed to parse JSON input: the body must be a JSON object",
+        )),
         Err(e) => Err(Error::invalid(format!("failed to parse JSON input: {e}"))),
     }
 }
@@ -195,19 +232,28 @@ fn parse_query(query: Option<&str>) -> BTreeMap<String, String> {
         .filter(|p| !p.is_empty())
         .map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(&k.replace('+', " ")), percent_decode(&v.replace('+', " ")))
+            (
+                percent_decode(&k.replace('+', " ")),
+                percent_decode(&v.replace('+', " ")),
+            )
         })
         .collect()
 }
 
 fn percent_decode(s: &str) -> String {
+    fn hex(b: u8) -> Option<u8> {
+        (b as char).to_digit(16).map(|d| d as u8)
+    }
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() + 0 && i + 2 <= bytes.len() - 1 {
-            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(b);
+        if bytes[i] == b'%' {
+            if let (Some(h), Some(l)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            ) {
+                out.push(h << 4 | l);
                 i += 3;
                 continue;
             }
@@ -235,7 +281,13 @@ fn injects_data(path: &str) -> bool {
         "sys/wrapping/wrap",
         "sys/config/cors",
     ];
-    const PREFIX: &[&str] = &["sys/audit/", "sys/audit-hash/", "sys/auth/", "sys/mounts/", "sys/policy/"];
+    const PREFIX: &[&str] = &[
+        "sys/audit/",
+        "sys/audit-hash/",
+        "sys/auth/",
+        "sys/mounts/",
+        "sys/policy/",
+    ];
     let path = path.trim_end_matches('/');
     EXACT.contains(&path) || PREFIX.iter().any(|p| path.starts_with(p))
 }
@@ -296,7 +348,14 @@ fn logical_response(path: &str, resp: Response) -> HttpResponse {
 /// The one place errors become HTTP responses: Vault's `{"errors":[...]}`.
 pub fn error_response(err: &Error) -> HttpResponse {
     let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    if status.is_server_error() && !matches!(err, Error::Sealed | Error::NoActiveNode | Error::Storage(crate::physical::StorageError::Sealed)) {
+    if status.is_server_error()
+        && !matches!(
+            err,
+            Error::Sealed
+                | Error::NoActiveNode
+                | Error::Storage(crate::physical::StorageError::Sealed)
+        )
+    {
         tracing::error!(error = %err, "request failed");
     }
     let errors: Vec<String> = match err {
@@ -339,7 +398,10 @@ mod tests {
         for bad in [&b"{"[..], b"[1,2]", b"\"x\"", b"{\"a\":"] {
             let err = parse_body(bad).unwrap_err();
             assert_eq!(err.status(), 400);
-            assert!(err.to_string().starts_with("failed to parse JSON input"), "{err}");
+            assert!(
+                err.to_string().starts_with("failed to parse JSON input"),
+                "{err}"
+            );
         }
     }
 
@@ -351,5 +413,6 @@ mod tests {
         assert_eq!(q["a/b"], "c d");
         assert_eq!(percent_decode("secret/data/a%20b"), "secret/data/a b");
         assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%e2%82%ac%zz\u{e9}%"), "\u{20ac}%zz\u{e9}%");
     }
 }

@@ -131,10 +131,18 @@ async fn health(state: &AppState, query: &BTreeMap<String, String>, head: bool) 
                 .parse::<u16>()
                 .ok()
                 .filter(|c| (100..600).contains(c))
-                .ok_or_else(|| Error::invalid(format!("bad code value {v:?} for {name}: use an HTTP status code"))),
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "bad code value {v:?} for {name}: use an HTTP status code"
+                    ))
+                }),
         }
     };
-    let flag = |name: &str| query.get(name).is_some_and(|v| v.is_empty() || v == "true" || v == "1");
+    let flag = |name: &str| {
+        query
+            .get(name)
+            .is_some_and(|v| v.is_empty() || v == "true" || v == "1")
+    };
     let core = &state.core;
     let initialized = match core.is_initialized().await {
         Ok(i) => i,

@@ -245,7 +245,8 @@ impl ShamirSeal {
         secret_threshold: u8,
     ) -> Result<Shares, SealError> {
         let prepared = PreparedRekey::new(secret_shares, secret_threshold)?;
-        self.apply_rekey(barrier, current_unseal_key, &prepared).await?;
+        self.apply_rekey(barrier, current_unseal_key, &prepared)
+            .await?;
         Ok(prepared.shares)
     }
 
@@ -297,13 +298,24 @@ impl PreparedRekey {
     pub fn new(secret_shares: u8, secret_threshold: u8) -> Result<Self, SealError> {
         let config = SealConfig::shamir(secret_shares, secret_threshold)?;
         let (unseal_key, shares) = new_unseal_key(&config)?;
-        Ok(PreparedRekey { config, unseal_key, shares })
+        Ok(PreparedRekey {
+            config,
+            unseal_key,
+            shares,
+        })
     }
 
     /// True when `shares` (a threshold of the new ones) rebuild the new key.
     pub fn verifies(&self, shares: &[&[u8]]) -> bool {
         match self.config.combine(shares) {
-            Ok(key) => key.len() == UNSEAL_KEY_LEN && key.iter().zip(self.unseal_key.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0,
+            Ok(key) => {
+                key.len() == UNSEAL_KEY_LEN
+                    && key
+                        .iter()
+                        .zip(self.unseal_key.iter())
+                        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                        == 0
+            }
             Err(_) => false,
         }
     }
@@ -311,7 +323,9 @@ impl PreparedRekey {
 
 impl std::fmt::Debug for PreparedRekey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PreparedRekey").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("PreparedRekey")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
