@@ -145,3 +145,126 @@ async fn acknowledged_writes_survive_kill_9() -> Result<()> {
     }
     Ok(())
 }
+
+/// Not only KV data: the mount table, policies, auth methods and their users, tokens, audit
+/// devices and the keyring term are all acknowledged writes too, and must survive `kill -9`.
+#[tokio::test]
+async fn control_plane_state_survives_kill_9() -> Result<()> {
+    let mut cluster = Cluster::single(NodeOptions::default()).await?;
+    let audit_log = cluster.dir().join("audit.log");
+    let node = cluster.node();
+    let keys = node.init(3, 2).await?;
+    node.unseal().await?;
+    let api = node.api();
+
+    let policy = "path \"kv1/*\" {\n  capabilities = [\"read\", \"list\"]\n}\n";
+    api.put("sys/policies/acl/reader", json!({ "policy": policy }))
+        .await?
+        .expect_ok("write policy")?;
+    api.mount_kv("kv1", 1).await?;
+    api.post("kv1/app", json!({"password": "s3cret"}))
+        .await?
+        .expect_ok("kv1 write")?;
+    api.post("sys/auth/userpass", json!({"type": "userpass"}))
+        .await?
+        .expect_ok("enable userpass")?;
+    api.post(
+        "auth/userpass/users/alice",
+        json!({"password": "pw", "token_policies": ["reader"]}),
+    )
+    .await?
+    .expect_ok("create user")?;
+    let token = api
+        .post(
+            "auth/token/create",
+            json!({"policies": ["reader"], "ttl": "1h"}),
+        )
+        .await?
+        .expect(200, "create token")?
+        .json["auth"]["client_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    api.put(
+        "sys/audit/file",
+        json!({"type": "file", "options": {"file_path": audit_log.display().to_string()}}),
+    )
+    .await?
+    .expect_ok("enable audit device")?;
+    api.post("sys/rotate", json!({}))
+        .await?
+        .expect_ok("rotate")?;
+    let term = api
+        .get("sys/key-status")
+        .await?
+        .expect(200, "key-status")?
+        .json["term"]
+        .clone();
+    ensure!(term == json!(2), "term after one rotation: {term}");
+
+    node.kill9()?;
+    node.start().await?;
+    node.unseal_all(&keys.keys[1..3]).await?;
+    node.wait_active().await?;
+    let api = node.api();
+
+    let read = api
+        .get("sys/policies/acl/reader")
+        .await?
+        .expect(200, "policy after restart")?;
+    assert_eq!(read.json["data"]["policy"], json!(policy), "{}", read.text);
+    let mounts = api.get("sys/mounts").await?.expect(200, "mounts")?;
+    assert_eq!(
+        mounts.json["data"]["kv1/"]["type"],
+        json!("kv"),
+        "{}",
+        mounts.text
+    );
+    let auths = api.get("sys/auth").await?.expect(200, "auth methods")?;
+    assert_eq!(
+        auths.json["data"]["userpass/"]["type"],
+        json!("userpass"),
+        "{}",
+        auths.text
+    );
+    let audits = api.get("sys/audit").await?.expect(200, "audit devices")?;
+    assert_eq!(
+        audits.json["data"]["file/"]["type"],
+        json!("file"),
+        "{}",
+        audits.text
+    );
+    let status = api.get("sys/key-status").await?.expect(200, "key-status")?;
+    assert_eq!(status.json["term"], json!(2), "{}", status.text);
+
+    let as_token = api.with_token(Some(&token));
+    let secret = as_token
+        .get("kv1/app")
+        .await?
+        .expect(200, "token from before the kill")?;
+    assert_eq!(secret.json["data"], json!({"password": "s3cret"}));
+    let login = api
+        .with_token(None)
+        .post("auth/userpass/login/alice", json!({"password": "pw"}))
+        .await?
+        .expect(200, "userpass login after restart")?;
+    ensure!(
+        login.json["auth"]["policies"]
+            .as_array()
+            .is_some_and(|p| p.contains(&json!("reader"))),
+        "login policies: {}",
+        login.text
+    );
+    let before = std::fs::read_to_string(&audit_log)
+        .unwrap_or_default()
+        .len();
+    api.get("kv1/app").await?.expect(200, "audited read")?;
+    let after = std::fs::read_to_string(&audit_log)
+        .unwrap_or_default()
+        .len();
+    ensure!(
+        after > before,
+        "the audit device restored after restart does not log"
+    );
+    Ok(())
+}
