@@ -43,10 +43,12 @@ struct Target {
     v2: bool,
 }
 
-/// The mount holding `path` and its KV version: `sys/mounts-all/<path>`, then
-/// `sys/internal/ui/mounts/<path>`; a 404 from both means a v1 mount (or an old server).
+/// The mount holding `path` and its KV version, asked the way the `vault` CLI
+/// asks: `sys/internal/ui/mounts/<path>` (needs no sudo, so least-privilege
+/// tokens can use `kv`), then `sys/mounts-all/<path>`; a 404 from both means
+/// a v1 mount (or an old server).
 pub async fn kv_preflight(client: &Client, path: &str) -> Result<(String, u32), ClientError> {
-    for prefix in ["sys/mounts-all/", "sys/internal/ui/mounts/"] {
+    for prefix in ["sys/internal/ui/mounts/", "sys/mounts-all/"] {
         match client
             .request(Method::Get, &format!("{prefix}{path}"), None)
             .await
