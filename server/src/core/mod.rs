@@ -607,7 +607,11 @@ impl Core {
             }
         }
 
-        u.audit.log_request(req, req.auth.as_ref(), None).await?;
+        let audit_started = Instant::now();
+        let logged = u.audit.log_request(req, req.auth.as_ref(), None).await;
+        metrics::histogram!("vault.audit.log_request")
+            .record(audit_started.elapsed().as_secs_f64() * 1000.0);
+        logged?;
         let result = match &route {
             None => Err(Error::UnsupportedPath(req.path.clone())),
             Some((mount, rel)) if mount.entry.kind == "system" => self.system(u, req, rel).await,
@@ -636,14 +640,19 @@ impl Core {
             }
         };
         let error = result.as_ref().err().map(|e| e.to_string());
-        u.audit
+        let audit_started = Instant::now();
+        let logged = u
+            .audit
             .log_response(
                 req,
                 req.auth.as_ref(),
                 result.as_ref().ok(),
                 error.as_deref(),
             )
-            .await?;
+            .await;
+        metrics::histogram!("vault.audit.log_response")
+            .record(audit_started.elapsed().as_secs_f64() * 1000.0);
+        logged?;
         result
     }
 

@@ -143,6 +143,19 @@ async fn health(state: &AppState, query: &BTreeMap<String, String>, head: bool) 
             .get(name)
             .is_some_and(|v| v.is_empty() || v == "true" || v == "1")
     };
+    for name in [
+        "activecode",
+        "standbycode",
+        "sealedcode",
+        "uninitcode",
+        "drsecondarycode",
+        "performancestandbycode",
+        "removedcode",
+    ] {
+        if let Err(e) = code(name, 200) {
+            return error_response(&e);
+        }
+    }
     let core = &state.core;
     let initialized = match core.is_initialized().await {
         Ok(i) => i,
