@@ -115,3 +115,23 @@ def test_audit_device_disable(active_server, tmp_path):
     size = log.stat().st_size if log.exists() else 0
     client.secrets.kv.v2.create_or_update_secret(path="unaudited", secret={"v": "x"})
     assert (log.stat().st_size if log.exists() else 0) == size, "a disabled device kept logging"
+
+
+def test_sighup_reopens_rotated_audit_file(active_server, tmp_path):
+    """logrotate's way: rename the file, SIGHUP, and new entries go to a new file of the old name."""
+    client = active_server.root_client()
+    log = tmp_path / "audit.log"
+    client.sys.enable_audit_device("file", path="file", options={"file_path": str(log)})
+    client.secrets.kv.v2.create_or_update_secret(path="rot", secret={"v": "1"})
+    rotated = tmp_path / "audit.log.1"
+    log.rename(rotated)
+    active_server.send_signal(signal.SIGHUP)
+
+    def reopened():
+        client.secrets.kv.v2.read_secret_version(path="rot", raise_on_deleted_version=True)
+        return log.exists() and log.stat().st_size > 0
+    wait_for("a new audit.log after SIGHUP", reopened)
+    size = rotated.stat().st_size
+    client.secrets.kv.v2.read_secret_version(path="rot", raise_on_deleted_version=True)
+    assert rotated.stat().st_size == size, "entries still go to the rotated file after SIGHUP"
+    assert active_server.process.poll() is None, "SIGHUP stopped the server"

@@ -389,3 +389,49 @@ async fn truncated_requests_do_not_crash_the_server() -> Result<()> {
 // the raft/sled files have no documented layout an outside test could edit without first
 // corrupting sled's own checksums, which would test sled rather than the barrier. The barrier's
 // authentication of values belongs in the server's unit tests (server/src/barrier).
+
+#[tokio::test]
+async fn init_parameters_are_validated() -> Result<()> {
+    let mut cluster = Cluster::single(NodeOptions::default()).await?;
+    let api = cluster.node().api();
+    // Shamir needs 2 <= threshold <= shares <= 255, except the unsplit 1-of-1.
+    let refused = [
+        json!({"secret_shares": 3, "secret_threshold": 4}),
+        json!({"secret_shares": 3, "secret_threshold": 1}),
+        json!({"secret_shares": 0, "secret_threshold": 0}),
+        json!({"secret_shares": 256, "secret_threshold": 2}),
+        json!({"secret_shares": "three", "secret_threshold": 2}),
+    ];
+    let mut failures = Vec::new();
+    for body in &refused {
+        let r = api.put("sys/init", body.clone()).await?;
+        if r.status != 400 {
+            failures.push(format!(
+                "PUT sys/init {body}: expected 400, got {} {}",
+                r.status, r.text
+            ));
+        }
+    }
+    ensure!(failures.is_empty(), "{}", failures.join("\n"));
+    let still = api.get("sys/init").await?.expect(200, "GET sys/init")?;
+    assert_eq!(
+        still.json["initialized"],
+        json!(false),
+        "refused inits must initialise nothing"
+    );
+
+    api.init(1, 1).await?;
+    let again = api
+        .put(
+            "sys/init",
+            json!({"secret_shares": 1, "secret_threshold": 1}),
+        )
+        .await?;
+    ensure!(
+        again.status == 400,
+        "a second init: expected 400, got {} {}",
+        again.status,
+        again.text
+    );
+    Ok(())
+}

@@ -2,6 +2,7 @@
 //! `keyhold server` processes on loopback (see the `keyhold_tests` harness) and talks to them over
 //! real TLS; nothing is mocked. Waits are bounded in count; no test asserts on elapsed time.
 
+mod acl;
 mod api_conventions;
 mod bad_input;
 mod durability;
