@@ -268,3 +268,76 @@ async fn control_plane_state_survives_kill_9() -> Result<()> {
     );
     Ok(())
 }
+
+/// A completed rekey is an acknowledged write of the most precious kind: after `kill -9` the new
+/// shares must unseal and the old ones must not.
+#[tokio::test]
+async fn completed_rekey_survives_kill_9() -> Result<()> {
+    let mut cluster = Cluster::single(NodeOptions::default()).await?;
+    let node = cluster.node();
+    let old = node.init(3, 2).await?;
+    node.unseal().await?;
+    let api = node.api();
+    api.mount_kv("secret", 2).await?;
+    api.kv2_put("secret", "k", json!({"v": "kept"}))
+        .await?
+        .expect(200, "write")?;
+
+    let started = api
+        .put(
+            "sys/rekey/init",
+            json!({"secret_shares": 4, "secret_threshold": 3}),
+        )
+        .await?
+        .expect(200, "rekey init")?;
+    let nonce = started.json["nonce"].clone();
+    let mut done = None;
+    for key in &old.keys[..2] {
+        let r = api
+            .put("sys/rekey/update", json!({"key": key, "nonce": nonce}))
+            .await?
+            .expect(200, "rekey update")?;
+        if r.json["complete"] == json!(true) {
+            done = Some(r);
+        }
+    }
+    let done =
+        done.ok_or_else(|| anyhow::anyhow!("rekey did not complete with 2 of 3 old shares"))?;
+    let new_keys: Vec<String> = done.json["keys"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|k| k.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    ensure!(new_keys.len() == 4, "rekey answer: {}", done.text);
+
+    node.kill9()?;
+    node.start().await?;
+    let status = node.api().seal_status().await?;
+    ensure!(
+        status["t"] == json!(3) && status["n"] == json!(4),
+        "seal config after kill -9: expected t=3 n=4, got {status}"
+    );
+    let unauth = node.api().with_token(None);
+    for key in &old.keys[..2] {
+        unauth.put("sys/unseal", json!({"key": key})).await?;
+    }
+    let r = unauth
+        .put("sys/unseal", json!({"key": old.keys[2]}))
+        .await?;
+    ensure!(
+        r.status == 400,
+        "old shares after rekey + kill -9: expected 400, got {} {}",
+        r.status,
+        r.text
+    );
+    unauth.unseal_all(&new_keys[1..4]).await?;
+    node.wait_active().await?;
+    assert_eq!(
+        node.api().kv2_get("secret", "k").await?,
+        Some(json!({"v": "kept"}))
+    );
+    Ok(())
+}

@@ -6,6 +6,7 @@ mod acl;
 mod api_conventions;
 mod bad_input;
 mod durability;
+mod kv;
 mod lifecycle;
 mod smoke;
 mod tls;
