@@ -69,6 +69,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     init_logging(&config, args.log_level.as_deref())?;
 
+    if config.ui {
+        tracing::warn!(
+            "ui = true: keyhold has no web UI; /ui is not served (the API and CLI are unaffected)"
+        );
+    }
     if !config.disable_mlock {
         crate::memlock::lock_memory().context("lock memory (mlockall)")?;
     }
@@ -189,12 +194,14 @@ fn init_logging(config: &ServerConfig, override_level: Option<&str>) -> anyhow::
         .with_target(false);
     let result = match (&config.log_file, config.log_format) {
         (Some(path), format) => {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
+            let policy = crate::logging::RotationPolicy {
+                every: config.log_rotate_duration,
+                max_bytes: config.log_rotate_bytes,
+                max_files: config.log_rotate_max_files,
+            };
+            let file = crate::logging::RotatingFile::open(path, policy)
                 .with_context(|| format!("open log_file {}", path.display()))?;
-            let writer = std::sync::Mutex::new(file);
+            let writer = crate::logging::SharedLog(std::sync::Mutex::new(file));
             match format {
                 LogFormat::Json => builder.json().with_writer(writer).try_init(),
                 LogFormat::Standard => builder.with_ansi(false).with_writer(writer).try_init(),
