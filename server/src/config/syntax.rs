@@ -136,6 +136,15 @@ fn parse_hcl(src: &Source<'_>, text: &str) -> Result<Object, ConfigError> {
     };
     let body = parsed.map_err(|e| {
         let loc = e.location();
+        // A quote left open makes the parser fail lines later, where the
+        // string finally ends; point at the line where it starts instead.
+        if let Some((line, column)) = unterminated_string(text, loc.line()) {
+            return ConfigError::new(
+                Location::new(src.file, line, column),
+                "",
+                "HCL syntax error: unterminated string: this quote is not closed on its line",
+            );
+        }
         // The parser's message says what it expected; its copy of the source
         // line is left out because that line may hold a secret.
         ConfigError::new(
@@ -145,6 +154,49 @@ fn parse_hcl(src: &Source<'_>, text: &str) -> Result<Object, ConfigError> {
         )
     })?;
     hcl_body(src, &body)
+}
+
+/// The first line (1-based, up to and including `upto`) whose quoted string
+/// is not closed on that line, with the column of its opening quote. Comments
+/// and heredoc bodies are skipped.
+fn unterminated_string(text: &str, upto: usize) -> Option<(usize, usize)> {
+    let mut heredoc: Option<String> = None;
+    for (idx, line) in text.lines().enumerate().take(upto) {
+        if let Some(marker) = &heredoc {
+            if line.trim() == marker {
+                heredoc = None;
+            }
+            continue;
+        }
+        let bytes = line.as_bytes();
+        let (mut i, mut open) = (0, None);
+        while i < bytes.len() {
+            match (open, bytes[i]) {
+                (None, b'#') => break,
+                (None, b'/') if bytes.get(i + 1) == Some(&b'/') => break,
+                (None, b'<') if bytes.get(i + 1) == Some(&b'<') => {
+                    let marker = line[i + 2..].trim_start_matches('-').trim();
+                    if !marker.is_empty()
+                        && marker
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                    {
+                        heredoc = Some(marker.to_string());
+                    }
+                    break;
+                }
+                (None, b'"') => open = Some(i),
+                (Some(_), b'\\') => i += 1,
+                (Some(_), b'"') => open = None,
+                _ => {}
+            }
+            i += 1;
+        }
+        if let Some(col) = open {
+            return Some((idx + 1, col + 1));
+        }
+    }
+    None
 }
 
 /// Rewrites HCL1 separators into HCL2 ones without moving any byte: inside

@@ -572,7 +572,15 @@ fn parse_errors_name_file_line_and_key() {
             // Syntax errors carry the parser's line and column.
             (
                 "storage \"inmem\" {}\nlistener \"tcp\" {\n  address = \"127.0.0.1:8200\n}\n",
-                "vault.hcl:3:3: HCL syntax error: invalid block body; expected `}`, newline or identifier",
+                "vault.hcl:3:13: HCL syntax error: unterminated string: this quote is not closed on its line",
+            ),
+            (
+                "storage \"raft\" {\n  path = \"/d\"\n  node_id = \"n1\n}\nlistener \"tcp\" {\n  address = \"127.0.0.1:8200\"\n}\n",
+                "vault.hcl:3:13: HCL syntax error: unterminated string: this quote is not closed on its line",
+            ),
+            (
+                "# a \"quoted\" comment\nstorage \"inmem\" {\n  x = <<EOT\nhe said \"hi\nEOT\n  y = 1 +\n}\n",
+                "vault.hcl:6:10: HCL syntax error: invalid expression; expected `\"`, `[`, `{`, `-`, `!`, `(`, `_`, `<`, letter or digit",
             ),
             (
                 "storage \"inmem\" {\n",

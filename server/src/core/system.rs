@@ -114,13 +114,8 @@ impl Core {
                 Ok(injected(json!({ "policies": names, "keys": names })))
             }
             "policies/acl" | "policies/acl/" if matches!(op, Operation::List | Operation::Read) => {
-                let names: Vec<String> = u
-                    .policies
-                    .list()
-                    .await?
-                    .into_iter()
-                    .filter(|n| n != "root")
-                    .collect();
+                // Vault lists `root` here too.
+                let names = u.policies.list().await?;
                 Response::list(names)
             }
             "capabilities-self" if write => {

@@ -40,11 +40,27 @@ impl fmt::Debug for SledStore {
 impl SledStore {
     /// Opens (or creates) the store in the directory `path`.
     pub fn open(path: &Path) -> Result<SledStore, StorageError> {
-        let db = sled::Config::new()
-            .path(path)
-            .mode(sled::Mode::LowSpace)
-            .open()
-            .map_err(|e| open_error(path, e))?;
+        // sled's flusher thread releases the directory lock a moment after
+        // the last handle is dropped, so a reopen in the same process (a
+        // restore, a test) can see the lock still held: retry briefly.
+        let mut attempts = 0;
+        let db = loop {
+            match sled::Config::new()
+                .path(path)
+                .mode(sled::Mode::LowSpace)
+                .open()
+            {
+                Ok(db) => break db,
+                Err(sled::Error::Io(io))
+                    if io.to_string().contains("could not acquire lock")
+                        && attempts < LOCK_RETRIES =>
+                {
+                    attempts += 1;
+                    std::thread::sleep(LOCK_RETRY_DELAY);
+                }
+                Err(e) => return Err(open_error(path, e)),
+            }
+        };
         let data = db.open_tree(DATA_TREE).map_err(|e| open_error(path, e))?;
         let meta = db.open_tree(META_TREE).map_err(|e| open_error(path, e))?;
         Ok(SledStore {
@@ -147,6 +163,10 @@ fn io_error(op: &str, key: &str, e: sled::Error) -> StorageError {
 }
 
 /// An open failure, worded for the operator: which directory, and what to do.
+/// How long `open` waits for a lock released by a handle just dropped.
+const LOCK_RETRIES: u32 = 40;
+const LOCK_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
+
 fn open_error(path: &Path, e: sled::Error) -> StorageError {
     let dir = path.display();
     let msg = match &e {
