@@ -5,6 +5,7 @@
 mod acl;
 mod api_conventions;
 mod bad_input;
+mod cli;
 mod durability;
 mod kv;
 mod lifecycle;
