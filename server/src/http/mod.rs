@@ -64,8 +64,16 @@ async fn entry(
     body: Body,
 ) -> HttpResponse {
     let limit = state.settings.max_request_duration;
-    match tokio::time::timeout(limit, serve(&state, remote, method, uri, headers, body)).await {
-        Ok(resp) => resp,
+    // The request runs as its own task: when it outlives the limit the
+    // client gets its answer, and the work still runs to completion instead
+    // of being dropped at an arbitrary await point (which could leave a
+    // mount or audit table half-changed).
+    let task = tokio::spawn(async move { serve(&state, remote, method, uri, headers, body).await });
+    match tokio::time::timeout(limit, task).await {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(join)) => {
+            error_response(&Error::Internal(format!("request handler failed: {join}")))
+        }
         Err(_) => error_response(&Error::Internal(format!(
             "request exceeded the listener's max_request_duration ({}s) and was cancelled",
             limit.as_secs()

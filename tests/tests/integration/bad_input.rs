@@ -302,6 +302,45 @@ async fn body_over_max_request_size_is_413() -> Result<()> {
     Ok(())
 }
 
+/// `max_request_duration` cuts off a request that cannot finish: here requests stuck behind the
+/// only audit device, a FIFO nobody reads (its own write timeout is 5 s, the listener's limit
+/// 1 s). The client gets a 500 naming the limit instead of hanging, and the server keeps serving.
+#[tokio::test]
+async fn request_over_max_request_duration_is_cut_off() -> Result<()> {
+    let mut cluster = Cluster::single_active(NodeOptions {
+        extra_listener: vec!["max_request_duration = \"1s\"".into()],
+        ..NodeOptions::default()
+    })
+    .await?;
+    let fifo = cluster.dir().join("audit.fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status()?;
+    ensure!(made.success(), "mkfifo {}", fifo.display());
+    let api = cluster.node().api();
+    // Enabling it is already cut off: its own response is audited through the new device.
+    let enable = api
+        .put(
+            "sys/audit/stuck",
+            json!({"type": "file", "options": {"file_path": fifo.to_string_lossy()}}),
+        )
+        .await?;
+    let read = api.get("sys/mounts").await?;
+    for (what, r) in [
+        ("enable the stuck device", enable),
+        ("a read behind it", read),
+    ] {
+        ensure!(
+            r.status == 500 && r.errors().contains("max_request_duration"),
+            "{what}: expected 500 naming max_request_duration, got {} {}",
+            r.status,
+            r.text
+        );
+    }
+    api.get("sys/health")
+        .await?
+        .expect(200, "health (unaudited) while the device is stuck")?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn unknown_paths_are_404() -> Result<()> {
     let mut cluster = Cluster::single_active(NodeOptions::default()).await?;
