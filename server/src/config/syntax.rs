@@ -262,10 +262,17 @@ fn relax_hcl1(text: &str) -> Option<String> {
                 last_significant = b;
             }
             b'}' | b']' | b')' => {
-                if let Some((b'{', open, true)) = stack.pop() {
-                    for at in [open + 1, i.wrapping_sub(1)] {
-                        if matches!(out.get(at), Some(b' ' | b'\t')) {
-                            out[at] = b'\n';
+                // HCL1 also takes a multi-line block whose first attribute
+                // sits on the `{` line (`storage "raft" { path = "/x"`) or
+                // whose `}` ends the last attribute's line.
+                if let Some((b'{', open, rewritten)) = stack.pop() {
+                    let multiline = bytes[open..i].contains(&b'\n');
+                    if rewritten || multiline {
+                        for at in [open + 1, i.wrapping_sub(1)] {
+                            if matches!(out.get(at), Some(b' ' | b'\t')) {
+                                out[at] = b'\n';
+                                changed |= multiline;
+                            }
                         }
                     }
                 }

@@ -897,6 +897,8 @@ fn hcl1_separators_are_accepted() {
         "listener \"tcp\" { address = \"127.0.0.1:8201\", tls_disable = 1 }\n",
         "listener \"tcp\" {\n  address = \"127.0.0.1:8201\",\n  tls_disable = 1,\n}\n",
         "listener \"tcp\" {\n  address = \"127.0.0.1:8201\"  tls_disable = \"true\" # a, b = c\n}\n",
+        "listener \"tcp\" { address = \"127.0.0.1:8201\"\n  tls_disable = true }\n",
+        "listener \"tcp\" { address = \"127.0.0.1:8201\"\n  tls_disable = true\n}\n",
     ];
     for tail in cases {
         let text = format!("storage \"inmem\" {{}}\nui = true\n{tail}log_level = \"debug\"\n");
