@@ -22,6 +22,7 @@ pub mod memlock;
 pub mod metrics;
 pub mod physical;
 pub mod policy;
+pub mod raft;
 pub mod seal;
 pub mod secrets;
 pub mod server;

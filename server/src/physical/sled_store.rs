@@ -26,7 +26,7 @@ pub struct SledStore {
     data: sled::Tree,
     meta: sled::Tree,
     // Kept so the database outlives its trees' users and flushes on drop.
-    _db: sled::Db,
+    db: sled::Db,
 }
 
 impl fmt::Debug for SledStore {
@@ -67,7 +67,7 @@ impl SledStore {
             path: path.to_path_buf(),
             data,
             meta,
-            _db: db,
+            db,
         })
     }
 
@@ -129,7 +129,86 @@ impl SledStore {
         self.flush().await
     }
 
-    async fn flush(&self) -> Result<(), StorageError> {
+    /// Opens another tree of the same database (the Raft log and vote live
+    /// beside the data, so one flush makes all of them durable).
+    pub(crate) fn open_tree(&self, name: &str) -> Result<sled::Tree, StorageError> {
+        self.db
+            .open_tree(name)
+            .map_err(|e| io_error("open tree", name, e))
+    }
+
+    /// Applies `ops` to the data tree and writes `meta` records in one sled
+    /// transaction across both trees, flushed before returning: after a crash
+    /// either all of it is there or none of it.
+    pub(crate) async fn transaction_with_meta(
+        &self,
+        ops: Vec<TxnOp>,
+        meta: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), StorageError> {
+        let writes = ops
+            .into_iter()
+            .map(|op| match op {
+                TxnOp::Put { key, value } => (key.into_bytes(), Some(value)),
+                TxnOp::Delete { key } => (key.into_bytes(), None),
+            })
+            .collect();
+        self.write_with_meta(writes, meta).await
+    }
+
+    /// [`SledStore::replace_all`] and `meta` records in one transaction
+    /// (snapshot install: the data and the log id it corresponds to must
+    /// never disagree after a crash).
+    pub(crate) async fn replace_all_with_meta(
+        &self,
+        entries: Vec<(String, Vec<u8>)>,
+        meta: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), StorageError> {
+        // The keys to remove are read outside the transaction (sled
+        // transactions cannot iterate); the caller holds the only writer.
+        let data = self.data.clone();
+        let old_keys = blocking(move || data.iter().keys().collect::<sled::Result<Vec<_>>>())
+            .await
+            .map_err(|e| io_error("replace all entries", "", e))?;
+        let mut writes: Vec<(Vec<u8>, Option<Vec<u8>>)> =
+            Vec::with_capacity(old_keys.len() + entries.len());
+        writes.extend(old_keys.into_iter().map(|k| (k.to_vec(), None)));
+        // A later put of the same key overrides the removal above.
+        writes.extend(entries.into_iter().map(|(k, v)| (k.into_bytes(), Some(v))));
+        self.write_with_meta(writes, meta).await
+    }
+
+    /// Puts (`Some`) and removals (`None`) in the data tree plus `meta`
+    /// records, as one transaction across both trees, then a flush.
+    async fn write_with_meta(
+        &self,
+        writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        meta: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), StorageError> {
+        use sled::transaction::ConflictableTransactionError;
+        use sled::Transactional;
+        let (data, meta_tree) = (self.data.clone(), self.meta.clone());
+        tokio::task::spawn_blocking(move || {
+            (&data, &meta_tree).transaction(|(d, m)| {
+                for (k, v) in &writes {
+                    match v {
+                        Some(v) => d.insert(k.as_slice(), v.as_slice())?,
+                        None => d.remove(k.as_slice())?,
+                    };
+                }
+                for (k, v) in &meta {
+                    m.insert(k.as_bytes(), v.as_slice())?;
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+        })
+        .await
+        .map_err(|e| StorageError::Io(format!("sled transaction did not complete: {e}")))?
+        .map_err(|e| StorageError::Io(format!("sled transaction failed: {e:?}")))?;
+        self.flush().await
+    }
+
+    /// Makes every write to any tree of this database durable.
+    pub(crate) async fn flush(&self) -> Result<(), StorageError> {
         self.data
             .flush_async()
             .await
@@ -141,7 +220,7 @@ impl SledStore {
 /// Runs a sled call off the async worker threads. sled calls can block on
 /// disk I/O; `spawn_blocking` (not `block_in_place`) also works on a
 /// current-thread runtime, as in `#[tokio::test]`.
-async fn blocking<T, F>(f: F) -> sled::Result<T>
+pub(crate) async fn blocking<T, F>(f: F) -> sled::Result<T>
 where
     F: FnOnce() -> sled::Result<T> + Send + 'static,
     T: Send + 'static,

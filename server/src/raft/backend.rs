@@ -1,0 +1,97 @@
+//! [`RaftBackend`]: the `physical::Backend` the server uses on a Raft node.
+//! Reads come from the local state machine; writes are proposed to Raft and
+//! return once committed on a quorum and applied here.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use openraft::error::{ClientWriteError, RaftError};
+
+use super::types::WriteBatch;
+use super::Shared;
+use crate::physical::{Backend, StorageError, TxnOp};
+
+/// The start of the message of a write refused because this node is not the
+/// leader (`physical::StorageError` has no variant for it yet; see
+/// [`is_not_leader`]).
+pub const NOT_LEADER: &str = "not the Raft leader";
+
+/// True for the error a write gets on a node that is not the leader (or is
+/// handing leadership over): the caller should forward it to
+/// `RaftNode::leader()` or retry there.
+pub fn is_not_leader(e: &StorageError) -> bool {
+    matches!(e, StorageError::Io(msg) if msg.starts_with(NOT_LEADER))
+}
+
+pub struct RaftBackend {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl RaftBackend {
+    async fn write(&self, ops: Vec<TxnOp>) -> Result<(), StorageError> {
+        let batch = WriteBatch(ops);
+        let size = batch.payload_size();
+        let limit = self.shared.max_entry_size;
+        if size > limit {
+            let key = match batch.0.first() {
+                Some(TxnOp::Put { key, .. } | TxnOp::Delete { key }) => key.clone(),
+                None => String::new(),
+            };
+            return Err(StorageError::TooLarge { key, size, limit });
+        }
+        if self.shared.transferring() {
+            return Err(StorageError::Io(format!(
+                "{NOT_LEADER}: leadership is being handed to another node; retry there"
+            )));
+        }
+        match self.shared.raft.client_write(batch).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                let leader = f
+                    .leader_node
+                    .map(|n| format!("; the leader is {} at {}", n.name, n.api_addr))
+                    .unwrap_or_else(|| "; no leader is known yet".into());
+                Err(StorageError::Io(format!("{NOT_LEADER}{leader}")))
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(StorageError::Io(format!("raft write failed: {e}")))
+            }
+            Err(RaftError::Fatal(e)) => Err(StorageError::Io(format!(
+                "raft is stopped on this node ({e}); the write was not applied"
+            ))),
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for RaftBackend {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        self.shared.store.get(key).await
+    }
+
+    async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), StorageError> {
+        self.write(vec![TxnOp::Put {
+            key: key.to_string(),
+            value,
+        }])
+        .await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.write(vec![TxnOp::Delete {
+            key: key.to_string(),
+        }])
+        .await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        self.shared.store.list(prefix).await
+    }
+
+    async fn transaction(&self, ops: Vec<TxnOp>) -> Result<(), StorageError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        self.write(ops).await
+    }
+}

@@ -1,0 +1,121 @@
+//! The server side of the cluster transport: an axum router for the Raft
+//! RPCs ([`raft_routes`]) and the mutual-TLS listener that serves it
+//! ([`serve`]).
+//!
+//! Extension point: the lead mounts more cluster routes (request
+//! forwarding, join) by passing a router to `RaftNode::serve_cluster`; it is
+//! merged with [`raft_routes`] on the same mTLS listener, so every route on
+//! the cluster port is reachable only with the cluster certificate. Keep
+//! new routes under `/v1/cluster/`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use axum_server::tls_rustls::RustlsConfig;
+use axum_server::Handle;
+use openraft::raft::{AppendEntriesRequest, VoteRequest};
+
+use super::network::{
+    decode_chunk, APPEND_PATH, ELECT_PATH, MAX_RPC_BYTES, SNAPSHOT_PATH, VOTE_PATH,
+};
+use super::tls::ClusterTls;
+use super::types::{NodeId, Raft, TypeConfig};
+use super::ClusterError;
+
+/// The Raft RPC endpoints, calling into the local `raft`.
+pub fn raft_routes(raft: Raft) -> Router {
+    Router::new()
+        .route(APPEND_PATH, post(append))
+        .route(VOTE_PATH, post(vote))
+        .route(SNAPSHOT_PATH, post(snapshot))
+        .route(ELECT_PATH, post(elect))
+        // Headroom over the largest request a peer sends (its own limit).
+        .layer(DefaultBodyLimit::max(MAX_RPC_BYTES + 4 * 1024 * 1024))
+        .with_state(raft)
+}
+
+async fn append(
+    State(raft): State<Raft>,
+    Json(req): Json<AppendEntriesRequest<TypeConfig>>,
+) -> Response {
+    Json(raft.append_entries(req).await).into_response()
+}
+
+async fn vote(State(raft): State<Raft>, Json(req): Json<VoteRequest<NodeId>>) -> Response {
+    Json(raft.vote(req).await).into_response()
+}
+
+async fn snapshot(State(raft): State<Raft>, body: Bytes) -> Response {
+    match decode_chunk(&body) {
+        Ok(req) => Json(raft.install_snapshot(req).await).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, e).into_response(),
+    }
+}
+
+/// Asks this node to stand for election now: the leader calls it on an
+/// up-to-date follower to hand leadership over (`RaftNode::transfer_leadership`).
+async fn elect(State(raft): State<Raft>) -> Response {
+    match raft.trigger().elect().await {
+        Ok(()) => Json(()).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
+}
+
+/// A running cluster listener.
+#[derive(Clone)]
+pub struct ClusterListener {
+    pub address: SocketAddr,
+    handle: Handle<SocketAddr>,
+    tls: RustlsConfig,
+}
+
+impl ClusterListener {
+    /// Stops accepting and closes every open connection now.
+    pub fn shutdown(&self) {
+        self.handle.shutdown();
+    }
+
+    /// New handshakes use `tls` from now on (certificate rotation).
+    pub fn reload_tls(&self, tls: &ClusterTls) -> Result<(), ClusterError> {
+        self.tls.reload_from_config(Arc::new(tls.server_config()?));
+        Ok(())
+    }
+}
+
+/// Serves `app` with mutual TLS on an already bound listener; returns once
+/// it is accepting.
+pub async fn serve(
+    listener: std::net::TcpListener,
+    tls: &ClusterTls,
+    app: Router,
+) -> Result<ClusterListener, ClusterError> {
+    let address = listener
+        .local_addr()
+        .map_err(|e| ClusterError::Io(format!("cluster listener address: {e}")))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| ClusterError::Io(format!("cluster listener {address}: {e}")))?;
+    let config = RustlsConfig::from_config(Arc::new(tls.server_config()?));
+    let handle: Handle<SocketAddr> = Handle::new();
+    let server = axum_server::from_tcp_rustls(listener, config.clone())
+        .map_err(|e| ClusterError::Io(format!("cluster listener {address}: {e}")))?
+        .handle(handle.clone());
+    let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    tokio::spawn(async move {
+        if let Err(e) = server.serve(service).await {
+            tracing::error!(%address, error = %e, "cluster listener stopped");
+        }
+    });
+    handle.listening().await;
+    Ok(ClusterListener {
+        address,
+        handle,
+        tls: config,
+    })
+}

@@ -1,0 +1,435 @@
+//! The Raft state machine (openraft's `RaftStateMachine`): the node's
+//! [`SledStore`] itself. Its `data` tree is the same one a single-node server
+//! writes, so a node upgraded to Raft keeps its data; `last_applied` and
+//! `last_membership` live in the store's `meta` tree, written in the same
+//! sled transaction as the data they describe (so after a crash the two never
+//! disagree; and re-applying entries would be harmless anyway, since every
+//! [`TxnOp`] is an absolute put or delete).
+//!
+//! Snapshots ([`super::snapshot`] format) are built from a consistent export
+//! taken between two applies, kept in the `raft_snapshot` tree of the same
+//! database (openraft asks for the current snapshot again after a restart),
+//! and installed atomically with `replace_all` plus the meta.
+
+use std::io::Cursor;
+use std::sync::{Arc, Mutex};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
+
+use super::snapshot::{decode_snapshot, encode_snapshot};
+use super::types::{
+    Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
+use crate::physical::sled_store::{blocking, SledStore};
+use crate::physical::TxnOp;
+
+const LAST_APPLIED: &str = "raft_last_applied";
+const LAST_MEMBERSHIP: &str = "raft_last_membership";
+const SNAPSHOT_TREE: &str = "raft_snapshot";
+const SNAPSHOT_KEY: &str = "current";
+
+/// The last snapshot, as openraft hands it out (decoded meta plus bytes).
+type CachedSnapshot = Arc<Mutex<Option<(SnapshotMeta, Arc<Vec<u8>>)>>>;
+
+pub struct StateMachine {
+    store: Arc<SledStore>,
+    snapshots: sled::Tree,
+    current: CachedSnapshot,
+}
+
+impl StateMachine {
+    pub fn open(store: Arc<SledStore>) -> Result<StateMachine, crate::physical::StorageError> {
+        let snapshots = store.open_tree(SNAPSHOT_TREE)?;
+        Ok(StateMachine {
+            store,
+            snapshots,
+            current: Arc::default(),
+        })
+    }
+
+    fn read_state(&self) -> Result<(Option<LogId>, StoredMembership), AnyError> {
+        let last_applied = match self
+            .store
+            .get_meta(LAST_APPLIED)
+            .map_err(|e| AnyError::new(&e))?
+        {
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| AnyError::new(&e))?,
+            None => None,
+        };
+        let membership = match self
+            .store
+            .get_meta(LAST_MEMBERSHIP)
+            .map_err(|e| AnyError::new(&e))?
+        {
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| AnyError::new(&e))?,
+            None => StoredMembership::default(),
+        };
+        Ok((last_applied, membership))
+    }
+
+    /// Installs an encoded snapshot: verified and decoded in full first, then
+    /// the data and meta replaced in one transaction. On any error nothing
+    /// has changed.
+    async fn install(&self, meta: &SnapshotMeta, bytes: Vec<u8>) -> Result<(), AnyError> {
+        let (header_meta, entries) = decode_snapshot(&bytes).map_err(|e| AnyError::new(&e))?;
+        if header_meta.last_log_id != meta.last_log_id
+            || header_meta.last_membership != meta.last_membership
+        {
+            return Err(AnyError::error(format!(
+                "the snapshot's own meta ({header_meta}) is not the one it was sent with ({meta})"
+            )));
+        }
+        self.store
+            .replace_all_with_meta(
+                entries,
+                state_meta(meta.last_log_id, &meta.last_membership)?,
+            )
+            .await
+            .map_err(|e| AnyError::new(&e))?;
+        persist_snapshot(&self.snapshots, &self.current, meta.clone(), bytes).await
+    }
+}
+
+fn state_meta(
+    last_applied: Option<LogId>,
+    membership: &StoredMembership,
+) -> Result<Vec<(String, Vec<u8>)>, AnyError> {
+    Ok(vec![
+        (
+            LAST_APPLIED.to_string(),
+            serde_json::to_vec(&last_applied).map_err(|e| AnyError::new(&e))?,
+        ),
+        (
+            LAST_MEMBERSHIP.to_string(),
+            serde_json::to_vec(membership).map_err(|e| AnyError::new(&e))?,
+        ),
+    ])
+}
+
+/// Keeps `bytes` as the current snapshot, durable before returning.
+async fn persist_snapshot(
+    tree: &sled::Tree,
+    current: &CachedSnapshot,
+    meta: SnapshotMeta,
+    bytes: Vec<u8>,
+) -> Result<(), AnyError> {
+    let bytes = Arc::new(bytes);
+    let (t, b) = (tree.clone(), bytes.clone());
+    blocking(move || t.insert(SNAPSHOT_KEY, b.as_slice()).map(|_| ()))
+        .await
+        .map_err(|e| AnyError::new(&e))?;
+    tree.flush_async().await.map_err(|e| AnyError::new(&e))?;
+    *current.lock().expect("snapshot cache lock") = Some((meta, bytes));
+    Ok(())
+}
+
+/// Builds a snapshot from an export taken when the builder was created
+/// (between two applies, so data and last-applied agree).
+pub struct SnapshotBuilder {
+    meta: SnapshotMeta,
+    entries: Result<Vec<(String, Vec<u8>)>, crate::physical::StorageError>,
+    snapshots: sled::Tree,
+    current: CachedSnapshot,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let entries = std::mem::replace(&mut self.entries, Ok(Vec::new()))
+            .map_err(|e| StorageIOError::read_state_machine(AnyError::new(&e)))?;
+        let bytes = encode_snapshot(&self.meta, &entries);
+        drop(entries);
+        persist_snapshot(
+            &self.snapshots,
+            &self.current,
+            self.meta.clone(),
+            bytes.clone(),
+        )
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(Some(self.meta.signature()), e))?;
+        Ok(Snapshot {
+            meta: self.meta.clone(),
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        self.read_state()
+            .map_err(|e| StorageIOError::read_state_machine(e).into())
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<()>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let (_, mut membership) = self
+            .read_state()
+            .map_err(StorageIOError::read_state_machine)?;
+        let mut ops: Vec<TxnOp> = Vec::new();
+        let mut last = None;
+        let mut count = 0;
+        for entry in entries {
+            count += 1;
+            last = Some(entry.log_id);
+            match entry.payload {
+                EntryPayload::Blank => {}
+                EntryPayload::Normal(batch) => ops.extend(batch.0),
+                EntryPayload::Membership(m) => {
+                    membership = StoredMembership::new(Some(entry.log_id), m);
+                }
+            }
+        }
+        let Some(last) = last else {
+            return Ok(Vec::new());
+        };
+        let meta =
+            state_meta(Some(last), &membership).map_err(|e| StorageIOError::apply(last, e))?;
+        self.store
+            .transaction_with_meta(ops, meta)
+            .await
+            .map_err(|e| StorageIOError::apply(last, AnyError::new(&e)))?;
+        Ok(vec![(); count])
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        let (last_applied, membership) = self.read_state().unwrap_or_default();
+        let snapshot_id = match last_applied {
+            Some(id) => format!(
+                "{}-{}-{:016x}",
+                id.leader_id.term,
+                id.index,
+                rand::random::<u64>()
+            ),
+            None => format!("0-0-{:016x}", rand::random::<u64>()),
+        };
+        SnapshotBuilder {
+            meta: SnapshotMeta {
+                last_log_id: last_applied,
+                last_membership: membership,
+                snapshot_id,
+            },
+            entries: self.store.export(),
+            snapshots: self.snapshots.clone(),
+            current: self.current.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        self.install(meta, snapshot.into_inner())
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), e).into())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let cached = self.current.lock().expect("snapshot cache lock").clone();
+        let (meta, bytes) = match cached {
+            Some(c) => c,
+            None => {
+                let Some(stored) = self
+                    .snapshots
+                    .get(SNAPSHOT_KEY)
+                    .map_err(|e| StorageIOError::read_snapshot(None, AnyError::new(&e)))?
+                else {
+                    return Ok(None);
+                };
+                let (meta, _) = decode_snapshot(&stored)
+                    .map_err(|e| StorageIOError::read_snapshot(None, AnyError::new(&e)))?;
+                let entry = (meta, Arc::new(stored.to_vec()));
+                *self.current.lock().expect("snapshot cache lock") = Some(entry.clone());
+                entry
+            }
+        };
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes.as_ref().clone())),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use openraft::{CommittedLeaderId, Membership};
+
+    use super::*;
+    use crate::physical::Backend;
+    use crate::raft::types::{ClusterNode, WriteBatch};
+
+    fn log_id(index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(1, 1), index)
+    }
+
+    fn put(index: u64, key: &str, value: &[u8]) -> Entry {
+        Entry {
+            log_id: log_id(index),
+            payload: EntryPayload::Normal(WriteBatch(vec![TxnOp::Put {
+                key: key.into(),
+                value: value.to_vec(),
+            }])),
+        }
+    }
+
+    fn membership_entry(index: u64) -> Entry {
+        let node = ClusterNode {
+            name: "vault-1".into(),
+            api_addr: "https://127.0.0.1:8200".into(),
+            cluster_addr: "127.0.0.1:8201".into(),
+        };
+        Entry {
+            log_id: log_id(index),
+            payload: EntryPayload::Membership(Membership::new(
+                vec![BTreeSet::from([node.id()])],
+                BTreeMap::from([(node.id(), node)]),
+            )),
+        }
+    }
+
+    async fn open(dir: &std::path::Path) -> (Arc<SledStore>, StateMachine) {
+        let store = Arc::new(SledStore::open(dir).unwrap());
+        let sm = StateMachine::open(store.clone()).unwrap();
+        (store, sm)
+    }
+
+    #[tokio::test]
+    async fn apply_snapshot_and_install_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, mut sm) = open(dir.path()).await;
+        assert_eq!(
+            sm.applied_state().await.unwrap(),
+            (None, Default::default())
+        );
+        sm.apply([
+            membership_entry(1),
+            put(2, "a", b"1"),
+            put(3, "b/c", b"2"),
+            Entry {
+                log_id: log_id(4),
+                payload: EntryPayload::Blank,
+            },
+        ])
+        .await
+        .unwrap();
+        let (applied, membership) = sm.applied_state().await.unwrap();
+        assert_eq!(applied, Some(log_id(4)));
+        assert_eq!(membership.log_id(), &Some(log_id(1)));
+        assert_eq!(store.get("b/c").await.unwrap().unwrap(), b"2");
+
+        let snapshot = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        assert_eq!(snapshot.meta.last_log_id, Some(log_id(4)));
+        // Later writes are not in the snapshot.
+        sm.apply([put(5, "later", b"x")]).await.unwrap();
+
+        // Install into a fresh node, and into a node whose data differs.
+        let other_dir = tempfile::tempdir().unwrap();
+        let (other_store, mut other) = open(other_dir.path()).await;
+        other_store.put("stale", b"gone".to_vec()).await.unwrap();
+        let bytes = snapshot.snapshot.get_ref().clone();
+        other
+            .install_snapshot(&snapshot.meta, Box::new(Cursor::new(bytes)))
+            .await
+            .unwrap();
+        assert_eq!(
+            other_store.export().unwrap(),
+            vec![
+                ("a".to_string(), b"1".to_vec()),
+                ("b/c".to_string(), b"2".to_vec())
+            ]
+        );
+        assert_eq!(
+            other.applied_state().await.unwrap(),
+            (Some(log_id(4)), membership.clone())
+        );
+        // The snapshot survives a restart of either node.
+        drop((sm, store, other, other_store));
+        let (_, mut sm) = open(dir.path()).await;
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta, snapshot.meta);
+        let (_, mut other) = open(other_dir.path()).await;
+        assert_eq!(
+            other.get_current_snapshot().await.unwrap().unwrap().meta,
+            snapshot.meta
+        );
+    }
+
+    #[tokio::test]
+    async fn damaged_snapshot_is_refused_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, mut sm) = open(dir.path()).await;
+        sm.apply([membership_entry(1), put(2, "a", b"1")])
+            .await
+            .unwrap();
+        let snapshot = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let good = snapshot.snapshot.get_ref().clone();
+
+        let target_dir = tempfile::tempdir().unwrap();
+        let (target_store, mut target) = open(target_dir.path()).await;
+        target.apply([put(1, "mine", b"keep")]).await.unwrap();
+        let before = (
+            target_store.export().unwrap(),
+            target.applied_state().await.unwrap(),
+        );
+
+        let mut flipped = good.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0x40;
+        let mut other_meta = snapshot.meta.clone();
+        other_meta.last_log_id = Some(log_id(9));
+        let cases: Vec<(&str, SnapshotMeta, Vec<u8>)> = vec![
+            (
+                "truncated",
+                snapshot.meta.clone(),
+                good[..good.len() - 3].to_vec(),
+            ),
+            (
+                "header only",
+                snapshot.meta.clone(),
+                good[..good.len() / 2].to_vec(),
+            ),
+            ("empty", snapshot.meta.clone(), Vec::new()),
+            ("bit flip", snapshot.meta.clone(), flipped),
+            ("meta mismatch", other_meta, good.clone()),
+        ];
+        for (name, meta, bytes) in cases {
+            let result = target
+                .install_snapshot(&meta, Box::new(Cursor::new(bytes)))
+                .await;
+            assert!(result.is_err(), "{name}: accepted");
+            assert_eq!(
+                (
+                    target_store.export().unwrap(),
+                    target.applied_state().await.unwrap()
+                ),
+                before,
+                "{name}: state changed"
+            );
+            assert!(
+                target.get_current_snapshot().await.unwrap().is_none(),
+                "{name}"
+            );
+        }
+    }
+}
