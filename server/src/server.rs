@@ -82,35 +82,42 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             .with_context(|| format!("write pid_file {}", pid_file.display()))?;
     }
 
-    let (physical, storage_type, ha_enabled): (Arc<dyn Backend>, &str, bool) = match &config.storage
-    {
-        StorageConfig::Inmem => (
-            Arc::new(crate::physical::inmem::InmemBackend::new()),
-            "inmem",
-            false,
-        ),
+    let telemetry = crate::metrics::Telemetry::install(config.telemetry.prometheus_retention_time);
+    let core_config = |storage_type: &str, ha_enabled: bool| CoreConfig {
+        default_lease_ttl: config.default_lease_ttl,
+        max_lease_ttl: config.max_lease_ttl,
+        cluster_name: config.cluster_name.clone(),
+        storage_type: storage_type.into(),
+        api_addr: config.api_addr.clone(),
+        cluster_addr: config.cluster_addr.clone(),
+        ha_enabled,
+        prometheus_enabled: !config.telemetry.prometheus_retention_time.is_zero(),
+        audit_write_timeout: Duration::from_secs(5),
+    };
+    let (core, storage_type) = match &config.storage {
+        StorageConfig::Inmem => {
+            let physical: Arc<dyn Backend> = Arc::new(crate::physical::inmem::InmemBackend::new());
+            (
+                Core::new(core_config("inmem", false), physical, telemetry),
+                "inmem",
+            )
+        }
         StorageConfig::Raft(raft) => {
             create_private_dir(&raft.path)?;
-            let store = crate::physical::sled_store::SledStore::open(&raft.path)?;
-            (Arc::new(store), "raft", true)
+            let store = Arc::new(crate::physical::sled_store::SledStore::open(&raft.path)?);
+            let ha = crate::core::ha::Ha::new(ha_settings(&config, raft)?, store);
+            (
+                Core::new_ha(core_config("raft", true), ha, telemetry),
+                "raft",
+            )
         }
     };
-    let telemetry = crate::metrics::Telemetry::install(config.telemetry.prometheus_retention_time);
-    let core = Core::new(
-        CoreConfig {
-            default_lease_ttl: config.default_lease_ttl,
-            max_lease_ttl: config.max_lease_ttl,
-            cluster_name: config.cluster_name.clone(),
-            storage_type: storage_type.into(),
-            api_addr: config.api_addr.clone(),
-            cluster_addr: config.cluster_addr.clone(),
-            ha_enabled,
-            prometheus_enabled: !config.telemetry.prometheus_retention_time.is_zero(),
-            audit_write_timeout: Duration::from_secs(5),
-        },
-        physical,
-        telemetry,
-    );
+    core.set_cluster_routes(crate::http::cluster_routes(core.clone()));
+    if let Some(ha) = &core.ha {
+        if !ha.settings.retry_join.is_empty() {
+            tokio::spawn(core.clone().retry_join(ha.settings.retry_join.clone()));
+        }
+    }
 
     let mut listeners = Vec::new();
     let mut tasks = Vec::new();
@@ -160,12 +167,85 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     for task in tasks {
         let _ = tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(1), task).await;
     }
-    core.shutdown();
+    core.shutdown().await;
     if let Some(pid_file) = &config.pid_file {
         let _ = std::fs::remove_file(pid_file);
     }
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// The HA layer's settings from the config (`storage "raft"` and addresses).
+fn ha_settings(
+    config: &ServerConfig,
+    raft: &crate::config::RaftStorageConfig,
+) -> anyhow::Result<crate::core::ha::HaSettings> {
+    let node_name = match &raft.node_id {
+        Some(id) => id.clone(),
+        None => std::env::var("VAULT_RAFT_NODE_ID")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .context("storage \"raft\" needs node_id (or VAULT_RAFT_NODE_ID)")?,
+    };
+    let cluster_addr = config
+        .cluster_addr
+        .clone()
+        .context("storage \"raft\" needs cluster_addr, e.g. https://10.0.0.1:8201")?;
+    let cluster_hostport = cluster_addr
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let read = |what: &str,
+                inline: &Option<String>,
+                file: &Option<PathBuf>|
+     -> anyhow::Result<Option<String>> {
+        match (inline, file) {
+            (Some(pem), _) => Ok(Some(pem.clone())),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map(Some)
+                .with_context(|| format!("read retry_join {what} {}", path.display())),
+            (None, None) => Ok(None),
+        }
+    };
+    let mut retry_join = Vec::new();
+    for join in &raft.retry_join {
+        let Some(leader) = &join.leader_api_addr else {
+            continue;
+        };
+        retry_join.push(crate::core::ha::JoinTarget {
+            leader_api_addr: leader.clone(),
+            ca_cert_pem: read(
+                "leader_ca_cert_file",
+                &join.leader_ca_cert,
+                &join.leader_ca_cert_file,
+            )?,
+            client_cert_pem: read(
+                "leader_client_cert_file",
+                &join.leader_client_cert,
+                &join.leader_client_cert_file,
+            )?,
+            client_key_pem: read(
+                "leader_client_key_file",
+                &join.leader_client_key,
+                &join.leader_client_key_file,
+            )?
+            .map(zeroize::Zeroizing::new),
+            tls_server_name: join.leader_tls_servername.clone(),
+            non_voter: false,
+        });
+    }
+    Ok(crate::core::ha::HaSettings {
+        node_name,
+        api_addr: config.api_addr.clone().unwrap_or_default(),
+        cluster_addr: cluster_hostport,
+        performance_multiplier: raft.performance_multiplier,
+        snapshot_threshold: raft.snapshot_threshold,
+        trailing_logs: raft.trailing_logs,
+        max_entry_size: raft.max_entry_size as usize,
+        retry_join,
+        autopilot_reconcile_interval: raft.autopilot_reconcile_interval,
+    })
 }
 
 fn create_private_dir(path: &std::path::Path) -> anyhow::Result<()> {

@@ -333,18 +333,31 @@ impl Barrier {
     pub fn seal_value(&self, path: &str, value: &[u8]) -> Result<Vec<u8>, StorageError> {
         let ring = self.current_for_storage()?;
         let term = ring.active();
-        let out = layout::encrypt(&term.cipher, term.term, path, value)
-            .map_err(|_| StorageError::Io(format!("the barrier could not encrypt the value for {path:?}")))?;
+        let out = layout::encrypt(&term.cipher, term.term, path, value).map_err(|_| {
+            StorageError::Io(format!(
+                "the barrier could not encrypt the value for {path:?}"
+            ))
+        })?;
         term.count_encryption();
         Ok(out)
     }
 
     /// Opens what [`Barrier::seal_value`] produced for the same `path`.
-    pub fn open_value(&self, path: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, StorageError> {
+    pub fn open_value(
+        &self,
+        path: &str,
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, StorageError> {
         let ring = self.current_for_storage()?;
-        let integrity = || StorageError::Integrity { key: path.to_string() };
-        let term = layout::term_of(sealed).and_then(|t| ring.term(t)).ok_or_else(integrity)?;
-        layout::decrypt(&term.cipher, path, sealed).map(Zeroizing::new).ok_or_else(integrity)
+        let integrity = || StorageError::Integrity {
+            key: path.to_string(),
+        };
+        let term = layout::term_of(sealed)
+            .and_then(|t| ring.term(t))
+            .ok_or_else(integrity)?;
+        layout::decrypt(&term.cipher, path, sealed)
+            .map(Zeroizing::new)
+            .ok_or_else(integrity)
     }
 
     fn current_for_storage(&self) -> Result<Arc<Keyring>, StorageError> {

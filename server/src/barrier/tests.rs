@@ -417,17 +417,38 @@ proptest! {
 async fn sealed_values_open_only_at_their_path_and_only_unsealed() {
     let (physical, barrier, root) = unsealed().await;
     let sealed = barrier.seal_value("core/raft/challenge", b"nonce").unwrap();
-    assert_eq!(barrier.open_value("core/raft/challenge", &sealed).unwrap().as_slice(), b"nonce");
-    assert!(matches!(barrier.open_value("core/raft/other", &sealed), Err(StorageError::Integrity { .. })));
+    assert_eq!(
+        barrier
+            .open_value("core/raft/challenge", &sealed)
+            .unwrap()
+            .as_slice(),
+        b"nonce"
+    );
+    assert!(matches!(
+        barrier.open_value("core/raft/other", &sealed),
+        Err(StorageError::Integrity { .. })
+    ));
     let mut flipped = sealed.clone();
     *flipped.last_mut().unwrap() ^= 1;
-    assert!(matches!(barrier.open_value("core/raft/challenge", &flipped), Err(StorageError::Integrity { .. })));
+    assert!(matches!(
+        barrier.open_value("core/raft/challenge", &flipped),
+        Err(StorageError::Integrity { .. })
+    ));
     // Nothing was stored.
     assert_eq!(physical.get("core/raft/challenge").await.unwrap(), None);
     // Another barrier over the same keys opens it (a joiner that holds them).
     let other = Barrier::new(physical.clone());
     other.unseal(&root).await.unwrap();
-    assert_eq!(other.open_value("core/raft/challenge", &sealed).unwrap().as_slice(), b"nonce");
+    assert_eq!(
+        other
+            .open_value("core/raft/challenge", &sealed)
+            .unwrap()
+            .as_slice(),
+        b"nonce"
+    );
     barrier.seal();
-    assert!(matches!(barrier.open_value("core/raft/challenge", &sealed), Err(StorageError::Sealed)));
+    assert!(matches!(
+        barrier.open_value("core/raft/challenge", &sealed),
+        Err(StorageError::Sealed)
+    ));
 }

@@ -39,13 +39,12 @@ impl ServerConfig {
     pub fn unsupported(&self) -> Vec<ConfigError> {
         let mut out = Vec::new();
         if let StorageConfig::Raft(raft) = &self.storage {
-            for join in &raft.retry_join {
+            for join in raft.retry_join.iter().filter(|j| j.auto_join.is_some()) {
                 out.push(ConfigError::new(
                     join.location.clone(),
-                    "storage.raft.retry_join",
-                    "retry_join is not supported by this build yet (multi-node Raft lands with \
-                     the HA work); remove the retry_join block to run a single node, or run a \
-                     build that supports joining a cluster",
+                    "storage.raft.retry_join.auto_join",
+                    "retry_join: auto_join (cloud auto-discovery) is not supported by this build; \
+                     list the nodes with leader_api_addr instead",
                 ));
             }
             if raft.autopilot_upgrade_version.is_some() {

@@ -6,6 +6,8 @@
 //! outside their mount's `StorageView`; the core never sees plaintext storage
 //! except through the barrier.
 
+mod cluster;
+pub mod ha;
 mod keys;
 pub mod mounts;
 mod root_ops;
@@ -28,6 +30,7 @@ use crate::physical::Backend;
 use crate::policy::PolicyStore;
 use crate::seal::ShamirSeal;
 
+pub use cluster::AutopilotConfig;
 pub use keys::KeyCollector;
 pub use mounts::{MountEntry, Table};
 pub use root_ops::{GenerateRootStatus, RekeyStatus, RekeyUpdate, RekeyVerifyStatus};
@@ -143,12 +146,26 @@ pub struct Unsealed {
     pub cluster: ClusterInfo,
     pub active_time: DateTime<Utc>,
     tidy: tokio::task::JoinHandle<()>,
+    /// Autopilot (HA only): promotes caught-up non-voters, prunes dead voters.
+    autopilot: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for Unsealed {
     fn drop(&mut self) {
         self.tidy.abort();
+        if let Some(autopilot) = self.autopilot.lock().expect("autopilot lock").take() {
+            autopilot.abort();
+        }
     }
+}
+
+/// Where this node stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Sealed,
+    /// Unsealed, not the Raft leader: client requests go to the active node.
+    Standby,
+    Active,
 }
 
 impl Unsealed {
@@ -170,6 +187,12 @@ pub struct Core {
     unseal_keys: std::sync::Mutex<KeyCollector>,
     root_ops: root_ops::RootOps,
     pub telemetry: crate::metrics::Telemetry,
+    /// Replicated Raft, when `storage "raft"`.
+    pub ha: Option<Arc<ha::Ha>>,
+    /// Routes served on the cluster port besides Raft's (set by the HTTP layer).
+    cluster_routes: std::sync::OnceLock<axum::Router>,
+    /// Follows Raft leadership while unsealed (HA only).
+    watcher: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Core {
@@ -177,6 +200,24 @@ impl Core {
         config: CoreConfig,
         physical: Arc<dyn Backend>,
         telemetry: crate::metrics::Telemetry,
+    ) -> Arc<Core> {
+        Self::build(config, physical, telemetry, None)
+    }
+
+    /// A core over replicated Raft.
+    pub fn new_ha(
+        config: CoreConfig,
+        ha: Arc<ha::Ha>,
+        telemetry: crate::metrics::Telemetry,
+    ) -> Arc<Core> {
+        Self::build(config, ha.backend(), telemetry, Some(ha))
+    }
+
+    fn build(
+        config: CoreConfig,
+        physical: Arc<dyn Backend>,
+        telemetry: crate::metrics::Telemetry,
+        ha: Option<Arc<ha::Ha>>,
     ) -> Arc<Core> {
         let barrier = Arc::new(Barrier::new(physical.clone()));
         let storage: Arc<dyn Backend> = Arc::new(crate::metrics::MeteredBackend::new(
@@ -193,24 +234,48 @@ impl Core {
             unseal_keys: std::sync::Mutex::new(KeyCollector::new()),
             root_ops: root_ops::RootOps::default(),
             telemetry,
+            ha,
+            cluster_routes: std::sync::OnceLock::new(),
+            watcher: std::sync::Mutex::new(None),
         })
     }
 
-    /// The unsealed services, or `Error::Sealed`.
+    /// Routes the cluster listener serves besides Raft (request forwarding).
+    pub fn set_cluster_routes(&self, routes: axum::Router) {
+        let _ = self.cluster_routes.set(routes);
+    }
+
+    fn cluster_routes(&self) -> axum::Router {
+        self.cluster_routes.get().cloned().unwrap_or_default()
+    }
+
+    /// The active node's services: `Error::Sealed` when sealed,
+    /// `Error::NoActiveNode` on a standby.
     pub fn unsealed(&self) -> Result<Arc<Unsealed>> {
-        self.state
-            .read()
-            .expect("state lock")
-            .clone()
-            .ok_or(Error::Sealed)
+        match self.state.read().expect("state lock").clone() {
+            Some(u) => Ok(u),
+            None if self.barrier.is_sealed() => Err(Error::Sealed),
+            None => Err(Error::NoActiveNode),
+        }
     }
 
     pub fn is_sealed(&self) -> bool {
-        self.state.read().expect("state lock").is_none()
+        self.barrier.is_sealed()
+    }
+
+    pub fn role(&self) -> Role {
+        if self.barrier.is_sealed() {
+            Role::Sealed
+        } else if self.state.read().expect("state lock").is_some() {
+            Role::Active
+        } else {
+            Role::Standby
+        }
     }
 
     pub async fn is_initialized(&self) -> Result<bool> {
-        Ok(self.seal.config().await?.is_some())
+        Ok(self.seal.config().await?.is_some()
+            || self.ha.as_ref().is_some_and(|ha| ha.has_pending_join()))
     }
 
     fn view(&self, prefix: &str) -> StorageView {
@@ -235,6 +300,12 @@ impl Core {
         if req.recovery_shares.unwrap_or(0) > 0 {
             return Err(Error::invalid("recovery_shares only applies to auto-unseal seals; this server uses the shamir seal"));
         }
+        if let Some(ha) = &self.ha {
+            if ha.has_pending_join() {
+                return Err(Error::invalid("this node is joining a cluster (retry_join or sys/storage/raft/join): unseal it with that cluster's keys instead of initialising it"));
+            }
+            ha.bootstrap().await?;
+        }
         let shares = self
             .seal
             .initialize(&self.barrier, req.secret_shares, req.secret_threshold)
@@ -258,12 +329,18 @@ impl Core {
                 id: uuid::Uuid::new_v4().to_string(),
             };
             self.view("").put_json(CLUSTER_INFO_KEY, &info).await?;
+            if self.ha.is_some() {
+                let tls = crate::raft::ClusterTls::generate().map_err(|e| {
+                    Error::internal(format!("generate the cluster TLS keyring: {e}"))
+                })?;
+                self.view("").put_json(ha::CLUSTER_TLS_KEY, &tls).await?;
+            }
             let unsealed = self.post_unseal().await?;
             let root = unsealed.tokens.create_root(None).await?;
             Ok::<_, Error>(root.id.clone())
         }
         .await;
-        self.pre_seal();
+        self.seal_internal().await;
         let root_token = outcome?;
 
         Ok(InitResponse {
@@ -278,8 +355,12 @@ impl Core {
     // --------------------------------------------------------- seal status
 
     pub async fn seal_status(&self) -> Result<SealStatus> {
-        let config = self.seal.config().await?;
+        let config = match self.seal.config().await? {
+            Some(c) => Some(c),
+            None => self.ha.as_ref().and_then(|ha| ha.pending_seal_config()),
+        };
         let unsealed = self.state.read().expect("state lock").clone();
+        let barrier_sealed = self.barrier.is_sealed();
         let keys = self.unseal_keys.lock().expect("unseal lock");
         let (progress, nonce) = if keys.progress() > 0 {
             (keys.progress(), keys.nonce.clone())
@@ -289,7 +370,7 @@ impl Core {
         Ok(SealStatus {
             kind: "shamir".into(),
             initialized: config.is_some(),
-            sealed: unsealed.is_none(),
+            sealed: barrier_sealed,
             t: config.as_ref().map_or(0, |c| c.secret_threshold),
             n: config.as_ref().map_or(0, |c| c.secret_shares),
             progress,
@@ -310,8 +391,12 @@ impl Core {
     /// One `sys/unseal` call: a key share, or `reset`.
     pub async fn unseal(self: &Arc<Self>, key: Option<&str>, reset: bool) -> Result<SealStatus> {
         let _guard = self.lifecycle.lock().await;
-        let Some(config) = self.seal.config().await? else {
-            return Err(Error::NotInitialized);
+        let (config, joining) = match self.seal.config().await? {
+            Some(config) => (config, false),
+            None => match self.ha.as_ref().and_then(|ha| ha.pending_seal_config()) {
+                Some(config) => (config, true),
+                None => return Err(Error::NotInitialized),
+            },
         };
         if reset {
             self.unseal_keys.lock().expect("unseal lock").reset();
@@ -341,15 +426,21 @@ impl Core {
         };
         let attempt = async {
             let unseal_key = keys::reconstruct(&collected, threshold)?;
-            let root_key = self.seal.recover_root_key(&unseal_key).await.map_err(|_| {
-                Error::invalid("the key shares did not reconstruct this server's unseal key (cipher: message authentication failed); unseal progress was reset, submit the correct keys again")
-            })?;
+            let root_key = match (&self.ha, joining) {
+                (Some(ha), true) => ha.complete_join(&unseal_key, self.cluster_routes()).await?,
+                _ => self.seal.recover_root_key(&unseal_key).await.map_err(|_| {
+                    Error::invalid("the key shares did not reconstruct this server's unseal key (cipher: message authentication failed); unseal progress was reset, submit the correct keys again")
+                })?,
+            };
             self.barrier.unseal(&root_key).await?;
-            self.post_unseal().await
+            match &self.ha {
+                Some(ha) => self.start_ha(ha).await,
+                None => self.post_unseal().await.map(|_| ()),
+            }
         }
         .await;
         if let Err(e) = attempt {
-            self.pre_seal();
+            self.seal_internal().await;
             tracing::warn!(error = %e, "unseal attempt failed");
             return Err(e);
         }
@@ -452,6 +543,7 @@ impl Core {
             cluster,
             active_time: Utc::now(),
             tidy,
+            autopilot: std::sync::Mutex::new(None),
         });
         *self.state.write().expect("state lock") = Some(unsealed.clone());
         metrics::gauge!("vault.core.unsealed").set(1.0);
@@ -467,8 +559,16 @@ impl Core {
     }
 
     /// Drops the unsealed services and the keys.
-    fn pre_seal(&self) {
+    /// Drops the unsealed services and the keys, and stops Raft (handing
+    /// leadership over first when this node leads).
+    async fn seal_internal(&self) {
+        if let Some(watcher) = self.watcher.lock().expect("watcher lock").take() {
+            watcher.abort();
+        }
         *self.state.write().expect("state lock") = None;
+        if let Some(ha) = &self.ha {
+            ha.stop().await;
+        }
         self.barrier.seal();
         self.unseal_keys.lock().expect("unseal lock").reset();
         metrics::gauge!("vault.core.unsealed").set(0.0);
@@ -478,7 +578,7 @@ impl Core {
     pub async fn seal(&self, token: Option<&str>) -> Result<()> {
         self.authorize_sudo(token, "sys/seal").await?;
         let _guard = self.lifecycle.lock().await;
-        self.pre_seal();
+        self.seal_internal().await;
         tracing::info!("vault is sealed");
         Ok(())
     }
@@ -487,7 +587,19 @@ impl Core {
     /// cluster has no standby to hand leadership to, so after the check there
     /// is nothing to do; with replicated Raft this transfers leadership.
     pub async fn step_down(&self, token: Option<&str>) -> Result<()> {
-        self.authorize_sudo(token, "sys/step-down").await
+        self.authorize_sudo(token, "sys/step-down").await?;
+        if let Some(node) = match &self.ha {
+            Some(ha) => ha.running().await,
+            None => None,
+        } {
+            if node.is_leader() {
+                node.transfer_leadership()
+                    .await
+                    .map_err(|e| Error::internal(format!("step down: {e}")))?;
+                tracing::info!("stepped down: leadership handed to another node");
+            }
+        }
+        Ok(())
     }
 
     /// Checks that `token` holds `sudo` (and update) on a root-protected path.
@@ -515,8 +627,8 @@ impl Core {
     }
 
     /// Seals on shutdown so key material leaves memory before exit.
-    pub fn shutdown(&self) {
-        self.pre_seal();
+    pub async fn shutdown(&self) {
+        self.seal_internal().await;
     }
 
     pub async fn rotate(&self) -> Result<crate::barrier::KeyStatus> {

@@ -141,6 +141,29 @@ impl Core {
                 Ok(injected(super::key_status_json(&self.key_status()?)))
             }
             "metrics" if op == Operation::Read => self.metrics_response(req),
+            "storage/raft/configuration" if op == Operation::Read => {
+                Ok(Response::data(self.raft_configuration().await?))
+            }
+            "storage/raft/remove-peer" if write => {
+                let id = str_field(req, "server_id")
+                    .ok_or_else(|| Error::invalid("server_id is required"))?;
+                self.raft_remove_peer(&id).await?;
+                Ok(Response::empty())
+            }
+            "storage/raft/autopilot/state" if op == Operation::Read => {
+                Ok(Response::data(self.autopilot_state().await?))
+            }
+            "storage/raft/autopilot/configuration" => match op {
+                Operation::Read => Ok(Response::data(
+                    serde_json::to_value(self.autopilot_config().await?)
+                        .map_err(|e| Error::internal(e.to_string()))?,
+                )),
+                Operation::Create | Operation::Update => {
+                    self.set_autopilot_config(&req.data).await?;
+                    Ok(Response::empty())
+                }
+                _ => Err(Error::UnsupportedOperation),
+            },
             "internal/ui/mounts" if op == Operation::Read => Ok(Response::data(
                 json!({ "secret": self.mounts_json(u, Table::Secret), "auth": self.mounts_json(u, Table::Auth) }),
             )),

@@ -17,7 +17,8 @@ use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::Router;
 use serde_json::{json, Map, Value};
 
-use crate::core::Core;
+use crate::core::ha::{ForwardedRequest, ForwardedResponse};
+use crate::core::{Core, Role};
 use crate::error::Error;
 use crate::logical::{Auth, Operation, Request, Response};
 
@@ -68,7 +69,8 @@ async fn entry(
     // client gets its answer, and the work still runs to completion instead
     // of being dropped at an arbitrary await point (which could leave a
     // mount or audit table half-changed).
-    let task = tokio::spawn(async move { serve(&state, remote, method, uri, headers, body).await });
+    let task =
+        tokio::spawn(async move { serve(&state, remote, method, uri, headers, body, false).await });
     match tokio::time::timeout(limit, task).await {
         Ok(Ok(resp)) => resp,
         Ok(Err(join)) => {
@@ -88,6 +90,7 @@ async fn serve(
     uri: Uri,
     headers: HeaderMap,
     body: Body,
+    forwarded: bool,
 ) -> HttpResponse {
     let Some(raw_path) = uri.path().strip_prefix("/v1/") else {
         return error_response(&Error::UnsupportedPath(
@@ -111,6 +114,18 @@ async fn serve(
             };
         }
     };
+
+    // A standby answers only the node-local paths; the active node serves
+    // the rest. A request already forwarded is never forwarded again.
+    if !sys_raw::served_locally(&path) && !unauthenticated_metrics(state, &path) {
+        match (state.core.role(), forwarded) {
+            (Role::Standby, false) => {
+                return forward(state, remote, &method, &uri, &headers, &bytes).await
+            }
+            (Role::Standby, true) => return error_response(&Error::NoActiveNode),
+            _ => {}
+        }
+    }
 
     let token = headers
         .get("x-vault-token")
@@ -208,6 +223,140 @@ async fn serve(
         Ok(resp) => logical_response(&path, resp),
         Err(e) => error_response(&e),
     }
+}
+
+fn unauthenticated_metrics(state: &AppState, path: &str) -> bool {
+    state.settings.unauthenticated_metrics_access && path.trim_end_matches('/') == "sys/metrics"
+}
+
+fn b64() -> base64::engine::GeneralPurpose {
+    base64::engine::general_purpose::STANDARD
+}
+
+/// Headers that describe one hop, not the request.
+fn hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "host" | "content-length" | "connection" | "transfer-encoding" | "keep-alive" | "upgrade"
+    )
+}
+
+/// Relays a request to the active node over the cluster port.
+async fn forward(
+    state: &AppState,
+    remote: SocketAddr,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> HttpResponse {
+    use base64::Engine;
+    let Some(ha) = &state.core.ha else {
+        return error_response(&Error::NoActiveNode);
+    };
+    let request = ForwardedRequest {
+        method: method.as_str().to_string(),
+        uri: uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| uri.path().to_string()),
+        headers: headers
+            .iter()
+            .filter(|(name, _)| !hop_by_hop(name.as_str()))
+            .filter_map(|(name, value)| {
+                Some((name.as_str().to_string(), value.to_str().ok()?.to_string()))
+            })
+            .collect(),
+        body: b64().encode(body),
+        remote_addr: remote.to_string(),
+    };
+    match ha.forward(&request).await {
+        Ok(answer) => {
+            let mut response =
+                HttpResponse::new(Body::from(b64().decode(answer.body).unwrap_or_default()));
+            *response.status_mut() =
+                StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            for (name, value) in answer.headers {
+                if let (Ok(name), Ok(value)) = (
+                    header::HeaderName::from_bytes(name.as_bytes()),
+                    header::HeaderValue::from_str(&value),
+                ) {
+                    if !hop_by_hop(name.as_str()) {
+                        response.headers_mut().append(name, value);
+                    }
+                }
+            }
+            response
+        }
+        Err(e) => error_response(&e),
+    }
+}
+
+/// Routes the active node serves on the cluster port: requests relayed by
+/// standbys, handled exactly as if they had arrived on the API listener.
+pub fn cluster_routes(core: Arc<Core>) -> Router {
+    let settings = ListenerSettings {
+        max_request_size: 64 << 20,
+        ..ListenerSettings::default()
+    };
+    Router::new()
+        .route("/v1/cluster/forward", axum::routing::post(forwarded))
+        .layer(axum::extract::DefaultBodyLimit::max(128 << 20))
+        .with_state(AppState {
+            core,
+            settings: Arc::new(settings),
+        })
+}
+
+async fn forwarded(
+    State(state): State<AppState>,
+    axum::Json(request): axum::Json<ForwardedRequest>,
+) -> HttpResponse {
+    use base64::Engine;
+    let bad = |what: &str| {
+        error_response(&Error::invalid(format!(
+            "malformed forwarded request: {what}"
+        )))
+    };
+    let Ok(method) = Method::from_bytes(request.method.as_bytes()) else {
+        return bad("method");
+    };
+    let Ok(uri) = request.uri.parse::<Uri>() else {
+        return bad("uri");
+    };
+    let Ok(body) = b64().decode(&request.body) else {
+        return bad("body");
+    };
+    let remote = request
+        .remote_addr
+        .parse()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let mut headers = HeaderMap::new();
+    for (name, value) in &request.headers {
+        if let (Ok(name), Ok(value)) = (
+            header::HeaderName::from_bytes(name.as_bytes()),
+            header::HeaderValue::from_str(value),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    let response = serve(&state, remote, method, uri, headers, Body::from(body), true).await;
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let answer = ForwardedResponse {
+        status: parts.status.as_u16(),
+        headers: parts
+            .headers
+            .iter()
+            .filter_map(|(name, value)| {
+                Some((name.as_str().to_string(), value.to_str().ok()?.to_string()))
+            })
+            .collect(),
+        body: b64().encode(&bytes),
+    };
+    axum::Json(answer).into_response()
 }
 
 fn ensure_trailing_slash(path: &str, operation: Operation) -> String {

@@ -106,12 +106,77 @@ pub(super) async fn handle(
             },
             _ => error_response(&Error::UnsupportedOperation),
         },
+        "sys/storage/raft/bootstrap/challenge" if write => match str_field("server_id") {
+            Some(id) => result(core.raft_challenge(&id).await),
+            None => error_response(&Error::invalid("server_id is required")),
+        },
+        "sys/storage/raft/bootstrap/answer" if write => {
+            let joiner = crate::raft::ClusterNode {
+                name: str_field("server_id").unwrap_or_default(),
+                api_addr: str_field("api_addr").unwrap_or_default(),
+                cluster_addr: str_field("cluster_addr").unwrap_or_default(),
+            };
+            match str_field("answer") {
+                Some(answer) if !joiner.name.is_empty() => result(core.raft_answer(joiner, &answer).await),
+                _ => error_response(&Error::invalid("server_id and answer are required")),
+            }
+        }
+        "sys/storage/raft/join" if write => join(state, body).await,
         "sys/rekey/backup" | "sys/rekey/recovery-key-backup" => {
             error_response(&Error::invalid("rekey backups are only made for PGP-encrypted shares, which this build does not support"))
         }
         _ => return None,
     };
     Some(resp)
+}
+
+/// Paths a standby answers itself; everything else goes to the active node.
+pub(super) fn served_locally(path: &str) -> bool {
+    matches!(
+        path.trim_end_matches('/'),
+        "sys/health"
+            | "sys/seal-status"
+            | "sys/init"
+            | "sys/unseal"
+            | "sys/leader"
+            | "sys/storage/raft/join"
+    )
+}
+
+/// `sys/storage/raft/join`: runs on the joining node.
+async fn join(state: &AppState, body: &Map<String, Value>) -> HttpResponse {
+    let text = |k: &str| {
+        body.get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    let Some(leader_api_addr) = text("leader_api_addr") else {
+        return error_response(&Error::invalid(
+            "leader_api_addr is required (auto_join is not supported by this build)",
+        ));
+    };
+    let target = crate::core::ha::JoinTarget {
+        leader_api_addr,
+        ca_cert_pem: text("leader_ca_cert"),
+        client_cert_pem: text("leader_client_cert"),
+        client_key_pem: text("leader_client_key").map(zeroize::Zeroizing::new),
+        tls_server_name: text("leader_tls_servername"),
+        non_voter: body
+            .get("non_voter")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+    };
+    let retry = body.get("retry").and_then(Value::as_bool).unwrap_or(false);
+    match state.core.raft_join(&target).await {
+        Ok(()) => raw_json(StatusCode::OK, &json!({ "joined": true })),
+        Err(e) if retry => {
+            tracing::info!(error = %e, "join will be retried in the background");
+            tokio::spawn(state.core.clone().retry_join(vec![target]));
+            raw_json(StatusCode::OK, &json!({ "joined": true }))
+        }
+        Err(e) => error_response(&e),
+    }
 }
 
 fn result<T: serde::Serialize>(r: Result<T, Error>) -> HttpResponse {
@@ -162,7 +227,7 @@ async fn health(state: &AppState, query: &BTreeMap<String, String>, head: bool) 
         Err(e) => return error_response(&e),
     };
     let sealed = core.is_sealed();
-    let standby = false;
+    let standby = core.role() == crate::core::Role::Standby;
     let status = (|| -> Result<u16, Error> {
         Ok(if !initialized {
             code("uninitcode", 501)?
@@ -204,21 +269,41 @@ async fn health(state: &AppState, query: &BTreeMap<String, String>, head: bool) 
 
 async fn leader(state: &AppState) -> HttpResponse {
     let core = &state.core;
-    let unsealed = match core.unsealed() {
-        Ok(u) => u,
-        Err(e) => return error_response(&e),
+    if core.is_sealed() {
+        return error_response(&Error::Sealed);
+    }
+    let never = "0001-01-01T00:00:00Z".to_string();
+    let body = match core.leader_info().await {
+        Some((is_self, leader, committed, applied)) => {
+            let active_time = match core.unsealed() {
+                Ok(u) if is_self => u
+                    .active_time
+                    .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+                _ => never,
+            };
+            json!({
+                "ha_enabled": true,
+                "is_self": is_self,
+                "active_time": active_time,
+                "leader_address": leader.as_ref().map(|l| l.api_addr.clone()).unwrap_or_default(),
+                "leader_cluster_address": leader.as_ref().map(|l| format!("https://{}", l.cluster_addr)).unwrap_or_default(),
+                "performance_standby": false,
+                "performance_standby_last_remote_wal": 0,
+                "raft_committed_index": committed.unwrap_or(0),
+                "raft_applied_index": applied.unwrap_or(0),
+            })
+        }
+        None => json!({
+            "ha_enabled": core.config.ha_enabled,
+            "is_self": false,
+            "active_time": never,
+            "leader_address": "",
+            "leader_cluster_address": "",
+            "performance_standby": false,
+            "performance_standby_last_remote_wal": 0,
+            "raft_committed_index": 0,
+            "raft_applied_index": 0,
+        }),
     };
-    let ha = core.config.ha_enabled;
-    let body = json!({
-        "ha_enabled": ha,
-        "is_self": ha,
-        "active_time": if ha { unsealed.active_time.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true) } else { "0001-01-01T00:00:00Z".to_string() },
-        "leader_address": if ha { core.config.api_addr.clone().unwrap_or_default() } else { String::new() },
-        "leader_cluster_address": if ha { core.config.cluster_addr.clone().unwrap_or_default() } else { String::new() },
-        "performance_standby": false,
-        "performance_standby_last_remote_wal": 0,
-        "raft_committed_index": 0,
-        "raft_applied_index": 0,
-    });
     raw_json(StatusCode::OK, &body)
 }

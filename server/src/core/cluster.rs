@@ -1,0 +1,468 @@
+//! The core's side of high availability: starting Raft once unsealed,
+//! following Raft leadership (active <-> standby), the active node's half of
+//! the join handshake, `sys/storage/raft/*`, and autopilot.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::ha::{
+    AnswerResponse, ChallengeResponse, Ha, JoinTarget, AUTOPILOT_KEY, CLUSTER_TLS_KEY,
+};
+use super::{Core, Role};
+use crate::error::{Error, Result};
+use crate::raft::{ClusterNode, ClusterTls};
+
+/// How often the leadership watcher looks at Raft when nothing changed.
+const WATCH_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Vault's autopilot configuration (`sys/storage/raft/autopilot/configuration`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AutopilotConfig {
+    pub cleanup_dead_servers: bool,
+    #[serde(with = "go_duration")]
+    pub last_contact_threshold: Duration,
+    #[serde(with = "go_duration")]
+    pub dead_server_last_contact_threshold: Duration,
+    pub max_trailing_logs: u64,
+    pub min_quorum: u64,
+    #[serde(with = "go_duration")]
+    pub server_stabilization_time: Duration,
+    pub disable_upgrade_migration: bool,
+}
+
+impl Default for AutopilotConfig {
+    fn default() -> Self {
+        AutopilotConfig {
+            cleanup_dead_servers: false,
+            last_contact_threshold: Duration::from_secs(10),
+            dead_server_last_contact_threshold: Duration::from_secs(24 * 3600),
+            max_trailing_logs: 1000,
+            min_quorum: 0,
+            server_stabilization_time: Duration::from_secs(10),
+            disable_upgrade_migration: false,
+        }
+    }
+}
+
+/// Durations as Go prints them ("10s", "24h0m0s"), read back with any Vault form.
+mod go_duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        let secs = d.as_secs();
+        let text = match (secs / 3600, secs % 3600 / 60, secs % 60) {
+            (0, 0, s) => format!("{s}s"),
+            (0, m, s) => format!("{m}m{s}s"),
+            (h, m, s) => format!("{h}h{m}m{s}s"),
+        };
+        s.serialize_str(&text)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(s) => Ok(Duration::from_secs(s)),
+            Raw::Text(t) => crate::logical::parse_duration(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl Core {
+    fn ha_or_invalid(&self) -> Result<&Arc<Ha>> {
+        self.ha
+            .as_ref()
+            .ok_or_else(|| Error::invalid("this server does not use raft storage"))
+    }
+
+    /// After the barrier is unsealed on an HA node: start Raft and the
+    /// cluster listener, then follow leadership.
+    pub(super) async fn start_ha(self: &Arc<Self>, ha: &Arc<Ha>) -> Result<()> {
+        let tls: ClusterTls = self
+            .view("")
+            .get_json(CLUSTER_TLS_KEY)
+            .await?
+            .ok_or_else(|| {
+                Error::internal(
+                    "the cluster TLS keyring (core/cluster/tls) is missing from storage",
+                )
+            })?;
+        ha.serve(&tls, self.cluster_routes()).await?;
+        let core = Arc::downgrade(self);
+        let watcher = tokio::spawn(async move {
+            loop {
+                let Some(core) = core.upgrade() else { return };
+                if core.is_sealed() {
+                    return;
+                }
+                core.follow_leadership().await;
+                let raft = match &core.ha {
+                    Some(ha) => ha.running().await,
+                    None => None,
+                };
+                drop(core);
+                match raft {
+                    Some(node) => {
+                        let mut metrics = node.raft().metrics();
+                        let _ = tokio::time::timeout(WATCH_INTERVAL, metrics.changed()).await;
+                    }
+                    None => tokio::time::sleep(WATCH_INTERVAL).await,
+                }
+            }
+        });
+        if let Some(old) = self.watcher.lock().expect("watcher lock").replace(watcher) {
+            old.abort();
+        }
+        Ok(())
+    }
+
+    /// One step of the leadership watcher.
+    async fn follow_leadership(self: &Arc<Self>) {
+        let Some(ha) = self.ha.clone() else { return };
+        let leader = ha.is_leader().await;
+        match (leader, self.role()) {
+            (true, Role::Standby) => {
+                if let Err(e) = self.become_active(&ha).await {
+                    tracing::error!(error = %e, "could not take over as the active node; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+            (false, Role::Active) => {
+                *self.state.write().expect("state lock") = None;
+                tracing::info!("lost Raft leadership: now a standby");
+            }
+            _ => {}
+        }
+    }
+
+    async fn become_active(self: &Arc<Self>, ha: &Arc<Ha>) -> Result<()> {
+        let _guard = self.lifecycle.lock().await;
+        if self.is_sealed() || self.role() == Role::Active {
+            return Ok(());
+        }
+        let node = ha.running().await.ok_or(Error::NoActiveNode)?;
+        // Serve only once everything committed before this term is applied here.
+        tokio::time::timeout(Duration::from_secs(30), node.raft().ensure_linearizable())
+            .await
+            .map_err(|_| {
+                Error::internal("timed out catching up with the log before becoming active")
+            })?
+            .map_err(|e| Error::internal(format!("not the leader any more: {e}")))?;
+        self.barrier.reload_keyring().await?;
+        let unsealed = self.post_unseal().await?;
+        let autopilot = tokio::spawn(autopilot_loop(
+            Arc::downgrade(self),
+            ha.settings.autopilot_reconcile_interval,
+        ));
+        *unsealed.autopilot.lock().expect("autopilot lock") = Some(autopilot);
+        tracing::info!("this node is now the active node");
+        Ok(())
+    }
+
+    // ------------------------------------------------------------- joining
+
+    /// `sys/storage/raft/bootstrap/challenge` (on the active node).
+    pub async fn raft_challenge(&self, server_id: &str) -> Result<ChallengeResponse> {
+        let ha = self.ha_or_invalid()?;
+        self.unsealed()?;
+        let seal_config = self.seal.config().await?.ok_or(Error::NotInitialized)?;
+        ha.issue_challenge(&self.barrier, server_id, seal_config)
+            .await
+    }
+
+    /// `sys/storage/raft/bootstrap/answer` (on the active node).
+    pub async fn raft_answer(&self, joiner: ClusterNode, answer: &str) -> Result<AnswerResponse> {
+        let ha = self.ha_or_invalid()?;
+        self.unsealed()?;
+        let tls: ClusterTls = self
+            .view("")
+            .get_json(CLUSTER_TLS_KEY)
+            .await?
+            .ok_or_else(|| Error::internal("the cluster TLS keyring is missing"))?;
+        ha.admit(&self.barrier, &tls, joiner, answer).await
+    }
+
+    /// `sys/storage/raft/join` and `retry_join`: fetch a challenge from the
+    /// target; the node joins when an operator unseals it.
+    pub async fn raft_join(&self, target: &JoinTarget) -> Result<()> {
+        let ha = self.ha_or_invalid()?;
+        if self.seal.config().await?.is_some() {
+            return Err(Error::invalid("this node already holds an initialised cluster's data; remove its data directory to join another cluster"));
+        }
+        ha.request_challenge(target).await?;
+        tracing::info!(leader = %target.leader_api_addr, "join challenge received: unseal this node with the cluster's keys to join");
+        Ok(())
+    }
+
+    /// Runs `retry_join` until a challenge is in hand (or the node turns out
+    /// to be initialised already). Each round tries every target.
+    pub async fn retry_join(self: Arc<Self>, targets: Vec<JoinTarget>) {
+        if targets.is_empty() {
+            return;
+        }
+        loop {
+            match self.seal.config().await {
+                Ok(Some(_)) => return,
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "retry_join: reading local state failed"),
+            }
+            if self.ha.as_ref().is_some_and(|ha| ha.has_pending_join()) {
+                return;
+            }
+            for target in &targets {
+                match self.raft_join(target).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::info!(leader = %target.leader_api_addr, error = %e, "retry_join: will retry")
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+
+    // -------------------------------------------------- sys/storage/raft/*
+
+    pub(super) async fn raft_configuration(&self) -> Result<Value> {
+        let ha = self.ha_or_invalid()?;
+        let node = ha.running().await.ok_or(Error::NoActiveNode)?;
+        let leader = node.leader().map(|l| l.name);
+        let servers: Vec<Value> = node
+            .membership()
+            .into_iter()
+            .map(|(member, voter)| {
+                json!({
+                    "node_id": member.name,
+                    "address": member.cluster_addr,
+                    "leader": leader.as_deref() == Some(member.name.as_str()),
+                    "voter": voter,
+                    "protocol_version": "3",
+                })
+            })
+            .collect();
+        let status = node.status().await;
+        Ok(
+            json!({ "config": { "index": status.committed_index.unwrap_or(0), "servers": servers } }),
+        )
+    }
+
+    pub(super) async fn raft_remove_peer(&self, server_id: &str) -> Result<()> {
+        let ha = self.ha_or_invalid()?;
+        let node = ha.running().await.ok_or(Error::NoActiveNode)?;
+        if server_id == ha.settings.node_name {
+            return Err(Error::invalid(
+                "cannot remove the active node; step it down first",
+            ));
+        }
+        node.remove(server_id)
+            .await
+            .map_err(|e| Error::invalid(format!("remove peer {server_id:?}: {e}")))?;
+        tracing::info!(node = server_id, "peer removed from the cluster");
+        Ok(())
+    }
+
+    pub(super) async fn autopilot_config(&self) -> Result<AutopilotConfig> {
+        Ok(self
+            .view("")
+            .get_json(AUTOPILOT_KEY)
+            .await?
+            .unwrap_or_default())
+    }
+
+    pub(super) async fn set_autopilot_config(
+        &self,
+        data: &serde_json::Map<String, Value>,
+    ) -> Result<AutopilotConfig> {
+        let mut current = serde_json::to_value(self.autopilot_config().await?)
+            .map_err(|e| Error::internal(e.to_string()))?;
+        for (k, v) in data {
+            if current.get(k).is_none() {
+                return Err(Error::invalid(format!("unknown autopilot setting {k:?}")));
+            }
+            current[k] = v.clone();
+        }
+        let config: AutopilotConfig = serde_json::from_value(current)
+            .map_err(|e| Error::invalid(format!("invalid autopilot configuration: {e}")))?;
+        if config.dead_server_last_contact_threshold < Duration::from_secs(60) {
+            return Err(Error::invalid(
+                "dead_server_last_contact_threshold must be at least 1m",
+            ));
+        }
+        if config.cleanup_dead_servers && config.min_quorum < 3 {
+            return Err(Error::invalid(
+                "cleanup_dead_servers needs min_quorum of at least 3",
+            ));
+        }
+        self.view("").put_json(AUTOPILOT_KEY, &config).await?;
+        Ok(config)
+    }
+
+    /// `sys/storage/raft/autopilot/state`.
+    pub(super) async fn autopilot_state(&self) -> Result<Value> {
+        let ha = self.ha_or_invalid()?;
+        let node = ha.running().await.ok_or(Error::NoActiveNode)?;
+        let config = self.autopilot_config().await?;
+        let status = node.status().await;
+        let membership = node.membership();
+        let last_index = status.last_log_index.unwrap_or(0);
+        let mut servers = serde_json::Map::new();
+        let (mut voters, mut non_voters, mut healthy_voters) = (Vec::new(), Vec::new(), 0u64);
+        for (member, voter) in &membership {
+            let is_leader = status.leader.as_deref() == Some(member.name.as_str());
+            let follower = status.followers.iter().find(|f| f.name == member.name);
+            let (last_contact, matched) = match (is_leader, follower) {
+                (true, _) => (Some(Duration::ZERO), status.last_log_index),
+                (false, Some(f)) => (f.last_contact, f.matched_index),
+                (false, None) => (None, None),
+            };
+            let healthy = last_contact.is_some_and(|c| c <= config.last_contact_threshold)
+                && last_index.saturating_sub(matched.unwrap_or(0)) <= config.max_trailing_logs;
+            if *voter {
+                voters.push(member.name.clone());
+                if healthy {
+                    healthy_voters += 1;
+                }
+            } else {
+                non_voters.push(member.name.clone());
+            }
+            servers.insert(
+                member.name.clone(),
+                json!({
+                    "id": member.name,
+                    "name": member.name,
+                    "address": member.cluster_addr,
+                    "node_status": if healthy { "alive" } else { "left" },
+                    "last_contact": last_contact.map(|c| format!("{}ms", c.as_millis())).unwrap_or_else(|| "unknown".into()),
+                    "last_term": status.term,
+                    "last_index": matched.unwrap_or(0),
+                    "healthy": healthy,
+                    "stable_since": "",
+                    "status": if is_leader { "leader" } else if *voter { "voter" } else { "non-voter" },
+                    "version": crate::VERSION,
+                    "node_type": "voter",
+                }),
+            );
+        }
+        let quorum = voters.len() as u64 / 2 + 1;
+        let failure_tolerance = healthy_voters.saturating_sub(quorum);
+        Ok(json!({
+            "healthy": healthy_voters >= quorum && healthy_voters == voters.len() as u64,
+            "failure_tolerance": failure_tolerance,
+            "optimistic_failure_tolerance": (voters.len() as u64).saturating_sub(quorum),
+            "leader": status.leader.unwrap_or_default(),
+            "voters": voters,
+            "non_voters": non_voters,
+            "servers": servers,
+        }))
+    }
+
+    /// Leader info for `sys/leader` and `sys/health`.
+    pub async fn leader_info(
+        &self,
+    ) -> Option<(bool, Option<ClusterNode>, Option<u64>, Option<u64>)> {
+        let ha = self.ha.as_ref()?;
+        let node = ha.running().await?;
+        let status = node.status().await;
+        Some((
+            node.is_leader(),
+            node.leader(),
+            status.committed_index,
+            status.applied_index,
+        ))
+    }
+}
+
+/// Autopilot, on the active node: promote non-voters that have kept up for
+/// `server_stabilization_time`; with `cleanup_dead_servers`, remove voters
+/// silent for `dead_server_last_contact_threshold`, never below `min_quorum`.
+async fn autopilot_loop(core: std::sync::Weak<Core>, interval: Duration) {
+    let mut stable_since: HashMap<String, Instant> = HashMap::new();
+    let interval = interval.max(Duration::from_millis(200));
+    loop {
+        tokio::time::sleep(interval).await;
+        let Some(core) = core.upgrade() else { return };
+        if let Err(e) = autopilot_round(&core, &mut stable_since).await {
+            tracing::warn!(error = %e, "autopilot round failed");
+        }
+    }
+}
+
+async fn autopilot_round(core: &Core, stable_since: &mut HashMap<String, Instant>) -> Result<()> {
+    let Some(ha) = &core.ha else { return Ok(()) };
+    let Some(node) = ha.running().await else {
+        return Ok(());
+    };
+    if !node.is_leader() {
+        return Ok(());
+    }
+    let config = core.autopilot_config().await?;
+    let status = node.status().await;
+    let last_index = status.last_log_index.unwrap_or(0);
+    let membership = node.membership();
+    for (member, voter) in &membership {
+        let Some(follower) = status.followers.iter().find(|f| f.name == member.name) else {
+            continue;
+        };
+        let caught_up = follower
+            .last_contact
+            .is_some_and(|c| c <= config.last_contact_threshold)
+            && last_index.saturating_sub(follower.matched_index.unwrap_or(0))
+                <= config.max_trailing_logs;
+        if !voter {
+            if !caught_up {
+                stable_since.remove(&member.name);
+                continue;
+            }
+            let since = *stable_since
+                .entry(member.name.clone())
+                .or_insert_with(Instant::now);
+            if since.elapsed() >= config.server_stabilization_time {
+                node.promote(&member.name)
+                    .await
+                    .map_err(|e| Error::internal(format!("promote {}: {e}", member.name)))?;
+                stable_since.remove(&member.name);
+                tracing::info!(node = %member.name, "autopilot: promoted to voter");
+            }
+        } else if config.cleanup_dead_servers {
+            // Silence is measured from when this leader first saw it, so a
+            // follower a new leader has not heard from yet is not "dead".
+            let key = format!("dead:{}", member.name);
+            let silent_for = match follower.last_contact {
+                Some(c) if c < config.last_contact_threshold => {
+                    stable_since.remove(&key);
+                    Duration::ZERO
+                }
+                Some(c) => c.max(
+                    stable_since
+                        .entry(key.clone())
+                        .or_insert_with(Instant::now)
+                        .elapsed(),
+                ),
+                None => stable_since
+                    .entry(key.clone())
+                    .or_insert_with(Instant::now)
+                    .elapsed(),
+            };
+            let voters = membership.iter().filter(|(_, v)| *v).count() as u64;
+            if silent_for >= config.dead_server_last_contact_threshold
+                && voters > config.min_quorum.max(1)
+            {
+                stable_since.remove(&key);
+                node.remove(&member.name).await.map_err(|e| {
+                    Error::internal(format!("remove dead server {}: {e}", member.name))
+                })?;
+                tracing::warn!(node = %member.name, "autopilot: removed a dead server");
+            }
+        }
+    }
+    Ok(())
+}

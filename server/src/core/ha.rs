@@ -1,0 +1,643 @@
+//! High availability over replicated Raft, shaped like Vault's integrated
+//! storage:
+//!
+//! - Raft runs only while the node is unsealed: the cluster TLS keyring lives
+//!   behind the barrier (`core/cluster/tls`), so a process without the unseal
+//!   keys can neither join, vote, nor receive replicated data.
+//! - The Raft leader is the active node; every other unsealed node is a
+//!   standby that forwards client requests to it over the cluster port.
+//! - Reads come from the local state machine; writes go through Raft and are
+//!   acknowledged once committed on a quorum and applied here ([`HaBackend`]).
+//! - Joining (`retry_join`, `sys/storage/raft/join`): the joiner fetches a
+//!   challenge from the active node — a nonce sealed under the cluster's
+//!   keyring, plus the ciphertexts needed to open that keyring. Only an
+//!   operator holding the unseal shares can open it; the answer admits the
+//!   node as a non-voter, and autopilot promotes it once it has caught up.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Result};
+use crate::physical::sled_store::SledStore;
+use crate::physical::{Backend, StorageError, TxnOp};
+use crate::raft::{ClusterNode, ClusterTls, RaftNode, RaftNodeConfig, RaftStatus};
+
+/// Barrier path of the cluster TLS keyring.
+pub const CLUSTER_TLS_KEY: &str = "core/cluster/tls";
+/// Barrier path of the autopilot configuration.
+pub const AUTOPILOT_KEY: &str = "core/raft/autopilot";
+/// The "path" a join challenge is sealed at (never stored).
+const CHALLENGE_PATH: &str = "core/raft/challenge";
+/// The "path" the cluster TLS keyring is sealed at for a joiner (never stored).
+const TLS_TRANSFER_PATH: &str = "core/raft/tls-transfer";
+/// Physical entries a joiner needs to open the cluster's keyring with its shares.
+pub const KEY_MATERIAL: &[&str] = &[
+    "core/seal-config",
+    "core/hsm/barrier-unseal-keys",
+    "core/keyring",
+    "core/root-key",
+];
+/// How long an issued challenge may be answered.
+const CHALLENGE_TTL: Duration = Duration::from_secs(600);
+/// How long a forwarded request may take.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn b64() -> base64::engine::GeneralPurpose {
+    base64::engine::general_purpose::STANDARD
+}
+
+/// The `storage "raft"` settings the HA layer needs.
+#[derive(Debug, Clone)]
+pub struct HaSettings {
+    pub node_name: String,
+    /// `https://host:8200`.
+    pub api_addr: String,
+    /// `host:port` of the cluster listener.
+    pub cluster_addr: String,
+    pub performance_multiplier: u32,
+    pub snapshot_threshold: u64,
+    pub trailing_logs: u64,
+    pub max_entry_size: usize,
+    pub retry_join: Vec<JoinTarget>,
+    pub autopilot_reconcile_interval: Duration,
+}
+
+/// Where and how to reach a node of the cluster to join (a `retry_join`
+/// block, or the body of `sys/storage/raft/join`).
+#[derive(Debug, Clone, Default)]
+pub struct JoinTarget {
+    pub leader_api_addr: String,
+    pub ca_cert_pem: Option<String>,
+    pub client_cert_pem: Option<String>,
+    pub client_key_pem: Option<Zeroizing<String>>,
+    pub tls_server_name: Option<String>,
+    pub non_voter: bool,
+}
+
+/// The active node's answer to a join challenge request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChallengeResponse {
+    /// Nonce sealed under the cluster keyring (base64).
+    pub challenge: String,
+    /// Raw physical values of [`KEY_MATERIAL`] (base64), all ciphertext or
+    /// public configuration.
+    pub key_material: HashMap<String, String>,
+    pub seal_config: crate::seal::SealConfig,
+}
+
+/// The active node's answer to a correct join answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AnswerResponse {
+    /// The cluster TLS keyring sealed under the cluster keyring (base64).
+    pub tls: String,
+    pub peers: Vec<ClusterNode>,
+}
+
+/// A join waiting for the operator to unseal this node.
+pub struct PendingJoin {
+    pub target: JoinTarget,
+    pub challenge: ChallengeResponse,
+}
+
+/// A client request relayed from a standby to the active node.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ForwardedRequest {
+    pub method: String,
+    /// Path and query, e.g. `/v1/secret/data/app?version=2`.
+    pub uri: String,
+    pub headers: Vec<(String, String)>,
+    /// base64.
+    pub body: String,
+    pub remote_addr: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ForwardedResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    /// base64.
+    pub body: String,
+}
+
+struct IssuedChallenge {
+    nonce: Zeroizing<Vec<u8>>,
+    issued: Instant,
+}
+
+/// A node's part in the Raft cluster.
+pub struct Ha {
+    pub settings: HaSettings,
+    store: Arc<SledStore>,
+    node: tokio::sync::RwLock<Option<RaftNode>>,
+    forwarder: Mutex<Option<reqwest::Client>>,
+    /// The cluster listener is up (a joiner starts it before its barrier is unsealed).
+    serving: std::sync::atomic::AtomicBool,
+    pending: Mutex<Option<PendingJoin>>,
+    challenges: Mutex<HashMap<String, IssuedChallenge>>,
+}
+
+impl Ha {
+    pub fn new(settings: HaSettings, store: Arc<SledStore>) -> Arc<Ha> {
+        Arc::new(Ha {
+            settings,
+            store,
+            node: tokio::sync::RwLock::new(None),
+            forwarder: Mutex::new(None),
+            serving: std::sync::atomic::AtomicBool::new(false),
+            pending: Mutex::new(None),
+            challenges: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<SledStore> {
+        &self.store
+    }
+
+    /// The physical backend the core runs on in HA mode.
+    pub fn backend(self: &Arc<Self>) -> Arc<dyn Backend> {
+        Arc::new(HaBackend { ha: self.clone() })
+    }
+
+    fn raft_config(&self) -> RaftNodeConfig {
+        let mut config = RaftNodeConfig::new(
+            &self.settings.node_name,
+            &self.settings.api_addr,
+            &self.settings.cluster_addr,
+            self.store.clone(),
+        );
+        config.performance_multiplier = self.settings.performance_multiplier;
+        config.snapshot_threshold = self.settings.snapshot_threshold;
+        config.trailing_logs = self.settings.trailing_logs;
+        config.max_entry_size = self.settings.max_entry_size;
+        config
+    }
+
+    /// The running Raft node, started over the local store if needed.
+    pub async fn open(&self) -> Result<RaftNode> {
+        if let Some(node) = self.node.read().await.clone() {
+            return Ok(node);
+        }
+        let mut slot = self.node.write().await;
+        if let Some(node) = slot.clone() {
+            return Ok(node);
+        }
+        let node = RaftNode::open(self.raft_config())
+            .await
+            .map_err(|e| Error::internal(format!("start raft: {e}")))?;
+        *slot = Some(node.clone());
+        Ok(node)
+    }
+
+    pub async fn running(&self) -> Option<RaftNode> {
+        self.node.read().await.clone()
+    }
+
+    /// Makes this node a one-voter cluster (at `sys/init`).
+    pub async fn bootstrap(&self) -> Result<()> {
+        let node = self.open().await?;
+        node.bootstrap()
+            .await
+            .map_err(|e| Error::internal(format!("bootstrap raft: {e}")))?;
+        let _ = node.raft().trigger().elect().await;
+        Ok(())
+    }
+
+    /// Starts the cluster listener with `tls` (after unseal) and, for a
+    /// cluster of one, asks for leadership at once instead of waiting out an
+    /// election timeout.
+    pub async fn serve(&self, tls: &ClusterTls, routes: axum::Router) -> Result<RaftNode> {
+        use std::sync::atomic::Ordering;
+        let node = self.open().await?;
+        if self.serving.load(Ordering::SeqCst) {
+            return Ok(node);
+        }
+        node.serve_cluster(tls, routes)
+            .await
+            .map_err(|e| Error::internal(format!("start the cluster listener: {e}")))?;
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(
+                tls.client_config()
+                    .map_err(|e| Error::internal(format!("cluster TLS client: {e}")))?,
+            )
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| Error::internal(format!("build the forwarding client: {e}")))?;
+        *self.forwarder.lock().expect("forwarder lock") = Some(client);
+        self.serving.store(true, Ordering::SeqCst);
+        let voters: Vec<_> = node
+            .membership()
+            .into_iter()
+            .filter(|(_, voter)| *voter)
+            .collect();
+        if voters.len() == 1 && voters[0].0.name == self.settings.node_name {
+            let _ = node.raft().trigger().elect().await;
+        }
+        Ok(node)
+    }
+
+    /// Stops Raft (at seal or shutdown), handing leadership to an up-to-date
+    /// follower first when this node leads.
+    pub async fn stop(&self) {
+        let node = self.node.write().await.take();
+        *self.forwarder.lock().expect("forwarder lock") = None;
+        self.serving.store(false, std::sync::atomic::Ordering::SeqCst);
+        if let Some(node) = node {
+            if node.is_leader() && node.membership().iter().filter(|(_, voter)| *voter).count() > 1
+            {
+                if let Err(e) = node.transfer_leadership().await {
+                    tracing::warn!(error = %e, "could not hand leadership over before stopping; the cluster will elect after a timeout");
+                }
+            }
+            node.shutdown().await;
+        }
+    }
+
+    pub async fn is_leader(&self) -> bool {
+        match self.running().await {
+            Some(node) => node.is_leader(),
+            None => false,
+        }
+    }
+
+    pub async fn leader(&self) -> Option<ClusterNode> {
+        self.running().await.and_then(|n| n.leader())
+    }
+
+    pub async fn status(&self) -> Option<RaftStatus> {
+        match self.running().await {
+            Some(node) => Some(node.status().await),
+            None => None,
+        }
+    }
+
+    /// Relays a client request to the active node.
+    pub async fn forward(&self, request: &ForwardedRequest) -> Result<ForwardedResponse> {
+        let leader = self
+            .leader()
+            .await
+            .filter(|l| l.name != self.settings.node_name)
+            .ok_or(Error::NoActiveNode)?;
+        let client = self
+            .forwarder
+            .lock()
+            .expect("forwarder lock")
+            .clone()
+            .ok_or(Error::NoActiveNode)?;
+        let addr: SocketAddr = leader.cluster_addr.parse().map_err(|_| {
+            Error::internal(format!(
+                "active node's cluster address {:?} is not IP:PORT",
+                leader.cluster_addr
+            ))
+        })?;
+        let response = client
+            .post(format!("https://{addr}/v1/cluster/forward"))
+            .json(request)
+            .timeout(FORWARD_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| {
+                tracing::warn!(leader = %leader.name, error = %e, "request forwarding failed");
+                Error::NoActiveNode
+            })?;
+        if !response.status().is_success() {
+            tracing::warn!(leader = %leader.name, status = %response.status(), "the active node refused a forwarded request");
+            return Err(Error::NoActiveNode);
+        }
+        response
+            .json()
+            .await
+            .map_err(|e| Error::internal(format!("decode the forwarded response: {e}")))
+    }
+
+    // ---------------------------------------------------------- join: active
+
+    /// Issues a challenge for `server_id` (on the active node).
+    pub async fn issue_challenge(
+        &self,
+        barrier: &crate::barrier::Barrier,
+        server_id: &str,
+        seal_config: crate::seal::SealConfig,
+    ) -> Result<ChallengeResponse> {
+        use rand::RngCore;
+        if server_id.is_empty() {
+            return Err(Error::invalid("server_id is required"));
+        }
+        let mut nonce = Zeroizing::new(vec![0u8; 32]);
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let sealed = barrier.seal_value(CHALLENGE_PATH, &nonce)?;
+        let mut key_material = HashMap::new();
+        for key in KEY_MATERIAL {
+            if let Some(value) = self.store.get(key).await? {
+                key_material.insert(key.to_string(), b64().encode(value));
+            }
+        }
+        let mut challenges = self.challenges.lock().expect("challenges lock");
+        challenges.retain(|_, c| c.issued.elapsed() < CHALLENGE_TTL);
+        challenges.insert(
+            server_id.to_string(),
+            IssuedChallenge {
+                nonce,
+                issued: Instant::now(),
+            },
+        );
+        Ok(ChallengeResponse {
+            challenge: b64().encode(sealed),
+            key_material,
+            seal_config,
+        })
+    }
+
+    /// Checks a join answer and admits the node as a non-voter.
+    pub async fn admit(
+        &self,
+        barrier: &crate::barrier::Barrier,
+        tls: &ClusterTls,
+        joiner: ClusterNode,
+        answer: &str,
+    ) -> Result<AnswerResponse> {
+        let given = b64()
+            .decode(answer)
+            .map_err(|_| Error::invalid("answer must be base64"))?;
+        let expected = {
+            let mut challenges = self.challenges.lock().expect("challenges lock");
+            match challenges.remove(&joiner.name) {
+                Some(c) if c.issued.elapsed() < CHALLENGE_TTL => c.nonce,
+                _ => {
+                    return Err(Error::invalid(format!(
+                        "no outstanding challenge for {:?}; request a new one",
+                        joiner.name
+                    )))
+                }
+            }
+        };
+        let matches = given.len() == expected.len()
+            && given
+                .iter()
+                .zip(expected.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if !matches {
+            tracing::warn!(node = %joiner.name, "refused a join: wrong challenge answer (the joiner does not hold this cluster's keys)");
+            return Err(Error::PermissionDenied);
+        }
+        let node = self.running().await.ok_or(Error::NoActiveNode)?;
+        if joiner.cluster_addr.parse::<SocketAddr>().is_err() {
+            return Err(Error::invalid(format!(
+                "cluster address {:?} must be IP:PORT",
+                joiner.cluster_addr
+            )));
+        }
+        node.add_learner(joiner.clone())
+            .await
+            .map_err(|e| Error::internal(format!("add {} as a non-voter: {e}", joiner.name)))?;
+        tracing::info!(node = %joiner.name, address = %joiner.cluster_addr, "node joined as a non-voter");
+        let tls_json =
+            Zeroizing::new(serde_json::to_vec(tls).map_err(|e| Error::internal(e.to_string()))?);
+        let sealed = barrier.seal_value(TLS_TRANSFER_PATH, &tls_json)?;
+        Ok(AnswerResponse {
+            tls: b64().encode(sealed),
+            peers: node.membership().into_iter().map(|(n, _)| n).collect(),
+        })
+    }
+
+    // ---------------------------------------------------------- join: joiner
+
+    pub fn pending_seal_config(&self) -> Option<crate::seal::SealConfig> {
+        self.pending
+            .lock()
+            .expect("pending lock")
+            .as_ref()
+            .map(|p| p.challenge.seal_config.clone())
+    }
+
+    pub fn has_pending_join(&self) -> bool {
+        self.pending.lock().expect("pending lock").is_some()
+    }
+
+    /// Asks `target` for a challenge and keeps it until this node is unsealed.
+    pub async fn request_challenge(&self, target: &JoinTarget) -> Result<()> {
+        let challenge: ChallengeResponse = join_client(target)?
+            .post(format!(
+                "{}/v1/sys/storage/raft/bootstrap/challenge",
+                target.leader_api_addr.trim_end_matches('/')
+            ))
+            .json(&serde_json::json!({ "server_id": self.settings.node_name }))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| {
+                Error::invalid(format!(
+                    "ask {} for a join challenge: {e}",
+                    target.leader_api_addr
+                ))
+            })?
+            .error_for_status()
+            .map_err(|e| {
+                Error::invalid(format!(
+                    "{} refused a join challenge: {e}",
+                    target.leader_api_addr
+                ))
+            })?
+            .json()
+            .await
+            .map_err(|e| {
+                Error::invalid(format!(
+                    "decode the join challenge from {}: {e}",
+                    target.leader_api_addr
+                ))
+            })?;
+        *self.pending.lock().expect("pending lock") = Some(PendingJoin {
+            target: target.clone(),
+            challenge,
+        });
+        Ok(())
+    }
+
+    /// Finishes a pending join with the reconstructed unseal key: opens the
+    /// challenge, answers it, receives the cluster TLS keyring, starts Raft
+    /// and waits until the keyring has been replicated here.
+    pub async fn complete_join(
+        &self,
+        unseal_key: &[u8],
+        routes: axum::Router,
+    ) -> Result<crate::barrier::RootKey> {
+        let (target, challenge) = {
+            let pending = self.pending.lock().expect("pending lock");
+            let p = pending
+                .as_ref()
+                .ok_or_else(|| Error::invalid("no join in progress"))?;
+            (p.target.clone(), p.challenge.clone())
+        };
+        // A throw-away barrier over the cluster's key material proves the
+        // shares are this cluster's, and opens the challenge.
+        let scratch: Arc<dyn Backend> = Arc::new(crate::physical::inmem::InmemBackend::new());
+        for (key, value) in &challenge.key_material {
+            let bytes = b64()
+                .decode(value)
+                .map_err(|_| Error::invalid("malformed key material in the join challenge"))?;
+            scratch.put(key, bytes).await?;
+        }
+        let seal = crate::seal::ShamirSeal::new(scratch.clone());
+        let root = seal.recover_root_key(unseal_key).await.map_err(|_| {
+            Error::invalid("the key shares do not open this cluster's keys (cipher: message authentication failed); unseal progress was reset, submit this cluster's keys")
+        })?;
+        let barrier = crate::barrier::Barrier::new(scratch);
+        barrier.unseal(&root).await?;
+        let sealed = b64()
+            .decode(&challenge.challenge)
+            .map_err(|_| Error::invalid("malformed join challenge"))?;
+        let nonce = barrier.open_value(CHALLENGE_PATH, &sealed)?;
+
+        let answer: AnswerResponse = join_client(&target)?
+            .post(format!(
+                "{}/v1/sys/storage/raft/bootstrap/answer",
+                target.leader_api_addr.trim_end_matches('/')
+            ))
+            .json(&serde_json::json!({
+                "server_id": self.settings.node_name,
+                "answer": b64().encode(nonce.as_slice()),
+                "cluster_addr": self.settings.cluster_addr,
+                "api_addr": self.settings.api_addr,
+                "non_voter": target.non_voter,
+            }))
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(|e| {
+                Error::invalid(format!(
+                    "answer the join challenge at {}: {e}",
+                    target.leader_api_addr
+                ))
+            })?
+            .error_for_status()
+            .map_err(|e| {
+                Error::invalid(format!(
+                    "{} refused the join answer: {e}; the node will ask for a new challenge",
+                    target.leader_api_addr
+                ))
+            })?
+            .json()
+            .await
+            .map_err(|e| Error::invalid(format!("decode the join answer: {e}")))?;
+        let sealed_tls = b64()
+            .decode(&answer.tls)
+            .map_err(|_| Error::invalid("malformed cluster TLS in the join answer"))?;
+        let tls_json = barrier.open_value(TLS_TRANSFER_PATH, &sealed_tls)?;
+        let tls: ClusterTls = serde_json::from_slice(&tls_json)
+            .map_err(|e| Error::internal(format!("decode the cluster TLS keyring: {e}")))?;
+        self.serve(&tls, routes).await?;
+
+        // The keyring arrives with the first replication (log or snapshot).
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.store.get("core/keyring").await?.is_none() {
+            if Instant::now() > deadline {
+                return Err(Error::internal("joined, but the cluster's data has not been replicated here within 120s; check the cluster port between the nodes and unseal again"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        *self.pending.lock().expect("pending lock") = None;
+        Ok(root)
+    }
+}
+
+/// An HTTPS client for a join target's API, trusting its CA.
+fn join_client(target: &JoinTarget) -> Result<reqwest::Client> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    match &target.ca_cert_pem {
+        Some(pem) => {
+            for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                let cert =
+                    cert.map_err(|e| Error::invalid(format!("leader_ca_cert is not PEM: {e}")))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| Error::invalid(format!("leader_ca_cert: {e}")))?;
+            }
+        }
+        None => roots.extend(webpki_roots_fallback()),
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::internal(format!("TLS versions: {e}")))?
+        .with_root_certificates(roots);
+    let config = match (&target.client_cert_pem, &target.client_key_pem) {
+        (Some(cert), Some(key)) => {
+            let chain: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(cert.as_bytes())
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(|e| Error::invalid(format!("leader_client_cert is not PEM: {e}")))?;
+            let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
+                .map_err(|_| Error::invalid("leader_client_key is not a PEM private key"))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| Error::invalid(format!("leader client certificate: {e}")))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    let mut builder = reqwest::Client::builder()
+        .tls_backend_preconfigured(config)
+        .connect_timeout(Duration::from_secs(5));
+    if let Some(name) = &target.tls_server_name {
+        // Reach the address given, but check the certificate for this name.
+        if let Ok(url) = reqwest::Url::parse(&target.leader_api_addr) {
+            if let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) {
+                if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+                    builder = builder.resolve(name, SocketAddr::new(ip, port));
+                }
+            }
+        }
+    }
+    builder
+        .build()
+        .map_err(|e| Error::internal(format!("build the join client: {e}")))
+}
+
+/// No CA given: trust nothing extra (the system's roots are not loaded into
+/// a preconfigured rustls config); the operator must name the leader's CA.
+fn webpki_roots_fallback() -> Vec<rustls::pki_types::TrustAnchor<'static>> {
+    Vec::new()
+}
+
+/// Reads from the local state machine; writes through Raft.
+struct HaBackend {
+    ha: Arc<Ha>,
+}
+
+impl HaBackend {
+    async fn writer(&self) -> std::result::Result<Arc<dyn Backend>, StorageError> {
+        match self.ha.running().await {
+            Some(node) => Ok(node.backend()),
+            None => Err(StorageError::Io(
+                "this node's Raft is not running (the node is sealed); writes are refused".into(),
+            )),
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for HaBackend {
+    async fn get(&self, key: &str) -> std::result::Result<Option<Vec<u8>>, StorageError> {
+        self.ha.store.get(key).await
+    }
+    async fn put(&self, key: &str, value: Vec<u8>) -> std::result::Result<(), StorageError> {
+        self.writer().await?.put(key, value).await
+    }
+    async fn delete(&self, key: &str) -> std::result::Result<(), StorageError> {
+        self.writer().await?.delete(key).await
+    }
+    async fn list(&self, prefix: &str) -> std::result::Result<Vec<String>, StorageError> {
+        self.ha.store.list(prefix).await
+    }
+    async fn transaction(&self, ops: Vec<TxnOp>) -> std::result::Result<(), StorageError> {
+        self.writer().await?.transaction(ops).await
+    }
+}
