@@ -445,6 +445,20 @@ impl Core {
             return Err(e);
         }
         tracing::info!("vault is unsealed");
+        drop(_guard);
+        // A cluster of one elects itself at once: answer when it is active,
+        // so the node is usable as soon as unseal returns (as with Vault).
+        if let Some(ha) = &self.ha {
+            if let Some(node) = ha.running().await {
+                let voters: Vec<_> = node.membership().into_iter().filter(|(_, voter)| *voter).collect();
+                if voters.len() == 1 && voters[0].0.name == ha.settings.node_name {
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while self.role() == Role::Standby && Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+        }
         self.seal_status().await
     }
 
