@@ -503,6 +503,30 @@ vault-2      https://vault-2.internal:8200    https://vault-2.internal:8201    f
     assert_eq!(v["Voters"], json!(["vault_1", "vault_2", "vault_3"]));
     assert_eq!(v["NonVoters"], Value::Null);
 
+    // The typed library calls read the same answers.
+    let client = crate::client::Client::new(&crate::client::ClientConfig::new(&addr)).unwrap();
+    let config = client.raft_configuration().await.unwrap();
+    assert_eq!(config.servers.len(), 3);
+    assert_eq!(
+        config.servers[0],
+        crate::client::RaftServer {
+            node_id: "vault-1".into(),
+            address: "vault-1.internal:8201".into(),
+            leader: true,
+            voter: true,
+            protocol_version: "3".into(),
+        }
+    );
+    let ap = client.autopilot_configuration().await.unwrap().unwrap();
+    assert_eq!(
+        ap.dead_server_last_contact_threshold,
+        Duration::from_secs(86_400)
+    );
+    assert_eq!(ap.max_trailing_logs, 1000);
+    let ha = client.ha_status().await.unwrap();
+    assert_eq!(ha.nodes.len(), 2);
+    assert!(ha.nodes[0].active_node && ha.nodes[0].last_echo.is_none());
+
     // What went over the wire.
     let seen = seen.lock().unwrap().clone();
     let body_of = |method: &str, path: &str| -> Value {
