@@ -135,9 +135,169 @@ pub enum OperatorCmd {
     Rotate,
     /// Print the barrier key term.
     KeyStatus,
-    /// Any operator command this CLI does not implement yet (raft, members, ...).
+    /// Integrated (Raft) storage: peers, join, remove-peer, snapshots, autopilot.
+    #[command(subcommand)]
+    Raft(RaftCmd),
+    /// List the nodes of the HA cluster (sys/ha-status).
+    Members,
+    /// Any operator command this CLI does not implement yet.
     #[command(external_subcommand)]
     Other(Vec<String>),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RaftCmd {
+    /// Print the Raft peer set.
+    ListPeers(DrTokenArg),
+    /// Ask the server to join a Raft cluster through its leader's API address.
+    Join(RaftJoinCmd),
+    /// Remove a node from the Raft cluster.
+    RemovePeer(RaftRemovePeerCmd),
+    /// Save, restore and inspect Raft snapshots.
+    #[command(subcommand)]
+    Snapshot(RaftSnapshotCmd),
+    /// Read and change autopilot's configuration, print its view of the cluster.
+    #[command(subcommand)]
+    Autopilot(AutopilotCmd),
+}
+
+/// Vault Enterprise's DR operation token; parsed so its use gets a clear error.
+#[derive(Debug, Args)]
+pub struct DrTokenArg {
+    #[arg(long = "dr-token")]
+    pub dr_token: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RaftJoinCmd {
+    /// Keep retrying the join until it succeeds.
+    #[arg(long)]
+    pub retry: bool,
+    /// Join as a non-voter.
+    #[arg(long = "non-voter")]
+    pub non_voter: bool,
+    /// CA certificate (PEM) that signs the leader's certificate; `@file` reads a file.
+    #[arg(long = "leader-ca-cert")]
+    pub leader_ca_cert: Option<String>,
+    /// Client certificate (PEM) for the leader; `@file` reads a file.
+    #[arg(long = "leader-client-cert")]
+    pub leader_client_cert: Option<String>,
+    /// Client key (PEM) for the leader; `@file` reads a file.
+    #[arg(long = "leader-client-key")]
+    pub leader_client_key: Option<String>,
+    /// Name to check the leader's certificate against.
+    #[arg(long = "leader-tls-servername")]
+    pub leader_tls_servername: Option<String>,
+    /// Cloud auto-join only (not supported by keyhold).
+    #[arg(long = "auto-join-scheme")]
+    pub auto_join_scheme: Option<String>,
+    /// Cloud auto-join only (not supported by keyhold).
+    #[arg(long = "auto-join-port")]
+    pub auto_join_port: Option<u16>,
+    /// The leader's API address, e.g. https://vault-1.internal:8200.
+    #[arg(value_name = "LEADER_API_ADDR")]
+    pub leader: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RaftRemovePeerCmd {
+    #[arg(long = "dr-token")]
+    pub dr_token: Option<String>,
+    /// The node id, as `list-peers` shows it.
+    #[arg(value_name = "SERVER_ID")]
+    pub server_id: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RaftSnapshotCmd {
+    /// Save a snapshot of the cluster to FILE (written atomically, mode 0600).
+    Save {
+        #[arg(value_name = "FILE")]
+        file: String,
+    },
+    /// Restore the cluster from the snapshot in FILE.
+    Restore(RaftSnapshotRestoreCmd),
+    /// Check a snapshot file offline and print its metadata and key usage.
+    Inspect(RaftSnapshotInspectCmd),
+}
+
+#[derive(Debug, Args)]
+pub struct RaftSnapshotRestoreCmd {
+    /// Restore even if the snapshot's sealed checksums do not open with this cluster's seal.
+    #[arg(long)]
+    pub force: bool,
+    /// Seed an empty data directory without a running server (not in this build).
+    #[arg(long)]
+    pub offline: bool,
+    #[arg(value_name = "FILE")]
+    pub file: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RaftSnapshotInspectCmd {
+    /// Break the keys of the snapshot down by prefix (default true).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          value_parser = go_bool)]
+    pub details: Option<bool>,
+    /// Key prefix depth of the breakdown; 0 for whole keys.
+    #[arg(long, default_value_t = 2, allow_negative_numbers = true)]
+    pub depth: i64,
+    /// Only keys with this prefix.
+    #[arg(long)]
+    pub filter: Option<String>,
+    #[arg(value_name = "FILE")]
+    pub file: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AutopilotCmd {
+    /// Print autopilot's configuration.
+    GetConfig(DrTokenArg),
+    /// Change autopilot's configuration. Flags may also be written without their dash
+    /// (`min-quorum=3`), as some published runbooks do.
+    SetConfig(AutopilotSetConfigCmd),
+    /// Print the cluster's health as autopilot sees it.
+    State(DrTokenArg),
+}
+
+#[derive(Debug, Args)]
+pub struct AutopilotSetConfigCmd {
+    /// Remove dead servers from the peer set (never below -min-quorum).
+    #[arg(long = "cleanup-dead-servers", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = go_bool)]
+    pub cleanup_dead_servers: Option<bool>,
+    /// How long a server may go without contact from the leader and stay healthy.
+    #[arg(long = "last-contact-threshold", value_parser = go_duration)]
+    pub last_contact_threshold: Option<std::time::Duration>,
+    /// How long a server may go without contact before it counts as dead.
+    #[arg(long = "dead-server-last-contact-threshold", value_parser = go_duration)]
+    pub dead_server_last_contact_threshold: Option<std::time::Duration>,
+    /// How many log entries a server may trail the leader by and stay healthy.
+    #[arg(long = "max-trailing-logs")]
+    pub max_trailing_logs: Option<u64>,
+    /// Fewest voters dead-server cleanup may leave.
+    #[arg(long = "min-quorum")]
+    pub min_quorum: Option<u64>,
+    /// How long a new server must be healthy before it is promoted to voter.
+    #[arg(long = "server-stabilization-time", value_parser = go_duration)]
+    pub server_stabilization_time: Option<std::time::Duration>,
+    /// Turn off automated upgrade migrations.
+    #[arg(long = "disable-upgrade-migration", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = go_bool)]
+    pub disable_upgrade_migration: Option<bool>,
+    #[arg(long = "dr-token")]
+    pub dr_token: Option<String>,
+}
+
+/// A boolean as Go's `flag` package reads one (`1`, `t`, `TRUE`, `false`...).
+fn go_bool(s: &str) -> Result<bool, String> {
+    crate::client::parse_bool(s).ok_or_else(|| format!("invalid boolean value {s:?}"))
+}
+
+/// A duration as Vault's flags read one: Go text (`10s`, `24h`), or a number of seconds.
+fn go_duration(s: &str) -> Result<std::time::Duration, String> {
+    crate::client::go_duration::parse_duration_second(s)
+        .ok_or_else(|| format!("invalid duration {s:?} (expected e.g. 10s, 5m, 24h)"))
 }
 
 #[derive(Debug, Args)]

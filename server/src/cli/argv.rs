@@ -1,6 +1,7 @@
 //! Go-style flags to clap-style flags. The `vault` CLI parses flags with Go's `flag` package,
 //! which takes `-name=value`, `-name value` and `--name`, and booleans as `-name=true|false`.
-//! Clap wants `--name`, so argv is rewritten before clap sees it.
+//! Clap wants `--name`, so argv is rewritten before clap sees it. [`dashless_flags`] also
+//! accepts the dash-less `name=value` flags some runbooks give `autopilot set-config`.
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -57,6 +58,65 @@ pub fn preprocess(args: Vec<OsString>, bool_flags: &HashSet<String>) -> Vec<OsSt
     out
 }
 
+/// After the subcommand words `path`, a word `name=value` whose `name` is one of `flags`
+/// becomes `--name=value`. Published runbooks write `vault operator raft autopilot set-config
+/// cleanup-dead-servers=true min-quorum=3`, which vault itself rejects; keyhold accepts it.
+/// Flags before and between the subcommand words are skipped (`value_flags`' next word with
+/// them); nothing after `--` is touched.
+pub fn dashless_flags(
+    args: Vec<OsString>,
+    path: &[&str],
+    flags: &HashSet<String>,
+    bool_flags: &HashSet<String>,
+) -> Vec<OsString> {
+    let mut matched = 0;
+    let mut skip_value = false;
+    let mut out = Vec::with_capacity(args.len());
+    let mut iter = args.into_iter();
+    for arg in iter.by_ref() {
+        let word = arg.to_str().unwrap_or_default().to_string();
+        out.push(arg);
+        if skip_value {
+            skip_value = false;
+            continue;
+        }
+        if word == "--" {
+            break;
+        }
+        if let Some(name) = word.strip_prefix("--") {
+            skip_value = !name.contains('=') && !bool_flags.contains(name);
+            continue;
+        }
+        if matched < path.len() && word == path[matched] {
+            matched += 1;
+            if matched == path.len() {
+                break;
+            }
+            continue;
+        }
+        // Some other command.
+        out.extend(iter);
+        return out;
+    }
+    if matched < path.len() {
+        out.extend(iter);
+        return out;
+    }
+    let mut rest = false;
+    for arg in iter {
+        rest |= arg == "--";
+        let rewritten = match arg.to_str() {
+            Some(word) if !rest && !word.starts_with('-') => word
+                .split_once('=')
+                .filter(|(name, _)| flags.contains(*name))
+                .map(|_| OsString::from(format!("--{word}"))),
+            _ => None,
+        };
+        out.push(rewritten.unwrap_or(arg));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,6 +132,42 @@ mod tests {
             .map(|a| a.into_string().unwrap())
             .collect();
         assert_eq!(got.join(" "), expect, "input: {input}");
+    }
+
+    #[test]
+    fn dashless_flags_after_their_subcommand() {
+        let path = ["operator", "raft", "autopilot", "set-config"];
+        let flags: HashSet<String> = ["min-quorum", "cleanup-dead-servers"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let bools: HashSet<String> = ["tls-skip-verify".to_string()].into();
+        for (input, expect) in [
+            (
+                "operator raft autopilot set-config cleanup-dead-servers=true min-quorum=3",
+                "operator raft autopilot set-config --cleanup-dead-servers=true --min-quorum=3",
+            ),
+            (
+                "--address http://x:8200 --tls-skip-verify operator raft autopilot set-config min-quorum=3",
+                "--address http://x:8200 --tls-skip-verify operator raft autopilot set-config --min-quorum=3",
+            ),
+            (
+                "operator raft autopilot set-config --min-quorum=3 other=1 -- min-quorum=5",
+                "operator raft autopilot set-config --min-quorum=3 other=1 -- min-quorum=5",
+            ),
+            ("kv put secret/x min-quorum=3", "kv put secret/x min-quorum=3"),
+            (
+                "operator raft autopilot get-config min-quorum=3",
+                "operator raft autopilot get-config min-quorum=3",
+            ),
+        ] {
+            let args = input.split(' ').map(OsString::from).collect();
+            let got: Vec<String> = dashless_flags(args, &path, &flags, &bools)
+                .into_iter()
+                .map(|a| a.into_string().unwrap())
+                .collect();
+            assert_eq!(got.join(" "), expect, "input: {input}");
+        }
     }
 
     #[test]

@@ -114,9 +114,33 @@ pub fn parse(args: Vec<OsString>) -> Result<Cli, CliError> {
     let command = Cli::command();
     let bools = bool_flags(&command);
     let mut argv = vec![program];
-    argv.extend(argv::preprocess(args.collect(), &bools));
+    let args = argv::preprocess(args.collect(), &bools);
+    argv.extend(argv::dashless_flags(
+        args,
+        &SET_CONFIG,
+        &long_flags(&command, &SET_CONFIG),
+        &bools,
+    ));
     let matches = command.try_get_matches_from(argv)?;
     Ok(Cli::from_arg_matches(&matches)?)
+}
+
+/// The command whose flags may be written without a dash (see `argv::dashless_flags`).
+const SET_CONFIG: [&str; 4] = ["operator", "raft", "autopilot", "set-config"];
+
+/// The long names of the flags of the subcommand at `path`.
+fn long_flags(cmd: &clap::Command, path: &[&str]) -> HashSet<String> {
+    let mut cmd = cmd;
+    for name in path {
+        match cmd.find_subcommand(name) {
+            Some(sub) => cmd = sub,
+            None => return HashSet::new(),
+        }
+    }
+    cmd.get_arguments()
+        .filter(|a| !a.is_global_set())
+        .filter_map(|a| a.get_long().map(str::to_string))
+        .collect()
 }
 
 /// The long names of every switch (flag without a value) in the command tree.
@@ -194,5 +218,7 @@ impl Context {
     }
 }
 
+#[cfg(test)]
+mod raft_tests;
 #[cfg(test)]
 mod tests;

@@ -31,6 +31,13 @@ pub enum ClientError {
     /// The client could not be built from its configuration (bad address, unreadable CA file...).
     #[error("{0}")]
     Config(String),
+    /// A downloaded snapshot does not end with a non-empty `SHA256SUMS.sealed` (Vault's
+    /// `ErrIncompleteSnapshot`): the server failed midway, and the bytes are unusable.
+    #[error("incomplete snapshot, unable to read SHA256SUMS.sealed file")]
+    IncompleteSnapshot,
+    /// Writing a streamed answer (a snapshot) to its destination failed.
+    #[error("error writing the snapshot: {0}")]
+    Sink(String),
 }
 
 impl ClientError {

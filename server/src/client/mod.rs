@@ -2,10 +2,13 @@
 //!
 //! A library API: it never prints and never exits. [`Client::request`] is the one place a
 //! request is sent; the helpers (`read`, `write`, `list`, ...) and the typed `sys/` calls in
-//! [`sys`] are built on it.
+//! [`sys`] and [`raft`] are built on it. [`snapshot`] reads Raft snapshot archives offline.
 
 mod config;
 mod error;
+pub mod go_duration;
+pub mod raft;
+pub mod snapshot;
 pub mod sys;
 mod tls;
 
@@ -19,6 +22,10 @@ pub use config::{
     DEFAULT_TIMEOUT,
 };
 pub use error::{ApiError, ClientError};
+pub use raft::{
+    AutopilotConfig, AutopilotConfigUpdate, AutopilotServer, AutopilotState, HaNode, HaStatus,
+    JoinRequest, JoinResponse, RaftConfiguration, RaftServer,
+};
 pub use sys::{
     GenerateRootStatus, HealthQuery, HealthResponse, InitRequest, InitResponse, KeyStatus,
     LeaderResponse, RekeyInitRequest, RekeyStatus, RekeyUpdateResponse, RekeyVerificationStatus,
@@ -196,6 +203,12 @@ impl fmt::Debug for SecretAuth {
     }
 }
 
+/// A request body and its `Content-Type`.
+struct Payload {
+    bytes: Vec<u8>,
+    content_type: &'static str,
+}
+
 /// A client of one server. Cheap to clone (the connection pool is shared).
 #[derive(Clone)]
 pub struct Client {
@@ -268,28 +281,75 @@ impl Client {
         path: &str,
         body: Option<&Value>,
     ) -> Result<ApiResponse, ClientError> {
-        let payload = body.map(|b| serde_json::to_vec(b).expect("a Value serialises"));
-        self.send(method, path, payload, method == Method::Patch)
-            .await
+        let payload = body.map(|b| Payload {
+            bytes: serde_json::to_vec(b).expect("a Value serialises"),
+            content_type: if method == Method::Patch {
+                "application/merge-patch+json"
+            } else {
+                "application/json"
+            },
+        });
+        self.send(method, path, payload).await
     }
 
-    /// Sends raw bytes (a snapshot to restore) and returns the answer.
+    /// Sends raw bytes (a snapshot to restore) as `application/octet-stream` and returns
+    /// the answer.
     pub async fn request_bytes(
         &self,
         method: Method,
         path: &str,
         body: Vec<u8>,
     ) -> Result<ApiResponse, ClientError> {
-        self.send(method, path, Some(body), false).await
+        let payload = Payload {
+            bytes: body,
+            content_type: "application/octet-stream",
+        };
+        self.send(method, path, Some(payload)).await
     }
 
     async fn send(
         &self,
         method: Method,
         path: &str,
-        body: Option<Vec<u8>>,
-        merge_patch: bool,
+        body: Option<Payload>,
     ) -> Result<ApiResponse, ClientError> {
+        let (resp, url) = self.start(method, path, body).await?;
+        let status = resp.status().as_u16();
+        let is_json = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("json"));
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| self.transport(method, &url, e))?;
+        let body = if bytes.is_empty() {
+            Body::Empty
+        } else {
+            match serde_json::from_slice(&bytes) {
+                Ok(v) => Body::Json(v),
+                Err(_) if is_json => {
+                    return Err(ClientError::Decode {
+                        method: method.to_string(),
+                        url,
+                        cause: "the body is not valid JSON".into(),
+                    })
+                }
+                Err(_) => Body::Raw(bytes.to_vec()),
+            }
+        };
+        Ok(ApiResponse { status, body })
+    }
+
+    /// Sends one request and returns the response with its body unread, or the
+    /// [`ClientError::Api`] of a status >= 400 (whose body is read for its `errors`).
+    async fn start(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Payload>,
+    ) -> Result<(reqwest::Response, String), ClientError> {
         let url = self.url(path);
         let mut req = self
             .http
@@ -302,78 +362,65 @@ impl Client {
             req = req.header("X-Vault-Namespace", ns);
         }
         if let Some(body) = body {
-            let content_type = if merge_patch {
-                "application/merge-patch+json"
-            } else {
-                "application/json"
-            };
-            req = req.header("Content-Type", content_type).body(body);
+            req = req
+                .header("Content-Type", body.content_type)
+                .body(body.bytes);
         }
-        let transport = |e: reqwest::Error| ClientError::Transport {
-            method: method.to_string(),
-            url: url.clone(),
-            address: self.address.clone(),
-            cause: error_chain(&e.without_url()),
-        };
-        let resp = req.send().await.map_err(transport)?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| self.transport(method, &url, e))?;
         let status = resp.status().as_u16();
-        let is_json = resp
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains("json"));
-        let bytes = resp.bytes().await.map_err(transport)?;
+        if status < 400 {
+            return Ok((resp, url));
+        }
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| self.transport(method, &url, e))?;
         let parsed: Option<Value> = if bytes.is_empty() {
             None
         } else {
             serde_json::from_slice(&bytes).ok()
         };
-
-        if status >= 400 {
-            let errors = parsed
-                .as_ref()
-                .and_then(|v| v.get("errors"))
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .map(|e| {
-                            e.as_str()
-                                .map(str::to_string)
-                                .unwrap_or_else(|| e.to_string())
-                        })
-                        .collect::<Vec<_>>()
-                });
-            let (errors, raw) = match errors {
-                Some(errors) => (errors, false),
-                None if parsed.is_some() => (Vec::new(), false),
-                None => (
-                    vec![String::from_utf8_lossy(&bytes).trim().to_string()],
-                    true,
-                ),
-            };
-            return Err(ClientError::Api(Box::new(ApiError {
-                method: method.to_string(),
-                url,
-                status,
-                errors,
-                raw,
-                body: parsed,
-            })));
-        }
-
-        let body = match parsed {
-            _ if bytes.is_empty() => Body::Empty,
-            Some(v) => Body::Json(v),
-            None if is_json => {
-                return Err(ClientError::Decode {
-                    method: method.to_string(),
-                    url,
-                    cause: "the body is not valid JSON".into(),
-                })
-            }
-            None => Body::Raw(bytes.to_vec()),
+        let errors = parsed
+            .as_ref()
+            .and_then(|v| v.get("errors"))
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .map(|e| {
+                        e.as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| e.to_string())
+                    })
+                    .collect::<Vec<_>>()
+            });
+        let (errors, raw) = match errors {
+            Some(errors) => (errors, false),
+            None if parsed.is_some() => (Vec::new(), false),
+            None => (
+                vec![String::from_utf8_lossy(&bytes).trim().to_string()],
+                true,
+            ),
         };
-        Ok(ApiResponse { status, body })
+        Err(ClientError::Api(Box::new(ApiError {
+            method: method.to_string(),
+            url,
+            status,
+            errors,
+            raw,
+            body: parsed,
+        })))
+    }
+
+    fn transport(&self, method: Method, url: &str, e: reqwest::Error) -> ClientError {
+        ClientError::Transport {
+            method: method.to_string(),
+            url: url.to_string(),
+            address: self.address.clone(),
+            cause: error_chain(&e.without_url()),
+        }
     }
 
     /// `GET path`. `Ok(None)` when nothing is there (404), as Vault's `Logical().Read`,

@@ -5,6 +5,7 @@ mod logical;
 mod mounts;
 mod operator;
 mod policy;
+mod raft;
 mod status;
 mod token;
 
@@ -17,6 +18,8 @@ use super::{CliError, Context, Ui};
 pub(super) use kv::{add_prefix_to_kv_path, kv_get_table};
 #[cfg(test)]
 pub(super) use operator::{decode_root_token, init_json, init_text};
+#[cfg(test)]
+pub(super) use raft::{byte_size, config_update, join_request, tabwriter};
 #[cfg(test)]
 pub(super) use status::seal_status_table;
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! `operator init|unseal|seal|step-down|rekey|generate-root|rotate|key-status`.
+//! `operator init|unseal|seal|step-down|rekey|generate-root|rotate|key-status`; `operator
+//! raft` and `operator members` are in `raft`.
 
 use base64::Engine;
 use rand::Rng;
@@ -72,6 +73,8 @@ pub async fn run(ctx: &Context, ui: &mut Ui, cmd: OperatorCmd) -> Result<u8, Cli
                 ui.structured(&status).map(|_| 0)
             }
         }
+        OperatorCmd::Raft(cmd) => super::raft::run(ctx, ui, cmd).await,
+        OperatorCmd::Members => super::raft::members(ctx, ui).await,
         OperatorCmd::Other(args) => {
             let mut full = vec!["operator".to_string()];
             full.extend(args);

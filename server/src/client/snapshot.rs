@@ -1,0 +1,621 @@
+//! Vault's Raft snapshot archive, read offline: a gzip'd tar of `meta.json` (hashicorp/raft's
+//! `SnapshotMeta`), `state.bin` (length-delimited protobuf `StorageEntry{key, value}`),
+//! `SHA256SUMS` (`<hex>  <file>` lines) and `SHA256SUMS.sealed` (the sums encrypted by the
+//! seal, which only a server can open).
+//!
+//! [`inspect`] checks everything that can be checked without the seal: the gzip stream to
+//! its CRC, the tar layout, both checksums, and that the sealed sums are there.
+//! [`has_sealed_sums`] is the narrower check Vault's client makes on a downloaded snapshot.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{self, Read};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+pub const META: &str = "meta.json";
+pub const STATE: &str = "state.bin";
+pub const SUMS: &str = "SHA256SUMS";
+pub const SEALED_SUMS: &str = "SHA256SUMS.sealed";
+
+/// Why an archive was refused. The texts follow `vault operator raft snapshot inspect` where
+/// it has one.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SnapshotError {
+    #[error("failed to decompress snapshot: {0}")]
+    Gzip(String),
+    #[error(
+        "the snapshot file is truncated (its gzip stream ends early); it was cut off while \
+         being written or copied"
+    )]
+    Truncated,
+    #[error("failed reading snapshot: {0}")]
+    Tar(String),
+    #[error("unexpected file \"{0}\" in snapshot")]
+    UnexpectedFile(String),
+    #[error("failed to decode snapshot metadata: {0}")]
+    Meta(String),
+    #[error("error parsing snapshot state: {0}")]
+    State(String),
+    #[error("failed to read snapshot hashes: {0}")]
+    Sums(String),
+    #[error("failed checking integrity of snapshot: {0}")]
+    Integrity(String),
+    /// Vault's `ErrIncompleteSnapshot`: the seal never wrote the sealed sums.
+    #[error("incomplete snapshot, unable to read SHA256SUMS.sealed file")]
+    Incomplete,
+}
+
+/// `meta.json`: the fields of hashicorp/raft's `SnapshotMeta` that `inspect` shows (Go
+/// marshals them with their Go names; snake_case is accepted too).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct SnapshotMeta {
+    #[serde(rename = "ID", alias = "id")]
+    pub id: String,
+    #[serde(rename = "Size", alias = "size")]
+    pub size: i64,
+    #[serde(rename = "Index", alias = "index")]
+    pub index: u64,
+    #[serde(rename = "Term", alias = "term")]
+    pub term: u64,
+    #[serde(rename = "Version", alias = "version")]
+    pub version: i64,
+}
+
+/// How `inspect` breaks the keys of `state.bin` down (Vault's `-details`, `-depth`, `-filter`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InspectOptions {
+    pub details: bool,
+    /// Key prefix depth (path segments); 0 means whole keys.
+    pub depth: usize,
+    /// Only keys starting with this.
+    pub filter: String,
+}
+
+impl Default for InspectOptions {
+    fn default() -> Self {
+        InspectOptions {
+            details: true,
+            depth: 2,
+            filter: String::new(),
+        }
+    }
+}
+
+/// Count and size of the keys under one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyStats {
+    pub name: String,
+    pub count: u64,
+    pub size: u64,
+}
+
+/// What `inspect` found in a verified archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    pub meta: SnapshotMeta,
+    /// By count (descending), then name; empty without `details`.
+    pub stats: Vec<KeyStats>,
+    pub total_count: u64,
+    pub total_size: u64,
+}
+
+/// Reads and verifies a whole archive.
+pub fn inspect(input: impl Read, opts: &InspectOptions) -> Result<SnapshotInfo, SnapshotError> {
+    let decoder = flate2::read::GzDecoder::new(input);
+    if decoder.header().is_none() {
+        // The header is read eagerly; a file too short for one is cut off, anything else
+        // is not gzip at all.
+        return Err(match decoder_probe_error(decoder) {
+            Some(e) if e.kind() == io::ErrorKind::UnexpectedEof => SnapshotError::Truncated,
+            Some(e) => SnapshotError::Gzip(e.to_string()),
+            None => SnapshotError::Truncated,
+        });
+    }
+    let mut archive = tar::Archive::new(decoder);
+    let mut meta: Option<SnapshotMeta> = None;
+    let mut meta_sum = None;
+    let mut state: Option<StateStats> = None;
+    let mut state_sum = None;
+    let mut sums: Option<String> = None;
+    let mut sealed = false;
+    let entries = archive.entries().map_err(|e| tar_error(&e))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| tar_error(&e))?;
+        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        match name.as_str() {
+            META => {
+                let mut buf = Vec::new();
+                entry
+                    .read_to_end(&mut buf)
+                    .map_err(|e| read_error(&e, SnapshotError::Meta))?;
+                meta_sum = Some(hex::encode(Sha256::digest(&buf)));
+                meta = Some(
+                    serde_json::from_slice(&buf).map_err(|e| SnapshotError::Meta(e.to_string()))?,
+                );
+            }
+            STATE => {
+                let mut hashing = HashingReader {
+                    inner: &mut entry,
+                    hash: Sha256::new(),
+                };
+                state = Some(read_state(&mut hashing, opts)?);
+                // Whatever the parser left unread still counts for the checksum.
+                io::copy(&mut hashing, &mut io::sink())
+                    .map_err(|e| read_error(&e, SnapshotError::State))?;
+                state_sum = Some(hex::encode(hashing.hash.finalize()));
+            }
+            SUMS => {
+                let mut buf = Vec::new();
+                entry
+                    .by_ref()
+                    .take(10_000)
+                    .read_to_end(&mut buf)
+                    .map_err(|e| read_error(&e, SnapshotError::Sums))?;
+                sums = Some(String::from_utf8_lossy(&buf).into_owned());
+            }
+            SEALED_SUMS => {
+                let mut n = 0u64;
+                let mut chunk = [0u8; 8192];
+                loop {
+                    let read = entry
+                        .read(&mut chunk)
+                        .map_err(|e| read_error(&e, SnapshotError::Tar))?;
+                    if read == 0 {
+                        break;
+                    }
+                    n += read as u64;
+                }
+                sealed = n > 0;
+            }
+            other => return Err(SnapshotError::UnexpectedFile(other.to_string())),
+        }
+    }
+    // The tar reader stops at the end-of-archive blocks; reading the gzip stream to its
+    // end checks its CRC and length, which catches a file cut off after the tar data.
+    let mut decoder = archive.into_inner();
+    io::copy(&mut decoder, &mut io::sink()).map_err(|e| read_error(&e, SnapshotError::Gzip))?;
+
+    let meta = meta.ok_or(SnapshotError::Integrity(format!(
+        "file missing for \"{META}\""
+    )))?;
+    let state = state.ok_or(SnapshotError::Integrity(format!(
+        "file missing for \"{STATE}\""
+    )))?;
+    let sums = sums.ok_or(SnapshotError::Integrity(format!("no {SUMS} file")))?;
+    let have: HashMap<&str, String> = [
+        (META, meta_sum.unwrap_or_default()),
+        (STATE, state_sum.unwrap_or_default()),
+    ]
+    .into_iter()
+    .collect();
+    verify_sums(&sums, &have)?;
+    if !sealed {
+        return Err(SnapshotError::Incomplete);
+    }
+    let mut stats: Vec<KeyStats> = state.by_prefix.into_values().collect();
+    stats.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.name.cmp(&b.name)));
+    Ok(SnapshotInfo {
+        meta,
+        stats,
+        total_count: state.total_count,
+        total_size: state.total_size,
+    })
+}
+
+/// Whether the archive ends with a non-empty `SHA256SUMS.sealed`, as Vault's client checks
+/// before it trusts a downloaded snapshot. Any read error counts as "no".
+pub fn has_sealed_sums(input: impl Read) -> bool {
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(input));
+    let Ok(entries) = archive.entries() else {
+        return false;
+    };
+    for entry in entries {
+        let Ok(mut entry) = entry else {
+            return false;
+        };
+        if entry.path_bytes().as_ref() != SEALED_SUMS.as_bytes() {
+            continue;
+        }
+        let mut first = [0u8; 1];
+        return matches!(entry.read(&mut first), Ok(1));
+    }
+    false
+}
+
+/// Checks `SHA256SUMS` against the digests computed while reading: every line names a known
+/// file with the right digest, and every known file has a line (Vault's `DecodeAndVerify`).
+fn verify_sums(sums: &str, have: &HashMap<&str, String>) -> Result<(), SnapshotError> {
+    let mut seen = Vec::new();
+    for line in sums.lines().filter(|l| !l.trim().is_empty()) {
+        let (hex_sum, file) = line
+            .split_once("  ")
+            .ok_or_else(|| SnapshotError::Integrity(format!("malformed {SUMS} line {line:?}")))?;
+        let file = file.trim();
+        let want = have
+            .get(file)
+            .ok_or_else(|| SnapshotError::Integrity(format!("list missing hash for \"{file}\"")))?;
+        if !hex_sum.trim().eq_ignore_ascii_case(want) {
+            return Err(SnapshotError::Integrity(format!(
+                "hash check failed for \"{file}\""
+            )));
+        }
+        seen.push(file);
+    }
+    let mut known: Vec<&&str> = have.keys().collect();
+    known.sort();
+    for file in known {
+        if !seen.contains(file) {
+            return Err(SnapshotError::Integrity(format!(
+                "file missing for \"{file}\""
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct StateStats {
+    by_prefix: BTreeMap<String, KeyStats>,
+    total_count: u64,
+    total_size: u64,
+}
+
+/// Largest `StorageEntry` accepted (Vault reads with `math.MaxInt32`).
+const MAX_ENTRY: u64 = i32::MAX as u64;
+
+/// Reads `state.bin`'s entries and counts their keys by prefix.
+fn read_state(r: &mut impl Read, opts: &InspectOptions) -> Result<StateStats, SnapshotError> {
+    let mut stats = StateStats::default();
+    loop {
+        let len = match read_varint(r) {
+            Ok(Some(len)) => len,
+            Ok(None) => return Ok(stats),
+            Err(e) => return Err(read_error(&e, SnapshotError::State)),
+        };
+        if len > MAX_ENTRY {
+            return Err(SnapshotError::State(format!(
+                "an entry claims {len} bytes; the state is damaged"
+            )));
+        }
+        let mut message = Vec::new();
+        r.by_ref()
+            .take(len)
+            .read_to_end(&mut message)
+            .map_err(|e| read_error(&e, SnapshotError::State))?;
+        if (message.len() as u64) < len {
+            return Err(SnapshotError::State(
+                "the last entry is cut off (unexpected EOF)".into(),
+            ));
+        }
+        let key = entry_key(&message).map_err(SnapshotError::State)?;
+        if !opts.details || key.is_empty() || !key.starts_with(opts.filter.as_str()) {
+            continue;
+        }
+        let parts: Vec<&str> = key.split('/').collect();
+        let depth = if opts.depth == 0 || opts.depth > parts.len() {
+            parts.len()
+        } else {
+            opts.depth
+        };
+        let prefix = parts[..depth].join("/");
+        let s = stats
+            .by_prefix
+            .entry(prefix.clone())
+            .or_insert_with(|| KeyStats {
+                name: prefix,
+                count: 0,
+                size: 0,
+            });
+        s.count += 1;
+        s.size += len;
+        stats.total_count += 1;
+        stats.total_size += len;
+    }
+}
+
+/// A protobuf varint; `Ok(None)` at a clean end of stream.
+fn read_varint(r: &mut impl Read) -> io::Result<Option<u64>> {
+    let mut value = 0u64;
+    for i in 0..10 {
+        let mut byte = [0u8; 1];
+        if r.read(&mut byte)? == 0 {
+            return if i == 0 {
+                Ok(None)
+            } else {
+                Err(io::ErrorKind::UnexpectedEof.into())
+            };
+        }
+        value |= u64::from(byte[0] & 0x7f) << (7 * i);
+        if byte[0] & 0x80 == 0 {
+            return Ok(Some(value));
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        "varint too long",
+    ))
+}
+
+/// The `key` (field 1) of a `StorageEntry` message; other fields are skipped.
+fn entry_key(mut msg: &[u8]) -> Result<String, String> {
+    let mut key = String::new();
+    while !msg.is_empty() {
+        let tag = read_varint(&mut msg)
+            .map_err(|e| e.to_string())?
+            .ok_or("truncated field tag")?;
+        let (field, wire) = (tag >> 3, tag & 7);
+        let skip = match wire {
+            0 => {
+                read_varint(&mut msg)
+                    .map_err(|e| e.to_string())?
+                    .ok_or("truncated varint")?;
+                0
+            }
+            1 => 8,
+            5 => 4,
+            2 => {
+                let len = read_varint(&mut msg)
+                    .map_err(|e| e.to_string())?
+                    .ok_or("truncated length")? as usize;
+                if len > msg.len() {
+                    return Err("a field runs past its entry".into());
+                }
+                if field == 1 {
+                    key = String::from_utf8(msg[..len].to_vec())
+                        .map_err(|_| "a key is not UTF-8".to_string())?;
+                }
+                len
+            }
+            other => return Err(format!("unknown protobuf wire type {other}")),
+        };
+        if skip > msg.len() {
+            return Err("a field runs past its entry".into());
+        }
+        msg = &msg[skip..];
+    }
+    Ok(key)
+}
+
+struct HashingReader<R> {
+    inner: R,
+    hash: Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// An I/O error while reading the archive: a gzip stream that ends early is a truncated
+/// file whatever was being read; anything else is reported as `wrap` says.
+fn read_error(e: &io::Error, wrap: fn(String) -> SnapshotError) -> SnapshotError {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        SnapshotError::Truncated
+    } else {
+        wrap(e.to_string())
+    }
+}
+
+fn tar_error(e: &io::Error) -> SnapshotError {
+    read_error(e, SnapshotError::Tar)
+}
+
+/// The error that kept the gzip header from being read, if any.
+fn decoder_probe_error<R: Read>(mut decoder: flate2::read::GzDecoder<R>) -> Option<io::Error> {
+    let mut byte = [0u8; 1];
+    decoder.read(&mut byte).err()
+}
+
+/// Builds archives for tests: a gzip'd tar of `files` in order.
+#[cfg(test)]
+pub(crate) fn build_archive(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::none());
+    let mut tar = tar::Builder::new(gz);
+    for (name, data) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o600);
+        header.set_cksum();
+        tar.append_data(&mut header, name, *data).unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap()
+}
+
+/// A `state.bin` of `entries` and a valid archive holding it, for tests.
+#[cfg(test)]
+pub(crate) fn sample_archive(entries: &[(&str, &[u8])], sealed: &[u8]) -> Vec<u8> {
+    let mut state = Vec::new();
+    for (key, value) in entries {
+        let mut msg = vec![0x0A];
+        msg.extend(varint(key.len() as u64));
+        msg.extend_from_slice(key.as_bytes());
+        msg.push(0x12);
+        msg.extend(varint(value.len() as u64));
+        msg.extend_from_slice(value);
+        state.extend(varint(msg.len() as u64));
+        state.extend(msg);
+    }
+    let meta = br#"{"Version":1,"ID":"2-18-1711173600000","Index":18,"Term":2,"Peers":"ka5yYWZ0LTE6ODIwMQ==","Configuration":{"Servers":[]},"ConfigurationIndex":1,"Size":512}"#;
+    let sums = format!(
+        "{}  {META}\n{}  {STATE}\n",
+        hex::encode(Sha256::digest(meta)),
+        hex::encode(Sha256::digest(&state))
+    );
+    build_archive(&[
+        (META, meta),
+        (STATE, &state),
+        (SUMS, sums.as_bytes()),
+        (SEALED_SUMS, sealed),
+    ])
+}
+
+#[cfg(test)]
+fn varint(mut v: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(byte);
+            return out;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ENTRIES: &[(&str, &[u8])] = &[
+        ("logical/1f2e/secret/a", b"ciphertext-1"),
+        ("logical/1f2e/secret/b", b"ciphertext-2"),
+        ("core/keyring", b"kr"),
+        ("sys/policy/default", b"p"),
+        ("logical/9a9a/x", b"y"),
+    ];
+
+    fn good() -> Vec<u8> {
+        sample_archive(ENTRIES, b"sealed-blob")
+    }
+
+    #[test]
+    fn a_valid_archive_inspects() {
+        let info = inspect(&good()[..], &InspectOptions::default()).unwrap();
+        assert_eq!(
+            info.meta,
+            SnapshotMeta {
+                id: "2-18-1711173600000".into(),
+                size: 512,
+                index: 18,
+                term: 2,
+                version: 1
+            }
+        );
+        let names: Vec<(&str, u64)> = info
+            .stats
+            .iter()
+            .map(|s| (s.name.as_str(), s.count))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("logical/1f2e", 2),
+                ("core/keyring", 1),
+                ("logical/9a9a", 1),
+                ("sys/policy", 1)
+            ]
+        );
+        assert_eq!(info.total_count, 5);
+        // Sizes are message lengths: tag+len+key, tag+len+value.
+        assert_eq!(info.stats[1].size, 2 + 12 + 2 + 2);
+        let no_details = InspectOptions {
+            details: false,
+            ..Default::default()
+        };
+        assert!(inspect(&good()[..], &no_details).unwrap().stats.is_empty());
+        let filtered = InspectOptions {
+            depth: 0,
+            filter: "logical/1f2e".into(),
+            ..Default::default()
+        };
+        let info = inspect(&good()[..], &filtered).unwrap();
+        assert_eq!(info.stats.len(), 2);
+        assert_eq!(info.stats[0].name, "logical/1f2e/secret/a");
+        assert!(has_sealed_sums(&good()[..]));
+    }
+
+    fn check(archive: &[u8], expect: &str) {
+        let err = inspect(archive, &InspectOptions::default()).unwrap_err();
+        assert_eq!(err.to_string(), expect);
+    }
+
+    #[test]
+    fn damaged_archives_are_refused_with_their_reason() {
+        let good = good();
+        // Cut anywhere after the gzip header, the stream ends early.
+        for cut in [20, good.len() / 2, good.len() - 4, good.len() - 1] {
+            check(
+                &good[..cut],
+                "the snapshot file is truncated (its gzip stream ends early); it was cut off \
+                 while being written or copied",
+            );
+        }
+        check(&good[..5], "the snapshot file is truncated (its gzip stream ends early); it was cut off while being written or copied");
+        check(
+            b"this is not a snapshot at all, just text",
+            "failed to decompress snapshot: invalid gzip header",
+        );
+
+        let mut state = Vec::new();
+        state.extend(varint(4));
+        state.extend(b"\x0a\x02ab");
+        let meta = br#"{"ID":"x","Index":1,"Term":1,"Version":1}"#;
+        let sums_for = |meta: &[u8], state: &[u8]| {
+            format!(
+                "{}  meta.json\n{}  state.bin\n",
+                hex::encode(Sha256::digest(meta)),
+                hex::encode(Sha256::digest(state))
+            )
+        };
+        let sums = sums_for(meta, &state);
+        let bad_sums = sums_for(meta, b"other state");
+        check(
+            &build_archive(&[
+                (META, meta),
+                (STATE, &state),
+                (SUMS, bad_sums.as_bytes()),
+                (SEALED_SUMS, b"s"),
+            ]),
+            "failed checking integrity of snapshot: hash check failed for \"state.bin\"",
+        );
+        let only_meta = format!("{}  meta.json\n", hex::encode(Sha256::digest(meta)));
+        check(
+            &build_archive(&[
+                (META, meta),
+                (STATE, &state),
+                (SUMS, only_meta.as_bytes()),
+                (SEALED_SUMS, b"s"),
+            ]),
+            "failed checking integrity of snapshot: file missing for \"state.bin\"",
+        );
+        let without_sealed =
+            build_archive(&[(META, meta), (STATE, &state), (SUMS, sums.as_bytes())]);
+        check(
+            &without_sealed,
+            "incomplete snapshot, unable to read SHA256SUMS.sealed file",
+        );
+        assert!(!has_sealed_sums(&without_sealed[..]));
+        let empty_sealed = build_archive(&[
+            (META, meta),
+            (STATE, &state),
+            (SUMS, sums.as_bytes()),
+            (SEALED_SUMS, b""),
+        ]);
+        check(
+            &empty_sealed,
+            "incomplete snapshot, unable to read SHA256SUMS.sealed file",
+        );
+        assert!(!has_sealed_sums(&empty_sealed[..]));
+        check(
+            &build_archive(&[(META, meta), ("extra.txt", b"x")]),
+            "unexpected file \"extra.txt\" in snapshot",
+        );
+        check(
+            &build_archive(&[(META, b"{not json")]),
+            "failed to decode snapshot metadata: key must be a string at line 1 column 2",
+        );
+        // A state whose last entry is cut off, with sums that match the cut state.
+        let mut cut_state = state.clone();
+        cut_state.truncate(3);
+        check(
+            &build_archive(&[(META, meta), (STATE, &cut_state)]),
+            "error parsing snapshot state: the last entry is cut off (unexpected EOF)",
+        );
+    }
+}
