@@ -247,7 +247,8 @@ impl Ha {
     pub async fn stop(&self) {
         let node = self.node.write().await.take();
         *self.forwarder.lock().expect("forwarder lock") = None;
-        self.serving.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.serving
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         if let Some(node) = node {
             if node.is_leader() && node.membership().iter().filter(|(_, voter)| *voter).count() > 1
             {

@@ -450,7 +450,11 @@ impl Core {
         // so the node is usable as soon as unseal returns (as with Vault).
         if let Some(ha) = &self.ha {
             if let Some(node) = ha.running().await {
-                let voters: Vec<_> = node.membership().into_iter().filter(|(_, voter)| *voter).collect();
+                let voters: Vec<_> = node
+                    .membership()
+                    .into_iter()
+                    .filter(|(_, voter)| *voter)
+                    .collect();
                 if voters.len() == 1 && voters[0].0.name == ha.settings.node_name {
                     let deadline = Instant::now() + Duration::from_secs(10);
                     while self.role() == Role::Standby && Instant::now() < deadline {
