@@ -75,6 +75,8 @@ pub struct Request {
     pub mount: Option<MountInfo>,
     /// The caller's token, once the core has resolved it.
     pub auth: Option<Auth>,
+    /// A body that is not JSON (a snapshot archive being restored).
+    pub raw_body: Option<Vec<u8>>,
 }
 
 impl Request {
@@ -89,6 +91,7 @@ impl Request {
             headers: BTreeMap::new(),
             mount: None,
             auth: None,
+            raw_body: None,
         }
     }
 

@@ -248,6 +248,43 @@ fn ha_settings(
     })
 }
 
+/// `keyhold operator raft snapshot restore -offline`: seeds an empty data
+/// directory from a snapshot archive, with no server running. The node then
+/// starts sealed, unseals with the keys of the cluster that took the
+/// snapshot, and forms a one-node cluster that others join.
+pub async fn restore_offline(config: &[PathBuf], archive_bytes: &[u8]) -> anyhow::Result<String> {
+    let config = ServerConfig::load(config)?;
+    config.validate_semantics()?;
+    let StorageConfig::Raft(raft) = &config.storage else {
+        bail!("offline restore needs storage \"raft\"; the config uses inmem storage");
+    };
+    let archive = crate::raft::archive::read(archive_bytes)?;
+    let entries = archive.entries()?;
+    for required in ["core/seal-config", "core/keyring"] {
+        if !entries.iter().any(|(k, _)| k == required) {
+            bail!("the snapshot has no {required}: it is not a snapshot of an initialised cluster");
+        }
+    }
+    create_private_dir(&raft.path)?;
+    let store = crate::physical::sled_store::SledStore::open(&raft.path)?;
+    if !store.export()?.is_empty() || store.open_raw_tree_len("raft_log")? > 0 {
+        bail!(
+            "the data directory {} already holds data; offline restore only seeds an empty directory (move the old one away first)",
+            raft.path.display()
+        );
+    }
+    let keys = entries.len();
+    store.replace_all(entries).await?;
+    Ok(format!(
+        "Restored snapshot {} (index {}, {keys} keys) into {}.\n\
+         Start the server and unseal it with the keys of the cluster that took the snapshot: it starts\n\
+         as a one-node cluster, and the other nodes join it with retry_join.",
+        archive.meta.id,
+        archive.meta.index,
+        raft.path.display()
+    ))
+}
+
 fn create_private_dir(path: &std::path::Path) -> anyhow::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     if !path.exists() {

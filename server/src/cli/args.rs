@@ -226,9 +226,12 @@ pub struct RaftSnapshotRestoreCmd {
     /// Restore even if the snapshot's sealed checksums do not open with this cluster's seal.
     #[arg(long)]
     pub force: bool,
-    /// Seed an empty data directory without a running server (not in this build).
+    /// Seed an empty data directory without a running server (needs -config).
     #[arg(long)]
     pub offline: bool,
+    /// With -offline: the server's config file(s), for the storage path.
+    #[arg(long, value_name = "FILE")]
+    pub config: Vec<std::path::PathBuf>,
     #[arg(value_name = "FILE")]
     pub file: String,
 }

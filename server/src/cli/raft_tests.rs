@@ -617,10 +617,9 @@ async fn step_down_and_errors() {
             "Cloud auto-join (\"provider=...\") is not supported by keyhold",
         ),
         (
-            "operator raft snapshot restore -offline /backup/latest.snap",
+            "operator raft snapshot restore -offline /nonexistent/latest.snap",
             1,
-            "-offline: restoring into a data directory without a running server is not \
-             supported by this build of keyhold",
+            "Error opening snapshot file /nonexistent/latest.snap: No such file or directory",
         ),
         (
             "operator raft snapshot restore /nonexistent/latest.snap",

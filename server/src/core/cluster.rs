@@ -96,6 +96,14 @@ impl Core {
                     "the cluster TLS keyring (core/cluster/tls) is missing from storage",
                 )
             })?;
+        // A data directory seeded offline from a snapshot has data but no
+        // Raft membership yet: it starts a cluster of its own.
+        if ha.open().await?.membership().is_empty() {
+            tracing::info!(
+                "no Raft membership yet (data restored offline): bootstrapping a one-node cluster"
+            );
+            ha.bootstrap().await?;
+        }
         ha.serve(&tls, self.cluster_routes()).await?;
         let core = Arc::downgrade(self);
         let watcher = tokio::spawn(async move {
@@ -157,7 +165,13 @@ impl Core {
                 Error::internal("timed out catching up with the log before becoming active")
             })?
             .map_err(|e| Error::internal(format!("not the leader any more: {e}")))?;
-        self.barrier.reload_keyring().await?;
+        if let Err(e) = self.barrier.reload_keyring().await {
+            // A snapshot from another cluster was restored: this node's keys
+            // no longer open the stored keyring.
+            tracing::warn!(error = %e, "the stored keyring does not open with this node's keys: sealing; unseal with the keys of the cluster whose snapshot was restored");
+            self.seal_internal().await;
+            return Ok(());
+        }
         let unsealed = self.post_unseal().await?;
         let autopilot = tokio::spawn(autopilot_loop(
             Arc::downgrade(self),
@@ -304,6 +318,39 @@ impl Core {
         }
         self.view("").put_json(AUTOPILOT_KEY, &config).await?;
         Ok(config)
+    }
+
+    /// `sys/ha-status` (for `operator members`): every member, which one is active.
+    pub(super) async fn ha_status(&self) -> Result<Value> {
+        let ha = self.ha_or_invalid()?;
+        let node = ha.running().await.ok_or(Error::NoActiveNode)?;
+        let status = node.status().await;
+        let now = chrono::Utc::now();
+        let nodes: Vec<Value> = node
+            .membership()
+            .into_iter()
+            .map(|(member, _)| {
+                let active = status.leader.as_deref() == Some(member.name.as_str());
+                let last_echo = status
+                    .followers
+                    .iter()
+                    .find(|f| f.name == member.name)
+                    .and_then(|f| f.last_contact)
+                    .and_then(|c| chrono::Duration::from_std(c).ok())
+                    .map(|c| (now - c).to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+                json!({
+                    "hostname": member.name,
+                    "api_address": member.api_addr,
+                    "cluster_address": format!("https://{}", member.cluster_addr),
+                    "active_node": active,
+                    "last_echo": if active { Value::Null } else { json!(last_echo) },
+                    "version": crate::VERSION,
+                    "upgrade_version": crate::VERSION,
+                    "redundancy_zone": "",
+                })
+            })
+            .collect();
+        Ok(json!({ "nodes": nodes }))
     }
 
     /// `sys/storage/raft/autopilot/state`.

@@ -11,6 +11,7 @@ pub mod ha;
 mod keys;
 pub mod mounts;
 mod root_ops;
+mod snapshot;
 mod system;
 
 use std::sync::{Arc, RwLock};

@@ -141,6 +141,20 @@ impl Core {
                 Ok(injected(super::key_status_json(&self.key_status()?)))
             }
             "metrics" if op == Operation::Read => self.metrics_response(req),
+            "storage/raft/snapshot" if op == Operation::Read => Ok(Response {
+                raw: Some(crate::logical::RawBody {
+                    content_type: "application/octet-stream".into(),
+                    body: self.raft_snapshot_save().await?,
+                }),
+                ..Default::default()
+            }),
+            "storage/raft/snapshot" | "storage/raft/snapshot-force" if write => {
+                let body = req.raw_body.as_deref().unwrap_or_default();
+                self.raft_snapshot_restore(body, rel.ends_with("-force"))
+                    .await?;
+                Ok(Response::empty())
+            }
+            "ha-status" if op == Operation::Read => Ok(Response::data(self.ha_status().await?)),
             "storage/raft/configuration" if op == Operation::Read => {
                 Ok(Response::data(self.raft_configuration().await?))
             }

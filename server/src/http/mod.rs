@@ -164,7 +164,18 @@ async fn serve(
         }
     }
 
-    let mut data = match parse_body(&bytes) {
+    // A snapshot restore carries the archive itself as the body.
+    let raw_upload = operation == Operation::Update
+        && matches!(
+            path.trim_end_matches('/'),
+            "sys/storage/raft/snapshot" | "sys/storage/raft/snapshot-force"
+        );
+    let parsed = if raw_upload {
+        Ok(Map::new())
+    } else {
+        parse_body(&bytes)
+    };
+    let mut data = match parsed {
         Ok(d) => d,
         Err(e) => return error_response(&e),
     };
@@ -201,6 +212,7 @@ async fn serve(
     };
     let mut req = Request::new(operation, path.clone());
     req.data = data;
+    req.raw_body = raw_upload.then(|| bytes.to_vec());
     req.client_token = token;
     req.remote_addr = Some(remote);
     req.headers = headers

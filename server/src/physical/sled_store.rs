@@ -131,6 +131,11 @@ impl SledStore {
 
     /// Opens another tree of the same database (the Raft log and vote live
     /// beside the data, so one flush makes all of them durable).
+    /// Entries in a tree of the database (0 for a tree never written).
+    pub fn open_raw_tree_len(&self, name: &str) -> Result<usize, StorageError> {
+        Ok(self.open_tree(name)?.len())
+    }
+
     pub(crate) fn open_tree(&self, name: &str) -> Result<sled::Tree, StorageError> {
         self.db
             .open_tree(name)

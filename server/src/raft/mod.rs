@@ -26,6 +26,7 @@
 //! openraft also uses `heartbeat_interval` as the timeout of every
 //! append-entries RPC, which must cover a follower's fsync.
 
+pub mod archive;
 pub mod backend;
 pub mod listener;
 pub mod log_store;
@@ -47,6 +48,12 @@ use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
 
 pub use backend::{is_not_leader, RaftBackend, NOT_LEADER};
+
+/// Where a snapshot being restored is staged, chunk by chunk, through Raft.
+pub const RESTORE_STAGING_PREFIX: &str = "core/raft/restore/";
+/// Writing a restore id here makes every state machine swap in the staged
+/// snapshot, atomically, at the same log index.
+pub const RESTORE_COMMIT_KEY: &str = "core/raft/restore-commit";
 pub use listener::{raft_routes, ClusterListener};
 pub use network::ClusterClient;
 pub use tls::{ClusterTls, CLUSTER_SERVER_NAME};

@@ -21,6 +21,7 @@ use super::snapshot::{decode_snapshot, encode_snapshot};
 use super::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
+use super::{RESTORE_COMMIT_KEY, RESTORE_STAGING_PREFIX};
 use crate::physical::sled_store::{blocking, SledStore};
 use crate::physical::TxnOp;
 
@@ -154,6 +155,58 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     }
 }
 
+/// The restore a batch commits, if it is a restore commit.
+fn restore_commit(ops: &[TxnOp]) -> Option<String> {
+    ops.iter().find_map(|op| match op {
+        TxnOp::Put { key, value } if key == RESTORE_COMMIT_KEY => {
+            String::from_utf8(value.clone()).ok()
+        }
+        _ => None,
+    })
+}
+
+impl StateMachine {
+    /// Replaces the data with the staged `state.bin` of restore `id` (the
+    /// staged chunks go with the old data). A staged stream that does not
+    /// decode leaves the data as it was, on every node alike.
+    async fn apply_restore(
+        &self,
+        id: &str,
+        meta: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), crate::physical::StorageError> {
+        let prefix = format!("{RESTORE_STAGING_PREFIX}{id}/");
+        let mut staged: Vec<(String, Vec<u8>)> = self
+            .store
+            .export()?
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .collect();
+        staged.sort_by(|a, b| a.0.cmp(&b.0));
+        let state: Vec<u8> = staged.iter().flat_map(|(_, v)| v.iter().copied()).collect();
+        match crate::raft::snapshot::decode_state(&state) {
+            Ok(entries) => {
+                tracing::info!(
+                    restore = id,
+                    keys = entries.len(),
+                    "restoring a snapshot into the state machine"
+                );
+                self.store.replace_all_with_meta(entries, meta).await
+            }
+            Err(e) => {
+                tracing::error!(restore = id, error = %e, "a staged snapshot did not decode; the data is unchanged");
+                let deletes = staged
+                    .into_iter()
+                    .map(|(key, _)| TxnOp::Delete { key })
+                    .chain([TxnOp::Delete {
+                        key: RESTORE_COMMIT_KEY.into(),
+                    }])
+                    .collect();
+                self.store.transaction_with_meta(deletes, meta).await
+            }
+        }
+    }
+}
+
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
@@ -167,7 +220,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let (_, mut membership) = self
+        let (mut applied, mut membership) = self
             .read_state()
             .map_err(StorageIOError::read_state_machine)?;
         let mut ops: Vec<TxnOp> = Vec::new();
@@ -178,11 +231,34 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             last = Some(entry.log_id);
             match entry.payload {
                 EntryPayload::Blank => {}
-                EntryPayload::Normal(batch) => ops.extend(batch.0),
+                EntryPayload::Normal(batch) => match restore_commit(&batch.0) {
+                    // A snapshot restore: what came before is applied first,
+                    // then the data tree is swapped in one transaction that
+                    // also records this entry as applied.
+                    Some(id) => {
+                        if !ops.is_empty() {
+                            let meta = state_meta(applied, &membership)
+                                .map_err(|e| StorageIOError::apply(entry.log_id, e))?;
+                            self.store
+                                .transaction_with_meta(std::mem::take(&mut ops), meta)
+                                .await
+                                .map_err(|e| {
+                                    StorageIOError::apply(entry.log_id, AnyError::new(&e))
+                                })?;
+                        }
+                        let meta = state_meta(Some(entry.log_id), &membership)
+                            .map_err(|e| StorageIOError::apply(entry.log_id, e))?;
+                        self.apply_restore(&id, meta)
+                            .await
+                            .map_err(|e| StorageIOError::apply(entry.log_id, AnyError::new(&e)))?;
+                    }
+                    None => ops.extend(batch.0),
+                },
                 EntryPayload::Membership(m) => {
                     membership = StoredMembership::new(Some(entry.log_id), m);
                 }
             }
+            applied = Some(entry.log_id);
         }
         let Some(last) = last else {
             return Ok(Vec::new());

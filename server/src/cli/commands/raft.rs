@@ -44,7 +44,7 @@ pub async fn run(ctx: &Context, ui: &mut Ui, cmd: RaftCmd) -> Result<u8, CliErro
             Ok(0)
         }
         RaftCmd::Snapshot(RaftSnapshotCmd::Save { file }) => snapshot_save(ctx, &file).await,
-        RaftCmd::Snapshot(RaftSnapshotCmd::Restore(cmd)) => snapshot_restore(ctx, cmd).await,
+        RaftCmd::Snapshot(RaftSnapshotCmd::Restore(cmd)) => snapshot_restore(ctx, ui, cmd).await,
         RaftCmd::Snapshot(RaftSnapshotCmd::Inspect(cmd)) => snapshot_inspect(ui, cmd),
         RaftCmd::Autopilot(AutopilotCmd::GetConfig(dr)) => {
             no_dr_token(dr.dr_token.as_deref())?;
@@ -287,21 +287,29 @@ impl Drop for PendingFile {
     }
 }
 
-async fn snapshot_restore(ctx: &Context, cmd: RaftSnapshotRestoreCmd) -> Result<u8, CliError> {
-    if cmd.offline {
-        return Err(CliError::NotSupported(
-            "-offline: restoring into a data directory without a running server is not \
-             supported by this build of keyhold; start the server and run \"keyhold operator \
-             raft snapshot restore [-force] FILE\" against it"
-                .into(),
-        ));
-    }
+async fn snapshot_restore(
+    ctx: &Context,
+    ui: &mut Ui,
+    cmd: RaftSnapshotRestoreCmd,
+) -> Result<u8, CliError> {
     let file = cmd.file.trim();
     if file.is_empty() {
         return Err(CliError::Usage("Snapshot file name is required".into()));
     }
     let archive = std::fs::read(file)
         .map_err(|e| CliError::Local(format!("Error opening snapshot file {file}: {e}")))?;
+    if cmd.offline {
+        if cmd.config.is_empty() {
+            return Err(CliError::Usage(
+                "-offline needs -config=FILE (the server's config, for its storage path)".into(),
+            ));
+        }
+        let done = crate::server::restore_offline(&cmd.config, &archive)
+            .await
+            .map_err(|e| CliError::Local(format!("Error restoring the snapshot offline: {e:#}")))?;
+        ui.output(&done);
+        return Ok(0);
+    }
     ctx.client()?
         .raft_snapshot_restore(archive, cmd.force)
         .await

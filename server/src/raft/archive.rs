@@ -1,0 +1,288 @@
+//! Vault's Raft snapshot archive: a gzip'd tar of `meta.json` (the Raft
+//! snapshot metadata, Vault's field names), `state.bin` (length-delimited
+//! `StorageEntry` protobufs: every stored key and its barrier ciphertext),
+//! `SHA256SUMS` (`<hex>  <file>` lines) and, last, `SHA256SUMS.sealed`
+//! (the sums sealed by the cluster that took the snapshot, so a restore can
+//! tell its own snapshots from a foreign or altered one).
+//!
+//! Reading checks everything before anything is used: the four files, the
+//! sums, and that `state.bin` decodes whole.
+
+use std::io::{Read, Write};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::snapshot::{decode_state, encode_entry, Entries};
+
+pub const META: &str = "meta.json";
+pub const STATE: &str = "state.bin";
+pub const SUMS: &str = "SHA256SUMS";
+pub const SEALED_SUMS: &str = "SHA256SUMS.sealed";
+
+/// `meta.json`, as hashicorp/raft writes it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct ArchiveMeta {
+    pub version: u32,
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub index: u64,
+    pub term: u64,
+    pub configuration: Configuration,
+    pub configuration_index: u64,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct Configuration {
+    pub servers: Vec<Server>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct Server {
+    /// 0 voter, 1 non-voter (hashicorp/raft's `ServerSuffrage`).
+    pub suffrage: u8,
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub address: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ArchiveError {
+    #[error("the snapshot is not a gzip'd tar archive, or it is truncated ({0}); take a new snapshot with `keyhold operator raft snapshot save`")]
+    Format(String),
+    #[error("the snapshot archive has no {0}; it is incomplete or not a Raft snapshot")]
+    Missing(&'static str),
+    #[error("the snapshot's {0} does not match SHA256SUMS: the archive was altered or damaged")]
+    Checksum(&'static str),
+    #[error("the snapshot's {0} is malformed: {1}")]
+    Malformed(&'static str, String),
+}
+
+/// A checked archive.
+pub struct Archive {
+    pub meta: ArchiveMeta,
+    pub state: Vec<u8>,
+    pub sums: Vec<u8>,
+    pub sealed_sums: Vec<u8>,
+}
+
+fn hex_sum(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The `state.bin` stream for `entries`.
+pub fn encode_state(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (key, value) in entries {
+        encode_entry(&mut out, key, value);
+    }
+    out
+}
+
+/// `SHA256SUMS` for the two data files.
+pub fn sums(meta_json: &[u8], state: &[u8]) -> Vec<u8> {
+    format!(
+        "{}  {META}\n{}  {STATE}\n",
+        hex_sum(meta_json),
+        hex_sum(state)
+    )
+    .into_bytes()
+}
+
+/// Writes the archive; `seal` seals `SHA256SUMS`.
+pub fn write(
+    meta: &ArchiveMeta,
+    state: &[u8],
+    seal: impl FnOnce(&[u8]) -> Result<Vec<u8>, String>,
+) -> Result<Vec<u8>, String> {
+    let meta_json = serde_json::to_vec_pretty(meta).map_err(|e| e.to_string())?;
+    let sums = sums(&meta_json, state);
+    let sealed = seal(&sums)?;
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::none());
+    let mut tar = tar::Builder::new(gz);
+    let mtime = chrono::Utc::now().timestamp().max(0) as u64;
+    for (name, body) in [
+        (META, &meta_json[..]),
+        (STATE, state),
+        (SUMS, &sums[..]),
+        (SEALED_SUMS, &sealed[..]),
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(body.len() as u64);
+        header.set_mode(0o600);
+        header.set_mtime(mtime);
+        header.set_cksum();
+        tar.append_data(&mut header, name, body)
+            .map_err(|e| e.to_string())?;
+    }
+    let gz = tar.into_inner().map_err(|e| e.to_string())?;
+    let mut bytes = gz.finish().map_err(|e| e.to_string())?;
+    bytes.flush().map_err(|e| e.to_string())?;
+    Ok(bytes)
+}
+
+/// Reads and checks an archive (not the sealed sums: only the cluster can).
+pub fn read(bytes: &[u8]) -> Result<Archive, ArchiveError> {
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
+    let (mut meta, mut state, mut sums_file, mut sealed) = (None, None, None, None);
+    let entries = tar
+        .entries()
+        .map_err(|e| ArchiveError::Format(e.to_string()))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| ArchiveError::Format(e.to_string()))?;
+        let name = entry
+            .path()
+            .map_err(|e| ArchiveError::Format(e.to_string()))?
+            .to_string_lossy()
+            .into_owned();
+        let mut body = Vec::new();
+        entry
+            .read_to_end(&mut body)
+            .map_err(|e| ArchiveError::Format(e.to_string()))?;
+        match name.as_str() {
+            META => meta = Some(body),
+            STATE => state = Some(body),
+            SUMS => sums_file = Some(body),
+            SEALED_SUMS => sealed = Some(body),
+            other => {
+                return Err(ArchiveError::Malformed(
+                    "archive",
+                    format!("unexpected file {other:?}"),
+                ))
+            }
+        }
+    }
+    let meta_json = meta.ok_or(ArchiveError::Missing(META))?;
+    let state = state.ok_or(ArchiveError::Missing(STATE))?;
+    let sums_file = sums_file.ok_or(ArchiveError::Missing(SUMS))?;
+    let sealed = sealed
+        .filter(|s| !s.is_empty())
+        .ok_or(ArchiveError::Missing(SEALED_SUMS))?;
+    let listed = String::from_utf8_lossy(&sums_file).into_owned();
+    let sum_of = |file: &str| {
+        listed.lines().find_map(|line| {
+            let (sum, name) = line.split_once("  ")?;
+            (name.trim() == file).then(|| sum.trim().to_string())
+        })
+    };
+    if sum_of(META).as_deref() != Some(hex_sum(&meta_json).as_str()) {
+        return Err(ArchiveError::Checksum(META));
+    }
+    if sum_of(STATE).as_deref() != Some(hex_sum(&state).as_str()) {
+        return Err(ArchiveError::Checksum(STATE));
+    }
+    let meta: ArchiveMeta = serde_json::from_slice(&meta_json)
+        .map_err(|e| ArchiveError::Malformed(META, e.to_string()))?;
+    decode_state(&state).map_err(|e| ArchiveError::Malformed(STATE, e.to_string()))?;
+    Ok(Archive {
+        meta,
+        state,
+        sums: sums_file,
+        sealed_sums: sealed,
+    })
+}
+
+impl Archive {
+    pub fn entries(&self) -> Result<Entries, ArchiveError> {
+        decode_state(&self.state).map_err(|e| ArchiveError::Malformed(STATE, e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<u8> {
+        let entries = vec![
+            ("core/keyring".to_string(), vec![1, 2, 3]),
+            ("logical/x/a".to_string(), b"v".to_vec()),
+        ];
+        let state = encode_state(&entries);
+        let meta = ArchiveMeta {
+            version: 1,
+            id: "2-17-abc".into(),
+            index: 17,
+            term: 2,
+            configuration: Configuration {
+                servers: vec![Server {
+                    suffrage: 0,
+                    id: "n1".into(),
+                    address: "127.0.0.1:8201".into(),
+                }],
+            },
+            configuration_index: 3,
+            size: state.len() as u64,
+        };
+        write(&meta, &state, |sums| {
+            Ok([b"sealed:".as_slice(), sums].concat())
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn round_trip() {
+        let archive = read(&sample()).unwrap();
+        assert_eq!(archive.meta.index, 17);
+        assert_eq!(archive.entries().unwrap().len(), 2);
+        assert!(archive.sealed_sums.starts_with(b"sealed:"));
+        assert!(String::from_utf8(archive.sums.clone())
+            .unwrap()
+            .contains("  state.bin\n"));
+    }
+
+    #[test]
+    fn damage_is_refused() {
+        let good = sample();
+        // Every truncation is refused (never a partial restore).
+        for cut in [0, 1, 10, good.len() / 2, good.len() - 30, good.len() - 1] {
+            assert!(read(&good[..cut]).is_err(), "truncated at {cut}");
+        }
+        // Unpack, alter state.bin, repack with the old sums.
+        let mut files = Vec::new();
+        let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(&good[..]));
+        for entry in tar.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let name = entry.path().unwrap().to_string_lossy().into_owned();
+            let mut body = Vec::new();
+            entry.read_to_end(&mut body).unwrap();
+            files.push((name, body));
+        }
+        let repack = |files: &[(String, Vec<u8>)]| {
+            let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+                Vec::new(),
+                flate2::Compression::none(),
+            ));
+            for (name, body) in files {
+                let mut h = tar::Header::new_gnu();
+                h.set_size(body.len() as u64);
+                h.set_mode(0o600);
+                h.set_cksum();
+                tar.append_data(&mut h, name, &body[..]).unwrap();
+            }
+            tar.into_inner().unwrap().finish().unwrap()
+        };
+        let mut altered = files.clone();
+        altered[1].1[0] ^= 1;
+        assert_eq!(
+            read(&repack(&altered)).err(),
+            Some(ArchiveError::Checksum(STATE))
+        );
+        let without_sealed: Vec<_> = files
+            .iter()
+            .filter(|(n, _)| n != SEALED_SUMS)
+            .cloned()
+            .collect();
+        assert_eq!(
+            read(&repack(&without_sealed)).err(),
+            Some(ArchiveError::Missing(SEALED_SUMS))
+        );
+        assert!(matches!(
+            read(b"not a snapshot"),
+            Err(ArchiveError::Format(_))
+        ));
+    }
+}
