@@ -205,7 +205,32 @@ impl Ha {
         node.bootstrap()
             .await
             .map_err(|e| Error::internal(format!("bootstrap raft: {e}")))?;
-        let _ = node.raft().trigger().elect().await;
+        self.lead_alone(&node).await
+    }
+
+    /// In a cluster whose only voter is this node, waits (bounded) until it
+    /// leads, asking for an election again while it does not: openraft may
+    /// ignore a request that comes while a previous lease is still running.
+    pub async fn lead_alone(&self, node: &RaftNode) -> Result<()> {
+        let voters: Vec<_> = node
+            .membership()
+            .into_iter()
+            .filter(|(_, voter)| *voter)
+            .collect();
+        if voters.len() != 1 || voters[0].0.name != self.settings.node_name {
+            return Ok(());
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut metrics = node.raft().metrics();
+        while !node.is_leader() {
+            if Instant::now() > deadline {
+                return Err(Error::internal(
+                    "this node is the cluster's only voter but did not become leader within 30s",
+                ));
+            }
+            let _ = node.raft().trigger().elect().await;
+            let _ = tokio::time::timeout(Duration::from_millis(250), metrics.changed()).await;
+        }
         Ok(())
     }
 

@@ -457,7 +457,10 @@ impl Core {
                     .filter(|(_, voter)| *voter)
                     .collect();
                 if voters.len() == 1 && voters[0].0.name == ha.settings.node_name {
-                    let deadline = Instant::now() + Duration::from_secs(10);
+                    if let Err(e) = ha.lead_alone(&node).await {
+                        tracing::warn!(error = %e, "unsealed, but not yet active");
+                    }
+                    let deadline = Instant::now() + Duration::from_secs(30);
                     while self.role() == Role::Standby && Instant::now() < deadline {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
