@@ -10,4 +10,5 @@ mod durability;
 mod kv;
 mod lifecycle;
 mod smoke;
+mod snapshot;
 mod tls;
