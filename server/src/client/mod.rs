@@ -10,7 +10,7 @@ pub mod go_duration;
 pub mod raft;
 pub mod snapshot;
 pub mod sys;
-mod tls;
+pub(crate) mod tls;
 
 use std::fmt;
 

@@ -138,12 +138,13 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ClientError> 
     Ok(certs)
 }
 
-/// Checks the server's certificate against a fixed name (`VAULT_TLS_SERVER_NAME`) rather than
-/// the host in the address, e.g. when connecting to a node by IP.
+/// Full WebPKI verification, but against a fixed name rather than the host
+/// in the address: `VAULT_TLS_SERVER_NAME`, or the cluster port's
+/// `cluster.keyhold.internal` when dialling a peer by IP.
 #[derive(Debug)]
-struct NameOverride {
-    inner: Arc<WebPkiServerVerifier>,
-    name: ServerName<'static>,
+pub(crate) struct NameOverride {
+    pub(crate) inner: Arc<WebPkiServerVerifier>,
+    pub(crate) name: ServerName<'static>,
 }
 
 impl ServerCertVerifier for NameOverride {

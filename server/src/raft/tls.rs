@@ -14,12 +14,11 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::RootCertStore;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroize;
 
@@ -162,7 +161,7 @@ impl ClusterTls {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| tls_error("TLS versions", e))?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(ClusterNameVerifier {
+            .with_custom_certificate_verifier(Arc::new(crate::client::tls::NameOverride {
                 inner: webpki,
                 name: ServerName::try_from(CLUSTER_SERVER_NAME).expect("a valid DNS name"),
             }))
@@ -186,55 +185,11 @@ impl ClusterTls {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .unwrap()
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(ClusterNameVerifier {
+            .with_custom_certificate_verifier(Arc::new(crate::client::tls::NameOverride {
                 inner: webpki,
                 name: ServerName::try_from(CLUSTER_SERVER_NAME).unwrap(),
             }))
             .with_no_client_auth()
-    }
-}
-
-/// Full WebPKI verification against the cluster CA, with the expected name
-/// fixed to [`CLUSTER_SERVER_NAME`] instead of the dialled address.
-#[derive(Debug)]
-struct ClusterNameVerifier {
-    inner: Arc<WebPkiServerVerifier>,
-    name: ServerName<'static>,
-}
-
-impl ServerCertVerifier for ClusterNameVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _dialled: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        self.inner
-            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
     }
 }
 
