@@ -205,7 +205,9 @@ impl Ha {
         node.bootstrap()
             .await
             .map_err(|e| Error::internal(format!("bootstrap raft: {e}")))?;
-        self.lead_alone(&node).await
+        // Just bootstrapped: this node is the only voter, whatever the
+        // metrics say yet.
+        Self::wait_leader(&node).await
     }
 
     /// In a cluster whose only voter is this node, waits (bounded) until it
@@ -220,6 +222,11 @@ impl Ha {
         if voters.len() != 1 || voters[0].0.name != self.settings.node_name {
             return Ok(());
         }
+        Self::wait_leader(node).await
+    }
+
+    /// Asks for leadership until this node leads (bounded).
+    async fn wait_leader(node: &RaftNode) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut metrics = node.raft().metrics();
         while !node.is_leader() {
@@ -639,6 +646,20 @@ struct HaBackend {
 }
 
 impl HaBackend {
+    /// A write refused because this node does not lead is a retryable
+    /// `NotLeader`, not an I/O failure.
+    fn classify(e: StorageError) -> StorageError {
+        if crate::raft::is_not_leader(&e) {
+            StorageError::NotLeader(
+                e.to_string()
+                    .trim_start_matches("storage I/O failed: ")
+                    .to_string(),
+            )
+        } else {
+            e
+        }
+    }
+
     async fn writer(&self) -> std::result::Result<Arc<dyn Backend>, StorageError> {
         match self.ha.running().await {
             Some(node) => Ok(node.backend()),
@@ -655,15 +676,27 @@ impl Backend for HaBackend {
         self.ha.store.get(key).await
     }
     async fn put(&self, key: &str, value: Vec<u8>) -> std::result::Result<(), StorageError> {
-        self.writer().await?.put(key, value).await
+        self.writer()
+            .await?
+            .put(key, value)
+            .await
+            .map_err(Self::classify)
     }
     async fn delete(&self, key: &str) -> std::result::Result<(), StorageError> {
-        self.writer().await?.delete(key).await
+        self.writer()
+            .await?
+            .delete(key)
+            .await
+            .map_err(Self::classify)
     }
     async fn list(&self, prefix: &str) -> std::result::Result<Vec<String>, StorageError> {
         self.ha.store.list(prefix).await
     }
     async fn transaction(&self, ops: Vec<TxnOp>) -> std::result::Result<(), StorageError> {
-        self.writer().await?.transaction(ops).await
+        self.writer()
+            .await?
+            .transaction(ops)
+            .await
+            .map_err(Self::classify)
     }
 }

@@ -362,6 +362,17 @@ impl Core {
         };
         let unsealed = self.state.read().expect("state lock").clone();
         let barrier_sealed = self.barrier.is_sealed();
+        // A standby has no services but can read the cluster's identity.
+        let cluster: Option<ClusterInfo> = match (&unsealed, barrier_sealed) {
+            (Some(u), _) => Some(u.cluster.clone()),
+            (None, false) => self
+                .view("")
+                .get_json(CLUSTER_INFO_KEY)
+                .await
+                .ok()
+                .flatten(),
+            (None, true) => None,
+        };
         let keys = self.unseal_keys.lock().expect("unseal lock");
         let (progress, nonce) = if keys.progress() > 0 {
             (keys.progress(), keys.nonce.clone())
@@ -379,8 +390,8 @@ impl Core {
             version: crate::VERSION.to_string(),
             build_date: env!("KEYHOLD_BUILD_DATE").to_string(),
             migration: false,
-            cluster_name: unsealed.as_ref().map(|u| u.cluster.name.clone()),
-            cluster_id: unsealed.as_ref().map(|u| u.cluster.id.clone()),
+            cluster_name: cluster.as_ref().map(|c| c.name.clone()),
+            cluster_id: cluster.as_ref().map(|c| c.id.clone()),
             recovery_seal: false,
             storage_type: self.config.storage_type.clone(),
             removed_from_cluster: false,

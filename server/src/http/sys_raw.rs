@@ -203,10 +203,11 @@ async fn health(state: &AppState, query: &BTreeMap<String, String>, head: bool) 
                 }),
         }
     };
+    // Go's strconv.ParseBool, as Vault parses these (hvac sends "True").
     let flag = |name: &str| {
         query
             .get(name)
-            .is_some_and(|v| v.is_empty() || v == "true" || v == "1")
+            .is_some_and(|v| matches!(v.as_str(), "" | "1" | "t" | "T" | "true" | "TRUE" | "True"))
     };
     for name in [
         "activecode",

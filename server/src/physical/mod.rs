@@ -26,6 +26,10 @@ pub enum StorageError {
     Integrity { key: String },
     #[error("Vault is sealed")]
     Sealed,
+    /// A write reached a node that is not (or no longer) the Raft leader:
+    /// leadership is changing; the client should retry.
+    #[error("leadership is changing ({0}); retry the request")]
+    NotLeader(String),
     #[error("storage key {key:?} is invalid: {reason}")]
     InvalidKey { key: String, reason: &'static str },
     #[error("the value for {key:?} is {size} bytes, over the {limit}-byte limit")]

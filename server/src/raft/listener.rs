@@ -77,8 +77,11 @@ pub struct ClusterListener {
 
 impl ClusterListener {
     /// Stops accepting and closes every open connection now.
+    /// Stops accepting; requests in flight (a forwarded `sys/seal` whose
+    /// answer is still on its way) get a moment to finish.
     pub fn shutdown(&self) {
-        self.handle.shutdown();
+        self.handle
+            .graceful_shutdown(Some(std::time::Duration::from_secs(2)));
     }
 
     /// New handshakes use `tls` from now on (certificate rotation).
