@@ -1,8 +1,14 @@
-"""Fixtures for the hvac compatibility suite: real `keyhold server` processes on 127.0.0.1 behind
+"""Fixtures for the hvac compatibility suite: real `keyhold server` processes on 127.0.0.x behind
 real TLS (a CA made per session with `cryptography`), driven by an unmodified hvac client.
 
 The binary comes from the KEYHOLD_BIN environment variable, which the test runner sets. Every wait
 is bounded in count; no test asserts on elapsed time.
+
+KEYHOLD_COMPAT_TOPOLOGY picks what the tests talk to:
+- `single` (default): one node, which is the active node;
+- `cluster`: three raft nodes on 127.0.0.1-3 that form through `retry_join`, and the client is
+  pointed at a standby, so every request the tests make is forwarded to the active node. Tests
+  marked `single_node(reason)` are skipped there, with the reason.
 """
 
 import datetime
@@ -24,6 +30,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 WAIT_ATTEMPTS = 400
 WAIT_INTERVAL = 0.05
+TOPOLOGIES = ("single", "cluster")
+TOPOLOGY = os.environ.get("KEYHOLD_COMPAT_TOPOLOGY", "single")
+CLUSTER_SIZE = 3
 
 
 def pytest_sessionstart(session):
@@ -36,6 +45,33 @@ def pytest_sessionstart(session):
         )
     if not os.access(binary, os.X_OK):
         pytest.exit(f"KEYHOLD_BIN={binary} is not an executable file", returncode=2)
+    if TOPOLOGY not in TOPOLOGIES:
+        pytest.exit(
+            f"KEYHOLD_COMPAT_TOPOLOGY={TOPOLOGY!r}: expected one of {', '.join(TOPOLOGIES)}",
+            returncode=2,
+        )
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "single_node(reason): the test needs the node it talks to to be the only node (it "
+        "seals it and expects that very address to go down); skipped in cluster topology",
+    )
+
+
+def pytest_report_header(config):
+    return f"keyhold topology: {TOPOLOGY}"
+
+
+def pytest_collection_modifyitems(config, items):
+    if TOPOLOGY != "cluster":
+        return
+    for item in items:
+        marker = item.get_closest_marker("single_node")
+        if marker is not None:
+            reason = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "")
+            item.add_marker(pytest.mark.skip(reason=f"cluster topology: {reason}"))
 
 
 # --- PKI ---------------------------------------------------------------------------------------
@@ -131,44 +167,61 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class KeyholdServer:
-    """One `keyhold server -config=...` process with raft storage and a TLS listener."""
+    """One `keyhold server -config=...` process with raft storage and a TLS listener on `ip`."""
 
-    def __init__(self, directory: Path, pki: Pki, name: str = "n1"):
+    def __init__(self, directory: Path, pki: Pki, name: str = "n1", ip: str = "127.0.0.1"):
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
         self.pki = pki
-        self.port = free_port()
-        self.url = f"https://127.0.0.1:{self.port}"
-        self.cert_path, self.key_path = pki.issue_server(f"{name}-server")
+        self.name = name
+        self.ip = ip
+        self.port = free_port(ip)
+        self.url = f"https://{ip}:{self.port}"
+        # api_addr of the nodes this one joins through `retry_join` (set before `start`).
+        self.retry_join = []
+        self.cert_path, self.key_path = pki.issue_server(f"{name}-server", ip)
         self.cert_path = self.cert_path.rename(self.directory / "server.crt")
         self.key_path = self.key_path.rename(self.directory / "server.key")
         self.data_dir = self.directory / "data"
         self.data_dir.mkdir(exist_ok=True)
         self.log_path = self.directory / "keyhold.log"
         self.config_path = self.directory / "keyhold.hcl"
+        self.write_config()
+        self.process = None
+        self.keys = None
+        self.keys_base64 = None
+        self.root_token = None
+        self.threshold = None
+
+    def write_config(self) -> None:
+        joins = "".join(
+            f'''
+  retry_join {{
+    leader_api_addr     = "{leader}"
+    leader_ca_cert_file = "{self.pki.ca_path}"
+  }}'''
+            for leader in self.retry_join
+        )
+        raft_tuning = "\n  performance_multiplier = 1" if self.retry_join else ""
         self.config_path.write_text(
             f'''storage "raft" {{
   path    = "{self.data_dir}"
-  node_id = "{name}"
+  node_id = "{self.name}"{raft_tuning}{joins}
 }}
 
 listener "tcp" {{
-  address       = "127.0.0.1:{self.port}"
+  address       = "{self.ip}:{self.port}"
   tls_cert_file = "{self.cert_path}"
   tls_key_file  = "{self.key_path}"
 }}
 
 disable_mlock = true
 api_addr      = "{self.url}"
-cluster_addr  = "https://127.0.0.1:{self.port + 1}"
+cluster_addr  = "https://{self.ip}:{self.port + 1}"
 cluster_name  = "keyhold-compat"
 log_level     = "info"
 '''
         )
-        self.process = None
-        self.keys = None
-        self.keys_base64 = None
-        self.root_token = None
 
     @property
     def ca_path(self) -> str:
@@ -221,11 +274,27 @@ log_level     = "info"
 
     def wait_active(self) -> None:
         for _ in range(WAIT_ATTEMPTS):
-            status = requests.get(f"{self.url}/v1/sys/health", verify=self.ca_path, timeout=5)
-            if status.status_code == 200:
+            if self.health_code() == 200:
                 return
             time.sleep(WAIT_INTERVAL)
         raise RuntimeError(f"not active after {WAIT_ATTEMPTS} attempts:\n{self.log_tail()}")
+
+    @property
+    def active_url(self) -> str:
+        """The address of the active node: this one, when it is the only node."""
+        return self.url
+
+    def health_code(self):
+        """What `sys/health` answers (200 active, 429 standby, 503 sealed, 501 uninitialised),
+        or None when nothing answers."""
+        try:
+            return requests.get(f"{self.url}/v1/sys/health", verify=self.ca_path, timeout=5).status_code
+        except requests.RequestException:
+            return None
+
+    def is_sealed(self) -> bool:
+        status = requests.get(f"{self.url}/v1/sys/seal-status", verify=self.ca_path, timeout=5)
+        return status.json()["sealed"]
 
     def send_signal(self, sig) -> None:
         self.process.send_signal(sig)
@@ -244,6 +313,155 @@ log_level     = "info"
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log().splitlines()[-lines:])
+
+
+class KeyholdCluster:
+    """Raft nodes on 127.0.0.1..N that form through `retry_join`, seen through one standby.
+
+    It offers what the tests use of a `KeyholdServer` (url, ca_path, keys, root_token, client(),
+    root_client(), init(), unseal(), wait_active(), send_signal(), process, stop()), so a test
+    body runs unchanged against either: `url` is a standby's address, chosen when the cluster
+    forms, and every request the test sends there is forwarded to the active node.
+    """
+
+    def __init__(self, directory: Path, pki: Pki, size: int = CLUSTER_SIZE):
+        self.pki = pki
+        self.nodes = [
+            KeyholdServer(directory / f"n{i + 1}", pki, f"n{i + 1}", ip=f"127.0.0.{i + 1}")
+            for i in range(size)
+        ]
+        for node in self.nodes:
+            node.retry_join = [other.url for other in self.nodes if other is not node]
+            node.write_config()
+        self.entry = self.nodes[0]
+        self.keys = None
+        self.keys_base64 = None
+        self.root_token = None
+        self.threshold = None
+
+    @property
+    def url(self) -> str:
+        return self.entry.url
+
+    @property
+    def ca_path(self) -> str:
+        return str(self.pki.ca_path)
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+
+    def client(self, token=None) -> hvac.Client:
+        return self.entry.client(token)
+
+    def root_client(self) -> hvac.Client:
+        return self.client(self.root_token)
+
+    def init(self, shares: int = 5, threshold: int = 3) -> dict:
+        """Initialises node 1 and unseals it (it becomes active), then unseals every other node
+        once `retry_join` has brought it the cluster's join challenge, and points the client at
+        a standby."""
+        first = self.nodes[0]
+        result = first.init(shares, threshold)
+        first.unseal()
+        # Joiners become voters once autopilot has seen them stable; 1 s instead of 10 s.
+        first.root_client().write_data(
+            "sys/storage/raft/autopilot/configuration", data={"server_stabilization_time": "1s"}
+        )
+        for node in self.nodes:
+            node.keys, node.keys_base64 = result["keys"], result["keys_base64"]
+            node.root_token, node.threshold = result["root_token"], threshold
+        self.keys, self.keys_base64 = result["keys"], result["keys_base64"]
+        self.root_token, self.threshold = result["root_token"], threshold
+        for node in self.nodes[1:]:
+            self._wait_challenge(node)
+            node.client().sys.submit_unseal_keys(self.keys[:threshold])
+        self.wait_active()
+        self._wait_voters()
+        self.entry = next(node for node in self.nodes if node.health_code() == 429)
+        return result
+
+    def _wait_voters(self) -> None:
+        """Waits until every node is a voter, so losing the active node leaves a quorum."""
+        servers = []
+        for _ in range(WAIT_ATTEMPTS):
+            answer = self.nodes[0].root_client().read("sys/storage/raft/configuration")
+            servers = answer["data"]["config"]["servers"]
+            if len(servers) == len(self.nodes) and all(s["voter"] for s in servers):
+                return
+            time.sleep(WAIT_INTERVAL)
+        raise RuntimeError(f"not every node a voter after {WAIT_ATTEMPTS} attempts: {servers}")
+
+    def _wait_challenge(self, node: KeyholdServer) -> None:
+        # retry_join asks every 2 s; a node holding the challenge reports itself initialised.
+        for _ in range(WAIT_ATTEMPTS):
+            if node.client().sys.is_initialized():
+                return
+            time.sleep(WAIT_INTERVAL)
+        raise RuntimeError(
+            f"{node.name} got no join challenge after {WAIT_ATTEMPTS} attempts:\n{node.log_tail()}"
+        )
+
+    def unseal(self) -> None:
+        """Unseals every sealed node (sys/seal seals the active node only), then waits."""
+        for node in self.nodes:
+            if node.is_sealed():
+                node.client().sys.submit_unseal_keys(self.keys[: self.threshold])
+        self.wait_active()
+
+    def roles(self) -> dict:
+        return {node.name: node.health_code() for node in self.nodes}
+
+    def wait_active(self) -> None:
+        """Waits until exactly one node is active and every other node is a standby."""
+        roles = {}
+        for _ in range(WAIT_ATTEMPTS):
+            roles = self.roles()
+            codes = sorted(roles.values(), key=str)
+            if codes.count(200) == 1 and codes.count(429) == len(self.nodes) - 1:
+                return
+            time.sleep(WAIT_INTERVAL)
+        tails = "\n".join(f"--- {n.name} ---\n{n.log_tail(20)}" for n in self.nodes)
+        raise RuntimeError(
+            f"no single active node with {len(self.nodes) - 1} standbys after {WAIT_ATTEMPTS} "
+            f"attempts; health codes {roles}\n{tails}"
+        )
+
+    def active_node(self) -> KeyholdServer:
+        for _ in range(WAIT_ATTEMPTS):
+            active = [node for node in self.nodes if node.health_code() == 200]
+            if len(active) == 1:
+                return active[0]
+            time.sleep(WAIT_INTERVAL)
+        raise RuntimeError(f"no single active node after {WAIT_ATTEMPTS} attempts: {self.roles()}")
+
+    @property
+    def active_url(self) -> str:
+        return self.active_node().url
+
+    @property
+    def process(self):
+        """The active node's process."""
+        return self.active_node().process
+
+    def send_signal(self, sig) -> None:
+        """Signals every node, as an operator reloading the whole cluster would."""
+        for node in self.nodes:
+            node.send_signal(sig)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(f"--- {n.name} ---\n{n.log_tail(lines)}" for n in self.nodes)
+
+
+def make_target(directory: Path, pki: Pki):
+    """What the tests talk to in this run's topology, not started."""
+    if TOPOLOGY == "cluster":
+        return KeyholdCluster(directory, pki)
+    return KeyholdServer(directory, pki)
 
 
 # --- fixtures ----------------------------------------------------------------------------------
@@ -272,25 +490,35 @@ def server_factory(tmp_path, pki):
 
 @pytest.fixture
 def fresh_server(server_factory) -> KeyholdServer:
-    """An uninitialised server of its own."""
+    """An uninitialised server of its own. There is no standby before init, so in cluster
+    topology these tests are skipped: the single-node pass covers them."""
+    if TOPOLOGY == "cluster":
+        pytest.skip("cluster topology: an uninitialised node has no standby to talk through")
     return server_factory()
 
 
 @pytest.fixture
-def active_server(server_factory) -> KeyholdServer:
-    """A server of its own, initialised (3 shares, threshold 2) and unsealed, with KV v2 at secret/."""
-    server = server_factory()
-    server.init(3, 2)
-    server.unseal()
-    server.root_client().sys.enable_secrets_engine("kv", path="secret", options={"version": "2"})
-    return server
+def active_server(tmp_path, pki):
+    """A server (or, in cluster topology, a cluster seen through a standby) of its own,
+    initialised (3 shares, threshold 2) and unsealed, with KV v2 at secret/."""
+    server = make_target(tmp_path / "target", pki)
+    try:
+        server.start()
+        server.init(3, 2)
+        server.unseal()
+        server.root_client().sys.enable_secrets_engine(
+            "kv", path="secret", options={"version": "2"}
+        )
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")
 def session_server(tmp_path_factory, pki):
-    """One server shared by the tests that leave it as they found it: initialised (5 shares,
-    threshold 3), unsealed, KV v2 mounted at secret/."""
-    server = KeyholdServer(tmp_path_factory.mktemp("session"), pki)
+    """One server (or cluster, seen through a standby) shared by the tests that leave it as they
+    found it: initialised (5 shares, threshold 3), unsealed, KV v2 mounted at secret/."""
+    server = make_target(tmp_path_factory.mktemp("session"), pki)
     server.start()
     try:
         server.init(5, 3)

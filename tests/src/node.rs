@@ -43,6 +43,9 @@ pub struct NodeOptions {
     pub extra_listener: Vec<String>,
     /// Lines added at the top level of the config file.
     pub extra_top: Vec<String>,
+    /// Lines added inside the `storage "raft"` block (`performance_multiplier = 1`, `retry_join`
+    /// blocks); ignored for inmem storage.
+    pub extra_raft: Vec<String>,
     pub log_level: &'static str,
 }
 
@@ -54,6 +57,7 @@ impl Default for NodeOptions {
             max_request_size: None,
             extra_listener: Vec::new(),
             extra_top: Vec::new(),
+            extra_raft: Vec::new(),
             log_level: "info",
         }
     }
@@ -154,6 +158,7 @@ pub struct Node {
     /// The certificate the harness's own client presents, when the listener requires one.
     pub client_cert: Option<IssuedCert>,
     ca_pem: String,
+    ca_path: PathBuf,
 }
 
 impl Node {
@@ -215,25 +220,32 @@ impl Node {
             api: Api::new(builder.build()?, format!("{scheme}://{ip}:{port}")),
             client_cert,
             ca_pem: pki.ca_pem.clone(),
+            ca_path: pki.ca_path.clone(),
         };
-        let config = node.render_config(&pki.ca_path);
-        fs::write(&node.config_path, config)
-            .with_context(|| format!("write {}", node.config_path.display()))?;
+        node.write_config()?;
         Ok(node)
     }
 
+    /// Writes the config file from `options`: after changing them, before the next `start`.
+    pub fn write_config(&self) -> Result<()> {
+        fs::write(&self.config_path, self.render_config())
+            .with_context(|| format!("write {}", self.config_path.display()))
+    }
+
     /// The server config this node runs with, as HCL.
-    fn render_config(&self, ca_path: &Path) -> String {
+    fn render_config(&self) -> String {
         let o = &self.options;
+        let ca_path = &self.ca_path;
         let mut hcl = String::new();
         match o.storage {
             Storage::Raft => {
-                let _ = writeln!(
-                    hcl,
-                    "storage \"raft\" {{\n  path    = \"{}\"\n  node_id = \"{}\"\n}}\n",
-                    self.data_dir.display(),
-                    self.id
-                );
+                let _ = writeln!(hcl, "storage \"raft\" {{");
+                let _ = writeln!(hcl, "  path    = \"{}\"", self.data_dir.display());
+                let _ = writeln!(hcl, "  node_id = \"{}\"", self.id);
+                for line in &o.extra_raft {
+                    let _ = writeln!(hcl, "  {line}");
+                }
+                let _ = writeln!(hcl, "}}\n");
             }
             Storage::Inmem => hcl.push_str("storage \"inmem\" {}\n\n"),
         }
@@ -298,6 +310,51 @@ impl Node {
     pub fn api(&self) -> Api {
         let token = self.init_keys.as_ref().map(|k| k.root_token.as_str());
         self.api.with_token(token)
+    }
+
+    /// The node's `api_addr`, `https://127.0.0.N:PORT`: what other nodes name in `retry_join`.
+    pub fn api_addr(&self) -> &str {
+        &self.api.base
+    }
+
+    /// Whether the harness has a process for this node (not killed, stopped or never started).
+    pub fn is_up(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// The status `GET /v1/sys/health` answers (200 active, 429 standby, 503 sealed, 501
+    /// uninitialised), or `None` when nothing answers within two seconds.
+    pub async fn health_code(&self) -> Option<u16> {
+        self.api
+            .http()
+            .get(self.api.url("sys/health"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()
+            .map(|r| r.status().as_u16())
+    }
+
+    /// Unseals a cluster member with `keys` (one at a time until unsealed), then waits (bounded:
+    /// 400 x 50 ms) until it serves as the active node or a standby (health 200 or 429).
+    pub async fn unseal_member(&self, keys: &[String]) -> Result<()> {
+        self.api
+            .unseal_all(keys)
+            .await
+            .with_context(|| format!("unseal {}", self.id))?;
+        let mut last = None;
+        for _ in 0..400 {
+            last = self.health_code().await;
+            if matches!(last, Some(200 | 429)) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!(
+            "{} unsealed but health never said active (200) or standby (429) in 400 polls; last: {last:?}; log:\n{}",
+            self.id,
+            self.log_tail(40)
+        )
     }
 
     /// The CA certificate (PEM) this node's certificates chain to.

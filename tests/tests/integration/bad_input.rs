@@ -527,6 +527,8 @@ async fn tampered_storage_value_is_refused_and_nothing_else_is_lost() -> Result<
 
     node.start().await?;
     node.api().unseal_all(&keys.keys).await?;
+    // A restarted raft node is briefly a standby after unseal (as in Vault): wait until active.
+    node.wait_active().await?;
     let api = node.api();
     for (key, value) in &expected {
         let r = api.get(&format!("secret/data/{key}")).await?;

@@ -6,6 +6,7 @@ mod acl;
 mod api_conventions;
 mod bad_input;
 mod cli;
+mod cluster;
 mod durability;
 mod kv;
 mod lifecycle;
