@@ -46,6 +46,8 @@ pub const KEY_MATERIAL: &[&str] = &[
 ];
 /// How long an issued challenge may be answered.
 const CHALLENGE_TTL: Duration = Duration::from_secs(600);
+/// Join challenges kept at once (one per joining node name).
+const MAX_OUTSTANDING_CHALLENGES: usize = 64;
 /// How long a forwarded request may take.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -373,6 +375,10 @@ impl Ha {
         }
         let mut challenges = self.challenges.lock().expect("challenges lock");
         challenges.retain(|_, c| c.issued.elapsed() < CHALLENGE_TTL);
+        // The endpoint needs no token: bound what strangers can make it keep.
+        if challenges.len() >= MAX_OUTSTANDING_CHALLENGES && !challenges.contains_key(server_id) {
+            return Err(Error::invalid("too many join challenges outstanding; try again in a few minutes"));
+        }
         challenges.insert(
             server_id.to_string(),
             IssuedChallenge {
