@@ -98,7 +98,7 @@ impl Core {
             })?;
         // A data directory seeded offline from a snapshot has data but no
         // Raft membership yet: it starts a cluster of its own.
-        if ha.open().await?.membership().is_empty() {
+        if ha.never_clustered()? {
             tracing::info!(
                 "no Raft membership yet (data restored offline): bootstrapping a one-node cluster"
             );
@@ -153,18 +153,23 @@ impl Core {
     }
 
     async fn become_active(self: &Arc<Self>, ha: &Arc<Ha>) -> Result<()> {
-        let _guard = self.lifecycle.lock().await;
-        if self.is_sealed() || self.role() == Role::Active {
-            return Ok(());
-        }
         let node = ha.running().await.ok_or(Error::NoActiveNode)?;
-        // Serve only once everything committed before this term is applied here.
+        // Serve only once everything committed before this term is applied
+        // here. This waits for a quorum (a node restarted as leader may wait
+        // for its peers to be unsealed), so it runs without the lifecycle
+        // lock: unseal, seal and status stay answerable meanwhile.
         tokio::time::timeout(Duration::from_secs(30), node.raft().ensure_linearizable())
             .await
             .map_err(|_| {
-                Error::internal("timed out catching up with the log before becoming active")
+                Error::internal(
+                    "timed out confirming leadership with a quorum before becoming active",
+                )
             })?
             .map_err(|e| Error::internal(format!("not the leader any more: {e}")))?;
+        let _guard = self.lifecycle.lock().await;
+        if self.is_sealed() || self.role() == Role::Active || !node.is_leader() {
+            return Ok(());
+        }
         if let Err(e) = self.barrier.reload_keyring().await {
             // A snapshot from another cluster was restored: this node's keys
             // no longer open the stored keyring.

@@ -201,6 +201,14 @@ impl Ha {
         self.node.read().await.clone()
     }
 
+    /// True when this node's store has never taken part in Raft: no log,
+    /// no vote (a fresh directory, or one seeded offline from a snapshot).
+    /// Read from disk, not from Raft's metrics, which load asynchronously.
+    pub fn never_clustered(&self) -> Result<bool> {
+        Ok(self.store.open_raw_tree_len("raft_log")? == 0
+            && self.store.open_raw_tree_len("raft_meta")? == 0)
+    }
+
     /// Makes this node a one-voter cluster (at `sys/init`).
     pub async fn bootstrap(&self) -> Result<()> {
         let node = self.open().await?;
@@ -377,7 +385,9 @@ impl Ha {
         challenges.retain(|_, c| c.issued.elapsed() < CHALLENGE_TTL);
         // The endpoint needs no token: bound what strangers can make it keep.
         if challenges.len() >= MAX_OUTSTANDING_CHALLENGES && !challenges.contains_key(server_id) {
-            return Err(Error::invalid("too many join challenges outstanding; try again in a few minutes"));
+            return Err(Error::invalid(
+                "too many join challenges outstanding; try again in a few minutes",
+            ));
         }
         challenges.insert(
             server_id.to_string(),

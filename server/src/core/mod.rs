@@ -402,6 +402,10 @@ impl Core {
 
     /// One `sys/unseal` call: a key share, or `reset`.
     pub async fn unseal(self: &Arc<Self>, key: Option<&str>, reset: bool) -> Result<SealStatus> {
+        // Already unsealed: answer without waiting on an operation in flight.
+        if !reset && !self.is_sealed() {
+            return self.seal_status().await;
+        }
         let _guard = self.lifecycle.lock().await;
         let (config, joining) = match self.seal.config().await? {
             Some(config) => (config, false),
