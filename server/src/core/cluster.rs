@@ -87,15 +87,7 @@ impl Core {
     /// After the barrier is unsealed on an HA node: start Raft and the
     /// cluster listener, then follow leadership.
     pub(super) async fn start_ha(self: &Arc<Self>, ha: &Arc<Ha>) -> Result<()> {
-        let tls: ClusterTls = self
-            .view("")
-            .get_json(CLUSTER_TLS_KEY)
-            .await?
-            .ok_or_else(|| {
-                Error::internal(
-                    "the cluster TLS keyring (core/cluster/tls) is missing from storage",
-                )
-            })?;
+        let tls = self.cluster_tls().await?;
         // A data directory seeded offline from a snapshot has data but no
         // Raft membership yet: it starts a cluster of its own.
         if ha.never_clustered()? {
@@ -202,12 +194,20 @@ impl Core {
     pub async fn raft_answer(&self, joiner: ClusterNode, answer: &str) -> Result<AnswerResponse> {
         let ha = self.ha_or_invalid()?;
         self.unsealed()?;
-        let tls: ClusterTls = self
-            .view("")
+        let tls = self.cluster_tls().await?;
+        ha.admit(&self.barrier, &tls, joiner, answer).await
+    }
+
+    /// The cluster TLS keyring, from behind the barrier.
+    async fn cluster_tls(&self) -> Result<ClusterTls> {
+        self.view("")
             .get_json(CLUSTER_TLS_KEY)
             .await?
-            .ok_or_else(|| Error::internal("the cluster TLS keyring is missing"))?;
-        ha.admit(&self.barrier, &tls, joiner, answer).await
+            .ok_or_else(|| {
+                Error::internal(
+                    "the cluster TLS keyring (core/cluster/tls) is missing from storage",
+                )
+            })
     }
 
     /// `sys/storage/raft/join` and `retry_join`: fetch a challenge from the

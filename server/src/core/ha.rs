@@ -224,15 +224,17 @@ impl Ha {
     /// leads, asking for an election again while it does not: openraft may
     /// ignore a request that comes while a previous lease is still running.
     pub async fn lead_alone(&self, node: &RaftNode) -> Result<()> {
-        let voters: Vec<_> = node
-            .membership()
-            .into_iter()
-            .filter(|(_, voter)| *voter)
-            .collect();
-        if voters.len() != 1 || voters[0].0.name != self.settings.node_name {
+        if !self.is_only_voter(node) {
             return Ok(());
         }
         Self::wait_leader(node).await
+    }
+
+    /// True when this node is the cluster's one voter (as Raft's metrics
+    /// know the membership now).
+    pub fn is_only_voter(&self, node: &RaftNode) -> bool {
+        let mut voters = node.membership().into_iter().filter(|(_, voter)| *voter);
+        matches!((voters.next(), voters.next()), (Some((me, _)), None) if me.name == self.settings.node_name)
     }
 
     /// Asks for leadership until this node leads (bounded).
@@ -273,12 +275,7 @@ impl Ha {
             .map_err(|e| Error::internal(format!("build the forwarding client: {e}")))?;
         *self.forwarder.lock().expect("forwarder lock") = Some(client);
         self.serving.store(true, Ordering::SeqCst);
-        let voters: Vec<_> = node
-            .membership()
-            .into_iter()
-            .filter(|(_, voter)| *voter)
-            .collect();
-        if voters.len() == 1 && voters[0].0.name == self.settings.node_name {
+        if self.is_only_voter(&node) {
             let _ = node.raft().trigger().elect().await;
         }
         Ok(node)

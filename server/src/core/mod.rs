@@ -466,12 +466,7 @@ impl Core {
         // so the node is usable as soon as unseal returns (as with Vault).
         if let Some(ha) = &self.ha {
             if let Some(node) = ha.running().await {
-                let voters: Vec<_> = node
-                    .membership()
-                    .into_iter()
-                    .filter(|(_, voter)| *voter)
-                    .collect();
-                if voters.len() == 1 && voters[0].0.name == ha.settings.node_name {
+                if ha.is_only_voter(&node) {
                     if let Err(e) = ha.lead_alone(&node).await {
                         tracing::warn!(error = %e, "unsealed, but not yet active");
                     }
