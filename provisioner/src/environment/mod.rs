@@ -1,0 +1,5 @@
+//! Environment files (`environments/NAME.hcl`): reading, validation, defaults.
+
+mod model;
+
+pub use model::*;

@@ -1,0 +1,266 @@
+//! The typed environment: what an `environments/NAME.hcl` file says, with every default
+//! filled in. Built by [`super::load`]; read by the planner, the renderer and the providers.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// The node counts a Raft cluster is run with: 1 (a one-voter cluster), 3 or 5.
+pub const NODE_COUNTS: &[usize] = &[1, 3, 5];
+
+/// One environment: a cluster and everything configured in it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Environment {
+    /// The environment's name: the file's stem (`local` for `environments/local.hcl`).
+    pub name: String,
+    /// The environment file, as given.
+    pub file: PathBuf,
+    pub provider: Provider,
+    /// 1, 3 or 5.
+    pub nodes: usize,
+    pub server: Server,
+    pub listener: Listener,
+    pub raft: Raft,
+    pub autopilot: Autopilot,
+    pub log: Log,
+    pub seal: Seal,
+    pub init: Init,
+    pub tls: Tls,
+    pub audit: Vec<AuditDevice>,
+    pub policies: Vec<PolicyFile>,
+    pub auth: Vec<AuthMethod>,
+    pub secrets: Vec<SecretsEngine>,
+    pub admin: Admin,
+    pub snapshots: Option<Snapshots>,
+}
+
+/// Where and how nodes run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Provider {
+    /// Processes on this machine, each on its own loopback address.
+    Local(LocalProvider),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LocalProvider {
+    /// The first node's address; node N listens on this address plus N-1 (127.0.1.1, .2, ...).
+    pub address_base: Ipv4Addr,
+}
+
+impl Provider {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Provider::Local(_) => "local",
+        }
+    }
+}
+
+/// Which server binary the nodes run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Server {
+    /// An explicit path to the `keyhold` binary; otherwise the one beside `provision`, then `PATH`.
+    pub binary: Option<PathBuf>,
+    /// When set, the binary's `keyhold version` must report this version.
+    pub version: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+impl TlsVersion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsVersion::Tls12 => "tls12",
+            TlsVersion::Tls13 => "tls13",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Listener {
+    /// The client API port (8200).
+    pub api_port: u16,
+    /// The cluster (Raft and forwarding) port (8201).
+    pub cluster_port: u16,
+    pub tls_min_version: TlsVersion,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Raft {
+    pub performance_multiplier: u32,
+    /// Raft log entries after which a snapshot is taken (Vault's default 8192).
+    pub snapshot_threshold: Option<u64>,
+}
+
+/// Autopilot settings written to `sys/storage/raft/autopilot/configuration` after init.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Autopilot {
+    pub cleanup_dead_servers: bool,
+    pub dead_server_last_contact_threshold: Duration,
+    pub last_contact_threshold: Duration,
+    pub max_trailing_logs: u64,
+    pub min_quorum: u32,
+    pub server_stabilization_time: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Log {
+    /// trace, debug, info, warn, error.
+    pub level: String,
+    /// standard or json.
+    pub format: String,
+    pub rotate_bytes: Option<u64>,
+    pub rotate_duration: Option<Duration>,
+    pub rotate_max_files: Option<u32>,
+}
+
+/// How the cluster's root key is protected.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Seal {
+    /// Unseal key shares, split with Shamir's scheme.
+    Shamir,
+}
+
+impl Seal {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Seal::Shamir => "shamir",
+        }
+    }
+}
+
+/// `operator init` parameters and where its output goes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Init {
+    pub secret_shares: u8,
+    pub secret_threshold: u8,
+    /// age recipients (`age1...`). Either one list for the whole init output, or exactly one per
+    /// share (`per_share_recipients`). Empty: a local identity is generated (local/ci only).
+    pub recipients: Vec<String>,
+    /// Share i is encrypted to `recipients[i]` only; the root token and admin credentials to all.
+    pub per_share_recipients: bool,
+    /// Revoke the initial root token once the cluster is configured.
+    pub revoke_root_token: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Tls {
+    pub ca_lifetime: Duration,
+    pub cert_lifetime: Duration,
+    /// Extra DNS names or IP addresses put in every node certificate (a load balancer's name).
+    pub extra_sans: Vec<String>,
+}
+
+/// An audit device enabled after init.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditDevice {
+    /// The device type: `file`.
+    pub kind: String,
+    /// Its mount path (`file/`).
+    pub path: String,
+    /// Where a `file` device writes: a file name inside the node's log directory, or an
+    /// absolute path.
+    pub file_path: String,
+    /// Extra options passed as-is (`log_raw`, `hmac_accessor`, `format`, `mode`, ...).
+    pub options: Vec<(String, String)>,
+}
+
+/// An ACL policy written after init from a file beside the environment.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PolicyFile {
+    pub name: String,
+    /// The policy file (resolved against the environment file's directory).
+    pub file: PathBuf,
+}
+
+/// An auth method to enable, with what to create in it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AuthMethod {
+    Userpass {
+        path: String,
+        users: Vec<UserpassUser>,
+    },
+    Approle {
+        path: String,
+        roles: Vec<AppRole>,
+    },
+}
+
+impl AuthMethod {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AuthMethod::Userpass { .. } => "userpass",
+            AuthMethod::Approle { .. } => "approle",
+        }
+    }
+
+    pub fn path(&self) -> &str {
+        match self {
+            AuthMethod::Userpass { path, .. } | AuthMethod::Approle { path, .. } => path,
+        }
+    }
+}
+
+/// A userpass user; its password is generated by the provisioner and kept encrypted.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UserpassUser {
+    pub name: String,
+    pub policies: Vec<String>,
+    pub token_ttl: Option<Duration>,
+    pub token_max_ttl: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AppRole {
+    pub name: String,
+    pub token_policies: Vec<String>,
+    pub token_ttl: Option<Duration>,
+    pub token_max_ttl: Option<Duration>,
+    pub secret_id_ttl: Option<Duration>,
+    pub secret_id_num_uses: Option<u64>,
+}
+
+/// A secrets engine mounted after init.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SecretsEngine {
+    /// `kv` (the only engine type today; transit arrives with auto-unseal).
+    pub kind: String,
+    pub path: String,
+    /// KV version: 1 or 2.
+    pub version: u8,
+}
+
+/// The login `provision env` hands out: a userpass user of this environment.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Admin {
+    /// The userpass mount path.
+    pub auth_path: String,
+    pub user: String,
+}
+
+/// Scheduled snapshots (taken by the snapshot agent; see the auto-unseal and snapshots issue).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Snapshots {
+    /// A systemd `OnCalendar=` expression (`hourly`, `*-*-* *:00/15:00`).
+    pub schedule: String,
+    /// Keep at most this many snapshots.
+    pub retain: Option<u32>,
+    /// Keep everything younger than this.
+    pub retain_for: Option<Duration>,
+}
+
+impl Environment {
+    /// Node names: `keyhold-1` .. `keyhold-N`.
+    pub fn node_names(&self) -> Vec<String> {
+        (1..=self.nodes).map(|i| format!("keyhold-{i}")).collect()
+    }
+}

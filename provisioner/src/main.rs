@@ -1,0 +1,2 @@
+//! The `provision` binary.
+fn main() {}
