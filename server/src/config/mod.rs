@@ -3,6 +3,8 @@
 //!
 //! Three layers, each in its own module:
 //! - `syntax`: HCL (hcl-edit) or JSON text -> one tree of positioned values;
+//! - `section`: the typed reader of one block body (allowed keys, value types), shared
+//!   with the provisioner's environment files;
 //! - `decode`: that tree -> one file's settings, rejecting unknown keys,
 //!   wrong types and stanza types this build does not know;
 //! - `check`: `validate` (semantic checks) and `unsupported` (stanzas that
@@ -15,7 +17,8 @@
 mod check;
 mod decode;
 mod error;
-mod syntax;
+pub mod section;
+pub mod syntax;
 
 #[cfg(test)]
 mod tests;

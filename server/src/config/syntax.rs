@@ -14,14 +14,14 @@ use hcl_edit::template::{Element, Template};
 use hcl_edit::Span;
 
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Node {
+pub struct Node {
     pub value: Value,
     /// Byte offset in the source where the value starts.
     pub pos: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Value {
+pub enum Value {
     Null,
     Bool(bool),
     Int(i64),
@@ -35,7 +35,7 @@ pub(crate) enum Value {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Object {
+pub struct Object {
     pub entries: Vec<Entry>,
     /// True for the body of an HCL block (`{ ... }` after the labels), false
     /// for a label level or a JSON/HCL object value. Lets the decoder tell
@@ -44,7 +44,7 @@ pub(crate) struct Object {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Entry {
+pub struct Entry {
     pub key: String,
     pub key_pos: usize,
     pub value: Node,
@@ -67,7 +67,7 @@ impl Value {
 }
 
 /// Turns byte offsets into 1-based lines and columns (columns count characters).
-pub(crate) struct Source<'a> {
+pub struct Source<'a> {
     pub file: &'a str,
     text: &'a str,
     line_starts: Vec<usize>,
@@ -102,7 +102,7 @@ impl<'a> Source<'a> {
 }
 
 /// Whether `file_name` and `text` are Vault's JSON form rather than HCL.
-pub(crate) fn is_json(file_name: &str, text: &str) -> bool {
+pub fn is_json(file_name: &str, text: &str) -> bool {
     let lower = file_name.to_ascii_lowercase();
     if lower.ends_with(".json") {
         return true;
@@ -114,7 +114,7 @@ pub(crate) fn is_json(file_name: &str, text: &str) -> bool {
 }
 
 /// Parses a whole file into its root object.
-pub(crate) fn parse(src: &Source<'_>, text: &str, json: bool) -> Result<Object, ConfigError> {
+pub fn parse(src: &Source<'_>, text: &str, json: bool) -> Result<Object, ConfigError> {
     if json {
         parse_json(src, text)
     } else {

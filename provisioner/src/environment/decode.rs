@@ -1,0 +1,1000 @@
+//! The decoder: an environment file's syntax tree becomes an [`Environment`] with every
+//! default filled in, or the first mistake with its file, line and key.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use keyhold::config::section::{Labelled, Section};
+use keyhold::config::syntax::{self, Node, Source, Value};
+use keyhold::config::{ConfigError, TlsVersion as ServerTlsVersion};
+
+use super::model::*;
+
+const TOP_KEYS: &[&str] = &[
+    "admin",
+    "audit",
+    "auth",
+    "autopilot",
+    "init",
+    "listener",
+    "log",
+    "nodes",
+    "policy",
+    "provider",
+    "raft",
+    "seal",
+    "secrets",
+    "server",
+    "snapshots",
+    "tls",
+];
+const REPEATABLE: &[&str] = &["audit", "auth", "policy", "secrets"];
+
+pub(super) fn decode(file: &Path, shown: &str, text: &str) -> Result<Environment, ConfigError> {
+    let src = Source::new(shown, text);
+    let root = syntax::parse(&src, text, syntax::is_json(shown, text))?;
+    let root = Node {
+        value: Value::Object(root),
+        pos: 0,
+    };
+    let top = Section::new(&src, &root, "at the top level", "", TOP_KEYS, REPEATABLE)?;
+    let dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let name = file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("unnamed")
+        .to_string();
+    check_name(&top, &name)?;
+
+    let provider = decode_provider(&top)?;
+    let nodes = match top.uint("nodes", 255)? {
+        None => 3,
+        Some(n) if NODE_COUNTS.contains(&(n as usize)) => n as usize,
+        Some(n) => {
+            return Err(top.value_error(
+                "nodes",
+                format!(
+                    "{n} nodes: a Raft cluster is run with an odd number of voters so that a \
+                     majority survives a failure; use 1, 3 or 5"
+                ),
+            ))
+        }
+    };
+    match &provider {
+        Provider::Local(local) => {
+            let last = u32::from(local.address_base.octets()[3]) + nodes as u32 - 1;
+            if last > 254 {
+                return Err(top.value_error(
+                    "provider",
+                    format!(
+                        "address_base {} leaves no room for {nodes} nodes; pick a base whose last \
+                     number is at most {}",
+                        local.address_base,
+                        255 - nodes
+                    ),
+                ));
+            }
+        }
+    }
+
+    let policies = decode_policies(&top, &dir)?;
+    let known: BTreeSet<&str> = policies
+        .iter()
+        .map(|p| p.name.as_str())
+        .chain(["default"])
+        .collect();
+    let auth = decode_auth(&top, &known)?;
+    let env = Environment {
+        name,
+        file: file.to_path_buf(),
+        provider,
+        nodes,
+        server: decode_server(&top, &dir)?,
+        listener: decode_listener(&top)?,
+        raft: decode_raft(&top)?,
+        autopilot: decode_autopilot(&top, nodes)?,
+        log: decode_log(&top)?,
+        seal: decode_seal(&top)?,
+        init: decode_init(&top)?,
+        tls: decode_tls(&top)?,
+        audit: decode_audit(&top)?,
+        policies,
+        auth,
+        secrets: decode_secrets(&top)?,
+        admin: decode_admin(&top)?,
+        snapshots: decode_snapshots(&top)?,
+    };
+    check_admin(&top, &env)?;
+    Ok(env)
+}
+
+fn check_name(top: &Section<'_, '_>, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 48
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(top.src.error(
+            0,
+            "",
+            format!(
+                "the environment is named after its file, and {name:?} is not a usable name; \
+                 rename the file to lowercase letters, digits and '-' (at most 48)"
+            ),
+        ))
+    }
+}
+
+/// The single block under `key`, if any; a second one is an error naming the first.
+fn single<'n>(top: &Section<'_, 'n>, key: &str) -> Result<Option<&'n Node>, ConfigError> {
+    let blocks = top.blocks(key)?;
+    if let Some(extra) = blocks.get(1) {
+        return Err(top.src.error(
+            extra.pos,
+            key,
+            format!(
+                "only one {key} block is allowed; the first is at line {}",
+                top.src.location(blocks[0].pos).line
+            ),
+        ));
+    }
+    Ok(blocks.first().copied())
+}
+
+fn single_labelled<'n>(
+    top: &Section<'_, 'n>,
+    key: &str,
+    example: &str,
+) -> Result<Option<Labelled<'n>>, ConfigError> {
+    let mut blocks = top.labelled(key, example)?;
+    if let Some(extra) = blocks.get(1) {
+        return Err(top.src.error(
+            extra.pos,
+            key,
+            format!(
+                "only one {key} block is allowed; the first is at line {}",
+                top.src.location(blocks[0].pos).line
+            ),
+        ));
+    }
+    Ok(if blocks.is_empty() {
+        None
+    } else {
+        Some(blocks.remove(0))
+    })
+}
+
+fn decode_provider(top: &Section<'_, '_>) -> Result<Provider, ConfigError> {
+    let Some(block) = single_labelled(top, "provider", "provider \"local\" {}")? else {
+        return Ok(Provider::Local(LocalProvider {
+            address_base: Ipv4Addr::new(127, 0, 1, 1),
+        }));
+    };
+    match block.label {
+        "local" => {
+            let s = Section::new(
+                top.src,
+                block.body,
+                "in provider \"local\"",
+                "provider.local",
+                &["address_base"],
+                &[],
+            )?;
+            let address_base = match s.string("address_base")? {
+                None => Ipv4Addr::new(127, 0, 1, 1),
+                Some(text) => match text.parse::<Ipv4Addr>() {
+                    Ok(ip) if ip.is_loopback() && ip.octets()[3] != 0 => ip,
+                    _ => {
+                        return Err(s.value_error(
+                            "address_base",
+                            format!(
+                                "{text:?} is not a usable loopback address; the local provider \
+                                 puts node N on this address plus N-1, e.g. \"127.0.1.1\""
+                            ),
+                        ))
+                    }
+                },
+            };
+            Ok(Provider::Local(LocalProvider { address_base }))
+        }
+        other => Err(top.src.error(
+            block.label_pos,
+            "provider",
+            format!(
+                "unknown provider {other:?}; this build provides: local (ssh and aws come with \
+                 later releases)"
+            ),
+        )),
+    }
+}
+
+fn decode_server(top: &Section<'_, '_>, dir: &Path) -> Result<Server, ConfigError> {
+    let Some(body) = single(top, "server")? else {
+        return Ok(Server {
+            binary: None,
+            version: None,
+        });
+    };
+    let s = Section::new(
+        top.src,
+        body,
+        "in server",
+        "server",
+        &["binary", "version"],
+        &[],
+    )?;
+    let binary = match s.path("binary")? {
+        None => None,
+        Some(path) => {
+            let resolved = if path.is_absolute() {
+                path
+            } else {
+                dir.join(&path)
+            };
+            if !is_executable(&resolved) {
+                return Err(s.value_error(
+                    "binary",
+                    format!(
+                        "{} is not an executable file (relative paths are read from {}, \
+                         the environment file's directory); build it with `cargo build \
+                         --release` or point binary at an installed keyhold",
+                        resolved.display(),
+                        dir.display()
+                    ),
+                ));
+            }
+            Some(resolved)
+        }
+    };
+    Ok(Server {
+        binary,
+        version: s.string("version")?,
+    })
+}
+
+pub(crate) fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+fn decode_listener(top: &Section<'_, '_>) -> Result<Listener, ConfigError> {
+    let mut out = Listener {
+        api_port: 8200,
+        cluster_port: 8201,
+        tls_min_version: TlsVersion::Tls13,
+    };
+    let Some(body) = single(top, "listener")? else {
+        return Ok(out);
+    };
+    let s = Section::new(
+        top.src,
+        body,
+        "in listener",
+        "listener",
+        &["api_port", "cluster_port", "tls_min_version"],
+        &[],
+    )?;
+    out.api_port = s.port("api_port")?.unwrap_or(out.api_port);
+    out.cluster_port = s.port("cluster_port")?.unwrap_or(out.cluster_port);
+    if out.api_port == out.cluster_port {
+        return Err(s.value_error(
+            "cluster_port",
+            "must differ from api_port (the cluster port carries Raft and request forwarding)",
+        ));
+    }
+    if let Some(v) = s.tls_version("tls_min_version")? {
+        out.tls_min_version = match v {
+            ServerTlsVersion::Tls12 => TlsVersion::Tls12,
+            ServerTlsVersion::Tls13 => TlsVersion::Tls13,
+        };
+    }
+    Ok(out)
+}
+
+fn decode_raft(top: &Section<'_, '_>) -> Result<Raft, ConfigError> {
+    let mut out = Raft {
+        performance_multiplier: 1,
+        snapshot_threshold: None,
+    };
+    let Some(body) = single(top, "raft")? else {
+        return Ok(out);
+    };
+    let s = Section::new(
+        top.src,
+        body,
+        "in raft",
+        "raft",
+        &["performance_multiplier", "snapshot_threshold"],
+        &[],
+    )?;
+    match s.uint("performance_multiplier", 10)? {
+        Some(0) => {
+            return Err(s.value_error(
+                "performance_multiplier",
+                "must be from 1 (fastest failover) to 10",
+            ))
+        }
+        Some(m) => out.performance_multiplier = m as u32,
+        None => {}
+    }
+    out.snapshot_threshold = s.uint("snapshot_threshold", u64::MAX)?;
+    Ok(out)
+}
+
+fn decode_autopilot(top: &Section<'_, '_>, nodes: usize) -> Result<Autopilot, ConfigError> {
+    // Vault's defaults, except that dead servers are cleaned up (never below a quorum of
+    // this cluster's size): a provisioned cluster replaces dead nodes, it does not wait for them.
+    let mut out = Autopilot {
+        cleanup_dead_servers: nodes > 1,
+        dead_server_last_contact_threshold: Duration::from_secs(24 * 3600),
+        last_contact_threshold: Duration::from_secs(10),
+        max_trailing_logs: 1000,
+        min_quorum: nodes.max(3) as u32,
+        server_stabilization_time: Duration::from_secs(10),
+    };
+    let Some(body) = single(top, "autopilot")? else {
+        return Ok(out);
+    };
+    let s = Section::new(
+        top.src,
+        body,
+        "in autopilot",
+        "autopilot",
+        &[
+            "cleanup_dead_servers",
+            "dead_server_last_contact_threshold",
+            "last_contact_threshold",
+            "max_trailing_logs",
+            "min_quorum",
+            "server_stabilization_time",
+        ],
+        &[],
+    )?;
+    if let Some(v) = s.bool("cleanup_dead_servers")? {
+        out.cleanup_dead_servers = v;
+    }
+    if let Some(d) = s.duration("dead_server_last_contact_threshold")? {
+        if d < Duration::from_secs(60) {
+            return Err(s.value_error(
+                "dead_server_last_contact_threshold",
+                "must be at least 1m (a shorter threshold removes servers that are only slow)",
+            ));
+        }
+        out.dead_server_last_contact_threshold = d;
+    }
+    if let Some(d) = s.duration("last_contact_threshold")? {
+        out.last_contact_threshold = d;
+    }
+    if let Some(n) = s.uint("max_trailing_logs", u64::MAX)? {
+        out.max_trailing_logs = n;
+    }
+    if let Some(q) = s.u32("min_quorum")? {
+        if q < 3 && out.cleanup_dead_servers {
+            return Err(s.value_error(
+                "min_quorum",
+                "must be at least 3 when cleanup_dead_servers is on (as Vault requires)",
+            ));
+        }
+        out.min_quorum = q;
+    }
+    if let Some(d) = s.duration("server_stabilization_time")? {
+        out.server_stabilization_time = d;
+    }
+    Ok(out)
+}
+
+fn decode_log(top: &Section<'_, '_>) -> Result<Log, ConfigError> {
+    let mut out = Log {
+        level: "info".into(),
+        format: "standard".into(),
+        rotate_bytes: None,
+        rotate_duration: None,
+        rotate_max_files: None,
+    };
+    let Some(body) = single(top, "log")? else {
+        return Ok(out);
+    };
+    let s = Section::new(
+        top.src,
+        body,
+        "in log",
+        "log",
+        &[
+            "format",
+            "level",
+            "rotate_bytes",
+            "rotate_duration",
+            "rotate_max_files",
+        ],
+        &[],
+    )?;
+    if let Some(level) = s.string("level")? {
+        let normal = level.to_ascii_lowercase();
+        if !["trace", "debug", "info", "warn", "error"].contains(&normal.as_str()) {
+            return Err(s.value_error(
+                "level",
+                format!("unknown log level {level:?}; use trace, debug, info, warn or error"),
+            ));
+        }
+        out.level = normal;
+    }
+    if let Some(format) = s.string("format")? {
+        let normal = format.to_ascii_lowercase();
+        if normal != "standard" && normal != "json" {
+            return Err(s.value_error(
+                "format",
+                format!("unknown log format {format:?}; use \"standard\" or \"json\""),
+            ));
+        }
+        out.format = normal;
+    }
+    out.rotate_bytes = s.uint("rotate_bytes", u64::MAX)?;
+    out.rotate_duration = s.duration("rotate_duration")?;
+    out.rotate_max_files = s.u32("rotate_max_files")?;
+    Ok(out)
+}
+
+fn decode_seal(top: &Section<'_, '_>) -> Result<Seal, ConfigError> {
+    let Some(block) = single_labelled(top, "seal", "seal \"shamir\" {}")? else {
+        return Ok(Seal::Shamir);
+    };
+    match block.label {
+        "shamir" => {
+            Section::new(
+                top.src,
+                block.body,
+                "in seal \"shamir\"",
+                "seal.shamir",
+                &[],
+                &[],
+            )?;
+            Ok(Seal::Shamir)
+        }
+        other @ ("awskms" | "transit") => Err(top.src.error(
+            block.label_pos,
+            "seal",
+            format!(
+                "seal {other:?} (auto-unseal) comes with the auto-unseal release; this build \
+                 provisions shamir seals only"
+            ),
+        )),
+        other => Err(top.src.error(
+            block.label_pos,
+            "seal",
+            format!("unknown seal {other:?}; use \"shamir\""),
+        )),
+    }
+}
+
+fn decode_init(top: &Section<'_, '_>) -> Result<Init, ConfigError> {
+    let mut out = Init {
+        secret_shares: 5,
+        secret_threshold: 3,
+        recipients: Vec::new(),
+        per_share_recipients: false,
+        revoke_root_token: true,
+    };
+    let Some(body) = single(top, "init")? else {
+        return Ok(out);
+    };
+    let s = Section::new(
+        top.src,
+        body,
+        "in init",
+        "init",
+        &[
+            "per_share_recipients",
+            "recipients",
+            "revoke_root_token",
+            "secret_shares",
+            "secret_threshold",
+        ],
+        &[],
+    )?;
+    if let Some(n) = s.uint("secret_shares", 255)? {
+        if n == 0 {
+            return Err(s.value_error("secret_shares", "must be from 1 to 255"));
+        }
+        out.secret_shares = n as u8;
+    }
+    if let Some(n) = s.uint("secret_threshold", 255)? {
+        out.secret_threshold = n as u8;
+    }
+    let (shares, threshold) = (out.secret_shares, out.secret_threshold);
+    if threshold > shares || threshold == 0 {
+        return Err(s.value_error(
+            "secret_threshold",
+            format!("must be from 1 to secret_shares ({shares})"),
+        ));
+    }
+    if shares > 1 && threshold < 2 {
+        return Err(s.value_error(
+            "secret_threshold",
+            "must be at least 2 when secret_shares is more than 1 (one share alone would \
+             unseal; use secret_shares = 1 for that)",
+        ));
+    }
+    if let Some(list) = s.string_list("recipients")? {
+        for (i, r) in list.iter().enumerate() {
+            if r.starts_with("AGE-SECRET-KEY-") {
+                return Err(s.value_error(
+                    "recipients",
+                    format!(
+                        "entry {} is an age identity (a secret key); remove it from this file \
+                         at once and give its public key (age1...) instead",
+                        i + 1
+                    ),
+                ));
+            }
+            if !r.starts_with("age1") {
+                return Err(s.value_error(
+                    "recipients",
+                    format!(
+                        "entry {} is not an age recipient; recipients look like age1... \
+                         (`age-keygen -y IDENTITY_FILE` prints one)",
+                        i + 1
+                    ),
+                ));
+            }
+        }
+        out.recipients = list;
+    }
+    out.per_share_recipients = s.bool("per_share_recipients")?.unwrap_or(false);
+    if out.per_share_recipients && out.recipients.len() != usize::from(shares) {
+        return Err(s.value_error(
+            "per_share_recipients",
+            format!(
+                "one recipient per share needs exactly secret_shares ({shares}) recipients; \
+                 {} given",
+                out.recipients.len()
+            ),
+        ));
+    }
+    out.revoke_root_token = s.bool("revoke_root_token")?.unwrap_or(true);
+    Ok(out)
+}
+
+fn decode_tls(top: &Section<'_, '_>) -> Result<Tls, ConfigError> {
+    let mut out = Tls {
+        ca_lifetime: Duration::from_secs(10 * 365 * 24 * 3600),
+        cert_lifetime: Duration::from_secs(365 * 24 * 3600),
+        extra_sans: Vec::new(),
+    };
+    let Some(body) = single(top, "tls")? else {
+        return Ok(out);
+    };
+    let s = Section::new(
+        top.src,
+        body,
+        "in tls",
+        "tls",
+        &["ca_lifetime", "cert_lifetime", "extra_sans"],
+        &[],
+    )?;
+    if let Some(d) = s.duration("ca_lifetime")? {
+        out.ca_lifetime = d;
+    }
+    if let Some(d) = s.duration("cert_lifetime")? {
+        out.cert_lifetime = d;
+    }
+    for (key, d) in [
+        ("ca_lifetime", out.ca_lifetime),
+        ("cert_lifetime", out.cert_lifetime),
+    ] {
+        if d < Duration::from_secs(3600) {
+            return Err(s.value_error(key, "must be at least 1h"));
+        }
+    }
+    if out.cert_lifetime > out.ca_lifetime {
+        return Err(s.value_error(
+            "cert_lifetime",
+            "must not be longer than ca_lifetime (a certificate cannot outlive its CA)",
+        ));
+    }
+    out.extra_sans = s.string_list("extra_sans")?.unwrap_or_default();
+    Ok(out)
+}
+
+fn mount_path(s: &Section<'_, '_>, key: &str, default: &str) -> Result<String, ConfigError> {
+    let path = s.string(key)?.unwrap_or_else(|| default.to_string());
+    let path = path.trim_matches('/').to_string();
+    let ok = !path.is_empty()
+        && path
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+        && path
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+    if ok {
+        Ok(path)
+    } else {
+        Err(s.value_error(
+            key,
+            format!("{path:?} is not a mount path; use letters, digits, '-', '_' and '/'"),
+        ))
+    }
+}
+
+fn decode_audit(top: &Section<'_, '_>) -> Result<Vec<AuditDevice>, ConfigError> {
+    let mut out: Vec<AuditDevice> = Vec::new();
+    for block in top.labelled("audit", "audit \"file\" { file_path = \"audit.log\" }")? {
+        if block.label != "file" {
+            return Err(top.src.error(
+                block.label_pos,
+                "audit",
+                format!(
+                    "unsupported audit device {:?}; Keyhold provides: file",
+                    block.label
+                ),
+            ));
+        }
+        let s = Section::new(
+            top.src,
+            block.body,
+            "in audit \"file\"",
+            "audit.file",
+            &[
+                "elide_list_responses",
+                "file_path",
+                "format",
+                "hmac_accessor",
+                "log_raw",
+                "mode",
+                "path",
+                "prefix",
+            ],
+            &[],
+        )?;
+        let path = mount_path(&s, "path", "file")?;
+        if let Some(first) = out.iter().find(|d| d.path == path) {
+            return Err(s.value_error(
+                "path",
+                format!(
+                    "audit path {:?} is used twice (first by a {} device); give each device its own path",
+                    path, first.kind
+                ),
+            ));
+        }
+        let file_path = s
+            .string("file_path")?
+            .unwrap_or_else(|| format!("{}.log", path.replace('/', "-")));
+        let mut options = Vec::new();
+        for key in ["format", "prefix", "mode"] {
+            if let Some(v) = s.string(key)? {
+                options.push((key.to_string(), v));
+            }
+        }
+        for key in ["elide_list_responses", "hmac_accessor", "log_raw"] {
+            if let Some(v) = s.bool(key)? {
+                options.push((key.to_string(), v.to_string()));
+            }
+        }
+        out.push(AuditDevice {
+            kind: "file".into(),
+            path,
+            file_path,
+            options,
+        });
+    }
+    Ok(out)
+}
+
+fn decode_policies(top: &Section<'_, '_>, dir: &Path) -> Result<Vec<PolicyFile>, ConfigError> {
+    let mut out: Vec<PolicyFile> = Vec::new();
+    for block in top.labelled(
+        "policy",
+        "policy \"vault-admin\" { file = \"policies/vault-admin.hcl\" }",
+    )? {
+        let s = Section::new(top.src, block.body, "in policy", "policy", &["file"], &[])?;
+        let name = block.label.to_string();
+        if name == "root" || name == "default" {
+            return Err(top.src.error(
+                block.label_pos,
+                "policy",
+                format!("{name:?} is a built-in policy and cannot be written; choose another name"),
+            ));
+        }
+        if out.iter().any(|p| p.name == name) {
+            return Err(top.src.error(
+                block.label_pos,
+                "policy",
+                format!("policy {name:?} is defined twice"),
+            ));
+        }
+        let rel = s.required_path("file", "the policy file, e.g. \"policies/NAME.hcl\"")?;
+        let file: PathBuf = if rel.is_absolute() {
+            rel
+        } else {
+            dir.join(rel)
+        };
+        let text = std::fs::read_to_string(&file).map_err(|e| {
+            s.value_error(
+                "file",
+                format!(
+                    "cannot read {} ({e}); policy files are read relative to the environment \
+                     file's directory",
+                    file.display()
+                ),
+            )
+        })?;
+        if let Err(e) = keyhold::policy::parse(&name, &text) {
+            return Err(s.value_error(
+                "file",
+                format!("{} is not a valid policy: {e}", file.display()),
+            ));
+        }
+        out.push(PolicyFile { name, file });
+    }
+    Ok(out)
+}
+
+fn decode_auth(
+    top: &Section<'_, '_>,
+    known: &BTreeSet<&str>,
+) -> Result<Vec<AuthMethod>, ConfigError> {
+    let mut out: Vec<AuthMethod> = Vec::new();
+    let mut paths = BTreeSet::new();
+    for block in top.labelled("auth", "auth \"userpass\" { user \"admin\" { ... } }")? {
+        let method =
+            match block.label {
+                "userpass" => {
+                    let s = Section::new(
+                        top.src,
+                        block.body,
+                        "in auth \"userpass\"",
+                        "auth.userpass",
+                        &["path", "user"],
+                        &["user"],
+                    )?;
+                    let path = mount_path(&s, "path", "userpass")?;
+                    let mut users: Vec<UserpassUser> = Vec::new();
+                    for user in s.labelled("user", "user \"admin\" { policies = [...] }")? {
+                        let u = Section::new(
+                            top.src,
+                            user.body,
+                            "in user",
+                            "auth.userpass.user",
+                            &["policies", "token_max_ttl", "token_ttl"],
+                            &[],
+                        )?;
+                        if users.iter().any(|x| x.name == user.label) {
+                            return Err(top.src.error(
+                                user.label_pos,
+                                "user",
+                                format!("user {:?} is defined twice", user.label),
+                            ));
+                        }
+                        users.push(UserpassUser {
+                            name: user.label.to_string(),
+                            policies: policy_list(&u, "policies", known)?,
+                            token_ttl: u.duration("token_ttl")?,
+                            token_max_ttl: u.duration("token_max_ttl")?,
+                        });
+                    }
+                    AuthMethod::Userpass { path, users }
+                }
+                "approle" => {
+                    let s = Section::new(
+                        top.src,
+                        block.body,
+                        "in auth \"approle\"",
+                        "auth.approle",
+                        &["path", "role"],
+                        &["role"],
+                    )?;
+                    let path = mount_path(&s, "path", "approle")?;
+                    let mut roles: Vec<AppRole> = Vec::new();
+                    for role in s.labelled("role", "role \"ci\" { token_policies = [...] }")? {
+                        let r = Section::new(
+                            top.src,
+                            role.body,
+                            "in role",
+                            "auth.approle.role",
+                            &[
+                                "secret_id_num_uses",
+                                "secret_id_ttl",
+                                "token_max_ttl",
+                                "token_policies",
+                                "token_ttl",
+                            ],
+                            &[],
+                        )?;
+                        if roles.iter().any(|x| x.name == role.label) {
+                            return Err(top.src.error(
+                                role.label_pos,
+                                "role",
+                                format!("role {:?} is defined twice", role.label),
+                            ));
+                        }
+                        roles.push(AppRole {
+                            name: role.label.to_string(),
+                            token_policies: policy_list(&r, "token_policies", known)?,
+                            token_ttl: r.duration("token_ttl")?,
+                            token_max_ttl: r.duration("token_max_ttl")?,
+                            secret_id_ttl: r.duration("secret_id_ttl")?,
+                            secret_id_num_uses: r.uint("secret_id_num_uses", u64::MAX)?,
+                        });
+                    }
+                    AuthMethod::Approle { path, roles }
+                }
+                other => return Err(top.src.error(
+                    block.label_pos,
+                    "auth",
+                    format!(
+                        "unsupported auth method {other:?}; Keyhold provides: userpass, approle"
+                    ),
+                )),
+            };
+        if method.path() == "token" || !paths.insert(method.path().to_string()) {
+            return Err(top.src.error(
+                block.pos,
+                "auth",
+                format!(
+                    "auth path {:?} is already taken; give this method its own path = \"...\"",
+                    method.path()
+                ),
+            ));
+        }
+        out.push(method);
+    }
+    Ok(out)
+}
+
+fn decode_secrets(top: &Section<'_, '_>) -> Result<Vec<SecretsEngine>, ConfigError> {
+    let mut out: Vec<SecretsEngine> = Vec::new();
+    for block in top.labelled("secrets", "secrets \"kv\" { path = \"kv\" }")? {
+        if block.label != "kv" {
+            return Err(top.src.error(
+                block.label_pos,
+                "secrets",
+                format!(
+                    "unsupported secrets engine {:?}; this build provides: kv",
+                    block.label
+                ),
+            ));
+        }
+        let s = Section::new(
+            top.src,
+            block.body,
+            "in secrets \"kv\"",
+            "secrets.kv",
+            &["path", "version"],
+            &[],
+        )?;
+        let path = mount_path(&s, "path", "kv")?;
+        if ["sys", "auth", "identity", "cubbyhole"].contains(&path.split('/').next().unwrap_or(""))
+            || out.iter().any(|e| e.path == path)
+        {
+            return Err(s.value_error(
+                "path",
+                format!("mount path {path:?} is reserved or already used; choose another"),
+            ));
+        }
+        let version = match s.uint("version", 255)? {
+            None | Some(2) => 2,
+            Some(1) => 1,
+            Some(v) => return Err(s.value_error("version", format!("{v}: use 1 or 2"))),
+        };
+        out.push(SecretsEngine {
+            kind: "kv".into(),
+            path,
+            version,
+        });
+    }
+    Ok(out)
+}
+
+fn decode_admin(top: &Section<'_, '_>) -> Result<Admin, ConfigError> {
+    let Some(body) = single(top, "admin")? else {
+        return Ok(Admin {
+            auth_path: "userpass".into(),
+            user: "admin".into(),
+        });
+    };
+    let s = Section::new(
+        top.src,
+        body,
+        "in admin",
+        "admin",
+        &["auth_path", "user"],
+        &[],
+    )?;
+    Ok(Admin {
+        auth_path: mount_path(&s, "auth_path", "userpass")?,
+        user: s.string("user")?.unwrap_or_else(|| "admin".into()),
+    })
+}
+
+fn decode_snapshots(top: &Section<'_, '_>) -> Result<Option<Snapshots>, ConfigError> {
+    let Some(body) = single(top, "snapshots")? else {
+        return Ok(None);
+    };
+    let s = Section::new(
+        top.src,
+        body,
+        "in snapshots",
+        "snapshots",
+        &["retain", "retain_for", "schedule"],
+        &[],
+    )?;
+    let schedule = s.string("schedule")?.unwrap_or_else(|| "hourly".into());
+    if schedule.contains('\n') || schedule.trim().is_empty() {
+        return Err(s.value_error(
+            "schedule",
+            "must be a systemd calendar expression such as \"hourly\" or \"*-*-* *:00/15:00\"",
+        ));
+    }
+    let retain = s.u32("retain")?;
+    if retain == Some(0) {
+        return Err(s.value_error("retain", "must be at least 1 (or leave it out)"));
+    }
+    Ok(Some(Snapshots {
+        schedule,
+        retain,
+        retain_for: s.duration("retain_for")?,
+    }))
+}
+
+/// The admin login must name a userpass user this environment creates.
+fn check_admin(top: &Section<'_, '_>, env: &Environment) -> Result<(), ConfigError> {
+    let found = env.auth.iter().any(|m| match m {
+        AuthMethod::Userpass { path, users } => {
+            path == &env.admin.auth_path && users.iter().any(|u| u.name == env.admin.user)
+        }
+        AuthMethod::Approle { .. } => false,
+    });
+    if found {
+        return Ok(());
+    }
+    let pos = top.src.location(0);
+    let key = if top.blocks("admin")?.is_empty() {
+        "auth"
+    } else {
+        "admin"
+    };
+    let at = top.blocks("admin")?.first().map_or(0, |n| n.pos);
+    Err(ConfigError::new(
+        if at == 0 { pos } else { top.src.location(at) },
+        key,
+        format!(
+            "the admin login is user {:?} of the userpass method at {:?}, which this file does \
+             not create; add auth \"userpass\" {{ path = \"{}\" user \"{}\" {{ policies = \
+             [\"vault-admin\"] }} }}, or point admin {{ auth_path, user }} at an existing user",
+            env.admin.user, env.admin.auth_path, env.admin.auth_path, env.admin.user
+        ),
+    ))
+}
+
+/// Policies named by users and roles must be defined here (or built in), so a typo does not
+/// create a login with no rights.
+fn policy_list(
+    s: &Section<'_, '_>,
+    key: &str,
+    known: &BTreeSet<&str>,
+) -> Result<Vec<String>, ConfigError> {
+    let list = s.string_list(key)?.unwrap_or_default();
+    for policy in &list {
+        if policy == "root" {
+            return Err(s.value_error(
+                key,
+                "the root policy cannot be given to a login; define a policy with                  policy \"NAME\" { file = ... } and name it here",
+            ));
+        }
+        if !known.contains(policy.as_str()) {
+            return Err(s.value_error(
+                key,
+                format!(
+                    "policy {policy:?} is not defined in this environment; add                      policy {policy:?} {{ file = \"policies/{policy}.hcl\" }} or fix the name \
+                     (defined: {})",
+                    known.iter().copied().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(list)
+}

@@ -1,0 +1,174 @@
+//! Environment files: the shipped ones load; every mistake names its file, line and key.
+
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+fn shipped(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(ENVIRONMENTS_DIR)
+        .join(format!("{name}.hcl"))
+}
+
+/// Parses `text` as `environments/t.hcl` (so policy files resolve against the shipped ones).
+fn parse(text: &str) -> Result<Environment, keyhold::config::ConfigError> {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(ENVIRONMENTS_DIR)
+        .join("t.hcl");
+    parse_str(&file, text)
+}
+
+const MINIMAL: &str = r#"
+policy "vault-admin" { file = "policies/vault-admin.hcl" }
+auth "userpass" {
+  user "admin" { policies = ["vault-admin"] }
+}
+"#;
+
+#[test]
+fn shipped_environments_load() {
+    let local = load(&shipped("local")).unwrap();
+    assert_eq!(local.name, "local");
+    assert_eq!(local.nodes, 3);
+    assert_eq!(local.listener.tls_min_version, TlsVersion::Tls13);
+    assert_eq!(
+        (local.init.secret_shares, local.init.secret_threshold),
+        (5, 3)
+    );
+    assert!(local.init.revoke_root_token);
+    assert!(local.policies.iter().any(|p| p.name == "vault-admin"));
+    assert_eq!(local.audit.len(), 1);
+
+    let five = load(&shipped("local-5")).unwrap();
+    assert_eq!(five.nodes, 5);
+    let Provider::Local(p5) = &five.provider;
+    let Provider::Local(p3) = &local.provider;
+    assert_ne!(
+        p5.address_base, p3.address_base,
+        "environments must not share addresses"
+    );
+
+    let ci = load(&shipped("ci")).unwrap();
+    assert_eq!(ci.nodes, 3);
+    assert!(!ci.init.revoke_root_token);
+    assert_eq!(ci.autopilot.server_stabilization_time.as_secs(), 2);
+    let Provider::Local(pc) = &ci.provider;
+    assert_ne!(pc.address_base, p3.address_base);
+}
+
+#[test]
+fn defaults_fill_a_minimal_file() {
+    let env = parse(MINIMAL).unwrap();
+    assert_eq!(env.nodes, 3);
+    assert_eq!(env.listener.api_port, 8200);
+    assert_eq!(env.listener.cluster_port, 8201);
+    assert_eq!(env.seal, Seal::Shamir);
+    assert_eq!(env.admin.user, "admin");
+    assert!(env.snapshots.is_none());
+}
+
+/// Each case: text appended to MINIMAL (or replacing it when it starts with `!`), the line
+/// the error must point at, and words the message must contain.
+#[test]
+fn mistakes_name_file_line_and_key() {
+    let cases: &[(&str, usize, &[&str])] = &[
+        ("nodez = 3", 6, &["unknown key \"nodez\"", "did you mean \"nodes\""]),
+        ("nodes = 4", 6, &["4 nodes", "use 1, 3 or 5"]),
+        ("nodes = \"three\"", 6, &["nodes", "whole number"]),
+        ("nodes = 3\nnodes = 5", 7, &["redefined"]),
+        (
+            "server { binary = \"/nonexistent/keyhold\" }",
+            6,
+            &["server.binary", "/nonexistent/keyhold", "not an executable"],
+        ),
+        (
+            "listener {\n  api_port = 8201\n  cluster_port = 8201\n}",
+            8,
+            &["cluster_port", "must differ"],
+        ),
+        (
+            "listener {\n  tls_min_version = \"tls10\"\n}",
+            7,
+            &["insecure"],
+        ),
+        ("provider \"gcp\" {}", 6, &["unknown provider \"gcp\"", "local"]),
+        (
+            "provider \"local\" { address_base = \"10.0.0.1\" }",
+            6,
+            &["address_base", "loopback"],
+        ),
+        ("seal \"awskms\" {}", 6, &["auto-unseal"]),
+        (
+            "init {\n  secret_shares = 3\n  secret_threshold = 4\n}",
+            8,
+            &["secret_threshold", "from 1 to secret_shares (3)"],
+        ),
+        (
+            "init {\n  recipients = [\"AGE-SECRET-KEY-1QQQQ\"]\n}",
+            7,
+            &["identity", "public key"],
+        ),
+        (
+            "init {\n  recipients = [\"bob@example.com\"]\n}",
+            7,
+            &["entry 1", "age1"],
+        ),
+        (
+            "init {\n  secret_shares = 3\n  recipients = [\"age1a\", \"age1b\"]\n  per_share_recipients = true\n}",
+            9,
+            &["exactly secret_shares (3)", "2 given"],
+        ),
+        ("audit \"syslog\" {}", 6, &["unsupported audit device \"syslog\""]),
+        (
+            "policy \"ops\" { file = \"policies/nope.hcl\" }",
+            6,
+            &["policy.file", "nope.hcl", "cannot read"],
+        ),
+        (
+            "auth \"approle\" {\n  role \"ci\" { token_policies = [\"typo\"] }\n}",
+            7,
+            &["token_policies", "\"typo\" is not defined"],
+        ),
+        ("tls { cert_lifetime = \"soon\" }", 6, &["tls.cert_lifetime", "duration"]),
+        ("secrets \"kv\" { version = 3 }", 6, &["version", "use 1 or 2"]),
+        ("snapshots { retain = 0 }", 6, &["retain", "at least 1"]),
+        (
+            "!auth \"userpass\" {\n  user \"bob\" {}\n}",
+            1,
+            &["admin login", "\"admin\""],
+        ),
+    ];
+    for (snippet, line, words) in cases {
+        let text = match snippet.strip_prefix('!') {
+            Some(whole) => whole.to_string(),
+            None => format!("{MINIMAL}{snippet}\n"),
+        };
+        let err = match parse(&text) {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(e) => e,
+        };
+        let shown = err.to_string();
+        assert!(shown.contains("t.hcl"), "{snippet}: no file in {shown}");
+        assert_eq!(err.line(), *line, "{snippet}: wrong line in {shown}");
+        for word in *words {
+            assert!(shown.contains(word), "{snippet}: {word:?} not in {shown}");
+        }
+    }
+}
+
+#[test]
+fn a_missing_file_says_where_environments_live() {
+    let err = load(Path::new("environments/nope.hcl")).unwrap_err();
+    let shown = err.to_string();
+    assert!(shown.contains("environments/nope.hcl"), "{shown}");
+    assert!(shown.contains("environments/NAME.hcl"), "{shown}");
+}
+
+#[test]
+fn resolve_takes_names_and_paths() {
+    assert_eq!(resolve("ci"), Path::new("environments/ci.hcl"));
+    assert_eq!(resolve("x/y.hcl"), Path::new("x/y.hcl"));
+    assert_eq!(resolve("/tmp/e.hcl"), Path::new("/tmp/e.hcl"));
+}
