@@ -1,1 +1,630 @@
-//! (being written)
+//! The one renderer: every file a node receives comes from `templates/` (embedded at compile
+//! time, so `provision` is self-contained) through Handlebars in strict mode, and a rendered
+//! server config is refused unless keyhold's own config parser accepts it.
+//!
+//! A node is described by a [`NodeSpec`] (name, addresses, peers) and a [`Layout`] (where
+//! things live under its root); [`Renderer::render_node`] turns both plus the
+//! [`Environment`] into [`RenderedFile`]s with paths relative to that root.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context};
+use handlebars::{
+    Handlebars, Helper, HelperDef, HelperResult, Output, RenderContext, RenderErrorReason,
+};
+use keyhold::client::go_duration::format_go_duration;
+use keyhold::config::{ServerConfig, StorageConfig};
+use serde::Serialize;
+
+use crate::environment::{AuditDevice, Environment};
+
+/// File names inside the TLS directory ([`Layout::TLS_DIR`]); `certs` writes them.
+pub const CA_CERT: &str = "ca.crt";
+pub const NODE_CERT: &str = "node.crt";
+pub const NODE_KEY: &str = "node.key";
+/// The client certificate a node presents to a peer when it joins (`retry_join`).
+pub const CLIENT_CERT: &str = "client.crt";
+pub const CLIENT_KEY: &str = "client.key";
+
+/// Where things live on a node, as paths relative to its root (the constants), and the
+/// few settings that differ between a host and a local node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// `/` on a host; the node's own directory for a local node.
+    pub root: PathBuf,
+    /// The `keyhold` binary the node runs (an absolute path, not under `root`).
+    pub binary: PathBuf,
+    pub disable_mlock: bool,
+    /// The node is a host run by systemd: it also gets the units, the environment file and
+    /// the host hardening files (sysctl, limits, coredump, logrotate). A local node is a
+    /// process the provider starts itself, so it gets only its server config.
+    pub systemd: bool,
+}
+
+impl Layout {
+    pub const CONFIG_DIR: &'static str = "etc/keyhold.d";
+    pub const SERVER_CONFIG: &'static str = "etc/keyhold.d/keyhold.hcl";
+    pub const ENV_FILE: &'static str = "etc/keyhold.d/keyhold.env";
+    /// Written by the snapshot agent's issue; named here because the snapshot unit runs it.
+    pub const SNAPSHOT_AGENT_CONFIG: &'static str = "etc/keyhold.d/snapshot-agent.hcl";
+    pub const DATA_DIR: &'static str = "opt/keyhold/data";
+    pub const TLS_DIR: &'static str = "opt/keyhold/tls";
+    /// Where the snapshot agent stages archives before it uploads them.
+    pub const SNAPSHOT_DIR: &'static str = "opt/keyhold/snapshots";
+    /// The server log (when written to a file) and, by default, the audit files.
+    pub const LOG_DIR: &'static str = "var/log/keyhold";
+    pub const SYSTEMD_DIR: &'static str = "etc/systemd/system";
+    /// The server log's name inside [`Layout::LOG_DIR`].
+    pub const SERVER_LOG: &'static str = "keyhold.log";
+
+    /// A host: everything under `/`, the binary in `/usr/local/bin`, memory locked.
+    pub fn system() -> Layout {
+        Layout {
+            root: PathBuf::from("/"),
+            binary: PathBuf::from("/usr/local/bin/keyhold"),
+            disable_mlock: false,
+            systemd: true,
+        }
+    }
+
+    /// A local node rooted in its own directory (`.provision/<env>/nodes/<name>/`).
+    pub fn local(root: PathBuf, binary: PathBuf) -> Layout {
+        Layout {
+            root,
+            binary,
+            // An unprivileged process: it has no CAP_IPC_LOCK (mlockall would fail on the
+            // RLIMIT_MEMLOCK default), and nothing guarantees the machine runs without swap.
+            // Local and CI clusters hold throw-away secrets; hosts lock memory.
+            disable_mlock: true,
+            systemd: false,
+        }
+    }
+
+    /// `relative` (one of the constants) on this node: the root joined with it.
+    pub fn path(&self, relative: impl AsRef<Path>) -> PathBuf {
+        self.root.join(relative)
+    }
+
+    /// A file in the TLS directory: [`CA_CERT`], [`NODE_CERT`], ...
+    pub fn tls_file(&self, name: &str) -> PathBuf {
+        self.path(Self::TLS_DIR).join(name)
+    }
+
+    /// Where an audit `file` device writes on this node: a relative `file_path` is inside the
+    /// log directory. `None` for other device types and for `stdout` and `discard`.
+    pub fn audit_file(&self, device: &AuditDevice) -> Option<PathBuf> {
+        if device.kind != "file" || matches!(device.file_path.as_str(), "stdout" | "discard") {
+            return None;
+        }
+        Some(self.path(Self::LOG_DIR).join(&device.file_path))
+    }
+}
+
+/// One node of a cluster, everything about it that rendering needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSpec {
+    /// `keyhold-<index>`: the Raft node id, and a SAN of the node's certificate.
+    pub name: String,
+    /// 1-based.
+    pub index: usize,
+    /// The address the node listens on and is reached at.
+    pub address: IpAddr,
+    /// `https://ADDRESS:API_PORT`.
+    pub api_addr: String,
+    /// `https://ADDRESS:CLUSTER_PORT`.
+    pub cluster_addr: String,
+    /// The other nodes, each named in one `retry_join` block.
+    pub peers: Vec<Peer>,
+    pub layout: Layout,
+}
+
+/// Another node, as a joining node reaches it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Peer {
+    pub name: String,
+    pub api_addr: String,
+}
+
+impl NodeSpec {
+    /// Node `index` (1-based) of `env`, listening on `address`, with no peers yet: set
+    /// `peers`, or build every node at once with [`NodeSpec::cluster`].
+    pub fn new(
+        env: &Environment,
+        index: usize,
+        address: IpAddr,
+        layout: Layout,
+    ) -> anyhow::Result<NodeSpec> {
+        ensure!(
+            (1..=env.nodes).contains(&index),
+            "node {index} is not in environment {} (it has {} nodes)",
+            env.name,
+            env.nodes
+        );
+        let url = |port| format!("https://{}", SocketAddr::new(address, port));
+        Ok(NodeSpec {
+            name: format!("keyhold-{index}"),
+            index,
+            address,
+            api_addr: url(env.listener.api_port),
+            cluster_addr: url(env.listener.cluster_port),
+            peers: Vec::new(),
+            layout,
+        })
+    }
+
+    /// Every node of `env`: node `i` listens on `addresses[i - 1]`, is laid out by
+    /// `layout(name)`, and has every other node as a peer.
+    pub fn cluster(
+        env: &Environment,
+        addresses: &[IpAddr],
+        mut layout: impl FnMut(&str) -> Layout,
+    ) -> anyhow::Result<Vec<NodeSpec>> {
+        ensure!(
+            addresses.len() == env.nodes,
+            "environment {} has {} nodes but {} addresses were given",
+            env.name,
+            env.nodes,
+            addresses.len()
+        );
+        ensure!(
+            addresses.iter().collect::<BTreeSet<_>>().len() == addresses.len(),
+            "environment {}: two nodes share an address in {addresses:?}",
+            env.name
+        );
+        let mut nodes = Vec::with_capacity(addresses.len());
+        for (i, address) in addresses.iter().enumerate() {
+            let name = format!("keyhold-{}", i + 1);
+            nodes.push(NodeSpec::new(env, i + 1, *address, layout(&name))?);
+        }
+        let everyone: Vec<Peer> = nodes
+            .iter()
+            .map(|n| Peer {
+                name: n.name.clone(),
+                api_addr: n.api_addr.clone(),
+            })
+            .collect();
+        for node in &mut nodes {
+            node.peers = everyone
+                .iter()
+                .filter(|p| p.name != node.name)
+                .cloned()
+                .collect();
+        }
+        Ok(nodes)
+    }
+}
+
+/// One file for a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderedFile {
+    /// Relative to the node's root (`etc/keyhold.d/keyhold.hcl`).
+    pub path: PathBuf,
+    pub mode: u32,
+    pub content: String,
+    /// What the file is, for progress lines and errors: `server config`, `server unit`, ...
+    pub purpose: &'static str,
+}
+
+/// Which nodes get a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Audience {
+    Every,
+    /// Hosts run by systemd ([`Layout::systemd`]).
+    Systemd,
+    /// Hosts run by systemd, in an environment with scheduled snapshots.
+    SystemdSnapshots,
+}
+
+struct Template {
+    name: &'static str,
+    source: &'static str,
+    /// Relative to the node's root.
+    path: &'static str,
+    mode: u32,
+    purpose: &'static str,
+    audience: Audience,
+}
+
+/// Every template, and the file each one becomes.
+const TEMPLATES: &[Template] = &[
+    Template {
+        name: "keyhold.hcl",
+        source: include_str!("../../templates/keyhold.hcl.hbs"),
+        path: Layout::SERVER_CONFIG,
+        mode: 0o640,
+        purpose: "server config",
+        audience: Audience::Every,
+    },
+    Template {
+        name: "keyhold.env",
+        source: include_str!("../../templates/keyhold.env.hbs"),
+        path: Layout::ENV_FILE,
+        mode: 0o640,
+        purpose: "environment file",
+        audience: Audience::Systemd,
+    },
+    Template {
+        name: "keyhold.service",
+        source: include_str!("../../templates/keyhold.service.hbs"),
+        path: "etc/systemd/system/keyhold.service",
+        mode: 0o644,
+        purpose: "server unit",
+        audience: Audience::Systemd,
+    },
+    Template {
+        name: "keyhold-snapshot.service",
+        source: include_str!("../../templates/keyhold-snapshot.service.hbs"),
+        path: "etc/systemd/system/keyhold-snapshot.service",
+        mode: 0o644,
+        purpose: "snapshot unit",
+        audience: Audience::SystemdSnapshots,
+    },
+    Template {
+        name: "keyhold-snapshot.timer",
+        source: include_str!("../../templates/keyhold-snapshot.timer.hbs"),
+        path: "etc/systemd/system/keyhold-snapshot.timer",
+        mode: 0o644,
+        purpose: "snapshot timer",
+        audience: Audience::SystemdSnapshots,
+    },
+    Template {
+        name: "sysctl.conf",
+        source: include_str!("../../templates/sysctl.conf.hbs"),
+        path: "etc/sysctl.d/90-keyhold.conf",
+        mode: 0o644,
+        purpose: "kernel settings",
+        audience: Audience::Systemd,
+    },
+    Template {
+        name: "limits.conf",
+        source: include_str!("../../templates/limits.conf.hbs"),
+        path: "etc/security/limits.d/90-keyhold.conf",
+        mode: 0o644,
+        purpose: "core dump limits",
+        audience: Audience::Systemd,
+    },
+    Template {
+        name: "coredump.conf",
+        source: include_str!("../../templates/coredump.conf.hbs"),
+        path: "etc/systemd/coredump.conf.d/keyhold.conf",
+        mode: 0o644,
+        purpose: "coredump settings",
+        audience: Audience::Systemd,
+    },
+    Template {
+        name: "logrotate",
+        source: include_str!("../../templates/logrotate.hbs"),
+        path: "etc/logrotate.d/keyhold",
+        mode: 0o644,
+        purpose: "audit log rotation",
+        audience: Audience::Systemd,
+    },
+];
+
+/// Renders every file of a node from the embedded templates.
+pub struct Renderer {
+    registry: Handlebars<'static>,
+}
+
+impl Renderer {
+    pub fn new() -> anyhow::Result<Renderer> {
+        let mut registry = registry();
+        for t in TEMPLATES {
+            registry
+                .register_template_string(t.name, t.source)
+                .with_context(|| format!("parse template templates/{}.hbs", t.name))?;
+        }
+        Ok(Renderer { registry })
+    }
+
+    /// The files `node` receives, in a fixed order, the server config first.
+    pub fn render_node(
+        &self,
+        env: &Environment,
+        node: &NodeSpec,
+    ) -> anyhow::Result<Vec<RenderedFile>> {
+        let context = NodeContext::new(env, node)
+            .with_context(|| format!("render files for {}", node.name))?;
+        let mut files = Vec::new();
+        for t in TEMPLATES {
+            let wanted = match t.audience {
+                Audience::Every => true,
+                Audience::Systemd => node.layout.systemd,
+                Audience::SystemdSnapshots => node.layout.systemd && env.snapshots.is_some(),
+            };
+            if !wanted {
+                continue;
+            }
+            let content = self
+                .render_one(t, &context, node)
+                .with_context(|| format!("render {} for {}", t.purpose, node.name))?;
+            files.push(RenderedFile {
+                path: PathBuf::from(t.path),
+                mode: t.mode,
+                content,
+                purpose: t.purpose,
+            });
+        }
+        Ok(files)
+    }
+
+    fn render_one(
+        &self,
+        t: &Template,
+        context: &NodeContext<'_>,
+        node: &NodeSpec,
+    ) -> anyhow::Result<String> {
+        let content = self.registry.render(t.name, context)?;
+        if t.path == Layout::SERVER_CONFIG {
+            check_server_config(&content, node).context("keyhold would refuse this config")?;
+        }
+        Ok(content)
+    }
+}
+
+/// The Handlebars setup every template is rendered with: strict (a name the context lacks
+/// is an error, not an empty string), no HTML escaping, and the quoting helpers
+/// `{{hcl value}}` (an HCL string literal) and `{{plain_path value}}`.
+fn registry() -> Handlebars<'static> {
+    let mut registry = Handlebars::new();
+    registry.set_strict_mode(true);
+    registry.register_escape_fn(handlebars::no_escape);
+    registry.register_helper("hcl", Box::new(StringHelper(|v| Ok(hcl_string(v)))));
+    registry.register_helper("plain_path", Box::new(StringHelper(plain_path)));
+    registry
+}
+
+/// A helper that writes `convert(its one string parameter)`, or fails the render with the
+/// message `convert` returns.
+struct StringHelper(fn(&str) -> Result<String, String>);
+
+impl HelperDef for StringHelper {
+    fn call<'reg: 'rc, 'rc>(
+        &self,
+        h: &Helper<'rc>,
+        _: &'reg Handlebars<'reg>,
+        _: &'rc handlebars::Context,
+        _: &mut RenderContext<'reg, 'rc>,
+        out: &mut dyn Output,
+    ) -> HelperResult {
+        let value = h
+            .param(0)
+            .and_then(|p| p.value().as_str())
+            .ok_or_else(|| RenderErrorReason::Other(format!("{} takes one string", h.name())))?;
+        out.write(&(self.0)(value).map_err(RenderErrorReason::Other)?)?;
+        Ok(())
+    }
+}
+
+/// `{{plain_path value}}`: `value` as is, refused unless systemd units, environment files and
+/// logrotate all read it back as the same path (no whitespace, quotes, backslashes, `%`
+/// specifiers or `$` variables). Only host files use it; a local node's directory may hold
+/// anything, and its config quotes paths with `hcl`.
+fn plain_path(value: &str) -> Result<String, String> {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+@,:~=".contains(c);
+    if !value.chars().all(plain) {
+        return Err(format!(
+            "path {value:?} cannot go into a host file as it is (it holds a space, quote, \
+             backslash, % or $); use a path made of letters, digits and / . _ - + @ , : ~ ="
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+/// An HCL quoted string: quotes, backslashes and control characters escaped, and `${` / `%{`
+/// doubled so that no part of a path is read as a template.
+fn hcl_string(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    let mut chars = value.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '$' | '%' if chars.peek() == Some(&'{') => {
+                out.push(c);
+                out.push(c);
+            }
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Refuses a rendered config that keyhold would refuse, or that says something else than
+/// `node` (a template mix-up that still parses).
+fn check_server_config(text: &str, node: &NodeSpec) -> anyhow::Result<()> {
+    let config = ServerConfig::parse_str(text, Layout::SERVER_CONFIG)?;
+    config.validate_semantics()?;
+    if let Some(problem) = config.unsupported().into_iter().next() {
+        return Err(problem.into());
+    }
+    let StorageConfig::Raft(raft) = &config.storage else {
+        bail!("the storage stanza is not raft");
+    };
+    let said = (
+        raft.node_id.as_deref(),
+        config.api_addr.as_deref(),
+        config.cluster_addr.as_deref(),
+        &raft.path,
+        raft.retry_join.len(),
+        config.disable_mlock,
+    );
+    let meant = (
+        Some(node.name.as_str()),
+        Some(node.api_addr.as_str()),
+        Some(node.cluster_addr.as_str()),
+        &node.layout.path(Layout::DATA_DIR),
+        node.peers.len(),
+        node.layout.disable_mlock,
+    );
+    ensure!(
+        said == meant,
+        "(node_id, api_addr, cluster_addr, raft path, retry_join blocks, disable_mlock) read \
+         back as {said:?}, expected {meant:?}"
+    );
+    Ok(())
+}
+
+/// What the templates see. A name a template uses that is not here fails the render.
+#[derive(Debug, Serialize)]
+struct NodeContext<'a> {
+    environment: &'a str,
+    node: NodeView<'a>,
+    peers: &'a [Peer],
+    paths: Paths,
+    listener: ListenerView,
+    raft: RaftView,
+    log: LogView<'a>,
+    disable_mlock: bool,
+    /// Every audit file this node writes (for logrotate).
+    audit_files: Vec<String>,
+    snapshots: Option<SnapshotsView<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct NodeView<'a> {
+    name: &'a str,
+    api_addr: &'a str,
+    cluster_addr: &'a str,
+    /// `ADDRESS:API_PORT`, the listener's `address`.
+    api_listen: String,
+    /// `ADDRESS:CLUSTER_PORT`, the listener's `cluster_address`.
+    cluster_listen: String,
+}
+
+/// Absolute paths on the node.
+#[derive(Debug, Serialize)]
+struct Paths {
+    binary: String,
+    config_file: String,
+    env_file: String,
+    snapshot_agent_config: String,
+    data_dir: String,
+    snapshot_dir: String,
+    ca_cert: String,
+    node_cert: String,
+    node_key: String,
+    client_cert: String,
+    client_key: String,
+    /// What the server may write: data and log directories, and the directory of every
+    /// audit file outside the log directory.
+    writable: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct ListenerView {
+    tls_min_version: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct RaftView {
+    performance_multiplier: u32,
+    snapshot_threshold: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+struct LogView<'a> {
+    level: &'a str,
+    format: &'a str,
+    /// Set when the environment asks for rotation; otherwise the server logs to stderr
+    /// (the journal on a host, which rotates on its own).
+    file: Option<String>,
+    rotate_duration: Option<String>,
+    rotate_bytes: Option<u64>,
+    rotate_max_files: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+struct SnapshotsView<'a> {
+    schedule: &'a str,
+}
+
+impl<'a> NodeContext<'a> {
+    fn new(env: &'a Environment, node: &'a NodeSpec) -> anyhow::Result<NodeContext<'a>> {
+        let layout = &node.layout;
+        let text = |path: &Path| -> anyhow::Result<String> {
+            path.to_str()
+                .map(str::to_owned)
+                .with_context(|| format!("path {} is not UTF-8", path.display()))
+        };
+        let log_dir = layout.path(Layout::LOG_DIR);
+        let audit_files: Vec<PathBuf> = env
+            .audit
+            .iter()
+            .filter_map(|d| layout.audit_file(d))
+            .collect();
+        let mut writable = vec![layout.path(Layout::DATA_DIR), log_dir.clone()];
+        for file in &audit_files {
+            let dir = file.parent().unwrap_or(Path::new("/")).to_path_buf();
+            if !dir.starts_with(&log_dir) && !writable.contains(&dir) {
+                writable.push(dir);
+            }
+        }
+        let log = &env.log;
+        let rotates = log.rotate_bytes.is_some()
+            || log.rotate_duration.is_some()
+            || log.rotate_max_files.is_some();
+        Ok(NodeContext {
+            environment: &env.name,
+            node: NodeView {
+                name: &node.name,
+                api_addr: &node.api_addr,
+                cluster_addr: &node.cluster_addr,
+                api_listen: SocketAddr::new(node.address, env.listener.api_port).to_string(),
+                cluster_listen: SocketAddr::new(node.address, env.listener.cluster_port)
+                    .to_string(),
+            },
+            peers: &node.peers,
+            paths: Paths {
+                binary: text(&layout.binary)?,
+                config_file: text(&layout.path(Layout::SERVER_CONFIG))?,
+                env_file: text(&layout.path(Layout::ENV_FILE))?,
+                snapshot_agent_config: text(&layout.path(Layout::SNAPSHOT_AGENT_CONFIG))?,
+                data_dir: text(&layout.path(Layout::DATA_DIR))?,
+                snapshot_dir: text(&layout.path(Layout::SNAPSHOT_DIR))?,
+                ca_cert: text(&layout.tls_file(CA_CERT))?,
+                node_cert: text(&layout.tls_file(NODE_CERT))?,
+                node_key: text(&layout.tls_file(NODE_KEY))?,
+                client_cert: text(&layout.tls_file(CLIENT_CERT))?,
+                client_key: text(&layout.tls_file(CLIENT_KEY))?,
+                writable: writable.iter().map(|p| text(p)).collect::<Result<_, _>>()?,
+            },
+            listener: ListenerView {
+                tls_min_version: env.listener.tls_min_version.as_str(),
+            },
+            raft: RaftView {
+                performance_multiplier: env.raft.performance_multiplier,
+                snapshot_threshold: env.raft.snapshot_threshold,
+            },
+            log: LogView {
+                level: &log.level,
+                format: &log.format,
+                file: rotates
+                    .then(|| text(&log_dir.join(Layout::SERVER_LOG)))
+                    .transpose()?,
+                rotate_duration: log.rotate_duration.map(format_go_duration),
+                rotate_bytes: log.rotate_bytes,
+                rotate_max_files: log.rotate_max_files,
+            },
+            disable_mlock: layout.disable_mlock,
+            audit_files: audit_files
+                .iter()
+                .map(|p| text(p))
+                .collect::<Result<_, _>>()?,
+            snapshots: env.snapshots.as_ref().map(|s| SnapshotsView {
+                schedule: &s.schedule,
+            }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
