@@ -1,2 +1,444 @@
-//! The `provision` binary.
-fn main() {}
+//! The `provision` binary: parse arguments, load the environment, run the command, map the
+//! outcome to an exit code that scripts can rely on (see [`ExitCode`]).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use provisioner::deploy::Deployment;
+use provisioner::environment::{self, DEFAULT_ENVIRONMENT};
+use provisioner::output::{self, Progress};
+use provisioner::state::LockError;
+
+/// Exit codes: 0 success (for `plan`: nothing to do), 1 the command failed, 2 `plan` found
+/// changes (as `terraform plan -detailed-exitcode`), 3 the environment file or the command
+/// line is wrong (nothing was done), 4 another provision command holds the environment's lock.
+const EXIT_FAILED: u8 = 1;
+const EXIT_CHANGES: u8 = 2;
+const EXIT_INVALID: u8 = 3;
+const EXIT_LOCKED: u8 = 4;
+
+#[derive(Parser)]
+#[command(
+    name = "provision",
+    version,
+    about = "Turns an environment file into a running Keyhold cluster, then operates it",
+    after_help = "Exit codes: 0 success (plan: no changes), 1 failure, 2 plan has changes, \
+                  3 invalid environment or arguments, 4 environment locked by another command."
+)]
+struct Cli {
+    /// Where state, certificates, secrets and local nodes are kept.
+    #[arg(
+        long,
+        global = true,
+        env = "PROVISION_STATE_DIR",
+        default_value = ".provision"
+    )]
+    state_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct EnvArg {
+    /// The environment: a name (environments/NAME.hcl) or a path to an .hcl file.
+    #[arg(long = "env", short = 'e', env = "PROVISION_ENV", default_value = DEFAULT_ENVIRONMENT)]
+    env: String,
+}
+
+#[derive(Args)]
+struct IdentityArg {
+    /// An age identity file that opens the environment's secrets (default: the local
+    /// identity provision generated in the state directory). Repeat for per-share recipients.
+    #[arg(long = "identity", short = 'i')]
+    identity: Vec<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create or heal the environment's cluster (idempotent).
+    Up {
+        #[command(flatten)]
+        env: EnvArg,
+        /// Print the result as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Also print the unseal shares and root token (decrypted with the local identity).
+        #[arg(long)]
+        show_secrets: bool,
+    },
+    /// Show what `up` would do; exit 0 when nothing, 2 when there are changes.
+    Plan {
+        #[command(flatten)]
+        env: EnvArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write every file each node would receive into DIR/NODE/.
+    Render {
+        #[command(flatten)]
+        env: EnvArg,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check an environment file and say what is wrong with it.
+    Validate {
+        #[command(flatten)]
+        env: EnvArg,
+    },
+    /// Per node: role, version, Raft index, last contact, health; and failure tolerance.
+    Status {
+        #[command(flatten)]
+        env: EnvArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print `export VAULT_ADDR=... VAULT_CACERT=... VAULT_TOKEN=...` for `eval`.
+    Env {
+        #[command(flatten)]
+        env: EnvArg,
+        #[command(flatten)]
+        identity: IdentityArg,
+    },
+    /// Unseal every sealed node from the encrypted init output.
+    Unseal {
+        #[command(flatten)]
+        env: EnvArg,
+        #[command(flatten)]
+        identity: IdentityArg,
+    },
+    /// Stop every node; --purge also removes data, state, certificates and secrets.
+    Down {
+        #[command(flatten)]
+        env: EnvArg,
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Certificates of the environment.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Subjects, SANs and expiry of the CA and every node certificate.
+    Show {
+        #[command(flatten)]
+        env: EnvArg,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Why the command stopped, mapped to an exit code in one place.
+enum Failure {
+    Invalid(String),
+    Locked(String),
+    Failed(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        match e.downcast::<LockError>() {
+            Ok(lock @ LockError::Held { .. }) => Failure::Locked(lock.to_string()),
+            Ok(other) => Failure::Failed(other.into()),
+            Err(e) => Failure::Failed(e),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_INVALID } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(Failure::Invalid(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(EXIT_INVALID)
+        }
+        Err(Failure::Locked(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(EXIT_LOCKED)
+        }
+        Err(Failure::Failed(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+fn load(env: &EnvArg, state_dir: &Path) -> Result<Deployment, Failure> {
+    let file = environment::resolve(&env.env);
+    let environment = environment::load(&file).map_err(|e| Failure::Invalid(e.to_string()))?;
+    Deployment::new(environment, state_dir).map_err(|e| Failure::Invalid(format!("{e:#}")))
+}
+
+async fn run(cli: Cli) -> Result<u8, Failure> {
+    let state_dir = cli.state_dir;
+    match cli.command {
+        Command::Validate { env } => {
+            let file = environment::resolve(&env.env);
+            let e = environment::load(&file).map_err(|e| Failure::Invalid(e.to_string()))?;
+            println!(
+                "{}: environment {:?} is valid ({} nodes, provider {})",
+                file.display(),
+                e.name,
+                e.nodes,
+                e.provider.kind()
+            );
+            Ok(0)
+        }
+        Command::Up {
+            env,
+            json,
+            show_secrets,
+        } => {
+            let d = load(&env, &state_dir)?;
+            let _lock = d.dir.lock("provision up").map_err(anyhow::Error::from)?;
+            let mut progress = Progress::new(json);
+            progress.say(&format!(
+                "provision up: environment {} ({} nodes, {})",
+                d.env.name,
+                d.nodes.len(),
+                d.env.file.display()
+            ));
+            let report = d.up(&mut progress).await?;
+            let status = d.status().await?;
+            let changed = progress.changed();
+            if json {
+                let out = serde_json::json!({
+                    "environment": d.env.name,
+                    "changed": changed,
+                    "steps": progress.steps,
+                    "nodes": status.nodes,
+                    "failure_tolerance": status.failure_tolerance,
+                    "secret_files": report.secret_files,
+                    "ca_cert": d.ca_file(),
+                });
+                println!("{}", serde_json::to_string_pretty(&out).expect("JSON"));
+            } else {
+                eprintln!("{}", status_table(&status));
+                eprintln!(
+                    "{} ({:.1}s). Unseal shares and root token are encrypted in {} (age).",
+                    if changed {
+                        "Applied"
+                    } else {
+                        "No changes: the cluster is as described"
+                    },
+                    progress.elapsed().as_secs_f64(),
+                    d.dir.secrets_dir().display()
+                );
+                if report.identity_created {
+                    eprintln!(
+                        "Generated the age identity {} (0600) to decrypt them: keep it safe, or \
+                         name your own recipients in init {{ recipients = [...] }}.",
+                        d.dir.identity_file().display()
+                    );
+                }
+                eprintln!("Use it: eval \"$(provision env --env {})\"", d.env.name);
+            }
+            if show_secrets {
+                let secrets = d.init_secrets(&[])?;
+                for (i, key) in secrets.unseal_keys_b64.iter().enumerate() {
+                    println!("Unseal Key {}: {key}", i + 1);
+                }
+                println!("Initial Root Token: {}", secrets.root_token);
+            }
+            Ok(0)
+        }
+        Command::Plan { env, json } => {
+            let d = load(&env, &state_dir)?;
+            let _lock = d.dir.lock("provision plan").map_err(anyhow::Error::from)?;
+            let changes = d.plan().await?;
+            if json {
+                let out = serde_json::json!({ "environment": d.env.name, "changes": changes });
+                println!("{}", serde_json::to_string_pretty(&out).expect("JSON"));
+            } else if changes.is_empty() {
+                println!("No changes. Environment {} is as described.", d.env.name);
+            } else {
+                println!("provision up --env {} would:", d.env.name);
+                for c in &changes {
+                    match &c.node {
+                        Some(node) => println!("  ~ {node}: {}", c.action),
+                        None => println!("  ~ cluster: {}", c.action),
+                    }
+                }
+                println!("{} change(s).", changes.len());
+            }
+            Ok(if changes.is_empty() { 0 } else { EXIT_CHANGES })
+        }
+        Command::Render { env, out } => {
+            let d = load(&env, &state_dir)?;
+            let files = d.render_to(&out)?;
+            for f in &files {
+                println!("{}", f.display());
+            }
+            eprintln!(
+                "Rendered {} file(s) for {} node(s) into {} (TLS keys are not rendered: `provision up` issues them).",
+                files.len(),
+                d.nodes.len(),
+                out.display()
+            );
+            Ok(0)
+        }
+        Command::Status { env, json } => {
+            let d = load(&env, &state_dir)?;
+            let status = d.status().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status).expect("JSON"));
+            } else {
+                println!("{}", status_table(&status));
+                println!(
+                    "Failure tolerance: {} node(s){}",
+                    status.failure_tolerance,
+                    if status.autopilot {
+                        ""
+                    } else {
+                        " (estimated; autopilot not readable)"
+                    }
+                );
+            }
+            let all_up = status.nodes.iter().all(|n| {
+                matches!(
+                    n.role,
+                    provisioner::cluster::Role::Active | provisioner::cluster::Role::Standby
+                )
+            });
+            Ok(if all_up { 0 } else { EXIT_FAILED })
+        }
+        Command::Env { env, identity } => {
+            let d = load(&env, &state_dir)?;
+            let cluster = d.cluster()?;
+            let node = cluster.active().await.unwrap_or(0);
+            let token = d
+                .admin_token(&identity.identity)
+                .await
+                .context("log in with the environment's admin user")?;
+            println!("export VAULT_ADDR={}", shell_quote(&d.nodes[node].api_addr));
+            println!(
+                "export VAULT_CACERT={}",
+                shell_quote(&d.ca_file().display().to_string())
+            );
+            println!("export VAULT_TOKEN={}", shell_quote(&token));
+            Ok(0)
+        }
+        Command::Unseal { env, identity } => {
+            let d = load(&env, &state_dir)?;
+            let _lock = d
+                .dir
+                .lock("provision unseal")
+                .map_err(anyhow::Error::from)?;
+            let mut progress = Progress::new(false);
+            d.unseal(&identity.identity, &mut progress).await?;
+            Ok(0)
+        }
+        Command::Down { env, purge } => {
+            let d = load(&env, &state_dir)?;
+            let lock = d.dir.lock("provision down").map_err(anyhow::Error::from)?;
+            let mut progress = Progress::new(false);
+            d.down(purge, &mut progress).await?;
+            drop(lock);
+            Ok(0)
+        }
+        Command::Certs {
+            command: CertsCommand::Show { env, json },
+        } => {
+            let d = load(&env, &state_dir)?;
+            let certs = d.certificates()?;
+            if json {
+                let out: Vec<_> = certs
+                    .iter()
+                    .map(|(what, path, info)| serde_json::json!({"certificate": what, "path": path, "info": info}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&out).expect("JSON"));
+            } else {
+                let rows = certs
+                    .iter()
+                    .map(|(what, _, info)| {
+                        let sans: Vec<String> = info
+                            .dns_names
+                            .iter()
+                            .chain(&info.ip_addresses)
+                            .cloned()
+                            .collect();
+                        vec![
+                            what.clone(),
+                            info.subject.clone(),
+                            sans.join(", "),
+                            info.not_after.format("%Y-%m-%d %H:%M UTC").to_string(),
+                            format!("{}d", (info.not_after - chrono::Utc::now()).num_days()),
+                        ]
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    output::table(&["certificate", "subject", "SANs", "expires", "left"], rows)
+                );
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn status_table(status: &provisioner::deploy::StatusReport) -> String {
+    let rows = status
+        .nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.name.clone(),
+                n.address.clone(),
+                n.role.as_str().to_string(),
+                n.version.clone().unwrap_or_else(|| "-".into()),
+                n.raft_applied_index
+                    .map_or_else(|| "-".into(), |i| i.to_string()),
+                n.last_contact.clone().unwrap_or_else(|| "-".into()),
+                n.health_code.map_or_else(|| "-".into(), |c| c.to_string()),
+            ]
+        })
+        .collect();
+    output::table(
+        &[
+            "node",
+            "address",
+            "role",
+            "version",
+            "applied",
+            "last contact",
+            "health",
+        ],
+        rows,
+    )
+}
+
+/// Quotes a value for a POSIX shell's `eval`.
+fn shell_quote(value: &str) -> String {
+    if value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_./:@%+=,".contains(c))
+    {
+        value.to_string()
+    } else {
+        format!("'{}'", value.replace('\'', "'\\''"))
+    }
+}

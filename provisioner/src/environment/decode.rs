@@ -257,7 +257,7 @@ fn decode_server(top: &Section<'_, '_>, dir: &Path) -> Result<Server, ConfigErro
     })
 }
 
-pub(crate) fn is_executable(path: &Path) -> bool {
+pub fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
@@ -740,96 +740,97 @@ fn decode_auth(
     let mut out: Vec<AuthMethod> = Vec::new();
     let mut paths = BTreeSet::new();
     for block in top.labelled("auth", "auth \"userpass\" { user \"admin\" { ... } }")? {
-        let method =
-            match block.label {
-                "userpass" => {
-                    let s = Section::new(
+        let method = match block.label {
+            "userpass" => {
+                let s = Section::new(
+                    top.src,
+                    block.body,
+                    "in auth \"userpass\"",
+                    "auth.userpass",
+                    &["path", "user"],
+                    &["user"],
+                )?;
+                let path = mount_path(&s, "path", "userpass")?;
+                let mut users: Vec<UserpassUser> = Vec::new();
+                for user in s.labelled("user", "user \"admin\" { policies = [...] }")? {
+                    let u = Section::new(
                         top.src,
-                        block.body,
-                        "in auth \"userpass\"",
-                        "auth.userpass",
-                        &["path", "user"],
-                        &["user"],
+                        user.body,
+                        "in user",
+                        "auth.userpass.user",
+                        &["policies", "token_max_ttl", "token_ttl"],
+                        &[],
                     )?;
-                    let path = mount_path(&s, "path", "userpass")?;
-                    let mut users: Vec<UserpassUser> = Vec::new();
-                    for user in s.labelled("user", "user \"admin\" { policies = [...] }")? {
-                        let u = Section::new(
-                            top.src,
-                            user.body,
-                            "in user",
-                            "auth.userpass.user",
-                            &["policies", "token_max_ttl", "token_ttl"],
-                            &[],
-                        )?;
-                        if users.iter().any(|x| x.name == user.label) {
-                            return Err(top.src.error(
-                                user.label_pos,
-                                "user",
-                                format!("user {:?} is defined twice", user.label),
-                            ));
-                        }
-                        users.push(UserpassUser {
-                            name: user.label.to_string(),
-                            policies: policy_list(&u, "policies", known)?,
-                            token_ttl: u.duration("token_ttl")?,
-                            token_max_ttl: u.duration("token_max_ttl")?,
-                        });
+                    if users.iter().any(|x| x.name == user.label) {
+                        return Err(top.src.error(
+                            user.label_pos,
+                            "user",
+                            format!("user {:?} is defined twice", user.label),
+                        ));
                     }
-                    AuthMethod::Userpass { path, users }
+                    users.push(UserpassUser {
+                        name: user.label.to_string(),
+                        policies: policy_list(&u, "policies", known)?,
+                        token_ttl: u.duration("token_ttl")?,
+                        token_max_ttl: u.duration("token_max_ttl")?,
+                    });
                 }
-                "approle" => {
-                    let s = Section::new(
+                AuthMethod::Userpass { path, users }
+            }
+            "approle" => {
+                let s = Section::new(
+                    top.src,
+                    block.body,
+                    "in auth \"approle\"",
+                    "auth.approle",
+                    &["path", "role"],
+                    &["role"],
+                )?;
+                let path = mount_path(&s, "path", "approle")?;
+                let mut roles: Vec<AppRole> = Vec::new();
+                for role in s.labelled("role", "role \"ci\" { token_policies = [...] }")? {
+                    let r = Section::new(
                         top.src,
-                        block.body,
-                        "in auth \"approle\"",
-                        "auth.approle",
-                        &["path", "role"],
-                        &["role"],
+                        role.body,
+                        "in role",
+                        "auth.approle.role",
+                        &[
+                            "secret_id_num_uses",
+                            "secret_id_ttl",
+                            "token_max_ttl",
+                            "token_policies",
+                            "token_ttl",
+                        ],
+                        &[],
                     )?;
-                    let path = mount_path(&s, "path", "approle")?;
-                    let mut roles: Vec<AppRole> = Vec::new();
-                    for role in s.labelled("role", "role \"ci\" { token_policies = [...] }")? {
-                        let r = Section::new(
-                            top.src,
-                            role.body,
-                            "in role",
-                            "auth.approle.role",
-                            &[
-                                "secret_id_num_uses",
-                                "secret_id_ttl",
-                                "token_max_ttl",
-                                "token_policies",
-                                "token_ttl",
-                            ],
-                            &[],
-                        )?;
-                        if roles.iter().any(|x| x.name == role.label) {
-                            return Err(top.src.error(
-                                role.label_pos,
-                                "role",
-                                format!("role {:?} is defined twice", role.label),
-                            ));
-                        }
-                        roles.push(AppRole {
-                            name: role.label.to_string(),
-                            token_policies: policy_list(&r, "token_policies", known)?,
-                            token_ttl: r.duration("token_ttl")?,
-                            token_max_ttl: r.duration("token_max_ttl")?,
-                            secret_id_ttl: r.duration("secret_id_ttl")?,
-                            secret_id_num_uses: r.uint("secret_id_num_uses", u64::MAX)?,
-                        });
+                    if roles.iter().any(|x| x.name == role.label) {
+                        return Err(top.src.error(
+                            role.label_pos,
+                            "role",
+                            format!("role {:?} is defined twice", role.label),
+                        ));
                     }
-                    AuthMethod::Approle { path, roles }
+                    roles.push(AppRole {
+                        name: role.label.to_string(),
+                        token_policies: policy_list(&r, "token_policies", known)?,
+                        token_ttl: r.duration("token_ttl")?,
+                        token_max_ttl: r.duration("token_max_ttl")?,
+                        secret_id_ttl: r.duration("secret_id_ttl")?,
+                        secret_id_num_uses: r.uint("secret_id_num_uses", u64::MAX)?,
+                    });
                 }
-                other => return Err(top.src.error(
+                AuthMethod::Approle { path, roles }
+            }
+            other => {
+                return Err(top.src.error(
                     block.label_pos,
                     "auth",
                     format!(
                         "unsupported auth method {other:?}; Keyhold provides: userpass, approle"
                     ),
-                )),
-            };
+                ))
+            }
+        };
         if method.path() == "token" || !paths.insert(method.path().to_string()) {
             return Err(top.src.error(
                 block.pos,

@@ -8,6 +8,7 @@
 mod decode;
 mod model;
 
+pub use decode::is_executable;
 pub use model::*;
 
 use std::path::{Path, PathBuf};

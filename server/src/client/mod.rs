@@ -27,9 +27,9 @@ pub use raft::{
     JoinRequest, JoinResponse, RaftConfiguration, RaftServer,
 };
 pub use sys::{
-    GenerateRootStatus, HealthQuery, HealthResponse, InitRequest, InitResponse, KeyStatus,
-    LeaderResponse, RekeyInitRequest, RekeyStatus, RekeyUpdateResponse, RekeyVerificationStatus,
-    SealStatus,
+    decode_root_token, GenerateRootStatus, HealthQuery, HealthResponse, InitRequest, InitResponse,
+    KeyStatus, LeaderResponse, RekeyInitRequest, RekeyStatus, RekeyUpdateResponse,
+    RekeyVerificationStatus, SealStatus,
 };
 
 /// An HTTP method of the Vault API, including its `LIST` verb.

@@ -440,3 +440,23 @@ impl Client {
 }
 
 use super::{ApiResponse, Body};
+
+/// Decodes the root token `sys/generate-root` returns (`encoded_token`, base64 of the token
+/// XORed with the OTP the attempt was started with). Errors are messages for an operator.
+pub fn decode_root_token(encoded: &str, otp: &str) -> Result<String, String> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(encoded.trim().trim_end_matches('='))
+        .map_err(|e| format!("Error decoding base64'd token: {e}"))?;
+    if bytes.len() != otp.len() {
+        return Err(format!(
+            "Error xoring token: the encoded token is {} bytes long but the OTP is {}; is it the \
+             OTP given at -init?",
+            bytes.len(),
+            otp.len()
+        ));
+    }
+    let token: Vec<u8> = bytes.iter().zip(otp.bytes()).map(|(a, b)| a ^ b).collect();
+    String::from_utf8(token)
+        .map_err(|_| "Error decoding token: the result is not text; wrong OTP?".to_string())
+}

@@ -1,7 +1,6 @@
 //! `operator init|unseal|seal|step-down|rekey|generate-root|rotate|key-status`; `operator
 //! raft` and `operator members` are in `raft`.
 
-use base64::Engine;
 use rand::Rng;
 use serde_json::{json, Value};
 
@@ -541,19 +540,5 @@ fn print_generate_root_status(ui: &mut Ui, status: &GenerateRootStatus) -> Resul
 
 /// The root token from generate-root's `encoded_token`: base64 (padded or not) XOR the OTP.
 pub fn decode_root_token(encoded: &str, otp: &str) -> Result<String, CliError> {
-    let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
-        .decode(encoded.trim().trim_end_matches('='))
-        .map_err(|e| CliError::Usage(format!("Error decoding base64'd token: {e}")))?;
-    if bytes.len() != otp.len() {
-        return Err(CliError::Usage(format!(
-            "Error xoring token: the encoded token is {} bytes long but the OTP is {}; is it the \
-             OTP given at -init?",
-            bytes.len(),
-            otp.len()
-        )));
-    }
-    let token: Vec<u8> = bytes.iter().zip(otp.bytes()).map(|(a, b)| a ^ b).collect();
-    String::from_utf8(token).map_err(|_| {
-        CliError::Usage("Error decoding token: the result is not text; wrong OTP?".into())
-    })
+    crate::client::decode_root_token(encoded, otp).map_err(CliError::Usage)
 }

@@ -1,0 +1,511 @@
+//! Cluster operations over the Vault HTTP API (`keyhold::client`): health, init, unseal,
+//! waiting for Raft membership, configuration (audit, policies, mounts, auth methods, users),
+//! admin login and root-token handling. The provisioner never reaches a server any other way.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use keyhold::client::{
+    AutopilotConfigUpdate, AutopilotState, CaCert, Client, ClientConfig, ClientError, HealthQuery,
+    HealthResponse, InitRequest, InitResponse, LeaderResponse,
+};
+use serde_json::{json, Value};
+
+use crate::environment::{AuthMethod, Environment};
+
+/// How a node answered `sys/health`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Active,
+    Standby,
+    Sealed,
+    Uninitialized,
+    Down,
+}
+
+impl Role {
+    pub fn from_health(health: Option<&HealthResponse>) -> Role {
+        match health {
+            None => Role::Down,
+            Some(h) if !h.initialized => Role::Uninitialized,
+            Some(h) if h.sealed => Role::Sealed,
+            Some(h) if h.standby => Role::Standby,
+            Some(_) => Role::Active,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Active => "active",
+            Role::Standby => "standby",
+            Role::Sealed => "sealed",
+            Role::Uninitialized => "uninitialized",
+            Role::Down => "down",
+        }
+    }
+}
+
+/// One node as the API sees it.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub name: String,
+    /// `https://ADDR:PORT`.
+    pub api_addr: String,
+}
+
+/// Clients for every node of a cluster, trusting the environment's CA.
+pub struct Cluster {
+    pub nodes: Vec<Endpoint>,
+    ca_pem: Vec<u8>,
+}
+
+/// The timeout of one API call made while provisioning.
+const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+impl Cluster {
+    pub fn new(nodes: Vec<Endpoint>, ca_pem: Vec<u8>) -> Self {
+        Cluster { nodes, ca_pem }
+    }
+
+    pub fn client(&self, node: usize, token: Option<&str>) -> Result<Client> {
+        let mut config = ClientConfig::new(self.nodes[node].api_addr.clone());
+        config.ca_cert = Some(CaCert::Pem(self.ca_pem.clone()));
+        config.token = token.map(str::to_string);
+        config.timeout = CALL_TIMEOUT;
+        Client::new(&config).with_context(|| format!("client for {}", self.nodes[node].name))
+    }
+
+    /// `sys/health` of one node; None when it does not answer.
+    pub async fn health(&self, node: usize) -> Option<HealthResponse> {
+        let client = self.client(node, None).ok()?;
+        let query = HealthQuery {
+            standby_ok: false,
+            ..HealthQuery::default()
+        };
+        tokio::time::timeout(Duration::from_secs(5), client.health(&query))
+            .await
+            .ok()?
+            .ok()
+    }
+
+    pub async fn roles(&self) -> Vec<(Role, Option<HealthResponse>)> {
+        let mut out = Vec::new();
+        for i in 0..self.nodes.len() {
+            let health = self.health(i).await;
+            out.push((Role::from_health(health.as_ref()), health));
+        }
+        out
+    }
+
+    pub async fn leader(&self, node: usize) -> Option<LeaderResponse> {
+        let client = self.client(node, None).ok()?;
+        tokio::time::timeout(Duration::from_secs(5), client.leader())
+            .await
+            .ok()?
+            .ok()
+    }
+
+    /// Waits until `node` answers `sys/health` at all.
+    pub async fn wait_responding(&self, node: usize, timeout: Duration) -> Result<HealthResponse> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(h) = self.health(node).await {
+                return Ok(h);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{} ({}) did not answer within {}s; see its log under the node's \
+                     var/log/keyhold directory",
+                    self.nodes[node].name,
+                    self.nodes[node].api_addr,
+                    timeout.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Index of the active node, if one answers as active.
+    pub async fn active(&self) -> Option<usize> {
+        for i in 0..self.nodes.len() {
+            if Role::from_health(self.health(i).await.as_ref()) == Role::Active {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    pub async fn wait_active(&self, timeout: Duration) -> Result<usize> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(i) = self.active().await {
+                return Ok(i);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "no node became active within {}s (a Raft leader is elected once a \
+                     majority of nodes is unsealed)",
+                    timeout.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    pub async fn init(&self, node: usize, shares: u8, threshold: u8) -> Result<InitResponse> {
+        let client = self.client(node, None)?;
+        let req = InitRequest {
+            secret_shares: shares.into(),
+            secret_threshold: threshold.into(),
+            ..InitRequest::default()
+        };
+        client
+            .init(&req)
+            .await
+            .with_context(|| format!("initialise the cluster on {}", self.nodes[node].name))
+    }
+
+    /// Gives `node` shares until it is unsealed. Any half-finished attempt is reset first so
+    /// that shares from another attempt do not mix with ours.
+    pub async fn unseal(&self, node: usize, keys: &[String]) -> Result<()> {
+        let name = &self.nodes[node].name;
+        let client = self.client(node, None)?;
+        let status = client
+            .seal_status()
+            .await
+            .with_context(|| format!("read the seal status of {name}"))?;
+        if !status.sealed {
+            return Ok(());
+        }
+        if status.progress > 0 {
+            client
+                .unseal_reset()
+                .await
+                .with_context(|| format!("reset the unseal progress of {name}"))?;
+        }
+        for key in keys {
+            let status = client
+                .unseal(key)
+                .await
+                .with_context(|| format!("unseal {name}"))?;
+            if !status.sealed {
+                return Ok(());
+            }
+        }
+        bail!(
+            "{name} is still sealed after {} shares; the shares do not belong to this \
+             cluster's key, or too few could be decrypted",
+            keys.len()
+        )
+    }
+
+    /// Waits until every node is unsealed and a voter in the Raft configuration (autopilot
+    /// promotes a joined node once it has been stable for `server_stabilization_time`).
+    pub async fn wait_voters(&self, token: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let wanted: Vec<&str> = self.nodes.iter().map(|n| n.name.as_str()).collect();
+        let mut last = String::new();
+        loop {
+            if let Some(active) = self.active().await {
+                let client = self.client(active, Some(token))?;
+                match client.raft_configuration().await {
+                    Ok(config) => {
+                        let voters: Vec<&str> = config
+                            .servers
+                            .iter()
+                            .filter(|s| s.voter)
+                            .map(|s| s.node_id.as_str())
+                            .collect();
+                        if wanted.iter().all(|n| voters.contains(n)) {
+                            return Ok(());
+                        }
+                        last = format!("voters so far: {}", voters.join(", "));
+                    }
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "not every node became a Raft voter within {}s ({last}); check \
+                     `provision status` and the nodes' logs",
+                    timeout.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    pub async fn autopilot_state(&self, token: &str) -> Option<AutopilotState> {
+        let active = self.active().await?;
+        let client = self.client(active, Some(token)).ok()?;
+        client.autopilot_state().await.ok().flatten()
+    }
+
+    /// Logs in with userpass and returns the client token.
+    pub async fn login_userpass(&self, path: &str, user: &str, password: &str) -> Result<String> {
+        let node = self.any_unsealed().await?;
+        let client = self.client(node, None)?;
+        let secret = client
+            .write(
+                &format!("auth/{path}/login/{user}"),
+                &json!({ "password": password }),
+            )
+            .await
+            .with_context(|| format!("log in as {user} (auth/{path})"))?;
+        secret
+            .and_then(|s| s.auth)
+            .map(|a| a.client_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| anyhow!("log in as {user}: the server returned no token"))
+    }
+
+    /// Whether `token` is still valid.
+    pub async fn token_valid(&self, token: &str) -> Result<bool> {
+        let node = self.any_unsealed().await?;
+        let client = self.client(node, Some(token))?;
+        match client.read("auth/token/lookup-self").await {
+            Ok(_) => Ok(true),
+            Err(ClientError::Api(e)) if e.status == 403 => Ok(false),
+            Err(e) => Err(e).context("look up a token"),
+        }
+    }
+
+    pub async fn revoke_self(&self, token: &str) -> Result<()> {
+        let node = self.any_unsealed().await?;
+        let client = self.client(node, Some(token))?;
+        client
+            .write("auth/token/revoke-self", &json!({}))
+            .await
+            .context("revoke the root token")?;
+        Ok(())
+    }
+
+    /// A fresh root token from unseal shares (`sys/generate-root` with a server-made OTP), as
+    /// the production guide advises once the initial root token is revoked. The caller revokes
+    /// it when done.
+    pub async fn generate_root(&self, keys: &[String]) -> Result<String> {
+        let node = self.any_unsealed().await?;
+        let client = self.client(node, None)?;
+        let status = client.generate_root_status().await?;
+        if status.started {
+            client.generate_root_cancel().await?;
+        }
+        let status = client
+            .generate_root_init(None, None)
+            .await
+            .context("start generating a root token")?;
+        let (otp, nonce) = (status.otp.clone(), status.nonce.clone());
+        for key in keys {
+            let status = client
+                .generate_root_update(key, &nonce)
+                .await
+                .context("give a share to generate-root")?;
+            if status.complete {
+                return keyhold::client::decode_root_token(&status.encoded_token, &otp)
+                    .map_err(|e| anyhow!("decode the generated root token: {e}"));
+            }
+        }
+        let _ = client.generate_root_cancel().await;
+        bail!("generate-root did not complete with the available shares")
+    }
+
+    async fn any_unsealed(&self) -> Result<usize> {
+        if let Some(i) = self.active().await {
+            return Ok(i);
+        }
+        for i in 0..self.nodes.len() {
+            if Role::from_health(self.health(i).await.as_ref()) == Role::Standby {
+                return Ok(i);
+            }
+        }
+        bail!("no node is unsealed; run `provision up` (or `provision unseal`) first")
+    }
+
+    /// Writes the environment's autopilot settings.
+    pub async fn configure_autopilot(&self, env: &Environment, token: &str) -> Result<()> {
+        let node = self.any_unsealed().await?;
+        let client = self.client(node, Some(token))?;
+        let a = &env.autopilot;
+        client
+            .autopilot_set_configuration(&AutopilotConfigUpdate {
+                cleanup_dead_servers: Some(a.cleanup_dead_servers),
+                last_contact_threshold: Some(a.last_contact_threshold),
+                dead_server_last_contact_threshold: Some(a.dead_server_last_contact_threshold),
+                max_trailing_logs: Some(a.max_trailing_logs),
+                min_quorum: Some(a.min_quorum.into()),
+                server_stabilization_time: Some(a.server_stabilization_time),
+                disable_upgrade_migration: None,
+            })
+            .await
+            .context("write the autopilot configuration")?;
+        Ok(())
+    }
+
+    /// Makes the cluster's configuration match the environment: autopilot, policies, secrets
+    /// engines, audit devices, auth methods, users and roles. Every call is idempotent; the
+    /// answer lists what was created (mounts and devices that already exist are left alone).
+    pub async fn configure(
+        &self,
+        env: &Environment,
+        token: &str,
+        audit_file_path: &dyn Fn(&str) -> String,
+        passwords: &BTreeMap<String, String>,
+    ) -> Result<Vec<String>> {
+        self.configure_autopilot(env, token).await?;
+        let node = self.any_unsealed().await?;
+        let client = self.client(node, Some(token))?;
+        let mut created = Vec::new();
+
+        for policy in &env.policies {
+            let text = std::fs::read_to_string(&policy.file)
+                .with_context(|| format!("read policy file {}", policy.file.display()))?;
+            client
+                .write(
+                    &format!("sys/policies/acl/{}", policy.name),
+                    &json!({ "policy": text }),
+                )
+                .await
+                .with_context(|| format!("write policy {}", policy.name))?;
+        }
+
+        let mounts = table(&client, "sys/mounts").await?;
+        for engine in &env.secrets {
+            let key = format!("{}/", engine.path);
+            match mounts.get(&key) {
+                Some(kind) if kind == &engine.kind => {}
+                Some(kind) => bail!(
+                    "{} is already mounted as a {kind} engine; the environment wants {}: \
+                     disable it by hand or change the environment's path",
+                    key,
+                    engine.kind
+                ),
+                None => {
+                    client
+                        .write(
+                            &format!("sys/mounts/{}", engine.path),
+                            &json!({
+                                "type": engine.kind,
+                                "options": { "version": engine.version.to_string() },
+                            }),
+                        )
+                        .await
+                        .with_context(|| format!("mount {} at {key}", engine.kind))?;
+                    created.push(format!("secrets engine {key}"));
+                }
+            }
+        }
+
+        let devices = table(&client, "sys/audit").await?;
+        for device in &env.audit {
+            let key = format!("{}/", device.path);
+            if devices.contains_key(&key) {
+                continue;
+            }
+            let mut options = serde_json::Map::new();
+            options.insert(
+                "file_path".into(),
+                audit_file_path(&device.file_path).into(),
+            );
+            for (k, v) in &device.options {
+                options.insert(k.clone(), v.clone().into());
+            }
+            client
+                .write(
+                    &format!("sys/audit/{}", device.path),
+                    &json!({ "type": device.kind, "options": options }),
+                )
+                .await
+                .with_context(|| format!("enable audit device {key}"))?;
+            created.push(format!("audit device {key}"));
+        }
+
+        let methods = table(&client, "sys/auth").await?;
+        for method in &env.auth {
+            let key = format!("{}/", method.path());
+            match methods.get(&key) {
+                Some(kind) if kind == method.kind() => {}
+                Some(kind) => bail!(
+                    "auth/{key} is already a {kind} method; the environment wants {}",
+                    method.kind()
+                ),
+                None => {
+                    client
+                        .write(
+                            &format!("sys/auth/{}", method.path()),
+                            &json!({ "type": method.kind() }),
+                        )
+                        .await
+                        .with_context(|| format!("enable auth method {key}"))?;
+                    created.push(format!("auth method {key}"));
+                }
+            }
+            match method {
+                AuthMethod::Userpass { path, users } => {
+                    for user in users {
+                        let id = credential_key(path, &user.name);
+                        let password = passwords
+                            .get(&id)
+                            .ok_or_else(|| anyhow!("no generated password for {id}"))?;
+                        let mut body = json!({
+                            "password": password,
+                            "token_policies": user.policies.join(","),
+                        });
+                        put_duration(&mut body, "token_ttl", user.token_ttl);
+                        put_duration(&mut body, "token_max_ttl", user.token_max_ttl);
+                        client
+                            .write(&format!("auth/{path}/users/{}", user.name), &body)
+                            .await
+                            .with_context(|| format!("write user {id}"))?;
+                    }
+                }
+                AuthMethod::Approle { path, roles } => {
+                    for role in roles {
+                        let mut body = json!({
+                            "token_policies": role.token_policies.join(","),
+                        });
+                        put_duration(&mut body, "token_ttl", role.token_ttl);
+                        put_duration(&mut body, "token_max_ttl", role.token_max_ttl);
+                        put_duration(&mut body, "secret_id_ttl", role.secret_id_ttl);
+                        if let Some(n) = role.secret_id_num_uses {
+                            body["secret_id_num_uses"] = n.into();
+                        }
+                        client
+                            .write(&format!("auth/{path}/role/{}", role.name), &body)
+                            .await
+                            .with_context(|| format!("write role {path}/{}", role.name))?;
+                    }
+                }
+            }
+        }
+        Ok(created)
+    }
+}
+
+/// The key a generated userpass password is kept under in the encrypted credentials.
+pub fn credential_key(auth_path: &str, user: &str) -> String {
+    format!("userpass/{auth_path}/{user}")
+}
+
+fn put_duration(body: &mut Value, key: &str, d: Option<Duration>) {
+    if let Some(d) = d {
+        body[key] = format!("{}s", d.as_secs()).into();
+    }
+}
+
+/// A mount table (`sys/mounts`, `sys/auth`, `sys/audit`) as path -> type.
+async fn table(client: &Client, path: &str) -> Result<BTreeMap<String, String>> {
+    let resp = client
+        .read(path)
+        .await
+        .with_context(|| format!("read {path}"))?;
+    let data = resp.and_then(|s| s.data).unwrap_or_default();
+    Ok(data
+        .iter()
+        .filter_map(|(k, v)| {
+            let kind = v.get("type")?.as_str()?;
+            Some((k.clone(), kind.to_string()))
+        })
+        .collect())
+}

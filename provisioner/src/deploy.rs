@@ -1,0 +1,1011 @@
+//! One environment being provisioned: its nodes, hosts and state, and the commands that act
+//! on it. `up` is a sequence of idempotent steps, each of which looks at what exists (files,
+//! processes, the API) before it acts, so a second run changes nothing and a run interrupted
+//! anywhere is finished by the next. `plan` asks the same questions and acts on none.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use chrono::Utc;
+use rand::distributions::{Alphanumeric, DistString};
+use serde::Serialize;
+
+use crate::certs::{self, Ca};
+use crate::cluster::{credential_key, Cluster, Endpoint, Role};
+use crate::environment::{AuthMethod, Environment, Provider};
+use crate::host::{Host, LocalHost, ServiceState};
+use crate::output::{Outcome, Progress};
+use crate::render::{self, Layout, NodeSpec, Renderer};
+use crate::secrets::{self, InitSecrets, SecretStore};
+use crate::state::{fingerprint, CertRecord, State, StateDir};
+
+/// Renew a node certificate this long before it expires.
+const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How long a node may take to answer after it starts.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a joining node may take to receive its join challenge.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long the cluster may take to elect a leader and promote every node to voter.
+const FORM_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long a node has to stop gracefully (it hands leadership over first).
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An environment, resolved: where its nodes live and what they run.
+pub struct Deployment {
+    pub env: Environment,
+    pub dir: StateDir,
+    pub binary: PathBuf,
+    pub nodes: Vec<NodeSpec>,
+}
+
+/// One change `up` would make, as `plan` reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Change {
+    /// The node it concerns, or None for the cluster as a whole.
+    pub node: Option<String>,
+    pub action: String,
+}
+
+impl Deployment {
+    /// Resolves `env` under the state root (`.provision`): the server binary, each node's
+    /// address, directory and files.
+    pub fn new(env: Environment, state_root: &Path) -> Result<Deployment> {
+        let state_root = std::path::absolute(state_root)
+            .with_context(|| format!("resolve {}", state_root.display()))?;
+        let dir = StateDir::new(state_root.join(&env.name));
+        let binary = resolve_binary(&env)?;
+        let Provider::Local(local) = &env.provider;
+        let base = u32::from(local.address_base);
+        let addresses: Vec<IpAddr> = (0..env.nodes as u32)
+            .map(|i| IpAddr::V4(Ipv4Addr::from(base + i)))
+            .collect();
+        let nodes_dir = dir.nodes_dir();
+        let nodes = NodeSpec::cluster(&env, &addresses, |name| {
+            Layout::local(nodes_dir.join(name), binary.clone())
+        })?;
+        Ok(Deployment {
+            env,
+            dir,
+            binary,
+            nodes,
+        })
+    }
+
+    pub fn host(&self, node: &NodeSpec) -> LocalHost {
+        LocalHost::new(
+            &node.name,
+            node.layout.root.clone(),
+            self.binary.clone(),
+            PathBuf::from(Layout::SERVER_CONFIG),
+            Path::new(Layout::LOG_DIR).join("keyhold.out"),
+        )
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.tls_dir().join(render::CA_CERT)
+    }
+
+    pub fn cluster(&self) -> Result<Cluster> {
+        let ca = std::fs::read(self.ca_file()).with_context(|| {
+            format!(
+                "read the environment's CA {} (run `provision up --env {}` first)",
+                self.ca_file().display(),
+                self.env.name
+            )
+        })?;
+        let endpoints = self
+            .nodes
+            .iter()
+            .map(|n| Endpoint {
+                name: n.name.clone(),
+                api_addr: n.api_addr.clone(),
+            })
+            .collect();
+        Ok(Cluster::new(endpoints, ca))
+    }
+
+    /// Where an audit `file` device writes, as configured in the cluster. Local nodes run with
+    /// their own directory as working directory, so one relative path serves every node.
+    fn audit_file_path(file_path: &str) -> String {
+        if matches!(file_path, "stdout" | "discard") || file_path.starts_with('/') {
+            file_path.to_string()
+        } else {
+            Path::new(Layout::LOG_DIR)
+                .join(file_path)
+                .display()
+                .to_string()
+        }
+    }
+
+    fn env_fingerprint(&self) -> Result<String> {
+        let mut bytes = std::fs::read(&self.env.file)
+            .with_context(|| format!("read {}", self.env.file.display()))?;
+        for policy in &self.env.policies {
+            bytes.extend(
+                std::fs::read(&policy.file)
+                    .with_context(|| format!("read {}", policy.file.display()))?,
+            );
+        }
+        Ok(fingerprint(&bytes))
+    }
+
+    fn load_state(&self) -> Result<State> {
+        Ok(match State::load(&self.dir)? {
+            Some(state) => state,
+            None => State::new(
+                &self.env.name,
+                self.env.file.clone(),
+                self.env_fingerprint()?,
+                self.env.provider.kind(),
+            ),
+        })
+    }
+
+    /// The identity files that open this environment's secrets: the ones given, else the
+    /// generated local identity.
+    fn identities(&self, given: &[PathBuf]) -> Result<Vec<secrets::Identity>> {
+        if !given.is_empty() {
+            return secrets::read_identities(given);
+        }
+        let local = self.dir.identity_file();
+        if local.exists() {
+            return secrets::read_identities(&[local]);
+        }
+        bail!(
+            "no identity to decrypt {}'s secrets: pass --identity FILE (an age identity of one \
+             of the environment's recipients)",
+            self.env.name
+        )
+    }
+
+    /// The secret store, creating the local identity when the environment names no
+    /// recipients. The flag is true when the identity was created now.
+    fn secret_store(&self) -> Result<(SecretStore, bool)> {
+        let init = &self.env.init;
+        let (recipients, created) = if init.recipients.is_empty() {
+            let path = self.dir.identity_file();
+            if path.exists() {
+                let ids = secrets::read_identities(std::slice::from_ref(&path))?;
+                let public: Vec<String> = ids.iter().map(|i| i.to_public().to_string()).collect();
+                (public, false)
+            } else {
+                crate::state::create_private_dir(self.dir.root())?;
+                (vec![secrets::generate_identity(&path)?], true)
+            }
+        } else {
+            (init.recipients.clone(), false)
+        };
+        let parsed = secrets::parse_recipients(&recipients)
+            .with_context(|| format!("init.recipients in {}", self.env.file.display()))?;
+        Ok((
+            SecretStore::new(self.dir.secrets_dir(), parsed, init.per_share_recipients),
+            created,
+        ))
+    }
+
+    fn wanted_sans(&self, node: &NodeSpec) -> (Vec<String>, Vec<IpAddr>) {
+        let mut dns = vec![node.name.clone(), "localhost".to_string()];
+        let mut ips = vec![node.address];
+        if node.address != IpAddr::V4(Ipv4Addr::LOCALHOST) {
+            ips.push(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        }
+        let (extra_dns, extra_ips) = certs::split_sans(&self.env.tls.extra_sans);
+        dns.extend(extra_dns);
+        ips.extend(extra_ips);
+        (dns, ips)
+    }
+
+    /// Why `node`'s certificate must be (re)issued, or None.
+    fn cert_reason(&self, node: &NodeSpec, ca: Option<&certs::CertInfo>) -> Option<String> {
+        let path = node.layout.tls_file(render::NODE_CERT);
+        let Some(ca) = ca else {
+            return Some("no CA yet".into());
+        };
+        let key = node.layout.tls_file(render::NODE_KEY);
+        if !key.exists() {
+            return Some("no certificate yet".into());
+        }
+        match certs::inspect_file(&path) {
+            Err(_) => Some("no certificate yet".into()),
+            Ok(info) => {
+                let (dns, ips) = self.wanted_sans(node);
+                certs::reissue_reason(&info, &dns, &ips, ca, RENEW_BEFORE)
+            }
+        }
+    }
+
+    /// Every file of `node`: TLS material first (keys 0600), then the rendered files.
+    fn rendered(&self, renderer: &Renderer, node: &NodeSpec) -> Result<Vec<render::RenderedFile>> {
+        renderer.render_node(&self.env, node)
+    }
+
+    /// What `up` would do, asking every question `up` asks and acting on none.
+    pub async fn plan(&self) -> Result<Vec<Change>> {
+        let mut changes = Vec::new();
+        let add = |changes: &mut Vec<Change>, node: Option<&str>, action: String| {
+            changes.push(Change {
+                node: node.map(str::to_string),
+                action,
+            })
+        };
+        let ca_info = certs::inspect_file(&self.ca_file()).ok();
+        if ca_info.is_none() {
+            add(&mut changes, None, "create the environment's CA".into());
+        }
+        let renderer = Renderer::new()?;
+        let mut config_changed = BTreeMap::new();
+        for node in &self.nodes {
+            if let Some(reason) = self.cert_reason(node, ca_info.as_ref()) {
+                add(
+                    &mut changes,
+                    Some(&node.name),
+                    format!("issue its certificate ({reason})"),
+                );
+            }
+            let host = self.host(node);
+            for file in self.rendered(&renderer, node)? {
+                let old = host.read_file(&file.path)?;
+                if old.as_deref() != Some(file.content.as_bytes()) {
+                    let verb = if old.is_none() { "write" } else { "update" };
+                    add(
+                        &mut changes,
+                        Some(&node.name),
+                        format!("{verb} {} ({})", file.path.display(), file.purpose),
+                    );
+                    if file.path == Path::new(Layout::SERVER_CONFIG) {
+                        config_changed.insert(node.name.clone(), ());
+                    }
+                }
+            }
+            match host.service_state()? {
+                ServiceState::Stopped => add(&mut changes, Some(&node.name), "start it".into()),
+                ServiceState::Running { .. } if config_changed.contains_key(&node.name) => add(
+                    &mut changes,
+                    Some(&node.name),
+                    "restart it (its config changed)".into(),
+                ),
+                ServiceState::Running { .. } => {}
+            }
+        }
+        let state = State::load(&self.dir)?;
+        if ca_info.is_none() {
+            // Nothing can be asked of the cluster before it has certificates.
+            add(&mut changes, None, "initialise the cluster".into());
+            add(&mut changes, None, "unseal every node".into());
+            add(
+                &mut changes,
+                None,
+                "configure audit, policies, secrets engines and auth methods".into(),
+            );
+            return Ok(changes);
+        }
+        let cluster = self.cluster()?;
+        let roles = cluster.roles().await;
+        let any_initialized = roles
+            .iter()
+            .any(|(r, _)| matches!(r, Role::Active | Role::Standby | Role::Sealed));
+        if !any_initialized {
+            add(&mut changes, None, "initialise the cluster".into());
+        }
+        for (node, (role, _)) in self.nodes.iter().zip(&roles) {
+            if matches!(role, Role::Sealed | Role::Uninitialized | Role::Down) {
+                add(&mut changes, Some(&node.name), "unseal it".into());
+            }
+        }
+        let fingerprint = self.env_fingerprint()?;
+        let configured = state
+            .as_ref()
+            .and_then(|s| s.cluster.configured_fingerprint.clone());
+        if configured.as_deref() != Some(fingerprint.as_str()) {
+            add(
+                &mut changes,
+                None,
+                "configure audit, policies, secrets engines and auth methods".into(),
+            );
+        }
+        if self.env.init.revoke_root_token
+            && !state.as_ref().is_some_and(|s| s.cluster.root_token_revoked)
+        {
+            add(&mut changes, None, "revoke the initial root token".into());
+        }
+        Ok(changes)
+    }
+
+    /// Brings the environment to what its file says. See the module comment.
+    pub async fn up(&self, progress: &mut Progress) -> Result<UpReport> {
+        let mut state = self.load_state()?;
+        let mut report = UpReport::default();
+
+        // Certificates.
+        let step = progress.start("certificates");
+        let (ca, ca_created) = Ca::ensure(
+            &self.dir.tls_dir(),
+            &self.env.name,
+            self.env.tls.ca_lifetime,
+        )?;
+        let mut issued = Vec::new();
+        let mut reload = Vec::new();
+        for node in &self.nodes {
+            let host = self.host(node);
+            host.ensure_dir(Path::new(Layout::TLS_DIR), 0o700)?;
+            let mut changed = host.put_file(
+                &Path::new(Layout::TLS_DIR).join(render::CA_CERT),
+                ca.cert_pem().as_bytes(),
+                0o644,
+            )?;
+            if let Some(reason) = self.cert_reason(node, Some(ca.info())) {
+                let (dns, ips) = self.wanted_sans(node);
+                let cert = ca.issue_server(&node.name, &dns, &ips, self.env.tls.cert_lifetime)?;
+                let tls = Path::new(Layout::TLS_DIR);
+                host.put_file(&tls.join(render::NODE_KEY), cert.key_pem.as_bytes(), 0o600)?;
+                host.put_file(
+                    &tls.join(render::NODE_CERT),
+                    cert.cert_pem.as_bytes(),
+                    0o644,
+                )?;
+                let client =
+                    ca.issue_client(&format!("{}-client", node.name), self.env.tls.cert_lifetime)?;
+                host.put_file(
+                    &tls.join(render::CLIENT_KEY),
+                    client.key_pem.as_bytes(),
+                    0o600,
+                )?;
+                host.put_file(
+                    &tls.join(render::CLIENT_CERT),
+                    client.cert_pem.as_bytes(),
+                    0o644,
+                )?;
+                issued.push(format!("{} ({reason})", node.name));
+                changed = true;
+            }
+            if changed {
+                reload.push(node.name.clone());
+            }
+            let info = certs::inspect_file(&node.layout.tls_file(render::NODE_CERT))?;
+            let entry = state.nodes.entry(node.name.clone()).or_default();
+            entry.cert_fingerprint_sha256 = info.fingerprint_sha256;
+            entry.cert_not_after = info.not_after;
+        }
+        // The CA file the clients (and `provision env`) use.
+        crate::state::write_atomic(&self.ca_file(), ca.cert_pem().as_bytes(), 0o644)?;
+        state.ca = Some(CertRecord {
+            fingerprint_sha256: ca.info().fingerprint_sha256.clone(),
+            not_after: ca.info().not_after,
+        });
+        let detail = match (ca_created, issued.is_empty()) {
+            (true, _) => format!("created the CA; issued {}", issued.join(", ")),
+            (false, true) => "all valid".to_string(),
+            (false, false) => format!("issued {}", issued.join(", ")),
+        };
+        let outcome = if ca_created || !issued.is_empty() {
+            Outcome::Changed
+        } else {
+            Outcome::Ok
+        };
+        progress.finish(step, outcome, detail);
+        state.save(&self.dir)?;
+
+        // Files.
+        let step = progress.start("files");
+        let renderer = Renderer::new()?;
+        let mut written = Vec::new();
+        let mut restart = Vec::new();
+        for node in &self.nodes {
+            let host = self.host(node);
+            host.ensure_dir(Path::new(Layout::DATA_DIR), 0o700)?;
+            host.ensure_dir(Path::new(Layout::LOG_DIR), 0o750)?;
+            for file in self.rendered(&renderer, node)? {
+                if host.put_file(&file.path, file.content.as_bytes(), file.mode)? {
+                    written.push(format!("{}:{}", node.name, file.path.display()));
+                    if file.path == Path::new(Layout::SERVER_CONFIG) {
+                        restart.push(node.name.clone());
+                    }
+                }
+                if file.path == Path::new(Layout::SERVER_CONFIG) {
+                    let entry = state.nodes.entry(node.name.clone()).or_default();
+                    entry.config_sha256 = fingerprint(file.content.as_bytes());
+                }
+            }
+        }
+        let outcome = if written.is_empty() {
+            Outcome::Ok
+        } else {
+            Outcome::Changed
+        };
+        let detail = if written.is_empty() {
+            "up to date".to_string()
+        } else {
+            format!("wrote {} file(s)", written.len())
+        };
+        progress.finish(step, outcome, detail);
+
+        // Processes.
+        let step = progress.start("nodes");
+        let binary_sha = fingerprint(
+            &std::fs::read(&self.binary)
+                .with_context(|| format!("read {}", self.binary.display()))?,
+        );
+        let cluster = self.cluster()?;
+        let mut started = Vec::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            let host = self.host(node);
+            let running = matches!(host.service_state()?, ServiceState::Running { .. });
+            if running && restart.contains(&node.name) {
+                host.stop_service(STOP_TIMEOUT)?;
+                host.start_service()?;
+                started.push(format!("{} (restarted: config changed)", node.name));
+            } else if !running {
+                host.start_service()?;
+                started.push(node.name.clone());
+            } else if reload.contains(&node.name) {
+                host.reload_service()?;
+                started.push(format!("{} (reloaded: certificates changed)", node.name));
+            }
+            cluster.wait_responding(i, START_TIMEOUT).await?;
+            let entry = state.nodes.entry(node.name.clone()).or_default();
+            entry.address = node.address.to_string();
+            entry.api_addr = node.api_addr.clone();
+            entry.binary = self.binary.clone();
+            entry.binary_sha256 = binary_sha.clone();
+            if let ServiceState::Running { pid } = host.service_state()? {
+                if entry.pid != Some(pid) {
+                    entry.started_at = Some(Utc::now());
+                }
+                entry.pid = Some(pid);
+            }
+        }
+        state.save(&self.dir)?;
+        let outcome = if started.is_empty() {
+            Outcome::Ok
+        } else {
+            Outcome::Changed
+        };
+        let detail = if started.is_empty() {
+            format!("{} running", self.nodes.len())
+        } else {
+            format!("started {}", started.join(", "))
+        };
+        progress.finish(step, outcome, detail);
+
+        // Init.
+        let step = progress.start("init");
+        let (store, identity_created) = self.secret_store()?;
+        report.identity_created = identity_created;
+        let roles = cluster.roles().await;
+        let initialized = roles
+            .iter()
+            .any(|(r, _)| matches!(r, Role::Active | Role::Standby | Role::Sealed));
+        if initialized {
+            if !store.has_init() {
+                bail!(
+                    "the cluster is initialised but its init output is not in {}; without the \
+                     unseal shares nothing can be done. If this cluster holds nothing of value, \
+                     run `provision down --env {} --purge` and `provision up` again",
+                    self.dir.secrets_dir().display(),
+                    self.env.name
+                );
+            }
+            progress.finish(step, Outcome::Ok, "already initialised");
+        } else {
+            if let Some(at) = state.cluster.initialized_at {
+                bail!(
+                    "state says the cluster was initialised at {at}, but no node reports being \
+                     initialised: its data is gone. Restore it from a snapshot, or run \
+                     `provision down --env {} --purge` to start again",
+                    self.env.name
+                );
+            }
+            if store.has_init() {
+                bail!(
+                    "{} already holds init output of an earlier cluster, and no node is \
+                     initialised; move it away (it may be the only copy of that cluster's \
+                     keys) or purge the environment",
+                    self.dir.secrets_dir().display()
+                );
+            }
+            let init = &self.env.init;
+            let out = cluster
+                .init(0, init.secret_shares, init.secret_threshold)
+                .await?;
+            // Kept before anything else happens: these shares are the cluster's only keys.
+            let files = store.save_init(&InitSecrets {
+                unseal_keys_b64: out.keys_base64.clone(),
+                root_token: out.root_token.clone(),
+                created_at: Utc::now(),
+            })?;
+            state.cluster.initialized_at = Some(Utc::now());
+            state.cluster.root_token_revoked = false;
+            state.save(&self.dir)?;
+            progress.finish(
+                step,
+                Outcome::Changed,
+                format!(
+                    "{} shares (threshold {}) encrypted to {}",
+                    init.secret_shares,
+                    init.secret_threshold,
+                    files
+                        .iter()
+                        .map(|f| f.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+        }
+        let identities = self.identities(&[])?;
+        let init_secrets = store.load_init(&identities)?;
+        let keys = &init_secrets.unseal_keys_b64;
+
+        // Unseal: the first initialised node, then the rest (which join through retry_join).
+        let step = progress.start("unseal");
+        let mut unsealed = Vec::new();
+        let roles = cluster.roles().await;
+        let first = roles
+            .iter()
+            .position(|(r, _)| !matches!(r, Role::Uninitialized | Role::Down))
+            .unwrap_or(0);
+        let mut order: Vec<usize> = vec![first];
+        order.extend((0..self.nodes.len()).filter(|i| *i != first));
+        for i in order {
+            let role = Role::from_health(cluster.health(i).await.as_ref());
+            match role {
+                Role::Active | Role::Standby => continue,
+                Role::Uninitialized => {
+                    progress.note(
+                        &step,
+                        &format!("{} waits for its join challenge", self.nodes[i].name),
+                    );
+                    wait_initialized(&cluster, i, JOIN_TIMEOUT).await?;
+                }
+                Role::Sealed | Role::Down => {}
+            }
+            cluster.unseal(i, keys).await?;
+            unsealed.push(self.nodes[i].name.clone());
+        }
+        let outcome = if unsealed.is_empty() {
+            Outcome::Ok
+        } else {
+            Outcome::Changed
+        };
+        let detail = if unsealed.is_empty() {
+            "all unsealed".to_string()
+        } else {
+            format!("unsealed {}", unsealed.join(", "))
+        };
+        progress.finish(step, outcome, detail);
+
+        // A token for what follows: the initial root token while it lives, else a root token
+        // generated from the shares for this run only.
+        let (root_token, generated_root) = if state.cluster.root_token_revoked {
+            (None, false)
+        } else {
+            (Some(init_secrets.root_token.clone()), false)
+        };
+        let needs_config = state.cluster.configured_fingerprint.as_deref()
+            != Some(self.env_fingerprint()?.as_str());
+        let (root_token, generated_root) = match root_token {
+            Some(t) => (Some(t), generated_root),
+            None if needs_config => (Some(cluster.generate_root(keys).await?), true),
+            None => (None, false),
+        };
+
+        // Cluster formation: one active node and every node a voter.
+        let step = progress.start("raft");
+        cluster.wait_active(FORM_TIMEOUT).await?;
+        let (mut credentials, credentials_changed) = self.credentials(&store, &identities)?;
+        if credentials_changed {
+            store.save_credentials(&credentials)?;
+        }
+        let admin_token = match &root_token {
+            Some(t) => t.clone(),
+            None => self.admin_login(&cluster, &credentials).await?,
+        };
+        if let Some(token) = &root_token {
+            // Autopilot first, so that joined nodes are promoted on this environment's timers.
+            if needs_config {
+                cluster.configure_autopilot(&self.env, token).await?;
+            }
+        }
+        progress.note(&step, "waiting for every node to become a voter");
+        cluster.wait_voters(&admin_token, FORM_TIMEOUT).await?;
+        progress.finish(
+            step,
+            Outcome::Ok,
+            format!("{} voters, one active", self.nodes.len()),
+        );
+
+        // Configuration.
+        let step = progress.start("configure");
+        if needs_config {
+            let token = root_token
+                .as_deref()
+                .ok_or_else(|| anyhow!("no root token"))?;
+            let created = cluster
+                .configure(&self.env, token, &Self::audit_file_path, &credentials)
+                .await?;
+            state.cluster.configured_fingerprint = Some(self.env_fingerprint()?);
+            state.save(&self.dir)?;
+            let detail = if created.is_empty() {
+                "policies, users and roles written".to_string()
+            } else {
+                format!("created {}", created.join(", "))
+            };
+            progress.finish(step, Outcome::Changed, detail);
+        } else {
+            progress.finish(step, Outcome::Ok, "as configured");
+        }
+
+        // The admin login must work before the root token goes.
+        let step = progress.start("admin login");
+        let admin = self.admin_login(&cluster, &credentials).await?;
+        progress.finish(
+            step,
+            Outcome::Ok,
+            format!(
+                "{} via auth/{}",
+                self.env.admin.user, self.env.admin.auth_path
+            ),
+        );
+        drop(admin);
+        credentials.clear();
+
+        let step = progress.start("root token");
+        if generated_root {
+            if let Some(t) = &root_token {
+                cluster.revoke_self(t).await?;
+            }
+        }
+        if self.env.init.revoke_root_token && !state.cluster.root_token_revoked {
+            cluster.revoke_self(&init_secrets.root_token).await?;
+            state.cluster.root_token_revoked = true;
+            state.save(&self.dir)?;
+            progress.finish(step, Outcome::Changed, "initial root token revoked");
+        } else if state.cluster.root_token_revoked {
+            progress.finish(step, Outcome::Ok, "revoked");
+        } else {
+            progress.finish(step, Outcome::Ok, "kept (init.revoke_root_token = false)");
+        }
+
+        state.cluster.last_up = Some(Utc::now());
+        state.env_fingerprint_sha256 = self.env_fingerprint()?;
+        state.save(&self.dir)?;
+        report.secret_files = store.files()?;
+        Ok(report)
+    }
+
+    /// The generated userpass passwords, with any missing one generated now. The flag is true
+    /// when one was generated.
+    fn credentials(
+        &self,
+        store: &SecretStore,
+        identities: &[secrets::Identity],
+    ) -> Result<(BTreeMap<String, String>, bool)> {
+        let mut creds = if store
+            .files()?
+            .iter()
+            .any(|f| f.ends_with("credentials.age"))
+        {
+            store.load_credentials(identities)?
+        } else {
+            BTreeMap::new()
+        };
+        let mut changed = false;
+        for method in &self.env.auth {
+            if let AuthMethod::Userpass { path, users } = method {
+                for user in users {
+                    creds
+                        .entry(credential_key(path, &user.name))
+                        .or_insert_with(|| {
+                            changed = true;
+                            Alphanumeric.sample_string(&mut rand::thread_rng(), 32)
+                        });
+                }
+            }
+        }
+        Ok((creds, changed))
+    }
+
+    async fn admin_login(
+        &self,
+        cluster: &Cluster,
+        credentials: &BTreeMap<String, String>,
+    ) -> Result<String> {
+        let admin = &self.env.admin;
+        let key = credential_key(&admin.auth_path, &admin.user);
+        let password = credentials
+            .get(&key)
+            .ok_or_else(|| anyhow!("no password for the admin login {key}; run `provision up`"))?;
+        cluster
+            .login_userpass(&admin.auth_path, &admin.user, password)
+            .await
+    }
+
+    /// An admin token for `provision env` and `status`.
+    pub async fn admin_token(&self, identity: &[PathBuf]) -> Result<String> {
+        let identities = self.identities(identity)?;
+        let (store, _) = self.secret_store()?;
+        let creds = store.load_credentials(&identities)?;
+        let cluster = self.cluster()?;
+        self.admin_login(&cluster, &creds).await
+    }
+
+    /// Unseals every sealed node from the encrypted init output.
+    pub async fn unseal(&self, identity: &[PathBuf], progress: &mut Progress) -> Result<()> {
+        let identities = self.identities(identity)?;
+        let (store, _) = self.secret_store()?;
+        let init = store.load_init(&identities)?;
+        let cluster = self.cluster()?;
+        for (i, node) in self.nodes.iter().enumerate() {
+            let step = progress.start(format!("unseal {}", node.name));
+            match Role::from_health(cluster.health(i).await.as_ref()) {
+                Role::Active | Role::Standby => progress.finish(step, Outcome::Ok, "unsealed"),
+                Role::Down => progress.finish(
+                    step,
+                    Outcome::Failed,
+                    "not running (`provision up` starts it)",
+                ),
+                Role::Uninitialized => {
+                    wait_initialized(&cluster, i, JOIN_TIMEOUT).await?;
+                    cluster.unseal(i, &init.unseal_keys_b64).await?;
+                    progress.finish(step, Outcome::Changed, "joined and unsealed");
+                }
+                Role::Sealed => {
+                    cluster.unseal(i, &init.unseal_keys_b64).await?;
+                    progress.finish(step, Outcome::Changed, "unsealed");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops every node, standbys first and the active node last (so leadership moves once).
+    pub async fn down(&self, purge: bool, progress: &mut Progress) -> Result<()> {
+        let active = match self.cluster() {
+            Ok(c) => c.active().await,
+            Err(_) => None,
+        };
+        let mut order: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| Some(*i) != active)
+            .collect();
+        order.extend(active);
+        for i in order {
+            let node = &self.nodes[i];
+            let step = progress.start(format!("stop {}", node.name));
+            if self.host(node).stop_service(STOP_TIMEOUT)? {
+                progress.finish(step, Outcome::Changed, "stopped");
+            } else {
+                progress.finish(step, Outcome::Ok, "not running");
+            }
+        }
+        if purge {
+            let step = progress.start("purge");
+            let root = self.dir.root();
+            if root.exists() {
+                std::fs::remove_dir_all(root)
+                    .with_context(|| format!("remove {}", root.display()))?;
+                progress.finish(
+                    step,
+                    Outcome::Changed,
+                    format!("removed {}", root.display()),
+                );
+            } else {
+                progress.finish(step, Outcome::Ok, "nothing to remove");
+            }
+        } else if let Ok(Some(mut state)) = State::load(&self.dir) {
+            for node in state.nodes.values_mut() {
+                node.pid = None;
+            }
+            state.save(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// The decrypted init output, for `--show-secrets`.
+    pub fn init_secrets(&self, identity: &[PathBuf]) -> Result<InitSecrets> {
+        let identities = self.identities(identity)?;
+        let (store, _) = self.secret_store()?;
+        store.load_init(&identities)
+    }
+}
+
+/// What `up` tells the user at the end besides the steps.
+#[derive(Debug, Default, Serialize)]
+pub struct UpReport {
+    /// The local identity was generated by this run.
+    pub identity_created: bool,
+    pub secret_files: Vec<PathBuf>,
+}
+
+async fn wait_initialized(cluster: &Cluster, node: usize, timeout: Duration) -> Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(h) = cluster.health(node).await {
+            if h.initialized {
+                return Ok(());
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!(
+                "{} did not receive a join challenge within {}s: it joins through retry_join, \
+                 so another node must be unsealed and reachable at its api_addr",
+                cluster.nodes[node].name,
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The `keyhold` binary nodes run: `server.binary`, else the one beside `provision`, else
+/// `keyhold` on `PATH`. With `server.version`, its version must match.
+pub fn resolve_binary(env: &Environment) -> Result<PathBuf> {
+    let found = match &env.server.binary {
+        Some(path) => Some(path.clone()),
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|d| d.join("keyhold")))
+            .filter(|p| crate::environment::is_executable(p))
+            .or_else(|| {
+                std::env::var_os("PATH").and_then(|paths| {
+                    std::env::split_paths(&paths)
+                        .map(|d| d.join("keyhold"))
+                        .find(|p| crate::environment::is_executable(p))
+                })
+            }),
+    };
+    let Some(binary) = found else {
+        bail!(
+            "no keyhold binary: build it (`cargo build --release` puts it beside provision), put \
+             it on PATH, or set server {{ binary = \"...\" }} in {}",
+            env.file.display()
+        );
+    };
+    let binary =
+        std::path::absolute(&binary).with_context(|| format!("resolve {}", binary.display()))?;
+    if let Some(wanted) = &env.server.version {
+        let out = Command::new(&binary)
+            .arg("version")
+            .output()
+            .with_context(|| format!("run {} version", binary.display()))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let wanted_v = wanted.trim_start_matches('v');
+        let matches = text
+            .split_whitespace()
+            .any(|w| w.trim_start_matches('v') == wanted_v);
+        if !matches {
+            bail!(
+                "{} reports {:?}, but {} asks for version {wanted}",
+                binary.display(),
+                text.trim(),
+                env.file.display()
+            );
+        }
+    }
+    Ok(binary)
+}
+
+/// One node in `provision status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    pub name: String,
+    pub address: String,
+    pub role: Role,
+    pub version: Option<String>,
+    pub raft_applied_index: Option<u64>,
+    /// Time since the leader last heard from it, as autopilot reports it (Go duration text).
+    pub last_contact: Option<String>,
+    /// The `sys/health` status code; None when the node does not answer.
+    pub health_code: Option<u16>,
+    pub pid: Option<u32>,
+}
+
+/// `provision status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    pub environment: String,
+    pub nodes: Vec<NodeStatus>,
+    /// How many voters may fail with the cluster still serving.
+    pub failure_tolerance: i64,
+    /// Whether autopilot (read with the admin login) supplied the figures above.
+    pub autopilot: bool,
+}
+
+impl Deployment {
+    pub async fn status(&self) -> Result<StatusReport> {
+        let cluster = self.cluster()?;
+        let token = self.admin_token(&[]).await.ok();
+        let autopilot = match &token {
+            Some(t) => cluster.autopilot_state(t).await,
+            None => None,
+        };
+        let mut nodes = Vec::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            let health = cluster.health(i).await;
+            let role = Role::from_health(health.as_ref());
+            let leader = match role {
+                Role::Active | Role::Standby => cluster.leader(i).await,
+                _ => None,
+            };
+            let pid = match self.host(node).service_state()? {
+                ServiceState::Running { pid } => Some(pid),
+                ServiceState::Stopped => None,
+            };
+            nodes.push(NodeStatus {
+                name: node.name.clone(),
+                address: node.api_addr.clone(),
+                role,
+                version: health.as_ref().map(|h| h.version.clone()),
+                raft_applied_index: leader.map(|l| l.raft_applied_index),
+                last_contact: autopilot
+                    .as_ref()
+                    .and_then(|a| a.servers.get(&node.name))
+                    .map(|s| s.last_contact.clone()),
+                health_code: health.as_ref().map(|h| h.status),
+                pid,
+            });
+        }
+        let serving = nodes
+            .iter()
+            .filter(|n| matches!(n.role, Role::Active | Role::Standby))
+            .count() as i64;
+        let quorum = (self.nodes.len() / 2 + 1) as i64;
+        let failure_tolerance = match &autopilot {
+            Some(a) => a.failure_tolerance,
+            None => (serving - quorum).max(0),
+        };
+        Ok(StatusReport {
+            environment: self.env.name.clone(),
+            nodes,
+            failure_tolerance,
+            autopilot: autopilot.is_some(),
+        })
+    }
+
+    /// `provision render`: every file each node receives, under `out/NODE/`.
+    pub fn render_to(&self, out: &Path) -> Result<Vec<PathBuf>> {
+        let renderer = Renderer::new()?;
+        let mut written = Vec::new();
+        for node in &self.nodes {
+            for file in self.rendered(&renderer, node)? {
+                let path = out.join(&node.name).join(&file.path);
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent)
+                        .with_context(|| format!("create {}", parent.display()))?;
+                }
+                crate::state::write_atomic(&path, file.content.as_bytes(), file.mode)?;
+                written.push(path);
+            }
+        }
+        Ok(written)
+    }
+
+    /// `provision certs show`: the CA and every node's certificates.
+    pub fn certificates(&self) -> Result<Vec<(String, PathBuf, certs::CertInfo)>> {
+        let mut out = Vec::new();
+        let ca = self.ca_file();
+        if !ca.exists() {
+            bail!(
+                "{} has no certificates yet; `provision up --env {}` creates them",
+                self.env.name,
+                self.env.name
+            );
+        }
+        out.push(("CA".to_string(), ca.clone(), certs::inspect_file(&ca)?));
+        for node in &self.nodes {
+            for (what, file) in [
+                ("server", render::NODE_CERT),
+                ("client", render::CLIENT_CERT),
+            ] {
+                let path = node.layout.tls_file(file);
+                if path.exists() {
+                    let info = certs::inspect_file(&path)?;
+                    out.push((format!("{} {what}", node.name), path, info));
+                }
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,264 @@
+//! A host a node runs on, seen by the playbook: a file tree it can write and a `keyhold`
+//! service it can start and stop. Providers differ only here: [`LocalHost`] is a directory on
+//! this machine and a detached process; an SSH host (a later release) is the same calls over
+//! a session with systemd.
+
+use std::fs;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use rustix::process::{kill_process, test_kill_process, Pid, Signal};
+
+use crate::state::write_atomic;
+
+/// Whether a node's server process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceState {
+    Running { pid: u32 },
+    Stopped,
+}
+
+/// What the playbook needs from a host.
+pub trait Host {
+    /// The node this host carries, for messages.
+    fn node(&self) -> &str;
+    /// Writes `content` to `rel` (relative to the host root) unless it is already there with
+    /// that mode; true when something changed.
+    fn put_file(&self, rel: &Path, content: &[u8], mode: u32) -> Result<bool>;
+    /// Reads a file under the host root; None when it does not exist.
+    fn read_file(&self, rel: &Path) -> Result<Option<Vec<u8>>>;
+    /// Creates a directory (and parents) with `mode`, or fixes its mode; true when changed.
+    fn ensure_dir(&self, rel: &Path, mode: u32) -> Result<bool>;
+    fn service_state(&self) -> Result<ServiceState>;
+    fn start_service(&self) -> Result<()>;
+    /// Asks the server to reload its certificates and reopen its log and audit files (SIGHUP).
+    fn reload_service(&self) -> Result<()>;
+    /// Stops the server gracefully (it hands leadership over), killing it after `timeout`.
+    /// True when it was running.
+    fn stop_service(&self, timeout: Duration) -> Result<bool>;
+}
+
+/// A node as a directory on this machine (`.provision/ENV/nodes/NAME/`) laid out like a host's
+/// root, and a server process started detached from `provision`.
+pub struct LocalHost {
+    node: String,
+    root: PathBuf,
+    binary: PathBuf,
+    /// The server config, relative to the root.
+    config: PathBuf,
+    /// Where the process's stdout and stderr go, relative to the root.
+    output: PathBuf,
+}
+
+/// The pid file of a local node, relative to its root.
+const PID_FILE: &str = "run/keyhold.pid";
+
+impl LocalHost {
+    pub fn new(
+        node: &str,
+        root: PathBuf,
+        binary: PathBuf,
+        config: PathBuf,
+        output: PathBuf,
+    ) -> Self {
+        LocalHost {
+            node: node.to_string(),
+            root,
+            binary,
+            config,
+            output,
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, rel: &Path) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    fn pid_from_file(&self) -> Result<Option<u32>> {
+        let path = self.path(Path::new(PID_FILE));
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(text.trim().parse().ok()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+        }
+    }
+
+    /// True when `pid` is a live (not zombie) server process started with this node's config:
+    /// a pid recycled by another program does not count.
+    fn is_our_process(&self, pid: u32) -> bool {
+        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+            return false;
+        };
+        let config = self.path(&self.config);
+        let wanted = format!("-config={}", config.display());
+        let ours = cmdline
+            .split(|b| *b == 0)
+            .any(|arg| arg == wanted.as_bytes());
+        let zombie = fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().next().map(|s| s == "Z"))
+            })
+            .unwrap_or(true);
+        ours && !zombie
+    }
+}
+
+impl Host for LocalHost {
+    fn node(&self) -> &str {
+        &self.node
+    }
+
+    fn put_file(&self, rel: &Path, content: &[u8], mode: u32) -> Result<bool> {
+        let path = self.path(rel);
+        if let Ok(meta) = fs::metadata(&path) {
+            if meta.permissions().mode() & 0o7777 == mode
+                && fs::read(&path).is_ok_and(|old| old == content)
+            {
+                return Ok(false);
+            }
+        }
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+        }
+        write_atomic(&path, content, mode)?;
+        Ok(true)
+    }
+
+    fn read_file(&self, rel: &Path) -> Result<Option<Vec<u8>>> {
+        let path = self.path(rel);
+        match fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+        }
+    }
+
+    fn ensure_dir(&self, rel: &Path, mode: u32) -> Result<bool> {
+        let path = self.path(rel);
+        let mut changed = false;
+        if !path.is_dir() {
+            fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
+            changed = true;
+        }
+        let current = fs::metadata(&path)
+            .with_context(|| format!("stat {}", path.display()))?
+            .permissions()
+            .mode()
+            & 0o7777;
+        if current != mode {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode))
+                .with_context(|| format!("chmod {}", path.display()))?;
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    fn service_state(&self) -> Result<ServiceState> {
+        Ok(match self.pid_from_file()? {
+            Some(pid) if self.is_our_process(pid) => ServiceState::Running { pid },
+            _ => ServiceState::Stopped,
+        })
+    }
+
+    fn start_service(&self) -> Result<()> {
+        if let ServiceState::Running { pid } = self.service_state()? {
+            bail!("{} already runs (pid {pid})", self.node);
+        }
+        let out_path = self.path(&self.output);
+        if let Some(parent) = out_path.parent() {
+            fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+        }
+        let out = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&out_path)
+            .with_context(|| format!("open {}", out_path.display()))?;
+        let err = out
+            .try_clone()
+            .with_context(|| format!("open {}", out_path.display()))?;
+        let config = self.path(&self.config);
+        // Its own process group: a Ctrl-C at the terminal that ran `provision` must not reach
+        // the servers it started.
+        let child = Command::new(&self.binary)
+            .arg("server")
+            .arg(format!("-config={}", config.display()))
+            .current_dir(&self.root)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "start {} ({} server -config={})",
+                    self.node,
+                    self.binary.display(),
+                    config.display()
+                )
+            })?;
+        let pid = child.id();
+        let pid_path = self.path(Path::new(PID_FILE));
+        if let Some(parent) = pid_path.parent() {
+            fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+        }
+        write_atomic(&pid_path, format!("{pid}\n").as_bytes(), 0o600)?;
+        // A server that exits at once (bad config, port taken) is reported here, with its log.
+        std::thread::sleep(Duration::from_millis(300));
+        if !self.is_our_process(pid) {
+            let log = fs::read_to_string(&out_path).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(8).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!(
+                "{} exited right after it started; the end of {}:\n{}",
+                self.node,
+                out_path.display(),
+                tail.join("\n")
+            );
+        }
+        Ok(())
+    }
+
+    fn reload_service(&self) -> Result<()> {
+        let ServiceState::Running { pid } = self.service_state()? else {
+            bail!("{} is not running", self.node);
+        };
+        let target = Pid::from_raw(pid as i32).context("a pid is never 0")?;
+        kill_process(target, Signal::HUP)
+            .with_context(|| format!("signal {} (pid {pid}) to reload", self.node))
+    }
+
+    fn stop_service(&self, timeout: Duration) -> Result<bool> {
+        let ServiceState::Running { pid } = self.service_state()? else {
+            return Ok(false);
+        };
+        let target = Pid::from_raw(pid as i32).context("a pid is never 0")?;
+        kill_process(target, Signal::TERM)
+            .with_context(|| format!("signal {} (pid {pid})", self.node))?;
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if !self.is_our_process(pid) {
+                let _ = fs::remove_file(self.path(Path::new(PID_FILE)));
+                return Ok(true);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if test_kill_process(target).is_ok() && self.is_our_process(pid) {
+            kill_process(target, Signal::KILL)
+                .with_context(|| format!("kill {} (pid {pid})", self.node))?;
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let _ = fs::remove_file(self.path(Path::new(PID_FILE)));
+        Ok(true)
+    }
+}
