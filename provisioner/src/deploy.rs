@@ -964,11 +964,19 @@ impl Deployment {
         })
     }
 
-    /// `provision render`: every file each node receives, under `out/NODE/`.
-    pub fn render_to(&self, out: &Path) -> Result<Vec<PathBuf>> {
+    /// `provision render`: every file each node receives, under `out/NODE/`. With
+    /// `host_layout`, the files a systemd host at these addresses would receive (units,
+    /// hardening files and all), whatever this environment's provider is.
+    pub fn render_to(&self, out: &Path, host_layout: bool) -> Result<Vec<PathBuf>> {
         let renderer = Renderer::new()?;
         let mut written = Vec::new();
-        for node in &self.nodes {
+        let nodes = if host_layout {
+            let addresses: Vec<IpAddr> = self.nodes.iter().map(|n| n.address).collect();
+            NodeSpec::cluster(&self.env, &addresses, |_| Layout::system())?
+        } else {
+            self.nodes.clone()
+        };
+        for node in &nodes {
             for file in self.rendered(&renderer, node)? {
                 let path = out.join(&node.name).join(&file.path);
                 if let Some(parent) = path.parent() {

@@ -81,6 +81,10 @@ enum Command {
         env: EnvArg,
         #[arg(long)]
         out: PathBuf,
+        /// Render what a systemd host would receive (server config, hardened units, sysctl,
+        /// limits, coredump and logrotate files) instead of what this provider's nodes get.
+        #[arg(long)]
+        host_layout: bool,
     },
     /// Check an environment file and say what is wrong with it.
     Validate {
@@ -287,9 +291,13 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             }
             Ok(if changes.is_empty() { 0 } else { EXIT_CHANGES })
         }
-        Command::Render { env, out } => {
+        Command::Render {
+            env,
+            out,
+            host_layout,
+        } => {
             let d = load(&env, &state_dir)?;
-            let files = d.render_to(&out)?;
+            let files = d.render_to(&out, host_layout)?;
             for f in &files {
                 println!("{}", f.display());
             }

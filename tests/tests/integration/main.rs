@@ -10,6 +10,8 @@ mod cluster;
 mod durability;
 mod kv;
 mod lifecycle;
+mod provision;
+mod provision_systemd;
 mod smoke;
 mod snapshot;
 mod tls;

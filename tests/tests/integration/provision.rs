@@ -1,0 +1,1 @@
+//! `provision` end to end on the local provider (being written).
