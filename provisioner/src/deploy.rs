@@ -237,6 +237,7 @@ impl Deployment {
             add(&mut changes, None, "create the environment's CA".into());
         }
         let renderer = Renderer::new()?;
+        let state = State::load(&self.dir)?;
         let mut config_changed = BTreeMap::new();
         for node in &self.nodes {
             if let Some(reason) = self.cert_reason(node, ca_info.as_ref()) {
@@ -256,7 +257,13 @@ impl Deployment {
                         Some(&node.name),
                         format!("{verb} {} ({})", file.path.display(), file.purpose),
                     );
-                    if file.path == Path::new(Layout::SERVER_CONFIG) {
+                }
+                if file.path == Path::new(Layout::SERVER_CONFIG) {
+                    let running_with = state
+                        .as_ref()
+                        .and_then(|s| s.nodes.get(&node.name))
+                        .map(|n| n.config_sha256.as_str());
+                    if running_with != Some(fingerprint(file.content.as_bytes()).as_str()) {
                         config_changed.insert(node.name.clone(), ());
                     }
                 }
@@ -271,7 +278,6 @@ impl Deployment {
                 ServiceState::Running { .. } => {}
             }
         }
-        let state = State::load(&self.dir)?;
         if ca_info.is_none() {
             // Nothing can be asked of the cluster before it has certificates.
             add(&mut changes, None, "initialise the cluster".into());
@@ -393,7 +399,10 @@ impl Deployment {
         let step = progress.start("files");
         let renderer = Renderer::new()?;
         let mut written = Vec::new();
-        let mut restart = Vec::new();
+        // The server config each node should run with; a running node started with another
+        // (state records the config each process was started with) is restarted, one node at
+        // a time, once the cluster is unsealed.
+        let mut config_sha = BTreeMap::new();
         for node in &self.nodes {
             let host = self.host(node);
             host.ensure_dir(Path::new(Layout::DATA_DIR), 0o700)?;
@@ -401,13 +410,9 @@ impl Deployment {
             for file in self.rendered(&renderer, node)? {
                 if host.put_file(&file.path, file.content.as_bytes(), file.mode)? {
                     written.push(format!("{}:{}", node.name, file.path.display()));
-                    if file.path == Path::new(Layout::SERVER_CONFIG) {
-                        restart.push(node.name.clone());
-                    }
                 }
                 if file.path == Path::new(Layout::SERVER_CONFIG) {
-                    let entry = state.nodes.entry(node.name.clone()).or_default();
-                    entry.config_sha256 = fingerprint(file.content.as_bytes());
+                    config_sha.insert(node.name.clone(), fingerprint(file.content.as_bytes()));
                 }
             }
         }
@@ -431,16 +436,18 @@ impl Deployment {
         );
         let cluster = self.cluster()?;
         let mut started = Vec::new();
+        let mut restart: Vec<usize> = Vec::new();
         for (i, node) in self.nodes.iter().enumerate() {
             let host = self.host(node);
             let running = matches!(host.service_state()?, ServiceState::Running { .. });
-            if running && restart.contains(&node.name) {
-                host.stop_service(STOP_TIMEOUT)?;
+            let wanted_config = config_sha.get(&node.name).cloned().unwrap_or_default();
+            let entry = state.nodes.entry(node.name.clone()).or_default();
+            if !running {
                 host.start_service()?;
-                started.push(format!("{} (restarted: config changed)", node.name));
-            } else if !running {
-                host.start_service()?;
+                entry.config_sha256 = wanted_config;
                 started.push(node.name.clone());
+            } else if entry.config_sha256 != wanted_config {
+                restart.push(i);
             } else if reload.contains(&node.name) {
                 host.reload_service()?;
                 started.push(format!("{} (reloaded: certificates changed)", node.name));
@@ -577,6 +584,26 @@ impl Deployment {
         };
         progress.finish(step, outcome, detail);
 
+        if !restart.is_empty() {
+            let step = progress.start("rolling restart");
+            let restarted = self
+                .rolling_restart(
+                    &cluster,
+                    &restart,
+                    keys,
+                    &config_sha,
+                    &mut state,
+                    progress,
+                    &step,
+                )
+                .await?;
+            progress.finish(
+                step,
+                Outcome::Changed,
+                format!("restarted {} (config changed)", restarted.join(", ")),
+            );
+        }
+
         // A token for what follows: the initial root token while it lives, else a root token
         // generated from the shares for this run only.
         let (root_token, generated_root) = if state.cluster.root_token_revoked {
@@ -674,6 +701,49 @@ impl Deployment {
         state.save(&self.dir)?;
         report.secret_files = store.files()?;
         Ok(report)
+    }
+
+    /// Restarts `nodes` one at a time, standbys first and the active node last (it hands
+    /// leadership over as it stops), unsealing each and waiting for it to serve again before
+    /// the next, so the cluster keeps a quorum throughout.
+    #[allow(clippy::too_many_arguments)]
+    async fn rolling_restart(
+        &self,
+        cluster: &Cluster,
+        nodes: &[usize],
+        keys: &[String],
+        config_sha: &BTreeMap<String, String>,
+        state: &mut State,
+        progress: &Progress,
+        step: &crate::output::Running,
+    ) -> Result<Vec<String>> {
+        let active = cluster.active().await;
+        let mut order: Vec<usize> = nodes
+            .iter()
+            .copied()
+            .filter(|i| Some(*i) != active)
+            .collect();
+        order.extend(nodes.iter().copied().filter(|i| Some(*i) == active));
+        let mut done = Vec::new();
+        for i in order {
+            let node = &self.nodes[i];
+            progress.note(step, &format!("restarting {}", node.name));
+            let host = self.host(node);
+            host.stop_service(STOP_TIMEOUT)?;
+            host.start_service()?;
+            cluster.wait_responding(i, START_TIMEOUT).await?;
+            cluster.unseal(i, keys).await?;
+            wait_serving(cluster, i, FORM_TIMEOUT).await?;
+            let entry = state.nodes.entry(node.name.clone()).or_default();
+            entry.config_sha256 = config_sha.get(&node.name).cloned().unwrap_or_default();
+            entry.started_at = Some(Utc::now());
+            if let ServiceState::Running { pid } = host.service_state()? {
+                entry.pid = Some(pid);
+            }
+            state.save(&self.dir)?;
+            done.push(node.name.clone());
+        }
+        Ok(done)
     }
 
     /// The generated userpass passwords, with any missing one generated now. The flag is true
@@ -817,6 +887,26 @@ pub struct UpReport {
     /// The local identity was generated by this run.
     pub identity_created: bool,
     pub secret_files: Vec<PathBuf>,
+}
+
+/// Waits until `node` answers as active or standby.
+async fn wait_serving(cluster: &Cluster, node: usize, timeout: Duration) -> Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let role = Role::from_health(cluster.health(node).await.as_ref());
+        if matches!(role, Role::Active | Role::Standby) && cluster.active().await.is_some() {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!(
+                "{} did not serve again within {}s after its restart (last seen: {})",
+                cluster.nodes[node].name,
+                timeout.as_secs(),
+                role.as_str()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 async fn wait_initialized(cluster: &Cluster, node: usize, timeout: Duration) -> Result<()> {
