@@ -262,3 +262,96 @@ impl Host for LocalHost {
         Ok(true)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stand-in server: a shell script that runs until signalled, so its command line
+    /// carries `server -config=...` as a real node's does.
+    fn fake_server(dir: &Path) -> PathBuf {
+        let path = dir.join("fake-keyhold");
+        std::fs::write(
+            &path,
+            "#!/bin/sh\ntrap 'exit 0' TERM\nwhile :; do sleep 0.1; done\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    fn host(dir: &Path, binary: PathBuf) -> LocalHost {
+        LocalHost::new(
+            "keyhold-1",
+            dir.join("root"),
+            binary,
+            PathBuf::from("etc/keyhold.d/keyhold.hcl"),
+            PathBuf::from("var/log/keyhold/keyhold.out"),
+        )
+    }
+
+    #[test]
+    fn put_file_writes_once_and_fixes_modes() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = host(dir.path(), PathBuf::from("/bin/false"));
+        let rel = Path::new("opt/keyhold/tls/node.key");
+        assert!(h.put_file(rel, b"secret", 0o600).unwrap());
+        assert!(
+            !h.put_file(rel, b"secret", 0o600).unwrap(),
+            "same content and mode"
+        );
+        let mode = fs::metadata(h.root().join(rel))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777;
+        assert_eq!(mode, 0o600);
+        assert!(h.put_file(rel, b"secret", 0o640).unwrap(), "mode differs");
+        assert!(h.put_file(rel, b"other", 0o640).unwrap(), "content differs");
+        assert_eq!(h.read_file(rel).unwrap().as_deref(), Some(&b"other"[..]));
+        assert_eq!(h.read_file(Path::new("nope")).unwrap(), None);
+        assert!(h.ensure_dir(Path::new("opt/keyhold/data"), 0o700).unwrap());
+        assert!(!h.ensure_dir(Path::new("opt/keyhold/data"), 0o700).unwrap());
+    }
+
+    #[test]
+    fn start_stop_and_a_recycled_pid_is_not_ours() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = host(dir.path(), fake_server(dir.path()));
+        assert_eq!(h.service_state().unwrap(), ServiceState::Stopped);
+        h.start_service().unwrap();
+        let ServiceState::Running { pid } = h.service_state().unwrap() else {
+            panic!("not running after start");
+        };
+        assert!(h.start_service().is_err(), "a second start is refused");
+        assert!(h.stop_service(Duration::from_secs(10)).unwrap());
+        assert_eq!(h.service_state().unwrap(), ServiceState::Stopped);
+        assert!(!h.is_our_process(pid));
+        assert!(
+            !h.stop_service(Duration::from_secs(1)).unwrap(),
+            "already stopped"
+        );
+
+        // A pid file naming a live process that is not this node's server.
+        let pid_file = h.root().join(PID_FILE);
+        fs::create_dir_all(pid_file.parent().unwrap()).unwrap();
+        fs::write(&pid_file, format!("{}\n", std::process::id())).unwrap();
+        assert_eq!(h.service_state().unwrap(), ServiceState::Stopped);
+    }
+
+    #[test]
+    fn a_server_that_exits_at_once_is_reported_with_its_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("broken");
+        fs::write(
+            &script,
+            "#!/bin/sh\necho 'error: port 8200 is taken' >&2\nexit 1\n",
+        )
+        .unwrap();
+        fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+        let h = host(dir.path(), script);
+        let err = h.start_service().unwrap_err().to_string();
+        assert!(err.contains("exited right after it started"), "{err}");
+        assert!(err.contains("port 8200 is taken"), "{err}");
+    }
+}
