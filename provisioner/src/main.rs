@@ -230,7 +230,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             let status = d.status().await?;
             let changed = progress.changed();
             if json {
-                let out = serde_json::json!({
+                let mut out = serde_json::json!({
                     "environment": d.env.name,
                     "changed": changed,
                     "steps": progress.steps,
@@ -239,6 +239,11 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                     "secret_files": report.secret_files,
                     "ca_cert": d.ca_file(),
                 });
+                if show_secrets {
+                    let secrets = d.init_secrets(&[])?;
+                    out["unseal_keys_b64"] = secrets.unseal_keys_b64.clone().into();
+                    out["root_token"] = secrets.root_token.clone().into();
+                }
                 println!("{}", serde_json::to_string_pretty(&out).expect("JSON"));
             } else {
                 eprintln!("{}", status_table(&status));
@@ -261,7 +266,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 }
                 eprintln!("Use it: eval \"$(provision env --env {})\"", d.env.name);
             }
-            if show_secrets {
+            if show_secrets && !json {
                 let secrets = d.init_secrets(&[])?;
                 for (i, key) in secrets.unseal_keys_b64.iter().enumerate() {
                     println!("Unseal Key {}: {key}", i + 1);

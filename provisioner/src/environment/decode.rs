@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use keyhold::config::section::{Labelled, Section};
 use keyhold::config::syntax::{self, Node, Source, Value};
-use keyhold::config::{ConfigError, TlsVersion as ServerTlsVersion};
+use keyhold::config::ConfigError;
 
 use super::model::*;
 
@@ -288,10 +288,7 @@ fn decode_listener(top: &Section<'_, '_>) -> Result<Listener, ConfigError> {
         ));
     }
     if let Some(v) = s.tls_version("tls_min_version")? {
-        out.tls_min_version = match v {
-            ServerTlsVersion::Tls12 => TlsVersion::Tls12,
-            ServerTlsVersion::Tls13 => TlsVersion::Tls13,
-        };
+        out.tls_min_version = v;
     }
     Ok(out)
 }

@@ -5,6 +5,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use keyhold::config::TlsVersion;
 use serde::Serialize;
 
 /// The node counts a Raft cluster is run with: 1 (a one-voter cluster), 3 or 5.
@@ -65,22 +66,6 @@ pub struct Server {
     pub binary: Option<PathBuf>,
     /// When set, the binary's `keyhold version` must report this version.
     pub version: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TlsVersion {
-    Tls12,
-    Tls13,
-}
-
-impl TlsVersion {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TlsVersion::Tls12 => "tls12",
-            TlsVersion::Tls13 => "tls13",
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -180,7 +180,8 @@ impl fmt::Debug for RetryJoin {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum TlsVersion {
     Tls12,
     Tls13,

@@ -11,7 +11,7 @@ use super::*;
 use crate::logical::{Operation, StorageView};
 use Operation::{Create, Delete, List, Patch, Read, Update};
 
-const VAULT_ADMIN: &str = include_str!("testdata/vault-admin.hcl");
+const VAULT_ADMIN: &str = include_str!("../../../environments/policies/vault-admin.hcl");
 
 fn acl_of(policies: &[(&str, &str)]) -> Acl {
     let parsed: Vec<Arc<Policy>> = policies
