@@ -322,7 +322,7 @@ impl Deployment {
     }
 
     /// Brings the environment to what its file says. See the module comment.
-    pub async fn up(&self, progress: &mut Progress) -> Result<UpReport> {
+    pub async fn up(&self, identity: &[PathBuf], progress: &mut Progress) -> Result<UpReport> {
         let mut state = self.load_state()?;
         let mut report = UpReport::default();
 
@@ -542,7 +542,7 @@ impl Deployment {
                 ),
             );
         }
-        let identities = self.identities(&[])?;
+        let identities = self.identities(identity)?;
         let init_secrets = store.load_init(&identities)?;
         let keys = &init_secrets.unseal_keys_b64;
 
@@ -606,22 +606,17 @@ impl Deployment {
 
         // A token for what follows: the initial root token while it lives, else a root token
         // generated from the shares for this run only.
-        let (root_token, generated_root) = if state.cluster.root_token_revoked {
-            (None, false)
-        } else {
-            (Some(init_secrets.root_token.clone()), false)
-        };
         let needs_config = state.cluster.configured_fingerprint.as_deref()
             != Some(self.env_fingerprint()?.as_str());
-        let (root_token, generated_root) = match root_token {
-            Some(t) => (Some(t), generated_root),
-            None if needs_config => (Some(cluster.generate_root(keys).await?), true),
-            None => (None, false),
-        };
 
         // Cluster formation: one active node and every node a voter.
         let step = progress.start("raft");
         cluster.wait_active(FORM_TIMEOUT).await?;
+        let (root_token, generated_root) = match state.cluster.root_token_revoked {
+            false => (Some(init_secrets.root_token.clone()), false),
+            true if needs_config => (Some(cluster.generate_root(keys).await?), true),
+            true => (None, false),
+        };
         let (mut credentials, credentials_changed) = self.credentials(&store, &identities)?;
         if credentials_changed {
             store.save_credentials(&credentials)?;

@@ -67,6 +67,8 @@ enum Command {
         /// Also print the unseal shares and root token (decrypted with the local identity).
         #[arg(long)]
         show_secrets: bool,
+        #[command(flatten)]
+        identity: IdentityArg,
     },
     /// Show what `up` would do; exit 0 when nothing, 2 when there are changes.
     Plan {
@@ -216,6 +218,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             env,
             json,
             show_secrets,
+            identity,
         } => {
             let d = load(&env, &state_dir)?;
             let _lock = d.dir.lock("provision up").map_err(anyhow::Error::from)?;
@@ -226,7 +229,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 d.nodes.len(),
                 d.env.file.display()
             ));
-            let report = d.up(&mut progress).await?;
+            let report = d.up(&identity.identity, &mut progress).await?;
             let status = d.status().await?;
             let changed = progress.changed();
             if json {
@@ -240,7 +243,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                     "ca_cert": d.ca_file(),
                 });
                 if show_secrets {
-                    let secrets = d.init_secrets(&[])?;
+                    let secrets = d.init_secrets(&identity.identity)?;
                     out["unseal_keys_b64"] = secrets.unseal_keys_b64.clone().into();
                     out["root_token"] = secrets.root_token.clone().into();
                 }
@@ -267,7 +270,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 eprintln!("Use it: eval \"$(provision env --env {})\"", d.env.name);
             }
             if show_secrets && !json {
-                let secrets = d.init_secrets(&[])?;
+                let secrets = d.init_secrets(&identity.identity)?;
                 for (i, key) in secrets.unseal_keys_b64.iter().enumerate() {
                     println!("Unseal Key {}: {key}", i + 1);
                 }
