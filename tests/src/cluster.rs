@@ -60,14 +60,7 @@ pub fn retry_join_lines<'a>(
 impl Cluster {
     /// Lays out `count` nodes (not started), each with `options`.
     pub fn prepare(count: u8, options: NodeOptions) -> Result<Cluster> {
-        let mut dir = tempfile::Builder::new()
-            .prefix("keyhold-test-")
-            .tempdir()
-            .context("create test directory")?;
-        if std::env::var_os("KEYHOLD_KEEP_TEST_DIRS").is_some() {
-            dir.disable_cleanup(true);
-            eprintln!("keeping test directory {}", dir.path().display());
-        }
+        let dir = crate::test_dir("keyhold-test-")?;
         let pki = Pki::new(dir.path(), "ca")?;
         let nodes = (0..count)
             .map(|i| Node::prepare(&pki, dir.path(), i, options.clone()))

@@ -19,7 +19,34 @@ pub mod raw;
 pub use api::{list_method, Api, InitKeys, Resp};
 pub use cluster::{retry_join_lines, Cluster, RaftServer, Roles};
 pub use node::{
-    client_builder, eventually, free_port, keyhold_bin, ListenerTls, Node, NodeOptions, Storage,
+    client_builder, eventually, free_port, keyhold_bin, provision_bin, ListenerTls, Node,
+    NodeOptions, Storage,
 };
 pub use pki::{CertFiles, IssuedCert, Pki};
 pub use raw::{RawResponse, RawTls, RawTlsOptions};
+
+use anyhow::{Context, Result};
+
+/// Whether the slow tier runs (`KEYHOLD_SLOW_TESTS=1`). Slow tests are named `slow_...` and call
+/// this first; when it says no they print that they were skipped and pass, never `#[ignore]`d.
+pub fn slow_tests_enabled(test: &str) -> bool {
+    let enabled = std::env::var_os("KEYHOLD_SLOW_TESTS").is_some_and(|v| v == "1");
+    if !enabled {
+        eprintln!("{test}: skipped; set KEYHOLD_SLOW_TESTS=1 to run the slow tier");
+    }
+    enabled
+}
+
+/// A test's own directory (`<tmp>/<prefix>XXXXXX`), removed on drop unless
+/// `KEYHOLD_KEEP_TEST_DIRS` is set, in which case its path is printed.
+pub fn test_dir(prefix: &str) -> Result<tempfile::TempDir> {
+    let mut dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .context("create test directory")?;
+    if std::env::var_os("KEYHOLD_KEEP_TEST_DIRS").is_some() {
+        dir.disable_cleanup(true);
+        eprintln!("keeping test directory {}", dir.path().display());
+    }
+    Ok(dir)
+}

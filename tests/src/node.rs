@@ -66,11 +66,7 @@ impl Default for NodeOptions {
 /// The `keyhold` binary under test: `$KEYHOLD_BIN`, else `keyhold` in the cargo target directory
 /// this test executable was built into (`target/debug/deps/<test>` -> `target/debug/keyhold`).
 pub fn keyhold_bin() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("KEYHOLD_BIN") {
-        let path = PathBuf::from(path);
-        if !path.is_file() {
-            bail!("KEYHOLD_BIN={} is not a file", path.display());
-        }
+    if let Some(path) = binary_from_env("KEYHOLD_BIN")? {
         return Ok(path);
     }
     let exe = std::env::current_exe().context("locate the test executable")?;
@@ -86,6 +82,34 @@ pub fn keyhold_bin() -> Result<PathBuf> {
         );
     }
     Ok(candidate)
+}
+
+/// The `provision` binary: `$PROVISION_BIN` (`scripts/test` sets it), else `provision` beside
+/// the `keyhold` binary under test.
+pub fn provision_bin() -> Result<PathBuf> {
+    if let Some(path) = binary_from_env("PROVISION_BIN")? {
+        return Ok(path);
+    }
+    let candidate = keyhold_bin()?.with_file_name("provision");
+    if !candidate.is_file() {
+        bail!(
+            "no provision binary at {}: run `cargo build -p provisioner --bin provision` first, or set PROVISION_BIN",
+            candidate.display()
+        );
+    }
+    Ok(candidate)
+}
+
+/// The path in `var`, which must name a file, or `None` when `var` is unset.
+fn binary_from_env(var: &str) -> Result<Option<PathBuf>> {
+    let Some(path) = std::env::var_os(var) else {
+        return Ok(None);
+    };
+    let path = PathBuf::from(path);
+    if !path.is_file() {
+        bail!("{var}={} is not a file", path.display());
+    }
+    Ok(Some(path))
 }
 
 /// A free TCP port on `ip` whose successor is free too (left for a cluster port, which Vault

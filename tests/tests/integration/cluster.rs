@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use keyhold_tests::{Api, Cluster, InitKeys, NodeOptions, RaftServer};
+use keyhold_tests::{slow_tests_enabled, Api, Cluster, InitKeys, NodeOptions, RaftServer};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -807,14 +807,6 @@ async fn step_down_moves_the_active_node() -> Result<()> {
 }
 
 // ------------------------------------------------------------------------------- autopilot
-
-fn slow_tests_enabled(test: &str) -> bool {
-    let enabled = std::env::var_os("KEYHOLD_SLOW_TESTS").is_some_and(|v| v == "1");
-    if !enabled {
-        eprintln!("{test}: skipped; set KEYHOLD_SLOW_TESTS=1 to run it (it takes minutes)");
-    }
-    enabled
-}
 
 /// Polls the raft configuration through the active node every second, at most `polls` times,
 /// until `done` says so (`Some(configuration)`), or `None` once the polls are spent; fails at
