@@ -16,6 +16,7 @@ pub mod config;
 pub mod core;
 pub mod error;
 pub mod http;
+mod key_bytes;
 pub mod logging;
 pub mod logical;
 pub mod memlock;

@@ -382,6 +382,57 @@ pub trait LogicalBackend: Send + Sync {
     }
 }
 
+/// A mount for engine unit tests: an in-memory view and the mount's info,
+/// through which a request reaches a backend as the router would send it.
+#[cfg(test)]
+pub(crate) struct TestMount {
+    pub(crate) storage: StorageView,
+    pub(crate) info: MountInfo,
+}
+
+#[cfg(test)]
+impl TestMount {
+    /// `info` names the mount path (`secret/`) and whatever else the engine reads.
+    pub(crate) fn new(info: MountInfo) -> Self {
+        TestMount {
+            storage: StorageView::inmem(),
+            info,
+        }
+    }
+
+    /// `op` on the mount-relative `path` with `body`.
+    pub(crate) async fn handle(
+        &self,
+        backend: &dyn LogicalBackend,
+        op: Operation,
+        path: &str,
+        body: Value,
+    ) -> Result<Response> {
+        let req = Request::new(op, format!("{}{path}", self.info.path)).with_data(body);
+        backend.handle(self.request(path, &req)).await
+    }
+
+    /// The backend's existence check for `op` on `path`.
+    pub(crate) async fn exists(
+        &self,
+        backend: &dyn LogicalBackend,
+        op: Operation,
+        path: &str,
+    ) -> Result<Option<bool>> {
+        let req = Request::new(op, format!("{}{path}", self.info.path));
+        backend.exists(self.request(path, &req)).await
+    }
+
+    fn request<'a>(&'a self, path: &str, req: &'a Request) -> BackendRequest<'a> {
+        BackendRequest {
+            path: path.to_string(),
+            req,
+            storage: &self.storage,
+            mount: &self.info,
+        }
+    }
+}
+
 /// Reads a Vault duration field: an integer number of seconds, or a Go-style
 /// string (`"30s"`, `"1h"`, `"768h"`, `"1h30m"`). `None` when absent or empty.
 pub fn parse_duration_field(data: &Map<String, Value>, key: &str) -> Result<Option<Duration>> {

@@ -243,6 +243,19 @@ impl Api {
         Ok(())
     }
 
+    /// Creates a token with `auth/token/create` and `params` (`policies`, `ttl`, ...) and
+    /// returns its id.
+    pub async fn create_token(&self, params: Value) -> Result<String> {
+        let resp = self
+            .post("auth/token/create", params)
+            .await?
+            .expect(200, "create a token")?;
+        resp.json["auth"]["client_token"]
+            .as_str()
+            .map(str::to_string)
+            .with_context(|| format!("no auth.client_token in {}", resp.text))
+    }
+
     /// Writes a KV v2 secret under `mount`.
     pub async fn kv2_put(&self, mount: &str, key: &str, data: Value) -> Result<Resp> {
         self.post(&format!("{mount}/data/{key}"), json!({ "data": data }))

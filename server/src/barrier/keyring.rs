@@ -11,15 +11,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use aes_gcm::{Aes256Gcm, KeyInit};
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
 use chrono::{DateTime, Utc};
 use rand::rngs::OsRng;
 use rand::RngCore;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::RootKey;
+use crate::key_bytes::KeyBytes;
 
 /// Vault's keyring key version (`Key.Version`); the only one there is.
 const KEY_VERSION: u32 = 1;
@@ -217,37 +216,6 @@ struct EncodedKey {
     install_time: DateTime<Utc>,
     #[serde(rename = "Encryptions", default)]
     encryptions: u64,
-}
-
-/// Key bytes as base64 (Go's `[]byte` JSON encoding), zeroized on drop.
-struct KeyBytes(Zeroizing<Vec<u8>>);
-
-impl Serialize for KeyBytes {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut text = Zeroizing::new(String::with_capacity(self.0.len().div_ceil(3) * 4));
-        B64.encode_string(&self.0[..], &mut text);
-        s.serialize_str(&text)
-    }
-}
-
-impl<'de> Deserialize<'de> for KeyBytes {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = KeyBytes;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("base64 key bytes")
-            }
-            // Borrowed or transient: no owned String of the encoded key is made.
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<KeyBytes, E> {
-                let mut out = Zeroizing::new(Vec::with_capacity(v.len() / 4 * 3 + 3));
-                B64.decode_vec(v, &mut out)
-                    .map_err(|_| E::custom("key bytes are not valid base64"))?;
-                Ok(KeyBytes(out))
-            }
-        }
-        d.deserialize_str(Visitor)
-    }
 }
 
 #[cfg(test)]

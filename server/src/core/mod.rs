@@ -847,6 +847,7 @@ pub struct AuditTableEntry {
 fn backend_factory(entry: &MountEntry, tokens: &TokenStore) -> Result<Arc<dyn LogicalBackend>> {
     use crate::auth::{approle::ApproleBackend, userpass::UserpassBackend};
     use crate::secrets::kv::KvBackend;
+    use crate::secrets::transit::TransitBackend;
     let backend: Arc<dyn LogicalBackend> = match (entry.table, entry.kind.as_str()) {
         (_, "system") => Arc::new(system::Placeholder),
         (Table::Auth, "token") => Arc::new(tokens.clone()),
@@ -860,6 +861,7 @@ fn backend_factory(entry: &MountEntry, tokens: &TokenStore) -> Result<Arc<dyn Lo
                 .unwrap_or("1");
             Arc::new(KvBackend::new(if version == "2" { 2 } else { 1 }))
         }
+        (Table::Secret, "transit") => Arc::new(TransitBackend::new()),
         (table, kind) => {
             let what = if table == Table::Auth {
                 "auth method"

@@ -315,7 +315,9 @@ impl Core {
         path: &str,
     ) -> Result<Response> {
         let mut kind = str_field(req, "type").ok_or_else(|| {
-            Error::invalid("the \"type\" parameter is required (e.g. kv, kv-v2, userpass, approle)")
+            Error::invalid(
+                "the \"type\" parameter is required (e.g. kv, kv-v2, transit, userpass, approle)",
+            )
         })?;
         let mut options = string_map(req.data.get("options"))?;
         if kind == "kv-v2" {
@@ -333,7 +335,7 @@ impl Core {
                     )));
                 }
             }
-            (Table::Auth, "userpass" | "approle") => {}
+            (Table::Secret, "transit") | (Table::Auth, "userpass" | "approle") => {}
             (Table::Auth, "token") => {
                 return Err(Error::invalid(
                     "token credential backend cannot be instantiated",
@@ -345,7 +347,7 @@ impl Core {
                 )))
             }
             (Table::Secret, other) => {
-                return Err(Error::invalid(format!("secrets engine type {other:?} is not supported by this build; supported: kv, kv-v2")));
+                return Err(Error::invalid(format!("secrets engine type {other:?} is not supported by this build; supported: kv, kv-v2, transit")));
             }
             (Table::Auth, other) => {
                 return Err(Error::invalid(format!("auth method type {other:?} is not supported by this build; supported: userpass, approle")));

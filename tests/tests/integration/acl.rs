@@ -54,16 +54,8 @@ async fn policy_rules_decide_each_request() -> Result<()> {
             .expect(200, "seed")?;
     }
     let token = root
-        .post(
-            "auth/token/create",
-            json!({"policies": ["team"], "no_default_policy": true}),
-        )
-        .await?
-        .expect(200, "create token")?
-        .json["auth"]["client_token"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+        .create_token(json!({"policies": ["team"], "no_default_policy": true}))
+        .await?;
     let api = root.with_token(Some(&token));
 
     let data = Some(json!({"data": {"v": 1}}));

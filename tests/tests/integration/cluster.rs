@@ -424,13 +424,9 @@ async fn standbys_forward_writes_policies_and_mounts_to_the_active_node() -> Res
     }
     // The policy works for a token used through the other standby.
     let token = s2
-        .post("auth/token/create", json!({"policies": ["fwd-reader"]}))
-        .await?
-        .expect(200, "create a token through a standby")?
-        .json["auth"]["client_token"]
-        .as_str()
-        .context("client_token")?
-        .to_string();
+        .create_token(json!({"policies": ["fwd-reader"]}))
+        .await
+        .context("create a token through a standby")?;
     let limited = s2.with_token(Some(&token));
     limited
         .get("fwd/data/app/db")

@@ -175,16 +175,8 @@ async fn control_plane_state_survives_kill_9() -> Result<()> {
     .await?
     .expect_ok("create user")?;
     let token = api
-        .post(
-            "auth/token/create",
-            json!({"policies": ["reader"], "ttl": "1h"}),
-        )
-        .await?
-        .expect(200, "create token")?
-        .json["auth"]["client_token"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+        .create_token(json!({"policies": ["reader"], "ttl": "1h"}))
+        .await?;
     api.put(
         "sys/audit/file",
         json!({"type": "file", "options": {"file_path": audit_log.display().to_string()}}),

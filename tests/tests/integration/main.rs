@@ -15,3 +15,4 @@ mod provision_systemd;
 mod smoke;
 mod snapshot;
 mod tls;
+mod transit;

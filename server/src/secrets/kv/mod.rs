@@ -16,14 +16,12 @@ mod v2;
 #[cfg(test)]
 mod tests;
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use tokio::sync::RwLock;
 
+use super::key_locks::KeyLocks;
 use crate::error::{Error, Result};
 use crate::logical::{BackendRequest, LogicalBackend, Response};
 
@@ -86,29 +84,6 @@ impl LogicalBackend for KvBackend {
         } else {
             v1::exists(&req).await
         }
-    }
-}
-
-/// Striped per-key locks, so a read-modify-write of one secret (a CAS write,
-/// a delete of some versions) cannot interleave with another on the same key.
-/// Only the active node serves writes, so a lock in this process is enough.
-struct KeyLocks {
-    stripes: Vec<RwLock<()>>,
-}
-
-impl KeyLocks {
-    const STRIPES: usize = 64;
-
-    fn new() -> Self {
-        KeyLocks {
-            stripes: (0..Self::STRIPES).map(|_| RwLock::new(())).collect(),
-        }
-    }
-
-    fn for_key(&self, key: &str) -> &RwLock<()> {
-        let mut hasher = DefaultHasher::new();
-        key.hash(&mut hasher);
-        &self.stripes[(hasher.finish() % Self::STRIPES as u64) as usize]
     }
 }
 

@@ -11,17 +11,14 @@ use serde_json::{json, Value};
 
 use super::KvBackend;
 use crate::error::Result;
-use crate::logical::{
-    BackendRequest, LogicalBackend, MountInfo, Operation, Request, Response, StorageView,
-};
+use crate::logical::{MountInfo, Operation, Response, TestMount};
 
 use Operation::{Create as C, Delete as D, List as L, Patch as P, Read as R, Update as W};
 
 /// A mount with its own storage and a clock the test moves by hand.
 struct Mount {
     backend: KvBackend,
-    storage: StorageView,
-    info: MountInfo,
+    mount: TestMount,
     now: Arc<Mutex<DateTime<Utc>>>,
 }
 
@@ -33,13 +30,12 @@ impl Mount {
         let clock = now.clone();
         Mount {
             backend: KvBackend::with_clock(version, Arc::new(move || *clock.lock().unwrap())),
-            storage: StorageView::inmem(),
-            info: MountInfo {
+            mount: TestMount::new(MountInfo {
                 path: "secret/".into(),
                 kind: "kv".into(),
                 default_lease_ttl: std::time::Duration::from_secs(768 * 3600),
                 ..MountInfo::default()
-            },
+            }),
             now,
         }
     }
@@ -49,28 +45,11 @@ impl Mount {
     }
 
     async fn call(&self, op: Operation, path: &str, body: Value) -> Result<Response> {
-        let req = Request::new(op, format!("{}{path}", self.info.path)).with_data(body);
-        self.backend
-            .handle(BackendRequest {
-                path: path.to_string(),
-                req: &req,
-                storage: &self.storage,
-                mount: &self.info,
-            })
-            .await
+        self.mount.handle(&self.backend, op, path, body).await
     }
 
     async fn exists(&self, op: Operation, path: &str) -> Option<bool> {
-        let req = Request::new(op, format!("{}{path}", self.info.path));
-        self.backend
-            .exists(BackendRequest {
-                path: path.to_string(),
-                req: &req,
-                storage: &self.storage,
-                mount: &self.info,
-            })
-            .await
-            .unwrap()
+        self.mount.exists(&self.backend, op, path).await.unwrap()
     }
 
     /// `data` of a request that must succeed.
@@ -81,7 +60,7 @@ impl Mount {
 
     /// Every key the engine has stored, for checking what really left storage.
     async fn stored(&self) -> Vec<String> {
-        self.storage.list_recursive("").await.unwrap()
+        self.mount.storage.list_recursive("").await.unwrap()
     }
 
     /// Runs the steps in order; the first that does not answer as expected
