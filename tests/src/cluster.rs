@@ -284,12 +284,19 @@ impl Cluster {
     }
 
     /// `sys/storage/raft/configuration` as node `via` answers it (a standby forwards it).
+    /// A 503 (no active node while an election runs) is asked again, up to 100 times 100 ms
+    /// apart.
     pub async fn raft_servers(&self, via: usize) -> Result<Vec<RaftServer>> {
-        let resp = self.nodes[via]
-            .api()
-            .get("sys/storage/raft/configuration")
-            .await?
-            .expect(200, "GET sys/storage/raft/configuration")?;
+        let api = self.nodes[via].api();
+        let mut resp = api.get("sys/storage/raft/configuration").await?;
+        for _ in 0..100 {
+            if resp.status.as_u16() != 503 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            resp = api.get("sys/storage/raft/configuration").await?;
+        }
+        let resp = resp.expect(200, "GET sys/storage/raft/configuration")?;
         let servers = resp.json["data"]["config"]["servers"]
             .as_array()
             .with_context(|| format!("no data.config.servers in {}", resp.text))?;

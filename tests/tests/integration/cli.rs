@@ -168,7 +168,7 @@ async fn runbook_commands_work_with_keyhold_in_place_of_vault() -> Result<()> {
     sh.expect(
         0,
         &["policy", "write", "vault-admin", "-"],
-        Some(&fixture("server/src/policy/testdata/vault-admin.hcl")?),
+        Some(&fixture("environments/policies/vault-admin.hcl")?),
     )?;
     sh.expect(
         0,

@@ -211,7 +211,19 @@ async fn check_readable(
         let api = node.api();
         let mut wrong = Vec::new();
         for a in acknowledged {
-            match api.kv2_get("secret", &a.key).await {
+            // A 503 says "no active node right now" (an election under load), not "lost":
+            // ask again, a bounded number of times. A missing or different value is final.
+            let mut read = api.kv2_get("secret", &a.key).await;
+            for _ in 0..100 {
+                match &read {
+                    Err(e) if e.to_string().contains("503") => {
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        read = api.kv2_get("secret", &a.key).await;
+                    }
+                    _ => break,
+                }
+            }
+            match read {
                 Ok(Some(data)) if data == json!({ "v": a.value }) => {}
                 other => wrong.push(format!("{}: expected {}, read {other:?}", a.key, a.value)),
             }
