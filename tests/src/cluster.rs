@@ -9,7 +9,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
 
 use crate::api::InitKeys;
-use crate::node::{Node, NodeOptions};
+use crate::node::{test_dir, Node, NodeOptions};
 use crate::pki::Pki;
 
 /// A set of nodes sharing one CA and one temp directory.
@@ -60,14 +60,7 @@ pub fn retry_join_lines<'a>(
 impl Cluster {
     /// Lays out `count` nodes (not started), each with `options`.
     pub fn prepare(count: u8, options: NodeOptions) -> Result<Cluster> {
-        let mut dir = tempfile::Builder::new()
-            .prefix("keyhold-test-")
-            .tempdir()
-            .context("create test directory")?;
-        if std::env::var_os("KEYHOLD_KEEP_TEST_DIRS").is_some() {
-            dir.disable_cleanup(true);
-            eprintln!("keeping test directory {}", dir.path().display());
-        }
+        let dir = test_dir("keyhold-test-")?;
         let pki = Pki::new(dir.path(), "ca")?;
         let nodes = (0..count)
             .map(|i| Node::prepare(&pki, dir.path(), i, options.clone()))

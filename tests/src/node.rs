@@ -88,6 +88,20 @@ pub fn keyhold_bin() -> Result<PathBuf> {
     Ok(candidate)
 }
 
+/// A test's own temp directory, named `PREFIX...`: removed when dropped, unless
+/// `KEYHOLD_KEEP_TEST_DIRS` is set (then its path is printed and it stays).
+pub fn test_dir(prefix: &str) -> Result<tempfile::TempDir> {
+    let mut dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .context("create test directory")?;
+    if std::env::var_os("KEYHOLD_KEEP_TEST_DIRS").is_some() {
+        dir.disable_cleanup(true);
+        eprintln!("keeping test directory {}", dir.path().display());
+    }
+    Ok(dir)
+}
+
 /// A free TCP port on `ip` whose successor is free too (left for a cluster port, which Vault
 /// places at api port + 1 by default). The port is released before the server binds it, so
 /// another process could take it in between; on loopback in a test run that is rare and shows
