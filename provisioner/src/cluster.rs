@@ -63,6 +63,9 @@ pub struct Cluster {
 
 /// The timeout of one API call made while provisioning.
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a call that failed as calls fail during a Raft leadership change is tried again
+/// (see [`retrying`]).
+const RETRY_FOR: Duration = Duration::from_secs(30);
 
 impl Cluster {
     pub fn new(nodes: Vec<Endpoint>, ca_pem: Vec<u8>) -> Self {
@@ -245,15 +248,18 @@ impl Cluster {
 
     /// Logs in with userpass and returns the client token.
     pub async fn login_userpass(&self, path: &str, user: &str, password: &str) -> Result<String> {
-        let node = self.any_unsealed().await?;
-        let client = self.client(node, None)?;
-        let secret = client
-            .write(
-                &format!("auth/{path}/login/{user}"),
-                &json!({ "password": password }),
-            )
-            .await
-            .with_context(|| format!("log in as {user} (auth/{path})"))?;
+        let secret = retrying(|| async {
+            let node = self.any_unsealed().await?;
+            let client = self.client(node, None)?;
+            client
+                .write(
+                    &format!("auth/{path}/login/{user}"),
+                    &json!({ "password": password }),
+                )
+                .await
+                .with_context(|| format!("log in as {user} (auth/{path})"))
+        })
+        .await?;
         secret
             .and_then(|s| s.auth)
             .map(|a| a.client_token)
@@ -273,12 +279,15 @@ impl Cluster {
     }
 
     pub async fn revoke_self(&self, token: &str) -> Result<()> {
-        let node = self.any_unsealed().await?;
-        let client = self.client(node, Some(token))?;
-        client
-            .write("auth/token/revoke-self", &json!({}))
-            .await
-            .context("revoke the root token")?;
+        retrying(|| async {
+            let node = self.any_unsealed().await?;
+            let client = self.client(node, Some(token))?;
+            client
+                .write("auth/token/revoke-self", &json!({}))
+                .await
+                .context("revoke the root token")
+        })
+        .await?;
         Ok(())
     }
 
@@ -325,21 +334,25 @@ impl Cluster {
 
     /// Writes the environment's autopilot settings.
     pub async fn configure_autopilot(&self, env: &Environment, token: &str) -> Result<()> {
-        let node = self.any_unsealed().await?;
-        let client = self.client(node, Some(token))?;
         let a = &env.autopilot;
-        client
-            .autopilot_set_configuration(&AutopilotConfigUpdate {
-                cleanup_dead_servers: Some(a.cleanup_dead_servers),
-                last_contact_threshold: Some(a.last_contact_threshold),
-                dead_server_last_contact_threshold: Some(a.dead_server_last_contact_threshold),
-                max_trailing_logs: Some(a.max_trailing_logs),
-                min_quorum: Some(a.min_quorum.into()),
-                server_stabilization_time: Some(a.server_stabilization_time),
-                disable_upgrade_migration: None,
-            })
-            .await
-            .context("write the autopilot configuration")?;
+        let update = AutopilotConfigUpdate {
+            cleanup_dead_servers: Some(a.cleanup_dead_servers),
+            last_contact_threshold: Some(a.last_contact_threshold),
+            dead_server_last_contact_threshold: Some(a.dead_server_last_contact_threshold),
+            max_trailing_logs: Some(a.max_trailing_logs),
+            min_quorum: Some(a.min_quorum.into()),
+            server_stabilization_time: Some(a.server_stabilization_time),
+            disable_upgrade_migration: None,
+        };
+        retrying(|| async {
+            let node = self.any_unsealed().await?;
+            let client = self.client(node, Some(token))?;
+            client
+                .autopilot_set_configuration(&update)
+                .await
+                .context("write the autopilot configuration")
+        })
+        .await?;
         Ok(())
     }
 
@@ -483,6 +496,34 @@ impl Cluster {
     }
 }
 
+/// Runs `call` again, for up to [`RETRY_FOR`], while it fails as calls fail while the Raft
+/// leadership moves (the old leader answers 503 "leadership is changing", or a node does not
+/// answer): each attempt picks its node afresh. Other failures are returned at once.
+pub async fn retrying<T, F, Fut>(mut call: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let deadline = Instant::now() + RETRY_FOR;
+    loop {
+        match call().await {
+            Err(e) if is_transient(&e) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            done => return done,
+        }
+    }
+}
+
+fn is_transient(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|cause| match cause.downcast_ref::<ClientError>() {
+            Some(ClientError::Transport { .. }) => true,
+            Some(err) => matches!(err.status(), Some(500 | 502 | 503 | 504)),
+            None => false,
+        })
+}
+
 /// The key a generated userpass password is kept under in the encrypted credentials.
 pub fn credential_key(auth_path: &str, user: &str) -> String {
     format!("userpass/{auth_path}/{user}")
@@ -508,4 +549,47 @@ async fn table(client: &Client, path: &str) -> Result<BTreeMap<String, String>> 
             Some((k.clone(), kind.to_string()))
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyhold::client::ApiError;
+
+    fn api(status: u16) -> anyhow::Error {
+        anyhow::Error::new(ClientError::Api(Box::new(ApiError {
+            method: "PUT".into(),
+            url: "https://127.0.0.1:8200/v1/auth/userpass/login/admin".into(),
+            status,
+            errors: vec!["leadership is changing".into()],
+            raw: false,
+            body: None,
+        })))
+    }
+
+    #[test]
+    fn only_what_a_leadership_change_causes_is_retried() {
+        let transport = anyhow::Error::new(ClientError::Transport {
+            method: "PUT".into(),
+            url: "https://127.0.0.1:8200/v1/sys/audit/file".into(),
+            address: "https://127.0.0.1:8200".into(),
+            cause: "connection refused".into(),
+        });
+        let cases = [
+            ("503, as the old leader answers", api(503), true),
+            (
+                "503 under context",
+                api(503).context("log in as admin"),
+                true,
+            ),
+            ("500", api(500), true),
+            ("no answer", transport, true),
+            ("403", api(403), false),
+            ("400", api(400), false),
+            ("not a client error", anyhow!("no node is unsealed"), false),
+        ];
+        for (what, error, transient) in cases {
+            assert_eq!(is_transient(&error), transient, "{what}: {error:#}");
+        }
+    }
 }

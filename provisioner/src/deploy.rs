@@ -15,7 +15,7 @@ use rand::distributions::{Alphanumeric, DistString};
 use serde::Serialize;
 
 use crate::certs::{self, Ca};
-use crate::cluster::{credential_key, Cluster, Endpoint, Role};
+use crate::cluster::{credential_key, retrying, Cluster, Endpoint, Role};
 use crate::environment::{AuthMethod, Environment, Provider};
 use crate::host::{Host, LocalHost, ServiceState};
 use crate::output::{Outcome, Progress};
@@ -23,7 +23,7 @@ use crate::render::{self, Layout, NodeSpec, Renderer};
 use crate::secrets::{self, InitSecrets, SecretStore};
 use crate::state::{fingerprint, CertRecord, State, StateDir};
 
-/// Renew a node certificate this long before it expires.
+/// Renew a node certificate this long before it expires (at most: see `cert_reason`).
 const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How long a node may take to answer after it starts.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -213,7 +213,10 @@ impl Deployment {
             Err(_) => Some("no certificate yet".into()),
             Ok(info) => {
                 let (dns, ips) = self.wanted_sans(node);
-                certs::reissue_reason(&info, &dns, &ips, ca, RENEW_BEFORE)
+                // A certificate shorter-lived than the window (ci.hcl: 24h) would be due again
+                // on every run; those are renewed once two thirds of their lifetime are gone.
+                let renew_before = RENEW_BEFORE.min(self.env.tls.cert_lifetime / 3);
+                certs::reissue_reason(&info, &dns, &ips, ca, renew_before)
             }
         }
     }
@@ -294,7 +297,11 @@ impl Deployment {
         let any_initialized = roles
             .iter()
             .any(|(r, _)| matches!(r, Role::Active | Role::Standby | Role::Sealed));
-        if !any_initialized {
+        // Stopped nodes (after `down`) answer nothing, but `up` starts and unseals them.
+        let initialized_before = state
+            .as_ref()
+            .is_some_and(|s| s.cluster.initialized_at.is_some());
+        if !any_initialized && !initialized_before {
             add(&mut changes, None, "initialise the cluster".into());
         }
         for (node, (role, _)) in self.nodes.iter().zip(&roles) {
@@ -645,9 +652,11 @@ impl Deployment {
             let token = root_token
                 .as_deref()
                 .ok_or_else(|| anyhow!("no root token"))?;
-            let created = cluster
-                .configure(&self.env, token, &Self::audit_file_path, &credentials)
-                .await?;
+            // Idempotent, so retried whole through a leadership change.
+            let created = retrying(|| {
+                cluster.configure(&self.env, token, &Self::audit_file_path, &credentials)
+            })
+            .await?;
             state.cluster.configured_fingerprint = Some(self.env_fingerprint()?);
             state.save(&self.dir)?;
             let detail = if created.is_empty() {

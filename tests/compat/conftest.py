@@ -9,10 +9,21 @@ KEYHOLD_COMPAT_TOPOLOGY picks what the tests talk to:
 - `cluster`: three raft nodes on 127.0.0.1-3 that form through `retry_join`, and the client is
   pointed at a standby, so every request the tests make is forwarded to the active node. Tests
   marked `single_node(reason)` are skipped there, with the reason.
+- `provisioned`: three nodes made by `provision up` (PROVISION_BIN, else `provision` beside
+  KEYHOLD_BIN) from an environment written to the test's directory: like environments/ci.hcl
+  (fast autopilot timers, its policies, audit device, KV at kv/, userpass and AppRole), on a
+  loopback range of its own (127.250-254.N.1-3), with `init { revoke_root_token = false }` and
+  the shares the fixture asks for. The root token comes from `provision up --show-secrets`, the
+  client trusts the environment's CA and talks to a standby, `unseal()` is `provision unseal`,
+  and `stop()` is `provision down --purge`. The session cluster is one environment; a test that
+  needs a cluster of its own (`active_server`) gets an environment of its own, without the audit
+  device (the audit tests add theirs and need it to be the only one). `single_node` tests and
+  those that need an uninitialised node are skipped, as in `cluster`.
 """
 
 import datetime
 import ipaddress
+import itertools
 import os
 import signal
 import socket
@@ -30,7 +41,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 WAIT_ATTEMPTS = 400
 WAIT_INTERVAL = 0.05
-TOPOLOGIES = ("single", "cluster")
+TOPOLOGIES = ("single", "cluster", "provisioned")
 TOPOLOGY = os.environ.get("KEYHOLD_COMPAT_TOPOLOGY", "single")
 CLUSTER_SIZE = 3
 
@@ -50,6 +61,12 @@ def pytest_sessionstart(session):
             f"KEYHOLD_COMPAT_TOPOLOGY={TOPOLOGY!r}: expected one of {', '.join(TOPOLOGIES)}",
             returncode=2,
         )
+    if TOPOLOGY == "provisioned" and not os.access(provision_bin(), os.X_OK):
+        pytest.exit(
+            f"no provision binary at {provision_bin()}: build it (`cargo build --bins`) or set "
+            "PROVISION_BIN",
+            returncode=2,
+        )
 
 
 def pytest_configure(config):
@@ -65,13 +82,13 @@ def pytest_report_header(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    if TOPOLOGY != "cluster":
+    if TOPOLOGY == "single":
         return
     for item in items:
         marker = item.get_closest_marker("single_node")
         if marker is not None:
             reason = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "")
-            item.add_marker(pytest.mark.skip(reason=f"cluster topology: {reason}"))
+            item.add_marker(pytest.mark.skip(reason=f"{TOPOLOGY} topology: {reason}"))
 
 
 # --- PKI ---------------------------------------------------------------------------------------
@@ -457,10 +474,255 @@ class KeyholdCluster:
         return "\n".join(f"--- {n.name} ---\n{n.log_tail(lines)}" for n in self.nodes)
 
 
-def make_target(directory: Path, pki: Pki):
-    """What the tests talk to in this run's topology, not started."""
+# --- a cluster made by `provision` --------------------------------------------------------------
+
+POLICIES_DIR = Path(__file__).resolve().parents[2] / "environments" / "policies"
+# Beyond provision's own timeouts (a cluster that does not form gives up after 180 s).
+PROVISION_TIMEOUT = 300
+_environments = itertools.count()
+
+
+def provision_bin() -> str:
+    """PROVISION_BIN, else `provision` beside KEYHOLD_BIN (cargo builds both into one directory)."""
+    return os.environ.get("PROVISION_BIN") or str(Path(os.environ["KEYHOLD_BIN"]).with_name("provision"))
+
+
+def provisioned_base(nodes: int) -> str:
+    """`127.A.B.1` for the next environment of this session: A (250-254) from the pid, B counting
+    environments, moved on while any node's API or cluster port is taken. The Rust tests use
+    127.10-249.x.y; the harness and the shipped environments 127.0.x.y."""
+    a = 250 + os.getpid() % 5
+    for _ in range(64):
+        b = next(_environments) % 254 + 1
+        taken = False
+        for n in range(1, nodes + 1):
+            for port in (8200, 8201):
+                with socket.socket() as s:
+                    try:
+                        s.bind((f"127.{a}.{b}.{n}", port))
+                    except OSError:
+                        taken = True
+        if not taken:
+            return f"127.{a}.{b}.1"
+    raise RuntimeError(f"no free loopback range 127.{a}.B.1-{nodes} in 64 tries")
+
+
+def provisioned_environment(base: str, shares: int, threshold: int, audit_device: bool) -> str:
+    """environments/ci.hcl on `base`, with the keyhold under test, these shares, the root token
+    kept, and policy files named by absolute path."""
+    audit = 'audit "file" {\n  file_path = "audit.log"\n}\n' if audit_device else ""
+    policies = "".join(
+        f'policy "{name}" {{\n  file = "{POLICIES_DIR / (name + ".hcl")}"\n}}\n'
+        for name in ("vault-admin", "kv-apps", "kv-reader")
+    )
+    return f"""# Written by the hvac compatibility suite (tests/compat/conftest.py).
+provider "local" {{
+  address_base = "{base}"
+}}
+nodes = {CLUSTER_SIZE}
+server {{
+  binary = "{os.environ['KEYHOLD_BIN']}"
+}}
+listener {{
+  tls_min_version = "tls13"
+}}
+raft {{
+  performance_multiplier = 1
+}}
+autopilot {{
+  cleanup_dead_servers      = false
+  server_stabilization_time = "2s"
+  last_contact_threshold    = "5s"
+}}
+log {{
+  level = "warn"
+}}
+init {{
+  secret_shares     = {shares}
+  secret_threshold  = {threshold}
+  revoke_root_token = false
+}}
+tls {{
+  ca_lifetime   = "48h"
+  cert_lifetime = "24h"
+}}
+{audit}{policies}secrets "kv" {{
+  path = "kv"
+}}
+auth "userpass" {{
+  user "admin" {{
+    policies = ["vault-admin", "kv-apps"]
+  }}
+}}
+auth "approle" {{
+  role "ci" {{
+    token_policies = ["kv-reader"]
+    token_ttl      = "20m"
+  }}
+}}
+"""
+
+
+class NodeProcess:
+    """What the tests ask of a `subprocess.Popen` (`poll()`), for a server `provision` started."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+
+    def poll(self):
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return -1
+        return -1 if state in ("Z", "X") else None
+
+
+class ProvisionedCluster:
+    """Three nodes that `provision up` makes from an environment file in `directory`, seen through
+    a standby: the same surface as `KeyholdCluster`. The shares are in the environment file, so
+    `init(shares, threshold)` is what runs `provision up`; `start()` does nothing."""
+
+    name = "compat"
+
+    def __init__(self, directory: Path, audit_device: bool = True):
+        self.directory = directory
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.env_file = directory / f"{self.name}.hcl"
+        self.state_dir = directory / "state"
+        self.audit_device = audit_device
+        self.urls = []
+        self.entry_url = None
+        self.keys = None
+        self.keys_base64 = None
+        self.root_token = None
+        self.threshold = None
+
+    @property
+    def env_dir(self) -> Path:
+        return self.state_dir / self.name
+
+    @property
+    def url(self) -> str:
+        return self.entry_url
+
+    @property
+    def ca_path(self) -> str:
+        return str(self.env_dir / "tls" / "ca.crt")
+
+    def provision(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        command = [provision_bin(), *args, "--env", str(self.env_file), "--state-dir", str(self.state_dir)]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "PROVISION_"))}
+        result = subprocess.run(
+            command, capture_output=True, text=True, env=env, timeout=PROVISION_TIMEOUT,
+            cwd=self.directory,
+        )
+        if check and result.returncode != 0:
+            raise RuntimeError(
+                f"provision {' '.join(args)} exited {result.returncode}\n--- stdout\n{result.stdout}"
+                f"\n--- stderr\n{result.stderr}\n{self.log_tail(20)}"
+            )
+        return result
+
+    def start(self) -> None:
+        pass
+
+    def init(self, shares: int = 5, threshold: int = 3) -> dict:
+        base = ipaddress.ip_address(provisioned_base(CLUSTER_SIZE))
+        self.urls = [f"https://{base + i}:8200" for i in range(CLUSTER_SIZE)]
+        self.env_file.write_text(provisioned_environment(str(base), shares, threshold, self.audit_device))
+        self.provision("up")
+        shown = self.provision("up", "--show-secrets").stdout
+        keys = [line.split(": ", 1)[1].strip() for line in shown.splitlines() if line.startswith("Unseal Key ")]
+        roots = [line.split(": ", 1)[1].strip() for line in shown.splitlines()
+                 if line.startswith("Initial Root Token: ")]
+        assert len(keys) == shares and roots, f"provision up --show-secrets printed:\n{shown}"
+        # Base64 shares are accepted wherever hex ones are (unseal, generate-root, rekey).
+        self.keys, self.keys_base64, self.root_token = keys, keys, roots[0]
+        self.threshold = threshold
+        self.wait_active()
+        self.entry_url = next(url for url in self.urls if self.health_code(url) == 429)
+        return {"keys": keys, "keys_base64": keys, "root_token": self.root_token}
+
+    def client(self, token=None) -> hvac.Client:
+        return hvac.Client(url=self.url, verify=self.ca_path, token=token, timeout=30)
+
+    def root_client(self) -> hvac.Client:
+        return self.client(self.root_token)
+
+    def unseal(self) -> None:
+        """`provision unseal` (it unseals whichever nodes are sealed), then waits."""
+        self.provision("unseal")
+        self.wait_active()
+
+    def health_code(self, url: str):
+        try:
+            return requests.get(f"{url}/v1/sys/health", verify=self.ca_path, timeout=5).status_code
+        except requests.RequestException:
+            return None
+
+    def roles(self) -> dict:
+        return {url: self.health_code(url) for url in self.urls}
+
+    def wait_active(self) -> None:
+        """Waits until exactly one node is active and every other node is a standby."""
+        roles = {}
+        for _ in range(WAIT_ATTEMPTS):
+            roles = self.roles()
+            codes = list(roles.values())
+            if codes.count(200) == 1 and codes.count(429) == len(self.urls) - 1:
+                return
+            time.sleep(WAIT_INTERVAL)
+        raise RuntimeError(
+            f"no single active node after {WAIT_ATTEMPTS} attempts; health codes {roles}\n"
+            f"{self.log_tail(20)}"
+        )
+
+    @property
+    def active_url(self) -> str:
+        for _ in range(WAIT_ATTEMPTS):
+            active = [url for url in self.urls if self.health_code(url) == 200]
+            if len(active) == 1:
+                return active[0]
+            time.sleep(WAIT_INTERVAL)
+        raise RuntimeError(f"no single active node after {WAIT_ATTEMPTS} attempts: {self.roles()}")
+
+    def node_dir(self, i: int) -> Path:
+        return self.env_dir / "nodes" / f"keyhold-{i + 1}"
+
+    def pid(self, i: int) -> int:
+        return int((self.node_dir(i) / "run" / "keyhold.pid").read_text().strip())
+
+    @property
+    def process(self) -> NodeProcess:
+        """The active node's process."""
+        return NodeProcess(self.pid(self.urls.index(self.active_url)))
+
+    def send_signal(self, sig) -> None:
+        """Signals every node, as an operator reloading the whole cluster would."""
+        for i in range(len(self.urls)):
+            os.kill(self.pid(i), sig)
+
+    def stop(self) -> None:
+        if self.env_dir.exists():
+            self.provision("down", "--purge")
+
+    def log_tail(self, lines: int = 40) -> str:
+        tails = []
+        for i in range(len(self.urls)):
+            log = self.node_dir(i) / "var" / "log" / "keyhold" / "keyhold.out"
+            text = log.read_text(errors="replace") if log.exists() else ""
+            tails.append(f"--- keyhold-{i + 1} ---\n" + "\n".join(text.splitlines()[-lines:]))
+        return "\n".join(tails)
+
+
+def make_target(directory: Path, pki: Pki, audit_device: bool = True):
+    """What the tests talk to in this run's topology, not started. `audit_device` says whether a
+    provisioned environment gets the audit device environments/ci.hcl has."""
     if TOPOLOGY == "cluster":
         return KeyholdCluster(directory, pki)
+    if TOPOLOGY == "provisioned":
+        return ProvisionedCluster(directory, audit_device=audit_device)
     return KeyholdServer(directory, pki)
 
 
@@ -490,18 +752,22 @@ def server_factory(tmp_path, pki):
 
 @pytest.fixture
 def fresh_server(server_factory) -> KeyholdServer:
-    """An uninitialised server of its own. There is no standby before init, so in cluster
-    topology these tests are skipped: the single-node pass covers them."""
+    """An uninitialised server of its own. There is no standby before init, and `provision up`
+    initialises every cluster it makes, so in cluster and provisioned topology these tests are
+    skipped: the single-node pass covers them."""
     if TOPOLOGY == "cluster":
         pytest.skip("cluster topology: an uninitialised node has no standby to talk through")
+    if TOPOLOGY == "provisioned":
+        pytest.skip("provisioned topology: provision up initialises every cluster it makes")
     return server_factory()
 
 
 @pytest.fixture
 def active_server(tmp_path, pki):
-    """A server (or, in cluster topology, a cluster seen through a standby) of its own,
-    initialised (3 shares, threshold 2) and unsealed, with KV v2 at secret/."""
-    server = make_target(tmp_path / "target", pki)
+    """A server (or, in cluster and provisioned topology, a cluster seen through a standby) of its
+    own, initialised (3 shares, threshold 2) and unsealed, with KV v2 at secret/ and no audit
+    device."""
+    server = make_target(tmp_path / "target", pki, audit_device=False)
     try:
         server.start()
         server.init(3, 2)
@@ -517,7 +783,8 @@ def active_server(tmp_path, pki):
 @pytest.fixture(scope="session")
 def session_server(tmp_path_factory, pki):
     """One server (or cluster, seen through a standby) shared by the tests that leave it as they
-    found it: initialised (5 shares, threshold 3), unsealed, KV v2 mounted at secret/."""
+    found it: initialised (5 shares, threshold 3), unsealed, KV v2 mounted at secret/. In
+    provisioned topology: one `provision up`, removed with `provision down --purge` at the end."""
     server = make_target(tmp_path_factory.mktemp("session"), pki)
     server.start()
     try:

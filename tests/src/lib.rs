@@ -7,6 +7,9 @@
 //! <tmp>/n1/{keyhold.hcl, keyhold.log, server.crt, server.key (0600), data/}
 //! <tmp>/n2/...    (node i listens on 127.0.0.i, so clusters need no port juggling per node)
 //! ```
+//! `provision` (the [`provision`] module) keeps its own layout: a test environment file and a
+//! `--state-dir` in a temp dir, nodes on a loopback range of the test's own.
+//!
 //! Architecture invariant: the harness reaches the server only through its command line, its
 //! config file, its HTTP API and signals. It links no server code.
 
@@ -14,6 +17,7 @@ pub mod api;
 pub mod cluster;
 pub mod node;
 pub mod pki;
+pub mod provision;
 pub mod raw;
 
 pub use api::{list_method, Api, InitKeys, Resp};
