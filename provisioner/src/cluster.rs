@@ -112,22 +112,19 @@ impl Cluster {
 
     /// Waits until `node` answers `sys/health` at all.
     pub async fn wait_responding(&self, node: usize, timeout: Duration) -> Result<HealthResponse> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(h) = self.health(node).await {
-                return Ok(h);
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "{} ({}) did not answer within {}s; see its log under the node's \
+        poll(timeout, Duration::from_millis(200), async || {
+            self.health(node).await
+        })
+        .await
+        .ok_or_else(|| {
+            anyhow!(
+                "{} ({}) did not answer within {}s; see its log under the node's \
                      var/log/keyhold directory",
-                    self.nodes[node].name,
-                    self.nodes[node].api_addr,
-                    timeout.as_secs()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+                self.nodes[node].name,
+                self.nodes[node].api_addr,
+                timeout.as_secs()
+            )
+        })
     }
 
     /// Index of the active node, if one answers as active.
@@ -141,20 +138,53 @@ impl Cluster {
     }
 
     pub async fn wait_active(&self, timeout: Duration) -> Result<usize> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(i) = self.active().await {
-                return Ok(i);
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "no node became active within {}s (a Raft leader is elected once a \
+        poll(timeout, Duration::from_millis(250), async || {
+            self.active().await
+        })
+        .await
+        .ok_or_else(|| {
+            anyhow!(
+                "no node became active within {}s (a Raft leader is elected once a \
                      majority of nodes is unsealed)",
-                    timeout.as_secs()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+                timeout.as_secs()
+            )
+        })
+    }
+
+    /// Waits until `node` answers as active or standby, with an active node in the cluster.
+    pub async fn wait_serving(&self, node: usize, timeout: Duration) -> Result<()> {
+        let mut role = Role::Down;
+        let serving = poll(timeout, Duration::from_millis(250), async || {
+            role = Role::from_health(self.health(node).await.as_ref());
+            let serving = matches!(role, Role::Active | Role::Standby);
+            (serving && self.active().await.is_some()).then_some(())
+        })
+        .await;
+        serving.ok_or_else(|| {
+            anyhow!(
+                "{} did not serve again within {}s after its restart (last seen: {})",
+                self.nodes[node].name,
+                timeout.as_secs(),
+                role.as_str()
+            )
+        })
+    }
+
+    /// Waits until a joining `node` has received its join challenge through `retry_join`
+    /// (it then reports itself initialised and can be unsealed).
+    pub async fn wait_initialized(&self, node: usize, timeout: Duration) -> Result<()> {
+        poll(timeout, Duration::from_millis(250), async || {
+            self.health(node).await.filter(|h| h.initialized).map(drop)
+        })
+        .await
+        .ok_or_else(|| {
+            anyhow!(
+                "{} did not receive a join challenge within {}s: it joins through retry_join, \
+                 so another node must be unsealed and reachable at its api_addr",
+                self.nodes[node].name,
+                timeout.as_secs()
+            )
+        })
     }
 
     pub async fn init(&self, node: usize, shares: u8, threshold: u8) -> Result<InitResponse> {
@@ -207,37 +237,42 @@ impl Cluster {
     /// Waits until every node is unsealed and a voter in the Raft configuration (autopilot
     /// promotes a joined node once it has been stable for `server_stabilization_time`).
     pub async fn wait_voters(&self, token: &str, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
         let wanted: Vec<&str> = self.nodes.iter().map(|n| n.name.as_str()).collect();
         let mut last = String::new();
-        loop {
-            if let Some(active) = self.active().await {
-                let client = self.client(active, Some(token))?;
-                match client.raft_configuration().await {
-                    Ok(config) => {
-                        let voters: Vec<&str> = config
-                            .servers
-                            .iter()
-                            .filter(|s| s.voter)
-                            .map(|s| s.node_id.as_str())
-                            .collect();
-                        if wanted.iter().all(|n| voters.contains(n)) {
-                            return Ok(());
-                        }
-                        last = format!("voters so far: {}", voters.join(", "));
-                    }
-                    Err(e) => last = e.to_string(),
+        let done = poll(timeout, Duration::from_millis(500), async || {
+            let active = self.active().await?;
+            let client = match self.client(active, Some(token)) {
+                Ok(client) => client,
+                Err(e) => {
+                    last = format!("{e:#}");
+                    return None;
                 }
+            };
+            match client.raft_configuration().await {
+                Ok(config) => {
+                    let voters: Vec<&str> = config
+                        .servers
+                        .iter()
+                        .filter(|s| s.voter)
+                        .map(|s| s.node_id.as_str())
+                        .collect();
+                    if wanted.iter().all(|n| voters.contains(n)) {
+                        return Some(());
+                    }
+                    last = format!("voters so far: {}", voters.join(", "));
+                }
+                Err(e) => last = e.to_string(),
             }
-            if Instant::now() >= deadline {
-                bail!(
-                    "not every node became a Raft voter within {}s ({last}); check \
-                     `provision status` and the nodes' logs",
-                    timeout.as_secs()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+            None
+        })
+        .await;
+        done.ok_or_else(|| {
+            anyhow!(
+                "not every node became a Raft voter within {}s ({last}); check \
+                 `provision status` and the nodes' logs",
+                timeout.as_secs()
+            )
+        })
     }
 
     pub async fn autopilot_state(&self, token: &str) -> Option<AutopilotState> {
@@ -265,17 +300,6 @@ impl Cluster {
             .map(|a| a.client_token)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| anyhow!("log in as {user}: the server returned no token"))
-    }
-
-    /// Whether `token` is still valid.
-    pub async fn token_valid(&self, token: &str) -> Result<bool> {
-        let node = self.any_unsealed().await?;
-        let client = self.client(node, Some(token))?;
-        match client.read("auth/token/lookup-self").await {
-            Ok(_) => Ok(true),
-            Err(ClientError::Api(e)) if e.status == 403 => Ok(false),
-            Err(e) => Err(e).context("look up a token"),
-        }
     }
 
     pub async fn revoke_self(&self, token: &str) -> Result<()> {
@@ -493,6 +517,25 @@ impl Cluster {
             }
         }
         Ok(created)
+    }
+}
+
+/// Calls `check` every `every` until it answers `Some`, or `timeout` has passed (`None`):
+/// the one bounded wait behind every `wait_*` here.
+pub async fn poll<T>(
+    timeout: Duration,
+    every: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(found) = check().await {
+            return Some(found);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(every).await;
     }
 }
 
