@@ -3,7 +3,7 @@
 //! processes, the API) before it acts, so a second run changes nothing and a run interrupted
 //! anywhere is finished by the next. `plan` asks the same questions and acts on none.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,7 +21,7 @@ use crate::host::{Host, LocalHost, ServiceState};
 use crate::output::{Outcome, Progress};
 use crate::render::{self, Layout, NodeSpec, Renderer};
 use crate::secrets::{self, InitSecrets, SecretStore};
-use crate::state::{fingerprint, CertRecord, State, StateDir};
+use crate::state::{fingerprint, State, StateDir};
 
 /// Renew a node certificate this long before it expires (at most: see `cert_reason`).
 const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -133,13 +133,13 @@ impl Deployment {
         Ok(fingerprint(&bytes))
     }
 
-    fn load_state(&self) -> Result<State> {
+    fn load_state(&self, env_fingerprint: &str) -> Result<State> {
         Ok(match State::load(&self.dir)? {
             Some(state) => state,
             None => State::new(
                 &self.env.name,
                 self.env.file.clone(),
-                self.env_fingerprint()?,
+                env_fingerprint.to_string(),
                 self.env.provider.kind(),
             ),
         })
@@ -221,11 +221,6 @@ impl Deployment {
         }
     }
 
-    /// Every file of `node`: TLS material first (keys 0600), then the rendered files.
-    fn rendered(&self, renderer: &Renderer, node: &NodeSpec) -> Result<Vec<render::RenderedFile>> {
-        renderer.render_node(&self.env, node)
-    }
-
     /// What `up` would do, asking every question `up` asks and acting on none.
     pub async fn plan(&self) -> Result<Vec<Change>> {
         let mut changes = Vec::new();
@@ -241,7 +236,7 @@ impl Deployment {
         }
         let renderer = Renderer::new()?;
         let state = State::load(&self.dir)?;
-        let mut config_changed = BTreeMap::new();
+        let mut config_changed = BTreeSet::new();
         for node in &self.nodes {
             if let Some(reason) = self.cert_reason(node, ca_info.as_ref()) {
                 add(
@@ -251,7 +246,7 @@ impl Deployment {
                 );
             }
             let host = self.host(node);
-            for file in self.rendered(&renderer, node)? {
+            for file in renderer.render_node(&self.env, node)? {
                 let old = host.read_file(&file.path)?;
                 if old.as_deref() != Some(file.content.as_bytes()) {
                     let verb = if old.is_none() { "write" } else { "update" };
@@ -267,13 +262,13 @@ impl Deployment {
                         .and_then(|s| s.nodes.get(&node.name))
                         .map(|n| n.config_sha256.as_str());
                     if running_with != Some(fingerprint(file.content.as_bytes()).as_str()) {
-                        config_changed.insert(node.name.clone(), ());
+                        config_changed.insert(node.name.clone());
                     }
                 }
             }
             match host.service_state()? {
                 ServiceState::Stopped => add(&mut changes, Some(&node.name), "start it".into()),
-                ServiceState::Running { .. } if config_changed.contains_key(&node.name) => add(
+                ServiceState::Running { .. } if config_changed.contains(&node.name) => add(
                     &mut changes,
                     Some(&node.name),
                     "restart it (its config changed)".into(),
@@ -330,7 +325,9 @@ impl Deployment {
 
     /// Brings the environment to what its file says. See the module comment.
     pub async fn up(&self, identity: &[PathBuf], progress: &mut Progress) -> Result<UpReport> {
-        let mut state = self.load_state()?;
+        // What this run applies; read once, so one run cannot record a file it did not apply.
+        let env_fingerprint = self.env_fingerprint()?;
+        let mut state = self.load_state(&env_fingerprint)?;
         let mut report = UpReport::default();
 
         // Certificates.
@@ -385,10 +382,7 @@ impl Deployment {
         }
         // The CA file the clients (and `provision env`) use.
         crate::state::write_atomic(&self.ca_file(), ca.cert_pem().as_bytes(), 0o644)?;
-        state.ca = Some(CertRecord {
-            fingerprint_sha256: ca.info().fingerprint_sha256.clone(),
-            not_after: ca.info().not_after,
-        });
+        state.ca = Some(ca.info().into());
         let detail = match (ca_created, issued.is_empty()) {
             (true, _) => format!("created the CA; issued {}", issued.join(", ")),
             (false, true) => "all valid".to_string(),
@@ -414,7 +408,7 @@ impl Deployment {
             let host = self.host(node);
             host.ensure_dir(Path::new(Layout::DATA_DIR), 0o700)?;
             host.ensure_dir(Path::new(Layout::LOG_DIR), 0o750)?;
-            for file in self.rendered(&renderer, node)? {
+            for file in renderer.render_node(&self.env, node)? {
                 if host.put_file(&file.path, file.content.as_bytes(), file.mode)? {
                     written.push(format!("{}:{}", node.name, file.path.display()));
                 }
@@ -460,7 +454,6 @@ impl Deployment {
                 started.push(format!("{} (reloaded: certificates changed)", node.name));
             }
             cluster.wait_responding(i, START_TIMEOUT).await?;
-            let entry = state.nodes.entry(node.name.clone()).or_default();
             entry.address = node.address.to_string();
             entry.api_addr = node.api_addr.clone();
             entry.binary = self.binary.clone();
@@ -611,14 +604,14 @@ impl Deployment {
             );
         }
 
-        // A token for what follows: the initial root token while it lives, else a root token
-        // generated from the shares for this run only.
-        let needs_config = state.cluster.configured_fingerprint.as_deref()
-            != Some(self.env_fingerprint()?.as_str());
+        let needs_config =
+            state.cluster.configured_fingerprint.as_deref() != Some(env_fingerprint.as_str());
 
         // Cluster formation: one active node and every node a voter.
         let step = progress.start("raft");
         cluster.wait_active(FORM_TIMEOUT).await?;
+        // A token for what follows: the initial root token while it lives, else a root token
+        // generated from the shares for this run only.
         let (root_token, generated_root) = match state.cluster.root_token_revoked {
             false => (Some(init_secrets.root_token.clone()), false),
             true if needs_config => (Some(cluster.generate_root(keys).await?), true),
@@ -657,7 +650,7 @@ impl Deployment {
                 cluster.configure(&self.env, token, &Self::audit_file_path, &credentials)
             })
             .await?;
-            state.cluster.configured_fingerprint = Some(self.env_fingerprint()?);
+            state.cluster.configured_fingerprint = Some(env_fingerprint.clone());
             state.save(&self.dir)?;
             let detail = if created.is_empty() {
                 "policies, users and roles written".to_string()
@@ -671,7 +664,7 @@ impl Deployment {
 
         // The admin login must work before the root token goes.
         let step = progress.start("admin login");
-        let admin = self.admin_login(&cluster, &credentials).await?;
+        self.admin_login(&cluster, &credentials).await?;
         progress.finish(
             step,
             Outcome::Ok,
@@ -680,7 +673,6 @@ impl Deployment {
                 self.env.admin.user, self.env.admin.auth_path
             ),
         );
-        drop(admin);
         credentials.clear();
 
         let step = progress.start("root token");
@@ -701,7 +693,7 @@ impl Deployment {
         }
 
         state.cluster.last_up = Some(Utc::now());
-        state.env_fingerprint_sha256 = self.env_fingerprint()?;
+        state.env_fingerprint_sha256 = env_fingerprint;
         state.save(&self.dir)?;
         report.secret_files = store.files()?;
         Ok(report)
@@ -721,15 +713,8 @@ impl Deployment {
         progress: &Progress,
         step: &crate::output::Running,
     ) -> Result<Vec<String>> {
-        let active = cluster.active().await;
-        let mut order: Vec<usize> = nodes
-            .iter()
-            .copied()
-            .filter(|i| Some(*i) != active)
-            .collect();
-        order.extend(nodes.iter().copied().filter(|i| Some(*i) == active));
         let mut done = Vec::new();
-        for i in order {
+        for i in active_last(nodes, cluster.active().await) {
             let node = &self.nodes[i];
             progress.note(step, &format!("restarting {}", node.name));
             let host = self.host(node);
@@ -757,15 +742,7 @@ impl Deployment {
         store: &SecretStore,
         identities: &[secrets::Identity],
     ) -> Result<(BTreeMap<String, String>, bool)> {
-        let mut creds = if store
-            .files()?
-            .iter()
-            .any(|f| f.ends_with("credentials.age"))
-        {
-            store.load_credentials(identities)?
-        } else {
-            BTreeMap::new()
-        };
+        let mut creds = store.load_credentials(identities)?;
         let mut changed = false;
         for method in &self.env.auth {
             if let AuthMethod::Userpass { path, users } = method {
@@ -841,11 +818,8 @@ impl Deployment {
             Ok(c) => c.active().await,
             Err(_) => None,
         };
-        let mut order: Vec<usize> = (0..self.nodes.len())
-            .filter(|i| Some(*i) != active)
-            .collect();
-        order.extend(active);
-        for i in order {
+        let all: Vec<usize> = (0..self.nodes.len()).collect();
+        for i in active_last(&all, active) {
             let node = &self.nodes[i];
             let step = progress.start(format!("stop {}", node.name));
             if self.host(node).stop_service(STOP_TIMEOUT)? {
@@ -891,6 +865,15 @@ pub struct UpReport {
     /// The local identity was generated by this run.
     pub identity_created: bool,
     pub secret_files: Vec<PathBuf>,
+}
+
+/// `nodes` with the active one (if among them) moved to the end: standbys are stopped or
+/// restarted first, so leadership moves at most once.
+fn active_last(nodes: &[usize], active: Option<usize>) -> Vec<usize> {
+    let (mut standbys, active): (Vec<usize>, Vec<usize>) =
+        nodes.iter().partition(|i| Some(**i) != active);
+    standbys.extend(active);
+    standbys
 }
 
 /// The `keyhold` binary nodes run: `server.binary`, else the one beside `provision`, else
@@ -1031,7 +1014,7 @@ impl Deployment {
             self.nodes.clone()
         };
         for node in &nodes {
-            for file in self.rendered(&renderer, node)? {
+            for file in renderer.render_node(&self.env, node)? {
                 let path = out.join(&node.name).join(&file.path);
                 if let Some(parent) = path.parent() {
                     std::fs::create_dir_all(parent)
@@ -1069,5 +1052,28 @@ impl Deployment {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::active_last;
+
+    #[test]
+    fn the_active_node_goes_last() {
+        let cases: &[(&[usize], Option<usize>, &[usize])] = &[
+            (&[0, 1, 2], Some(0), &[1, 2, 0]),
+            (&[0, 1, 2], Some(2), &[0, 1, 2]),
+            (&[0, 1, 2], None, &[0, 1, 2]),
+            (&[1, 2], Some(0), &[1, 2]),
+            (&[], Some(1), &[]),
+        ];
+        for (nodes, active, want) in cases {
+            assert_eq!(
+                active_last(nodes, *active),
+                *want,
+                "{nodes:?} active {active:?}"
+            );
+        }
     }
 }
