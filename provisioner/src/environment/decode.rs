@@ -169,6 +169,30 @@ fn single_labelled<'n>(
     })
 }
 
+/// Every `key "LABEL" { ... }` block of `s`; a label used twice is an error naming the line of
+/// the first.
+fn distinct_labelled<'n>(
+    s: &Section<'_, 'n>,
+    key: &str,
+    example: &str,
+) -> Result<Vec<Labelled<'n>>, ConfigError> {
+    let blocks = s.labelled(key, example)?;
+    for (i, block) in blocks.iter().enumerate() {
+        if let Some(first) = blocks[..i].iter().find(|b| b.label == block.label) {
+            return Err(s.src.error(
+                block.label_pos,
+                key,
+                format!(
+                    "{key} {:?} is defined twice; the first is at line {}",
+                    block.label,
+                    s.src.location(first.label_pos).line
+                ),
+            ));
+        }
+    }
+    Ok(blocks)
+}
+
 fn decode_provider(top: &Section<'_, '_>) -> Result<Provider, ConfigError> {
     let Some(block) = single_labelled(top, "provider", "provider \"local\" {}")? else {
         return Ok(Provider::Local(LocalProvider {
@@ -683,7 +707,8 @@ fn decode_audit(top: &Section<'_, '_>) -> Result<Vec<AuditDevice>, ConfigError> 
 
 fn decode_policies(top: &Section<'_, '_>, dir: &Path) -> Result<Vec<PolicyFile>, ConfigError> {
     let mut out: Vec<PolicyFile> = Vec::new();
-    for block in top.labelled(
+    for block in distinct_labelled(
+        top,
         "policy",
         "policy \"vault-admin\" { file = \"policies/vault-admin.hcl\" }",
     )? {
@@ -694,13 +719,6 @@ fn decode_policies(top: &Section<'_, '_>, dir: &Path) -> Result<Vec<PolicyFile>,
                 block.label_pos,
                 "policy",
                 format!("{name:?} is a built-in policy and cannot be written; choose another name"),
-            ));
-        }
-        if out.iter().any(|p| p.name == name) {
-            return Err(top.src.error(
-                block.label_pos,
-                "policy",
-                format!("policy {name:?} is defined twice"),
             ));
         }
         let rel = s.required_path("file", "the policy file, e.g. \"policies/NAME.hcl\"")?;
@@ -749,7 +767,7 @@ fn decode_auth(
                 )?;
                 let path = mount_path(&s, "path", "userpass")?;
                 let mut users: Vec<UserpassUser> = Vec::new();
-                for user in s.labelled("user", "user \"admin\" { policies = [...] }")? {
+                for user in distinct_labelled(&s, "user", "user \"admin\" { policies = [...] }")? {
                     let u = Section::new(
                         top.src,
                         user.body,
@@ -758,13 +776,6 @@ fn decode_auth(
                         &["policies", "token_max_ttl", "token_ttl"],
                         &[],
                     )?;
-                    if users.iter().any(|x| x.name == user.label) {
-                        return Err(top.src.error(
-                            user.label_pos,
-                            "user",
-                            format!("user {:?} is defined twice", user.label),
-                        ));
-                    }
                     users.push(UserpassUser {
                         name: user.label.to_string(),
                         policies: policy_list(&u, "policies", known)?,
@@ -785,7 +796,8 @@ fn decode_auth(
                 )?;
                 let path = mount_path(&s, "path", "approle")?;
                 let mut roles: Vec<AppRole> = Vec::new();
-                for role in s.labelled("role", "role \"ci\" { token_policies = [...] }")? {
+                for role in distinct_labelled(&s, "role", "role \"ci\" { token_policies = [...] }")?
+                {
                     let r = Section::new(
                         top.src,
                         role.body,
@@ -800,13 +812,6 @@ fn decode_auth(
                         ],
                         &[],
                     )?;
-                    if roles.iter().any(|x| x.name == role.label) {
-                        return Err(top.src.error(
-                            role.label_pos,
-                            "role",
-                            format!("role {:?} is defined twice", role.label),
-                        ));
-                    }
                     roles.push(AppRole {
                         name: role.label.to_string(),
                         token_policies: policy_list(&r, "token_policies", known)?,

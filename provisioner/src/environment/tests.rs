@@ -135,6 +135,16 @@ fn mistakes_name_file_line_and_key() {
         ("secrets \"kv\" { version = 3 }", 6, &["version", "use 1 or 2"]),
         ("snapshots { retain = 0 }", 6, &["retain", "at least 1"]),
         (
+            "policy \"vault-admin\" { file = \"policies/vault-admin.hcl\" }",
+            6,
+            &["policy \"vault-admin\" is defined twice", "first is at line 2"],
+        ),
+        (
+            "auth \"approle\" {\n  role \"ci\" {}\n  role \"ci\" {}\n}",
+            8,
+            &["role \"ci\" is defined twice", "first is at line 7"],
+        ),
+        (
             "!auth \"userpass\" {\n  user \"bob\" {}\n}",
             1,
             &["admin login", "\"admin\""],
