@@ -769,13 +769,7 @@ def active_server(tmp_path, pki):
     device."""
     server = make_target(tmp_path / "target", pki, audit_device=False)
     try:
-        server.start()
-        server.init(3, 2)
-        server.unseal()
-        server.root_client().sys.enable_secrets_engine(
-            "kv", path="secret", options={"version": "2"}
-        )
-        yield server
+        yield ready(server, shares=3, threshold=2)
     finally:
         server.stop()
 
@@ -786,16 +780,20 @@ def session_server(tmp_path_factory, pki):
     found it: initialised (5 shares, threshold 3), unsealed, KV v2 mounted at secret/. In
     provisioned topology: one `provision up`, removed with `provision down --purge` at the end."""
     server = make_target(tmp_path_factory.mktemp("session"), pki)
-    server.start()
     try:
-        server.init(5, 3)
-        server.unseal()
-        server.root_client().sys.enable_secrets_engine(
-            "kv", path="secret", options={"version": "2"}
-        )
-        yield server
+        yield ready(server, shares=5, threshold=3)
     finally:
         server.stop()
+
+
+def ready(server, shares, threshold):
+    """Starts `server`, initialises it with `shares`/`threshold`, unseals it and mounts KV v2 at
+    secret/."""
+    server.start()
+    server.init(shares, threshold)
+    server.unseal()
+    server.root_client().sys.enable_secrets_engine("kv", path="secret", options={"version": "2"})
+    return server
 
 
 @pytest.fixture
