@@ -83,6 +83,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
 
     let telemetry = crate::metrics::Telemetry::install(config.telemetry.prometheus_retention_time);
+    let seals = crate::seal::SealSetup::from_config(&config.seal, config.old_seal.as_ref())
+        .await
+        .with_context(|| format!("set up seal \"{}\"", config.seal.kind()))?;
     let core_config = |storage_type: &str, ha_enabled: bool| CoreConfig {
         default_lease_ttl: config.default_lease_ttl,
         max_lease_ttl: config.max_lease_ttl,
@@ -93,6 +96,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         ha_enabled,
         prometheus_enabled: !config.telemetry.prometheus_retention_time.is_zero(),
         audit_write_timeout: Duration::from_secs(5),
+        seals: seals.clone(),
     };
     let (core, storage_type) = match &config.storage {
         StorageConfig::Inmem => {
@@ -113,6 +117,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         }
     };
     core.set_cluster_routes(crate::http::cluster_routes(core.clone()));
+    core.start_auto_unseal();
     if let Some(ha) = &core.ha {
         if !ha.settings.retry_join.is_empty() {
             tokio::spawn(core.clone().retry_join(ha.settings.retry_join.clone()));
@@ -351,7 +356,7 @@ async fn dev_bootstrap(
         .first()
         .cloned()
         .context("init returned no key")?;
-    core.unseal(Some(&key), false).await?;
+    core.unseal(Some(&key), false, false).await?;
     let unsealed = core.unsealed()?;
     let root = match root_token_id {
         Some(id) => {

@@ -57,23 +57,6 @@ impl ServerConfig {
                 ));
             }
         }
-        let seal_name = match &self.seal {
-            SealConfig::Shamir => None,
-            SealConfig::AwsKms { .. } => Some("AWS KMS"),
-            SealConfig::Transit { .. } => Some("transit"),
-        };
-        if let Some(name) = seal_name {
-            let kind = self.seal.kind();
-            out.push(ConfigError::new(
-                self.location_of("seal"),
-                format!("seal.{kind}"),
-                format!(
-                    "seal \"{kind}\": auto-unseal with {name} is not supported by this build \
-                     yet; remove the seal stanza to unseal with Shamir key shares, or run a \
-                     build that supports seal \"{kind}\""
-                ),
-            ));
-        }
         if self.plugin_directory.is_some() {
             out.push(ConfigError::new(
                 self.location_of("plugin_directory"),
@@ -168,37 +151,54 @@ impl ServerConfig {
     }
 
     fn seal_problems(&self, out: &mut Vec<ConfigError>) {
-        let here = self.location_of("seal");
-        let kind = self.seal.kind();
-        let mut problem = |key: &str, message: &str| {
-            let path = format!("seal.{kind}.{key}");
-            out.push(ConfigError::new(
-                here.clone(),
-                path.clone(),
-                format!("{path}: {message}"),
-            ));
-        };
-        match &self.seal {
-            SealConfig::Shamir => {}
-            SealConfig::AwsKms { kms_key_id, .. } => {
-                if kms_key_id.trim().is_empty() {
-                    problem("kms_key_id", "must not be empty");
-                }
+        if let Some(old) = &self.old_seal {
+            if old.kind() == self.seal.kind() {
+                out.push(ConfigError::new(
+                    self.location_of("seal.disabled"),
+                    "seal",
+                    format!(
+                        "seal: the disabled seal stanza and the one in force are both {}; a \
+                         migration moves between two different seal types",
+                        old.kind()
+                    ),
+                ));
             }
-            SealConfig::Transit {
-                address,
-                key_name,
-                mount_path,
-                ..
-            } => {
-                if let Err(why) = check_url(address) {
-                    problem("address", &why);
+        }
+        for (seal, key) in std::iter::once((&self.seal, "seal"))
+            .chain(self.old_seal.iter().map(|s| (s, "seal.disabled")))
+        {
+            let here = self.location_of(key);
+            let kind = seal.kind();
+            let mut problem = |field: &str, message: &str| {
+                let path = format!("seal.{kind}.{field}");
+                out.push(ConfigError::new(
+                    here.clone(),
+                    path.clone(),
+                    format!("{path}: {message}"),
+                ));
+            };
+            match seal {
+                SealConfig::Shamir => {}
+                SealConfig::AwsKms { kms_key_id, .. } => {
+                    if kms_key_id.trim().is_empty() {
+                        problem("kms_key_id", "must not be empty");
+                    }
                 }
-                if key_name.trim().is_empty() {
-                    problem("key_name", "must not be empty");
-                }
-                if mount_path.trim().is_empty() {
-                    problem("mount_path", "must not be empty");
+                SealConfig::Transit {
+                    address,
+                    key_name,
+                    mount_path,
+                    ..
+                } => {
+                    if let Err(why) = check_url(address) {
+                        problem("address", &why);
+                    }
+                    if key_name.trim().is_empty() {
+                        problem("key_name", "must not be empty");
+                    }
+                    if mount_path.trim().is_empty() {
+                        problem("mount_path", "must not be empty");
+                    }
                 }
             }
         }
@@ -234,21 +234,25 @@ impl ServerConfig {
                 }
             }
         }
-        if let SealConfig::Transit {
-            tls_ca_cert,
-            tls_client_cert,
-            tls_client_key,
-            ..
-        } = &self.seal
+        for (seal, key) in std::iter::once((&self.seal, "seal"))
+            .chain(self.old_seal.iter().map(|s| (s, "seal.disabled")))
         {
-            for (key, file) in [
-                ("tls_ca_cert", tls_ca_cert),
-                ("tls_client_cert", tls_client_cert),
-                ("tls_client_key", tls_client_key),
-            ] {
-                if let Some(file) = file {
-                    let path = format!("seal.transit.{key}");
-                    check_file(self.location_of("seal"), &path, file, out);
+            if let SealConfig::Transit {
+                tls_ca_cert,
+                tls_client_cert,
+                tls_client_key,
+                ..
+            } = seal
+            {
+                for (field, file) in [
+                    ("tls_ca_cert", tls_ca_cert),
+                    ("tls_client_cert", tls_client_cert),
+                    ("tls_client_key", tls_client_key),
+                ] {
+                    if let Some(file) = file {
+                        let path = format!("seal.transit.{field}");
+                        check_file(self.location_of(key), &path, file, out);
+                    }
                 }
             }
         }

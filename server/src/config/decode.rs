@@ -18,6 +18,8 @@ use std::time::Duration;
 pub(super) struct FileConfig {
     pub storage: Option<(StorageConfig, Location)>,
     pub seal: Option<(SealConfig, Location)>,
+    /// The stanza marked `disabled = "true"` (a seal migration's old seal).
+    pub old_seal: Option<(SealConfig, Location)>,
     pub listeners: Vec<ListenerConfig>,
     pub telemetry: Option<TelemetryConfig>,
     pub top: TopLevel,
@@ -79,6 +81,11 @@ impl FileConfig {
                 self.seal.as_ref().map(|s| &s.1),
                 later.seal.as_ref().map(|s| &s.1),
             ),
+            (
+                "disabled seal",
+                self.old_seal.as_ref().map(|s| &s.1),
+                later.old_seal.as_ref().map(|s| &s.1),
+            ),
         ] {
             if let (Some(first), Some(second)) = (mine, theirs) {
                 return Err(ConfigError::new(
@@ -96,6 +103,9 @@ impl FileConfig {
         }
         if later.seal.is_some() {
             self.seal = later.seal;
+        }
+        if later.old_seal.is_some() {
+            self.old_seal = later.old_seal;
         }
         if later.telemetry.is_some() {
             self.telemetry = later.telemetry;
@@ -196,22 +206,41 @@ pub(super) fn decode_file(src: &Source<'_>, root: Object) -> Result<FileConfig, 
         out.storage = Some((storage, location));
     }
 
-    let seals = top.labelled("seal", "seal \"shamir\" {}")?;
-    if let Some(extra) = seals.get(1) {
-        return Err(src.error(
-            extra.pos,
-            "seal",
-            format!(
-                "only one seal stanza is allowed (seal migration is not supported); \
-                 the first is at line {}",
-                src.location(seals[0].pos).line
-            ),
-        ));
-    }
-    if let Some(block) = seals.first() {
+    // One seal in force, and at most one more marked `disabled = "true"`:
+    // the seal a migration moves away from (Vault's migration config).
+    for block in top.labelled("seal", "seal \"shamir\" {}")? {
         let location = src.location(block.pos);
-        out.keys.insert("seal".into(), location.clone());
-        out.seal = Some((decode_seal(src, block)?, location));
+        let seal = decode_seal(src, &block)?;
+        let disabled = seal.is_disabled();
+        let slot = if disabled {
+            &mut out.old_seal
+        } else {
+            &mut out.seal
+        };
+        if let Some((_, first)) = slot {
+            return Err(src.error(
+                block.pos,
+                "seal",
+                if disabled {
+                    format!(
+                        "only one disabled seal stanza is allowed (the seal being migrated \
+                         away from); the first is at line {}",
+                        first.line
+                    )
+                } else {
+                    format!(
+                        "only one seal stanza may be in force; the first is at line {}. To \
+                         migrate between seals, mark the old one disabled = \"true\"",
+                        first.line
+                    )
+                },
+            ));
+        }
+        out.keys.insert(
+            if disabled { "seal.disabled" } else { "seal" }.into(),
+            location.clone(),
+        );
+        *slot = Some((seal, location));
     }
 
     for block in top.labelled("listener", "listener \"tcp\" { address = \"...\" }")? {
@@ -567,6 +596,7 @@ fn decode_seal(src: &Source<'_>, block: &Labelled<'_>) -> Result<SealConfig, Con
                 &[
                     "address",
                     "disable_renewal",
+                    "disabled",
                     "key_name",
                     "mount_path",
                     "namespace",
@@ -591,6 +621,7 @@ fn decode_seal(src: &Source<'_>, block: &Labelled<'_>) -> Result<SealConfig, Con
                 tls_server_name: s.string("tls_server_name")?,
                 tls_skip_verify: s.bool("tls_skip_verify")?.unwrap_or(false),
                 disable_renewal: s.bool("disable_renewal")?.unwrap_or(false),
+                disabled: s.bool("disabled")?.unwrap_or(false),
             })
         }
         other => Err(src.error(

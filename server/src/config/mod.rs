@@ -36,7 +36,10 @@ pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(768 * 3600);
 pub struct ServerConfig {
     pub storage: StorageConfig,
     pub listeners: Vec<ListenerConfig>,
+    /// The seal in force: the enabled `seal` stanza, or Shamir without one.
     pub seal: SealConfig,
+    /// A `seal` stanza with `disabled = "true"`: the seal being migrated away from.
+    pub old_seal: Option<SealConfig>,
     pub api_addr: Option<String>,
     pub cluster_addr: Option<String>,
     pub cluster_name: Option<String>,
@@ -279,10 +282,21 @@ pub enum SealConfig {
         tls_server_name: Option<String>,
         tls_skip_verify: bool,
         disable_renewal: bool,
+        disabled: bool,
     },
 }
 
 impl SealConfig {
+    /// `disabled = "true"`: kept only to unwrap the root key during a migration.
+    pub fn is_disabled(&self) -> bool {
+        match self {
+            SealConfig::Shamir => false,
+            SealConfig::AwsKms { disabled, .. } | SealConfig::Transit { disabled, .. } => {
+                *disabled
+            }
+        }
+    }
+
     /// The stanza label: `shamir`, `awskms`, `transit`.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -330,6 +344,7 @@ impl fmt::Debug for SealConfig {
                 tls_server_name,
                 tls_skip_verify,
                 disable_renewal,
+                disabled,
             } => f
                 .debug_struct("Transit")
                 .field("address", address)
@@ -343,6 +358,7 @@ impl fmt::Debug for SealConfig {
                 .field("tls_server_name", tls_server_name)
                 .field("tls_skip_verify", tls_skip_verify)
                 .field("disable_renewal", disable_renewal)
+                .field("disabled", disabled)
                 .finish(),
         }
     }
@@ -444,6 +460,7 @@ impl ServerConfig {
             storage: StorageConfig::Inmem,
             listeners: vec![listener],
             seal: SealConfig::Shamir,
+            old_seal: None,
             api_addr: None,
             cluster_addr: None,
             cluster_name: None,
@@ -548,6 +565,7 @@ fn finish(file: decode::FileConfig, sources: &str) -> Result<ServerConfig, Confi
         storage,
         listeners: file.listeners,
         seal: file.seal.map_or(SealConfig::Shamir, |s| s.0),
+        old_seal: file.old_seal.map(|s| s.0),
         api_addr: t.api_addr,
         cluster_addr: t.cluster_addr,
         cluster_name: t.cluster_name,

@@ -359,12 +359,8 @@ fn seals_parse() {
         }
     );
     assert!(!format!("{c:?}").contains("AWS-SECRET"), "Debug redacts");
-    assert_eq!(
-        c.unsupported()[0].to_string(),
-        "vault.hcl:2:1: seal \"awskms\": auto-unseal with AWS KMS is not supported by this \
-         build yet; remove the seal stanza to unseal with Shamir key shares, or run a build \
-         that supports seal \"awskms\""
-    );
+    assert!(c.unsupported().is_empty());
+    assert_eq!(c.old_seal, None);
 
     // The guide's transit example.
     let c = parse(
@@ -396,7 +392,20 @@ fn seals_parse() {
         !format!("{c:?}").contains("hvs."),
         "Debug redacts the token"
     );
-    assert_eq!(c.unsupported().len(), 1);
+    assert!(c.unsupported().is_empty());
+
+    // A migration: the seal being left stays, marked disabled.
+    let c = parse(
+        "storage \"inmem\" {}\nseal \"transit\" {\naddress = \"https://t:8200\"\n\
+         key_name = \"k\"\nmount_path = \"transit/\"\ndisabled = \"true\"\n}\n\
+         seal \"awskms\" {\n  kms_key_id = \"alias/k\"\n}\n",
+    )
+    .unwrap();
+    assert_eq!(c.seal.kind(), "awskms");
+    assert!(!c.seal.is_disabled());
+    let old = c.old_seal.as_ref().expect("the disabled stanza is kept");
+    assert_eq!(old.kind(), "transit");
+    assert!(old.is_disabled());
 }
 
 #[test]
@@ -562,9 +571,16 @@ fn parse_errors_name_file_line_and_key() {
                 "vault.hcl:2:1: only one storage stanza is allowed; the first is at line 1",
             ),
             (
-                "storage \"inmem\" {}\nseal \"shamir\" {}\nseal \"awskms\" {}\n",
-                "vault.hcl:3:1: only one seal stanza is allowed (seal migration is not \
-                 supported); the first is at line 2",
+                "storage \"inmem\" {}\nseal \"shamir\" {}\nseal \"awskms\" {\n  kms_key_id = \"k\"\n}\n",
+                "vault.hcl:3:1: only one seal stanza may be in force; the first is at line 2. \
+                 To migrate between seals, mark the old one disabled = \"true\"",
+            ),
+            (
+                "storage \"inmem\" {}\nseal \"awskms\" {\n  kms_key_id = \"k\"\n  disabled = true\n}\n\
+                 seal \"transit\" {\n  address = \"https://t\"\n  key_name = \"k\"\n  \
+                 mount_path = \"transit\"\n  disabled = true\n}\n",
+                "vault.hcl:6:1: only one disabled seal stanza is allowed (the seal being \
+                 migrated away from); the first is at line 2",
             ),
             (
                 "storage \"inmem\" {}\nui = true\nui = false\n",

@@ -170,6 +170,7 @@ impl Core {
             return Ok(());
         }
         let unsealed = self.post_unseal().await?;
+        self.complete_migration().await;
         let autopilot = tokio::spawn(autopilot_loop(
             Arc::downgrade(self),
             ha.settings.autopilot_reconcile_interval,

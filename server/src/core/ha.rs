@@ -102,6 +102,14 @@ pub struct AnswerResponse {
     pub peers: Vec<ClusterNode>,
 }
 
+/// What opens the cluster's key material on a joining node.
+pub enum Unlock<'a> {
+    /// The cluster's unseal key, combined from the shares an operator gave.
+    UnsealKey(&'a [u8]),
+    /// This node's auto-unseal seal (the same key service as the cluster's).
+    Auto,
+}
+
 /// A join waiting for the operator to unseal this node.
 pub struct PendingJoin {
     pub target: JoinTarget,
@@ -506,12 +514,14 @@ impl Ha {
         Ok(())
     }
 
-    /// Finishes a pending join with the reconstructed unseal key: opens the
-    /// challenge, answers it, receives the cluster TLS keyring, starts Raft
-    /// and waits until the keyring has been replicated here.
+    /// Finishes a pending join with the cluster's unseal key or this node's
+    /// auto-unseal seal: opens the challenge, answers it, receives the cluster
+    /// TLS keyring, starts Raft and waits until the keyring has been
+    /// replicated here.
     pub async fn complete_join(
         &self,
-        unseal_key: &[u8],
+        seal: &crate::seal::Seal,
+        unlock: Unlock<'_>,
         routes: axum::Router,
     ) -> Result<crate::barrier::RootKey> {
         let (target, challenge) = {
@@ -530,10 +540,18 @@ impl Ha {
                 .map_err(|_| Error::invalid("malformed key material in the join challenge"))?;
             scratch.put(key, bytes).await?;
         }
-        let seal = crate::seal::ShamirSeal::new(scratch.clone());
-        let root = seal.recover_root_key(unseal_key).await.map_err(|_| {
-            Error::invalid("the key shares do not open this cluster's keys (cipher: message authentication failed); unseal progress was reset, submit this cluster's keys")
-        })?;
+        let seal = seal.over(scratch.clone());
+        let root = match unlock {
+            Unlock::UnsealKey(key) => seal.recover_root_key(key).await.map_err(|_| {
+                Error::invalid("the key shares do not open this cluster's keys (cipher: message authentication failed); unseal progress was reset, submit this cluster's keys")
+            })?,
+            Unlock::Auto => {
+                let auto = seal
+                    .auto()
+                    .ok_or_else(|| Error::internal("auto-unseal join without an auto-unseal seal"))?;
+                seal.auto_root_key(auto.as_ref()).await?
+            }
+        };
         let barrier = crate::barrier::Barrier::new(scratch);
         barrier.unseal(&root).await?;
         let sealed = b64()

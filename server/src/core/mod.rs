@@ -11,6 +11,7 @@ pub mod ha;
 mod keys;
 pub mod mounts;
 mod root_ops;
+mod sealing;
 mod snapshot;
 mod system;
 
@@ -29,12 +30,12 @@ use crate::error::{Error, Result};
 use crate::logical::{BackendRequest, LogicalBackend, Operation, Request, Response, StorageView};
 use crate::physical::Backend;
 use crate::policy::PolicyStore;
-use crate::seal::ShamirSeal;
+use crate::seal::{Seal, SealSetup};
 
 pub use cluster::AutopilotConfig;
 pub use keys::KeyCollector;
 pub use mounts::{MountEntry, Table};
-pub use root_ops::{GenerateRootStatus, RekeyStatus, RekeyUpdate, RekeyVerifyStatus};
+pub use root_ops::{GenerateRootStatus, RekeyStatus, RekeyTarget, RekeyUpdate, RekeyVerifyStatus};
 
 use mounts::{Mount, Router};
 
@@ -59,6 +60,8 @@ pub struct CoreConfig {
     pub prometheus_enabled: bool,
     /// Per-device audit write timeout.
     pub audit_write_timeout: Duration,
+    /// The auto-unseal seal in force and the one being migrated away from.
+    pub seals: SealSetup,
 }
 
 impl Default for CoreConfig {
@@ -73,6 +76,7 @@ impl Default for CoreConfig {
             ha_enabled: false,
             prometheus_enabled: true,
             audit_write_timeout: Duration::from_secs(5),
+            seals: SealSetup::default(),
         }
     }
 }
@@ -103,8 +107,14 @@ pub struct SealStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster_id: Option<String>,
     pub recovery_seal: bool,
+    /// `shamir` when the recovery keys are Shamir shares (auto-unseal seals).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery_seal_type: Option<String>,
     pub storage_type: String,
     pub removed_from_cluster: bool,
+    /// Why a node that should unseal itself has not (the key service's error).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warnings: Option<Vec<String>>,
 }
 
 /// `sys/init` input.
@@ -181,8 +191,13 @@ pub struct Core {
     barrier: Arc<Barrier>,
     /// The barrier as every mount sees it: with timing metrics.
     storage: Arc<dyn Backend>,
-    seal: ShamirSeal,
+    seal: Seal,
     state: RwLock<Option<Arc<Unsealed>>>,
+    /// Auto-unseal: the last failure, and whether an operator sealed the node.
+    auto_unseal: std::sync::Mutex<sealing::AutoUnsealState>,
+    auto_unseal_wake: tokio::sync::Notify,
+    /// Set on a node unsealed with `-migrate` until the migration is done.
+    migration: std::sync::Mutex<Option<sealing::MigrationKeys>>,
     /// Serialises init, unseal, seal, rekey.
     lifecycle: Mutex<()>,
     unseal_keys: std::sync::Mutex<KeyCollector>,
@@ -226,8 +241,11 @@ impl Core {
             "barrier",
         ));
         Arc::new(Core {
+            seal: Seal::with_setup(physical, config.seals.clone()),
             config,
-            seal: ShamirSeal::new(physical),
+            auto_unseal: Default::default(),
+            auto_unseal_wake: tokio::sync::Notify::new(),
+            migration: Default::default(),
             barrier,
             storage,
             state: RwLock::new(None),
@@ -298,8 +316,18 @@ impl Core {
         {
             return Err(Error::invalid("PGP-encrypted shares are not supported by this build; omit pgp_keys and root_token_pgp_key"));
         }
-        if req.recovery_shares.unwrap_or(0) > 0 {
-            return Err(Error::invalid("recovery_shares only applies to auto-unseal seals; this server uses the shamir seal"));
+        let auto = self.seal.auto().cloned();
+        match &auto {
+            None if req.recovery_shares.unwrap_or(0) > 0 => {
+                return Err(Error::invalid("recovery_shares only applies to auto-unseal seals; this server uses the shamir seal"));
+            }
+            Some(auto) if req.recovery_shares.unwrap_or(0) == 0 => {
+                return Err(Error::invalid(format!(
+                    "this server auto-unseals with {}: initialise it with recovery_shares and recovery_threshold (for example `keyhold operator init -recovery-shares=5 -recovery-threshold=3`)",
+                    auto.kind()
+                )));
+            }
+            _ => {}
         }
         if let Some(ha) = &self.ha {
             if ha.has_pending_join() {
@@ -307,16 +335,34 @@ impl Core {
             }
             ha.bootstrap().await?;
         }
-        let shares = self
-            .seal
-            .initialize(&self.barrier, req.secret_shares, req.secret_threshold)
-            .await?;
-        let threshold = req.secret_threshold.max(1) as usize;
+        let (shares, recovery_shares, root_key) = match &auto {
+            None => {
+                let shares = self
+                    .seal
+                    .initialize(&self.barrier, req.secret_shares, req.secret_threshold)
+                    .await?;
+                let threshold = req.secret_threshold.max(1) as usize;
+                let key = keys::reconstruct(&shares[..threshold.min(shares.len())], threshold)?;
+                let root_key = self.seal.recover_root_key(&key).await?;
+                (shares, Vec::new(), root_key)
+            }
+            Some(auto) => {
+                let recovery = self
+                    .seal
+                    .initialize_auto(
+                        &self.barrier,
+                        req.recovery_shares.unwrap_or(0),
+                        req.recovery_threshold.unwrap_or(0),
+                    )
+                    .await?;
+                let root_key = self.seal.auto_root_key(auto.as_ref()).await?;
+                (Vec::new(), recovery, root_key)
+            }
+        };
 
         // Unseal once to write the initial state (cluster identity, mounts,
-        // root token), then seal again: Vault leaves a fresh server sealed.
-        let key = keys::reconstruct(&shares[..threshold.min(shares.len())], threshold)?;
-        let root_key = self.seal.recover_root_key(&key).await?;
+        // root token), then seal again: Vault leaves a fresh Shamir server
+        // sealed, and an auto-unseal one unseals itself next (below).
         self.barrier.unseal(&root_key).await?;
         let outcome = async {
             let name = self.config.cluster_name.clone().unwrap_or_else(|| {
@@ -343,12 +389,18 @@ impl Core {
         .await;
         self.seal_internal().await;
         let root_token = outcome?;
+        if auto.is_some() {
+            self.auto_unseal_wake.notify_one();
+        }
 
         Ok(InitResponse {
             keys: shares.iter().map(|s| hex::encode(s.as_slice())).collect(),
             keys_base64: shares.iter().map(|s| base64_std(s)).collect(),
-            recovery_keys: Vec::new(),
-            recovery_keys_base64: Vec::new(),
+            recovery_keys: recovery_shares
+                .iter()
+                .map(|s| hex::encode(s.as_slice()))
+                .collect(),
+            recovery_keys_base64: recovery_shares.iter().map(|s| base64_std(s)).collect(),
             root_token,
         })
     }
@@ -356,8 +408,9 @@ impl Core {
     // --------------------------------------------------------- seal status
 
     pub async fn seal_status(&self) -> Result<SealStatus> {
-        let config = match self.seal.config().await? {
-            Some(c) => Some(c),
+        let stored = self.seal.config().await?;
+        let config = match &stored {
+            Some(c) => Some(c.clone()),
             None => self.ha.as_ref().and_then(|ha| ha.pending_seal_config()),
         };
         let unsealed = self.state.read().expect("state lock").clone();
@@ -373,35 +426,58 @@ impl Core {
                 .flatten(),
             (None, true) => None,
         };
+        let kind = config
+            .as_ref()
+            .map_or(self.seal.kind().to_string(), |c| c.r#type.clone());
+        let recovery_seal = kind != "shamir";
+        // With an auto-unseal seal, t and n are the recovery keys', as in Vault.
+        let shares = if recovery_seal {
+            self.seal.recovery_config().await?
+        } else {
+            config.clone()
+        };
+        let migration = self.seal.pending_migration().await?.is_some();
         let keys = self.unseal_keys.lock().expect("unseal lock");
         let (progress, nonce) = if keys.progress() > 0 {
             (keys.progress(), keys.nonce.clone())
         } else {
             (0, String::new())
         };
+        let warnings = barrier_sealed
+            .then(|| self.auto_unseal_warning(migration))
+            .flatten();
         Ok(SealStatus {
-            kind: "shamir".into(),
+            kind,
             initialized: config.is_some(),
             sealed: barrier_sealed,
-            t: config.as_ref().map_or(0, |c| c.secret_threshold),
-            n: config.as_ref().map_or(0, |c| c.secret_shares),
+            t: shares.as_ref().map_or(0, |c| c.secret_threshold),
+            n: shares.as_ref().map_or(0, |c| c.secret_shares),
             progress,
             nonce,
             version: crate::VERSION.to_string(),
             build_date: env!("KEYHOLD_BUILD_DATE").to_string(),
-            migration: false,
+            migration,
             cluster_name: cluster.as_ref().map(|c| c.name.clone()),
             cluster_id: cluster.as_ref().map(|c| c.id.clone()),
-            recovery_seal: false,
+            recovery_seal,
+            recovery_seal_type: recovery_seal.then(|| "shamir".to_string()),
             storage_type: self.config.storage_type.clone(),
             removed_from_cluster: false,
+            warnings: warnings.map(|w| vec![w]),
         })
     }
 
     // -------------------------------------------------------------- unseal
 
-    /// One `sys/unseal` call: a key share, or `reset`.
-    pub async fn unseal(self: &Arc<Self>, key: Option<&str>, reset: bool) -> Result<SealStatus> {
+    /// One `sys/unseal` call: a key share, or `reset`. With `migrate`, the
+    /// shares are the old seal's (unseal keys from Shamir, recovery keys from
+    /// an auto-unseal seal) and the node unseals for a seal migration.
+    pub async fn unseal(
+        self: &Arc<Self>,
+        key: Option<&str>,
+        reset: bool,
+        migrate: bool,
+    ) -> Result<SealStatus> {
         // Already unsealed: answer without waiting on an operation in flight.
         if !reset && !self.is_sealed() {
             return self.seal_status().await;
@@ -421,13 +497,37 @@ impl Core {
         if !self.is_sealed() {
             return self.seal_status().await;
         }
+        let migration = self.seal.pending_migration().await?;
+        let threshold = match (&migration, migrate) {
+            (Some(m), false) => {
+                return Err(Error::invalid(format!(
+                    "seal migration pending: this node is configured with the {to} seal but its data is sealed by {from}; unseal it with -migrate (\"migrate\": true) and the {keys} keys of the {from} seal",
+                    to = m.to,
+                    from = m.from,
+                    keys = if m.from == "shamir" { "unseal" } else { "recovery" },
+                )));
+            }
+            (None, true) => {
+                return Err(Error::invalid(format!(
+                    "no seal migration is pending: the data is sealed by {}, the seal this node is configured with; unseal without -migrate",
+                    config.r#type
+                )));
+            }
+            (Some(_), true) => self.seal.migration_key_config().await?.secret_threshold,
+            (None, false) => {
+                if config.r#type != "shamir" || self.seal.auto().is_some() {
+                    return Err(self.no_unseal_keys(&config.r#type));
+                }
+                config.secret_threshold
+            }
+        }
+        .max(1) as usize;
         let Some(key) = key.filter(|k| !k.trim().is_empty()) else {
             return Err(Error::invalid(
                 "'key' must be specified in request body as JSON, or 'reset' set to true",
             ));
         };
         let share = keys::decode_share(key)?;
-        let threshold = config.secret_threshold.max(1) as usize;
         let collected = {
             let mut keys = self.unseal_keys.lock().expect("unseal lock");
             keys.add(share);
@@ -441,43 +541,69 @@ impl Core {
             return self.seal_status().await;
         };
         let attempt = async {
-            let unseal_key = keys::reconstruct(&collected, threshold)?;
-            let root_key = match (&self.ha, joining) {
-                (Some(ha), true) => ha.complete_join(&unseal_key, self.cluster_routes()).await?,
-                _ => self.seal.recover_root_key(&unseal_key).await.map_err(|_| {
+            let combined = keys::reconstruct(&collected, threshold)?;
+            let root_key = match (&self.ha, joining, migration.is_some()) {
+                (_, _, true) => {
+                    let root = self.seal.unlock_for_migration(&combined).await.map_err(|e| match e {
+                        crate::seal::SealError::InvalidKey => Error::invalid("the key shares are not the old seal's keys (cipher: message authentication failed); unseal progress was reset, submit the correct keys again"),
+                        other => other.into(),
+                    })?;
+                    *self.migration.lock().expect("migration lock") = Some(sealing::MigrationKeys::new(&root, &combined));
+                    root
+                }
+                (Some(ha), true, false) => {
+                    ha.complete_join(&self.seal, ha::Unlock::UnsealKey(&combined), self.cluster_routes())
+                        .await?
+                }
+                _ => self.seal.recover_root_key(&combined).await.map_err(|_| {
                     Error::invalid("the key shares did not reconstruct this server's unseal key (cipher: message authentication failed); unseal progress was reset, submit the correct keys again")
                 })?,
             };
-            self.barrier.unseal(&root_key).await?;
-            match &self.ha {
-                Some(ha) => self.start_ha(ha).await,
-                None => self.post_unseal().await.map(|_| ()),
-            }
+            self.open(&root_key).await
         }
         .await;
         if let Err(e) = attempt {
+            self.migration.lock().expect("migration lock").take();
             self.seal_internal().await;
             tracing::warn!(error = %e, "unseal attempt failed");
             return Err(e);
         }
-        tracing::info!("vault is unsealed");
+        tracing::info!(migrate, "vault is unsealed");
         drop(_guard);
-        // A cluster of one elects itself at once: answer when it is active,
-        // so the node is usable as soon as unseal returns (as with Vault).
-        if let Some(ha) = &self.ha {
-            if let Some(node) = ha.running().await {
-                if ha.is_only_voter(&node) {
-                    if let Err(e) = ha.lead_alone(&node).await {
-                        tracing::warn!(error = %e, "unsealed, but not yet active");
-                    }
-                    let deadline = Instant::now() + Duration::from_secs(30);
-                    while self.role() == Role::Standby && Instant::now() < deadline {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                }
+        self.settle_after_unseal().await;
+        self.seal_status().await
+    }
+
+    /// Opens the barrier with `root_key` and starts what runs while unsealed:
+    /// Raft (the watcher then makes the leader active), or the services.
+    async fn open(self: &Arc<Self>, root_key: &crate::barrier::RootKey) -> Result<()> {
+        self.barrier.unseal(root_key).await?;
+        match &self.ha {
+            Some(ha) => self.start_ha(ha).await,
+            None => {
+                self.post_unseal().await?;
+                self.complete_migration().await;
+                Ok(())
             }
         }
-        self.seal_status().await
+    }
+
+    /// A cluster of one elects itself at once: return when it is active, so
+    /// the node is usable as soon as unseal returns (as with Vault).
+    async fn settle_after_unseal(&self) {
+        let Some(ha) = &self.ha else { return };
+        let Some(node) = ha.running().await else {
+            return;
+        };
+        if ha.is_only_voter(&node) {
+            if let Err(e) = ha.lead_alone(&node).await {
+                tracing::warn!(error = %e, "unsealed, but not yet active");
+            }
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while self.role() == Role::Standby && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
     }
 
     /// Builds the unsealed services from what is stored behind the barrier.
@@ -611,6 +737,10 @@ impl Core {
         self.authorize_sudo(token, "sys/seal").await?;
         let _guard = self.lifecycle.lock().await;
         self.seal_internal().await;
+        self.auto_unseal
+            .lock()
+            .expect("auto-unseal lock")
+            .operator_sealed = true;
         tracing::info!("vault is sealed");
         Ok(())
     }

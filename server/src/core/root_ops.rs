@@ -1,5 +1,10 @@
-//! Operations authorised by a quorum of unseal-key shares rather than a token:
-//! `sys/generate-root/*` (OTP flow) and `sys/rekey/*` (with verification).
+//! Operations authorised by a quorum of key shares rather than a token:
+//! `sys/generate-root/*` (OTP flow), `sys/rekey/*` and
+//! `sys/rekey-recovery-key/*` (with verification).
+//!
+//! The quorum is of unseal-key shares under Shamir, and of recovery-key
+//! shares under an auto-unseal seal (where the recovery key opens nothing: it
+//! only proves that a quorum of its holders agreed).
 
 use std::sync::Arc;
 
@@ -17,6 +22,24 @@ const OTP_LENGTH: usize = 28;
 pub(super) struct RootOps {
     generate_root: std::sync::Mutex<Option<GenerateRootAttempt>>,
     rekey: std::sync::Mutex<Option<RekeyAttempt>>,
+    rekey_recovery: std::sync::Mutex<Option<RekeyAttempt>>,
+}
+
+/// Which keys a rekey replaces: `sys/rekey` (the unseal keys) or
+/// `sys/rekey-recovery-key` (the recovery keys of an auto-unseal seal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RekeyTarget {
+    Barrier,
+    Recovery,
+}
+
+impl RekeyTarget {
+    fn path(self) -> &'static str {
+        match self {
+            RekeyTarget::Barrier => "sys/rekey",
+            RekeyTarget::Recovery => "sys/rekey-recovery-key",
+        }
+    }
 }
 
 struct GenerateRootAttempt {
@@ -36,8 +59,42 @@ struct RekeyAttempt {
 
 struct PendingRekey {
     current_key: Zeroizing<Vec<u8>>,
-    prepared: Arc<crate::seal::PreparedRekey>,
+    prepared: Prepared,
     verification: KeyCollector,
+}
+
+/// New shares handed out and waiting for verification.
+#[derive(Clone)]
+enum Prepared {
+    Barrier(Arc<crate::seal::PreparedRekey>),
+    Recovery(Arc<crate::seal::PreparedRecoveryRekey>),
+}
+
+impl Prepared {
+    fn new(target: RekeyTarget, shares: u8, threshold: u8) -> Result<Self> {
+        Ok(match target {
+            RekeyTarget::Barrier => Prepared::Barrier(Arc::new(crate::seal::PreparedRekey::new(
+                shares, threshold,
+            )?)),
+            RekeyTarget::Recovery => Prepared::Recovery(Arc::new(
+                crate::seal::PreparedRecoveryRekey::new(shares, threshold)?,
+            )),
+        })
+    }
+
+    fn shares(&self) -> &crate::seal::Shares {
+        match self {
+            Prepared::Barrier(p) => &p.shares,
+            Prepared::Recovery(p) => &p.shares,
+        }
+    }
+
+    fn verifies(&self, shares: &[&[u8]]) -> bool {
+        match self {
+            Prepared::Barrier(p) => p.verifies(shares),
+            Prepared::Recovery(p) => p.verifies(shares),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -116,9 +173,51 @@ fn check_nonce(given: Option<&str>, expected: &str) -> Result<()> {
 }
 
 impl Core {
+    /// The threshold and share count of the keys that authorise root
+    /// operations: the recovery keys under an auto-unseal seal, else the
+    /// unseal keys.
     async fn threshold(&self) -> Result<(u8, u8)> {
-        let config = self.seal.config().await?.ok_or(Error::NotInitialized)?;
+        let config = match self.seal.auto() {
+            Some(_) => self.seal.recovery_config().await?,
+            None => self.seal.config().await?,
+        }
+        .ok_or(Error::NotInitialized)?;
         Ok((config.secret_threshold.max(1), config.secret_shares))
+    }
+
+    /// Whether `key` (combined from shares) is the current quorum key.
+    async fn quorum_key_valid(&self, key: &[u8]) -> Result<bool> {
+        match self.seal.auto() {
+            Some(auto) => match self.seal.verify_recovery_key(auto.as_ref(), key).await {
+                Ok(()) => Ok(true),
+                Err(crate::seal::SealError::InvalidKey) => Ok(false),
+                Err(e) => Err(e.into()),
+            },
+            None => Ok(self.seal.recover_root_key(key).await.is_ok()),
+        }
+    }
+
+    fn rekey_slot(&self, target: RekeyTarget) -> &std::sync::Mutex<Option<RekeyAttempt>> {
+        match target {
+            RekeyTarget::Barrier => &self.root_ops.rekey,
+            RekeyTarget::Recovery => &self.root_ops.rekey_recovery,
+        }
+    }
+
+    /// Refuses a rekey that does not fit the seal: recovery keys exist only
+    /// with an auto-unseal seal, and under one the unseal keys are the key
+    /// service's.
+    fn check_rekey_target(&self, target: RekeyTarget) -> Result<()> {
+        match (target, self.seal.auto()) {
+            (RekeyTarget::Barrier, Some(auto)) => Err(Error::invalid(format!(
+                "this server auto-unseals with {}: it has no unseal keys to rekey; rekey the recovery keys instead (sys/rekey-recovery-key, `operator rekey -target=recovery`)",
+                auto.kind()
+            ))),
+            (RekeyTarget::Recovery, None) => Err(Error::invalid(
+                "this server uses the Shamir seal and has no recovery keys; rekey the unseal keys (sys/rekey)",
+            )),
+            _ => Ok(()),
+        }
     }
 
     // ------------------------------------------------------ generate-root
@@ -240,11 +339,10 @@ impl Core {
         let Some((nonce, collected, otp)) = ready else {
             return self.generate_root_status().await;
         };
-        let unseal_key = keys::reconstruct(&collected, required as usize)?;
-        self.seal
-            .recover_root_key(&unseal_key)
-            .await
-            .map_err(|_| Error::invalid("the key shares did not reconstruct the unseal key; root generation was cancelled, start again"))?;
+        let quorum_key = keys::reconstruct(&collected, required as usize)?;
+        if !self.quorum_key_valid(&quorum_key).await? {
+            return Err(Error::invalid("the key shares did not reconstruct the unseal (or recovery) key; root generation was cancelled, start again"));
+        }
         let root = u.tokens.create_root(None).await?;
         let token = Zeroizing::new(root.id.clone());
         if token.len() != otp.len() {
@@ -254,7 +352,7 @@ impl Core {
             Zeroizing::new(token.bytes().zip(otp.bytes()).map(|(a, b)| a ^ b).collect());
         use base64::Engine;
         let encoded = base64::engine::general_purpose::STANDARD_NO_PAD.encode(xored.as_slice());
-        tracing::info!("root token generated by a quorum of unseal key holders");
+        tracing::info!("root token generated by a quorum of key holders");
         Ok(GenerateRootStatus {
             started: true,
             nonce,
@@ -271,9 +369,9 @@ impl Core {
 
     // --------------------------------------------------------------- rekey
 
-    pub async fn rekey_status(&self) -> Result<RekeyStatus> {
+    pub async fn rekey_status(&self, target: RekeyTarget) -> Result<RekeyStatus> {
         let (required, _) = self.threshold().await?;
-        let attempt = self.root_ops.rekey.lock().expect("rekey lock");
+        let attempt = self.rekey_slot(target).lock().expect("rekey lock");
         Ok(match attempt.as_ref() {
             None => RekeyStatus {
                 started: false,
@@ -302,6 +400,7 @@ impl Core {
 
     pub async fn rekey_start(
         &self,
+        target: RekeyTarget,
         shares: u8,
         threshold: u8,
         require_verification: bool,
@@ -309,6 +408,7 @@ impl Core {
         backup: bool,
     ) -> Result<RekeyStatus> {
         self.unsealed()?;
+        self.check_rekey_target(target)?;
         if pgp || backup {
             return Err(Error::invalid(
                 "PGP-encrypted rekey shares and backups are not supported by this build",
@@ -316,11 +416,12 @@ impl Core {
         }
         crate::seal::SealConfig::shamir(shares, threshold)?;
         {
-            let mut attempt = self.root_ops.rekey.lock().expect("rekey lock");
+            let mut attempt = self.rekey_slot(target).lock().expect("rekey lock");
             if attempt.is_some() {
-                return Err(Error::invalid(
-                    "rekey already in progress; cancel it first (DELETE sys/rekey/init)",
-                ));
+                return Err(Error::invalid(format!(
+                    "rekey already in progress; cancel it first (DELETE {}/init)",
+                    target.path()
+                )));
             }
             *attempt = Some(RekeyAttempt {
                 keys: KeyCollector::new(),
@@ -330,30 +431,33 @@ impl Core {
                 pending: None,
             });
         }
-        self.rekey_status().await
+        self.rekey_status(target).await
     }
 
-    pub fn rekey_cancel(&self) {
-        *self.root_ops.rekey.lock().expect("rekey lock") = None;
+    pub fn rekey_cancel(&self, target: RekeyTarget) {
+        *self.rekey_slot(target).lock().expect("rekey lock") = None;
     }
 
     pub async fn rekey_update(
         self: &Arc<Self>,
+        target: RekeyTarget,
         key: &str,
         nonce: Option<&str>,
     ) -> Result<RekeyUpdate> {
         self.unsealed()?;
+        self.check_rekey_target(target)?;
         let (required, _) = self.threshold().await?;
         let share = keys::decode_share(key)?;
         let ready = {
-            let mut guard = self.root_ops.rekey.lock().expect("rekey lock");
+            let mut guard = self.rekey_slot(target).lock().expect("rekey lock");
             let attempt = guard
                 .as_mut()
                 .ok_or_else(|| Error::invalid("no rekey in progress"))?;
             if attempt.pending.is_some() {
-                return Err(Error::invalid(
-                    "rekey is waiting for verification of the new keys (sys/rekey/verify)",
-                ));
+                return Err(Error::invalid(format!(
+                    "rekey is waiting for verification of the new keys ({}/verify)",
+                    target.path()
+                )));
             }
             check_nonce(nonce, &attempt.keys.nonce)?;
             attempt.keys.add(share);
@@ -382,21 +486,21 @@ impl Core {
         };
         let (nonce, collected, shares, threshold, require_verification) = ready;
         let current_key = keys::reconstruct(&collected, required as usize)?;
-        if self.seal.recover_root_key(&current_key).await.is_err() {
-            self.rekey_cancel();
-            return Err(Error::invalid("the key shares did not reconstruct the unseal key; rekey was cancelled, start again"));
+        if !self.quorum_key_valid(&current_key).await? {
+            self.rekey_cancel(target);
+            return Err(Error::invalid("the key shares did not reconstruct the current key; rekey was cancelled, start again"));
         }
+        let prepared = Prepared::new(target, shares, threshold)?;
         if require_verification {
-            let prepared = Arc::new(crate::seal::PreparedRekey::new(shares, threshold)?);
             let encoded_hex = prepared
-                .shares
+                .shares()
                 .iter()
                 .map(|s| hex::encode(s.as_slice()))
                 .collect();
-            let encoded_b64 = prepared.shares.iter().map(|s| base64_std(s)).collect();
+            let encoded_b64 = prepared.shares().iter().map(|s| base64_std(s)).collect();
             let verification = KeyCollector::new();
             let verification_nonce = verification.nonce.clone();
-            let mut guard = self.root_ops.rekey.lock().expect("rekey lock");
+            let mut guard = self.rekey_slot(target).lock().expect("rekey lock");
             if let Some(attempt) = guard.as_mut() {
                 attempt.pending = Some(PendingRekey {
                     current_key,
@@ -417,14 +521,10 @@ impl Core {
                 verification_nonce,
             });
         }
-        let new_shares = {
-            let _guard = self.lifecycle.lock().await;
-            self.seal
-                .rekey(&self.barrier, &current_key, shares, threshold)
-                .await?
-        };
-        self.rekey_cancel();
-        tracing::info!(shares, threshold, "unseal keys rekeyed");
+        self.apply_prepared(&current_key, &prepared).await?;
+        self.rekey_cancel(target);
+        tracing::info!(shares, threshold, target = target.path(), "keys rekeyed");
+        let new_shares = prepared.shares();
         Ok(RekeyUpdate {
             nonce,
             complete: true,
@@ -442,8 +542,22 @@ impl Core {
         })
     }
 
-    pub async fn rekey_verify_status(&self) -> Result<RekeyVerifyStatus> {
-        let guard = self.root_ops.rekey.lock().expect("rekey lock");
+    /// Puts prepared shares in force, under the lifecycle lock.
+    async fn apply_prepared(&self, current_key: &[u8], prepared: &Prepared) -> Result<()> {
+        let _guard = self.lifecycle.lock().await;
+        match prepared {
+            Prepared::Barrier(p) => {
+                self.seal
+                    .apply_rekey(&self.barrier, current_key, p)
+                    .await?
+            }
+            Prepared::Recovery(p) => self.seal.apply_recovery_rekey(p).await?,
+        }
+        Ok(())
+    }
+
+    pub async fn rekey_verify_status(&self, target: RekeyTarget) -> Result<RekeyVerifyStatus> {
+        let guard = self.rekey_slot(target).lock().expect("rekey lock");
         let attempt = guard
             .as_ref()
             .ok_or_else(|| Error::invalid("no rekey in progress"))?;
@@ -462,8 +576,8 @@ impl Core {
     }
 
     /// Restarts verification (the new shares stay the same).
-    pub fn rekey_verify_cancel(&self) -> Result<()> {
-        let mut guard = self.root_ops.rekey.lock().expect("rekey lock");
+    pub fn rekey_verify_cancel(&self, target: RekeyTarget) -> Result<()> {
+        let mut guard = self.rekey_slot(target).lock().expect("rekey lock");
         let pending = guard
             .as_mut()
             .and_then(|a| a.pending.as_mut())
@@ -474,12 +588,13 @@ impl Core {
 
     pub async fn rekey_verify_update(
         &self,
+        target: RekeyTarget,
         key: &str,
         nonce: Option<&str>,
     ) -> Result<RekeyVerifyStatus> {
         let share = keys::decode_share(key)?;
         let ready = {
-            let mut guard = self.root_ops.rekey.lock().expect("rekey lock");
+            let mut guard = self.rekey_slot(target).lock().expect("rekey lock");
             let attempt = guard
                 .as_mut()
                 .ok_or_else(|| Error::invalid("no rekey in progress"))?;
@@ -508,7 +623,7 @@ impl Core {
         let (nonce, submitted, threshold, t, n) = ready;
         let _ = threshold;
         let (current_key, prepared) = {
-            let guard = self.root_ops.rekey.lock().expect("rekey lock");
+            let guard = self.rekey_slot(target).lock().expect("rekey lock");
             let pending = guard
                 .as_ref()
                 .and_then(|a| a.pending.as_ref())
@@ -519,14 +634,9 @@ impl Core {
         if !prepared.verifies(&refs) {
             return Err(Error::invalid("the submitted keys are not the new keys; verification progress was reset, submit the new keys again"));
         }
-        {
-            let _guard = self.lifecycle.lock().await;
-            self.seal
-                .apply_rekey(&self.barrier, &current_key, &prepared)
-                .await?;
-        }
-        self.rekey_cancel();
-        tracing::info!("unseal keys rekeyed after verification");
+        self.apply_prepared(&current_key, &prepared).await?;
+        self.rekey_cancel(target);
+        tracing::info!(target = target.path(), "keys rekeyed after verification");
         Ok(RekeyVerifyStatus {
             started: false,
             nonce,

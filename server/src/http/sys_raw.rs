@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response as HttpResponse};
 use serde_json::{json, Map, Value};
 
 use super::{error_response, raw_json, AppState};
+use crate::core::RekeyTarget;
 use crate::error::Error;
 
 /// `Some(response)` when `path` is a raw handler.
@@ -38,10 +39,8 @@ pub(super) async fn handle(
         },
         "sys/unseal" if write => {
             let reset = body.get("reset").and_then(Value::as_bool).unwrap_or(false);
-            if body.get("migrate").and_then(Value::as_bool).unwrap_or(false) {
-                return Some(error_response(&Error::invalid("seal migration is not supported by this build: no migration seal is configured")));
-            }
-            result(core.unseal(str_field("key").as_deref(), reset).await)
+            let migrate = body.get("migrate").and_then(Value::as_bool).unwrap_or(false);
+            result(core.unseal(str_field("key").as_deref(), reset, migrate).await)
         }
         "sys/seal" if write => match core.seal(token).await {
             Ok(()) => StatusCode::NO_CONTENT.into_response(),
@@ -76,36 +75,12 @@ pub(super) async fn handle(
             Some(key) => result(core.generate_root_update(&key, str_field("nonce").as_deref()).await),
             None => error_response(&Error::invalid("'key' must be specified in request body as JSON")),
         },
-        "sys/rekey/init" => match method.as_str() {
-            "GET" => result(core.rekey_status().await),
-            "PUT" | "POST" => {
-                let num = |k: &str| body.get(k).and_then(Value::as_u64).unwrap_or(0).min(255) as u8;
-                let flag = |k: &str| body.get(k).and_then(Value::as_bool).unwrap_or(false);
-                let pgp = body.get("pgp_keys").and_then(Value::as_array).is_some_and(|a| !a.is_empty());
-                result(core.rekey_start(num("secret_shares"), num("secret_threshold"), flag("require_verification"), pgp, flag("backup")).await)
-            }
-            "DELETE" => {
-                core.rekey_cancel();
-                StatusCode::NO_CONTENT.into_response()
-            }
-            _ => error_response(&Error::UnsupportedOperation),
-        },
-        "sys/rekey/update" if write => match str_field("key") {
-            Some(key) => result(core.rekey_update(&key, str_field("nonce").as_deref()).await),
-            None => error_response(&Error::invalid("'key' must be specified in request body as JSON")),
-        },
-        "sys/rekey/verify" => match method.as_str() {
-            "GET" => result(core.rekey_verify_status().await),
-            "PUT" | "POST" => match str_field("key") {
-                Some(key) => result(core.rekey_verify_update(&key, str_field("nonce").as_deref()).await),
-                None => error_response(&Error::invalid("'key' must be specified in request body as JSON")),
-            },
-            "DELETE" => match core.rekey_verify_cancel() {
-                Ok(()) => result(core.rekey_verify_status().await),
-                Err(e) => error_response(&e),
-            },
-            _ => error_response(&Error::UnsupportedOperation),
-        },
+        "sys/rekey/init" | "sys/rekey-recovery-key/init" | "sys/rekey/update" | "sys/rekey-recovery-key/update" | "sys/rekey/verify" | "sys/rekey-recovery-key/verify" => {
+            let trimmed = path.trim_end_matches('/');
+            let target = if trimmed.starts_with("sys/rekey-recovery-key/") { RekeyTarget::Recovery } else { RekeyTarget::Barrier };
+            let step = trimmed.rsplit('/').next().unwrap_or_default();
+            rekey(core, target, step, method, body).await
+        }
         "sys/storage/raft/bootstrap/challenge" if write => match str_field("server_id") {
             Some(id) => result(core.raft_challenge(&id).await),
             None => error_response(&Error::invalid("server_id is required")),
@@ -128,6 +103,46 @@ pub(super) async fn handle(
         _ => return None,
     };
     Some(resp)
+}
+
+/// `sys/rekey/*` and `sys/rekey-recovery-key/*`: `step` is `init`, `update` or `verify`.
+async fn rekey(
+    core: &std::sync::Arc<crate::core::Core>,
+    target: RekeyTarget,
+    step: &str,
+    method: &Method,
+    body: &Map<String, Value>,
+) -> HttpResponse {
+    let str_field = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
+    let write = matches!(method.as_str(), "PUT" | "POST");
+    let key_required = || error_response(&Error::invalid("'key' must be specified in request body as JSON"));
+    match (step, method.as_str()) {
+        ("init", "GET") => result(core.rekey_status(target).await),
+        ("init", "PUT" | "POST") => {
+            let num = |k: &str| body.get(k).and_then(Value::as_u64).unwrap_or(0).min(255) as u8;
+            let flag = |k: &str| body.get(k).and_then(Value::as_bool).unwrap_or(false);
+            let pgp = body.get("pgp_keys").and_then(Value::as_array).is_some_and(|a| !a.is_empty());
+            result(core.rekey_start(target, num("secret_shares"), num("secret_threshold"), flag("require_verification"), pgp, flag("backup")).await)
+        }
+        ("init", "DELETE") => {
+            core.rekey_cancel(target);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        ("update", _) if write => match str_field("key") {
+            Some(key) => result(core.rekey_update(target, &key, str_field("nonce").as_deref()).await),
+            None => key_required(),
+        },
+        ("verify", "GET") => result(core.rekey_verify_status(target).await),
+        ("verify", "PUT" | "POST") => match str_field("key") {
+            Some(key) => result(core.rekey_verify_update(target, &key, str_field("nonce").as_deref()).await),
+            None => key_required(),
+        },
+        ("verify", "DELETE") => match core.rekey_verify_cancel(target) {
+            Ok(()) => result(core.rekey_verify_status(target).await),
+            Err(e) => error_response(&e),
+        },
+        _ => error_response(&Error::UnsupportedOperation),
+    }
 }
 
 /// Paths a standby answers itself; everything else goes to the active node.

@@ -1,20 +1,31 @@
-//! Seals: what wraps the barrier's root key while the server is sealed. Here, Vault's Shamir seal.
+//! Seals: what wraps the barrier's root key while the server is sealed:
+//! Vault's Shamir seal, or an auto-unseal key service ([`auto`]: AWS KMS,
+//! transit) with recovery keys ([`recovery`]), and migration between them.
 //!
-//! Init generates a root key and a 32-byte unseal key (the key-encryption key),
+//! Shamir: init generates a root key and a 32-byte unseal key (the key-encryption key),
 //! wraps the root key under the unseal key with AES-256-GCM at
 //! `core/hsm/barrier-unseal-keys`, and Shamir-splits the unseal key into the
 //! shares handed to operators ([`shamir`], Vault's share encoding). Unseal
 //! combines a threshold of shares, unwraps the root key and opens the barrier.
 //!
-//! `core/seal-config` is stored in the clear so that `t` and `n` are known
-//! while sealed. Its JSON uses Vault's field names.
+//! Auto-unseal: the key service wraps the root key at the same path, and a
+//! separate 32-byte recovery key, split into recovery shares, authorises
+//! generate-root and recovery rekey. The recovery key is stored wrapped by the
+//! key service too (`core/recovery-key`); it opens nothing.
+//!
+//! `core/seal-config` and `core/recovery-config` are stored in the clear so
+//! that `t` and `n` are known while sealed. Their JSON uses Vault's field names.
 //!
 //! Crash safety: init and rekey commit every entry they touch (seal config,
 //! wrapped root key, keyring, `core/root-key`) in ONE physical transaction.
 //! Before it commits, the old shares open the store; after, the new ones do.
 //! Never a mix, whatever the order of writes inside it.
 
+pub mod auto;
+pub mod awskms;
+mod recovery;
 pub mod shamir;
+pub mod transit;
 
 use std::sync::Arc;
 
@@ -30,8 +41,13 @@ use crate::barrier::{layout, Barrier, BarrierError, RootKey};
 use crate::physical::{Backend, StorageError, TxnOp};
 use shamir::ShamirError;
 
+pub use auto::{AutoSeal, AutoSealError, WrappedKey};
+pub use recovery::{Migration, PreparedRecoveryRekey};
+
 pub const SEAL_CONFIG_PATH: &str = "core/seal-config";
 pub const UNSEAL_KEYS_PATH: &str = "core/hsm/barrier-unseal-keys";
+pub const RECOVERY_CONFIG_PATH: &str = "core/recovery-config";
+pub const RECOVERY_KEY_PATH: &str = "core/recovery-key";
 
 /// Length of the unseal key (the key-encryption key the shares rebuild).
 pub const UNSEAL_KEY_LEN: usize = 32;
@@ -60,6 +76,13 @@ pub enum SealError {
     Storage(#[from] StorageError),
     #[error("seal storage is corrupt: {0}")]
     Corrupt(String),
+    /// The auto-unseal key service failed or refused.
+    #[error("{0}")]
+    Auto(#[from] AutoSealError),
+    /// What was asked does not fit the seal in use (e.g. unseal keys given to
+    /// a node that unseals itself).
+    #[error("{0}")]
+    WrongSeal(String),
 }
 
 impl From<SealError> for crate::error::Error {
@@ -70,7 +93,9 @@ impl From<SealError> for crate::error::Error {
             SealError::Barrier(e) => e.into(),
             SealError::Storage(e) => Error::Storage(e),
             SealError::Corrupt(_) => Error::internal(e.to_string()),
-            SealError::InvalidConfig(_)
+            SealError::Auto(_) => Error::internal(e.to_string()),
+            SealError::WrongSeal(_)
+            | SealError::InvalidConfig(_)
             | SealError::AlreadyInitialized
             | SealError::InvalidKey
             | SealError::KeyEncoding
@@ -97,6 +122,20 @@ fn one() -> u8 {
 }
 
 impl SealConfig {
+    /// The barrier config of an auto-unseal seal: one stored key, as in Vault.
+    pub fn auto(kind: &str) -> Self {
+        SealConfig {
+            r#type: kind.to_string(),
+            secret_shares: 1,
+            secret_threshold: 1,
+            stored_shares: 1,
+        }
+    }
+
+    pub fn is_shamir(&self) -> bool {
+        self.r#type == "shamir"
+    }
+
     pub fn shamir(secret_shares: u8, secret_threshold: u8) -> Result<Self, SealError> {
         check_share_counts(secret_shares.into(), secret_threshold.into())?;
         Ok(SealConfig {
@@ -158,32 +197,155 @@ pub fn decode_key(s: &str) -> Result<Zeroizing<Vec<u8>>, SealError> {
     Ok(out)
 }
 
-/// Vault's Shamir seal over the physical store.
+/// The seals a server is configured with: the one in force (`None` is
+/// Shamir) and, during a migration, the one being left (`disabled = "true"`).
+#[derive(Clone, Default)]
+pub struct SealSetup {
+    pub auto: Option<Arc<dyn AutoSeal>>,
+    pub old: Option<Arc<dyn AutoSeal>>,
+}
+
+impl SealSetup {
+    /// Builds the key-service clients the config names. Nothing is sent yet:
+    /// an unreachable service shows up at the first unseal, which retries.
+    pub async fn from_config(
+        seal: &crate::config::SealConfig,
+        old: Option<&crate::config::SealConfig>,
+    ) -> Result<Self, AutoSealError> {
+        Ok(SealSetup {
+            auto: auto_seal(seal).await?,
+            old: match old {
+                Some(old) => auto_seal(old).await?,
+                None => None,
+            },
+        })
+    }
+}
+
+async fn auto_seal(
+    config: &crate::config::SealConfig,
+) -> Result<Option<Arc<dyn AutoSeal>>, AutoSealError> {
+    use crate::config::SealConfig as Stanza;
+    Ok(match config {
+        Stanza::Shamir => None,
+        Stanza::AwsKms {
+            region,
+            kms_key_id,
+            endpoint,
+            access_key,
+            secret_key,
+            ..
+        } => Some(Arc::new(
+            awskms::AwsKmsSeal::new(awskms::AwsKmsSettings {
+                region: region.clone(),
+                kms_key_id: kms_key_id.clone(),
+                endpoint: endpoint.clone(),
+                access_key: access_key.clone(),
+                secret_key: secret_key.clone().map(Zeroizing::new),
+            })
+            .await,
+        )),
+        Stanza::Transit {
+            address,
+            token,
+            key_name,
+            mount_path,
+            namespace,
+            tls_ca_cert,
+            tls_client_cert,
+            tls_client_key,
+            tls_server_name,
+            tls_skip_verify,
+            disable_renewal,
+            ..
+        } => Some(Arc::new(transit::TransitSeal::new(
+            transit::TransitSettings {
+                address: address.clone(),
+                token: token.clone().map(Zeroizing::new),
+                key_name: key_name.clone(),
+                mount_path: mount_path.clone(),
+                namespace: namespace.clone(),
+                tls_ca_cert: tls_ca_cert.clone(),
+                tls_client_cert: tls_client_cert.clone(),
+                tls_client_key: tls_client_key.clone(),
+                tls_server_name: tls_server_name.clone(),
+                tls_skip_verify: *tls_skip_verify,
+                disable_renewal: *disable_renewal,
+            },
+        )?)),
+    })
+}
+
+impl std::fmt::Debug for SealSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealSetup")
+            .field("auto", &self.auto.as_ref().map(|a| a.describe()))
+            .field("old", &self.old.as_ref().map(|a| a.describe()))
+            .finish()
+    }
+}
+
+/// The seal over the physical store.
 ///
 /// `physical` must be the same store the [`Barrier`] sits on: init and rekey
 /// commit the seal's entries in the barrier's transaction.
-pub struct ShamirSeal {
+pub struct Seal {
     physical: Arc<dyn Backend>,
+    setup: SealSetup,
 }
 
-impl std::fmt::Debug for ShamirSeal {
+impl std::fmt::Debug for Seal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ShamirSeal").finish_non_exhaustive()
+        f.debug_struct("Seal")
+            .field("kind", &self.kind())
+            .field("auto", &self.setup.auto)
+            .field("old", &self.setup.old)
+            .finish_non_exhaustive()
     }
 }
 
-impl ShamirSeal {
+impl Seal {
+    /// A Shamir seal.
     pub fn new(physical: Arc<dyn Backend>) -> Self {
-        ShamirSeal { physical }
+        Self::with_setup(physical, SealSetup::default())
+    }
+
+    pub fn with_setup(physical: Arc<dyn Backend>, setup: SealSetup) -> Self {
+        Seal { physical, setup }
+    }
+
+    /// The same seals over another store (a joiner's copy of the cluster's
+    /// key material).
+    pub fn over(&self, physical: Arc<dyn Backend>) -> Self {
+        Self::with_setup(physical, self.setup.clone())
+    }
+
+    /// The configured seal's type: `shamir`, `awskms` or `transit`.
+    pub fn kind(&self) -> &'static str {
+        self.setup.auto.as_ref().map_or("shamir", |a| a.kind())
+    }
+
+    /// The auto-unseal seal in force, if any.
+    pub fn auto(&self) -> Option<&Arc<dyn AutoSeal>> {
+        self.setup.auto.as_ref()
     }
 
     pub async fn config(&self) -> Result<Option<SealConfig>, SealError> {
-        let Some(raw) = self.physical.get(SEAL_CONFIG_PATH).await? else {
+        self.read_config(SEAL_CONFIG_PATH).await
+    }
+
+    /// The recovery key's share config (auto-unseal seals only).
+    pub async fn recovery_config(&self) -> Result<Option<SealConfig>, SealError> {
+        self.read_config(RECOVERY_CONFIG_PATH).await
+    }
+
+    async fn read_config(&self, path: &str) -> Result<Option<SealConfig>, SealError> {
+        let Some(raw) = self.physical.get(path).await? else {
             return Ok(None);
         };
         serde_json::from_slice(&raw)
             .map(Some)
-            .map_err(|e| SealError::Corrupt(format!("{SEAL_CONFIG_PATH} is not valid JSON: {e}")))
+            .map_err(|e| SealError::Corrupt(format!("{path} is not valid JSON: {e}")))
     }
 
     /// Initialises the seal and the barrier (left sealed) and returns the
@@ -196,6 +358,12 @@ impl ShamirSeal {
         secret_threshold: u8,
     ) -> Result<Shares, SealError> {
         self.check_same_store(barrier);
+        if let Some(auto) = self.auto() {
+            return Err(SealError::WrongSeal(format!(
+                "this server auto-unseals with {}: initialise it with recovery_shares and recovery_threshold",
+                auto.kind()
+            )));
+        }
         let config = SealConfig::shamir(secret_shares, secret_threshold)?;
         if barrier.initialized().await? {
             return Err(SealError::AlreadyInitialized);
@@ -212,6 +380,14 @@ impl ShamirSeal {
 
     /// Unwraps the root key with a (combined) unseal key.
     pub async fn recover_root_key(&self, unseal_key: &[u8]) -> Result<RootKey, SealError> {
+        if let Some(config) = self.config().await? {
+            if !config.is_shamir() {
+                return Err(SealError::WrongSeal(format!(
+                    "the root key is wrapped by the {} seal, not by unseal keys",
+                    config.r#type
+                )));
+            }
+        }
         let wrapped = self
             .physical
             .get(UNSEAL_KEYS_PATH)
@@ -262,6 +438,11 @@ impl ShamirSeal {
         self.check_same_store(barrier);
         if barrier.is_sealed() {
             return Err(BarrierError::Sealed.into());
+        }
+        if self.auto().is_some() {
+            return Err(SealError::WrongSeal(
+                "with an auto-unseal seal the unseal keys are the key service's; rekey the recovery keys instead (sys/rekey-recovery-key, -target=recovery)".into(),
+            ));
         }
         let current_root = self.recover_root_key(current_unseal_key).await?;
         if !barrier.root_key_matches(&current_root)? {
@@ -351,7 +532,7 @@ fn new_unseal_key(
 }
 
 /// The seal's physical entries: its config (clear) and the wrapped root key.
-fn seal_ops(
+pub(crate) fn seal_ops(
     config: &SealConfig,
     unseal_key: &[u8; UNSEAL_KEY_LEN],
     root: &RootKey,

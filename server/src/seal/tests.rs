@@ -7,17 +7,17 @@ use async_trait::async_trait;
 use super::*;
 use crate::physical::inmem::InmemBackend;
 
-fn setup() -> (Arc<dyn Backend>, Barrier, ShamirSeal) {
+fn setup() -> (Arc<dyn Backend>, Barrier, Seal) {
     let physical: Arc<dyn Backend> = Arc::new(InmemBackend::new());
     (
         physical.clone(),
         Barrier::new(physical.clone()),
-        ShamirSeal::new(physical),
+        Seal::new(physical),
     )
 }
 
 async fn unseal_with(
-    seal: &ShamirSeal,
+    seal: &Seal,
     barrier: &Barrier,
     shares: &[&[u8]],
 ) -> Result<(), SealError> {
@@ -206,7 +206,7 @@ async fn failed_rekey_leaves_old_shares_working() {
     });
     let physical: Arc<dyn Backend> = store.clone();
     let barrier = Barrier::new(physical.clone());
-    let seal = ShamirSeal::new(physical.clone());
+    let seal = Seal::new(physical.clone());
     let old = seal.initialize(&barrier, 1, 1).await.unwrap();
     unseal_with(&seal, &barrier, &[&old[0]]).await.unwrap();
 
