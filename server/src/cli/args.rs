@@ -348,6 +348,9 @@ pub struct RekeyCmd {
     /// Require the new shares to be proven before they replace the old ones.
     #[arg(long)]
     pub verify: bool,
+    /// `barrier` (the unseal keys) or `recovery` (the recovery keys of an auto-unseal seal).
+    #[arg(long, default_value = "barrier")]
+    pub target: String,
 }
 
 #[derive(Debug, Args)]

@@ -28,7 +28,7 @@ pub use raft::{
 };
 pub use sys::{
     decode_root_token, GenerateRootStatus, HealthQuery, HealthResponse, InitRequest, InitResponse,
-    KeyStatus, LeaderResponse, RekeyInitRequest, RekeyStatus, RekeyUpdateResponse,
+    KeyStatus, LeaderResponse, RekeyInitRequest, RekeyKeys, RekeyStatus, RekeyUpdateResponse,
     RekeyVerificationStatus, SealStatus,
 };
 

@@ -28,6 +28,8 @@ pub struct SealStatus {
     #[serde(skip_serializing_if = "String::is_empty")]
     pub cluster_id: String,
     pub recovery_seal: bool,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub recovery_seal_type: String,
     pub storage_type: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
@@ -168,6 +170,25 @@ pub struct GenerateRootStatus {
     /// Set when the server generated the OTP at `-init`; the caller needs it to decode.
     pub otp: String,
     pub otp_length: u32,
+}
+
+/// Which keys a rekey replaces: `sys/rekey/*` (unseal keys) or
+/// `sys/rekey-recovery-key/*` (the recovery keys of an auto-unseal seal), as
+/// `vault operator rekey -target=barrier|recovery` chooses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RekeyKeys {
+    #[default]
+    Barrier,
+    Recovery,
+}
+
+impl RekeyKeys {
+    fn path(self, step: &str) -> String {
+        match self {
+            RekeyKeys::Barrier => format!("sys/rekey/{step}"),
+            RekeyKeys::Recovery => format!("sys/rekey-recovery-key/{step}"),
+        }
+    }
 }
 
 /// `PUT sys/rekey/init` request.
@@ -362,54 +383,64 @@ impl Client {
     }
 
     /// `GET sys/rekey/init`.
-    pub async fn rekey_status(&self) -> Result<RekeyStatus, ClientError> {
-        self.sys_json(Method::Get, "sys/rekey/init", None).await
+    pub async fn rekey_status(&self, target: RekeyKeys) -> Result<RekeyStatus, ClientError> {
+        self.sys_json(Method::Get, &target.path("init"), None).await
     }
 
     /// `PUT sys/rekey/init`.
-    pub async fn rekey_init(&self, req: &RekeyInitRequest) -> Result<RekeyStatus, ClientError> {
+    pub async fn rekey_init(
+        &self,
+        target: RekeyKeys,
+        req: &RekeyInitRequest,
+    ) -> Result<RekeyStatus, ClientError> {
         let body = serde_json::to_value(req).expect("RekeyInitRequest serialises");
-        self.sys_json(Method::Put, "sys/rekey/init", Some(&body))
+        self.sys_json(Method::Put, &target.path("init"), Some(&body))
             .await
     }
 
     /// `PUT sys/rekey/update` with one key share.
     pub async fn rekey_update(
         &self,
+        target: RekeyKeys,
         key: &str,
         nonce: &str,
     ) -> Result<RekeyUpdateResponse, ClientError> {
         let body = json!({ "key": key, "nonce": nonce });
-        self.sys_json(Method::Put, "sys/rekey/update", Some(&body))
+        self.sys_json(Method::Put, &target.path("update"), Some(&body))
             .await
     }
 
     /// `DELETE sys/rekey/init`.
-    pub async fn rekey_cancel(&self) -> Result<(), ClientError> {
-        self.request(Method::Delete, "sys/rekey/init", None)
+    pub async fn rekey_cancel(&self, target: RekeyKeys) -> Result<(), ClientError> {
+        self.request(Method::Delete, &target.path("init"), None)
             .await
             .map(drop)
     }
 
     /// `GET sys/rekey/verify`.
-    pub async fn rekey_verification_status(&self) -> Result<RekeyVerificationStatus, ClientError> {
-        self.sys_json(Method::Get, "sys/rekey/verify", None).await
+    pub async fn rekey_verification_status(
+        &self,
+        target: RekeyKeys,
+    ) -> Result<RekeyVerificationStatus, ClientError> {
+        self.sys_json(Method::Get, &target.path("verify"), None)
+            .await
     }
 
     /// `PUT sys/rekey/verify` with one of the new key shares.
     pub async fn rekey_verification_update(
         &self,
+        target: RekeyKeys,
         key: &str,
         nonce: &str,
     ) -> Result<RekeyVerificationStatus, ClientError> {
         let body = json!({ "key": key, "nonce": nonce });
-        self.sys_json(Method::Put, "sys/rekey/verify", Some(&body))
+        self.sys_json(Method::Put, &target.path("verify"), Some(&body))
             .await
     }
 
     /// `DELETE sys/rekey/verify`.
-    pub async fn rekey_verification_cancel(&self) -> Result<(), ClientError> {
-        self.request(Method::Delete, "sys/rekey/verify", None)
+    pub async fn rekey_verification_cancel(&self, target: RekeyKeys) -> Result<(), ClientError> {
+        self.request(Method::Delete, &target.path("verify"), None)
             .await
             .map(drop)
     }

@@ -291,9 +291,7 @@ impl SealConfig {
     pub fn is_disabled(&self) -> bool {
         match self {
             SealConfig::Shamir => false,
-            SealConfig::AwsKms { disabled, .. } | SealConfig::Transit { disabled, .. } => {
-                *disabled
-            }
+            SealConfig::AwsKms { disabled, .. } | SealConfig::Transit { disabled, .. } => *disabled,
         }
     }
 

@@ -546,11 +546,7 @@ impl Core {
     async fn apply_prepared(&self, current_key: &[u8], prepared: &Prepared) -> Result<()> {
         let _guard = self.lifecycle.lock().await;
         match prepared {
-            Prepared::Barrier(p) => {
-                self.seal
-                    .apply_rekey(&self.barrier, current_key, p)
-                    .await?
-            }
+            Prepared::Barrier(p) => self.seal.apply_rekey(&self.barrier, current_key, p).await?,
             Prepared::Recovery(p) => self.seal.apply_recovery_rekey(p).await?,
         }
         Ok(())

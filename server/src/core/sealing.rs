@@ -196,7 +196,11 @@ impl Core {
             Ok(None) => {
                 tracing::info!("seal migration already done by another node");
             }
-            Ok(Some(_)) => match self.seal.migrate(&self.barrier, &keys.root, &keys.key).await {
+            Ok(Some(_)) => match self
+                .seal
+                .migrate(&self.barrier, &keys.root, &keys.key)
+                .await
+            {
                 Ok(m) => {
                     tracing::info!(from = %m.from, to = %m.to, "seal migration complete");
                 }
@@ -226,9 +230,13 @@ async fn auto_unseal_loop(core: Weak<Core>) {
         let Some(strong) = core.upgrade() else { return };
         let wait = match strong.auto_unseal_step().await {
             Step::Idle | Step::Unsealed => IDLE_POLL,
-            Step::Failed => {
-                backoff(strong.auto_unseal.lock().expect("auto-unseal lock").failures)
-            }
+            Step::Failed => backoff(
+                strong
+                    .auto_unseal
+                    .lock()
+                    .expect("auto-unseal lock")
+                    .failures,
+            ),
         };
         tokio::select! {
             _ = strong.auto_unseal_wake.notified() => {}

@@ -115,26 +115,49 @@ async fn rekey(
 ) -> HttpResponse {
     let str_field = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
     let write = matches!(method.as_str(), "PUT" | "POST");
-    let key_required = || error_response(&Error::invalid("'key' must be specified in request body as JSON"));
+    let key_required = || {
+        error_response(&Error::invalid(
+            "'key' must be specified in request body as JSON",
+        ))
+    };
     match (step, method.as_str()) {
         ("init", "GET") => result(core.rekey_status(target).await),
         ("init", "PUT" | "POST") => {
             let num = |k: &str| body.get(k).and_then(Value::as_u64).unwrap_or(0).min(255) as u8;
             let flag = |k: &str| body.get(k).and_then(Value::as_bool).unwrap_or(false);
-            let pgp = body.get("pgp_keys").and_then(Value::as_array).is_some_and(|a| !a.is_empty());
-            result(core.rekey_start(target, num("secret_shares"), num("secret_threshold"), flag("require_verification"), pgp, flag("backup")).await)
+            let pgp = body
+                .get("pgp_keys")
+                .and_then(Value::as_array)
+                .is_some_and(|a| !a.is_empty());
+            result(
+                core.rekey_start(
+                    target,
+                    num("secret_shares"),
+                    num("secret_threshold"),
+                    flag("require_verification"),
+                    pgp,
+                    flag("backup"),
+                )
+                .await,
+            )
         }
         ("init", "DELETE") => {
             core.rekey_cancel(target);
             StatusCode::NO_CONTENT.into_response()
         }
         ("update", _) if write => match str_field("key") {
-            Some(key) => result(core.rekey_update(target, &key, str_field("nonce").as_deref()).await),
+            Some(key) => result(
+                core.rekey_update(target, &key, str_field("nonce").as_deref())
+                    .await,
+            ),
             None => key_required(),
         },
         ("verify", "GET") => result(core.rekey_verify_status(target).await),
         ("verify", "PUT" | "POST") => match str_field("key") {
-            Some(key) => result(core.rekey_verify_update(target, &key, str_field("nonce").as_deref()).await),
+            Some(key) => result(
+                core.rekey_verify_update(target, &key, str_field("nonce").as_deref())
+                    .await,
+            ),
             None => key_required(),
         },
         ("verify", "DELETE") => match core.rekey_verify_cancel(target) {

@@ -119,10 +119,7 @@ impl AutoSeal for AwsKmsSeal {
 
     fn describe(&self) -> String {
         match &self.endpoint {
-            Some(endpoint) => format!(
-                "KMS key {} in {} at {endpoint}",
-                self.key_id, self.region
-            ),
+            Some(endpoint) => format!("KMS key {} in {} at {endpoint}", self.key_id, self.region),
             None => format!("KMS key {} in {}", self.key_id, self.region),
         }
     }

@@ -16,9 +16,8 @@ use zeroize::Zeroizing;
 
 use super::auto::{AutoSeal, WrappedKey};
 use super::{
-    seal_ops, shamir, Barrier, BarrierError, RootKey, Seal, SealConfig, SealError, Shares,
-    TxnOp, RECOVERY_CONFIG_PATH, RECOVERY_KEY_PATH, SEAL_CONFIG_PATH, UNSEAL_KEYS_PATH,
-    UNSEAL_KEY_LEN,
+    seal_ops, shamir, Barrier, BarrierError, RootKey, Seal, SealConfig, SealError, Shares, TxnOp,
+    RECOVERY_CONFIG_PATH, RECOVERY_KEY_PATH, SEAL_CONFIG_PATH, UNSEAL_KEYS_PATH, UNSEAL_KEY_LEN,
 };
 
 /// A seal migration this node's config asks for: the stored seal differs from

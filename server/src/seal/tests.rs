@@ -16,11 +16,7 @@ fn setup() -> (Arc<dyn Backend>, Barrier, Seal) {
     )
 }
 
-async fn unseal_with(
-    seal: &Seal,
-    barrier: &Barrier,
-    shares: &[&[u8]],
-) -> Result<(), SealError> {
+async fn unseal_with(seal: &Seal, barrier: &Barrier, shares: &[&[u8]]) -> Result<(), SealError> {
     let config = seal.config().await?.ok_or(SealError::NotInitialized)?;
     let key = config.combine(shares)?;
     let root = seal.recover_root_key(&key).await?;

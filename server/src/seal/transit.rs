@@ -78,7 +78,10 @@ impl TransitSeal {
             skip_verify: settings.tls_skip_verify,
             timeout: CALL_TIMEOUT,
             tls_server_name: settings.tls_server_name.clone(),
-            namespace: settings.namespace.clone().or_else(|| env("VAULT_NAMESPACE")),
+            namespace: settings
+                .namespace
+                .clone()
+                .or_else(|| env("VAULT_NAMESPACE")),
         };
         if config.token.is_none() {
             return Err(AutoSealError::Refused(
@@ -115,11 +118,9 @@ impl TransitSeal {
             ClientError::Api(api) if matches!(api.status, 429 | 500..=599) => {
                 AutoSealError::Unreachable(format!("{at}: {}", api.errors.join("; ")))
             }
-            ClientError::Api(api) => AutoSealError::Refused(format!(
-                "{at}: {} ({})",
-                api.errors.join("; "),
-                api.status
-            )),
+            ClientError::Api(api) => {
+                AutoSealError::Refused(format!("{at}: {} ({})", api.errors.join("; "), api.status))
+            }
             other => AutoSealError::Unreachable(format!("{at}: {other}")),
         }
     }

@@ -5,7 +5,8 @@ use rand::Rng;
 use serde_json::{json, Value};
 
 use crate::client::{
-    GenerateRootStatus, InitRequest, InitResponse, KeyStatus, RekeyInitRequest, RekeyStatus,
+    GenerateRootStatus, InitRequest, InitResponse, KeyStatus, RekeyInitRequest, RekeyKeys,
+    RekeyStatus,
 };
 
 use super::super::args::{GenerateRootCmd, InitCmd, OperatorCmd, RekeyCmd, UnsealCmd};
@@ -235,11 +236,20 @@ async fn unseal(ctx: &Context, ui: &mut Ui, cmd: UnsealCmd) -> Result<u8, CliErr
 
 async fn rekey(ctx: &Context, ui: &mut Ui, cmd: RekeyCmd) -> Result<u8, CliError> {
     let client = ctx.client()?;
+    let target = match cmd.target.as_str() {
+        "barrier" => RekeyKeys::Barrier,
+        "recovery" => RekeyKeys::Recovery,
+        other => {
+            return Err(CliError::Usage(format!(
+                "unknown -target {other:?}: use \"barrier\" (unseal keys) or \"recovery\" (recovery keys of an auto-unseal seal)"
+            )))
+        }
+    };
     if cmd.cancel {
         let result = if cmd.verify {
-            client.rekey_verification_cancel().await
+            client.rekey_verification_cancel(target).await
         } else {
-            client.rekey_cancel().await
+            client.rekey_cancel(target).await
         };
         result.map_err(|e| CliError::api("Error canceling rekey", e))?;
         ui.output("Success! Canceled rekeying (if it was started)");
@@ -247,7 +257,7 @@ async fn rekey(ctx: &Context, ui: &mut Ui, cmd: RekeyCmd) -> Result<u8, CliError
     }
     if cmd.status {
         let status = client
-            .rekey_status()
+            .rekey_status(target)
             .await
             .map_err(|e| CliError::api("Error reading rekey status", e))?;
         return print_rekey_status(ui, &status).map(|_| 0);
@@ -260,7 +270,7 @@ async fn rekey(ctx: &Context, ui: &mut Ui, cmd: RekeyCmd) -> Result<u8, CliError
             ..Default::default()
         };
         let status = client
-            .rekey_init(&req)
+            .rekey_init(target, &req)
             .await
             .map_err(|e| CliError::api("Error initializing rekey", e))?;
         if ui.is_table() {
@@ -281,7 +291,7 @@ async fn rekey(ctx: &Context, ui: &mut Ui, cmd: RekeyCmd) -> Result<u8, CliError
             Some(n) => n,
             None => {
                 client
-                    .rekey_verification_status()
+                    .rekey_verification_status(target)
                     .await
                     .map_err(|e| CliError::api("Error reading rekey verification status", e))?
                     .nonce
@@ -289,7 +299,7 @@ async fn rekey(ctx: &Context, ui: &mut Ui, cmd: RekeyCmd) -> Result<u8, CliError
         };
         let key = read_secret(KEY_PROMPT, cmd.key.as_deref())?;
         let resp = client
-            .rekey_verification_update(&key, &nonce)
+            .rekey_verification_update(target, &key, &nonce)
             .await
             .map_err(|e| CliError::api("Error posting unseal key", e))?;
         if resp.complete {
@@ -316,7 +326,7 @@ async fn rekey(ctx: &Context, ui: &mut Ui, cmd: RekeyCmd) -> Result<u8, CliError
     }
 
     let status = client
-        .rekey_status()
+        .rekey_status(target)
         .await
         .map_err(|e| CliError::api("Error reading rekey status", e))?;
     if !status.started {
@@ -329,12 +339,12 @@ async fn rekey(ctx: &Context, ui: &mut Ui, cmd: RekeyCmd) -> Result<u8, CliError
     let nonce = cmd.nonce.unwrap_or_else(|| status.nonce.clone());
     let key = read_secret(KEY_PROMPT, cmd.key.as_deref())?;
     let resp = client
-        .rekey_update(&key, &nonce)
+        .rekey_update(target, &key, &nonce)
         .await
         .map_err(|e| CliError::api("Error posting unseal key", e))?;
     if !resp.complete {
         let status = client
-            .rekey_status()
+            .rekey_status(target)
             .await
             .map_err(|e| CliError::api("Error reading rekey status", e))?;
         return print_rekey_status(ui, &status).map(|_| 0);

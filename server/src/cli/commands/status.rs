@@ -98,13 +98,21 @@ pub fn seal_status_table(status: &SealStatus, leader: &LeaderResponse) -> String
     } else {
         ""
     };
-    let mut rows: Vec<(String, String)> = vec![
-        (format!("{prefix}Seal Type"), status.seal_type.clone()),
+    let mut rows: Vec<(String, String)> = vec![("Seal Type".into(), status.seal_type.clone())];
+    if status.recovery_seal {
+        let kind = if status.recovery_seal_type.is_empty() {
+            "shamir"
+        } else {
+            &status.recovery_seal_type
+        };
+        rows.push(("Recovery Seal Type".into(), kind.to_string()));
+    }
+    rows.extend([
         ("Initialized".into(), status.initialized.to_string()),
         ("Sealed".into(), status.sealed.to_string()),
         (format!("Total {prefix}Shares"), status.n.to_string()),
         ("Threshold".into(), status.t.to_string()),
-    ];
+    ]);
     if status.sealed {
         rows.push((
             "Unseal Progress".into(),
@@ -114,6 +122,9 @@ pub fn seal_status_table(status: &SealStatus, leader: &LeaderResponse) -> String
     }
     if status.migration {
         rows.push(("Seal Migration in Progress".into(), "true".into()));
+    }
+    for warning in &status.warnings {
+        rows.push(("Warning".into(), warning.clone()));
     }
     rows.push(("Version".into(), status.version.clone()));
     rows.push(("Build Date".into(), status.build_date.clone()));
