@@ -217,6 +217,49 @@ impl Api {
         })
     }
 
+    /// `PUT /v1/sys/init` on a node with an auto-unseal seal: the answer's unseal `keys` must be
+    /// empty, and the returned [`InitKeys::keys`] are the recovery keys (hex).
+    pub async fn init_recovery(&self, shares: usize, threshold: usize) -> Result<InitKeys> {
+        let resp = self
+            .put(
+                "sys/init",
+                json!({"recovery_shares": shares, "recovery_threshold": threshold}),
+            )
+            .await?
+            .expect(200, "PUT sys/init with recovery shares")?;
+        ensure!(
+            resp.json["keys"] == json!([]),
+            "an auto-unseal init returned unseal keys: {}",
+            resp.text
+        );
+        let strings = |field: &str| -> Vec<String> {
+            resp.json[field]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|k| k.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let keys = strings("recovery_keys");
+        ensure!(
+            keys.len() == shares,
+            "sys/init returned {} recovery keys for {shares} shares: {}",
+            keys.len(),
+            resp.text
+        );
+        Ok(InitKeys {
+            keys,
+            keys_base64: strings("recovery_keys_base64"),
+            root_token: resp.json["root_token"]
+                .as_str()
+                .context("sys/init answer has no root_token")?
+                .to_string(),
+            threshold,
+        })
+    }
+
     /// Submits unseal keys one at a time until the node reports itself unsealed.
     pub async fn unseal_all(&self, keys: &[String]) -> Result<()> {
         for (i, key) in keys.iter().enumerate() {

@@ -46,6 +46,8 @@ pub struct NodeOptions {
     /// Lines added inside the `storage "raft"` block (`performance_multiplier = 1`, `retry_join`
     /// blocks); ignored for inmem storage.
     pub extra_raft: Vec<String>,
+    /// Environment variables for the server process (AWS credentials for a KMS seal).
+    pub env: Vec<(String, String)>,
     pub log_level: &'static str,
 }
 
@@ -58,6 +60,7 @@ impl Default for NodeOptions {
             extra_listener: Vec::new(),
             extra_top: Vec::new(),
             extra_raft: Vec::new(),
+            env: Vec::new(),
             log_level: "info",
         }
     }
@@ -427,6 +430,7 @@ impl Node {
             .args(&args)
             .env_remove("VAULT_ADDR")
             .env_remove("VAULT_TOKEN")
+            .envs(self.options.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

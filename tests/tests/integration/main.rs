@@ -12,6 +12,7 @@ mod kv;
 mod lifecycle;
 mod provision;
 mod provision_systemd;
+mod seal;
 mod smoke;
 mod snapshot;
 mod tls;
