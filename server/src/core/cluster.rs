@@ -98,10 +98,14 @@ impl Core {
         }
         ha.serve(&tls, self.cluster_routes()).await?;
         let core = Arc::downgrade(self);
+        let mut replacements = ha.data_replacements();
         let watcher = tokio::spawn(async move {
             loop {
                 let Some(core) = core.upgrade() else { return };
                 if core.is_sealed() {
+                    return;
+                }
+                if !core.keys_fit_replaced_data(&mut replacements).await {
                     return;
                 }
                 core.follow_leadership().await;
@@ -123,6 +127,37 @@ impl Core {
             old.abort();
         }
         Ok(())
+    }
+
+    /// After a snapshot replaced the data here (restored on the active node,
+    /// or applied on a standby), checks that this node's keys still open it.
+    /// A snapshot of another cluster does not: the node seals, as the active
+    /// node does, so every node comes back with the restored keys and cluster
+    /// TLS (an auto-unseal node unseals itself at once; a Shamir node needs
+    /// the other cluster's keys). Returns false when it sealed.
+    async fn keys_fit_replaced_data(self: &Arc<Self>, seen: &mut u64) -> bool {
+        let Some(ha) = &self.ha else { return true };
+        let now = ha.data_replacements();
+        if now == *seen {
+            return true;
+        }
+        *seen = now;
+        if let Err(e) = self.barrier.reload_keyring().await {
+            tracing::warn!(error = %e, "the data was replaced by a snapshot this node's keys do not open: sealing; it unseals with the keys of the cluster that took the snapshot");
+            self.seal_from_watcher();
+            return false;
+        }
+        true
+    }
+
+    /// Seals on a task of its own: sealing aborts the leadership watcher,
+    /// which must not be the task doing it (it would be cancelled midway).
+    fn seal_from_watcher(self: &Arc<Self>) {
+        let core = self.clone();
+        tokio::spawn(async move {
+            let _guard = core.lifecycle.lock().await;
+            core.seal_internal().await;
+        });
     }
 
     /// One step of the leadership watcher.
@@ -166,7 +201,8 @@ impl Core {
             // A snapshot from another cluster was restored: this node's keys
             // no longer open the stored keyring.
             tracing::warn!(error = %e, "the stored keyring does not open with this node's keys: sealing; unseal with the keys of the cluster whose snapshot was restored");
-            self.seal_internal().await;
+            drop(_guard);
+            self.seal_from_watcher();
             return Ok(());
         }
         let unsealed = self.post_unseal().await?;

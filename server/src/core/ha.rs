@@ -463,6 +463,12 @@ impl Ha {
 
     // ---------------------------------------------------------- join: joiner
 
+    /// How many times the local data set was replaced wholesale (a restored
+    /// or installed snapshot) since the process started.
+    pub fn data_replacements(&self) -> u64 {
+        self.store.replacements()
+    }
+
     pub fn pending_seal_config(&self) -> Option<crate::seal::SealConfig> {
         self.pending
             .lock()

@@ -27,6 +27,9 @@ pub struct SledStore {
     meta: sled::Tree,
     // Kept so the database outlives its trees' users and flushes on drop.
     db: sled::Db,
+    /// Bumped each time the whole data set is replaced (a restored or installed
+    /// snapshot), so the core can tell that its keys may no longer fit.
+    replacements: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for SledStore {
@@ -68,7 +71,13 @@ impl SledStore {
             data,
             meta,
             db,
+            replacements: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// How many times the data set was replaced wholesale since the store was opened.
+    pub fn replacements(&self) -> u64 {
+        self.replacements.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn path(&self) -> &Path {
@@ -179,7 +188,10 @@ impl SledStore {
         writes.extend(old_keys.into_iter().map(|k| (k.to_vec(), None)));
         // A later put of the same key overrides the removal above.
         writes.extend(entries.into_iter().map(|(k, v)| (k.into_bytes(), Some(v))));
-        self.write_with_meta(writes, meta).await
+        self.write_with_meta(writes, meta).await?;
+        self.replacements
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
     }
 
     /// Puts (`Some`) and removals (`None`) in the data tree plus `meta`

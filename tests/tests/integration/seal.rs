@@ -530,3 +530,103 @@ async fn seal_migration_round_trips_on_a_3_node_cluster() -> Result<()> {
     check_everywhere(&cluster, &data, "shamir after kill -9").await?;
     Ok(())
 }
+
+/// The archive of `GET sys/storage/raft/snapshot` through `api` (its token).
+async fn snapshot_of(api: &Api, token: &str) -> Result<Vec<u8>> {
+    let resp = api
+        .http()
+        .get(api.url("sys/storage/raft/snapshot"))
+        .header("X-Vault-Token", token)
+        .send()
+        .await?;
+    ensure!(resp.status() == 200, "snapshot save: {}", resp.status());
+    Ok(resp.bytes().await?.to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fresh_kms_cluster_restores_another_clusters_snapshot_and_unseals_itself() -> Result<()> {
+    let moto = Moto::start(moto_ip(23)).await?;
+    let key_id = moto.create_kms_key("alias/keyhold-dr-test").await?;
+    let stanza = awskms_stanza(&moto, &key_id, false);
+
+    // The cluster that is lost: a secret, a policy and a token of its own.
+    let options = NodeOptions {
+        extra_top: stanza.clone(),
+        env: aws_env(),
+        ..NodeOptions::default()
+    };
+    let mut old = Cluster::single(options).await?;
+    let old_keys = old.nodes[0].api().init_recovery(3, 2).await?;
+    old.nodes[0].init_keys = Some(old_keys.clone());
+    old.nodes[0].wait_active().await?;
+    let api = old.nodes[0].api();
+    api.mount_kv("kv", 2).await?;
+    let data = json!({"password": "from the lost cluster"});
+    api.kv2_put("kv", "app", data.clone()).await?;
+    api.put(
+        "sys/policies/acl/app-reader",
+        json!({"policy": "path \"kv/data/app\" { capabilities = [\"read\"] }\n"}),
+    )
+    .await?
+    .expect_ok("write a policy")?;
+    let app_token = api
+        .create_token(json!({"policies": ["app-reader"], "ttl": "24h"}))
+        .await?;
+    let archive = snapshot_of(&api, &old_keys.root_token).await?;
+    drop(old);
+
+    // A fresh cluster under the same KMS key: restore with snapshot-force; every node ends up
+    // unsealed by itself with the old cluster's data, policies and tokens.
+    let (cluster, keys) = form_auto(stanza).await?;
+    let active = cluster.active().await?;
+    let r = cluster.nodes[active]
+        .api()
+        .request_raw(
+            reqwest::Method::POST,
+            "sys/storage/raft/snapshot-force",
+            archive,
+        )
+        .await?;
+    ensure!(r.status == 204, "snapshot-force: {} {}", r.status, r.text);
+    wait_all_unsealed(&cluster, "every node unsealed after the restore").await?;
+    let restored = cluster.nodes[active].api().with_token(Some(&app_token));
+    let got = eventually(
+        "the old cluster's token reads the old secret",
+        100,
+        Duration::from_millis(100),
+        || {
+            let api = restored.clone();
+            async move {
+                let r = api.get("kv/data/app").await?;
+                Ok((r.status == 200).then(|| r.json["data"]["data"].clone()))
+            }
+        },
+    )
+    .await?;
+    ensure!(got == data, "restored secret: {got}");
+    let fresh_root = cluster.nodes[active]
+        .api()
+        .with_token(Some(&keys.root_token));
+    let r = fresh_root.get("auth/token/lookup-self").await?;
+    ensure!(
+        r.status == 403,
+        "the fresh cluster's root token must be gone with its data: {} {}",
+        r.status,
+        r.text
+    );
+    let old_root = cluster.nodes[active]
+        .api()
+        .with_token(Some(&old_keys.root_token));
+    let policy = old_root
+        .get("sys/policies/acl/app-reader")
+        .await?
+        .expect(200, "the old policy")?;
+    ensure!(
+        policy.json["data"]["policy"]
+            .as_str()
+            .is_some_and(|p| p.contains("kv/data/app")),
+        "{}",
+        policy.text
+    );
+    Ok(())
+}
