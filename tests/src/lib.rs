@@ -15,6 +15,7 @@
 
 pub mod api;
 pub mod cluster;
+pub mod moto;
 pub mod node;
 pub mod pki;
 pub mod provision;
