@@ -187,12 +187,28 @@ impl Cluster {
         })
     }
 
-    pub async fn init(&self, node: usize, shares: u8, threshold: u8) -> Result<InitResponse> {
+    /// `sys/init` with `shares`/`threshold` unseal key shares, or, under an auto seal
+    /// (`recovery`), recovery key shares.
+    pub async fn init(
+        &self,
+        node: usize,
+        shares: u8,
+        threshold: u8,
+        recovery: bool,
+    ) -> Result<InitResponse> {
         let client = self.client(node, None)?;
-        let req = InitRequest {
-            secret_shares: shares.into(),
-            secret_threshold: threshold.into(),
-            ..InitRequest::default()
+        let req = if recovery {
+            InitRequest {
+                recovery_shares: shares.into(),
+                recovery_threshold: threshold.into(),
+                ..InitRequest::default()
+            }
+        } else {
+            InitRequest {
+                secret_shares: shares.into(),
+                secret_threshold: threshold.into(),
+                ..InitRequest::default()
+            }
         };
         client
             .init(&req)
@@ -231,6 +247,36 @@ impl Cluster {
             "{name} is still sealed after {} shares; the shares do not belong to this \
              cluster's key, or too few could be decrypted",
             keys.len()
+        )
+    }
+
+    /// Waits until `node` has unsealed itself (auto seal). If it does not within `timeout`,
+    /// the error carries what `sys/seal-status` says (the server's "auto-unseal failed ..."
+    /// warning names the KMS error and the next retry).
+    pub async fn wait_auto_unsealed(&self, node: usize, timeout: Duration) -> Result<()> {
+        let done = poll(timeout, Duration::from_millis(200), async || {
+            matches!(
+                Role::from_health(self.health(node).await.as_ref()),
+                Role::Active | Role::Standby
+            )
+            .then_some(())
+        })
+        .await;
+        if done.is_some() {
+            return Ok(());
+        }
+        let name = &self.nodes[node].name;
+        let why = match self.client(node, None)?.seal_status().await {
+            Ok(status) if !status.warnings.is_empty() => status.warnings.join("; "),
+            Ok(status) if !status.initialized => "it is not initialised (it joins through \
+                 retry_join once another node is unsealed)"
+                .to_string(),
+            Ok(_) => "no warning reported; see its log".to_string(),
+            Err(e) => format!("seal-status: {e}"),
+        };
+        bail!(
+            "{name} did not unseal itself within {}s: {why}",
+            timeout.as_secs()
         )
     }
 

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::certs::{self, Ca};
 use crate::cluster::{credential_key, retrying, Cluster, Endpoint, Role};
-use crate::environment::{AuthMethod, Environment, Provider};
+use crate::environment::{AuthMethod, Environment, Provider, Seal};
 use crate::host::{Host, LocalHost, ServiceState};
 use crate::output::{Outcome, Progress};
 use crate::render::{self, Layout, NodeSpec, Renderer};
@@ -33,6 +33,10 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(90);
 const FORM_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long a node has to stop gracefully (it hands leadership over first).
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a node under an auto seal may take to unseal itself after it starts or is
+/// initialised (the server retries its KMS with backoff; a KMS that does not answer in this
+/// time is reported with the server's own warning).
+const AUTO_UNSEAL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// An environment, resolved: where its nodes live and what they run.
 pub struct Deployment {
@@ -119,6 +123,24 @@ impl Deployment {
                 .display()
                 .to_string()
         }
+    }
+
+    /// The private environment file (0600) of a local node: the `AWS_*` credentials
+    /// `provision` itself runs with, for an awskms seal, so a node restarted later by another
+    /// `up` still reaches KMS. None when nothing needs passing on (the file is left as it is).
+    fn local_environment_file(&self) -> Option<String> {
+        if !matches!(self.env.seal, Seal::AwsKms(_)) {
+            return None;
+        }
+        let vars: Vec<(String, String)> = crate::kms::AWS_VARIABLES
+            .iter()
+            .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+            .filter(|(_, v)| !v.is_empty() && !v.contains('\n'))
+            .collect();
+        if vars.is_empty() {
+            return None;
+        }
+        Some(render::credentials_env_file(&self.env.name, &vars))
     }
 
     fn env_fingerprint(&self) -> Result<String> {
@@ -233,6 +255,25 @@ impl Deployment {
         let ca_info = certs::inspect_file(&self.ca_file()).ok();
         if ca_info.is_none() {
             add(&mut changes, None, "create the environment's CA".into());
+        }
+        if let Seal::AwsKms(kms) = &self.env.seal {
+            match crate::kms::key_state(kms).await {
+                Ok(crate::kms::KeyState::Exists(_)) => {}
+                Ok(crate::kms::KeyState::MissingAlias) => add(
+                    &mut changes,
+                    None,
+                    format!(
+                        "create a symmetric KMS key and its alias {} ({})",
+                        kms.kms_key_id,
+                        kms.endpoint.as_deref().unwrap_or("AWS")
+                    ),
+                ),
+                Err(e) => add(
+                    &mut changes,
+                    None,
+                    format!("check the KMS key (cannot be read now: {e:#})"),
+                ),
+            }
         }
         let renderer = Renderer::new()?;
         let state = State::load(&self.dir)?;
@@ -408,6 +449,11 @@ impl Deployment {
             let host = self.host(node);
             host.ensure_dir(Path::new(Layout::DATA_DIR), 0o700)?;
             host.ensure_dir(Path::new(Layout::LOG_DIR), 0o750)?;
+            if let Some(content) = self.local_environment_file() {
+                if host.put_file(Path::new(Layout::ENV_FILE), content.as_bytes(), 0o600)? {
+                    written.push(format!("{}:{}", node.name, Layout::ENV_FILE));
+                }
+            }
             for file in renderer.render_node(&self.env, node)? {
                 if host.put_file(&file.path, file.content.as_bytes(), file.mode)? {
                     written.push(format!("{}:{}", node.name, file.path.display()));
@@ -428,6 +474,21 @@ impl Deployment {
             format!("wrote {} file(s)", written.len())
         };
         progress.finish(step, outcome, detail);
+
+        // The seal's KMS key, before any node needs it.
+        if let Seal::AwsKms(kms) = &self.env.seal {
+            let step = progress.start("kms key");
+            let (id, created) = crate::kms::ensure_key(kms, &self.env.name).await?;
+            if created {
+                progress.finish(
+                    step,
+                    Outcome::Changed,
+                    format!("created key {id} and alias {}", kms.kms_key_id),
+                );
+            } else {
+                progress.finish(step, Outcome::Ok, format!("{} exists", kms.kms_key_id));
+            }
+        }
 
         // Processes.
         let step = progress.start("nodes");
@@ -515,14 +576,20 @@ impl Deployment {
                 );
             }
             let init = &self.env.init;
+            let auto = self.env.seal.is_auto();
             let out = cluster
-                .init(0, init.secret_shares, init.secret_threshold)
+                .init(0, init.secret_shares, init.secret_threshold, auto)
                 .await?;
             // Kept before anything else happens: these shares are the cluster's only keys.
             let files = store.save_init(&InitSecrets {
-                unseal_keys_b64: out.keys_base64.clone(),
+                unseal_keys_b64: if auto {
+                    out.recovery_keys_base64.clone()
+                } else {
+                    out.keys_base64.clone()
+                },
                 root_token: out.root_token.clone(),
                 created_at: Utc::now(),
+                recovery: auto,
             })?;
             state.cluster.initialized_at = Some(Utc::now());
             state.cluster.root_token_revoked = false;
@@ -531,8 +598,9 @@ impl Deployment {
                 step,
                 Outcome::Changed,
                 format!(
-                    "{} shares (threshold {}) encrypted to {}",
+                    "{} {}shares (threshold {}) encrypted to {}",
                     init.secret_shares,
+                    if auto { "recovery " } else { "" },
                     init.secret_threshold,
                     files
                         .iter()
@@ -547,6 +615,27 @@ impl Deployment {
         let keys = &init_secrets.unseal_keys_b64;
 
         // Unseal: the first initialised node, then the rest (which join through retry_join).
+        // Under an auto seal every node unseals itself: wait for it, bounded.
+        if self.env.seal.is_auto() {
+            let step = progress.start("auto-unseal");
+            let started = std::time::Instant::now();
+            for i in 0..self.nodes.len() {
+                progress.note(
+                    &step,
+                    &format!("waiting for {} to unseal itself", self.nodes[i].name),
+                );
+                cluster.wait_auto_unsealed(i, AUTO_UNSEAL_TIMEOUT).await?;
+            }
+            progress.finish(
+                step,
+                Outcome::Ok,
+                format!(
+                    "every node unsealed itself ({}, {:.1}s)",
+                    self.env.seal.kind(),
+                    started.elapsed().as_secs_f64()
+                ),
+            );
+        }
         let step = progress.start("unseal");
         let mut unsealed = Vec::new();
         let roles = cluster.roles().await;
@@ -556,7 +645,7 @@ impl Deployment {
             .unwrap_or(0);
         let mut order: Vec<usize> = vec![first];
         order.extend((0..self.nodes.len()).filter(|i| *i != first));
-        for i in order {
+        for i in order.into_iter().filter(|_| !self.env.seal.is_auto()) {
             let role = Role::from_health(cluster.health(i).await.as_ref());
             match role {
                 Role::Active | Role::Standby => continue,
@@ -577,7 +666,9 @@ impl Deployment {
         } else {
             Outcome::Changed
         };
-        let detail = if unsealed.is_empty() {
+        let detail = if self.env.seal.is_auto() {
+            "not needed: the nodes unseal themselves".to_string()
+        } else if unsealed.is_empty() {
             "all unsealed".to_string()
         } else {
             format!("unsealed {}", unsealed.join(", "))
@@ -721,7 +812,11 @@ impl Deployment {
             host.stop_service(STOP_TIMEOUT)?;
             host.start_service()?;
             cluster.wait_responding(i, START_TIMEOUT).await?;
-            cluster.unseal(i, keys).await?;
+            if self.env.seal.is_auto() {
+                cluster.wait_auto_unsealed(i, AUTO_UNSEAL_TIMEOUT).await?;
+            } else {
+                cluster.unseal(i, keys).await?;
+            }
             cluster.wait_serving(i, FORM_TIMEOUT).await?;
             let entry = state.nodes.entry(node.name.clone()).or_default();
             entry.config_sha256 = config_sha.get(&node.name).cloned().unwrap_or_default();
@@ -785,6 +880,30 @@ impl Deployment {
 
     /// Unseals every sealed node from the encrypted init output.
     pub async fn unseal(&self, identity: &[PathBuf], progress: &mut Progress) -> Result<()> {
+        if self.env.seal.is_auto() {
+            let cluster = self.cluster()?;
+            for (i, node) in self.nodes.iter().enumerate() {
+                let step = progress.start(format!("unseal {}", node.name));
+                match Role::from_health(cluster.health(i).await.as_ref()) {
+                    Role::Active | Role::Standby => progress.finish(
+                        step,
+                        Outcome::Ok,
+                        format!("unsealed ({} auto-unseal)", self.env.seal.kind()),
+                    ),
+                    Role::Down => progress.finish(
+                        step,
+                        Outcome::Failed,
+                        "not running (`provision up` starts it)",
+                    ),
+                    Role::Sealed | Role::Uninitialized => {
+                        progress.note(&step, "the environment auto-unseals: waiting for it");
+                        cluster.wait_auto_unsealed(i, AUTO_UNSEAL_TIMEOUT).await?;
+                        progress.finish(step, Outcome::Ok, "unsealed itself");
+                    }
+                }
+            }
+            return Ok(());
+        }
         let identities = self.identities(identity)?;
         let (store, _) = self.secret_store()?;
         let init = store.load_init(&identities)?;

@@ -78,6 +78,25 @@ impl LocalHost {
         &self.root
     }
 
+    /// `KEY=VALUE` lines of the node's private environment file (`Layout::ENV_FILE`, 0600:
+    /// credentials for an auto seal or S3), as systemd's `EnvironmentFile=` reads them; none
+    /// when there is no such file. Values are never shown in errors.
+    fn environment_file(&self) -> Result<Vec<(String, String)>> {
+        let path = self.path(Path::new(crate::render::Layout::ENV_FILE));
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+        };
+        Ok(text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+            .collect())
+    }
+
     fn path(&self, rel: &Path) -> PathBuf {
         self.root.join(rel)
     }
@@ -188,11 +207,13 @@ impl Host for LocalHost {
             .try_clone()
             .with_context(|| format!("open {}", out_path.display()))?;
         let config = self.path(&self.config);
+        let vars = self.environment_file()?;
         // Its own process group: a Ctrl-C at the terminal that ran `provision` must not reach
         // the servers it started.
         let child = Command::new(&self.binary)
             .arg("server")
             .arg(format!("-config={}", config.display()))
+            .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .current_dir(&self.root)
             .stdin(Stdio::null())
             .stdout(out)

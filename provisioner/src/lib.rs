@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod deploy;
 pub mod environment;
 pub mod host;
+pub mod kms;
 pub mod output;
 pub mod render;
 pub mod secrets;

@@ -244,7 +244,12 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 });
                 if show_secrets {
                     let secrets = d.init_secrets(&identity.identity)?;
-                    out["unseal_keys_b64"] = secrets.unseal_keys_b64.clone().into();
+                    let key = if secrets.recovery {
+                        "recovery_keys_b64"
+                    } else {
+                        "unseal_keys_b64"
+                    };
+                    out[key] = secrets.unseal_keys_b64.clone().into();
                     out["root_token"] = secrets.root_token.clone().into();
                 }
                 println!("{}", serde_json::to_string_pretty(&out).expect("JSON"));
@@ -271,8 +276,13 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             }
             if show_secrets && !json {
                 let secrets = d.init_secrets(&identity.identity)?;
+                let what = if secrets.recovery {
+                    "Recovery Key"
+                } else {
+                    "Unseal Key"
+                };
                 for (i, key) in secrets.unseal_keys_b64.iter().enumerate() {
-                    println!("Unseal Key {}: {key}", i + 1);
+                    println!("{what} {}: {key}", i + 1);
                 }
                 println!("Initial Root Token: {}", secrets.root_token);
             }

@@ -18,7 +18,7 @@ use keyhold::client::go_duration::format_go_duration;
 use keyhold::config::{ServerConfig, StorageConfig};
 use serde::Serialize;
 
-use crate::environment::{AuditDevice, Environment};
+use crate::environment::{AuditDevice, AwsKms, Environment, Seal, TransitSeal};
 
 /// File names inside the TLS directory ([`Layout::TLS_DIR`]); `certs` writes them.
 pub const CA_CERT: &str = "ca.crt";
@@ -358,7 +358,8 @@ impl Renderer {
     ) -> anyhow::Result<String> {
         let content = self.registry.render(t.name, context)?;
         if t.path == Layout::SERVER_CONFIG {
-            check_server_config(&content, node).context("keyhold would refuse this config")?;
+            check_server_config(&content, node, context.seal_kind())
+                .context("keyhold would refuse this config")?;
         }
         Ok(content)
     }
@@ -438,9 +439,23 @@ fn hcl_string(value: &str) -> String {
     out
 }
 
+/// A local node's private environment file (`Layout::ENV_FILE`, written 0600): credentials
+/// from `provision`'s own environment. Not a template on purpose: it holds secrets, so it is
+/// never rendered by `provision render` nor shown by `plan`.
+pub fn credentials_env_file(environment: &str, vars: &[(String, String)]) -> String {
+    let mut out = format!(
+        "# Written by `provision` for environment {environment}: credentials passed on from \
+         provision's environment.\n# Private (0600); read by the local node at start.\n"
+    );
+    for (k, v) in vars {
+        out.push_str(&format!("{k}={v}\n"));
+    }
+    out
+}
+
 /// Refuses a rendered config that keyhold would refuse, or that says something else than
 /// `node` (a template mix-up that still parses).
-fn check_server_config(text: &str, node: &NodeSpec) -> anyhow::Result<()> {
+fn check_server_config(text: &str, node: &NodeSpec, seal_kind: &str) -> anyhow::Result<()> {
     let config = ServerConfig::parse_str(text, Layout::SERVER_CONFIG)?;
     config.validate_semantics()?;
     if let Some(problem) = config.unsupported().into_iter().next() {
@@ -449,6 +464,11 @@ fn check_server_config(text: &str, node: &NodeSpec) -> anyhow::Result<()> {
     let StorageConfig::Raft(raft) = &config.storage else {
         bail!("the storage stanza is not raft");
     };
+    ensure!(
+        config.seal.kind() == seal_kind,
+        "the seal stanza reads back as {:?}, expected {seal_kind:?}",
+        config.seal.kind()
+    );
     let said = (
         raft.node_id.as_deref(),
         config.api_addr.as_deref(),
@@ -487,6 +507,14 @@ struct NodeContext<'a> {
     /// Every audit file this node writes (for logrotate).
     audit_files: Vec<String>,
     snapshots: Option<SnapshotsView<'a>>,
+    seal: SealView<'a>,
+}
+
+/// The `seal` stanza: at most one of the two is set (none for Shamir, which needs no stanza).
+#[derive(Debug, Serialize)]
+struct SealView<'a> {
+    awskms: Option<&'a AwsKms>,
+    transit: Option<&'a TransitSeal>,
 }
 
 #[derive(Debug, Serialize)]
@@ -548,6 +576,14 @@ struct SnapshotsView<'a> {
 }
 
 impl<'a> NodeContext<'a> {
+    fn seal_kind(&self) -> &'static str {
+        match (&self.seal.awskms, &self.seal.transit) {
+            (Some(_), _) => "awskms",
+            (_, Some(_)) => "transit",
+            _ => "shamir",
+        }
+    }
+
     fn new(env: &'a Environment, node: &'a NodeSpec) -> anyhow::Result<NodeContext<'a>> {
         let layout = &node.layout;
         let text = |path: &Path| -> anyhow::Result<String> {
@@ -622,6 +658,16 @@ impl<'a> NodeContext<'a> {
             snapshots: env.snapshots.as_ref().map(|s| SnapshotsView {
                 schedule: &s.schedule,
             }),
+            seal: SealView {
+                awskms: match &env.seal {
+                    Seal::AwsKms(kms) => Some(kms),
+                    _ => None,
+                },
+                transit: match &env.seal {
+                    Seal::Transit(transit) => Some(transit),
+                    _ => None,
+                },
+            },
         })
     }
 }

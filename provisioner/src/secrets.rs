@@ -42,12 +42,18 @@ pub struct InitSecrets {
     pub root_token: String,
     #[zeroize(skip)]
     pub created_at: DateTime<Utc>,
+    /// The shares are recovery keys (init under an auto seal): they authorise generate-root
+    /// and rekey, and cannot unseal.
+    #[zeroize(skip)]
+    #[serde(default)]
+    pub recovery: bool,
 }
 
 impl fmt::Debug for InitSecrets {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("InitSecrets")
             .field("unseal_keys", &self.unseal_keys_b64.len())
+            .field("recovery", &self.recovery)
             .field("root_token", &"[redacted]")
             .field("created_at", &self.created_at)
             .finish()
@@ -69,6 +75,10 @@ struct RootTokenFile {
     root_token: String,
     #[zeroize(skip)]
     created_at: DateTime<Utc>,
+    /// The share files hold recovery keys.
+    #[zeroize(skip)]
+    #[serde(default)]
+    recovery: bool,
 }
 
 /// Writes a new age X25519 identity to `path` (0600), as `age-keygen` lays it out, and returns
@@ -259,6 +269,7 @@ impl SecretStore {
         let root = RootTokenFile {
             root_token: init.root_token.clone(),
             created_at: init.created_at,
+            recovery: init.recovery,
         };
         let path = self.dir.join(ROOT_TOKEN_FILE);
         self.seal(&self.recipients, &to_json(&root)?, &path)?;
@@ -304,6 +315,7 @@ impl SecretStore {
             unseal_keys_b64,
             root_token: root.root_token.clone(),
             created_at: root.created_at,
+            recovery: root.recovery,
         })
     }
 
@@ -495,6 +507,7 @@ mod tests {
                 .collect(),
             root_token: "hvs.ROOTTOKENSECRETVALUE".to_string(),
             created_at: "2026-11-22T07:50:00Z".parse().unwrap(),
+            recovery: false,
         }
     }
 

@@ -38,6 +38,9 @@ pub fn environments_dir() -> PathBuf {
 pub struct EnvSpec {
     pub nodes: u8,
     pub revoke_root_token: bool,
+    /// A `seal "awskms" { ... }` or `seal "transit" { ... }` block: init then makes recovery
+    /// keys (`recovery_shares`) and the nodes unseal themselves.
+    pub auto_seal: Option<String>,
 }
 
 impl EnvSpec {
@@ -45,6 +48,7 @@ impl EnvSpec {
         EnvSpec {
             nodes,
             revoke_root_token: true,
+            auto_seal: None,
         }
     }
 }
@@ -71,9 +75,16 @@ pub fn environment_hcl(spec: &EnvSpec, base: Ipv4Addr, keyhold: &Path) -> String
         "autopilot {{\n  cleanup_dead_servers      = false\n  server_stabilization_time = \"2s\"\n  last_contact_threshold    = \"5s\"\n}}\n"
     );
     let _ = writeln!(hcl, "log {{\n  level = \"info\"\n}}\n");
+    let shares = match &spec.auto_seal {
+        Some(seal) => {
+            let _ = writeln!(hcl, "{seal}\n");
+            "recovery"
+        }
+        None => "secret",
+    };
     let _ = writeln!(
         hcl,
-        "init {{\n  secret_shares     = 3\n  secret_threshold  = 2\n  revoke_root_token = {}\n}}\n",
+        "init {{\n  {shares}_shares     = 3\n  {shares}_threshold  = 2\n  revoke_root_token = {}\n}}\n",
         spec.revoke_root_token
     );
     let _ = writeln!(hcl, "audit \"file\" {{\n  file_path = \"audit.log\"\n}}\n");
@@ -246,6 +257,8 @@ pub struct Provisioned {
     /// What `--state-dir` names; the environment's own state is [`Provisioned::env_dir`].
     pub state_dir: PathBuf,
     bin: PathBuf,
+    /// Extra environment variables of every `provision` command (AWS credentials for moto).
+    envs: Vec<(String, String)>,
     /// Dropped last: processes are killed in `drop` before their files go.
     dir: tempfile::TempDir,
     commands: u32,
@@ -273,6 +286,7 @@ impl Provisioned {
             env_file,
             state_dir: dir.path().join("state"),
             bin: provision_bin()?,
+            envs: Vec::new(),
             dir,
             commands: 0,
         })
@@ -280,6 +294,11 @@ impl Provisioned {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Sets `key=value` in the environment of every later `provision` command.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.envs.push((key.to_string(), value.to_string()));
     }
 
     /// `STATE/ENV`: state.json, lock, tls/, secrets/, nodes/.
@@ -341,6 +360,7 @@ impl Provisioned {
             .env_remove("PROVISION_STATE_DIR")
             .env_remove("VAULT_ADDR")
             .env_remove("VAULT_TOKEN")
+            .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null());
         cmd
     }
@@ -431,8 +451,13 @@ impl Provisioned {
         let mut keys = Vec::new();
         let mut root = None;
         for line in ran.stdout.lines() {
-            if let Some(rest) = line.strip_prefix("Unseal Key ") {
-                let (_, key) = rest.split_once(": ").context("Unseal Key N: KEY")?;
+            let key_line = line
+                .strip_prefix("Unseal Key ")
+                .or_else(|| line.strip_prefix("Recovery Key "));
+            if let Some(rest) = key_line {
+                let (_, key) = rest
+                    .split_once(": ")
+                    .context("Unseal/Recovery Key N: KEY")?;
                 keys.push(key.trim().to_string());
             } else if let Some(token) = line.strip_prefix("Initial Root Token: ") {
                 root = Some(token.trim().to_string());

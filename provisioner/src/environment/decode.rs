@@ -86,6 +86,7 @@ pub(super) fn decode(file: &Path, shown: &str, text: &str) -> Result<Environment
         .chain(["default"])
         .collect();
     let auth = decode_auth(&top, &known)?;
+    let seal = decode_seal(&top)?;
     let env = Environment {
         name,
         file: file.to_path_buf(),
@@ -96,8 +97,8 @@ pub(super) fn decode(file: &Path, shown: &str, text: &str) -> Result<Environment
         raft: decode_raft(&top)?,
         autopilot: decode_autopilot(&top, nodes)?,
         log: decode_log(&top)?,
-        seal: decode_seal(&top)?,
-        init: decode_init(&top)?,
+        init: decode_init(&top, &seal)?,
+        seal,
         tls: decode_tls(&top)?,
         audit: decode_audit(&top)?,
         policies,
@@ -476,23 +477,98 @@ fn decode_seal(top: &Section<'_, '_>) -> Result<Seal, ConfigError> {
             )?;
             Ok(Seal::Shamir)
         }
-        other @ ("awskms" | "transit") => Err(top.src.error(
-            block.label_pos,
-            "seal",
-            format!(
-                "seal {other:?} (auto-unseal) comes with the auto-unseal release; this build \
-                 provisions shamir seals only"
-            ),
-        )),
+        "awskms" => {
+            let s = Section::new(
+                top.src,
+                block.body,
+                "in seal \"awskms\"",
+                "seal.awskms",
+                &["endpoint", "kms_key_id", "region"],
+                &[],
+            )?;
+            let kms_key_id = s.required_string("kms_key_id", "the key's id, ARN or alias/NAME")?;
+            if kms_key_id.trim().is_empty() {
+                return Err(s.value_error("kms_key_id", "must not be empty"));
+            }
+            let endpoint = s.string("endpoint")?;
+            if let Some(url) = &endpoint {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(s.value_error(
+                        "endpoint",
+                        format!("{url:?} is not a URL; use e.g. \"http://127.0.0.1:5000\""),
+                    ));
+                }
+            }
+            Ok(Seal::AwsKms(AwsKms {
+                region: s.string("region")?,
+                kms_key_id,
+                endpoint,
+            }))
+        }
+        "transit" => {
+            let s = Section::new(
+                top.src,
+                block.body,
+                "in seal \"transit\"",
+                "seal.transit",
+                &[
+                    "address",
+                    "disable_renewal",
+                    "key_name",
+                    "mount_path",
+                    "namespace",
+                    "tls_ca_cert",
+                    "tls_client_cert",
+                    "tls_client_key",
+                    "tls_server_name",
+                    "token",
+                ],
+                &[],
+            )?;
+            if s.string("token")?.is_some() {
+                return Err(s.value_error(
+                    "token",
+                    "a token does not belong in an environment file (it is kept in git); \
+                     provision passes VAULT_TOKEN from its own environment into each node's \
+                     environment file (0600)",
+                ));
+            }
+            let address = s.required_string("address", "the transit server's URL")?;
+            if !(address.starts_with("http://") || address.starts_with("https://")) {
+                return Err(s.value_error(
+                    "address",
+                    format!("{address:?} is not a URL; use e.g. \"https://127.0.5.1:8200\""),
+                ));
+            }
+            Ok(Seal::Transit(TransitSeal {
+                address,
+                key_name: s.required_string("key_name", "the transit key to encrypt with")?,
+                mount_path: s.string("mount_path")?.unwrap_or_else(|| "transit/".into()),
+                namespace: s.string("namespace")?,
+                tls_ca_cert: s.path("tls_ca_cert")?,
+                tls_client_cert: s.path("tls_client_cert")?,
+                tls_client_key: s.path("tls_client_key")?,
+                tls_server_name: s.string("tls_server_name")?,
+                disable_renewal: s.bool("disable_renewal")?.unwrap_or(false),
+            }))
+        }
         other => Err(top.src.error(
             block.label_pos,
             "seal",
-            format!("unknown seal {other:?}; use \"shamir\""),
+            format!("unknown seal {other:?}; use \"shamir\", \"awskms\" or \"transit\""),
         )),
     }
 }
 
-fn decode_init(top: &Section<'_, '_>) -> Result<Init, ConfigError> {
+/// Under a Shamir seal the shares are `secret_shares`/`secret_threshold`; under an auto seal
+/// init makes recovery keys instead, named `recovery_shares`/`recovery_threshold` as in
+/// `vault operator init`, and the other pair is refused so the file says what it means.
+fn decode_init(top: &Section<'_, '_>, seal: &Seal) -> Result<Init, ConfigError> {
+    let (shares_key, threshold_key, other) = if seal.is_auto() {
+        ("recovery_shares", "recovery_threshold", "secret_shares")
+    } else {
+        ("secret_shares", "secret_threshold", "recovery_shares")
+    };
     let mut out = Init {
         secret_shares: 5,
         secret_threshold: 3,
@@ -511,33 +587,49 @@ fn decode_init(top: &Section<'_, '_>) -> Result<Init, ConfigError> {
         &[
             "per_share_recipients",
             "recipients",
+            "recovery_shares",
+            "recovery_threshold",
             "revoke_root_token",
             "secret_shares",
             "secret_threshold",
         ],
         &[],
     )?;
-    if let Some(n) = s.uint("secret_shares", 255)? {
+    for wrong in [other, &other.replace("shares", "threshold")] {
+        if s.uint(wrong, 255)?.is_some() {
+            let why = if seal.is_auto() {
+                "an auto seal (awskms, transit) has no unseal shares: init makes recovery keys; \
+                 use recovery_shares and recovery_threshold"
+            } else {
+                "recovery keys exist only under an auto seal (awskms, transit); a shamir seal \
+                 uses secret_shares and secret_threshold"
+            };
+            return Err(s.value_error(wrong, why));
+        }
+    }
+    if let Some(n) = s.uint(shares_key, 255)? {
         if n == 0 {
-            return Err(s.value_error("secret_shares", "must be from 1 to 255"));
+            return Err(s.value_error(shares_key, "must be from 1 to 255"));
         }
         out.secret_shares = n as u8;
     }
-    if let Some(n) = s.uint("secret_threshold", 255)? {
+    if let Some(n) = s.uint(threshold_key, 255)? {
         out.secret_threshold = n as u8;
     }
     let (shares, threshold) = (out.secret_shares, out.secret_threshold);
     if threshold > shares || threshold == 0 {
         return Err(s.value_error(
-            "secret_threshold",
-            format!("must be from 1 to secret_shares ({shares})"),
+            threshold_key,
+            format!("must be from 1 to {shares_key} ({shares})"),
         ));
     }
     if shares > 1 && threshold < 2 {
         return Err(s.value_error(
-            "secret_threshold",
-            "must be at least 2 when secret_shares is more than 1 (one share alone would \
-             unseal; use secret_shares = 1 for that)",
+            threshold_key,
+            format!(
+                "must be at least 2 when {shares_key} is more than 1 (one share alone would \
+                 open it; use {shares_key} = 1 for that)"
+            ),
         ));
     }
     if let Some(list) = s.string_list("recipients")? {
@@ -570,7 +662,7 @@ fn decode_init(top: &Section<'_, '_>) -> Result<Init, ConfigError> {
         return Err(s.value_error(
             "per_share_recipients",
             format!(
-                "one recipient per share needs exactly secret_shares ({shares}) recipients; \
+                "one recipient per share needs exactly {shares_key} ({shares}) recipients; \
                  {} given",
                 out.recipients.len()
             ),

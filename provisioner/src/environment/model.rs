@@ -112,19 +112,59 @@ pub struct Log {
 pub enum Seal {
     /// Unseal key shares, split with Shamir's scheme.
     Shamir,
+    /// Auto-unseal with an AWS KMS key (Vault's `seal "awskms"`). Credentials come from the
+    /// standard AWS chain of the node (for local nodes: `AWS_*` passed from `provision`'s
+    /// environment into the node's environment file), never from this file.
+    #[serde(rename = "awskms")]
+    AwsKms(AwsKms),
+    /// Auto-unseal with the transit engine of another Keyhold or Vault (Vault's
+    /// `seal "transit"`). The token is `VAULT_TOKEN` in the node's environment file.
+    Transit(TransitSeal),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AwsKms {
+    pub region: Option<String>,
+    /// A key id, ARN or `alias/NAME`. A missing alias is created by `up` on the local provider.
+    pub kms_key_id: String,
+    /// A KMS endpoint other than AWS's (moto, LocalStack).
+    pub endpoint: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TransitSeal {
+    pub address: String,
+    pub key_name: String,
+    pub mount_path: String,
+    pub namespace: Option<String>,
+    pub tls_ca_cert: Option<PathBuf>,
+    pub tls_client_cert: Option<PathBuf>,
+    pub tls_client_key: Option<PathBuf>,
+    pub tls_server_name: Option<String>,
+    pub disable_renewal: bool,
 }
 
 impl Seal {
     pub fn kind(&self) -> &'static str {
         match self {
             Seal::Shamir => "shamir",
+            Seal::AwsKms(_) => "awskms",
+            Seal::Transit(_) => "transit",
         }
+    }
+
+    /// Nodes unseal themselves (awskms, transit); init returns recovery keys, not unseal keys.
+    pub fn is_auto(&self) -> bool {
+        !matches!(self, Seal::Shamir)
     }
 }
 
 /// `operator init` parameters and where its output goes.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Init {
+    /// How many key shares init makes, and how many open: unseal key shares under a Shamir
+    /// seal (`secret_shares`/`secret_threshold` in the file), recovery key shares under an auto
+    /// seal (`recovery_shares`/`recovery_threshold`).
     pub secret_shares: u8,
     pub secret_threshold: u8,
     /// age recipients (`age1...`). Either one list for the whole init output, or exactly one per

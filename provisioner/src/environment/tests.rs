@@ -56,6 +56,21 @@ fn shipped_environments_load() {
     assert_eq!(ci.autopilot.server_stabilization_time.as_secs(), 2);
     let Provider::Local(pc) = &ci.provider;
     assert_ne!(pc.address_base, p3.address_base);
+
+    let kms = load(&shipped("local-kms")).unwrap();
+    assert_eq!(kms.seal.kind(), "awskms");
+    assert!(kms.seal.is_auto());
+    assert_eq!(
+        (kms.init.secret_shares, kms.init.secret_threshold),
+        (5, 3),
+        "recovery_shares / recovery_threshold"
+    );
+    let Provider::Local(pk) = &kms.provider;
+    let bases = [p3.address_base, p5.address_base, pc.address_base];
+    assert!(
+        !bases.contains(&pk.address_base),
+        "local-kms shares a range"
+    );
 }
 
 #[test]
@@ -99,7 +114,33 @@ fn mistakes_name_file_line_and_key() {
             6,
             &["address_base", "loopback"],
         ),
-        ("seal \"awskms\" {}", 6, &["auto-unseal"]),
+        ("seal \"awskms\" {}", 6, &["kms_key_id"]),
+        ("seal \"hsm\" {}", 6, &["unknown seal \"hsm\"", "awskms"]),
+        (
+            "seal \"awskms\" {\n  kms_key_id = \"k\"\n  endpoint = \"localhost:5000\"\n}",
+            8,
+            &["seal.awskms.endpoint", "not a URL"],
+        ),
+        (
+            "seal \"transit\" {\n  address = \"https://u:8200\"\n  key_name = \"k\"\n  token = \"s.x\"\n}",
+            9,
+            &["seal.transit.token", "VAULT_TOKEN"],
+        ),
+        (
+            "seal \"awskms\" { kms_key_id = \"k\" }\ninit {\n  secret_shares = 3\n}",
+            8,
+            &["init.secret_shares", "recovery_shares"],
+        ),
+        (
+            "init {\n  recovery_shares = 3\n}",
+            7,
+            &["init.recovery_shares", "only under an auto seal"],
+        ),
+        (
+            "seal \"awskms\" { kms_key_id = \"k\" }\ninit {\n  recovery_shares = 3\n  recovery_threshold = 1\n}",
+            9,
+            &["recovery_threshold", "at least 2 when recovery_shares"],
+        ),
         (
             "init {\n  secret_shares = 3\n  secret_threshold = 4\n}",
             8,
@@ -166,6 +207,37 @@ fn mistakes_name_file_line_and_key() {
             assert!(shown.contains(word), "{snippet}: {word:?} not in {shown}");
         }
     }
+}
+
+#[test]
+fn auto_seals_decode_with_recovery_shares() {
+    let env = parse(&format!(
+        "{MINIMAL}seal \"awskms\" {{\n  region = \"us-east-1\"\n  kms_key_id = \"alias/k\"\n  \
+         endpoint = \"http://127.0.0.1:5000\"\n}}\ninit {{\n  recovery_shares = 3\n  \
+         recovery_threshold = 2\n}}\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        env.seal,
+        Seal::AwsKms(AwsKms {
+            region: Some("us-east-1".into()),
+            kms_key_id: "alias/k".into(),
+            endpoint: Some("http://127.0.0.1:5000".into()),
+        })
+    );
+    assert!(env.seal.is_auto());
+    assert_eq!((env.init.secret_shares, env.init.secret_threshold), (3, 2));
+
+    let env = parse(&format!(
+        "{MINIMAL}seal \"transit\" {{\n  address = \"https://127.0.5.1:8200\"\n  \
+         key_name = \"autounseal\"\n}}\n"
+    ))
+    .unwrap();
+    let Seal::Transit(t) = &env.seal else {
+        panic!("{:?}", env.seal)
+    };
+    assert_eq!(t.mount_path, "transit/");
+    assert_eq!(t.key_name, "autounseal");
 }
 
 #[test]

@@ -67,7 +67,15 @@ fn environment(full: bool) -> Environment {
             rotate_duration: full.then_some(Duration::from_secs(24 * 3600)),
             rotate_max_files: full.then_some(0),
         },
-        seal: Seal::Shamir,
+        seal: if full {
+            Seal::AwsKms(AwsKms {
+                region: Some("eu-west-1".into()),
+                kms_key_id: "alias/keyhold-prod".into(),
+                endpoint: None,
+            })
+        } else {
+            Seal::Shamir
+        },
         init: Init {
             secret_shares: 5,
             secret_threshold: 3,
@@ -178,6 +186,31 @@ fn local_config_snapshot() {
         "a local node gets its config only"
     );
     insta::assert_snapshot!("local_node1_config", server_config(&files));
+}
+
+/// A transit seal, rendered for a local node, read back by keyhold's parser and python-hcl2.
+#[test]
+fn transit_seal_config_snapshot() {
+    let mut env = environment(false);
+    env.seal = Seal::Transit(TransitSeal {
+        address: "https://127.0.5.1:8200".into(),
+        key_name: "autounseal".into(),
+        mount_path: "transit/".into(),
+        namespace: None,
+        tls_ca_cert: Some(PathBuf::from("/srv/provision/unsealer/tls/ca.crt")),
+        tls_client_cert: None,
+        tls_client_key: None,
+        tls_server_name: Some("keyhold-1".into()),
+        disable_renewal: false,
+    });
+    let layout = Layout::local(
+        PathBuf::from("/srv/provision/local/nodes/keyhold-1"),
+        PathBuf::from("/srv/provision/bin/keyhold"),
+    );
+    let files = render(&env, &node(&env, 1, layout));
+    let config = server_config(&files);
+    hcl2_parses(config);
+    insta::assert_snapshot!("local_node1_transit_config", config);
 }
 
 #[test]

@@ -11,6 +11,7 @@ mod durability;
 mod kv;
 mod lifecycle;
 mod provision;
+mod provision_kms;
 mod provision_systemd;
 mod seal;
 mod smoke;
