@@ -376,6 +376,50 @@ async fn recovery_keys_authorise_root_operations_and_rekey() -> Result<()> {
     );
     generate_root_with(&api, &new_keys[..3]).await?;
 
+    // The CLI, as an operator runs it: `status` names both seals, and
+    // `operator rekey -target=recovery` drives sys/rekey-recovery-key.
+    let node = &cluster.nodes[0];
+    let cli = |args: &[&str]| -> Result<String> {
+        let out = std::process::Command::new(keyhold_tests::keyhold_bin()?)
+            .args(args)
+            .env("VAULT_ADDR", node.api_addr())
+            .env("VAULT_CACERT", &cluster.pki.ca_path)
+            .env("VAULT_TOKEN", &keys.root_token)
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        ensure!(
+            out.status.success(),
+            "keyhold {args:?}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(text)
+    };
+    let status = cli(&["status"])?;
+    ensure!(
+        status.contains("awskms")
+            && status.contains("Recovery Seal Type")
+            && status.contains("Total Recovery Shares"),
+        "{status}"
+    );
+    let started = cli(&[
+        "operator",
+        "rekey",
+        "-target=recovery",
+        "-init",
+        "-key-shares=2",
+        "-key-threshold=2",
+    ])?;
+    ensure!(started.contains("New Shares"), "{started}");
+    // The threshold is 3 now.
+    let mut done = String::new();
+    for key in &new_keys[..3] {
+        done = cli(&["operator", "rekey", "-target=recovery", key])?;
+    }
+    ensure!(
+        done.contains("recovery keys rekeyed with 2 key shares"),
+        "{done}"
+    );
+
     // Recovery keys open nothing: a restart unseals through KMS, not through them.
     cluster.nodes[0].restart().await?;
     cluster.nodes[0].wait_active().await?;

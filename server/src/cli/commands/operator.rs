@@ -377,6 +377,12 @@ async fn rekey(ctx: &Context, ui: &mut Ui, cmd: RekeyCmd) -> Result<u8, CliError
              keys to complete the rekey.",
             resp.verification_nonce
         ));
+    } else if target == RekeyKeys::Recovery {
+        out.push(wrap_at_length(&format!(
+            "Vault recovery keys rekeyed with {} key shares and a key threshold of {t}. \
+             Please securely distribute the key shares printed above.",
+            status.n
+        )));
     } else {
         out.push(wrap_at_length(&format!(
             "Vault rekeyed with {} key shares and a key threshold of {t}. Please securely \
