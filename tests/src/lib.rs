@@ -9,12 +9,14 @@
 //! ```
 //! `provision` (the [`provision`] module) keeps its own layout: a test environment file and a
 //! `--state-dir` in a temp dir, nodes on a loopback range of the test's own.
+//! [`moto`] runs moto's server mode (S3, KMS) for AWS paths, on 127.0.40.x to 127.0.49.x.
 //!
 //! Architecture invariant: the harness reaches the server only through its command line, its
 //! config file, its HTTP API and signals. It links no server code.
 
 pub mod api;
 pub mod cluster;
+pub mod moto;
 pub mod node;
 pub mod pki;
 pub mod provision;
@@ -22,6 +24,7 @@ pub mod raw;
 
 pub use api::{list_method, Api, InitKeys, Resp};
 pub use cluster::{retry_join_lines, Cluster, RaftServer, Roles};
+pub use moto::{moto_ip, Moto};
 pub use node::{
     client_builder, eventually, free_port, keyhold_bin, provision_bin, ListenerTls, Node,
     NodeOptions, Storage,

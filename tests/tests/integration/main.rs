@@ -10,6 +10,7 @@ mod cluster;
 mod durability;
 mod kv;
 mod lifecycle;
+mod moto;
 mod provision;
 mod provision_systemd;
 mod smoke;
