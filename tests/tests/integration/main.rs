@@ -15,5 +15,6 @@ mod provision;
 mod provision_systemd;
 mod smoke;
 mod snapshot;
+mod snapshot_agent;
 mod tls;
 mod transit;
