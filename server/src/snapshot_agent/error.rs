@@ -6,11 +6,9 @@ use crate::config::ConfigError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    /// The config file (or `-schedule`) is wrong: fix it.
+    /// The config file is wrong: fix it.
     #[error("{0}")]
     Config(#[from] ConfigError),
-    #[error("{0}")]
-    Schedule(String),
     /// The credentials to log in with are missing or unreadable.
     #[error("{0}")]
     Credentials(String),
@@ -51,10 +49,7 @@ impl AgentError {
     pub fn is_local(&self) -> bool {
         matches!(
             self,
-            AgentError::Config(_)
-                | AgentError::Schedule(_)
-                | AgentError::Credentials(_)
-                | AgentError::Io { .. }
+            AgentError::Config(_) | AgentError::Credentials(_) | AgentError::Io { .. }
         )
     }
 }
