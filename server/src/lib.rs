@@ -27,6 +27,7 @@ pub mod raft;
 pub mod seal;
 pub mod secrets;
 pub mod server;
+pub mod snapshot_agent;
 
 /// The version every node reports in `sys/health` and `sys/seal-status`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

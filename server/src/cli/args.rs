@@ -93,6 +93,8 @@ pub enum Command {
     Token(TokenCmd),
     /// Authenticate and store the token in ~/.vault-token.
     Login(LoginCmd),
+    /// Take the cluster's snapshot on the active node, store it in S3, prune old ones.
+    SnapshotAgent(SnapshotAgentCmd),
     /// Any command this CLI does not implement yet.
     #[command(external_subcommand)]
     Other(Vec<String>),
@@ -115,6 +117,23 @@ pub struct ServerCmd {
     pub check: bool,
     #[arg(long = "log-level")]
     pub log_level: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotAgentCmd {
+    /// The agent's config file (HCL): the node, the login, the bucket, the retention.
+    #[arg(long, value_name = "FILE")]
+    pub config: std::path::PathBuf,
+    /// Run one pass and exit (the default; what the systemd timer runs).
+    #[arg(long, conflicts_with = "schedule")]
+    pub once: bool,
+    /// Stay up and run a pass at each time EXPR says: minutely, hourly, daily, weekly,
+    /// monthly, *:M/N, *-*-* *:M/N:00, or every DURATION. Times are UTC.
+    #[arg(long, value_name = "EXPR")]
+    pub schedule: Option<String>,
+    /// Check the config file (and -schedule) and exit.
+    #[arg(long)]
+    pub check: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -262,6 +262,37 @@ fn runbook_command_lines_parse() {
 }
 
 #[test]
+fn snapshot_agent_command_lines_parse() {
+    use Command as C;
+    check(
+        "snapshot-agent -config=/etc/keyhold/snapshot-agent.hcl",
+        |c| {
+            matches!(&c.command, C::SnapshotAgent(a)
+            if a.config.to_str() == Some("/etc/keyhold/snapshot-agent.hcl") && !a.once && a.schedule.is_none() && !a.check)
+        },
+    );
+    check(
+        "snapshot-agent -config /a.hcl -once",
+        |c| matches!(&c.command, C::SnapshotAgent(a) if a.once && a.schedule.is_none()),
+    );
+    check(
+        r#"snapshot-agent -config=/a.hcl -schedule="*-*-* *:00/15:00""#,
+        |c| matches!(&c.command, C::SnapshotAgent(a) if a.schedule.as_deref() == Some("*-*-* *:00/15:00")),
+    );
+    check(
+        r#"snapshot-agent --config=/a.hcl --schedule "every 2s" -check"#,
+        |c| matches!(&c.command, C::SnapshotAgent(a) if a.schedule.as_deref() == Some("every 2s") && a.check),
+    );
+    for bad in [
+        "snapshot-agent -config=/a.hcl -once -schedule=hourly",
+        "snapshot-agent -once",
+    ] {
+        let err = parse_line(bad).expect_err(bad);
+        assert_eq!(exit_code(&err), 1, "{bad}: {err}");
+    }
+}
+
+#[test]
 fn parse_errors_exit_1_and_help_exits_0() {
     for line in [
         "operator init -key-shares=abc",

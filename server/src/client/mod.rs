@@ -469,7 +469,7 @@ impl Client {
 
 /// An error and its sources on one line, for transport failures whose useful part (connection
 /// refused, unknown issuer) is often three levels down.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut parts = vec![e.to_string()];
     let mut source = e.source();
     while let Some(s) = source {

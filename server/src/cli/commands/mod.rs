@@ -6,6 +6,7 @@ mod mounts;
 mod operator;
 mod policy;
 mod raft;
+mod snapshot_agent;
 mod status;
 mod token;
 
@@ -42,6 +43,7 @@ pub async fn dispatch(ctx: &Context, ui: &mut Ui, command: Command) -> Result<u8
         Command::Policy(cmd) => policy::run(ctx, ui, cmd).await,
         Command::Token(cmd) => token::run(ctx, ui, cmd).await,
         Command::Login(cmd) => token::login(ctx, ui, cmd).await,
+        Command::SnapshotAgent(cmd) => snapshot_agent::run(cmd).await,
         Command::Other(args) => Err(not_supported(&args)),
     }
 }
