@@ -13,6 +13,7 @@ mod lifecycle;
 mod provision;
 mod provision_kms;
 mod provision_systemd;
+mod provision_transit;
 mod seal;
 mod smoke;
 mod snapshot;
