@@ -566,6 +566,111 @@ impl Cluster {
     }
 }
 
+/// The ACL policy of the token a transit seal uses: encrypt and decrypt with one key, nothing
+/// else (the token's `default` policy lets the seal look itself up and renew itself).
+pub fn transit_seal_policy(mount: &str, key: &str) -> String {
+    let mount = mount.trim_matches('/');
+    format!(
+        "# Written by provision: what a transit-sealed node may do on its unsealer.\n\
+         path \"{mount}/encrypt/{key}\" {{\n  capabilities = [\"update\"]\n}}\n\n\
+         path \"{mount}/decrypt/{key}\" {{\n  capabilities = [\"update\"]\n}}\n"
+    )
+}
+
+impl Cluster {
+    /// On an unsealer (node 0 of this `Cluster`): the transit engine at `mount`, the key
+    /// `key` in it, and `policy` allowing exactly encrypt and decrypt with that key. What
+    /// exists is left alone (the policy is written again: it is the same text). Returns what
+    /// was created.
+    pub async fn configure_transit_unsealer(
+        &self,
+        token: &str,
+        mount: &str,
+        key: &str,
+        policy: &str,
+    ) -> Result<Vec<String>> {
+        let client = self.client(0, Some(token))?;
+        let mount = mount.trim_matches('/');
+        let mut created = Vec::new();
+        let mounts = table(&client, "sys/mounts").await?;
+        match mounts.get(&format!("{mount}/")).map(String::as_str) {
+            Some("transit") => {}
+            Some(other) => bail!(
+                "{mount}/ on the unsealer is a {other} engine, not transit; disable it by hand"
+            ),
+            None => {
+                client
+                    .write(
+                        &format!("sys/mounts/{mount}"),
+                        &json!({ "type": "transit" }),
+                    )
+                    .await
+                    .with_context(|| format!("mount transit at {mount}/ on the unsealer"))?;
+                created.push(format!("transit engine {mount}/"));
+            }
+        }
+        let key_path = format!("{mount}/keys/{key}");
+        if client
+            .read(&key_path)
+            .await
+            .with_context(|| format!("read {key_path} on the unsealer"))?
+            .is_none()
+        {
+            client
+                .write(&key_path, &json!({ "type": "aes256-gcm96" }))
+                .await
+                .with_context(|| format!("create the transit key {key_path}"))?;
+            created.push(format!("key {key_path}"));
+        }
+        client
+            .write(
+                &format!("sys/policies/acl/{policy}"),
+                &json!({ "policy": transit_seal_policy(mount, key) }),
+            )
+            .await
+            .with_context(|| format!("write policy {policy} on the unsealer"))?;
+        Ok(created)
+    }
+
+    /// Whether `token` is a live token on `node` (`auth/token/lookup-self` answers).
+    pub async fn token_is_live(&self, node: usize, token: &str) -> Result<bool> {
+        let client = self.client(node, Some(token))?;
+        match client.read("auth/token/lookup-self").await {
+            Ok(found) => Ok(found.is_some()),
+            Err(keyhold::client::ClientError::Api(e)) if e.status == 403 => Ok(false),
+            Err(e) => Err(e).context("look up the transit seal's token"),
+        }
+    }
+
+    /// A periodic orphan token with `policy` (and `default`, so it can renew itself): the
+    /// token of a transit seal, renewed by the server at half its TTL and never expiring
+    /// while it is renewed. Not tied to the creating token, which may be revoked.
+    pub async fn create_periodic_token(
+        &self,
+        token: &str,
+        policy: &str,
+        period: &str,
+        display_name: &str,
+    ) -> Result<String> {
+        let client = self.client(0, Some(token))?;
+        let resp = client
+            .write(
+                "auth/token/create-orphan",
+                &json!({
+                    "policies": [policy],
+                    "period": period,
+                    "renewable": true,
+                    "display_name": display_name,
+                }),
+            )
+            .await
+            .context("create the transit seal's token on the unsealer")?;
+        resp.and_then(|s| s.auth)
+            .map(|a| a.client_token)
+            .ok_or_else(|| anyhow!("the unsealer returned no token for the transit seal"))
+    }
+}
+
 /// Calls `check` every `every` until it answers `Some`, or `timeout` has passed (`None`):
 /// the one bounded wait behind every `wait_*` here.
 pub async fn poll<T>(

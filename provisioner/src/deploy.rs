@@ -22,6 +22,7 @@ use crate::output::{Outcome, Progress};
 use crate::render::{self, Layout, NodeSpec, Renderer};
 use crate::secrets::{self, InitSecrets, SecretStore};
 use crate::state::{fingerprint, State, StateDir};
+use zeroize::Zeroizing;
 
 /// Renew a node certificate this long before it expires (at most: see `cert_reason`).
 const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -37,6 +38,14 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// initialised (the server retries its KMS with backoff; a KMS that does not answer in this
 /// time is reported with the server's own warning).
 const AUTO_UNSEAL_TIMEOUT: Duration = Duration::from_secs(60);
+/// The unsealer's node name (its Raft node id, certificate SAN and directory under `nodes/`).
+pub const UNSEALER: &str = "unsealer";
+/// The policy on the unsealer that the transit seal's token holds.
+const UNSEALER_POLICY: &str = "autounseal";
+/// The period of the transit seal's token: the server renews it at half its TTL.
+const UNSEALER_TOKEN_PERIOD: &str = "24h";
+/// Where the transit seal's token is kept in the unsealer's encrypted credentials.
+const UNSEALER_TOKEN_KEY: &str = "transit-seal-token";
 
 /// An environment, resolved: where its nodes live and what they run.
 pub struct Deployment {
@@ -44,6 +53,8 @@ pub struct Deployment {
     pub dir: StateDir,
     pub binary: PathBuf,
     pub nodes: Vec<NodeSpec>,
+    /// The one-node transit unsealer (`unsealer { address }`), if the environment has one.
+    pub unsealer: Option<NodeSpec>,
 }
 
 /// One change `up` would make, as `plan` reports it.
@@ -71,11 +82,25 @@ impl Deployment {
         let nodes = NodeSpec::cluster(&env, &addresses, |name| {
             Layout::local(nodes_dir.join(name), binary.clone())
         })?;
+        let unsealer = env.unsealer.as_ref().map(|u| {
+            let address = IpAddr::V4(u.address);
+            let url = |port| format!("https://{}", std::net::SocketAddr::new(address, port));
+            NodeSpec {
+                name: UNSEALER.to_string(),
+                index: 0,
+                address,
+                api_addr: url(env.listener.api_port),
+                cluster_addr: url(env.listener.cluster_port),
+                peers: Vec::new(),
+                layout: Layout::local(nodes_dir.join(UNSEALER), binary.clone()),
+            }
+        });
         Ok(Deployment {
             env,
             dir,
             binary,
             nodes,
+            unsealer,
         })
     }
 
@@ -125,16 +150,26 @@ impl Deployment {
         }
     }
 
-    /// The private environment file (0600) of a local node: the `AWS_*` credentials
-    /// `provision` itself runs with, for an awskms seal, so a node restarted later by another
-    /// `up` still reaches KMS. None when nothing needs passing on (the file is left as it is).
-    fn local_environment_file(&self) -> Option<String> {
-        if !matches!(self.env.seal, Seal::AwsKms(_)) {
-            return None;
-        }
-        let vars: Vec<(String, String)> = crate::kms::AWS_VARIABLES
-            .iter()
-            .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+    /// The private environment file (0600) of a local node: for an awskms seal, the `AWS_*`
+    /// credentials `provision` itself runs with, so a node restarted later by another `up`
+    /// still reaches KMS; for a transit seal, `VAULT_TOKEN`: the token `up` made on the
+    /// environment's unsealer, else provision's own `VAULT_TOKEN`. None when nothing needs
+    /// passing on (the file is left as it is).
+    fn local_environment_file(&self, transit_token: Option<&str>) -> Option<String> {
+        let from_env = |names: &[&str]| -> Vec<(String, String)> {
+            names
+                .iter()
+                .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+                .collect()
+        };
+        let vars: Vec<(String, String)> = match (&self.env.seal, transit_token) {
+            (Seal::AwsKms(_), _) => from_env(crate::kms::AWS_VARIABLES),
+            (Seal::Transit(_), Some(token)) => vec![("VAULT_TOKEN".into(), token.to_string())],
+            (Seal::Transit(_), None) => from_env(&["VAULT_TOKEN"]),
+            (Seal::Shamir, _) => return None,
+        };
+        let vars: Vec<(String, String)> = vars
+            .into_iter()
             .filter(|(_, v)| !v.is_empty() && !v.contains('\n'))
             .collect();
         if vars.is_empty() {
@@ -184,6 +219,35 @@ impl Deployment {
         )
     }
 
+    /// The unsealer's own secret store (`secrets/unsealer/`: its init output, one share and
+    /// its root token, and the transit seal's token), encrypted to the environment's recipients.
+    fn unsealer_store(&self) -> Result<SecretStore> {
+        let (store, _) = self.secret_store()?;
+        Ok(store.sibling(self.dir.secrets_dir().join(UNSEALER)))
+    }
+
+    /// The environment with only what its unsealer runs: one Shamir node, no snapshots.
+    fn unsealer_env(&self) -> Environment {
+        let mut env = self.env.clone();
+        env.seal = Seal::Shamir;
+        env.nodes = 1;
+        env.unsealer = None;
+        env.snapshots = None;
+        env
+    }
+
+    fn unsealer_cluster(&self, unsealer: &NodeSpec) -> Result<Cluster> {
+        let ca = std::fs::read(self.ca_file())
+            .with_context(|| format!("read the environment's CA {}", self.ca_file().display()))?;
+        Ok(Cluster::new(
+            vec![Endpoint {
+                name: unsealer.name.clone(),
+                api_addr: unsealer.api_addr.clone(),
+            }],
+            ca,
+        ))
+    }
+
     /// The secret store, creating the local identity when the environment names no
     /// recipients. The flag is true when the identity was created now.
     fn secret_store(&self) -> Result<(SecretStore, bool)> {
@@ -219,6 +283,20 @@ impl Deployment {
         dns.extend(extra_dns);
         ips.extend(extra_ips);
         (dns, ips)
+    }
+
+    /// Issues `node`'s server certificate from `ca` and writes it and its key to the node.
+    fn issue_server_cert(&self, host: &LocalHost, node: &NodeSpec, ca: &Ca) -> Result<()> {
+        let (dns, ips) = self.wanted_sans(node);
+        let cert = ca.issue_server(&node.name, &dns, &ips, self.env.tls.cert_lifetime)?;
+        let tls = Path::new(Layout::TLS_DIR);
+        host.put_file(&tls.join(render::NODE_KEY), cert.key_pem.as_bytes(), 0o600)?;
+        host.put_file(
+            &tls.join(render::NODE_CERT),
+            cert.cert_pem.as_bytes(),
+            0o644,
+        )?;
+        Ok(())
     }
 
     /// Why `node`'s certificate must be (re)issued, or None.
@@ -273,6 +351,34 @@ impl Deployment {
                     None,
                     format!("check the KMS key (cannot be read now: {e:#})"),
                 ),
+            }
+        }
+        if let Some(unsealer) = &self.unsealer {
+            let name = Some(unsealer.name.as_str());
+            if ca_info.is_some() {
+                if let Some(reason) = self.cert_reason(unsealer, ca_info.as_ref()) {
+                    add(
+                        &mut changes,
+                        name,
+                        format!("issue its certificate ({reason})"),
+                    );
+                }
+            }
+            match self.host(unsealer).service_state()? {
+                ServiceState::Stopped => add(
+                    &mut changes,
+                    name,
+                    "start, initialise if new, and unseal the transit unsealer".into(),
+                ),
+                ServiceState::Running { .. } => {
+                    let health = match ca_info {
+                        Some(_) => self.unsealer_cluster(unsealer)?.health(0).await,
+                        None => None,
+                    };
+                    if Role::from_health(health.as_ref()) != Role::Active {
+                        add(&mut changes, name, "unseal the transit unsealer".into());
+                    }
+                }
             }
         }
         let renderer = Renderer::new()?;
@@ -389,15 +495,8 @@ impl Deployment {
                 0o644,
             )?;
             if let Some(reason) = self.cert_reason(node, Some(ca.info())) {
-                let (dns, ips) = self.wanted_sans(node);
-                let cert = ca.issue_server(&node.name, &dns, &ips, self.env.tls.cert_lifetime)?;
+                self.issue_server_cert(&host, node, &ca)?;
                 let tls = Path::new(Layout::TLS_DIR);
-                host.put_file(&tls.join(render::NODE_KEY), cert.key_pem.as_bytes(), 0o600)?;
-                host.put_file(
-                    &tls.join(render::NODE_CERT),
-                    cert.cert_pem.as_bytes(),
-                    0o644,
-                )?;
                 let client =
                     ca.issue_client(&format!("{}-client", node.name), self.env.tls.cert_lifetime)?;
                 host.put_file(
@@ -437,6 +536,16 @@ impl Deployment {
         progress.finish(step, outcome, detail);
         state.save(&self.dir)?;
 
+        // The transit unsealer, before any node needs it: its token goes into the nodes'
+        // environment files.
+        let transit_token = match &self.unsealer {
+            Some(unsealer) => Some(
+                self.up_unsealer(unsealer, &ca, identity, &mut state, progress)
+                    .await?,
+            ),
+            None => None,
+        };
+
         // Files.
         let step = progress.start("files");
         let renderer = Renderer::new()?;
@@ -445,13 +554,18 @@ impl Deployment {
         // (state records the config each process was started with) is restarted, one node at
         // a time, once the cluster is unsealed.
         let mut config_sha = BTreeMap::new();
+        // Nodes whose environment file changed: a running one is restarted like one whose
+        // config changed (it reads the file only at start).
+        let mut env_changed = BTreeSet::new();
+        let env_file = self.local_environment_file(transit_token.as_deref().map(|t| t.as_str()));
         for node in &self.nodes {
             let host = self.host(node);
             host.ensure_dir(Path::new(Layout::DATA_DIR), 0o700)?;
             host.ensure_dir(Path::new(Layout::LOG_DIR), 0o750)?;
-            if let Some(content) = self.local_environment_file() {
+            if let Some(content) = &env_file {
                 if host.put_file(Path::new(Layout::ENV_FILE), content.as_bytes(), 0o600)? {
                     written.push(format!("{}:{}", node.name, Layout::ENV_FILE));
+                    env_changed.insert(node.name.clone());
                 }
             }
             for file in renderer.render_node(&self.env, node)? {
@@ -508,7 +622,7 @@ impl Deployment {
                 host.start_service()?;
                 entry.config_sha256 = wanted_config;
                 started.push(node.name.clone());
-            } else if entry.config_sha256 != wanted_config {
+            } else if entry.config_sha256 != wanted_config || env_changed.contains(&node.name) {
                 restart.push(i);
             } else if reload.contains(&node.name) {
                 host.reload_service()?;
@@ -790,6 +904,163 @@ impl Deployment {
         Ok(report)
     }
 
+    /// The transit unsealer: certificate, config, process, init (one share, kept encrypted
+    /// in `secrets/unsealer/`), unseal, the transit engine, key and policy, and the seal's
+    /// periodic token (kept encrypted beside the init output and reused while it lives).
+    /// Every part is checked before it is acted on, so a second run changes nothing and a
+    /// dead unsealer is started and unsealed again. Returns the seal's token.
+    async fn up_unsealer(
+        &self,
+        unsealer: &NodeSpec,
+        ca: &Ca,
+        identity: &[PathBuf],
+        state: &mut State,
+        progress: &mut Progress,
+    ) -> Result<Zeroizing<String>> {
+        let Seal::Transit(transit) = &self.env.seal else {
+            bail!("an unsealer serves a transit seal only");
+        };
+        let step = progress.start("unsealer");
+        let mut did: Vec<String> = Vec::new();
+        let host = self.host(unsealer);
+        let tls = Path::new(Layout::TLS_DIR);
+        host.ensure_dir(tls, 0o700)?;
+        let mut reload =
+            host.put_file(&tls.join(render::CA_CERT), ca.cert_pem().as_bytes(), 0o644)?;
+        if let Some(reason) = self.cert_reason(unsealer, Some(ca.info())) {
+            self.issue_server_cert(&host, unsealer, ca)?;
+            did.push(format!("issued its certificate ({reason})"));
+            reload = true;
+        }
+        host.ensure_dir(Path::new(Layout::DATA_DIR), 0o700)?;
+        host.ensure_dir(Path::new(Layout::LOG_DIR), 0o750)?;
+        let env = self.unsealer_env();
+        let mut config = String::new();
+        for file in Renderer::new()?.render_node(&env, unsealer)? {
+            if host.put_file(&file.path, file.content.as_bytes(), file.mode)? {
+                did.push(format!("wrote {}", file.path.display()));
+            }
+            if file.path == Path::new(Layout::SERVER_CONFIG) {
+                config = fingerprint(file.content.as_bytes());
+            }
+        }
+        let entry = state.nodes.entry(unsealer.name.clone()).or_default();
+        match host.service_state()? {
+            ServiceState::Stopped => {
+                host.start_service()?;
+                did.push("started".into());
+            }
+            ServiceState::Running { .. } if entry.config_sha256 != config => {
+                host.stop_service(STOP_TIMEOUT)?;
+                host.start_service()?;
+                did.push("restarted (its config changed)".into());
+            }
+            ServiceState::Running { .. } if reload => {
+                host.reload_service()?;
+                did.push("reloaded (certificates changed)".into());
+            }
+            ServiceState::Running { .. } => {}
+        }
+        entry.config_sha256 = config;
+        entry.address = unsealer.address.to_string();
+        entry.api_addr = unsealer.api_addr.clone();
+        entry.binary = self.binary.clone();
+        if let ServiceState::Running { pid } = host.service_state()? {
+            if entry.pid != Some(pid) {
+                entry.started_at = Some(Utc::now());
+            }
+            entry.pid = Some(pid);
+        }
+        state.save(&self.dir)?;
+
+        let cluster = self.unsealer_cluster(unsealer)?;
+        let health = cluster.wait_responding(0, START_TIMEOUT).await?;
+        let store = self.unsealer_store()?;
+        if !health.initialized {
+            if store.has_init() {
+                bail!(
+                    "the unsealer answers uninitialised but {} holds its init output: its data \
+                     is gone, and with it the key that seals the cluster. Restore it, or run \
+                     `provision down --env {} --purge` to start again",
+                    store.dir().display(),
+                    self.env.name
+                );
+            }
+            let out = cluster.init(0, 1, 1, false).await?;
+            store.save_init(&InitSecrets {
+                unseal_keys_b64: out.keys_base64.clone(),
+                root_token: out.root_token.clone(),
+                created_at: Utc::now(),
+                recovery: false,
+            })?;
+            did.push("initialised (1 share, encrypted)".into());
+        } else if !store.has_init() {
+            bail!(
+                "the unsealer is initialised but its init output is not in {}; without its \
+                 share it cannot be unsealed. If the environment holds nothing of value, run \
+                 `provision down --env {} --purge`",
+                store.dir().display(),
+                self.env.name
+            );
+        }
+        let identities = self.identities(identity)?;
+        let init = store.load_init(&identities)?;
+        if Role::from_health(cluster.health(0).await.as_ref()) != Role::Active {
+            let sealed = cluster.health(0).await.is_some_and(|h| h.sealed);
+            cluster.unseal(0, &init.unseal_keys_b64).await?;
+            if sealed {
+                did.push("unsealed".into());
+            }
+            cluster.wait_active(FORM_TIMEOUT).await?;
+        }
+        let created = retrying(|| {
+            cluster.configure_transit_unsealer(
+                &init.root_token,
+                &transit.mount_path,
+                &transit.key_name,
+                UNSEALER_POLICY,
+            )
+        })
+        .await?;
+        did.extend(created.into_iter().map(|c| format!("created {c}")));
+
+        let mut creds = store.load_credentials(&identities)?;
+        let live = match creds.get(UNSEALER_TOKEN_KEY) {
+            Some(token) => cluster.token_is_live(0, token).await?,
+            None => false,
+        };
+        if !live {
+            let token = cluster
+                .create_periodic_token(
+                    &init.root_token,
+                    UNSEALER_POLICY,
+                    UNSEALER_TOKEN_PERIOD,
+                    &format!("{}-transit-seal", self.env.name),
+                )
+                .await?;
+            creds.insert(UNSEALER_TOKEN_KEY.to_string(), token);
+            store.save_credentials(&creds)?;
+            did.push(format!(
+                "made the seal's token (policy {UNSEALER_POLICY}, period {UNSEALER_TOKEN_PERIOD})"
+            ));
+        }
+        let token = Zeroizing::new(creds.remove(UNSEALER_TOKEN_KEY).unwrap_or_default());
+        creds.clear();
+        if did.is_empty() {
+            progress.finish(
+                step,
+                Outcome::Ok,
+                format!(
+                    "unsealed at {}, {}{} ready",
+                    unsealer.api_addr, transit.mount_path, transit.key_name
+                ),
+            );
+        } else {
+            progress.finish(step, Outcome::Changed, did.join("; "));
+        }
+        Ok(token)
+    }
+
     /// Restarts `nodes` one at a time, standbys first and the active node last (it hands
     /// leadership over as it stops), unsealing each and waiting for it to serve again before
     /// the next, so the cluster keeps a quorum throughout.
@@ -880,6 +1151,24 @@ impl Deployment {
 
     /// Unseals every sealed node from the encrypted init output.
     pub async fn unseal(&self, identity: &[PathBuf], progress: &mut Progress) -> Result<()> {
+        if let Some(unsealer) = &self.unsealer {
+            let step = progress.start(format!("unseal {}", unsealer.name));
+            let cluster = self.unsealer_cluster(unsealer)?;
+            match Role::from_health(cluster.health(0).await.as_ref()) {
+                Role::Active | Role::Standby => progress.finish(step, Outcome::Ok, "unsealed"),
+                Role::Down => progress.finish(
+                    step,
+                    Outcome::Failed,
+                    "not running (`provision up` starts it)",
+                ),
+                Role::Sealed | Role::Uninitialized => {
+                    let identities = self.identities(identity)?;
+                    let init = self.unsealer_store()?.load_init(&identities)?;
+                    cluster.unseal(0, &init.unseal_keys_b64).await?;
+                    progress.finish(step, Outcome::Changed, "unsealed");
+                }
+            }
+        }
         if self.env.seal.is_auto() {
             let cluster = self.cluster()?;
             for (i, node) in self.nodes.iter().enumerate() {
@@ -942,6 +1231,15 @@ impl Deployment {
             let node = &self.nodes[i];
             let step = progress.start(format!("stop {}", node.name));
             if self.host(node).stop_service(STOP_TIMEOUT)? {
+                progress.finish(step, Outcome::Changed, "stopped");
+            } else {
+                progress.finish(step, Outcome::Ok, "not running");
+            }
+        }
+        if let Some(unsealer) = &self.unsealer {
+            // Last: the nodes no longer need it.
+            let step = progress.start(format!("stop {}", unsealer.name));
+            if self.host(unsealer).stop_service(STOP_TIMEOUT)? {
                 progress.finish(step, Outcome::Changed, "stopped");
             } else {
                 progress.finish(step, Outcome::Ok, "not running");
@@ -1067,6 +1365,8 @@ pub struct StatusReport {
     pub failure_tolerance: i64,
     /// Whether autopilot (read with the admin login) supplied the figures above.
     pub autopilot: bool,
+    /// The transit unsealer, if the environment has one.
+    pub unsealer: Option<NodeStatus>,
 }
 
 impl Deployment {
@@ -1112,11 +1412,31 @@ impl Deployment {
             Some(a) => a.failure_tolerance,
             None => (serving - quorum).max(0),
         };
+        let unsealer = match &self.unsealer {
+            Some(u) => {
+                let health = self.unsealer_cluster(u)?.health(0).await;
+                Some(NodeStatus {
+                    name: u.name.clone(),
+                    address: u.api_addr.clone(),
+                    role: Role::from_health(health.as_ref()),
+                    version: health.as_ref().map(|h| h.version.clone()),
+                    raft_applied_index: None,
+                    last_contact: None,
+                    health_code: health.as_ref().map(|h| h.status),
+                    pid: match self.host(u).service_state()? {
+                        ServiceState::Running { pid } => Some(pid),
+                        ServiceState::Stopped => None,
+                    },
+                })
+            }
+            None => None,
+        };
         Ok(StatusReport {
             environment: self.env.name.clone(),
             nodes,
             failure_tolerance,
             autopilot: autopilot.is_some(),
+            unsealer,
         })
     }
 

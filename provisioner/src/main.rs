@@ -238,6 +238,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                     "changed": changed,
                     "steps": progress.steps,
                     "nodes": status.nodes,
+                    "unsealer": status.unsealer,
                     "failure_tolerance": status.failure_tolerance,
                     "secret_files": report.secret_files,
                     "ca_cert": d.ca_file(),
@@ -344,7 +345,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                     }
                 );
             }
-            let all_up = status.nodes.iter().all(|n| {
+            let all_up = status.nodes.iter().chain(status.unsealer.iter()).all(|n| {
                 matches!(
                     n.role,
                     provisioner::cluster::Role::Active | provisioner::cluster::Role::Standby
@@ -430,6 +431,7 @@ fn status_table(status: &provisioner::deploy::StatusReport) -> String {
     let rows = status
         .nodes
         .iter()
+        .chain(status.unsealer.iter())
         .map(|n| {
             vec![
                 n.name.clone(),

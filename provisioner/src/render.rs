@@ -514,7 +514,9 @@ struct NodeContext<'a> {
 #[derive(Debug, Serialize)]
 struct SealView<'a> {
     awskms: Option<&'a AwsKms>,
-    transit: Option<&'a TransitSeal>,
+    /// With an `unsealer`, `tls_ca_cert` defaults to the node's copy of the environment CA
+    /// (the unsealer's certificate comes from it).
+    transit: Option<TransitSeal>,
 }
 
 #[derive(Debug, Serialize)]
@@ -664,7 +666,13 @@ impl<'a> NodeContext<'a> {
                     _ => None,
                 },
                 transit: match &env.seal {
-                    Seal::Transit(transit) => Some(transit),
+                    Seal::Transit(transit) => {
+                        let mut transit = transit.clone();
+                        if env.unsealer.is_some() && transit.tls_ca_cert.is_none() {
+                            transit.tls_ca_cert = Some(layout.tls_file(CA_CERT));
+                        }
+                        Some(transit)
+                    }
                     _ => None,
                 },
             },

@@ -213,6 +213,16 @@ impl SecretStore {
         }
     }
 
+    /// A store in `dir` encrypting to the same recipients, with one file for the whole init
+    /// output (the environment's transit unsealer has one share).
+    pub fn sibling(&self, dir: PathBuf) -> SecretStore {
+        SecretStore {
+            dir,
+            recipients: self.recipients.clone(),
+            per_share: false,
+        }
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -583,6 +583,16 @@ pub fn roles_of(status: &Value) -> Result<Vec<String>> {
         .collect()
 }
 
+/// The step `name` in the JSON output of `provision up --json`.
+pub fn step<'a>(up: &'a Value, name: &str) -> Result<&'a Value> {
+    up["steps"]
+        .as_array()
+        .with_context(|| format!("no steps in {up}"))?
+        .iter()
+        .find(|s| s["step"] == serde_json::json!(name))
+        .with_context(|| format!("no step {name:?} in {up}"))
+}
+
 /// Parses `export NAME=VALUE` lines as a POSIX shell's `eval` would (values bare or in single
 /// quotes, `'\''` for a quote inside).
 pub fn parse_exports(text: &str) -> Result<BTreeMap<String, String>> {

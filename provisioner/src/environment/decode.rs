@@ -29,6 +29,7 @@ const TOP_KEYS: &[&str] = &[
     "server",
     "snapshots",
     "tls",
+    "unsealer",
 ];
 const REPEATABLE: &[&str] = &["audit", "auth", "policy", "secrets"];
 
@@ -86,14 +87,26 @@ pub(super) fn decode(file: &Path, shown: &str, text: &str) -> Result<Environment
         .chain(["default"])
         .collect();
     let auth = decode_auth(&top, &known)?;
-    let seal = decode_seal(&top)?;
+    let listener = decode_listener(&top)?;
+    let unsealer = decode_unsealer(&top, &provider, nodes)?;
+    let unsealer_url = unsealer
+        .as_ref()
+        .map(|u| format!("https://{}:{}", u.address, listener.api_port));
+    let seal = decode_seal(&top, unsealer_url.as_deref())?;
+    if let (Some(_), false) = (&unsealer, matches!(seal, Seal::Transit(_))) {
+        return Err(top.value_error(
+            "unsealer",
+            "an unsealer serves a transit seal: add seal \"transit\" { key_name = \"...\" } \
+             (its address and CA then default to the unsealer's)",
+        ));
+    }
     let env = Environment {
         name,
         file: file.to_path_buf(),
         provider,
         nodes,
         server: decode_server(&top, &dir)?,
-        listener: decode_listener(&top)?,
+        listener,
         raft: decode_raft(&top)?,
         autopilot: decode_autopilot(&top, nodes)?,
         log: decode_log(&top)?,
@@ -106,6 +119,7 @@ pub(super) fn decode(file: &Path, shown: &str, text: &str) -> Result<Environment
         secrets: decode_secrets(&top)?,
         admin: decode_admin(&top)?,
         snapshots: decode_snapshots(&top)?,
+        unsealer,
     };
     check_admin(&top, &env)?;
     Ok(env)
@@ -461,7 +475,44 @@ fn decode_log(top: &Section<'_, '_>) -> Result<Log, ConfigError> {
     Ok(out)
 }
 
-fn decode_seal(top: &Section<'_, '_>) -> Result<Seal, ConfigError> {
+/// `unsealer { address = "127.0.5.9" }`: a one-node Keyhold the local provider runs, on a
+/// loopback address outside the cluster's range.
+fn decode_unsealer(
+    top: &Section<'_, '_>,
+    provider: &Provider,
+    nodes: usize,
+) -> Result<Option<Unsealer>, ConfigError> {
+    let Some(body) = single(top, "unsealer")? else {
+        return Ok(None);
+    };
+    let s = Section::new(top.src, body, "in unsealer", "unsealer", &["address"], &[])?;
+    let text = s.required_string("address", "the unsealer's loopback address")?;
+    let address = match text.parse::<Ipv4Addr>() {
+        Ok(ip) if ip.is_loopback() && ip.octets()[3] != 0 => ip,
+        _ => {
+            return Err(s.value_error(
+                "address",
+                format!("{text:?} is not a usable loopback address; use e.g. \"127.0.5.9\""),
+            ))
+        }
+    };
+    let Provider::Local(local) = provider;
+    let first = u32::from(local.address_base);
+    if (first..first + nodes as u32).contains(&u32::from(address)) {
+        return Err(s.value_error(
+            "address",
+            format!(
+                "{address} is one of the cluster's node addresses ({} and the next {}); give \
+                 the unsealer an address of its own",
+                local.address_base,
+                nodes - 1
+            ),
+        ));
+    }
+    Ok(Some(Unsealer { address }))
+}
+
+fn decode_seal(top: &Section<'_, '_>, unsealer_url: Option<&str>) -> Result<Seal, ConfigError> {
     let Some(block) = single_labelled(top, "seal", "seal \"shamir\" {}")? else {
         return Ok(Seal::Shamir);
     };
@@ -533,7 +584,12 @@ fn decode_seal(top: &Section<'_, '_>) -> Result<Seal, ConfigError> {
                      environment file (0600)",
                 ));
             }
-            let address = s.required_string("address", "the transit server's URL")?;
+            // With an `unsealer`, the address defaults to it.
+            let address = match (s.string("address")?, unsealer_url) {
+                (Some(a), _) => a,
+                (None, Some(url)) => url.to_string(),
+                (None, None) => s.required_string("address", "the transit server's URL")?,
+            };
             if !(address.starts_with("http://") || address.starts_with("https://")) {
                 return Err(s.value_error(
                     "address",

@@ -35,6 +35,16 @@ pub struct Environment {
     pub secrets: Vec<SecretsEngine>,
     pub admin: Admin,
     pub snapshots: Option<Snapshots>,
+    /// A one-node Shamir Keyhold the local provider runs beside the cluster, whose transit
+    /// engine seals it (`unsealer { address }`; only with `seal "transit"`).
+    pub unsealer: Option<Unsealer>,
+}
+
+/// The transit unsealer of a local environment: its own loopback address, laid out under
+/// `.provision/ENV/nodes/unsealer/`, with a certificate from the environment's CA.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Unsealer {
+    pub address: Ipv4Addr,
 }
 
 /// Where and how nodes run.

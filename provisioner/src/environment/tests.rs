@@ -71,6 +71,55 @@ fn shipped_environments_load() {
         !bases.contains(&pk.address_base),
         "local-kms shares a range"
     );
+
+    let transit = load(&shipped("local-transit")).unwrap();
+    let Seal::Transit(seal) = &transit.seal else {
+        panic!("local-transit: {:?}", transit.seal)
+    };
+    let unsealer = transit
+        .unsealer
+        .as_ref()
+        .expect("local-transit has an unsealer");
+    assert_eq!(seal.address, format!("https://{}:8200", unsealer.address));
+    assert_eq!(seal.tls_ca_cert, None, "filled in per node by the renderer");
+    let Provider::Local(pt) = &transit.provider;
+    assert!(
+        !bases.contains(&pt.address_base) && pt.address_base != pk.address_base,
+        "local-transit shares a range"
+    );
+}
+
+#[test]
+fn an_unsealer_needs_a_transit_seal_and_an_address_of_its_own() {
+    let ok = parse(&format!(
+        "{MINIMAL}\nunsealer {{\n  address = \"127.0.9.9\"\n}}\nseal \"transit\" {{\n  key_name = \"k\"\n}}\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        ok.unsealer.map(|u| u.address.to_string()).as_deref(),
+        Some("127.0.9.9")
+    );
+    let bad: &[(&str, &str)] = &[
+        ("unsealer {\n  address = \"127.0.9.9\"\n}\n", "transit"),
+        (
+            "unsealer {\n  address = \"127.0.1.2\"\n}\nseal \"transit\" {\n  key_name = \"k\"\n}\n",
+            "cluster's node addresses",
+        ),
+        (
+            "unsealer {\n  address = \"10.0.0.1\"\n}\nseal \"transit\" {\n  key_name = \"k\"\n}\n",
+            "not a usable loopback address",
+        ),
+        (
+            "unsealer {}\nseal \"transit\" {\n  key_name = \"k\"\n}\n",
+            "address",
+        ),
+    ];
+    for (text, words) in bad {
+        let err = parse(&format!("{MINIMAL}\n{text}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(words), "{text}: {err}");
+    }
 }
 
 #[test]

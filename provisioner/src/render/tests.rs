@@ -101,6 +101,7 @@ fn environment(full: bool) -> Environment {
             retain: Some(96),
             retain_for: None,
         }),
+        unsealer: None,
     }
 }
 

@@ -14,6 +14,7 @@ mod moto;
 mod provision;
 mod provision_kms;
 mod provision_systemd;
+mod provision_transit;
 mod seal;
 mod smoke;
 mod snapshot;

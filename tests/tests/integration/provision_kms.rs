@@ -11,19 +11,10 @@ use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
 use keyhold_tests::moto::{Moto, AWS_ENV};
-use keyhold_tests::provision::{loopback_base, wait_gone, EnvSpec, Provisioned};
-use serde_json::{json, Value};
+use keyhold_tests::provision::{loopback_base, step, wait_gone, EnvSpec, Provisioned};
+use serde_json::json;
 
 const SLOT_KMS: u8 = 21;
-
-fn step<'a>(up: &'a Value, name: &str) -> Result<&'a Value> {
-    up["steps"]
-        .as_array()
-        .with_context(|| format!("no steps in {up}"))?
-        .iter()
-        .find(|s| s["step"] == json!(name))
-        .with_context(|| format!("no step {name:?} in {up}"))
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn provision_awskms_cluster_unseals_itself_after_kill_9_of_every_node() -> Result<()> {
