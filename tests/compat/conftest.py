@@ -34,10 +34,23 @@ from pathlib import Path
 import hvac
 import pytest
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+def cluster_session() -> requests.Session:
+    """A session that asks again, twice, after a 503: what Vault's Go client does by default
+    (VAULT_MAX_RETRIES=2) and what a client of a cluster needs while it elects a new leader
+    ("node not active but active cluster node not found"). hvac itself never retries."""
+    retry = Retry(total=2, connect=0, read=0, status_forcelist=[503], allowed_methods=None,
+                  backoff_factor=1, raise_on_status=False, respect_retry_after_header=True)
+    session = requests.Session()
+    session.mount("https://", HTTPAdapter(max_retries=retry))
+    return session
+
 
 WAIT_ATTEMPTS = 400
 WAIT_INTERVAL = 0.05
@@ -369,7 +382,8 @@ class KeyholdCluster:
             node.start()
 
     def client(self, token=None) -> hvac.Client:
-        return self.entry.client(token)
+        return hvac.Client(url=self.url, verify=self.ca_path, token=token, timeout=30,
+                           session=cluster_session())
 
     def root_client(self) -> hvac.Client:
         return self.client(self.root_token)
@@ -645,7 +659,8 @@ class ProvisionedCluster:
         return {"keys": keys, "keys_base64": keys, "root_token": self.root_token}
 
     def client(self, token=None) -> hvac.Client:
-        return hvac.Client(url=self.url, verify=self.ca_path, token=token, timeout=30)
+        return hvac.Client(url=self.url, verify=self.ca_path, token=token, timeout=30,
+                           session=cluster_session())
 
     def root_client(self) -> hvac.Client:
         return self.client(self.root_token)
