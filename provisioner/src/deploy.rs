@@ -867,6 +867,32 @@ impl Deployment {
             progress.finish(step, Outcome::Ok, "as configured");
         }
 
+        // Snapshots to S3: the bucket, and the agent's policy, role and credential files.
+        if let Some(s3) = self.env.snapshots.as_ref().and_then(|s| s.s3.as_ref()) {
+            let step = progress.start("snapshots");
+            // The policy and role need a root token: this run's, or (only when a node lacks
+            // its credential files) one generated from the shares for this step alone.
+            let (token, generated) = match (&root_token, crate::snapshots::files_present(self)?) {
+                (Some(t), _) => (Some(t.clone()), false),
+                (None, true) => (None, false),
+                (None, false) => (Some(cluster.generate_root(keys).await?), true),
+            };
+            let changed = crate::snapshots::prepare(self, &cluster, token.as_deref(), s3).await;
+            if let (true, Some(t)) = (generated, &token) {
+                cluster.revoke_self(t).await?;
+            }
+            let changed = changed?;
+            if changed.is_empty() {
+                progress.finish(
+                    step,
+                    Outcome::Ok,
+                    format!("agent ready (bucket {})", s3.bucket),
+                );
+            } else {
+                progress.finish(step, Outcome::Changed, changed.join(", "));
+            }
+        }
+
         // The admin login must work before the root token goes.
         let step = progress.start("admin login");
         self.admin_login(&cluster, &credentials).await?;
