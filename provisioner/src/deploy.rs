@@ -114,6 +114,18 @@ impl Deployment {
         )
     }
 
+    /// The node's snapshot agent process, when the environment stores snapshots in S3.
+    pub fn agent_host(&self, node: &NodeSpec) -> Option<LocalHost> {
+        let snapshots = self.env.snapshots.as_ref().filter(|s| s.s3.is_some())?;
+        Some(LocalHost::snapshot_agent(
+            &node.name,
+            node.layout.root.clone(),
+            self.binary.clone(),
+            PathBuf::from(Layout::SNAPSHOT_AGENT_CONFIG),
+            &snapshots.schedule,
+        ))
+    }
+
     pub fn ca_file(&self) -> PathBuf {
         self.dir.tls_dir().join(render::CA_CERT)
     }
@@ -162,12 +174,20 @@ impl Deployment {
                 .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
                 .collect()
         };
-        let vars: Vec<(String, String)> = match (&self.env.seal, transit_token) {
+        let mut vars: Vec<(String, String)> = match (&self.env.seal, transit_token) {
             (Seal::AwsKms(_), _) => from_env(crate::kms::AWS_VARIABLES),
             (Seal::Transit(_), Some(token)) => vec![("VAULT_TOKEN".into(), token.to_string())],
             (Seal::Transit(_), None) => from_env(&["VAULT_TOKEN"]),
-            (Seal::Shamir, _) => return None,
+            (Seal::Shamir, _) => Vec::new(),
         };
+        // The snapshot agent reaches S3 with provision's own AWS credentials.
+        if self.env.snapshots.as_ref().is_some_and(|s| s.s3.is_some()) {
+            for (k, v) in from_env(crate::kms::AWS_VARIABLES) {
+                if !vars.iter().any(|(have, _)| have == &k) {
+                    vars.push((k, v));
+                }
+            }
+        }
         let vars: Vec<(String, String)> = vars
             .into_iter()
             .filter(|(_, v)| !v.is_empty() && !v.contains('\n'))
@@ -881,7 +901,35 @@ impl Deployment {
             if let (true, Some(t)) = (generated, &token) {
                 cluster.revoke_self(t).await?;
             }
-            let changed = changed?;
+            let mut changed = changed?;
+            // Local provider: one scheduled agent per node, started again when it died.
+            for node in &self.nodes {
+                let Some(agent) = self.agent_host(node) else {
+                    continue;
+                };
+                let pid = match agent.service_state()? {
+                    ServiceState::Running { pid } => pid,
+                    ServiceState::Stopped => {
+                        agent.start_service()?;
+                        changed.push(format!("{}: started the snapshot agent", node.name));
+                        match agent.service_state()? {
+                            ServiceState::Running { pid } => pid,
+                            ServiceState::Stopped => {
+                                bail!(
+                                    "{}'s snapshot agent stopped right after it started",
+                                    node.name
+                                )
+                            }
+                        }
+                    }
+                };
+                state
+                    .nodes
+                    .entry(node.name.clone())
+                    .or_default()
+                    .snapshot_agent_pid = Some(pid);
+            }
+            state.save(&self.dir)?;
             if changed.is_empty() {
                 progress.finish(
                     step,
@@ -1253,6 +1301,16 @@ impl Deployment {
             Err(_) => None,
         };
         let all: Vec<usize> = (0..self.nodes.len()).collect();
+        for node in &self.nodes {
+            if let Some(agent) = self.agent_host(node) {
+                let step = progress.start(format!("stop {} snapshot agent", node.name));
+                if agent.stop_service(STOP_TIMEOUT)? {
+                    progress.finish(step, Outcome::Changed, "stopped");
+                } else {
+                    progress.finish(step, Outcome::Ok, "not running");
+                }
+            }
+        }
         for i in active_last(&all, active) {
             let node = &self.nodes[i];
             let step = progress.start(format!("stop {}", node.name));

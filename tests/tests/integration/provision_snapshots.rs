@@ -1,6 +1,7 @@
 //! `provision` with snapshots to S3 (moto standing in for it): `up` creates the bucket, the
 //! agent's policy, AppRole role and per-node credential files (0600, the secret ID nowhere in
-//! state); `provision snapshot save` stores one, `list --json` shows it, `restore --from
+//! state) and starts one scheduled agent per node (objects appear; a killed agent is started
+//! again by `up`; `down` stops them); `provision snapshot save` stores one, `list --json` shows it, `restore --from
 //! latest` brings the old data back; an object overwritten with garbage is refused by its
 //! checksum with a clear error, and the cluster keeps its data.
 //!
@@ -12,7 +13,7 @@ use std::os::unix::fs::PermissionsExt;
 use anyhow::{ensure, Context, Result};
 use aws_sdk_s3::primitives::ByteStream;
 use keyhold_tests::moto::{Moto, AWS_ENV};
-use keyhold_tests::provision::{loopback_base, step, EnvSpec, Provisioned};
+use keyhold_tests::provision::{loopback_base, step, wait_gone, EnvSpec, Provisioned};
 use serde_json::json;
 
 const SLOT_SNAPSHOTS: u8 = 23;
@@ -30,7 +31,7 @@ async fn provision_snapshot_save_list_restore_and_a_corrupted_object_is_refused(
         &keyhold_tests::node::keyhold_bin()?,
     );
     hcl.push_str(&format!(
-        "\nsnapshots {{\n  schedule = \"every 2s\"\n  retain   = 5\n  s3 {{\n    bucket   = \"{bucket}\"\n    region   = \"us-east-1\"\n    endpoint = \"{}\"\n  }}\n}}\n",
+        "\nsnapshots {{\n  schedule = \"every 2s\"\n  retain   = 2\n  retain_for = \"1h\"\n  s3 {{\n    bucket   = \"{bucket}\"\n    region   = \"us-east-1\"\n    endpoint = \"{}\"\n  }}\n}}\n",
         moto.direct_endpoint()
     ));
     let mut p = Provisioned::with_text("snaps", 3, base, &hcl)?;
@@ -49,10 +50,30 @@ async fn provision_snapshot_save_list_restore_and_a_corrupted_object_is_refused(
                 .contains(&format!("created bucket {bucket}")),
         "snapshots step: {snap_step}"
     );
+    // The local provider runs one scheduled agent per node; the active one uploads.
+    let mut scheduled = Vec::new();
+    for _ in 0..150 {
+        scheduled = moto.object_keys(&bucket).await?;
+        if !scheduled.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     ensure!(
-        moto.object_keys(&bucket).await?.is_empty(),
-        "a new bucket is empty"
+        !scheduled.is_empty(),
+        "no scheduled snapshot within 30s; agent output:\n{}",
+        fs::read_to_string(p.node_dir(1).join("var/log/keyhold/snapshot-agent.out"))
+            .unwrap_or_default()
     );
+    let agent_pids = |state: &serde_json::Value| -> Vec<u32> {
+        (1..=3)
+            .filter_map(|n| {
+                state["nodes"][format!("keyhold-{n}")]["snapshot_agent_pid"]
+                    .as_u64()
+                    .map(|p| p as u32)
+            })
+            .collect()
+    };
     // The agent's credential files: 0600, and the secret ID nowhere in state.
     let state = fs::read_to_string(p.env_dir().join("state.json"))?;
     for n in 1..=3 {
@@ -74,12 +95,26 @@ async fn provision_snapshot_save_list_restore_and_a_corrupted_object_is_refused(
         let config = keyhold::snapshot_agent::AgentConfig::load(&dir.join("snapshot-agent.hcl"))?;
         ensure!(config.s3.bucket == bucket, "node {n}: {config:?}");
     }
-    // A second up keeps the secret IDs (they are still live) and changes nothing here.
+    let pids = agent_pids(&serde_json::from_str(&state)?);
+    ensure!(pids.len() == 3, "agent pids in state: {pids:?}");
+    // A dead agent is started again by the next up; the secret IDs (still live) are kept.
+    let killed = pids[0];
+    std::process::Command::new("kill")
+        .args(["-9", &killed.to_string()])
+        .status()?;
+    wait_gone(&[killed], "the SIGKILLed snapshot agent").await?;
     let (again, _) = p.up_json().await?;
+    let detail = step(&again, "snapshots")?["detail"].to_string();
     ensure!(
-        step(&again, "snapshots")?["outcome"] == "ok",
-        "second up: {}",
-        step(&again, "snapshots")?
+        detail.contains("keyhold-1: started the snapshot agent") && !detail.contains("secret id"),
+        "second up: {detail}"
+    );
+    let state: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(p.env_dir().join("state.json"))?)?;
+    let pids = agent_pids(&state);
+    ensure!(
+        pids.len() == 3 && pids[0] != killed,
+        "agent pids after up: {pids:?}"
     );
 
     let vars = p.env_vars().await?;
@@ -91,6 +126,7 @@ async fn provision_snapshot_save_list_restore_and_a_corrupted_object_is_refused(
     let saved = p.run(&["snapshot", "save", "--json"]).await?.expect(0)?;
     println!("snapshot save: {:.1}s", saved.elapsed.as_secs_f64());
     let saved = saved.json()?;
+    println!("saved: {saved}");
     let key = saved["key"]
         .as_str()
         .context("save --json has a key")?
@@ -107,16 +143,22 @@ async fn provision_snapshot_save_list_restore_and_a_corrupted_object_is_refused(
         .json()?;
     let listed = listed.as_array().context("list --json is an array")?;
     ensure!(
-        listed.len() == 1
-            && listed[0]["key"] == key.as_str()
-            && listed[0]["size"].as_u64() > Some(0),
-        "list: {listed:?}"
+        listed
+            .iter()
+            .any(|l| l["key"] == key.as_str() && l["size"].as_u64() > Some(0)),
+        "list has no {key}: {listed:?}\nobjects: {:?}",
+        moto.object_keys(&bucket).await?
     );
     let table = p.run(&["snapshot", "list"]).await?.expect(0)?;
     ensure!(table.stdout.contains(&key), "list table:\n{}", table.stdout);
 
     let restored = p
-        .run(&["snapshot", "restore", "--from", "latest"])
+        .run(&[
+            "snapshot",
+            "restore",
+            "--from",
+            &format!("s3://{bucket}/{key}"),
+        ])
         .await?
         .expect(0)?;
     println!("snapshot restore: {:.1}s", restored.elapsed.as_secs_f64());
@@ -180,6 +222,12 @@ async fn provision_snapshot_save_list_restore_and_a_corrupted_object_is_refused(
         "{other:?}"
     );
 
+    // `latest` works too (the scheduled agents keep storing newer snapshots).
+    p.run(&["snapshot", "restore", "--from", "latest"])
+        .await?
+        .expect(0)?;
+
     p.run(&["down", "--purge"]).await?.expect(0)?;
+    wait_gone(&pids, "the snapshot agents after down").await?;
     Ok(())
 }
