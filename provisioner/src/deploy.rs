@@ -114,6 +114,18 @@ impl Deployment {
         )
     }
 
+    /// The node's snapshot agent process, when the environment stores snapshots in S3.
+    pub fn agent_host(&self, node: &NodeSpec) -> Option<LocalHost> {
+        let snapshots = self.env.snapshots.as_ref().filter(|s| s.s3.is_some())?;
+        Some(LocalHost::snapshot_agent(
+            &node.name,
+            node.layout.root.clone(),
+            self.binary.clone(),
+            PathBuf::from(Layout::SNAPSHOT_AGENT_CONFIG),
+            &snapshots.schedule,
+        ))
+    }
+
     pub fn ca_file(&self) -> PathBuf {
         self.dir.tls_dir().join(render::CA_CERT)
     }
@@ -162,12 +174,20 @@ impl Deployment {
                 .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
                 .collect()
         };
-        let vars: Vec<(String, String)> = match (&self.env.seal, transit_token) {
+        let mut vars: Vec<(String, String)> = match (&self.env.seal, transit_token) {
             (Seal::AwsKms(_), _) => from_env(crate::kms::AWS_VARIABLES),
             (Seal::Transit(_), Some(token)) => vec![("VAULT_TOKEN".into(), token.to_string())],
             (Seal::Transit(_), None) => from_env(&["VAULT_TOKEN"]),
-            (Seal::Shamir, _) => return None,
+            (Seal::Shamir, _) => Vec::new(),
         };
+        // The snapshot agent reaches S3 with provision's own AWS credentials.
+        if self.env.snapshots.as_ref().is_some_and(|s| s.s3.is_some()) {
+            for (k, v) in from_env(crate::kms::AWS_VARIABLES) {
+                if !vars.iter().any(|(have, _)| have == &k) {
+                    vars.push((k, v));
+                }
+            }
+        }
         let vars: Vec<(String, String)> = vars
             .into_iter()
             .filter(|(_, v)| !v.is_empty() && !v.contains('\n'))
@@ -867,6 +887,60 @@ impl Deployment {
             progress.finish(step, Outcome::Ok, "as configured");
         }
 
+        // Snapshots to S3: the bucket, and the agent's policy, role and credential files.
+        if let Some(s3) = self.env.snapshots.as_ref().and_then(|s| s.s3.as_ref()) {
+            let step = progress.start("snapshots");
+            // The policy and role need a root token: this run's, or (only when a node lacks
+            // its credential files) one generated from the shares for this step alone.
+            let (token, generated) = match (&root_token, crate::snapshots::files_present(self)?) {
+                (Some(t), _) => (Some(t.clone()), false),
+                (None, true) => (None, false),
+                (None, false) => (Some(cluster.generate_root(keys).await?), true),
+            };
+            let changed = crate::snapshots::prepare(self, &cluster, token.as_deref(), s3).await;
+            if let (true, Some(t)) = (generated, &token) {
+                cluster.revoke_self(t).await?;
+            }
+            let mut changed = changed?;
+            // Local provider: one scheduled agent per node, started again when it died.
+            for node in &self.nodes {
+                let Some(agent) = self.agent_host(node) else {
+                    continue;
+                };
+                let pid = match agent.service_state()? {
+                    ServiceState::Running { pid } => pid,
+                    ServiceState::Stopped => {
+                        agent.start_service()?;
+                        changed.push(format!("{}: started the snapshot agent", node.name));
+                        match agent.service_state()? {
+                            ServiceState::Running { pid } => pid,
+                            ServiceState::Stopped => {
+                                bail!(
+                                    "{}'s snapshot agent stopped right after it started",
+                                    node.name
+                                )
+                            }
+                        }
+                    }
+                };
+                state
+                    .nodes
+                    .entry(node.name.clone())
+                    .or_default()
+                    .snapshot_agent_pid = Some(pid);
+            }
+            state.save(&self.dir)?;
+            if changed.is_empty() {
+                progress.finish(
+                    step,
+                    Outcome::Ok,
+                    format!("agent ready (bucket {})", s3.bucket),
+                );
+            } else {
+                progress.finish(step, Outcome::Changed, changed.join(", "));
+            }
+        }
+
         // The admin login must work before the root token goes.
         let step = progress.start("admin login");
         self.admin_login(&cluster, &credentials).await?;
@@ -1227,6 +1301,16 @@ impl Deployment {
             Err(_) => None,
         };
         let all: Vec<usize> = (0..self.nodes.len()).collect();
+        for node in &self.nodes {
+            if let Some(agent) = self.agent_host(node) {
+                let step = progress.start(format!("stop {} snapshot agent", node.name));
+                if agent.stop_service(STOP_TIMEOUT)? {
+                    progress.finish(step, Outcome::Changed, "stopped");
+                } else {
+                    progress.finish(step, Outcome::Ok, "not running");
+                }
+            }
+        }
         for i in active_last(&all, active) {
             let node = &self.nodes[i];
             let step = progress.start(format!("stop {}", node.name));

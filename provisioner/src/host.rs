@@ -52,10 +52,17 @@ pub struct LocalHost {
     config: PathBuf,
     /// Where the process's stdout and stderr go, relative to the root.
     output: PathBuf,
+    /// `keyhold <subcommand> -config=CONFIG ARGS...`: `server`, or `snapshot-agent`.
+    subcommand: &'static str,
+    args: Vec<String>,
+    /// The pid file, relative to the root.
+    pid_file: PathBuf,
 }
 
 /// The pid file of a local node, relative to its root.
 const PID_FILE: &str = "run/keyhold.pid";
+/// The pid file of a local node's snapshot agent, relative to its root.
+const AGENT_PID_FILE: &str = "run/snapshot-agent.pid";
 
 impl LocalHost {
     pub fn new(
@@ -71,6 +78,29 @@ impl LocalHost {
             binary,
             config,
             output,
+            subcommand: "server",
+            args: Vec::new(),
+            pid_file: PathBuf::from(PID_FILE),
+        }
+    }
+
+    /// The node's snapshot agent (local provider): `keyhold snapshot-agent -config=CONFIG
+    /// -schedule=SCHEDULE`, a detached process with its own pid file and output, started,
+    /// checked and stopped as the server is.
+    pub fn snapshot_agent(
+        node: &str,
+        root: PathBuf,
+        binary: PathBuf,
+        config: PathBuf,
+        schedule: &str,
+    ) -> Self {
+        LocalHost {
+            node: format!("{node} snapshot agent"),
+            output: PathBuf::from(crate::render::Layout::LOG_DIR).join("snapshot-agent.out"),
+            subcommand: "snapshot-agent",
+            args: vec![format!("-schedule={schedule}")],
+            pid_file: PathBuf::from(AGENT_PID_FILE),
+            ..LocalHost::new(node, root, binary, config, PathBuf::new())
         }
     }
 
@@ -102,7 +132,7 @@ impl LocalHost {
     }
 
     fn pid_from_file(&self) -> Result<Option<u32>> {
-        let path = self.path(Path::new(PID_FILE));
+        let path = self.path(&self.pid_file);
         match fs::read_to_string(&path) {
             Ok(text) => Ok(text.trim().parse().ok()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -211,8 +241,9 @@ impl Host for LocalHost {
         // Its own process group: a Ctrl-C at the terminal that ran `provision` must not reach
         // the servers it started.
         let child = Command::new(&self.binary)
-            .arg("server")
+            .arg(self.subcommand)
             .arg(format!("-config={}", config.display()))
+            .args(&self.args)
             .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .current_dir(&self.root)
             .stdin(Stdio::null())
@@ -222,14 +253,15 @@ impl Host for LocalHost {
             .spawn()
             .with_context(|| {
                 format!(
-                    "start {} ({} server -config={})",
+                    "start {} ({} {} -config={})",
                     self.node,
                     self.binary.display(),
+                    self.subcommand,
                     config.display()
                 )
             })?;
         let pid = child.id();
-        let pid_path = self.path(Path::new(PID_FILE));
+        let pid_path = self.path(&self.pid_file);
         if let Some(parent) = pid_path.parent() {
             fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
         }
@@ -269,7 +301,7 @@ impl Host for LocalHost {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if !self.is_our_process(pid) {
-                let _ = fs::remove_file(self.path(Path::new(PID_FILE)));
+                let _ = fs::remove_file(self.path(&self.pid_file));
                 return Ok(true);
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -279,7 +311,7 @@ impl Host for LocalHost {
                 .with_context(|| format!("kill {} (pid {pid})", self.node))?;
             std::thread::sleep(Duration::from_millis(200));
         }
-        let _ = fs::remove_file(self.path(Path::new(PID_FILE)));
+        let _ = fs::remove_file(self.path(&self.pid_file));
         Ok(true)
     }
 }

@@ -15,4 +15,5 @@ pub mod kms;
 pub mod output;
 pub mod render;
 pub mod secrets;
+pub mod snapshots;
 pub mod state;

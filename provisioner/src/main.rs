@@ -126,6 +126,42 @@ enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// Raft snapshots in the environment's S3 bucket (`snapshots { s3 { ... } }`).
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Take a snapshot now: one snapshot agent pass on the active node.
+    Save {
+        #[command(flatten)]
+        env: EnvArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The snapshots in the bucket, oldest first: key, size, time.
+    List {
+        #[command(flatten)]
+        env: EnvArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download a snapshot (refused unless its checksum matches) and force-restore it on the
+    /// active node, then wait until the cluster serves again.
+    Restore {
+        #[command(flatten)]
+        env: EnvArg,
+        /// `latest`, or `s3://BUCKET/KEY`.
+        #[arg(long, default_value = "latest")]
+        from: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        identity: IdentityArg,
+    },
 }
 
 #[derive(Subcommand)]
@@ -387,6 +423,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             drop(lock);
             Ok(0)
         }
+        Command::Snapshot { command } => snapshot_command(command, &state_dir).await,
         Command::Certs {
             command: CertsCommand::Show { env, json },
         } => {
@@ -423,6 +460,86 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 );
             }
             Ok(0)
+        }
+    }
+}
+
+async fn snapshot_command(command: SnapshotCommand, state_dir: &Path) -> Result<u8, Failure> {
+    use provisioner::snapshots;
+    let print_json = |value: &dyn erased_json::Json| println!("{}", value.pretty());
+    match command {
+        SnapshotCommand::Save { env, json } => {
+            let d = load(&env, state_dir)?;
+            let saved = snapshots::save(&d).await?;
+            if json {
+                print_json(&saved);
+            } else {
+                println!(
+                    "Saved {} ({} bytes, raft index {}, sha256 {}) from {}",
+                    saved.url, saved.size, saved.raft_index, saved.sha256, saved.node
+                );
+            }
+        }
+        SnapshotCommand::List { env, json } => {
+            let d = load(&env, state_dir)?;
+            let listed = snapshots::list(&d).await?;
+            if json {
+                print_json(&listed);
+            } else {
+                let rows = listed
+                    .iter()
+                    .map(|l| {
+                        vec![
+                            l.key.clone(),
+                            l.size.to_string(),
+                            l.time.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+                        ]
+                    })
+                    .collect();
+                println!("{}", output::table(&["key", "size", "time"], rows));
+            }
+        }
+        SnapshotCommand::Restore {
+            env,
+            from,
+            json,
+            identity,
+        } => {
+            let d = load(&env, state_dir)?;
+            let _lock = d
+                .dir
+                .lock("provision snapshot restore")
+                .map_err(anyhow::Error::from)?;
+            let token = d
+                .admin_token(&identity.identity)
+                .await
+                .context("log in with the environment's admin user")?;
+            let restored = snapshots::restore(&d, &from, &token).await?;
+            if json {
+                print_json(&restored);
+            } else {
+                println!(
+                    "Restored {} ({} bytes, raft index {} term {}) on {}; the cluster serves again",
+                    restored.url,
+                    restored.size,
+                    restored.raft_index,
+                    restored.raft_term,
+                    restored.node
+                );
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// Pretty JSON of any serializable value, behind `dyn`.
+mod erased_json {
+    pub trait Json {
+        fn pretty(&self) -> String;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn pretty(&self) -> String {
+            serde_json::to_string_pretty(self).expect("JSON")
         }
     }
 }

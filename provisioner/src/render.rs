@@ -18,7 +18,7 @@ use keyhold::client::go_duration::format_go_duration;
 use keyhold::config::{ServerConfig, StorageConfig};
 use serde::Serialize;
 
-use crate::environment::{AuditDevice, AwsKms, Environment, Seal, TransitSeal};
+use crate::environment::{AuditDevice, AwsKms, Environment, Seal, SnapshotS3, TransitSeal};
 
 /// File names inside the TLS directory ([`Layout::TLS_DIR`]); `certs` writes them.
 pub const CA_CERT: &str = "ca.crt";
@@ -49,6 +49,9 @@ impl Layout {
     pub const ENV_FILE: &'static str = "etc/keyhold.d/keyhold.env";
     /// Written by the snapshot agent's issue; named here because the snapshot unit runs it.
     pub const SNAPSHOT_AGENT_CONFIG: &'static str = "etc/keyhold.d/snapshot-agent.hcl";
+    /// The snapshot agent's AppRole role ID and secret ID (0600, written by `up`).
+    pub const SNAPSHOT_ROLE_ID: &'static str = "etc/keyhold.d/snapshot-agent.role-id";
+    pub const SNAPSHOT_SECRET_ID: &'static str = "etc/keyhold.d/snapshot-agent.secret-id";
     pub const DATA_DIR: &'static str = "opt/keyhold/data";
     pub const TLS_DIR: &'static str = "opt/keyhold/tls";
     /// Where the snapshot agent stages archives before it uploads them.
@@ -215,6 +218,8 @@ enum Audience {
     Systemd,
     /// Hosts run by systemd, in an environment with scheduled snapshots.
     SystemdSnapshots,
+    /// Every node, in an environment whose snapshots name an S3 bucket.
+    SnapshotsS3,
 }
 
 struct Template {
@@ -268,6 +273,14 @@ const TEMPLATES: &[Template] = &[
         mode: 0o644,
         purpose: "snapshot timer",
         audience: Audience::SystemdSnapshots,
+    },
+    Template {
+        name: "snapshot-agent.hcl",
+        source: include_str!("../../templates/snapshot-agent.hcl.hbs"),
+        path: Layout::SNAPSHOT_AGENT_CONFIG,
+        mode: 0o640,
+        purpose: "snapshot agent config",
+        audience: Audience::SnapshotsS3,
     },
     Template {
         name: "sysctl.conf",
@@ -333,6 +346,7 @@ impl Renderer {
                 Audience::Every => true,
                 Audience::Systemd => node.layout.systemd,
                 Audience::SystemdSnapshots => node.layout.systemd && env.snapshots.is_some(),
+                Audience::SnapshotsS3 => env.snapshots.as_ref().is_some_and(|s| s.s3.is_some()),
             };
             if !wanted {
                 continue;
@@ -537,6 +551,8 @@ struct Paths {
     config_file: String,
     env_file: String,
     snapshot_agent_config: String,
+    snapshot_role_id: String,
+    snapshot_secret_id: String,
     data_dir: String,
     snapshot_dir: String,
     ca_cert: String,
@@ -575,6 +591,12 @@ struct LogView<'a> {
 #[derive(Debug, Serialize)]
 struct SnapshotsView<'a> {
     schedule: &'a str,
+    retain: Option<u32>,
+    /// A Go duration (`168h0m0s`).
+    retain_for: Option<String>,
+    /// The AppRole mount the agent logs in at.
+    approle_mount: &'a str,
+    s3: Option<&'a SnapshotS3>,
 }
 
 impl<'a> NodeContext<'a> {
@@ -626,6 +648,8 @@ impl<'a> NodeContext<'a> {
                 config_file: text(&layout.path(Layout::SERVER_CONFIG))?,
                 env_file: text(&layout.path(Layout::ENV_FILE))?,
                 snapshot_agent_config: text(&layout.path(Layout::SNAPSHOT_AGENT_CONFIG))?,
+                snapshot_role_id: text(&layout.path(Layout::SNAPSHOT_ROLE_ID))?,
+                snapshot_secret_id: text(&layout.path(Layout::SNAPSHOT_SECRET_ID))?,
                 data_dir: text(&layout.path(Layout::DATA_DIR))?,
                 snapshot_dir: text(&layout.path(Layout::SNAPSHOT_DIR))?,
                 ca_cert: text(&layout.tls_file(CA_CERT))?,
@@ -659,6 +683,10 @@ impl<'a> NodeContext<'a> {
                 .collect::<Result<_, _>>()?,
             snapshots: env.snapshots.as_ref().map(|s| SnapshotsView {
                 schedule: &s.schedule,
+                retain: s.retain,
+                retain_for: s.retain_for.map(format_go_duration),
+                approle_mount: env.snapshot_approle_mount(),
+                s3: s.s3.as_ref(),
             }),
             seal: SealView {
                 awskms: match &env.seal {

@@ -241,6 +241,9 @@ pub struct NodeState {
     pub cert_not_after: DateTime<Utc>,
     #[serde(default)]
     pub started_at: Option<DateTime<Utc>>,
+    /// The node's snapshot agent process (local provider, `snapshots { s3 }`).
+    #[serde(default)]
+    pub snapshot_agent_pid: Option<u32>,
 }
 
 /// What was done to the cluster as a whole through its API.
@@ -461,6 +464,7 @@ mod tests {
                     cert_fingerprint_sha256: fingerprint(b"cert"),
                     cert_not_after: at("2027-11-22T07:50:00Z"),
                     started_at: Some(at("2026-11-22T07:51:00Z")),
+                    snapshot_agent_pid: None,
                 },
             );
         }

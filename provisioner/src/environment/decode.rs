@@ -1070,7 +1070,7 @@ fn decode_snapshots(top: &Section<'_, '_>) -> Result<Option<Snapshots>, ConfigEr
         body,
         "in snapshots",
         "snapshots",
-        &["retain", "retain_for", "schedule"],
+        &["retain", "retain_for", "s3", "schedule"],
         &[],
     )?;
     let schedule = s.string("schedule")?.unwrap_or_else(|| "hourly".into());
@@ -1088,6 +1088,45 @@ fn decode_snapshots(top: &Section<'_, '_>) -> Result<Option<Snapshots>, ConfigEr
         schedule,
         retain,
         retain_for: s.duration("retain_for")?,
+        s3: decode_snapshot_s3(&s)?,
+    }))
+}
+
+fn decode_snapshot_s3(snapshots: &Section<'_, '_>) -> Result<Option<SnapshotS3>, ConfigError> {
+    let Some(body) = single(snapshots, "s3")? else {
+        return Ok(None);
+    };
+    let s = Section::new(
+        snapshots.src,
+        body,
+        "in snapshots.s3",
+        "snapshots.s3",
+        &["bucket", "endpoint", "kms_key_id", "prefix", "region"],
+        &[],
+    )?;
+    let bucket = s.required_string("bucket", "the S3 bucket snapshots are stored in")?;
+    let valid_bucket = (3..=63).contains(&bucket.len())
+        && bucket
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+    if !valid_bucket {
+        return Err(s.value_error(
+            "bucket",
+            "must be an S3 bucket name: 3 to 63 lowercase letters, digits, '-' or '.'",
+        ));
+    }
+    let endpoint = s.string("endpoint")?;
+    if let Some(e) = &endpoint {
+        if !(e.starts_with("http://") || e.starts_with("https://")) {
+            return Err(s.value_error("endpoint", "must be an http:// or https:// URL"));
+        }
+    }
+    Ok(Some(SnapshotS3 {
+        bucket,
+        prefix: s.string("prefix")?.unwrap_or_default(),
+        region: s.string("region")?.unwrap_or_else(|| "us-east-1".into()),
+        endpoint,
+        kms_key_id: s.string("kms_key_id")?,
     }))
 }
 

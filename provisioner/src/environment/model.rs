@@ -291,11 +291,36 @@ pub struct Snapshots {
     pub retain: Option<u32>,
     /// Keep everything younger than this.
     pub retain_for: Option<Duration>,
+    /// Where the agent stores them; without it no agent config is rendered.
+    pub s3: Option<SnapshotS3>,
+}
+
+/// `snapshots { s3 { ... } }`: the bucket the snapshot agent uploads to (the agent config's
+/// `s3` block, and what `provision snapshot` reads).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SnapshotS3 {
+    pub bucket: String,
+    /// Put in front of every object name as written (`"prod/"`).
+    pub prefix: String,
+    pub region: String,
+    /// An S3-compatible endpoint (moto, MinIO); path-style addressing is used with it.
+    pub endpoint: Option<String>,
+    /// SSE-KMS key for the objects.
+    pub kms_key_id: Option<String>,
 }
 
 impl Environment {
     /// Node names: `keyhold-1` .. `keyhold-N`.
     pub fn node_names(&self) -> Vec<String> {
         (1..=self.nodes).map(|i| format!("keyhold-{i}")).collect()
+    }
+
+    /// Where the snapshot agent's AppRole role lives: the environment's own AppRole mount
+    /// when it enables one, `approle` (enabled by `up`) otherwise.
+    pub fn snapshot_approle_mount(&self) -> &str {
+        self.auth
+            .iter()
+            .find(|m| matches!(m, AuthMethod::Approle { .. }))
+            .map_or("approle", |m| m.path().trim_matches('/'))
     }
 }

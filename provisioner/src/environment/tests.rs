@@ -225,6 +225,26 @@ fn mistakes_name_file_line_and_key() {
         ("secrets \"kv\" { version = 3 }", 6, &["version", "use 1 or 2"]),
         ("snapshots { retain = 0 }", 6, &["retain", "at least 1"]),
         (
+            "snapshots {\n  s3 { region = \"eu-west-1\" }\n}",
+            7,
+            &["bucket is required in snapshots.s3"],
+        ),
+        (
+            "snapshots {\n  s3 { bucket = \"Bad_Bucket\" }\n}",
+            7,
+            &["snapshots.s3.bucket", "S3 bucket name"],
+        ),
+        (
+            "snapshots {\n  s3 {\n    bucket = \"b-1\"\n    endpoint = \"localhost:5000\"\n  }\n}",
+            9,
+            &["snapshots.s3.endpoint", "http://"],
+        ),
+        (
+            "snapshots {\n  s3 { buckett = \"b-1\" }\n}",
+            7,
+            &["buckett", "did you mean \"bucket\""],
+        ),
+        (
             "policy \"vault-admin\" { file = \"policies/vault-admin.hcl\" }",
             6,
             &["policy \"vault-admin\" is defined twice", "first is at line 2"],
@@ -302,4 +322,35 @@ fn resolve_takes_names_and_paths() {
     assert_eq!(resolve("ci"), Path::new("environments/ci.hcl"));
     assert_eq!(resolve("x/y.hcl"), Path::new("x/y.hcl"));
     assert_eq!(resolve("/tmp/e.hcl"), Path::new("/tmp/e.hcl"));
+}
+
+#[test]
+fn snapshots_s3_block_decodes_with_defaults() {
+    let cases: &[(&str, Option<SnapshotS3>)] = &[
+        ("snapshots {}", None),
+        (
+            "snapshots {\n  s3 { bucket = \"kh-snaps\" }\n}",
+            Some(SnapshotS3 {
+                bucket: "kh-snaps".into(),
+                prefix: String::new(),
+                region: "us-east-1".into(),
+                endpoint: None,
+                kms_key_id: None,
+            }),
+        ),
+        (
+            "snapshots {\n  schedule = \"every 2s\"\n  s3 {\n    bucket = \"kh-snaps\"\n    prefix = \"prod/\"\n    region = \"eu-west-1\"\n    endpoint = \"http://127.0.0.1:5000\"\n    kms_key_id = \"alias/snaps\"\n  }\n}",
+            Some(SnapshotS3 {
+                bucket: "kh-snaps".into(),
+                prefix: "prod/".into(),
+                region: "eu-west-1".into(),
+                endpoint: Some("http://127.0.0.1:5000".into()),
+                kms_key_id: Some("alias/snaps".into()),
+            }),
+        ),
+    ];
+    for (text, want) in cases {
+        let env = parse(&format!("{MINIMAL}\n{text}")).unwrap();
+        assert_eq!(&env.snapshots.unwrap().s3, want, "{text}");
+    }
 }

@@ -100,6 +100,13 @@ fn environment(full: bool) -> Environment {
             schedule: "*-*-* *:00/15:00".into(),
             retain: Some(96),
             retain_for: None,
+            s3: Some(SnapshotS3 {
+                bucket: "keyhold-snapshots".into(),
+                prefix: "prod/".into(),
+                region: "eu-west-1".into(),
+                endpoint: None,
+                kms_key_id: Some("alias/keyhold-snapshots".into()),
+            }),
         }),
         unsealer: None,
     }
@@ -214,6 +221,54 @@ fn transit_seal_config_snapshot() {
     insta::assert_snapshot!("local_node1_transit_config", config);
 }
 
+/// The snapshot agent config of a local node (every node gets one when snapshots name a
+/// bucket), read back by the agent's own parser.
+#[test]
+fn snapshot_agent_config_snapshot() {
+    let mut env = environment(false);
+    env.snapshots = Some(Snapshots {
+        schedule: "every 2s".into(),
+        retain: Some(5),
+        retain_for: Some(Duration::from_secs(7 * 24 * 3600)),
+        s3: Some(SnapshotS3 {
+            bucket: "keyhold-snapshots".into(),
+            prefix: String::new(),
+            region: "us-east-1".into(),
+            endpoint: Some("http://127.0.0.1:5000".into()),
+            kms_key_id: None,
+        }),
+    });
+    let root = PathBuf::from("/srv/provision/local/nodes/keyhold-2");
+    let layout = Layout::local(root.clone(), PathBuf::from("/srv/provision/bin/keyhold"));
+    let files = render(&env, &node(&env, 2, layout));
+    let file = files
+        .iter()
+        .find(|f| f.path == Path::new(Layout::SNAPSHOT_AGENT_CONFIG))
+        .expect("agent config rendered");
+    assert_eq!(file.mode, 0o640);
+    let config =
+        keyhold::snapshot_agent::AgentConfig::parse_str(&file.content, "snapshot-agent.hcl")
+            .unwrap_or_else(|e| panic!("{e}\n{}", file.content));
+    assert_eq!(config.keyhold.address, "https://127.0.1.2:8200");
+    let approle = config.approle.as_ref().expect("approle block");
+    assert_eq!(approle.mount, "approle");
+    assert_eq!(
+        approle.secret_id_file,
+        root.join(Layout::SNAPSHOT_SECRET_ID)
+    );
+    assert_eq!(config.snapshot.staging_dir, root.join(Layout::SNAPSHOT_DIR));
+    assert_eq!(config.s3.endpoint.as_deref(), Some("http://127.0.0.1:5000"));
+    assert_eq!(config.s3.bucket, "keyhold-snapshots");
+    insta::assert_snapshot!("local_node2_snapshot_agent", file.content);
+
+    // Without a bucket, no agent config.
+    env.snapshots.as_mut().unwrap().s3 = None;
+    let layout = Layout::local(root, PathBuf::from("/srv/provision/bin/keyhold"));
+    assert!(render(&env, &node(&env, 2, layout))
+        .iter()
+        .all(|f| f.path != Path::new(Layout::SNAPSHOT_AGENT_CONFIG)));
+}
+
 #[test]
 fn snapshot_units_only_with_snapshots() {
     let names = |full| {
@@ -234,7 +289,8 @@ fn snapshot_units_only_with_snapshots() {
         extra,
         [
             "etc/systemd/system/keyhold-snapshot.service",
-            "etc/systemd/system/keyhold-snapshot.timer"
+            "etc/systemd/system/keyhold-snapshot.timer",
+            "etc/keyhold.d/snapshot-agent.hcl"
         ]
     );
 }

@@ -13,6 +13,7 @@ mod lifecycle;
 mod moto;
 mod provision;
 mod provision_kms;
+mod provision_snapshots;
 mod provision_systemd;
 mod provision_transit;
 mod seal;

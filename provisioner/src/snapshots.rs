@@ -1,0 +1,355 @@
+//! Snapshots to S3 (`snapshots { s3 { ... } }`): what `up` prepares for the snapshot agent
+//! (the bucket, the `snapshot-agent` policy and AppRole role, each node's role-id and
+//! secret-id files), and `provision snapshot save|list|restore`, which reuse the agent's own
+//! code (`keyhold::snapshot_agent`): a save is one agent pass on the active node, a restore
+//! downloads through `S3Store::download` (which refuses an object whose checksum does not
+//! match) and force-restores the archive on the active node.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use aws_sdk_s3::error::DisplayErrorContext;
+use keyhold::snapshot_agent::{
+    self, AgentConfig, Outcome, S3Settings, S3Store, SnapshotObject, SnapshotRef,
+    DEFAULT_NAME_PREFIX,
+};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::cluster::{retrying, Cluster};
+use crate::deploy::Deployment;
+use crate::environment::SnapshotS3;
+use crate::host::Host;
+use crate::render::Layout;
+
+/// The policy and AppRole role the agent logs in with.
+pub const AGENT_ROLE: &str = "snapshot-agent";
+/// What the agent may do: read a snapshot, nothing else.
+pub const AGENT_POLICY: &str =
+    "path \"sys/storage/raft/snapshot\" {\n  capabilities = [\"read\"]\n}\n";
+/// How long the cluster may take to serve again after a restore.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The agent's `s3` block from the environment's.
+pub fn s3_settings(s3: &SnapshotS3) -> S3Settings {
+    S3Settings {
+        bucket: s3.bucket.clone(),
+        prefix: s3.prefix.clone(),
+        region: s3.region.clone(),
+        endpoint: s3.endpoint.clone(),
+        kms_key_id: s3.kms_key_id.clone(),
+    }
+}
+
+/// The environment's bucket settings, or an error naming what to add.
+pub fn env_s3(deployment: &Deployment) -> Result<&SnapshotS3> {
+    deployment
+        .env
+        .snapshots
+        .as_ref()
+        .and_then(|s| s.s3.as_ref())
+        .ok_or_else(|| {
+            anyhow!(
+                "environment {} stores no snapshots: add snapshots {{ s3 {{ bucket = \"...\" }} }} \
+                 to {}",
+                deployment.env.name,
+                deployment.env.file.display()
+            )
+        })
+}
+
+async fn store(s3: &SnapshotS3) -> S3Store {
+    S3Store::connect(&s3_settings(s3)).await
+}
+
+/// Creates the bucket unless it exists; true when created.
+pub async fn ensure_bucket(s3: &SnapshotS3) -> Result<bool> {
+    let store = store(s3).await;
+    if store.check_bucket().await.is_ok() {
+        return Ok(false);
+    }
+    let mut create = store.client().create_bucket().bucket(&s3.bucket);
+    if s3.region != "us-east-1" {
+        create = create.create_bucket_configuration(
+            aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(
+                    s3.region.as_str(),
+                ))
+                .build(),
+        );
+    }
+    create
+        .send()
+        .await
+        .map_err(|e| anyhow!("{}", DisplayErrorContext(&e)))
+        .with_context(|| format!("create the snapshot bucket {}", s3.bucket))?;
+    Ok(true)
+}
+
+/// Whether every node has its role-id and secret-id files.
+pub fn files_present(deployment: &Deployment) -> Result<bool> {
+    for node in &deployment.nodes {
+        let host = deployment.host(node);
+        for file in [Layout::SNAPSHOT_ROLE_ID, Layout::SNAPSHOT_SECRET_ID] {
+            if host.read_file(Path::new(file))?.is_none() {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// `up`'s snapshot step: bucket; then, with a root `token`, policy, AppRole (enabled at the
+/// agent's mount if absent), role, and per node the role-id and secret-id files (0600; a
+/// secret ID is kept while the server still knows it). Returns what changed.
+pub async fn prepare(
+    deployment: &Deployment,
+    cluster: &Cluster,
+    token: Option<&str>,
+    s3: &SnapshotS3,
+) -> Result<Vec<String>> {
+    let mut changed = Vec::new();
+    if ensure_bucket(s3).await? {
+        changed.push(format!("created bucket {}", s3.bucket));
+    }
+    let Some(token) = token else {
+        return Ok(changed);
+    };
+    let mount = deployment.env.snapshot_approle_mount().to_string();
+    let role = format!("auth/{mount}/role/{AGENT_ROLE}");
+    let role_id = retrying(|| async {
+        let active = cluster.wait_active(RESTORE_TIMEOUT).await?;
+        let client = cluster.client(active, Some(token))?;
+        client
+            .write(
+                &format!("sys/policies/acl/{AGENT_ROLE}"),
+                &json!({ "policy": AGENT_POLICY }),
+            )
+            .await
+            .context("write the snapshot-agent policy")?;
+        let methods = client.read("sys/auth").await.context("read sys/auth")?;
+        let enabled = methods
+            .and_then(|s| s.data)
+            .is_some_and(|d| d.contains_key(&format!("{mount}/")));
+        if !enabled {
+            client
+                .write(&format!("sys/auth/{mount}"), &json!({ "type": "approle" }))
+                .await
+                .with_context(|| format!("enable approle at auth/{mount}"))?;
+        }
+        client
+            .write(
+                &role,
+                &json!({
+                    "token_policies": [AGENT_ROLE],
+                    "token_ttl": "15m",
+                    "token_max_ttl": "1h",
+                }),
+            )
+            .await
+            .with_context(|| format!("write the AppRole role {role}"))?;
+        let id = client
+            .read(&format!("{role}/role-id"))
+            .await
+            .context("read the snapshot agent's role ID")?
+            .and_then(|s| s.data)
+            .and_then(|d| d.get("role_id").and_then(|v| v.as_str()).map(str::to_owned))
+            .ok_or_else(|| anyhow!("{role}/role-id returned no role_id"))?;
+        Ok((id, client))
+    })
+    .await?;
+    let (role_id, client) = role_id;
+    for node in &deployment.nodes {
+        let host = deployment.host(node);
+        if host.put_file(
+            Path::new(Layout::SNAPSHOT_ROLE_ID),
+            role_id.as_bytes(),
+            0o600,
+        )? {
+            changed.push(format!("{}: role id", node.name));
+        }
+        let existing = host
+            .read_file(Path::new(Layout::SNAPSHOT_SECRET_ID))?
+            .and_then(|b| String::from_utf8(b).ok());
+        let live = match &existing {
+            Some(secret) => client
+                .write(
+                    &format!("{role}/secret-id/lookup"),
+                    &json!({ "secret_id": secret.trim() }),
+                )
+                .await
+                .context("look up a node's snapshot agent secret ID")?
+                .and_then(|s| s.data)
+                .is_some(),
+            None => false,
+        };
+        if !live {
+            let secret = client
+                .write(&format!("{role}/secret-id"), &json!({}))
+                .await
+                .context("issue a secret ID for the snapshot agent")?
+                .and_then(|s| s.data)
+                .and_then(|d| {
+                    d.get("secret_id")
+                        .and_then(|v| v.as_str())
+                        .map(str::to_owned)
+                })
+                .ok_or_else(|| anyhow!("{role}/secret-id returned no secret_id"))?;
+            host.put_file(
+                Path::new(Layout::SNAPSHOT_SECRET_ID),
+                secret.as_bytes(),
+                0o600,
+            )?;
+            changed.push(format!("{}: secret id", node.name));
+        }
+    }
+    Ok(changed)
+}
+
+/// The agent config rendered for node `index` (0-based), as the agent reads it.
+pub fn agent_config(deployment: &Deployment, index: usize) -> Result<AgentConfig> {
+    let path = deployment.nodes[index]
+        .layout
+        .path(Layout::SNAPSHOT_AGENT_CONFIG);
+    AgentConfig::load(&path).map_err(|e| {
+        anyhow!(
+            "{e} (run `provision up --env {}` to write it)",
+            deployment.env.name
+        )
+    })
+}
+
+/// What `provision snapshot save` stored.
+#[derive(Debug, Serialize)]
+pub struct Saved {
+    pub node: String,
+    pub url: String,
+    pub key: String,
+    pub size: u64,
+    pub sha256: String,
+    pub raft_index: u64,
+}
+
+/// One agent pass on the active node.
+pub async fn save(deployment: &Deployment) -> Result<Saved> {
+    env_s3(deployment)?;
+    let cluster = deployment.cluster()?;
+    let active = cluster.wait_active(Duration::from_secs(30)).await?;
+    let config = agent_config(deployment, active)?;
+    let report = snapshot_agent::run_once(&config)
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    match report.outcome {
+        Outcome::Uploaded(u) => Ok(Saved {
+            node: deployment.nodes[active].name.clone(),
+            url: format!("s3://{}/{}", u.bucket, u.key),
+            key: u.key,
+            size: u.size,
+            sha256: u.sha256,
+            raft_index: u.index,
+        }),
+        Outcome::NotActive { address } => {
+            bail!("{address} stopped being the active node during the save; run it again")
+        }
+    }
+}
+
+/// A listed object, for `--json`.
+#[derive(Debug, Serialize)]
+pub struct Listed {
+    pub key: String,
+    pub url: String,
+    pub size: u64,
+    pub time: chrono::DateTime<chrono::Utc>,
+}
+
+/// The environment's snapshots, oldest first.
+pub async fn list(deployment: &Deployment) -> Result<Vec<Listed>> {
+    let s3 = env_s3(deployment)?;
+    let objects: Vec<SnapshotObject> = store(s3)
+        .await
+        .list_snapshots(DEFAULT_NAME_PREFIX)
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    Ok(objects
+        .into_iter()
+        .map(|o| Listed {
+            url: format!("s3://{}/{}", s3.bucket, o.key),
+            key: o.key,
+            size: o.size,
+            time: o.time,
+        })
+        .collect())
+}
+
+/// `--from`: `latest` or `s3://BUCKET/KEY` (the environment's bucket).
+pub fn parse_from(from: &str, s3: &SnapshotS3) -> Result<SnapshotRef> {
+    if from == "latest" {
+        return Ok(SnapshotRef::Latest);
+    }
+    let Some(rest) = from.strip_prefix("s3://") else {
+        bail!("--from {from:?}: use `latest` or s3://{}/KEY", s3.bucket);
+    };
+    match rest.split_once('/') {
+        Some((bucket, key)) if bucket == s3.bucket && !key.is_empty() => {
+            Ok(SnapshotRef::Key(key.to_string()))
+        }
+        Some((bucket, _)) if bucket != s3.bucket => bail!(
+            "--from {from:?}: this environment's snapshots are in bucket {}, not {bucket}",
+            s3.bucket
+        ),
+        _ => bail!("--from {from:?}: name an object, s3://{}/KEY", s3.bucket),
+    }
+}
+
+/// What `provision snapshot restore` restored.
+#[derive(Debug, Serialize)]
+pub struct Restored {
+    pub url: String,
+    pub size: u64,
+    pub sha256: String,
+    pub raft_index: u64,
+    pub raft_term: u64,
+    pub node: String,
+}
+
+/// Downloads (verified) and force-restores a snapshot on the active node, then waits until
+/// the cluster serves again. Nothing is sent to the cluster unless the download verified.
+pub async fn restore(deployment: &Deployment, from: &str, admin_token: &str) -> Result<Restored> {
+    let s3 = env_s3(deployment)?;
+    let which = parse_from(from, s3)?;
+    let store = store(s3).await;
+    let dest: PathBuf = deployment.dir.root().join("restore.snap");
+    let downloaded = store
+        .download(DEFAULT_NAME_PREFIX, &which, &dest)
+        .await
+        .map_err(|e| anyhow!("refusing to restore: {e}; the cluster was not changed"))?;
+    let archive = std::fs::read(&downloaded.path)
+        .with_context(|| format!("read {}", downloaded.path.display()));
+    let _ = std::fs::remove_file(&downloaded.path);
+    let archive = archive?;
+    let cluster = deployment.cluster()?;
+    let active = cluster.wait_active(Duration::from_secs(30)).await?;
+    let client = cluster.client(active, Some(admin_token))?;
+    client
+        .raft_snapshot_restore(archive, true)
+        .await
+        .with_context(|| {
+            format!(
+                "restore {} on {}",
+                store.url(&downloaded.key),
+                deployment.nodes[active].name
+            )
+        })?;
+    let serving = cluster.wait_active(RESTORE_TIMEOUT).await?;
+    cluster.wait_serving(serving, RESTORE_TIMEOUT).await?;
+    Ok(Restored {
+        url: store.url(&downloaded.key),
+        size: downloaded.size,
+        sha256: downloaded.sha256,
+        raft_index: downloaded.meta.index,
+        raft_term: downloaded.meta.term,
+        node: deployment.nodes[active].name.clone(),
+    })
+}

@@ -1,0 +1,233 @@
+//! `provision` with snapshots to S3 (moto standing in for it): `up` creates the bucket, the
+//! agent's policy, AppRole role and per-node credential files (0600, the secret ID nowhere in
+//! state) and starts one scheduled agent per node (objects appear; a killed agent is started
+//! again by `up`; `down` stops them); `provision snapshot save` stores one, `list --json` shows it, `restore --from
+//! latest` brings the old data back; an object overwritten with garbage is refused by its
+//! checksum with a clear error, and the cluster keeps its data.
+//!
+//! Durations are printed for the record (`--no-capture`); nothing asserts on them.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+use anyhow::{ensure, Context, Result};
+use aws_sdk_s3::primitives::ByteStream;
+use keyhold_tests::moto::{Moto, AWS_ENV};
+use keyhold_tests::provision::{loopback_base, step, wait_gone, EnvSpec, Provisioned};
+use serde_json::json;
+
+const SLOT_SNAPSHOTS: u8 = 23;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn provision_snapshot_save_list_restore_and_a_corrupted_object_is_refused() -> Result<()> {
+    let base = loopback_base(SLOT_SNAPSHOTS, 3)?;
+    let [_, a, b, _] = base.octets();
+    // Straight to moto: `provision` runs as a blocking child.
+    let moto = Moto::start(std::net::Ipv4Addr::new(127, a, b, 200)).await?;
+    let bucket = format!("keyhold-snaps-{}", std::process::id());
+    let mut hcl = keyhold_tests::provision::environment_hcl(
+        &EnvSpec::nodes(3),
+        base,
+        &keyhold_tests::node::keyhold_bin()?,
+    );
+    hcl.push_str(&format!(
+        "\nsnapshots {{\n  schedule = \"every 2s\"\n  retain   = 2\n  retain_for = \"1h\"\n  s3 {{\n    bucket   = \"{bucket}\"\n    region   = \"us-east-1\"\n    endpoint = \"{}\"\n  }}\n}}\n",
+        moto.direct_endpoint()
+    ));
+    let mut p = Provisioned::with_text("snaps", 3, base, &hcl)?;
+    for (k, v) in AWS_ENV {
+        p.set_env(k, v);
+    }
+
+    let (up, took) = p.up_json().await?;
+    println!("up with snapshots: {:.1}s", took.as_secs_f64());
+    let snap_step = step(&up, "snapshots")?;
+    ensure!(
+        snap_step["outcome"] == "changed"
+            && snap_step["detail"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(&format!("created bucket {bucket}")),
+        "snapshots step: {snap_step}"
+    );
+    // The local provider runs one scheduled agent per node; the active one uploads.
+    let mut scheduled = Vec::new();
+    for _ in 0..150 {
+        scheduled = moto.object_keys(&bucket).await?;
+        if !scheduled.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    ensure!(
+        !scheduled.is_empty(),
+        "no scheduled snapshot within 30s; agent output:\n{}",
+        fs::read_to_string(p.node_dir(1).join("var/log/keyhold/snapshot-agent.out"))
+            .unwrap_or_default()
+    );
+    let agent_pids = |state: &serde_json::Value| -> Vec<u32> {
+        (1..=3)
+            .filter_map(|n| {
+                state["nodes"][format!("keyhold-{n}")]["snapshot_agent_pid"]
+                    .as_u64()
+                    .map(|p| p as u32)
+            })
+            .collect()
+    };
+    // The agent's credential files: 0600, and the secret ID nowhere in state.
+    let state = fs::read_to_string(p.env_dir().join("state.json"))?;
+    for n in 1..=3 {
+        let dir = p.node_dir(n).join("etc/keyhold.d");
+        for file in ["snapshot-agent.role-id", "snapshot-agent.secret-id"] {
+            let path = dir.join(file);
+            let mode = fs::metadata(&path)
+                .with_context(|| path.display().to_string())?
+                .permissions()
+                .mode();
+            ensure!(mode & 0o777 == 0o600, "{} is {mode:o}", path.display());
+        }
+        let secret = fs::read_to_string(dir.join("snapshot-agent.secret-id"))?;
+        ensure!(!secret.trim().is_empty(), "node {n}: empty secret id");
+        ensure!(
+            !state.contains(secret.trim()),
+            "state.json holds a secret id"
+        );
+        let config = keyhold::snapshot_agent::AgentConfig::load(&dir.join("snapshot-agent.hcl"))?;
+        ensure!(config.s3.bucket == bucket, "node {n}: {config:?}");
+    }
+    let pids = agent_pids(&serde_json::from_str(&state)?);
+    ensure!(pids.len() == 3, "agent pids in state: {pids:?}");
+    // A dead agent is started again by the next up; the secret IDs (still live) are kept.
+    let killed = pids[0];
+    std::process::Command::new("kill")
+        .args(["-9", &killed.to_string()])
+        .status()?;
+    wait_gone(&[killed], "the SIGKILLed snapshot agent").await?;
+    let (again, _) = p.up_json().await?;
+    let detail = step(&again, "snapshots")?["detail"].to_string();
+    ensure!(
+        detail.contains("keyhold-1: started the snapshot agent") && !detail.contains("secret id"),
+        "second up: {detail}"
+    );
+    let state: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(p.env_dir().join("state.json"))?)?;
+    let pids = agent_pids(&state);
+    ensure!(
+        pids.len() == 3 && pids[0] != killed,
+        "agent pids after up: {pids:?}"
+    );
+
+    let vars = p.env_vars().await?;
+    let api = p.api(1, Some(&vars["VAULT_TOKEN"]))?;
+    api.kv2_put("kv", "snap/kept", json!({"v": "before"}))
+        .await?
+        .expect_ok("write before")?;
+
+    let saved = p.run(&["snapshot", "save", "--json"]).await?.expect(0)?;
+    println!("snapshot save: {:.1}s", saved.elapsed.as_secs_f64());
+    let saved = saved.json()?;
+    println!("saved: {saved}");
+    let key = saved["key"]
+        .as_str()
+        .context("save --json has a key")?
+        .to_string();
+
+    api.kv2_put("kv", "snap/kept", json!({"v": "after"}))
+        .await?
+        .expect_ok("write after")?;
+
+    let listed = p
+        .run(&["snapshot", "list", "--json"])
+        .await?
+        .expect(0)?
+        .json()?;
+    let listed = listed.as_array().context("list --json is an array")?;
+    ensure!(
+        listed
+            .iter()
+            .any(|l| l["key"] == key.as_str() && l["size"].as_u64() > Some(0)),
+        "list has no {key}: {listed:?}\nobjects: {:?}",
+        moto.object_keys(&bucket).await?
+    );
+    let table = p.run(&["snapshot", "list"]).await?.expect(0)?;
+    ensure!(table.stdout.contains(&key), "list table:\n{}", table.stdout);
+
+    let restored = p
+        .run(&[
+            "snapshot",
+            "restore",
+            "--from",
+            &format!("s3://{bucket}/{key}"),
+        ])
+        .await?
+        .expect(0)?;
+    println!("snapshot restore: {:.1}s", restored.elapsed.as_secs_f64());
+    let vars = p.env_vars().await?;
+    let got = p
+        .api(2, Some(&vars["VAULT_TOKEN"]))?
+        .kv2_get("kv", "snap/kept")
+        .await?;
+    ensure!(
+        got == Some(json!({"v": "before"})),
+        "after restore: {got:?}"
+    );
+
+    // Change the secret again, then corrupt the object (same metadata, other bytes).
+    p.api(1, Some(&vars["VAULT_TOKEN"]))?
+        .kv2_put("kv", "snap/kept", json!({"v": "current"}))
+        .await?
+        .expect_ok("write current")?;
+    let s3 = moto.s3().await;
+    let head = s3.head_object().bucket(&bucket).key(&key).send().await?;
+    s3.put_object()
+        .bucket(&bucket)
+        .key(&key)
+        .set_metadata(head.metadata().cloned())
+        .body(ByteStream::from(vec![0x5a; 4096]))
+        .send()
+        .await
+        .context("overwrite the snapshot with garbage")?;
+    let refused = p
+        .run(&[
+            "snapshot",
+            "restore",
+            "--from",
+            &format!("s3://{bucket}/{key}"),
+        ])
+        .await?;
+    ensure!(refused.code == Some(1), "corrupted restore: {refused:?}");
+    ensure!(
+        refused.stderr.contains("refusing to restore")
+            && refused.stderr.contains("the cluster was not changed"),
+        "corrupted restore message:\n{}",
+        refused.stderr
+    );
+    println!("corrupted object refused: {}", refused.stderr.trim());
+    let vars = p.env_vars().await?;
+    let got = p
+        .api(3, Some(&vars["VAULT_TOKEN"]))?
+        .kv2_get("kv", "snap/kept")
+        .await?;
+    ensure!(
+        got == Some(json!({"v": "current"})),
+        "after refusal: {got:?}"
+    );
+
+    // Another bucket is refused before anything is downloaded.
+    let other = p
+        .run(&["snapshot", "restore", "--from", "s3://other-bucket/x.snap"])
+        .await?;
+    ensure!(
+        other.code == Some(1) && other.stderr.contains("not other-bucket"),
+        "{other:?}"
+    );
+
+    // `latest` works too (the scheduled agents keep storing newer snapshots).
+    p.run(&["snapshot", "restore", "--from", "latest"])
+        .await?
+        .expect(0)?;
+
+    p.run(&["down", "--purge"]).await?.expect(0)?;
+    wait_gone(&pids, "the snapshot agents after down").await?;
+    Ok(())
+}
