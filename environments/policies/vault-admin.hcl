@@ -44,10 +44,6 @@ path "sys/metrics" {
 capabilities = ["read"]
 }
 # Raft operations
-# Restoring a Raft snapshot (`provision snapshot restore`) replaces all data: sudo.
-path "sys/storage/raft/snapshot-force" {
-capabilities = ["update", "sudo"]
-}
 path "sys/storage/raft/*" {
 capabilities = ["read", "list"]
 }

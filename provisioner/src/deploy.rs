@@ -1353,6 +1353,26 @@ impl Deployment {
     }
 
     /// The decrypted init output, for `--show-secrets`.
+    /// A root token for one operation that needs more than the admin policy allows (a
+    /// snapshot restore replaces everything): the initial root token while it lives, else one
+    /// generated from the (unseal or recovery) shares. The second value says whether it was
+    /// generated, and must then be revoked once the operation is over.
+    pub async fn operation_root_token(&self, identity: &[PathBuf]) -> Result<(String, bool)> {
+        let init = self
+            .init_secrets(identity)
+            .context("open the init output (the shares and root token) with the identity")?;
+        let revoked = State::load(&self.dir)?.is_some_and(|s| s.cluster.root_token_revoked);
+        if !revoked {
+            return Ok((init.root_token.clone(), false));
+        }
+        let token = self
+            .cluster()?
+            .generate_root(&init.unseal_keys_b64)
+            .await
+            .context("generate a root token for this operation from the shares")?;
+        Ok((token, true))
+    }
+
     pub fn init_secrets(&self, identity: &[PathBuf]) -> Result<InitSecrets> {
         let identities = self.identities(identity)?;
         let (store, _) = self.secret_store()?;

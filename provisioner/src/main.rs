@@ -510,11 +510,20 @@ async fn snapshot_command(command: SnapshotCommand, state_dir: &Path) -> Result<
                 .dir
                 .lock("provision snapshot restore")
                 .map_err(anyhow::Error::from)?;
-            let token = d
-                .admin_token(&identity.identity)
-                .await
-                .context("log in with the environment's admin user")?;
-            let restored = snapshots::restore(&d, &from, &token).await?;
+            // A restore replaces every secret, policy and token: it takes a root token (the
+            // admin policy, as the production guide writes it, only reads Raft state).
+            let (token, generated) = d.operation_root_token(&identity.identity).await?;
+            let restored = snapshots::restore(&d, &from, &token).await;
+            if generated {
+                // After a restore the generated token belonged to the old data and is gone
+                // with it; revoking is only needed when the restore did not happen.
+                if restored.is_err() {
+                    if let Ok(cluster) = d.cluster() {
+                        let _ = cluster.revoke_self(&token).await;
+                    }
+                }
+            }
+            let restored = restored?;
             if json {
                 print_json(&restored);
             } else {
