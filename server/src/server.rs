@@ -124,6 +124,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         }
     }
 
+    // `-dev` is initialised, unsealed and holds its root token before it serves anything, so
+    // no client ever sees it half-ready (sealed, or standby while its services are built).
+    if args.dev {
+        dev_bootstrap(&core, &config, args.dev_root_token_id.as_deref()).await?;
+    }
+
     let mut listeners = Vec::new();
     let mut tasks = Vec::new();
     for listener in &config.listeners {
@@ -138,9 +144,6 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         tasks.push(task);
     }
 
-    if args.dev {
-        dev_bootstrap(&core, &config, args.dev_root_token_id.as_deref()).await?;
-    }
     tracing::info!(
         version = crate::VERSION,
         storage = storage_type,
