@@ -41,13 +41,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-def cluster_session() -> requests.Session:
+def cluster_session(ca_path: str) -> requests.Session:
     """A session that asks again, twice, after a 503: what Vault's Go client does by default
     (VAULT_MAX_RETRIES=2) and what a client of a cluster needs while it elects a new leader
     ("node not active but active cluster node not found"). hvac itself never retries."""
     retry = Retry(total=2, connect=0, read=0, status_forcelist=[503], allowed_methods=None,
                   backoff_factor=1, raise_on_status=False, respect_retry_after_header=True)
     session = requests.Session()
+    # hvac applies `verify` only to sessions it makes itself.
+    session.verify = ca_path
     session.mount("https://", HTTPAdapter(max_retries=retry))
     return session
 
@@ -383,7 +385,7 @@ class KeyholdCluster:
 
     def client(self, token=None) -> hvac.Client:
         return hvac.Client(url=self.url, verify=self.ca_path, token=token, timeout=30,
-                           session=cluster_session())
+                           session=cluster_session(self.ca_path))
 
     def root_client(self) -> hvac.Client:
         return self.client(self.root_token)
@@ -660,7 +662,7 @@ class ProvisionedCluster:
 
     def client(self, token=None) -> hvac.Client:
         return hvac.Client(url=self.url, verify=self.ca_path, token=token, timeout=30,
-                           session=cluster_session())
+                           session=cluster_session(self.ca_path))
 
     def root_client(self) -> hvac.Client:
         return self.client(self.root_token)
