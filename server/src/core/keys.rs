@@ -29,7 +29,7 @@ impl KeyCollector {
     /// Adds a share; a share already given is ignored (as Vault does), so the
     /// same operator pasting twice does not count twice.
     pub fn add(&mut self, key: Zeroizing<Vec<u8>>) {
-        if !self.keys.iter().any(|k| constant_time_eq(k, &key)) {
+        if !self.keys.iter().any(|k| seal::ct_eq(k, &key)) {
             self.keys.push(key);
         }
     }
@@ -43,10 +43,6 @@ impl KeyCollector {
     pub fn reset(&mut self) {
         self.take();
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Decodes a submitted key (hex or base64) and checks its length the way Vault

@@ -369,7 +369,7 @@ impl Seal {
             return Err(SealError::AlreadyInitialized);
         }
         let root = RootKey::generate();
-        let (unseal_key, shares) = new_unseal_key(&config)?;
+        let (unseal_key, shares) = new_split_key(&config)?;
         let ops = seal_ops(&config, &unseal_key, &root)?;
         match barrier.initialize_with(&root, ops).await {
             Err(BarrierError::AlreadyInitialized) => Err(SealError::AlreadyInitialized),
@@ -478,7 +478,7 @@ pub struct PreparedRekey {
 impl PreparedRekey {
     pub fn new(secret_shares: u8, secret_threshold: u8) -> Result<Self, SealError> {
         let config = SealConfig::shamir(secret_shares, secret_threshold)?;
-        let (unseal_key, shares) = new_unseal_key(&config)?;
+        let (unseal_key, shares) = new_split_key(&config)?;
         Ok(PreparedRekey {
             config,
             unseal_key,
@@ -489,14 +489,7 @@ impl PreparedRekey {
     /// True when `shares` (a threshold of the new ones) rebuild the new key.
     pub fn verifies(&self, shares: &[&[u8]]) -> bool {
         match self.config.combine(shares) {
-            Ok(key) => {
-                key.len() == UNSEAL_KEY_LEN
-                    && key
-                        .iter()
-                        .zip(self.unseal_key.iter())
-                        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                        == 0
-            }
+            Ok(key) => ct_eq(&key, &self.unseal_key[..]),
             Err(_) => false,
         }
     }
@@ -513,8 +506,14 @@ impl std::fmt::Debug for PreparedRekey {
 /// Operator shares (or the single unseal key), each zeroized on drop.
 pub type Shares = Vec<Zeroizing<Vec<u8>>>;
 
-/// A fresh unseal key and the shares handed out for it.
-fn new_unseal_key(
+/// Whether two keys are equal, in time that does not depend on where they differ.
+pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A fresh 32-byte key (an unseal key, or a recovery key) and the shares
+/// handed out for it under `config` (the key itself with one share).
+pub(crate) fn new_split_key(
     config: &SealConfig,
 ) -> Result<(Zeroizing<[u8; UNSEAL_KEY_LEN]>, Shares), SealError> {
     let mut key = Zeroizing::new([0u8; UNSEAL_KEY_LEN]);

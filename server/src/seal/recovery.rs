@@ -10,14 +10,13 @@
 //!   shares become unseal shares.
 //! - auto -> auto: the root and recovery keys are re-wrapped by the new service.
 
-use rand::rngs::OsRng;
-use rand::RngCore;
 use zeroize::Zeroizing;
 
 use super::auto::{AutoSeal, WrappedKey};
 use super::{
-    seal_ops, shamir, Barrier, BarrierError, RootKey, Seal, SealConfig, SealError, Shares, TxnOp,
-    RECOVERY_CONFIG_PATH, RECOVERY_KEY_PATH, SEAL_CONFIG_PATH, UNSEAL_KEYS_PATH, UNSEAL_KEY_LEN,
+    ct_eq, new_split_key, seal_ops, Barrier, BarrierError, RootKey, Seal, SealConfig, SealError,
+    Shares, TxnOp, RECOVERY_CONFIG_PATH, RECOVERY_KEY_PATH, SEAL_CONFIG_PATH, UNSEAL_KEYS_PATH,
+    UNSEAL_KEY_LEN,
 };
 
 /// A seal migration this node's config asks for: the stored seal differs from
@@ -61,28 +60,6 @@ impl PreparedRecoveryRekey {
             Err(_) => false,
         }
     }
-}
-
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// A random 32-byte key and its shares under `config` (the key itself with one share).
-fn new_split_key(
-    config: &SealConfig,
-) -> Result<(Zeroizing<[u8; UNSEAL_KEY_LEN]>, Shares), SealError> {
-    let mut key = Zeroizing::new([0u8; UNSEAL_KEY_LEN]);
-    OsRng.fill_bytes(&mut key[..]);
-    let shares = if config.secret_shares == 1 {
-        vec![Zeroizing::new(key.to_vec())]
-    } else {
-        shamir::split(
-            &key[..],
-            config.secret_shares.into(),
-            config.secret_threshold.into(),
-        )?
-    };
-    Ok((key, shares))
 }
 
 fn put_json<T: serde::Serialize>(key: &str, value: &T) -> TxnOp {
