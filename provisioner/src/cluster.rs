@@ -1,4 +1,4 @@
-//! Cluster operations over the Vault HTTP API (`keyhold::client`): health, init, unseal,
+//! Cluster operations over the Vault HTTP API (`keyhold_client`): health, init, unseal,
 //! waiting for Raft membership, configuration (audit, policies, mounts, auth methods, users),
 //! admin login and root-token handling. The provisioner never reaches a server any other way.
 
@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use keyhold::client::{
+use keyhold_client::{
     AutopilotConfigUpdate, AutopilotState, CaCert, Client, ClientConfig, ClientError, HealthQuery,
     HealthResponse, InitRequest, InitResponse, LeaderResponse,
 };
@@ -382,7 +382,7 @@ impl Cluster {
                 .await
                 .context("give a share to generate-root")?;
             if status.complete {
-                return keyhold::client::decode_root_token(&status.encoded_token, &otp)
+                return keyhold_client::decode_root_token(&status.encoded_token, &otp)
                     .map_err(|e| anyhow!("decode the generated root token: {e}"));
             }
         }
@@ -637,7 +637,7 @@ impl Cluster {
         let client = self.client(node, Some(token))?;
         match client.read("auth/token/lookup-self").await {
             Ok(found) => Ok(found.is_some()),
-            Err(keyhold::client::ClientError::Api(e)) if e.status == 403 => Ok(false),
+            Err(keyhold_client::ClientError::Api(e)) if e.status == 403 => Ok(false),
             Err(e) => Err(e).context("look up the transit seal's token"),
         }
     }
@@ -748,7 +748,7 @@ async fn table(client: &Client, path: &str) -> Result<BTreeMap<String, String>> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keyhold::client::ApiError;
+    use keyhold_client::ApiError;
 
     fn api(status: u16) -> anyhow::Error {
         anyhow::Error::new(ClientError::Api(Box::new(ApiError {

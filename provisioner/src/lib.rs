@@ -3,7 +3,7 @@
 //! environment file -> [`environment::load`] -> plan (diff against [`state`]) -> apply through
 //! a provider ([`deploy`]): certificates ([`certs`]), files rendered from `templates/`
 //! ([`render`]) and written through a [`host`], and cluster operations over the HTTP API
-//! ([`cluster`], which uses `keyhold::client`). Secret zero is sealed with age ([`secrets`]).
+//! ([`cluster`], which uses `keyhold_client`). Secret zero is sealed with age ([`secrets`]).
 #![forbid(unsafe_code)]
 
 pub mod certs;

@@ -14,8 +14,8 @@ use anyhow::{bail, ensure, Context};
 use handlebars::{
     Handlebars, Helper, HelperDef, HelperResult, Output, RenderContext, RenderErrorReason,
 };
-use keyhold::client::go_duration::format_go_duration;
-use keyhold::config::{ServerConfig, StorageConfig};
+use keyhold_client::go_duration::format_go_duration;
+use keyhold_config::{ServerConfig, StorageConfig};
 use serde::Serialize;
 
 use crate::environment::{AuditDevice, AwsKms, Environment, Seal, SnapshotS3, TransitSeal};

@@ -1,7 +1,7 @@
 //! Snapshots to S3 (`snapshots { s3 { ... } }`): what `up` prepares for the snapshot agent
 //! (the bucket, the `snapshot-agent` policy and AppRole role, each node's role-id and
 //! secret-id files), and `provision snapshot save|list|restore`, which reuse the agent's own
-//! code (`keyhold::snapshot_agent`): a save is one agent pass on the active node, a restore
+//! code (`keyhold_snapshot`): a save is one agent pass on the active node, a restore
 //! downloads through `S3Store::download` (which refuses an object whose checksum does not
 //! match) and force-restores the archive on the active node.
 
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use aws_sdk_s3::error::DisplayErrorContext;
-use keyhold::snapshot_agent::{
+use keyhold_snapshot::{
     self, AgentConfig, Outcome, S3Settings, S3Store, SnapshotObject, SnapshotRef,
     DEFAULT_NAME_PREFIX,
 };
@@ -237,7 +237,7 @@ pub async fn save(deployment: &Deployment) -> Result<Saved> {
     let cluster = deployment.cluster()?;
     let active = cluster.wait_active(Duration::from_secs(30)).await?;
     let config = agent_config(deployment, active)?;
-    let report = snapshot_agent::run_once(&config)
+    let report = keyhold_snapshot::run_once(&config)
         .await
         .map_err(|e| anyhow!("{e}"))?;
     match report.outcome {

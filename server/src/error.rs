@@ -3,6 +3,7 @@
 //! `{"errors":[...]}` bodies and status codes.
 
 use crate::physical::StorageError;
+use crate::policy::PolicyError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -71,3 +72,14 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<PolicyError> for Error {
+    fn from(err: PolicyError) -> Self {
+        match err {
+            // Not a parse problem: Vault fails the request while building the ACL.
+            PolicyError::RootCombined => Error::internal(format!("failed to construct ACL: {err}")),
+            PolicyError::InvalidName(msg) => Error::InvalidRequest(msg),
+            other => Error::InvalidRequest(format!("failed to parse policy: {other}")),
+        }
+    }
+}

@@ -7,12 +7,16 @@
 
 #![deny(unsafe_code)]
 
+// What the server shares with the provisioner lives in crates of its own, so the provisioner
+// can use them without this crate; the server reaches them under their old module names.
+pub use keyhold_client as client;
+pub use keyhold_config as config;
+pub use keyhold_snapshot as snapshot_agent;
+
 pub mod audit;
 pub mod auth;
 pub mod barrier;
 pub mod cli;
-pub mod client;
-pub mod config;
 pub mod core;
 pub mod error;
 pub mod http;
@@ -27,7 +31,6 @@ pub mod raft;
 pub mod seal;
 pub mod secrets;
 pub mod server;
-pub mod snapshot_agent;
 
 /// The version every node reports in `sys/health` and `sys/seal-status`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::client::go_duration::parse_duration;
 use crate::error::{Error, Result};
 use crate::physical::{Backend, StorageError, TxnOp};
 
@@ -452,85 +453,5 @@ pub fn parse_duration_field(data: &Map<String, Value>, key: &str) -> Result<Opti
         Some(_) => Err(Error::invalid(format!(
             "{key}: expected a duration such as \"30s\" or \"1h\""
         ))),
-    }
-}
-
-/// Parses a Vault/Go duration: bare seconds (`"3600"`) or units `ns us ms s m h d`.
-pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    let s = s.trim();
-    if let Ok(secs) = s.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    if rest.is_empty() {
-        return Err("empty duration".into());
-    }
-    while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        if num_end == 0 {
-            return Err(format!(
-                "invalid duration {s:?}: expected a number before the unit"
-            ));
-        }
-        let number: f64 = rest[..num_end]
-            .parse()
-            .map_err(|_| format!("invalid duration {s:?}"))?;
-        rest = &rest[num_end..];
-        let unit_end = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let unit = &rest[..unit_end];
-        rest = &rest[unit_end..];
-        let scale = match unit {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            "d" => 86400.0,
-            "" => {
-                return Err(format!(
-                    "invalid duration {s:?}: missing unit (use s, m or h)"
-                ))
-            }
-            other => {
-                return Err(format!(
-                    "invalid duration {s:?}: unknown unit {other:?} (use s, m or h)"
-                ))
-            }
-        };
-        total += Duration::from_secs_f64(number * scale);
-    }
-    Ok(total)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        let cases = [
-            ("30s", 30),
-            ("1h", 3600),
-            ("768h", 768 * 3600),
-            ("1h30m", 5400),
-            ("3600", 3600),
-            ("10m", 600),
-        ];
-        for (input, secs) in cases {
-            assert_eq!(
-                parse_duration(input).unwrap(),
-                Duration::from_secs(secs),
-                "{input}"
-            );
-        }
-        for bad in ["", "h", "10x", "1.5.5s"] {
-            assert!(parse_duration(bad).is_err(), "{bad} should be rejected");
-        }
     }
 }

@@ -266,7 +266,7 @@ pub async fn restore_offline(config: &[PathBuf], archive_bytes: &[u8]) -> anyhow
     let StorageConfig::Raft(raft) = &config.storage else {
         bail!("offline restore needs storage \"raft\"; the config uses inmem storage");
     };
-    let archive = crate::raft::archive::read(archive_bytes)?;
+    let archive = crate::client::snapshot::archive::read(archive_bytes)?;
     let entries = archive.entries()?;
     for required in ["core/seal-config", "core/keyring"] {
         if !entries.iter().any(|(k, _)| k == required) {

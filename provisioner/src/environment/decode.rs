@@ -6,9 +6,9 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use keyhold::config::section::{Labelled, Section};
-use keyhold::config::syntax::{self, Node, Source, Value};
-use keyhold::config::ConfigError;
+use keyhold_config::section::{Labelled, Section};
+use keyhold_config::syntax::{self, Node, Source, Value};
+use keyhold_config::ConfigError;
 
 use super::model::*;
 
@@ -885,7 +885,7 @@ fn decode_policies(top: &Section<'_, '_>, dir: &Path) -> Result<Vec<PolicyFile>,
                 ),
             )
         })?;
-        if let Err(e) = keyhold::policy::parse(&name, &text) {
+        if let Err(e) = keyhold_config::policy::parse(&name, &text) {
             return Err(s.value_error(
                 "file",
                 format!("{} is not a valid policy: {e}", file.display()),

@@ -1,6 +1,6 @@
 //! Environment files (`environments/NAME.hcl`): reading, validation, defaults.
 //!
-//! The file is Vault-style HCL read by the server's own reader (`keyhold::config::section`),
+//! The file is Vault-style HCL read by the server's own reader (`keyhold_config::section`),
 //! so an unknown key, a wrong type or a bad value is refused the way a `vault.hcl` mistake is:
 //! `file:line:column: message`, naming the key and what is allowed. Every mistake is found
 //! before anything is created.
@@ -13,7 +13,7 @@ pub use model::*;
 
 use std::path::{Path, PathBuf};
 
-use keyhold::config::ConfigError;
+use keyhold_config::ConfigError;
 
 /// Where environment files live, relative to the working directory.
 pub const ENVIRONMENTS_DIR: &str = "environments";
@@ -42,7 +42,7 @@ pub fn load(file: &Path) -> Result<Environment, ConfigError> {
         } else {
             format!("cannot read the environment file: {e}")
         };
-        ConfigError::new(keyhold::config::Location::file(&shown), "", hint)
+        ConfigError::new(keyhold_config::Location::file(&shown), "", hint)
     })?;
     decode::decode(file, &shown, &text)
 }

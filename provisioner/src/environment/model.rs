@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use keyhold::config::TlsVersion;
+pub use keyhold_config::TlsVersion;
 use serde::Serialize;
 
 /// The node counts a Raft cluster is run with: 1 (a one-voter cluster), 3 or 5.

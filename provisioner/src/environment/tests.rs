@@ -12,7 +12,7 @@ fn shipped(name: &str) -> PathBuf {
 }
 
 /// Parses `text` as `environments/t.hcl` (so policy files resolve against the shipped ones).
-fn parse(text: &str) -> Result<Environment, keyhold::config::ConfigError> {
+fn parse(text: &str) -> Result<Environment, keyhold_config::ConfigError> {
     let file = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("..")
         .join(ENVIRONMENTS_DIR)

@@ -246,9 +246,8 @@ fn snapshot_agent_config_snapshot() {
         .find(|f| f.path == Path::new(Layout::SNAPSHOT_AGENT_CONFIG))
         .expect("agent config rendered");
     assert_eq!(file.mode, 0o640);
-    let config =
-        keyhold::snapshot_agent::AgentConfig::parse_str(&file.content, "snapshot-agent.hcl")
-            .unwrap_or_else(|e| panic!("{e}\n{}", file.content));
+    let config = keyhold_snapshot::AgentConfig::parse_str(&file.content, "snapshot-agent.hcl")
+        .unwrap_or_else(|e| panic!("{e}\n{}", file.content));
     assert_eq!(config.keyhold.address, "https://127.0.1.2:8200");
     let approle = config.approle.as_ref().expect("approle block");
     assert_eq!(approle.mount, "approle");

@@ -204,7 +204,7 @@ impl AuditRequest {
             wrap_ttl: req
                 .headers
                 .get("x-vault-wrap-ttl")
-                .and_then(|v| crate::logical::parse_duration(v).ok())
+                .and_then(|v| crate::client::go_duration::parse_duration(v).ok())
                 .map(|d| d.as_secs())
                 .unwrap_or_default(),
             headers: BTreeMap::new(),

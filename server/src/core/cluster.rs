@@ -72,7 +72,9 @@ mod go_duration {
         }
         match Raw::deserialize(d)? {
             Raw::Secs(s) => Ok(Duration::from_secs(s)),
-            Raw::Text(t) => crate::logical::parse_duration(&t).map_err(serde::de::Error::custom),
+            Raw::Text(t) => {
+                crate::client::go_duration::parse_duration(&t).map_err(serde::de::Error::custom)
+            }
         }
     }
 }

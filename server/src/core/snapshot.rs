@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use super::Core;
+use crate::client::snapshot::archive::{self, ArchiveMeta, Configuration, Server};
 use crate::error::{Error, Result};
-use crate::raft::archive::{self, ArchiveMeta, Configuration, Server};
 use crate::raft::{RESTORE_COMMIT_KEY, RESTORE_STAGING_PREFIX};
 
 /// The "path" `SHA256SUMS` is sealed at.

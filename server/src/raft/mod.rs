@@ -26,7 +26,6 @@
 //! openraft also uses `heartbeat_interval` as the timeout of every
 //! append-entries RPC, which must cover a follower's fsync.
 
-pub mod archive;
 pub mod backend;
 pub mod listener;
 pub mod log_store;

@@ -13,10 +13,11 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::types::SnapshotMeta;
+pub use keyhold_client::snapshot::state::decode_state;
+pub use keyhold_client::snapshot::state::Entries;
+use keyhold_client::snapshot::state::{encode_state, StateError};
 
-/// A store's contents: every key with its value.
-pub type Entries = Vec<(String, Vec<u8>)>;
+use super::types::SnapshotMeta;
 
 /// The header format this code writes and accepts.
 const FORMAT: u32 = 1;
@@ -42,10 +43,7 @@ struct Header {
 
 /// Encodes a snapshot of `entries` (sorted or not) with its meta.
 pub fn encode_snapshot(meta: &SnapshotMeta, entries: &[(String, Vec<u8>)]) -> Vec<u8> {
-    let mut state = Vec::new();
-    for (key, value) in entries {
-        encode_entry(&mut state, key, value);
-    }
+    let state = encode_state(entries);
     let header = Header {
         format: FORMAT,
         meta: meta.clone(),
@@ -96,119 +94,13 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<(SnapshotMeta, Entries), Snapshot
     Ok((header.meta, decode_state(state)?))
 }
 
-/// Appends one length-delimited `StorageEntry` to a `state.bin` stream.
-/// Empty fields are omitted, as proto3 encoders do.
-pub fn encode_entry(out: &mut Vec<u8>, key: &str, value: &[u8]) {
-    let field_len = |len: usize| {
-        if len == 0 {
-            0
-        } else {
-            1 + varint_len(len as u64) + len
-        }
-    };
-    let message_len = field_len(key.len()) + field_len(value.len());
-    put_varint(out, message_len as u64);
-    if !key.is_empty() {
-        out.push(0x0A); // field 1, wire type 2 (length-delimited)
-        put_varint(out, key.len() as u64);
-        out.extend_from_slice(key.as_bytes());
-    }
-    if !value.is_empty() {
-        out.push(0x12); // field 2, wire type 2
-        put_varint(out, value.len() as u64);
-        out.extend_from_slice(value);
-    }
-}
-
-/// Decodes a whole `state.bin` stream. Unknown fields are skipped, as
-/// protobuf requires; a message or field cut short is an error.
-pub fn decode_state(mut input: &[u8]) -> Result<Entries, SnapshotError> {
-    let mut entries = Vec::new();
-    while !input.is_empty() {
-        let len = take_varint(&mut input)? as usize;
-        let mut message = take(&mut input, len, "entry")?;
-        let (mut key, mut value) = (Vec::new(), Vec::new());
-        while !message.is_empty() {
-            let tag = take_varint(&mut message)?;
-            match (tag >> 3, tag & 7) {
-                (1, 2) => key = take_len_delimited(&mut message)?.to_vec(),
-                (2, 2) => value = take_len_delimited(&mut message)?.to_vec(),
-                (_, 0) => {
-                    take_varint(&mut message)?;
-                }
-                (_, 1) => {
-                    take(&mut message, 8, "fixed64 field")?;
-                }
-                (_, 2) => {
-                    take_len_delimited(&mut message)?;
-                }
-                (_, 5) => {
-                    take(&mut message, 4, "fixed32 field")?;
-                }
-                (field, wire) => {
-                    return Err(SnapshotError::Malformed(format!(
-                        "field {field} has unsupported wire type {wire}"
-                    )))
-                }
-            }
-        }
-        let key = String::from_utf8(key)
-            .map_err(|_| SnapshotError::Malformed("a storage key is not UTF-8".into()))?;
-        entries.push((key, value));
-    }
-    Ok(entries)
-}
-
-fn varint_len(mut v: u64) -> usize {
-    let mut n = 1;
-    while v >= 0x80 {
-        v >>= 7;
-        n += 1;
-    }
-    n
-}
-
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn take_varint(input: &mut &[u8]) -> Result<u64, SnapshotError> {
-    let mut value = 0u64;
-    for i in 0..10 {
-        let (&byte, rest) = input
-            .split_first()
-            .ok_or(SnapshotError::Truncated("varint"))?;
-        *input = rest;
-        value |= u64::from(byte & 0x7F) << (7 * i);
-        if byte & 0x80 == 0 {
-            return Ok(value);
+impl From<StateError> for SnapshotError {
+    fn from(err: StateError) -> Self {
+        match err {
+            StateError::Truncated(what) => SnapshotError::Truncated(what),
+            StateError::Malformed(why) => SnapshotError::Malformed(why),
         }
     }
-    Err(SnapshotError::Malformed(
-        "varint longer than 10 bytes".into(),
-    ))
-}
-
-fn take<'a>(
-    input: &mut &'a [u8],
-    len: usize,
-    what: &'static str,
-) -> Result<&'a [u8], SnapshotError> {
-    if input.len() < len {
-        return Err(SnapshotError::Truncated(what));
-    }
-    let (head, rest) = input.split_at(len);
-    *input = rest;
-    Ok(head)
-}
-
-fn take_len_delimited<'a>(input: &mut &'a [u8]) -> Result<&'a [u8], SnapshotError> {
-    let len = take_varint(input)? as usize;
-    take(input, len, "length-delimited field")
 }
 
 #[cfg(test)]
@@ -220,82 +112,6 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_vec()))
             .collect()
-    }
-
-    fn state(items: &[(&str, &[u8])]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for (k, v) in items {
-            encode_entry(&mut out, k, v);
-        }
-        out
-    }
-
-    #[test]
-    fn entry_bytes_match_protobuf() {
-        // protoc --encode=StorageEntry, length-delimited: {key:"a/b", value:"\x01\x02"}
-        assert_eq!(
-            state(&[("a/b", &[1, 2])]),
-            [9, 0x0A, 3, b'a', b'/', b'b', 0x12, 2, 1, 2]
-        );
-        // proto3 omits empty fields.
-        assert_eq!(state(&[("k", b"")]), [3, 0x0A, 1, b'k']);
-        assert_eq!(state(&[("", b"")]), [0]);
-        // A 200-byte value needs a two-byte varint length.
-        let long = state(&[("k", &[7u8; 200])]);
-        assert_eq!(&long[..6], &[0xCE, 0x01, 0x0A, 1, b'k', 0x12]);
-        assert_eq!(&long[6..8], &[0xC8, 0x01]);
-    }
-
-    #[test]
-    fn state_round_trips() {
-        let cases: &[&[(&str, &[u8])]] = &[
-            &[],
-            &[("", b"")],
-            &[("core/keyring", &[0, 1, 2, 255])],
-            &[("a", b""), ("b/c", &[9; 300]), ("é/ü", &[0; 70_000])],
-        ];
-        for case in cases {
-            let encoded = state(case);
-            assert_eq!(decode_state(&encoded).unwrap(), entries(case), "{case:?}");
-        }
-    }
-
-    #[test]
-    fn unknown_fields_are_skipped() {
-        // key, then an unknown varint field 3, fixed32 field 4, bytes field 5, then value.
-        let message = [
-            0x0A, 1, b'k', 0x18, 0x96, 0x01, 0x25, 1, 2, 3, 4, 0x2A, 1, 0, 0x12, 1, b'v',
-        ];
-        let mut stream = vec![message.len() as u8];
-        stream.extend_from_slice(&message);
-        assert_eq!(decode_state(&stream).unwrap(), entries(&[("k", b"v")]));
-    }
-
-    #[test]
-    fn every_truncation_is_an_error() {
-        let full = state(&[("sys/policy/x", b"abc"), ("k", &[1; 150])]);
-        for cut in 1..full.len() {
-            // A cut at an entry boundary is a valid shorter stream; every other cut is an error.
-            let boundary = cut == state(&[("sys/policy/x", b"abc")]).len();
-            let result = decode_state(&full[..cut]);
-            assert_eq!(result.is_ok(), boundary, "cut at {cut}: {result:?}");
-        }
-        assert!(matches!(
-            decode_state(&[0x80]),
-            Err(SnapshotError::Truncated("varint"))
-        ));
-        assert!(matches!(
-            decode_state(&[5, 0x0A, 9, b'a']),
-            Err(SnapshotError::Truncated(_))
-        ));
-        assert!(matches!(
-            decode_state(&[2, 0x0B, 0]),
-            Err(SnapshotError::Malformed(_))
-        ));
-        assert!(matches!(
-            decode_state(&[3, 0x0A, 1, 0xFF]),
-            Err(SnapshotError::Malformed(_))
-        ));
     }
 
     #[test]

@@ -5,8 +5,8 @@
 //! data directory (disaster recovery without init-then-restore).
 
 use anyhow::{ensure, Context, Result};
+use keyhold::client::snapshot::archive;
 use keyhold::physical::sled_store::SledStore;
-use keyhold::raft::archive;
 use keyhold_tests::{keyhold_bin, Cluster, NodeOptions};
 use reqwest::Method;
 use serde_json::json;

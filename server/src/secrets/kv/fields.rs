@@ -5,8 +5,8 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value};
 
+use crate::client::go_duration::parse_duration;
 use crate::error::{Error, Result};
-use crate::logical::parse_duration;
 
 fn conversion_error(field: &str, value: &Value, expected: &str) -> Error {
     Error::invalid(format!(

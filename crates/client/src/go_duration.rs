@@ -1,6 +1,7 @@
-//! Go's `time.Duration` text, as Vault reads and writes it: `String()` (`10s`, `24h0m0s`,
-//! `1.5s`, `500ms`), `time.ParseDuration`, and `parseutil.ParseDurationSecond` (a bare number
-//! is seconds, `7d` is days), which Vault's API and CLI flags use for durations.
+//! Durations as Vault reads and writes them, one parser for all: config files and API fields
+//! ([`parse_duration`]), Go's `time.Duration` text (`String()`: `10s`, `24h0m0s`, `1.5s`,
+//! `500ms`; `time.ParseDuration`), and `parseutil.ParseDurationSecond` (a bare number is
+//! seconds, `7d` is days), which Vault's API and CLI flags use.
 
 use std::time::Duration;
 
@@ -48,25 +49,28 @@ fn decimal(v: u128, unit: u128) -> String {
     format!("{whole}.{}", frac.trim_end_matches('0'))
 }
 
-/// Go's `time.ParseDuration` for non-negative durations: `300ms`, `1.5h`, `2h45m`, `0`.
-pub fn parse_go_duration(s: &str) -> Option<Duration> {
-    let mut rest = s.strip_prefix('+').unwrap_or(s);
-    if rest == "0" {
-        return Some(Duration::ZERO);
+/// The one duration parser behind the three entry points below: a sum of `<number><unit>`
+/// terms (`1h30m`, `1.5s`), Go's units plus `d` for days when `days` is set.
+fn parse_terms(s: &str, days: bool) -> Result<Duration, String> {
+    // The common units; `ms`, `us`, `ns` (and `d` where allowed) work too.
+    let units = "s, m or h";
+    if s.is_empty() {
+        return Err("empty duration".into());
     }
-    if rest.is_empty() {
-        return None;
-    }
-    let mut total = 0f64;
+    let mut rest = s;
+    let mut nanos = 0f64;
     while !rest.is_empty() {
         let num_end = rest
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(rest.len());
-        let number = &rest[..num_end];
-        if number.is_empty() || number == "." {
-            return None;
+        if num_end == 0 {
+            return Err(format!(
+                "invalid duration {s:?}: expected a number before the unit"
+            ));
         }
-        let value: f64 = number.parse().ok()?;
+        let number: f64 = rest[..num_end]
+            .parse()
+            .map_err(|_| format!("invalid duration {s:?}"))?;
         rest = &rest[num_end..];
         let unit_end = rest
             .find(|c: char| c.is_ascii_digit() || c == '.')
@@ -78,34 +82,53 @@ pub fn parse_go_duration(s: &str) -> Option<Duration> {
             "s" => 1e9,
             "m" => 60e9,
             "h" => 3600e9,
-            _ => return None,
+            "d" if days => 86_400e9,
+            "" => {
+                return Err(format!(
+                    "invalid duration {s:?}: missing unit (use {units})"
+                ))
+            }
+            other => {
+                return Err(format!(
+                    "invalid duration {s:?}: unknown unit {other:?} (use {units})"
+                ))
+            }
         };
-        total += value * nanos_per_unit;
+        nanos += number * nanos_per_unit;
         rest = &rest[unit_end..];
     }
-    if !total.is_finite() || total > u64::MAX as f64 {
-        return None;
+    if !nanos.is_finite() || nanos > u64::MAX as f64 {
+        return Err(format!("invalid duration {s:?}: too long"));
     }
-    Some(Duration::from_nanos(total.round() as u64))
+    Ok(Duration::from_nanos(nanos.round() as u64))
+}
+
+/// A duration in Vault's config files and API fields: bare seconds (`"3600"`) or terms with
+/// the units `ns us ms s m h d` (`"768h"`, `"1h30m"`, `"7d"`). The error says what is wrong.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    parse_terms(s, true)
+}
+
+/// Go's `time.ParseDuration` for non-negative durations: `300ms`, `1.5h`, `2h45m`, `0`.
+pub fn parse_go_duration(s: &str) -> Option<Duration> {
+    let rest = s.strip_prefix('+').unwrap_or(s);
+    if rest == "0" {
+        return Some(Duration::ZERO);
+    }
+    parse_terms(rest, false).ok()
 }
 
 /// Vault's `parseutil.ParseDurationSecond` for a string: empty is zero, a bare integer is
 /// seconds, `<n>d` is days, anything else is a Go duration.
 pub fn parse_duration_second(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    if s.is_empty() {
+    if s.trim().is_empty() {
         return Some(Duration::ZERO);
     }
-    if let Ok(secs) = s.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    if let Some(days) = s.strip_suffix('d') {
-        return days
-            .parse::<u64>()
-            .ok()
-            .map(|d| Duration::from_secs(d * 86_400));
-    }
-    parse_go_duration(s)
+    parse_duration(s).ok()
 }
 
 /// [`parse_duration_second`] of a JSON value: numbers are seconds, null is zero.
@@ -188,5 +211,29 @@ mod tests {
             duration_from_value(&serde_json::json!(30)),
             Some(Duration::from_secs(30))
         );
+    }
+
+    #[test]
+    fn parses_config_durations_with_a_reason_for_mistakes() {
+        for (input, secs) in [
+            ("30s", 30),
+            ("1h", 3600),
+            ("768h", 768 * 3600),
+            ("1h30m", 5400),
+            ("3600", 3600),
+            ("10m", 600),
+            ("7d", 7 * 86_400),
+        ] {
+            assert_eq!(
+                parse_duration(input).unwrap(),
+                Duration::from_secs(secs),
+                "{input}"
+            );
+        }
+        for bad in ["", "h", "10x", "1.5.5s", "1e400h"] {
+            assert!(parse_duration(bad).is_err(), "{bad} should be rejected");
+        }
+        assert!(parse_duration("10x").unwrap_err().contains("unknown unit"));
+        assert_eq!(parse_go_duration("1d"), None, "Go has no day unit");
     }
 }

@@ -11,10 +11,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::client::{CaCert, ClientConfig};
-use crate::config::section::Section;
-use crate::config::syntax::{self, Node, Source, Value};
-use crate::config::{ConfigError, Location};
+use keyhold_client::{CaCert, ClientConfig};
+use keyhold_config::section::Section;
+use keyhold_config::syntax::{self, Node, Source, Value};
+use keyhold_config::{ConfigError, Location};
 
 use super::retention::Retention;
 

@@ -1,8 +1,8 @@
-//! What can be wrong with a policy: the leaf error type of `keyhold::policy`.
+//! What can be wrong with a policy: the leaf error type of the policy parser.
 //!
 //! Every variant that points into the policy text carries the (one-based)
-//! line, so an operator can find the mistake; the HTTP layer sees these only
-//! through `crate::error::Error::InvalidRequest("failed to parse policy: ...")`.
+//! line, so an operator can find the mistake; the server's HTTP layer sees these only
+//! through its `Error::InvalidRequest("failed to parse policy: ...")`.
 
 /// Where in a path stanza a problem sits, shown as Vault shows it: `path "secret/*": ...`.
 fn path_prefix(path: &Option<String>) -> String {
@@ -77,21 +77,6 @@ impl PolicyError {
             | PolicyError::InvalidWildcard { line, .. }
             | PolicyError::InvalidValue { line, .. } => Some(*line),
             PolicyError::InvalidName(_) | PolicyError::RootCombined => None,
-        }
-    }
-}
-
-impl From<PolicyError> for crate::error::Error {
-    fn from(err: PolicyError) -> Self {
-        match err {
-            // Not a parse problem: Vault fails the request while building the ACL.
-            PolicyError::RootCombined => {
-                crate::error::Error::internal(format!("failed to construct ACL: {err}"))
-            }
-            PolicyError::InvalidName(msg) => crate::error::Error::InvalidRequest(msg),
-            other => {
-                crate::error::Error::InvalidRequest(format!("failed to parse policy: {other}"))
-            }
         }
     }
 }

@@ -41,7 +41,7 @@ impl Schedule {
             _ => {}
         }
         if let Some(duration) = expr.strip_prefix("every ") {
-            let d = crate::logical::parse_duration(duration)
+            let d = keyhold_client::go_duration::parse_duration(duration)
                 .map_err(|e| format!("schedule {text:?}: {e}; use {ACCEPTED}"))?;
             if d < Duration::from_secs(1) || d.subsec_nanos() != 0 {
                 return Err(format!(
@@ -126,7 +126,7 @@ impl fmt::Display for Schedule {
             Schedule::Every(secs) => write!(
                 f,
                 "every {}",
-                crate::client::go_duration::format_go_duration(Duration::from_secs(*secs))
+                keyhold_client::go_duration::format_go_duration(Duration::from_secs(*secs))
             ),
         }
     }

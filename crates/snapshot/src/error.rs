@@ -1,8 +1,8 @@
 //! Why a snapshot pass, a listing or a download failed. Every message says what was being done
 //! and, where the user can act, what to do. None ever holds a token, secret ID or object bytes.
 
-use crate::client::snapshot::SnapshotError;
-use crate::config::ConfigError;
+use keyhold_client::snapshot::SnapshotError;
+use keyhold_config::ConfigError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {

@@ -13,6 +13,9 @@ use std::io::{self, Read};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+pub mod archive;
+pub mod state;
+
 pub const META: &str = "meta.json";
 pub const STATE: &str = "state.bin";
 pub const SUMS: &str = "SHA256SUMS";
@@ -262,34 +265,24 @@ struct StateStats {
     total_size: u64,
 }
 
-/// Largest `StorageEntry` accepted (Vault reads with `math.MaxInt32`).
-const MAX_ENTRY: u64 = i32::MAX as u64;
-
 /// Reads `state.bin`'s entries and counts their keys by prefix.
 fn read_state(r: &mut impl Read, opts: &InspectOptions) -> Result<StateStats, SnapshotError> {
     let mut stats = StateStats::default();
     loop {
-        let len = match read_varint(r) {
-            Ok(Some(len)) => len,
+        let message = match state::next_message(r) {
+            Ok(Some(message)) => message,
             Ok(None) => return Ok(stats),
+            Err(e)
+                if e.get_ref()
+                    .is_some_and(|inner| inner.is::<state::EntryCutOff>()) =>
+            {
+                return Err(SnapshotError::State(e.to_string()))
+            }
             Err(e) => return Err(read_error(&e, SnapshotError::State)),
         };
-        if len > MAX_ENTRY {
-            return Err(SnapshotError::State(format!(
-                "an entry claims {len} bytes; the state is damaged"
-            )));
-        }
-        let mut message = Vec::new();
-        r.by_ref()
-            .take(len)
-            .read_to_end(&mut message)
-            .map_err(|e| read_error(&e, SnapshotError::State))?;
-        if (message.len() as u64) < len {
-            return Err(SnapshotError::State(
-                "the last entry is cut off (unexpected EOF)".into(),
-            ));
-        }
-        let key = entry_key(&message).map_err(SnapshotError::State)?;
+        let len = message.len() as u64;
+        let (key, _) =
+            state::decode_entry(&message).map_err(|e| SnapshotError::State(e.to_string()))?;
         if !opts.details || key.is_empty() || !key.starts_with(opts.filter.as_str()) {
             continue;
         }
@@ -313,69 +306,6 @@ fn read_state(r: &mut impl Read, opts: &InspectOptions) -> Result<StateStats, Sn
         stats.total_count += 1;
         stats.total_size += len;
     }
-}
-
-/// A protobuf varint; `Ok(None)` at a clean end of stream.
-fn read_varint(r: &mut impl Read) -> io::Result<Option<u64>> {
-    let mut value = 0u64;
-    for i in 0..10 {
-        let mut byte = [0u8; 1];
-        if r.read(&mut byte)? == 0 {
-            return if i == 0 {
-                Ok(None)
-            } else {
-                Err(io::ErrorKind::UnexpectedEof.into())
-            };
-        }
-        value |= u64::from(byte[0] & 0x7f) << (7 * i);
-        if byte[0] & 0x80 == 0 {
-            return Ok(Some(value));
-        }
-    }
-    Err(io::Error::new(
-        io::ErrorKind::InvalidData,
-        "varint too long",
-    ))
-}
-
-/// The `key` (field 1) of a `StorageEntry` message; other fields are skipped.
-fn entry_key(mut msg: &[u8]) -> Result<String, String> {
-    let mut key = String::new();
-    while !msg.is_empty() {
-        let tag = read_varint(&mut msg)
-            .map_err(|e| e.to_string())?
-            .ok_or("truncated field tag")?;
-        let (field, wire) = (tag >> 3, tag & 7);
-        let skip = match wire {
-            0 => {
-                read_varint(&mut msg)
-                    .map_err(|e| e.to_string())?
-                    .ok_or("truncated varint")?;
-                0
-            }
-            1 => 8,
-            5 => 4,
-            2 => {
-                let len = read_varint(&mut msg)
-                    .map_err(|e| e.to_string())?
-                    .ok_or("truncated length")? as usize;
-                if len > msg.len() {
-                    return Err("a field runs past its entry".into());
-                }
-                if field == 1 {
-                    key = String::from_utf8(msg[..len].to_vec())
-                        .map_err(|_| "a key is not UTF-8".to_string())?;
-                }
-                len
-            }
-            other => return Err(format!("unknown protobuf wire type {other}")),
-        };
-        if skip > msg.len() {
-            return Err("a field runs past its entry".into());
-        }
-        msg = &msg[skip..];
-    }
-    Ok(key)
 }
 
 struct HashingReader<R> {
@@ -412,8 +342,8 @@ fn decoder_probe_error<R: Read>(mut decoder: flate2::read::GzDecoder<R>) -> Opti
 }
 
 /// Builds archives for tests: a gzip'd tar of `files` in order.
-#[cfg(test)]
-pub(crate) fn build_archive(files: &[(&str, &[u8])]) -> Vec<u8> {
+#[doc(hidden)]
+pub fn build_archive(files: &[(&str, &[u8])]) -> Vec<u8> {
     let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::none());
     let mut tar = tar::Builder::new(gz);
     for (name, data) in files {
@@ -427,45 +357,21 @@ pub(crate) fn build_archive(files: &[(&str, &[u8])]) -> Vec<u8> {
 }
 
 /// A `state.bin` of `entries` and a valid archive holding it, for tests.
-#[cfg(test)]
-pub(crate) fn sample_archive(entries: &[(&str, &[u8])], sealed: &[u8]) -> Vec<u8> {
-    let mut state = Vec::new();
-    for (key, value) in entries {
-        let mut msg = vec![0x0A];
-        msg.extend(varint(key.len() as u64));
-        msg.extend_from_slice(key.as_bytes());
-        msg.push(0x12);
-        msg.extend(varint(value.len() as u64));
-        msg.extend_from_slice(value);
-        state.extend(varint(msg.len() as u64));
-        state.extend(msg);
-    }
+#[doc(hidden)]
+pub fn sample_archive(entries: &[(&str, &[u8])], sealed: &[u8]) -> Vec<u8> {
+    let entries: state::Entries = entries
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_vec()))
+        .collect();
+    let state = state::encode_state(&entries);
     let meta = br#"{"Version":1,"ID":"2-18-1711173600000","Index":18,"Term":2,"Peers":"ka5yYWZ0LTE6ODIwMQ==","Configuration":{"Servers":[]},"ConfigurationIndex":1,"Size":512}"#;
-    let sums = format!(
-        "{}  {META}\n{}  {STATE}\n",
-        hex::encode(Sha256::digest(meta)),
-        hex::encode(Sha256::digest(&state))
-    );
+    let sums = archive::sums(meta, &state);
     build_archive(&[
         (META, meta),
         (STATE, &state),
-        (SUMS, sums.as_bytes()),
+        (SUMS, &sums),
         (SEALED_SUMS, sealed),
     ])
-}
-
-#[cfg(test)]
-fn varint(mut v: u64) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let byte = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(byte);
-            return out;
-        }
-        out.push(byte | 0x80);
-    }
 }
 
 #[cfg(test)]
@@ -552,8 +458,7 @@ mod tests {
             "failed to decompress snapshot: invalid gzip header",
         );
 
-        let mut state = Vec::new();
-        state.extend(varint(4));
+        let mut state = vec![4];
         state.extend(b"\x0a\x02ab");
         let meta = br#"{"ID":"x","Index":1,"Term":1,"Version":1}"#;
         let sums_for = |meta: &[u8], state: &[u8]| {

@@ -549,7 +549,7 @@ fn duration(node: &Node) -> Result<Duration, String> {
             .as_u64()
             .map(Duration::from_secs)
             .ok_or_else(|| "expected a non-negative number of seconds".to_string()),
-        Value::String(s) => crate::logical::parse_duration(s),
+        Value::String(s) => keyhold_client::go_duration::parse_duration(s),
         _ => Err("expected a duration such as \"300\" or \"5m\"".to_string()),
     }
 }

@@ -1,4 +1,4 @@
-//! Vault's Raft snapshot archive: a gzip'd tar of `meta.json` (the Raft
+//! Vault's Raft snapshot archive, written and read whole by the server: a gzip'd tar of `meta.json` (the Raft
 //! snapshot metadata, Vault's field names), `state.bin` (length-delimited
 //! `StorageEntry` protobufs: every stored key and its barrier ciphertext),
 //! `SHA256SUMS` (`<hex>  <file>` lines) and, last, `SHA256SUMS.sealed`
@@ -13,12 +13,9 @@ use std::io::{Read, Write};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::snapshot::{decode_state, encode_entry, Entries};
-
-pub const META: &str = "meta.json";
-pub const STATE: &str = "state.bin";
-pub const SUMS: &str = "SHA256SUMS";
-pub const SEALED_SUMS: &str = "SHA256SUMS.sealed";
+pub use super::state::encode_state;
+use super::state::{decode_state, Entries};
+pub use super::{META, SEALED_SUMS, STATE, SUMS};
 
 /// `meta.json`, as hashicorp/raft writes it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -72,15 +69,6 @@ pub struct Archive {
 
 fn hex_sum(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
-}
-
-/// The `state.bin` stream for `entries`.
-pub fn encode_state(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (key, value) in entries {
-        encode_entry(&mut out, key, value);
-    }
-    out
 }
 
 /// `SHA256SUMS` for the two data files.

@@ -1,5 +1,6 @@
-//! Server configuration: Vault's `vault.hcl` (or its JSON form) parsed into
-//! typed structs and checked, with errors that name the file, line and key.
+//! `keyhold-config`: the server configuration (Vault's `vault.hcl` or its JSON form) parsed into
+//! typed structs and checked, with errors that name the file, line and key; and [`policy`], the ACL
+//! policy parser. The server and the provisioner (which validates what it renders) share both.
 //!
 //! Three layers, each in its own module:
 //! - `syntax`: HCL (hcl-edit) or JSON text -> one tree of positioned values;
@@ -17,6 +18,7 @@
 mod check;
 mod decode;
 mod error;
+pub mod policy;
 pub mod section;
 pub mod syntax;
 

@@ -28,8 +28,8 @@ use sha2::{Digest, Sha256};
 use super::config::S3Settings;
 use super::naming::{parse_object_key, SnapshotObject};
 use super::AgentError;
-use crate::client::error_chain;
-use crate::client::snapshot::{self, InspectOptions, SnapshotError, SnapshotMeta};
+use keyhold_client::error_chain;
+use keyhold_client::snapshot::{self, InspectOptions, SnapshotError, SnapshotMeta};
 
 /// The user metadata key holding an object's hex SHA-256 (`x-amz-meta-keyhold-sha256`).
 pub const SHA256_METADATA: &str = "keyhold-sha256";

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::client::{Client, ClientError, HealthQuery};
+use keyhold_client::{Client, ClientError, HealthQuery};
 
 pub use config::{
     AgentConfig, AppRoleSettings, NodeSettings, S3Settings, SnapshotSettings,
@@ -137,7 +137,7 @@ pub async fn run_once(config: &AgentConfig) -> Result<RunReport, AgentError> {
     if login.revoke {
         // The AppRole token is of no use after this pass; it would only wait out its TTL.
         let _ = client
-            .request(crate::client::Method::Put, "auth/token/revoke-self", None)
+            .request(keyhold_client::Method::Put, "auth/token/revoke-self", None)
             .await;
     }
     result
@@ -381,9 +381,9 @@ fn node_error(config: &AgentConfig, what: &str, e: ClientError) -> AgentError {
 }
 
 /// A client config the client refuses (a CA file that does not parse...) as a config error.
-fn local_config_error(config: &AgentConfig, e: ClientError) -> crate::config::ConfigError {
-    crate::config::ConfigError::new(
-        crate::config::Location::file(&config.file),
+fn local_config_error(config: &AgentConfig, e: ClientError) -> keyhold_config::ConfigError {
+    keyhold_config::ConfigError::new(
+        keyhold_config::Location::file(&config.file),
         "keyhold",
         format!("keyhold: {e}"),
     )

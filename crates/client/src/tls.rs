@@ -142,9 +142,9 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ClientError> 
 /// in the address: `VAULT_TLS_SERVER_NAME`, or the cluster port's
 /// `cluster.keyhold.internal` when dialling a peer by IP.
 #[derive(Debug)]
-pub(crate) struct NameOverride {
-    pub(crate) inner: Arc<WebPkiServerVerifier>,
-    pub(crate) name: ServerName<'static>,
+pub struct NameOverride {
+    pub inner: Arc<WebPkiServerVerifier>,
+    pub name: ServerName<'static>,
 }
 
 impl ServerCertVerifier for NameOverride {

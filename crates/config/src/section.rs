@@ -12,7 +12,7 @@ use std::time::Duration;
 use super::error::{ConfigError, KeyLocations};
 use super::syntax::{Entry, Node, Source, Value};
 use super::TlsVersion;
-use crate::logical::parse_duration;
+use keyhold_client::go_duration::parse_duration;
 
 /// One labelled block: `listener "tcp" { body }` or `{"listener": {"tcp": {...}}}`.
 pub struct Labelled<'n> {

@@ -1,4 +1,5 @@
-//! `keyhold::client`: the HTTP client of the Vault API, used by the CLI and the provisioner.
+//! `keyhold-client`: the HTTP client of the Vault API, used by the server's CLI, its seals and
+//! snapshot agent, and the provisioner (which reaches servers through nothing else).
 //!
 //! A library API: it never prints and never exits. [`Client::request`] is the one place a
 //! request is sent; the helpers (`read`, `write`, `list`, ...) and the typed `sys/` calls in
@@ -10,7 +11,7 @@ pub mod go_duration;
 pub mod raft;
 pub mod snapshot;
 pub mod sys;
-pub(crate) mod tls;
+pub mod tls;
 
 use std::fmt;
 
@@ -469,7 +470,7 @@ impl Client {
 
 /// An error and its sources on one line, for transport failures whose useful part (connection
 /// refused, unknown issuer) is often three levels down.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut parts = vec![e.to_string()];
     let mut source = e.source();
     while let Some(s) = source {
