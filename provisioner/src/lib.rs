@@ -1,19 +1,24 @@
 //! `provision`: turns an environment file into a running Keyhold cluster, then operates it.
 //!
-//! environment file -> [`environment::load`] -> plan (diff against [`state`]) -> apply through
-//! a provider ([`deploy`]): certificates ([`certs`]), files rendered from `templates/`
-//! ([`render`]) and written through a [`host`], and cluster operations over the HTTP API
-//! ([`cluster`], which uses `keyhold_client`). Secret zero is sealed with age ([`secrets`]).
+//! environment file -> [`environment::load`] -> [`deployment::Deployment`] (the environment
+//! resolved through its [`providers::Provider`]) -> a workflow ([`workflows`]) made of steps
+//! ([`steps`]) run by the [`engine`]: `plan` runs their checks, `up` checks and applies.
+//! Steps reach machines through the provider's [`providers::Host`]s: certificates ([`pki`]),
+//! files rendered from `templates/` ([`render`]), services; and the cluster through its HTTP
+//! API ([`cluster`], over `keyhold_client`). Secret zero is sealed with age ([`secret_zero`]);
+//! what was done is recorded in [`state`].
 #![forbid(unsafe_code)]
 
-pub mod certs;
+pub mod aws;
+pub mod cli;
 pub mod cluster;
-pub mod deploy;
+pub mod deployment;
+pub mod engine;
 pub mod environment;
-pub mod host;
-pub mod kms;
-pub mod output;
+pub mod pki;
+pub mod providers;
 pub mod render;
-pub mod secrets;
-pub mod snapshots;
+pub mod secret_zero;
 pub mod state;
+pub mod steps;
+pub mod workflows;

@@ -68,7 +68,7 @@ async fn provision_snapshot_save_list_restore_and_a_corrupted_object_is_refused(
     let agent_pids = |state: &serde_json::Value| -> Vec<u32> {
         (1..=3)
             .filter_map(|n| {
-                state["nodes"][format!("keyhold-{n}")]["snapshot_agent_pid"]
+                state["nodes"][format!("keyhold-{n}")]["provider"]["local"]["snapshot_agent_pid"]
                     .as_u64()
                     .map(|p| p as u32)
             })

@@ -236,7 +236,7 @@ struct Template {
 const TEMPLATES: &[Template] = &[
     Template {
         name: "keyhold.hcl",
-        source: include_str!("../../templates/keyhold.hcl.hbs"),
+        source: include_str!("../../../templates/keyhold.hcl.hbs"),
         path: Layout::SERVER_CONFIG,
         mode: 0o640,
         purpose: "server config",
@@ -244,7 +244,7 @@ const TEMPLATES: &[Template] = &[
     },
     Template {
         name: "keyhold.env",
-        source: include_str!("../../templates/keyhold.env.hbs"),
+        source: include_str!("../../../templates/keyhold.env.hbs"),
         path: Layout::ENV_FILE,
         mode: 0o640,
         purpose: "environment file",
@@ -252,7 +252,7 @@ const TEMPLATES: &[Template] = &[
     },
     Template {
         name: "keyhold.service",
-        source: include_str!("../../templates/keyhold.service.hbs"),
+        source: include_str!("../../../templates/keyhold.service.hbs"),
         path: "etc/systemd/system/keyhold.service",
         mode: 0o644,
         purpose: "server unit",
@@ -260,7 +260,7 @@ const TEMPLATES: &[Template] = &[
     },
     Template {
         name: "keyhold-snapshot.service",
-        source: include_str!("../../templates/keyhold-snapshot.service.hbs"),
+        source: include_str!("../../../templates/keyhold-snapshot.service.hbs"),
         path: "etc/systemd/system/keyhold-snapshot.service",
         mode: 0o644,
         purpose: "snapshot unit",
@@ -268,7 +268,7 @@ const TEMPLATES: &[Template] = &[
     },
     Template {
         name: "keyhold-snapshot.timer",
-        source: include_str!("../../templates/keyhold-snapshot.timer.hbs"),
+        source: include_str!("../../../templates/keyhold-snapshot.timer.hbs"),
         path: "etc/systemd/system/keyhold-snapshot.timer",
         mode: 0o644,
         purpose: "snapshot timer",
@@ -276,7 +276,7 @@ const TEMPLATES: &[Template] = &[
     },
     Template {
         name: "snapshot-agent.hcl",
-        source: include_str!("../../templates/snapshot-agent.hcl.hbs"),
+        source: include_str!("../../../templates/snapshot-agent.hcl.hbs"),
         path: Layout::SNAPSHOT_AGENT_CONFIG,
         mode: 0o640,
         purpose: "snapshot agent config",
@@ -284,7 +284,7 @@ const TEMPLATES: &[Template] = &[
     },
     Template {
         name: "sysctl.conf",
-        source: include_str!("../../templates/sysctl.conf.hbs"),
+        source: include_str!("../../../templates/sysctl.conf.hbs"),
         path: "etc/sysctl.d/90-keyhold.conf",
         mode: 0o644,
         purpose: "kernel settings",
@@ -292,7 +292,7 @@ const TEMPLATES: &[Template] = &[
     },
     Template {
         name: "limits.conf",
-        source: include_str!("../../templates/limits.conf.hbs"),
+        source: include_str!("../../../templates/limits.conf.hbs"),
         path: "etc/security/limits.d/90-keyhold.conf",
         mode: 0o644,
         purpose: "core dump limits",
@@ -300,7 +300,7 @@ const TEMPLATES: &[Template] = &[
     },
     Template {
         name: "coredump.conf",
-        source: include_str!("../../templates/coredump.conf.hbs"),
+        source: include_str!("../../../templates/coredump.conf.hbs"),
         path: "etc/systemd/coredump.conf.d/keyhold.conf",
         mode: 0o644,
         purpose: "coredump settings",
@@ -308,7 +308,7 @@ const TEMPLATES: &[Template] = &[
     },
     Template {
         name: "logrotate",
-        source: include_str!("../../templates/logrotate.hbs"),
+        source: include_str!("../../../templates/logrotate.hbs"),
         path: "etc/logrotate.d/keyhold",
         mode: 0o644,
         purpose: "audit log rotation",

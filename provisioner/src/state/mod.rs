@@ -17,8 +17,10 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::providers::NodeRecord;
+
 /// The state file format this build reads and writes.
-pub const STATE_VERSION: u32 = 1;
+pub const STATE_VERSION: u32 = 2;
 
 /// `.provision/<env>`: the state file, its lock, and what provision generated for the
 /// environment.
@@ -229,9 +231,6 @@ pub struct NodeState {
     pub address: String,
     /// Its API address (`https://127.0.1.1:8200`).
     pub api_addr: String,
-    /// The server process, while provision believes it runs (local provider).
-    #[serde(default)]
-    pub pid: Option<u32>,
     /// The `keyhold` binary the node runs.
     pub binary: PathBuf,
     pub binary_sha256: String,
@@ -241,9 +240,9 @@ pub struct NodeState {
     pub cert_not_after: DateTime<Utc>,
     #[serde(default)]
     pub started_at: Option<DateTime<Utc>>,
-    /// The node's snapshot agent process (local provider, `snapshots { s3 }`).
+    /// What the node's provider keeps about it (the local provider: its processes).
     #[serde(default)]
-    pub snapshot_agent_pid: Option<u32>,
+    pub provider: Option<NodeRecord>,
 }
 
 /// What was done to the cluster as a whole through its API.
@@ -315,6 +314,7 @@ impl State {
                 path.display()
             );
         }
+        let value = migrate(value, version);
         let state: State = serde_json::from_value(value).map_err(|e| unreadable(e.to_string()))?;
         Ok(Some(state))
     }
@@ -328,6 +328,31 @@ impl State {
         write_atomic(&path, &json, 0o600)
             .with_context(|| format!("save state to {}", path.display()))
     }
+}
+
+/// A state file of an older `version` in today's layout (saved in it by the next `save`):
+/// version 1 kept the local provider's process ids at `nodes.NAME.pid` and
+/// `nodes.NAME.snapshot_agent_pid`; version 2 keeps them in the provider's own record,
+/// `nodes.NAME.provider.local`.
+fn migrate(mut value: serde_json::Value, version: u64) -> serde_json::Value {
+    if version < 2 {
+        if let Some(nodes) = value.get_mut("nodes").and_then(|n| n.as_object_mut()) {
+            for node in nodes.values_mut().filter_map(|n| n.as_object_mut()) {
+                let pid = node.remove("pid").unwrap_or(serde_json::Value::Null);
+                let agent = node
+                    .remove("snapshot_agent_pid")
+                    .unwrap_or(serde_json::Value::Null);
+                if !pid.is_null() || !agent.is_null() {
+                    node.insert(
+                        "provider".into(),
+                        serde_json::json!({ "local": { "pid": pid, "snapshot_agent_pid": agent } }),
+                    );
+                }
+            }
+        }
+        value["version"] = serde_json::json!(STATE_VERSION);
+    }
+    value
 }
 
 /// SHA-256 of `bytes`, lowercase hex: how state fingerprints files, certificates and the
@@ -434,6 +459,7 @@ impl Drop for TempFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::local::LocalRecord;
 
     fn mode(path: &Path) -> u32 {
         fs::metadata(path).unwrap().permissions().mode() & 0o777
@@ -457,14 +483,16 @@ mod tests {
                 NodeState {
                     address: format!("127.0.1.{i}"),
                     api_addr: format!("https://127.0.1.{i}:8200"),
-                    pid: Some(1000 + i),
                     binary: PathBuf::from("/usr/local/bin/keyhold"),
                     binary_sha256: fingerprint(b"binary"),
                     config_sha256: fingerprint(b"config"),
                     cert_fingerprint_sha256: fingerprint(b"cert"),
                     cert_not_after: at("2027-11-22T07:50:00Z"),
                     started_at: Some(at("2026-11-22T07:51:00Z")),
-                    snapshot_agent_pid: None,
+                    provider: Some(NodeRecord::Local(LocalRecord {
+                        pid: Some(1000 + i),
+                        snapshot_agent_pid: None,
+                    })),
                 },
             );
         }
@@ -546,7 +574,7 @@ mod tests {
                 "state JSON contains {needle:?}:\n{json}"
             );
         }
-        assert!(json.contains("\"version\": 1"), "{json}");
+        assert!(json.contains("\"version\": 2"), "{json}");
     }
 
     #[test]
@@ -571,6 +599,61 @@ mod tests {
         assert_eq!(state.cluster, ClusterState::default());
     }
 
+    /// A state file as provision wrote it before providers had records of their own (version
+    /// 1, the local provider's pids on the node): read, moved into the record, saved as 2.
+    #[test]
+    fn a_version_1_state_file_is_migrated() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(tmp.path().to_path_buf());
+        let json = r#"{
+            "version": 1,
+            "environment": "local",
+            "env_file": "environments/local.hcl",
+            "env_fingerprint_sha256": "ab",
+            "provider": "local",
+            "created_at": "2026-11-22T07:50:00Z",
+            "updated_at": "2026-11-22T07:50:00Z",
+            "ca": {"fingerprint_sha256": "cd", "not_after": "2036-11-22T07:50:00Z"},
+            "nodes": {
+                "keyhold-1": {
+                    "address": "127.0.1.1", "api_addr": "https://127.0.1.1:8200", "pid": 4242,
+                    "binary": "/usr/local/bin/keyhold", "binary_sha256": "ef", "config_sha256": "01",
+                    "cert_fingerprint_sha256": "23", "cert_not_after": "2027-11-22T07:50:00Z",
+                    "started_at": "2026-11-22T07:51:00Z", "snapshot_agent_pid": 4343
+                },
+                "keyhold-2": {
+                    "address": "127.0.1.2", "api_addr": "https://127.0.1.2:8200", "pid": null,
+                    "binary": "/usr/local/bin/keyhold", "binary_sha256": "ef", "config_sha256": "01",
+                    "cert_fingerprint_sha256": "45", "cert_not_after": "2027-11-22T07:50:00Z"
+                }
+            },
+            "cluster": {"initialized_at": "2026-11-22T07:52:00Z", "root_token_revoked": true}
+        }"#;
+        fs::write(dir.state_file(), json).unwrap();
+        let mut state = State::load(&dir).unwrap().unwrap();
+        assert_eq!(state.version, STATE_VERSION);
+        assert_eq!(
+            state.nodes["keyhold-1"].provider,
+            Some(NodeRecord::Local(LocalRecord {
+                pid: Some(4242),
+                snapshot_agent_pid: Some(4343),
+            }))
+        );
+        assert_eq!(state.nodes["keyhold-2"].provider, None);
+        assert_eq!(state.nodes["keyhold-2"].config_sha256, "01");
+        assert!(state.cluster.root_token_revoked);
+        state.save(&dir).unwrap();
+        let saved: serde_json::Value =
+            serde_json::from_slice(&fs::read(dir.state_file()).unwrap()).unwrap();
+        assert_eq!(saved["version"], 2);
+        assert_eq!(
+            saved["nodes"]["keyhold-1"]["provider"]["local"]["pid"],
+            4242
+        );
+        assert!(saved["nodes"]["keyhold-1"].get("pid").is_none());
+        assert_eq!(State::load(&dir).unwrap().unwrap(), state, "round trip");
+    }
+
     #[test]
     fn unreadable_state_is_an_error_naming_the_file() {
         // (file contents, what the error must say)
@@ -579,7 +662,7 @@ mod tests {
             ("{\"version\": 1, \"environ", "fix it or remove it"),
             ("[1, 2]", "no \"version\" number"),
             ("{\"version\": 1}", "missing field"),
-            ("{\"version\": 2}", "newer provision (state version 2"),
+            ("{\"version\": 3}", "newer provision (state version 3"),
         ];
         for (contents, want) in cases {
             let tmp = tempfile::tempdir().unwrap();

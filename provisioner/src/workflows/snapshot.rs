@@ -5,7 +5,7 @@
 //! downloads through `S3Store::download` (which refuses an object whose checksum does not
 //! match) and force-restores the archive on the active node.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -15,21 +15,13 @@ use keyhold_snapshot::{
     DEFAULT_NAME_PREFIX,
 };
 use serde::Serialize;
-use serde_json::json;
 
-use crate::cluster::{retrying, Cluster};
-use crate::deploy::Deployment;
+use crate::deployment::Deployment;
 use crate::environment::SnapshotS3;
-use crate::host::Host;
 use crate::render::Layout;
 
-/// The policy and AppRole role the agent logs in with.
-pub const AGENT_ROLE: &str = "snapshot-agent";
-/// What the agent may do: read a snapshot, nothing else.
-pub const AGENT_POLICY: &str =
-    "path \"sys/storage/raft/snapshot\" {\n  capabilities = [\"read\"]\n}\n";
 /// How long the cluster may take to serve again after a restore.
-const RESTORE_TIMEOUT: Duration = Duration::from_secs(120);
+pub const RESTORE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The agent's `s3` block from the environment's.
 pub fn s3_settings(s3: &SnapshotS3) -> S3Settings {
@@ -59,13 +51,13 @@ pub fn env_s3(deployment: &Deployment) -> Result<&SnapshotS3> {
         })
 }
 
-async fn store(s3: &SnapshotS3) -> S3Store {
+pub async fn s3_store(s3: &SnapshotS3) -> S3Store {
     S3Store::connect(&s3_settings(s3)).await
 }
 
 /// Creates the bucket unless it exists; true when created.
 pub async fn ensure_bucket(s3: &SnapshotS3) -> Result<bool> {
-    let store = store(s3).await;
+    let store = s3_store(s3).await;
     if store.check_bucket().await.is_ok() {
         return Ok(false);
     }
@@ -85,126 +77,6 @@ pub async fn ensure_bucket(s3: &SnapshotS3) -> Result<bool> {
         .map_err(|e| anyhow!("{}", DisplayErrorContext(&e)))
         .with_context(|| format!("create the snapshot bucket {}", s3.bucket))?;
     Ok(true)
-}
-
-/// Whether every node has its role-id and secret-id files.
-pub fn files_present(deployment: &Deployment) -> Result<bool> {
-    for node in &deployment.nodes {
-        let host = deployment.host(node);
-        for file in [Layout::SNAPSHOT_ROLE_ID, Layout::SNAPSHOT_SECRET_ID] {
-            if host.read_file(Path::new(file))?.is_none() {
-                return Ok(false);
-            }
-        }
-    }
-    Ok(true)
-}
-
-/// `up`'s snapshot step: bucket; then, with a root `token`, policy, AppRole (enabled at the
-/// agent's mount if absent), role, and per node the role-id and secret-id files (0600; a
-/// secret ID is kept while the server still knows it). Returns what changed.
-pub async fn prepare(
-    deployment: &Deployment,
-    cluster: &Cluster,
-    token: Option<&str>,
-    s3: &SnapshotS3,
-) -> Result<Vec<String>> {
-    let mut changed = Vec::new();
-    if ensure_bucket(s3).await? {
-        changed.push(format!("created bucket {}", s3.bucket));
-    }
-    let Some(token) = token else {
-        return Ok(changed);
-    };
-    let mount = deployment.env.snapshot_approle_mount().to_string();
-    let role = format!("auth/{mount}/role/{AGENT_ROLE}");
-    let role_id = retrying(|| async {
-        let active = cluster.wait_active(RESTORE_TIMEOUT).await?;
-        let client = cluster.client(active, Some(token))?;
-        client
-            .write(
-                &format!("sys/policies/acl/{AGENT_ROLE}"),
-                &json!({ "policy": AGENT_POLICY }),
-            )
-            .await
-            .context("write the snapshot-agent policy")?;
-        let methods = client.read("sys/auth").await.context("read sys/auth")?;
-        let enabled = methods
-            .and_then(|s| s.data)
-            .is_some_and(|d| d.contains_key(&format!("{mount}/")));
-        if !enabled {
-            client
-                .write(&format!("sys/auth/{mount}"), &json!({ "type": "approle" }))
-                .await
-                .with_context(|| format!("enable approle at auth/{mount}"))?;
-        }
-        client
-            .write(
-                &role,
-                &json!({
-                    "token_policies": [AGENT_ROLE],
-                    "token_ttl": "15m",
-                    "token_max_ttl": "1h",
-                }),
-            )
-            .await
-            .with_context(|| format!("write the AppRole role {role}"))?;
-        let id = client
-            .read(&format!("{role}/role-id"))
-            .await
-            .context("read the snapshot agent's role ID")?
-            .and_then(|s| s.data)
-            .and_then(|d| d.get("role_id").and_then(|v| v.as_str()).map(str::to_owned))
-            .ok_or_else(|| anyhow!("{role}/role-id returned no role_id"))?;
-        Ok((id, client))
-    })
-    .await?;
-    let (role_id, client) = role_id;
-    for node in &deployment.nodes {
-        let host = deployment.host(node);
-        if host.put_file(
-            Path::new(Layout::SNAPSHOT_ROLE_ID),
-            role_id.as_bytes(),
-            0o600,
-        )? {
-            changed.push(format!("{}: role id", node.name));
-        }
-        let existing = host
-            .read_file(Path::new(Layout::SNAPSHOT_SECRET_ID))?
-            .and_then(|b| String::from_utf8(b).ok());
-        let live = match &existing {
-            Some(secret) => client
-                .write(
-                    &format!("{role}/secret-id/lookup"),
-                    &json!({ "secret_id": secret.trim() }),
-                )
-                .await
-                .context("look up a node's snapshot agent secret ID")?
-                .and_then(|s| s.data)
-                .is_some(),
-            None => false,
-        };
-        if !live {
-            let secret = client
-                .write(&format!("{role}/secret-id"), &json!({}))
-                .await
-                .context("issue a secret ID for the snapshot agent")?
-                .and_then(|s| s.data)
-                .and_then(|d| {
-                    d.get("secret_id")
-                        .and_then(|v| v.as_str())
-                        .map(str::to_owned)
-                })
-                .ok_or_else(|| anyhow!("{role}/secret-id returned no secret_id"))?;
-            host.put_file(
-                Path::new(Layout::SNAPSHOT_SECRET_ID),
-                secret.as_bytes(),
-                0o600,
-            )?;
-            changed.push(format!("{}: secret id", node.name));
-        }
-    }
-    Ok(changed)
 }
 
 /// The agent config rendered for node `index` (0-based), as the agent reads it.
@@ -267,7 +139,7 @@ pub struct Listed {
 /// The environment's snapshots, oldest first.
 pub async fn list(deployment: &Deployment) -> Result<Vec<Listed>> {
     let s3 = env_s3(deployment)?;
-    let objects: Vec<SnapshotObject> = store(s3)
+    let objects: Vec<SnapshotObject> = s3_store(s3)
         .await
         .list_snapshots(DEFAULT_NAME_PREFIX)
         .await
@@ -319,7 +191,7 @@ pub struct Restored {
 pub async fn restore(deployment: &Deployment, from: &str, admin_token: &str) -> Result<Restored> {
     let s3 = env_s3(deployment)?;
     let which = parse_from(from, s3)?;
-    let store = store(s3).await;
+    let store = s3_store(s3).await;
     let dest: PathBuf = deployment.dir.root().join("restore.snap");
     let downloaded = store
         .download(DEFAULT_NAME_PREFIX, &which, &dest)

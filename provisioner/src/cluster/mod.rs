@@ -433,7 +433,7 @@ impl Cluster {
         &self,
         env: &Environment,
         token: &str,
-        audit_file_path: &dyn Fn(&str) -> String,
+        audit_file_path: &(dyn Fn(&str) -> String + Sync),
         passwords: &BTreeMap<String, String>,
     ) -> Result<Vec<String>> {
         self.configure_autopilot(env, token).await?;

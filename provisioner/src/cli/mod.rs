@@ -1,0 +1,292 @@
+//! The `provision` command line: its arguments (clap), one file per command, and the one place
+//! where an outcome becomes an exit code ([`Failure`], [`exit_code`]).
+
+mod certs;
+mod down;
+mod env;
+mod plan;
+mod render;
+mod snapshot;
+mod status;
+mod unseal;
+mod up;
+mod validate;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::deployment::Deployment;
+use crate::engine::{self as output, Progress};
+use crate::environment::{self, DEFAULT_ENVIRONMENT};
+use crate::state::LockError;
+use crate::workflows;
+
+/// Exit codes: 0 success (for `plan`: nothing to do), 1 the command failed, 2 `plan` found
+/// changes (as `terraform plan -detailed-exitcode`), 3 the environment file or the command
+/// line is wrong (nothing was done), 4 another provision command holds the environment's lock.
+pub const EXIT_FAILED: u8 = 1;
+pub const EXIT_CHANGES: u8 = 2;
+pub const EXIT_INVALID: u8 = 3;
+pub const EXIT_LOCKED: u8 = 4;
+
+#[derive(Parser)]
+#[command(
+    name = "provision",
+    version,
+    about = "Turns an environment file into a running Keyhold cluster, then operates it",
+    after_help = "Exit codes: 0 success (plan: no changes), 1 failure, 2 plan has changes, \
+                  3 invalid environment or arguments, 4 environment locked by another command."
+)]
+pub struct Cli {
+    /// Where state, certificates, secrets and local nodes are kept.
+    #[arg(
+        long,
+        global = true,
+        env = "PROVISION_STATE_DIR",
+        default_value = ".provision"
+    )]
+    pub state_dir: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args)]
+pub struct EnvArg {
+    /// The environment: a name (environments/NAME.hcl) or a path to an .hcl file.
+    #[arg(long = "env", short = 'e', env = "PROVISION_ENV", default_value = DEFAULT_ENVIRONMENT)]
+    pub env: String,
+}
+
+#[derive(Args)]
+pub struct IdentityArg {
+    /// An age identity file that opens the environment's secrets (default: the local
+    /// identity provision generated in the state directory). Repeat for per-share recipients.
+    #[arg(long = "identity", short = 'i')]
+    pub identity: Vec<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Create or heal the environment's cluster (idempotent).
+    Up {
+        #[command(flatten)]
+        env: EnvArg,
+        /// Print the result as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Also print the unseal shares and root token (decrypted with the local identity).
+        #[arg(long)]
+        show_secrets: bool,
+        #[command(flatten)]
+        identity: IdentityArg,
+    },
+    /// Show what `up` would do; exit 0 when nothing, 2 when there are changes.
+    Plan {
+        #[command(flatten)]
+        env: EnvArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write every file each node would receive into DIR/NODE/.
+    Render {
+        #[command(flatten)]
+        env: EnvArg,
+        #[arg(long)]
+        out: PathBuf,
+        /// Render what a systemd host would receive (server config, hardened units, sysctl,
+        /// limits, coredump and logrotate files) instead of what this provider's nodes get.
+        #[arg(long)]
+        host_layout: bool,
+    },
+    /// Check an environment file and say what is wrong with it.
+    Validate {
+        #[command(flatten)]
+        env: EnvArg,
+    },
+    /// Per node: role, version, Raft index, last contact, health; and failure tolerance.
+    Status {
+        #[command(flatten)]
+        env: EnvArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print `export VAULT_ADDR=... VAULT_CACERT=... VAULT_TOKEN=...` for `eval`.
+    Env {
+        #[command(flatten)]
+        env: EnvArg,
+        #[command(flatten)]
+        identity: IdentityArg,
+    },
+    /// Unseal every sealed node from the encrypted init output.
+    Unseal {
+        #[command(flatten)]
+        env: EnvArg,
+        #[command(flatten)]
+        identity: IdentityArg,
+    },
+    /// Stop every node; --purge also removes data, state, certificates and secrets.
+    Down {
+        #[command(flatten)]
+        env: EnvArg,
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Certificates of the environment.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Raft snapshots in the environment's S3 bucket (`snapshots { s3 { ... } }`).
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SnapshotCommand {
+    /// Take a snapshot now: one snapshot agent pass on the active node.
+    Save {
+        #[command(flatten)]
+        env: EnvArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The snapshots in the bucket, oldest first: key, size, time.
+    List {
+        #[command(flatten)]
+        env: EnvArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download a snapshot (refused unless its checksum matches) and force-restore it on the
+    /// active node, then wait until the cluster serves again.
+    Restore {
+        #[command(flatten)]
+        env: EnvArg,
+        /// `latest`, or `s3://BUCKET/KEY`.
+        #[arg(long, default_value = "latest")]
+        from: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        identity: IdentityArg,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CertsCommand {
+    /// Subjects, SANs and expiry of the CA and every node certificate.
+    Show {
+        #[command(flatten)]
+        env: EnvArg,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Why the command stopped, mapped to an exit code in one place.
+pub enum Failure {
+    Invalid(String),
+    Locked(String),
+    Failed(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        match e.downcast::<LockError>() {
+            Ok(lock @ LockError::Held { .. }) => Failure::Locked(lock.to_string()),
+            Ok(other) => Failure::Failed(other.into()),
+            Err(e) => Failure::Failed(e),
+        }
+    }
+}
+
+/// The exit code and message of a failed command.
+pub fn exit_code(failure: &Failure) -> (u8, String) {
+    match failure {
+        Failure::Invalid(msg) => (EXIT_INVALID, msg.clone()),
+        Failure::Locked(msg) => (EXIT_LOCKED, msg.clone()),
+        Failure::Failed(e) => (EXIT_FAILED, format!("{e:#}")),
+    }
+}
+
+pub fn load(env: &EnvArg, state_dir: &Path) -> Result<Deployment, Failure> {
+    let file = environment::resolve(&env.env);
+    let environment = environment::load(&file).map_err(|e| Failure::Invalid(e.to_string()))?;
+    Deployment::new(environment, state_dir).map_err(|e| Failure::Invalid(format!("{e:#}")))
+}
+
+/// Runs the command; the exit code of a success (`plan` says 2 for "changes").
+pub async fn run(cli: Cli) -> Result<u8, Failure> {
+    let state_dir = cli.state_dir.as_path();
+    match cli.command {
+        Command::Validate { env } => validate::run(env),
+        Command::Up {
+            env,
+            json,
+            show_secrets,
+            identity,
+        } => up::run(env, json, show_secrets, identity, state_dir).await,
+        Command::Plan { env, json } => plan::run(env, json, state_dir).await,
+        Command::Render {
+            env,
+            out,
+            host_layout,
+        } => render::run(env, out, host_layout, state_dir),
+        Command::Status { env, json } => status::run(env, json, state_dir).await,
+        Command::Env { env, identity } => env::run(env, identity, state_dir).await,
+        Command::Unseal { env, identity } => unseal::run(env, identity, state_dir).await,
+        Command::Down { env, purge } => down::run(env, purge, state_dir).await,
+        Command::Snapshot { command } => snapshot::run(command, state_dir).await,
+        Command::Certs {
+            command: CertsCommand::Show { env, json },
+        } => certs::run(env, json, state_dir).await,
+    }
+}
+
+fn status_table(status: &workflows::status::StatusReport) -> String {
+    let rows = status
+        .nodes
+        .iter()
+        .chain(status.unsealer.iter())
+        .map(|n| {
+            vec![
+                n.name.clone(),
+                n.address.clone(),
+                n.role.as_str().to_string(),
+                n.version.clone().unwrap_or_else(|| "-".into()),
+                n.raft_applied_index
+                    .map_or_else(|| "-".into(), |i| i.to_string()),
+                n.last_contact.clone().unwrap_or_else(|| "-".into()),
+                n.health_code.map_or_else(|| "-".into(), |c| c.to_string()),
+            ]
+        })
+        .collect();
+    output::table(
+        &[
+            "node",
+            "address",
+            "role",
+            "version",
+            "applied",
+            "last contact",
+            "health",
+        ],
+        rows,
+    )
+}
+
+/// Quotes a value for a POSIX shell's `eval`.
+pub fn shell_quote(value: &str) -> String {
+    if value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_./:@%+=,".contains(c))
+    {
+        value.to_string()
+    } else {
+        format!("'{}'", value.replace('\'', "'\\''"))
+    }
+}

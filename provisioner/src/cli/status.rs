@@ -1,0 +1,30 @@
+//! `provision status`: per node role, version, Raft index, last contact, health; exit 1
+//! unless every node serves.
+
+use super::*;
+
+pub async fn run(env: EnvArg, json: bool, state_dir: &Path) -> Result<u8, Failure> {
+    let d = load(&env, state_dir)?;
+    let status = workflows::status::status(&d).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status).expect("JSON"));
+    } else {
+        println!("{}", status_table(&status));
+        println!(
+            "Failure tolerance: {} node(s){}",
+            status.failure_tolerance,
+            if status.autopilot {
+                ""
+            } else {
+                " (estimated; autopilot not readable)"
+            }
+        );
+    }
+    let all_up = status.nodes.iter().chain(status.unsealer.iter()).all(|n| {
+        matches!(
+            n.role,
+            crate::cluster::Role::Active | crate::cluster::Role::Standby
+        )
+    });
+    Ok(if all_up { 0 } else { EXIT_FAILED })
+}

@@ -1,0 +1,425 @@
+//! A local node's host: a directory on this machine laid out like a host's root, and its
+//! services as processes started detached from `provision` (own process group, pid files
+//! under `run/`, output under the log directory). A pid is trusted only while `/proc` shows
+//! that process running with this node's config, so a recycled pid is never signalled.
+
+use std::fs;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use async_trait::async_trait;
+use rustix::process::{kill_process, test_kill_process, Pid, Signal};
+
+use crate::providers::{CommandOutput, Host, Owner, Service, ServiceState};
+use crate::render::Layout;
+use crate::state::write_atomic;
+
+/// The pid file of a local node's server, relative to its root.
+const PID_FILE: &str = "run/keyhold.pid";
+/// The pid file of a local node's snapshot agent, relative to its root.
+const AGENT_PID_FILE: &str = "run/snapshot-agent.pid";
+/// How long a started service must stay up before it counts as started (a bad config or a
+/// taken port makes the server exit within this).
+const START_GRACE: Duration = Duration::from_millis(300);
+
+/// A node as a directory on this machine (`.provision/ENV/nodes/NAME/`).
+pub struct LocalHost {
+    node: String,
+    root: PathBuf,
+    binary: PathBuf,
+    /// The snapshot agent's `-schedule`, when the node runs one.
+    agent_schedule: Option<String>,
+}
+
+/// How a service is run on a local node.
+struct ServiceSpec {
+    subcommand: &'static str,
+    /// The config, relative to the root.
+    config: &'static str,
+    args: Vec<String>,
+    pid_file: &'static str,
+    /// Where the process's stdout and stderr go, relative to the root.
+    output: &'static str,
+}
+
+impl LocalHost {
+    pub fn new(node: &str, root: PathBuf, binary: PathBuf, agent_schedule: Option<String>) -> Self {
+        LocalHost {
+            node: node.to_string(),
+            root,
+            binary,
+            agent_schedule,
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn spec(&self, service: Service) -> Result<ServiceSpec> {
+        Ok(match service {
+            Service::Server => ServiceSpec {
+                subcommand: "server",
+                config: Layout::SERVER_CONFIG,
+                args: Vec::new(),
+                pid_file: PID_FILE,
+                output: "var/log/keyhold/keyhold.out",
+            },
+            Service::SnapshotAgent => {
+                let Some(schedule) = &self.agent_schedule else {
+                    bail!(
+                        "{} runs no snapshot agent (the environment names no S3 bucket)",
+                        self.node
+                    );
+                };
+                ServiceSpec {
+                    subcommand: "snapshot-agent",
+                    config: Layout::SNAPSHOT_AGENT_CONFIG,
+                    args: vec![format!("-schedule={schedule}")],
+                    pid_file: AGENT_PID_FILE,
+                    output: "var/log/keyhold/snapshot-agent.out",
+                }
+            }
+        })
+    }
+
+    fn label(&self, service: Service) -> String {
+        match service {
+            Service::Server => self.node.clone(),
+            Service::SnapshotAgent => format!("{} snapshot agent", self.node),
+        }
+    }
+
+    /// `KEY=VALUE` lines of the node's private environment file (`Layout::ENV_FILE`, 0600:
+    /// credentials for an auto seal or S3), as systemd's `EnvironmentFile=` reads them; none
+    /// when there is no such file. Values are never shown in errors.
+    fn environment_file(&self) -> Result<Vec<(String, String)>> {
+        let path = self.path(Path::new(Layout::ENV_FILE));
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+        };
+        Ok(text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+            .collect())
+    }
+
+    fn path(&self, rel: &Path) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    fn pid_from_file(&self, spec: &ServiceSpec) -> Result<Option<u32>> {
+        let path = self.path(Path::new(spec.pid_file));
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(text.trim().parse().ok()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+        }
+    }
+
+    /// True when `pid` is a live (not zombie) process started with this node's config for
+    /// that service: a pid recycled by another program does not count.
+    fn is_ours(&self, spec: &ServiceSpec, pid: u32) -> bool {
+        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+            return false;
+        };
+        let wanted = format!("-config={}", self.path(Path::new(spec.config)).display());
+        let ours = cmdline
+            .split(|b| *b == 0)
+            .any(|arg| arg == wanted.as_bytes());
+        let zombie = fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().next().map(|s| s == "Z"))
+            })
+            .unwrap_or(true);
+        ours && !zombie
+    }
+
+    fn state_of(&self, spec: &ServiceSpec) -> Result<ServiceState> {
+        Ok(match self.pid_from_file(spec)? {
+            Some(pid) if self.is_ours(spec, pid) => ServiceState::Running { pid },
+            _ => ServiceState::Stopped,
+        })
+    }
+}
+
+#[async_trait]
+impl Host for LocalHost {
+    fn node(&self) -> &str {
+        &self.node
+    }
+
+    async fn read_file(&self, rel: &Path) -> Result<Option<Vec<u8>>> {
+        let path = self.path(rel);
+        match fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+        }
+    }
+
+    async fn put_file(
+        &self,
+        rel: &Path,
+        content: &[u8],
+        mode: u32,
+        owner: Option<&Owner>,
+    ) -> Result<bool> {
+        refuse_owner(owner, rel)?;
+        let path = self.path(rel);
+        if let Ok(meta) = fs::metadata(&path) {
+            if meta.permissions().mode() & 0o7777 == mode
+                && fs::read(&path).is_ok_and(|old| old == content)
+            {
+                return Ok(false);
+            }
+        }
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+        }
+        write_atomic(&path, content, mode)?;
+        Ok(true)
+    }
+
+    async fn ensure_dir(&self, rel: &Path, mode: u32, owner: Option<&Owner>) -> Result<bool> {
+        refuse_owner(owner, rel)?;
+        let path = self.path(rel);
+        let mut changed = false;
+        if !path.is_dir() {
+            fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
+            changed = true;
+        }
+        let current = fs::metadata(&path)
+            .with_context(|| format!("stat {}", path.display()))?
+            .permissions()
+            .mode()
+            & 0o7777;
+        if current != mode {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode))
+                .with_context(|| format!("chmod {}", path.display()))?;
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    async fn run(&self, argv: &[&str], timeout: Duration) -> Result<CommandOutput> {
+        let Some((program, args)) = argv.split_first() else {
+            bail!("no command to run on {}", self.node);
+        };
+        // A host's root always exists; a local node's does once anything was put there.
+        fs::create_dir_all(&self.root)
+            .with_context(|| format!("create {}", self.root.display()))?;
+        let child = tokio::process::Command::new(program)
+            .args(args)
+            .current_dir(&self.root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("run {program} on {}", self.node))?;
+        match tokio::time::timeout(timeout, child.wait_with_output()).await {
+            Ok(out) => {
+                let out = out.with_context(|| format!("run {program} on {}", self.node))?;
+                Ok(CommandOutput {
+                    status: out.status.code(),
+                    stdout: out.stdout,
+                    stderr: out.stderr,
+                })
+            }
+            Err(_) => bail!(
+                "{program} on {} did not finish within {}s and was killed",
+                self.node,
+                timeout.as_secs()
+            ),
+        }
+    }
+
+    async fn service_state(&self, service: Service) -> Result<ServiceState> {
+        self.state_of(&self.spec(service)?)
+    }
+
+    async fn start(&self, service: Service) -> Result<()> {
+        let spec = self.spec(service)?;
+        let label = self.label(service);
+        if let ServiceState::Running { pid } = self.state_of(&spec)? {
+            bail!("{label} already runs (pid {pid})");
+        }
+        let out_path = self.path(Path::new(spec.output));
+        if let Some(parent) = out_path.parent() {
+            fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+        }
+        let out = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&out_path)
+            .with_context(|| format!("open {}", out_path.display()))?;
+        let err = out
+            .try_clone()
+            .with_context(|| format!("open {}", out_path.display()))?;
+        let config = self.path(Path::new(spec.config));
+        let vars = self.environment_file()?;
+        // Its own process group: a Ctrl-C at the terminal that ran `provision` must not reach
+        // the servers it started. std's Command: the child outlives this process on purpose.
+        let child = std::process::Command::new(&self.binary)
+            .arg(spec.subcommand)
+            .arg(format!("-config={}", config.display()))
+            .args(&spec.args)
+            .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .current_dir(&self.root)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "start {label} ({} {} -config={})",
+                    self.binary.display(),
+                    spec.subcommand,
+                    config.display()
+                )
+            })?;
+        let pid = child.id();
+        let pid_path = self.path(Path::new(spec.pid_file));
+        if let Some(parent) = pid_path.parent() {
+            fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+        }
+        write_atomic(&pid_path, format!("{pid}\n").as_bytes(), 0o600)?;
+        // A server that exits at once (bad config, port taken) is reported here, with its log.
+        tokio::time::sleep(START_GRACE).await;
+        if !self.is_ours(&spec, pid) {
+            let log = fs::read_to_string(&out_path).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(8).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!(
+                "{label} exited right after it started; the end of {}:\n{}",
+                out_path.display(),
+                tail.join("\n")
+            );
+        }
+        Ok(())
+    }
+
+    async fn stop(&self, service: Service, timeout: Duration) -> Result<bool> {
+        let spec = self.spec(service)?;
+        let label = self.label(service);
+        let ServiceState::Running { pid } = self.state_of(&spec)? else {
+            return Ok(false);
+        };
+        let target = Pid::from_raw(pid as i32).context("a pid is never 0")?;
+        kill_process(target, Signal::TERM)
+            .with_context(|| format!("signal {label} (pid {pid})"))?;
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if !self.is_ours(&spec, pid) {
+                let _ = fs::remove_file(self.path(Path::new(spec.pid_file)));
+                return Ok(true);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if test_kill_process(target).is_ok() && self.is_ours(&spec, pid) {
+            kill_process(target, Signal::KILL)
+                .with_context(|| format!("kill {label} (pid {pid})"))?;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let _ = fs::remove_file(self.path(Path::new(spec.pid_file)));
+        Ok(true)
+    }
+
+    async fn reload(&self, service: Service) -> Result<()> {
+        let spec = self.spec(service)?;
+        let ServiceState::Running { pid } = self.state_of(&spec)? else {
+            bail!("{} is not running", self.label(service));
+        };
+        let target = Pid::from_raw(pid as i32).context("a pid is never 0")?;
+        kill_process(target, Signal::HUP)
+            .with_context(|| format!("signal {} (pid {pid}) to reload", self.label(service)))
+    }
+}
+
+/// Local nodes run as the user running `provision`: a file cannot be given to anyone else.
+fn refuse_owner(owner: Option<&Owner>, rel: &Path) -> Result<()> {
+    if let Some(owner) = owner {
+        bail!(
+            "the local provider writes {} as the user running provision; it cannot give it to \
+             {}:{} (use the ssh provider for hosts with a service user)",
+            rel.display(),
+            owner.user,
+            owner.group
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::conformance;
+
+    fn host(dir: &Path, binary: PathBuf) -> LocalHost {
+        LocalHost::new(
+            "keyhold-1",
+            dir.join("root"),
+            binary,
+            Some("every 1h".into()),
+        )
+    }
+
+    #[tokio::test]
+    async fn the_local_host_passes_the_conformance_suite() {
+        conformance::run(|dir, binary| Box::new(host(dir, binary))).await;
+    }
+
+    #[tokio::test]
+    async fn a_recycled_pid_is_not_ours_and_owners_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = host(dir.path(), conformance::fake_service(dir.path()));
+        // A pid file naming a live process that is not this node's server.
+        let pid_file = h.root().join(PID_FILE);
+        fs::create_dir_all(pid_file.parent().unwrap()).unwrap();
+        fs::write(&pid_file, format!("{}\n", std::process::id())).unwrap();
+        assert_eq!(
+            h.service_state(Service::Server).await.unwrap(),
+            ServiceState::Stopped
+        );
+        assert!(!h
+            .stop(Service::Server, Duration::from_secs(1))
+            .await
+            .unwrap());
+        let owner = Owner {
+            user: "keyhold".into(),
+            group: "keyhold".into(),
+        };
+        let err = h
+            .put_file(Path::new("x"), b"x", 0o600, Some(&owner))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot give it to keyhold:keyhold"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn no_snapshot_agent_without_a_schedule() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = LocalHost::new("keyhold-1", dir.path().into(), "/bin/false".into(), None);
+        let err = h
+            .start(Service::SnapshotAgent)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("runs no snapshot agent"), "{err}");
+    }
+}

@@ -1,0 +1,71 @@
+//! `provision render` (every file each node receives, or a systemd host would) and
+//! `provision certs show` (the CA and every node's certificates): read-only views of an
+//! environment.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::deployment::Deployment;
+use crate::pki;
+use crate::render::{self, Layout, NodeSpec, Renderer};
+
+/// `provision render`: every file each node receives, under `out/NODE/`. With
+/// `host_layout`, the files a systemd host at these addresses would receive (units,
+/// hardening files and all), whatever this environment's provider is.
+pub fn render_to(d: &Deployment, out: &Path, host_layout: bool) -> Result<Vec<PathBuf>> {
+    let renderer = Renderer::new()?;
+    let mut written = Vec::new();
+    let nodes = if host_layout {
+        let addresses: Vec<IpAddr> = d.nodes.iter().map(|n| n.address).collect();
+        NodeSpec::cluster(&d.env, &addresses, |_| Layout::system())?
+    } else {
+        d.nodes.clone()
+    };
+    for node in &nodes {
+        for file in renderer.render_node(&d.env, node)? {
+            let path = out.join(&node.name).join(&file.path);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("create {}", parent.display()))?;
+            }
+            crate::state::write_atomic(&path, file.content.as_bytes(), file.mode)?;
+            written.push(path);
+        }
+    }
+    Ok(written)
+}
+
+/// `provision certs show`: the CA and every node's certificates, read from their hosts.
+pub async fn certificates(d: &Deployment) -> Result<Vec<(String, PathBuf, pki::CertInfo)>> {
+    let mut out = Vec::new();
+    let ca = d.ca_file();
+    if !ca.exists() {
+        bail!(
+            "{} has no certificates yet; `provision up --env {}` creates them",
+            d.env.name,
+            d.env.name
+        );
+    }
+    out.push(("CA".to_string(), ca.clone(), pki::inspect_file(&ca)?));
+    for node in &d.nodes {
+        let host = d.host(node);
+        for (what, file) in [
+            ("server", render::NODE_CERT),
+            ("client", render::CLIENT_CERT),
+        ] {
+            let rel = Path::new(Layout::TLS_DIR).join(file);
+            if let Some(pem) = host.read_file(&rel).await? {
+                let info = pki::inspect_pem(&String::from_utf8_lossy(&pem))
+                    .with_context(|| format!("read {}'s {what} certificate", node.name))?;
+                out.push((
+                    format!("{} {what}", node.name),
+                    node.layout.root.join(&rel),
+                    info,
+                ));
+            }
+        }
+    }
+    Ok(out)
+}

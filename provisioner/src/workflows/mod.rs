@@ -1,0 +1,10 @@
+//! Workflows: what each `provision` command does, composed of steps (`up`, `plan`) or of the
+//! same host and cluster operations (`down`, `unseal`, `status`, snapshots), and provider-
+//! neutral: they reach machines only through the environment's provider.
+
+pub mod down;
+pub mod inspect;
+pub mod snapshot;
+pub mod status;
+pub mod unseal;
+pub mod up;
