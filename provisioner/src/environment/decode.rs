@@ -11,6 +11,7 @@ use keyhold_config::syntax::{self, Node, Source, Value};
 use keyhold_config::ConfigError;
 
 use super::model::*;
+use crate::providers::local::LocalSettings;
 
 const TOP_KEYS: &[&str] = &[
     "admin",
@@ -210,37 +211,11 @@ fn distinct_labelled<'n>(
 
 fn decode_provider(top: &Section<'_, '_>) -> Result<Provider, ConfigError> {
     let Some(block) = single_labelled(top, "provider", "provider \"local\" {}")? else {
-        return Ok(Provider::Local(LocalProvider {
-            address_base: Ipv4Addr::new(127, 0, 1, 1),
-        }));
+        return Ok(Provider::Local(LocalSettings::default()));
     };
+    // Each provider checks its own block.
     match block.label {
-        "local" => {
-            let s = Section::new(
-                top.src,
-                block.body,
-                "in provider \"local\"",
-                "provider.local",
-                &["address_base"],
-                &[],
-            )?;
-            let address_base = match s.string("address_base")? {
-                None => Ipv4Addr::new(127, 0, 1, 1),
-                Some(text) => match text.parse::<Ipv4Addr>() {
-                    Ok(ip) if ip.is_loopback() && ip.octets()[3] != 0 => ip,
-                    _ => {
-                        return Err(s.value_error(
-                            "address_base",
-                            format!(
-                                "{text:?} is not a usable loopback address; the local provider \
-                                 puts node N on this address plus N-1, e.g. \"127.0.1.1\""
-                            ),
-                        ))
-                    }
-                },
-            };
-            Ok(Provider::Local(LocalProvider { address_base }))
-        }
+        "local" => Ok(Provider::Local(LocalSettings::decode(top.src, block.body)?)),
         other => Err(top.src.error(
             block.label_pos,
             "provider",

@@ -52,13 +52,7 @@ pub struct Unsealer {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Provider {
     /// Processes on this machine, each on its own loopback address.
-    Local(LocalProvider),
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct LocalProvider {
-    /// The first node's address; node N listens on this address plus N-1 (127.0.1.1, .2, ...).
-    pub address_base: Ipv4Addr,
+    Local(crate::providers::local::LocalSettings),
 }
 
 impl Provider {

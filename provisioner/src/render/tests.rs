@@ -31,7 +31,7 @@ fn environment(full: bool) -> Environment {
     Environment {
         name: "staging".into(),
         file: PathBuf::from("environments/staging.hcl"),
-        provider: Provider::Local(LocalProvider {
+        provider: Provider::Local(crate::providers::local::LocalSettings {
             address_base: Ipv4Addr::new(127, 0, 1, 1),
         }),
         nodes: 3,

@@ -3,6 +3,7 @@
 //! `provision`, each on its own loopback address (127.x.y.z), with no root and no cloud.
 
 mod host;
+mod settings;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -13,9 +14,9 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub use host::LocalHost;
+pub use settings::LocalSettings;
 
 use super::{Host, NodeRecord, Provider, Service, ServiceState};
-use crate::environment::LocalProvider as LocalSettings;
 use crate::render::{Layout, NodeSpec};
 
 /// What the local provider keeps about a node: its processes.
