@@ -441,6 +441,12 @@ fn decode_retry_join(src: &Source<'_>, body: &Node) -> Result<RetryJoin, ConfigE
 const LISTENER_KEYS: &[&str] = &[
     "address",
     "cluster_address",
+    "http_idle_timeout",
+    "http_read_header_timeout",
+    "max_json_array_element_count",
+    "max_json_depth",
+    "max_json_object_entry_count",
+    "max_json_string_value_length",
     "max_request_duration",
     "max_request_size",
     "telemetry",
@@ -489,7 +495,36 @@ fn decode_listener(src: &Source<'_>, block: &Labelled<'_>) -> Result<ListenerCon
         }
         Some(n) => n.unsigned_abs(),
     };
+    // Vault: a zero or absent limit means the default; a negative one is an error.
+    let json_limit = |key: &str, default: u64| -> Result<u64, ConfigError> {
+        match s.int(key)? {
+            None | Some(0) => Ok(default),
+            Some(n) if n < 0 => Err(s.value_error(key, "must be a positive number")),
+            Some(n) => Ok(n.unsigned_abs()),
+        }
+    };
+    let timeout = |key: &str, default: Duration| -> Result<Duration, ConfigError> {
+        Ok(s.duration(key)?.filter(|d| !d.is_zero()).unwrap_or(default))
+    };
     Ok(ListenerConfig {
+        http_read_header_timeout: timeout(
+            "http_read_header_timeout",
+            defaults.http_read_header_timeout,
+        )?,
+        http_idle_timeout: timeout("http_idle_timeout", defaults.http_idle_timeout)?,
+        max_json_depth: json_limit("max_json_depth", defaults.max_json_depth)?,
+        max_json_string_value_length: json_limit(
+            "max_json_string_value_length",
+            defaults.max_json_string_value_length,
+        )?,
+        max_json_object_entry_count: json_limit(
+            "max_json_object_entry_count",
+            defaults.max_json_object_entry_count,
+        )?,
+        max_json_array_element_count: json_limit(
+            "max_json_array_element_count",
+            defaults.max_json_array_element_count,
+        )?,
         address: s.string("address")?.unwrap_or(defaults.address),
         cluster_address: s.string("cluster_address")?,
         tls_disable: s.bool("tls_disable")?.unwrap_or(false),

@@ -823,6 +823,23 @@ impl Core {
         result
     }
 
+    /// Whether a request to `path` with `token` will be refused for want of a valid token, so
+    /// the HTTP layer need not read, parse or audit its body: an unauthenticated caller's huge
+    /// body then costs the server nothing. `false` when sealed or unsure (the full pipeline
+    /// decides), and for the paths that answer without a token.
+    pub async fn refused_without_token(&self, path: &str, token: Option<&str>) -> bool {
+        let Ok(u) = self.unsealed() else {
+            return false;
+        };
+        if is_unauthenticated_route(u.route(path).as_ref()) {
+            return false;
+        }
+        match token.filter(|t| !t.is_empty()) {
+            None => true,
+            Some(token) => matches!(u.tokens.lookup(token).await, Ok(None)),
+        }
+    }
+
     async fn handle_unsealed(&self, u: &Unsealed, req: &mut Request) -> Result<Response> {
         let route = u.route(&req.path);
         if let Some((mount, _)) = &route {
@@ -832,15 +849,7 @@ impl Core {
                     .info(self.config.default_lease_ttl, self.config.max_lease_ttl),
             );
         }
-        let unauthenticated = match &route {
-            Some((mount, rel)) if mount.entry.kind == "system" => system::is_unauthenticated(rel),
-            Some((mount, rel)) => mount
-                .backend
-                .unauthenticated_paths()
-                .iter()
-                .any(|p| path_matches(p, rel)),
-            None => false,
-        };
+        let unauthenticated = is_unauthenticated_route(route.as_ref());
 
         // Token: required unless the path is a login path.
         let token_entry = match req.client_token.as_deref().filter(|t| !t.is_empty()) {
@@ -963,6 +972,20 @@ impl Core {
                 mount: &info,
             })
             .await
+    }
+}
+
+/// Whether a routed path answers without a token: the system backend's own list, and each
+/// mount's login paths.
+fn is_unauthenticated_route(route: Option<&(Mount, String)>) -> bool {
+    match route {
+        Some((mount, rel)) if mount.entry.kind == "system" => system::is_unauthenticated(rel),
+        Some((mount, rel)) => mount
+            .backend
+            .unauthenticated_paths()
+            .iter()
+            .any(|p| path_matches(p, rel)),
+        None => false,
     }
 }
 

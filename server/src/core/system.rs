@@ -178,9 +178,13 @@ impl Core {
                 }
                 _ => Err(Error::UnsupportedOperation),
             },
-            "internal/ui/mounts" if op == Operation::Read => Ok(Response::data(
-                json!({ "secret": self.mounts_json(u, Table::Secret), "auth": self.mounts_json(u, Table::Auth) }),
-            )),
+            "internal/ui/mounts" if op == Operation::Read => {
+                let acl = self.ui_acl(u, req).await?;
+                Ok(Response::data(json!({
+                    "secret": self.visible_mounts_json(u, Table::Secret, acl.as_ref()),
+                    "auth": self.visible_mounts_json(u, Table::Auth, acl.as_ref()),
+                })))
+            }
             _ => self.system_prefixed(u, req, rel).await,
         }
     }
@@ -278,16 +282,52 @@ impl Core {
             if op != Operation::Read {
                 return Err(Error::UnsupportedOperation);
             }
+            let acl = self.ui_acl(u, req).await?;
             let Some((mount, _)) = u.route(path) else {
+                // Without a token, whether a path is mounted is itself not told.
+                if acl.is_none() {
+                    return Err(Error::PermissionDenied);
+                }
                 return Err(Error::invalid(format!(
                     "Path {path:?} does not exist: no mount serves it"
                 )));
             };
+            if !mount_visible(&mount.entry, acl.as_ref()) {
+                return Err(Error::PermissionDenied);
+            }
             let mut data = mount.entry.to_json();
             data["path"] = json!(mount.entry.route_path().trim_start_matches("auth/"));
             return Ok(Response::data(data));
         }
         Err(Error::UnsupportedPath(format!("sys/{rel}")))
+    }
+
+    /// The ACL of the caller of `sys/internal/ui/mounts` (an unauthenticated path), or `None`
+    /// when it sent no valid token.
+    async fn ui_acl(&self, u: &Unsealed, req: &Request) -> Result<Option<crate::policy::Acl>> {
+        match &req.auth {
+            Some(auth) => Ok(Some(u.policies.acl(&auth.policies).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The mounts `sys/internal/ui/mounts` shows, as Vault: without a token only those tuned
+    /// `listing_visibility = "unauth"` (none by default); with one, also those its policies
+    /// grant anything on.
+    fn visible_mounts_json(
+        &self,
+        u: &Unsealed,
+        table: Table,
+        acl: Option<&crate::policy::Acl>,
+    ) -> Value {
+        let router = u.router.read().expect("router lock");
+        let mut out = Map::new();
+        for entry in router.entries(table) {
+            if mount_visible(&entry, acl) {
+                out.insert(entry.path.clone(), entry.to_json());
+            }
+        }
+        Value::Object(out)
     }
 
     fn mounts_json(&self, u: &Unsealed, table: Table) -> Value {
@@ -699,4 +739,10 @@ fn decode_maybe_base64(text: &str) -> String {
         .and_then(|bytes| String::from_utf8(bytes).ok())
         .filter(|s| s.contains("path"))
         .unwrap_or_else(|| text.to_string())
+}
+
+/// Whether `sys/internal/ui/mounts` may show `entry` to a caller with `acl` (`None`: no token).
+fn mount_visible(entry: &super::mounts::MountEntry, acl: Option<&crate::policy::Acl>) -> bool {
+    entry.config.listing_visibility == "unauth"
+        || acl.is_some_and(|acl| acl.has_mount_access(&entry.route_path()))
 }

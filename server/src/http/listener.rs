@@ -15,6 +15,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 
+use super::idle::IdleTimeoutAcceptor;
 use crate::config::{ListenerConfig, TlsVersion};
 
 /// Controls one running listener.
@@ -148,16 +149,34 @@ pub async fn serve_listener(
     let local = std_listener.local_addr()?;
     let handle: Handle<SocketAddr> = Handle::new();
     let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    let idle = IdleTimeoutAcceptor {
+        idle: listener.http_idle_timeout,
+    };
+    // hyper enforces the header timeout only with a timer; its clock starts whenever the
+    // connection waits for a request head, so a keep-alive connection with no next request
+    // is also closed after http_read_header_timeout (or http_idle_timeout, if shorter).
+    let limit_headers = |builder: &mut hyper_util::server::conn::auto::Builder<_>| {
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(listener.http_read_header_timeout);
+    };
     let (tls, task) = if listener.tls_disable {
-        let server = axum_server::from_tcp(std_listener)?.handle(handle.clone());
+        let mut server = axum_server::from_tcp(std_listener)?
+            .acceptor(idle)
+            .handle(handle.clone());
+        limit_headers(server.http_builder());
         (
             None,
             tokio::spawn(async move { server.serve(service).await }),
         )
     } else {
         let rustls_config = RustlsConfig::from_config(Arc::new(tls_server_config(listener)?));
-        let server = axum_server::from_tcp_rustls(std_listener, rustls_config.clone())?
+        let handshake = listener.http_read_header_timeout;
+        let mut server = axum_server::from_tcp_rustls(std_listener, rustls_config.clone())?
+            .map(|tls| tls.handshake_timeout(handshake).acceptor(idle))
             .handle(handle.clone());
+        limit_headers(server.http_builder());
         (
             Some((rustls_config, listener.clone())),
             tokio::spawn(async move { server.serve(service).await }),

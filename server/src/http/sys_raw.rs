@@ -168,6 +168,35 @@ async fn rekey(
     }
 }
 
+/// Whether `handle` answers `path` (for some method): these answer without a token, each
+/// checking what it needs itself (sys/seal and sys/step-down their token, generate-root and
+/// rekey their key shares), so the HTTP layer must not refuse them for want of a token.
+pub(super) fn is_raw_path(path: &str) -> bool {
+    matches!(
+        path.trim_end_matches('/'),
+        "sys/health"
+            | "sys/seal-status"
+            | "sys/init"
+            | "sys/unseal"
+            | "sys/seal"
+            | "sys/step-down"
+            | "sys/leader"
+            | "sys/generate-root/attempt"
+            | "sys/generate-root/update"
+            | "sys/rekey/init"
+            | "sys/rekey-recovery-key/init"
+            | "sys/rekey/update"
+            | "sys/rekey-recovery-key/update"
+            | "sys/rekey/verify"
+            | "sys/rekey-recovery-key/verify"
+            | "sys/storage/raft/bootstrap/challenge"
+            | "sys/storage/raft/bootstrap/answer"
+            | "sys/storage/raft/join"
+            | "sys/rekey/backup"
+            | "sys/rekey/recovery-key-backup"
+    )
+}
+
 /// Paths a standby answers itself; everything else goes to the active node.
 pub(super) fn served_locally(path: &str) -> bool {
     matches!(
