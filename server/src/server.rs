@@ -64,6 +64,16 @@ pub fn load_config(args: &ServerArgs) -> anyhow::Result<ServerConfig> {
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let config = load_config(&args)?;
     if args.check {
+        // Load what the listeners would load: files that exist but do not parse, or a
+        // certificate and key that do not belong together, fail here and not at start.
+        for listener in config.listeners.iter().filter(|l| !l.tls_disable) {
+            crate::http::tls_server_config(listener).with_context(|| {
+                format!(
+                    "{}: listener \"tcp\" on {}",
+                    listener.location, listener.address
+                )
+            })?;
+        }
         println!("Configuration is valid.");
         return Ok(());
     }

@@ -441,3 +441,160 @@ async fn private_data_files_and_hardening_headers() -> Result<()> {
     );
     Ok(())
 }
+
+/// A rustls client that offers exactly one cipher suite.
+fn connect_with_suite(
+    addr: std::net::SocketAddr,
+    server_name: &str,
+    ca_pem: &str,
+    suite: rustls::SupportedCipherSuite,
+) -> Result<rustls::CipherSuite> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert?)?;
+    }
+    let versions: &[&'static rustls::SupportedProtocolVersion] = match suite {
+        rustls::SupportedCipherSuite::Tls13(_) => &[&rustls::version::TLS13],
+        rustls::SupportedCipherSuite::Tls12(_) => &[&rustls::version::TLS12],
+    };
+    let provider = rustls::crypto::CryptoProvider {
+        cipher_suites: vec![suite],
+        ..rustls::crypto::aws_lc_rs::default_provider()
+    };
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+        .with_protocol_versions(versions)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut conn = rustls::ClientConnection::new(
+        std::sync::Arc::new(config),
+        ServerName::try_from(server_name.to_string())?,
+    )?;
+    let mut tcp = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut rounds = 0;
+    while conn.is_handshaking() {
+        rounds += 1;
+        ensure!(rounds < 50, "handshake did not finish in 50 rounds");
+        conn.complete_io(&mut tcp)?;
+    }
+    conn.negotiated_cipher_suite()
+        .map(|s| s.suite())
+        .context("no suite negotiated")
+}
+
+/// Which of the client's suites a server with `configured` lets a client negotiate.
+async fn negotiable(cluster: &mut Cluster, configured: &str) -> Result<Vec<String>> {
+    let node = cluster.node();
+    node.options.extra_listener = vec![format!("tls_cipher_suites = \"{configured}\"")];
+    node.write_config()?;
+    node.restart().await?;
+    let (addr, ip, ca) = (
+        node.socket_addr(),
+        node.ip.to_string(),
+        node.ca_pem().to_string(),
+    );
+    let mut got = Vec::new();
+    for suite in rustls::crypto::aws_lc_rs::default_provider().cipher_suites {
+        let name = format!("{:?}", suite.suite());
+        match connect_with_suite(addr, &ip, &ca, suite) {
+            Ok(s) => got.push(format!("{s:?}")),
+            Err(e) => println!("  {name}: refused ({e})"),
+        }
+    }
+    println!("tls_cipher_suites = {configured:?}: negotiated {got:?}");
+    Ok(got)
+}
+
+#[tokio::test]
+async fn configured_cipher_suites_are_exactly_what_clients_negotiate() -> Result<()> {
+    // The harness's certificates are ECDSA: only ECDSA and TLS 1.3 suites can ever be negotiated.
+    let mut cluster = Cluster::single(NodeOptions::default()).await?;
+    let got = negotiable(&mut cluster, "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256").await?;
+    let mut want = vec![
+        "TLS13_AES_256_GCM_SHA384".to_string(),
+        "TLS13_AES_128_GCM_SHA256".to_string(),
+        "TLS13_CHACHA20_POLY1305_SHA256".to_string(),
+        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256".to_string(),
+    ];
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    // TLS 1.3 suites are not restricted by a TLS 1.2-only list, as in Vault (Go).
+    ensure!(
+        sorted(got) == sorted(want.clone()),
+        "one TLS 1.2 suite configured"
+    );
+
+    let got = negotiable(
+        &mut cluster,
+        "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305, TLS_AES_256_GCM_SHA384",
+    )
+    .await?;
+    want = vec![
+        "TLS13_AES_256_GCM_SHA384".to_string(),
+        "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256".to_string(),
+    ];
+    ensure!(
+        sorted(got) == sorted(want),
+        "a TLS 1.2 and a TLS 1.3 suite configured"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn config_check_refuses_bad_tls_and_accepts_vaults_hardening_keys() -> Result<()> {
+    use super::bad_input::config_check;
+    let dir = keyhold_tests::test_dir("keyhold-check-")?;
+    let pki = keyhold_tests::Pki::new(dir.path(), "ca")?;
+    let a = pki
+        .issue_server("a", &["127.0.0.1".to_string()])?
+        .write(dir.path(), "a")?;
+    let b = pki
+        .issue_server("b", &["127.0.0.1".to_string()])?
+        .write(dir.path(), "b")?;
+    let listener = |cert: &std::path::Path, key: &std::path::Path, extra: &str| {
+        format!(
+            "storage \"inmem\" {{}}\ndisable_mlock = true\nlistener \"tcp\" {{\n  address = \"127.0.0.1:8200\"\n  tls_cert_file = \"{}\"\n  tls_key_file = \"{}\"\n{extra}}}\n",
+            cert.display(),
+            key.display()
+        )
+    };
+    // Vault's hardening keys, set as a Vault config would set them.
+    let hardening = "  http_read_header_timeout = \"5s\"\n  http_idle_timeout = \"1m\"\n  max_json_depth = 100\n  max_json_string_value_length = 65536\n  max_json_object_entry_count = 500\n  max_json_array_element_count = 500\n  tls_cipher_suites = \"TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256\"\n";
+    let path = dir.path().join("hardening.hcl");
+    std::fs::write(&path, listener(&a.cert, &a.key, hardening))?;
+    let (code, out) = config_check(&path).await?;
+    ensure!(code == Some(0), "Vault's hardening keys refused: {out}");
+
+    // Bogus, RC4 and CBC suite names: refused with the file and line 7.
+    for name in [
+        "TLS_BOGUS_SUITE",
+        "TLS_ECDHE_RSA_WITH_RC4_128_SHA",
+        "TLS_RSA_WITH_AES_128_CBC_SHA",
+    ] {
+        let path = dir.path().join("suites.hcl");
+        let extra = format!("  tls_cipher_suites = \"{name}\"\n");
+        std::fs::write(&path, listener(&a.cert, &a.key, &extra))?;
+        let (code, out) = config_check(&path).await?;
+        ensure!(
+            code != Some(0) && out.contains("suites.hcl:7") && out.contains(name),
+            "suite {name}: exit {code:?}, {out}"
+        );
+    }
+
+    // A certificate with another certificate's key: both files named.
+    let path = dir.path().join("mismatch.hcl");
+    std::fs::write(&path, listener(&a.cert, &b.key, ""))?;
+    let (code, out) = config_check(&path).await?;
+    println!("mismatched certificate and key: {out}");
+    ensure!(
+        code != Some(0)
+            && out.contains(&a.cert.display().to_string())
+            && out.contains(&b.key.display().to_string()),
+        "mismatched certificate and key: exit {code:?}, {out}"
+    );
+    Ok(())
+}
