@@ -108,6 +108,21 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         prometheus_enabled: !config.telemetry.prometheus_retention_time.is_zero(),
         audit_write_timeout: Duration::from_secs(5),
         seals: seals.clone(),
+        user_lockout: config
+            .user_lockout
+            .iter()
+            .map(|l| {
+                (
+                    l.auth_type.clone(),
+                    crate::core::lockout::LockoutTune {
+                        lockout_threshold: l.lockout_threshold,
+                        lockout_duration: l.lockout_duration.map(|d| d.as_secs()),
+                        lockout_counter_reset: l.lockout_counter_reset.map(|d| d.as_secs()),
+                        lockout_disable: l.disable_lockout,
+                    },
+                )
+            })
+            .collect(),
     };
     let (core, storage_type) = match &config.storage {
         StorageConfig::Inmem => {

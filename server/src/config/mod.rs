@@ -56,6 +56,8 @@ pub struct ServerConfig {
     pub default_lease_ttl: Duration,
     pub max_lease_ttl: Duration,
     pub telemetry: TelemetryConfig,
+    /// `user_lockout "<auth type>"` stanzas (`all`, `userpass`, `approle`, `ldap`).
+    pub user_lockout: Vec<UserLockoutConfig>,
     pub pid_file: Option<PathBuf>,
     /// Parsed so that a Vault config carrying it gets a clear answer from
     /// `unsupported()` rather than an unknown-key error: Keyhold has no
@@ -198,6 +200,18 @@ impl TlsVersion {
             TlsVersion::Tls13 => "tls13",
         }
     }
+}
+
+/// One `user_lockout` stanza (Vault 1.13+); unset keys inherit Vault's defaults (5, 15m, 15m).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserLockoutConfig {
+    /// The stanza's label: `all` or an auth method type.
+    pub auth_type: String,
+    pub lockout_threshold: Option<u64>,
+    pub lockout_duration: Option<Duration>,
+    pub lockout_counter_reset: Option<Duration>,
+    pub disable_lockout: Option<bool>,
+    pub location: Location,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -494,6 +508,7 @@ impl ServerConfig {
             default_lease_ttl: DEFAULT_LEASE_TTL,
             max_lease_ttl: DEFAULT_LEASE_TTL,
             telemetry: TelemetryConfig::default(),
+            user_lockout: Vec::new(),
             pid_file: None,
             plugin_directory: None,
             disable_cache: false,
@@ -599,6 +614,7 @@ fn finish(file: decode::FileConfig, sources: &str) -> Result<ServerConfig, Confi
         default_lease_ttl: ttl(t.default_lease_ttl),
         max_lease_ttl: ttl(t.max_lease_ttl),
         telemetry: file.telemetry.unwrap_or_default(),
+        user_lockout: file.user_lockout,
         pid_file: t.pid_file,
         plugin_directory: t.plugin_directory,
         disable_cache: t.disable_cache.unwrap_or(false),

@@ -9,12 +9,14 @@
 mod cluster;
 pub mod ha;
 mod keys;
+pub mod lockout;
 pub mod mounts;
 mod root_ops;
 mod sealing;
 mod snapshot;
 mod system;
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -62,6 +64,8 @@ pub struct CoreConfig {
     pub audit_write_timeout: Duration,
     /// The auto-unseal seal in force and the one being migrated away from.
     pub seals: SealSetup,
+    /// `user_lockout` stanzas of the server config, by auth type (`all`, `userpass`, ...).
+    pub user_lockout: BTreeMap<String, lockout::LockoutTune>,
 }
 
 impl Default for CoreConfig {
@@ -77,6 +81,7 @@ impl Default for CoreConfig {
             prometheus_enabled: true,
             audit_write_timeout: Duration::from_secs(5),
             seals: SealSetup::default(),
+            user_lockout: BTreeMap::new(),
         }
     }
 }
@@ -159,6 +164,8 @@ pub struct Unsealed {
     tidy: tokio::task::JoinHandle<()>,
     /// Autopilot (HA only): promotes caught-up non-voters, prunes dead voters.
     autopilot: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Failed logins and locked aliases (user lockout).
+    pub lockout: lockout::UserLockout,
 }
 
 impl Drop for Unsealed {
@@ -702,6 +709,7 @@ impl Core {
             active_time: Utc::now(),
             tidy,
             autopilot: std::sync::Mutex::new(None),
+            lockout: lockout::UserLockout::default(),
         });
         *self.state.write().expect("state lock") = Some(unsealed.clone());
         metrics::gauge!("vault.core.unsealed").set(1.0);
@@ -890,6 +898,14 @@ impl Core {
             }
         }
 
+        // User lockout: a locked alias is refused before its credentials are even checked.
+        let login = self.lockout_target(route.as_ref(), req);
+        if let Some((accessor, alias, policy)) = &login {
+            if u.lockout.is_locked(accessor, alias, policy) {
+                return self.refuse(u, req, Error::PermissionDenied).await;
+            }
+        }
+
         let audit_started = Instant::now();
         let logged = u.audit.log_request(req, req.auth.as_ref(), None).await;
         metrics::histogram!("vault.audit.log_request")
@@ -922,6 +938,15 @@ impl Core {
                 }
             }
         };
+        if let Some((accessor, alias, policy)) = &login {
+            match &result {
+                Ok(resp) if resp.auth.is_some() => u.lockout.record_success(accessor, alias),
+                Err(e) if lockout::is_bad_credentials(e) => {
+                    u.lockout.record_failure(accessor, alias, policy)
+                }
+                _ => {}
+            }
+        }
         let error = result.as_ref().err().map(|e| e.to_string());
         let audit_started = Instant::now();
         let logged = u
@@ -950,6 +975,49 @@ impl Core {
             .log_response(req, req.auth.as_ref(), None, Some(&msg))
             .await?;
         Err(err)
+    }
+
+    /// For a login to a userpass or AppRole mount: the mount accessor, the alias (username or
+    /// role_id) and the lockout settings in force for that mount.
+    fn lockout_target(
+        &self,
+        route: Option<&(Mount, String)>,
+        req: &Request,
+    ) -> Option<(String, String, lockout::LockoutPolicy)> {
+        let (mount, rel) = route?;
+        if mount.entry.table != Table::Auth
+            || !lockout::LOCKOUT_METHODS.contains(&mount.entry.kind.as_str())
+        {
+            return None;
+        }
+        let alias = match mount.entry.kind.as_str() {
+            "userpass" => rel.strip_prefix("login/")?.to_lowercase(),
+            "approle" if rel == "login" => req.get_str("role_id")?,
+            _ => return None,
+        };
+        if alias.is_empty() {
+            return None;
+        }
+        Some((
+            mount.entry.accessor.clone(),
+            alias,
+            self.lockout_policy(&mount.entry),
+        ))
+    }
+
+    /// Vault's defaults, then the config's `user_lockout "all"`, then the stanza for the
+    /// mount's type, then the mount's own tune.
+    fn lockout_policy(&self, entry: &mounts::MountEntry) -> lockout::LockoutPolicy {
+        let mut policy = lockout::LockoutPolicy::default();
+        for key in ["all", entry.kind.as_str()] {
+            if let Some(tune) = self.config.user_lockout.get(key) {
+                policy = tune.apply(policy);
+            }
+        }
+        match &entry.config.user_lockout_config {
+            Some(tune) => tune.apply(policy),
+            None => policy,
+        }
     }
 
     async fn exists(

@@ -178,6 +178,9 @@ impl Core {
                 }
                 _ => Err(Error::UnsupportedOperation),
             },
+            "locked-users" if matches!(op, Operation::Read | Operation::List) => {
+                Ok(Response::data(self.locked_users_json(u)))
+            }
             "internal/ui/mounts" if op == Operation::Read => {
                 let acl = self.ui_acl(u, req).await?;
                 Ok(Response::data(json!({
@@ -275,6 +278,28 @@ impl Core {
             let hash = u.audit.hash(&normalize_mount_path(path), &input).await?;
             return Ok(Response::data(json!({ "hash": hash })));
         }
+        if let Some(rest) = rel.strip_prefix("locked-users/") {
+            let Some((accessor, alias)) = rest.split_once("/unlock/") else {
+                return Err(Error::UnsupportedPath(format!("sys/{rel}")));
+            };
+            if !write {
+                return Err(Error::UnsupportedOperation);
+            }
+            let known = u
+                .router
+                .read()
+                .expect("router lock")
+                .entries(Table::Auth)
+                .iter()
+                .any(|e| e.accessor == accessor);
+            if !known {
+                return Err(Error::invalid(format!(
+                    "no auth mount with accessor {accessor:?}"
+                )));
+            }
+            u.lockout.unlock(accessor, alias);
+            return Ok(Response::empty());
+        }
         if let Some(path) = rel
             .strip_prefix("internal/ui/mounts/")
             .or_else(|| rel.strip_prefix("mounts-all/"))
@@ -300,6 +325,38 @@ impl Core {
             return Ok(Response::data(data));
         }
         Err(Error::UnsupportedPath(format!("sys/{rel}")))
+    }
+
+    /// `sys/locked-users`, in Vault's shape (one namespace: root).
+    fn locked_users_json(&self, u: &Unsealed) -> Value {
+        let mounts = u.router.read().expect("router lock").entries(Table::Auth);
+        let policy_of = |accessor: &str| {
+            mounts
+                .iter()
+                .find(|e| e.accessor == accessor)
+                .map(|e| self.lockout_policy(e))
+                .unwrap_or_default()
+        };
+        let mut by_accessor: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for locked in u.lockout.locked(policy_of) {
+            by_accessor
+                .entry(locked.mount_accessor)
+                .or_default()
+                .push(locked.alias);
+        }
+        let total: usize = by_accessor.values().map(Vec::len).sum();
+        let accessors: Vec<Value> = by_accessor
+            .into_iter()
+            .map(|(accessor, aliases)| {
+                json!({"mount_accessor": accessor, "counts": aliases.len(), "alias_identifiers": aliases})
+            })
+            .collect();
+        let by_namespace = if accessors.is_empty() {
+            json!([])
+        } else {
+            json!([{"namespace_id": "root", "namespace_path": "", "counts": total, "mount_accessors": accessors}])
+        };
+        json!({"by_namespace": by_namespace, "total": total})
     }
 
     /// The ACL of the caller of `sys/internal/ui/mounts` (an unauthenticated path), or `None`
@@ -484,6 +541,15 @@ impl Core {
                         &mount.entry.config.token_type
                     });
                 }
+                if mount.entry.config.user_lockout_config.is_some() {
+                    let policy = self.lockout_policy(&mount.entry);
+                    data["user_lockout_config"] = json!({
+                        "lockout_threshold": policy.threshold,
+                        "lockout_duration": policy.duration.as_secs(),
+                        "lockout_counter_reset_duration": policy.counter_reset.as_secs(),
+                        "lockout_disable": policy.disabled,
+                    });
+                }
                 Ok(Response::data(data))
             }
             Operation::Create | Operation::Update => {
@@ -660,6 +726,52 @@ impl Core {
     }
 }
 
+/// `user_lockout_config` of `sys/auth/<mount>/tune`, Vault's field names; unset fields inherit.
+fn parse_lockout_tune(entry: &MountEntry, value: &Value) -> Result<super::lockout::LockoutTune> {
+    if entry.table != Table::Auth || !super::lockout::LOCKOUT_METHODS.contains(&entry.kind.as_str())
+    {
+        return Err(Error::invalid(format!(
+            "user_lockout_config is only supported on auth methods of type {}",
+            super::lockout::LOCKOUT_METHODS.join(", ")
+        )));
+    }
+    let Value::Object(fields) = value else {
+        return Err(Error::invalid("user_lockout_config must be an object"));
+    };
+    let mut tune = entry.config.user_lockout_config.clone().unwrap_or_default();
+    match fields.get("lockout_threshold") {
+        None | Some(Value::Null) => {}
+        Some(Value::Number(n)) => tune.lockout_threshold = n.as_u64(),
+        Some(Value::String(s)) if s.is_empty() => {}
+        Some(Value::String(s)) => {
+            tune.lockout_threshold = Some(s.parse().map_err(|_| {
+                Error::invalid("user_lockout_config.lockout_threshold must be a number")
+            })?)
+        }
+        Some(_) => {
+            return Err(Error::invalid(
+                "user_lockout_config.lockout_threshold must be a number",
+            ))
+        }
+    }
+    if let Some(d) = parse_duration_field(fields, "lockout_duration")? {
+        tune.lockout_duration = Some(d.as_secs());
+    }
+    if let Some(d) = parse_duration_field(fields, "lockout_counter_reset_duration")? {
+        tune.lockout_counter_reset = Some(d.as_secs());
+    }
+    match fields.get("lockout_disable") {
+        Some(Value::Bool(b)) => tune.lockout_disable = Some(*b),
+        Some(Value::String(s)) if !s.is_empty() => {
+            tune.lockout_disable = Some(s.parse().map_err(|_| {
+                Error::invalid("user_lockout_config.lockout_disable must be a boolean")
+            })?)
+        }
+        _ => {}
+    }
+    Ok(tune)
+}
+
 /// Applies `config` / tune fields to a mount entry.
 fn apply_tune(entry: &mut MountEntry, config: &Map<String, Value>) -> Result<()> {
     if let Some(d) = parse_duration_field(config, "default_lease_ttl")? {
@@ -693,6 +805,9 @@ fn apply_tune(entry: &mut MountEntry, config: &Map<String, Value>) -> Result<()>
     }
     if let Some(v) = config.get("token_type").and_then(Value::as_str) {
         entry.config.token_type = v.to_string();
+    }
+    if let Some(lockout) = config.get("user_lockout_config") {
+        entry.config.user_lockout_config = Some(parse_lockout_tune(entry, lockout)?);
     }
     let (d, m) = (entry.config.default_lease_ttl, entry.config.max_lease_ttl);
     if d > 0 && m > 0 && d > m {

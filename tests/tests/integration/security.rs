@@ -598,3 +598,159 @@ async fn config_check_refuses_bad_tls_and_accepts_vaults_hardening_keys() -> Res
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn failed_logins_lock_the_user_until_unlocked() -> Result<()> {
+    let mut cluster = Cluster::single_active(NodeOptions {
+        extra_top: vec!["user_lockout \"approle\" {\n  lockout_threshold = \"3\"\n}".into()],
+        ..NodeOptions::default()
+    })
+    .await?;
+    let api = cluster.node().api();
+    let anonymous = api.with_token(None);
+    api.put("sys/auth/userpass", json!({"type": "userpass"}))
+        .await?
+        .expect(204, "enable userpass")?;
+    api.put("auth/userpass/users/alice", json!({"password": "right"}))
+        .await?
+        .expect_ok("create alice")?;
+
+    // Vault's defaults: five failures lock the user; the sixth attempt is refused even with the
+    // right password.
+    for i in 1..=5 {
+        let r = anonymous
+            .put(
+                "auth/userpass/login/alice",
+                json!({"password": format!("wrong-{i}")}),
+            )
+            .await?;
+        ensure!(
+            r.status == 400,
+            "wrong password {i}: {} {}",
+            r.status,
+            r.text
+        );
+    }
+    let r = anonymous
+        .put("auth/userpass/login/alice", json!({"password": "right"}))
+        .await?;
+    println!("right password after 5 failures: {} {}", r.status, r.text);
+    ensure!(
+        r.status == 403 && r.errors().contains("permission denied"),
+        "a locked user logged in: {} {}",
+        r.status,
+        r.text
+    );
+    // Another user on the same mount is not affected.
+    api.put("auth/userpass/users/bob", json!({"password": "bobs"}))
+        .await?
+        .expect_ok("create bob")?;
+    anonymous
+        .put("auth/userpass/login/bob", json!({"password": "bobs"}))
+        .await?
+        .expect(200, "bob logs in")?;
+
+    let locked = api
+        .get("sys/locked-users")
+        .await?
+        .expect(200, "sys/locked-users")?;
+    let accessor = api.get("sys/auth").await?.json["data"]["userpass/"]["accessor"]
+        .as_str()
+        .context("userpass accessor")?
+        .to_string();
+    ensure!(
+        locked.json["data"]["total"] == json!(1)
+            && locked.json["data"]["by_namespace"][0]["mount_accessors"][0]["mount_accessor"]
+                == json!(accessor)
+            && locked.json["data"]["by_namespace"][0]["mount_accessors"][0]["alias_identifiers"]
+                == json!(["alice"]),
+        "sys/locked-users: {}",
+        locked.text
+    );
+    let r = anonymous.get("sys/locked-users").await?;
+    ensure!(
+        r.status == 403,
+        "sys/locked-users without a token: {}",
+        r.status
+    );
+    api.post(
+        &format!("sys/locked-users/{accessor}/unlock/alice"),
+        json!({}),
+    )
+    .await?
+    .expect(204, "unlock alice")?;
+    anonymous
+        .put("auth/userpass/login/alice", json!({"password": "right"}))
+        .await?
+        .expect(200, "alice after unlock")?;
+
+    // AppRole: the config stanza sets 3 for approle; a mount tune can switch lockout off.
+    api.put("sys/auth/approle", json!({"type": "approle"}))
+        .await?
+        .expect(204, "enable approle")?;
+    api.put("auth/approle/role/app", json!({}))
+        .await?
+        .expect(204, "create role")?;
+    let role_id = api.get("auth/approle/role/app/role-id").await?.json["data"]["role_id"]
+        .as_str()
+        .context("role_id")?
+        .to_string();
+    let secret_id = api
+        .post("auth/approle/role/app/secret-id", json!({}))
+        .await?
+        .json["data"]["secret_id"]
+        .as_str()
+        .context("secret_id")?
+        .to_string();
+    for i in 1..=3 {
+        let r = anonymous
+            .put(
+                "auth/approle/login",
+                json!({"role_id": role_id, "secret_id": format!("bad-{i}")}),
+            )
+            .await?;
+        ensure!(
+            r.status == 400,
+            "bad secret_id {i}: {} {}",
+            r.status,
+            r.text
+        );
+    }
+    let r = anonymous
+        .put(
+            "auth/approle/login",
+            json!({"role_id": role_id, "secret_id": secret_id}),
+        )
+        .await?;
+    ensure!(
+        r.status == 403,
+        "a locked role_id logged in: {} {}",
+        r.status,
+        r.text
+    );
+    let tune = api
+        .get("sys/auth/approle/tune")
+        .await?
+        .expect(200, "read tune")?;
+    println!("approle tune: {}", tune.json["data"]);
+    api.put(
+        "sys/auth/approle/tune",
+        json!({"user_lockout_config": {"lockout_disable": true}}),
+    )
+    .await?
+    .expect(204, "disable lockout on approle")?;
+    let tune = api.get("sys/auth/approle/tune").await?;
+    ensure!(
+        tune.json["data"]["user_lockout_config"]["lockout_disable"] == json!(true),
+        "tune read back: {}",
+        tune.text
+    );
+    anonymous
+        .put(
+            "auth/approle/login",
+            json!({"role_id": role_id, "secret_id": secret_id}),
+        )
+        .await?
+        .expect(200, "approle login with lockout disabled")?;
+    Ok(())
+}
