@@ -429,7 +429,7 @@ fn parse_errors_name_file_line_and_key() {
                  enable_response_header_raft_node_id, introspection_endpoint, listener, log_file, \
                  log_format, log_level, log_rotate_bytes, log_rotate_duration, \
                  log_rotate_max_files, max_lease_ttl, pid_file, plugin_directory, \
-                 raw_storage_endpoint, seal, storage, telemetry, ui",
+                 raw_storage_endpoint, seal, storage, telemetry, ui, user_lockout",
             ),
             (
                 "storage \"raft\" {\n  path = \"/d\"\n  retry_join {\n    leader_api_adr = \"x\"\n  }\n}\n",
