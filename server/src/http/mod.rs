@@ -279,8 +279,16 @@ async fn serve(
         }
     }
 
-    if let Some(resp) =
-        sys_raw::handle(state, &method, &path, &query, &data, token.as_deref()).await
+    if let Some(resp) = sys_raw::handle(
+        state,
+        &method,
+        &path,
+        &query,
+        &data,
+        token.as_deref(),
+        remote,
+    )
+    .await
     {
         return resp;
     }

@@ -21,6 +21,7 @@ pub(super) async fn handle(
     query: &BTreeMap<String, String>,
     body: &Map<String, Value>,
     token: Option<&str>,
+    remote: std::net::SocketAddr,
 ) -> Option<HttpResponse> {
     let core = &state.core;
     let write = matches!(method.as_str(), "PUT" | "POST");
@@ -82,7 +83,7 @@ pub(super) async fn handle(
             rekey(core, target, step, method, body).await
         }
         "sys/storage/raft/bootstrap/challenge" if write => match str_field("server_id") {
-            Some(id) => result(core.raft_challenge(&id).await),
+            Some(id) => result(core.raft_challenge(&id, remote.ip()).await),
             None => error_response(&Error::invalid("server_id is required")),
         },
         "sys/storage/raft/bootstrap/answer" if write => {
@@ -92,7 +93,7 @@ pub(super) async fn handle(
                 cluster_addr: str_field("cluster_addr").unwrap_or_default(),
             };
             match str_field("answer") {
-                Some(answer) if !joiner.name.is_empty() => result(core.raft_answer(joiner, &answer).await),
+                Some(answer) if !joiner.name.is_empty() => result(core.raft_answer(joiner, &answer, remote.ip()).await),
                 _ => error_response(&Error::invalid("server_id and answer are required")),
             }
         }

@@ -754,3 +754,55 @@ async fn failed_logins_lock_the_user_until_unlocked() -> Result<()> {
         .expect(200, "approle login with lockout disabled")?;
     Ok(())
 }
+
+#[tokio::test]
+async fn junk_join_challenges_cannot_block_a_real_join() -> Result<()> {
+    let mut cluster = Cluster::prepare_ha(2, NodeOptions::default())?;
+    cluster.nodes[0].start().await?;
+    let keys = cluster.init_first(1, 1).await?;
+    cluster
+        .set_autopilot(0, json!({"server_stabilization_time": "1s"}))
+        .await?;
+
+    // A stranger fills the challenge table from 20 loopback sources, 6 junk ids each (also
+    // taking the real joiner's name, n2): each source gets at most 4 slots, and the table keeps
+    // the newest challenges, so nothing stays blocked.
+    let url = cluster.nodes[0]
+        .api()
+        .url("sys/storage/raft/bootstrap/challenge");
+    let (mut issued, mut refused) = (0, 0);
+    for source in 1..=20u8 {
+        let client = keyhold_tests::client_builder(&cluster.pki.ca_pem)?
+            .local_address(std::net::IpAddr::from([127, 0, 9, source]))
+            .build()?;
+        for junk in 0..6 {
+            let id = if junk == 0 {
+                "n2".to_string()
+            } else {
+                format!("junk-{source}-{junk}")
+            };
+            let r = client
+                .put(&url)
+                .json(&json!({"server_id": id}))
+                .send()
+                .await?;
+            match r.status().as_u16() {
+                200 => issued += 1,
+                400 => refused += 1,
+                other => anyhow::bail!("junk challenge from 127.0.9.{source}: {other}"),
+            }
+        }
+    }
+    println!("junk challenges: {issued} issued, {refused} refused (4 per source)");
+    ensure!(
+        issued == 80 && refused == 40,
+        "per-source cap: {issued} issued, {refused} refused"
+    );
+
+    cluster.nodes[1].start().await?;
+    cluster.join(1, &keys).await?;
+    cluster
+        .wait_voters(2, "join after a junk challenge flood")
+        .await?;
+    Ok(())
+}
