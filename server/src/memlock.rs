@@ -1,6 +1,7 @@
-//! Locks the process's memory (`mlockall`) so keys and secrets are never written to swap.
+//! Locks the process's memory (`mlockall`) so keys and secrets are never written to swap, and
+//! sets the file-creation mask so every file the server creates is private to its user.
 //!
-//! The one module allowed `unsafe`: `mlockall` is a libc call with no Rust
+//! The one module allowed `unsafe`: `mlockall` and `umask` are libc calls with no Rust
 //! wrapper in our dependencies.
 
 /// Why memory could not be locked, with what the operator can do about it.
@@ -39,6 +40,15 @@ pub fn lock_memory() -> Result<(), MemlockError> {
 #[cfg(not(target_os = "linux"))]
 pub fn lock_memory() -> Result<(), MemlockError> {
     Err(MemlockError::Unsupported)
+}
+
+/// Makes every file and directory the process creates from now on owner-only (0600 / 0700),
+/// as OpenBao's: storage files (sled writes its own with the default 0644), snapshots, audit
+/// logs. Returns the previous mask.
+#[allow(unsafe_code)]
+pub fn restrict_new_file_modes() -> libc::mode_t {
+    // SAFETY: umask takes an integer, cannot fail, touches no Rust-owned memory.
+    unsafe { libc::umask(0o077) }
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::{LogFormat, ServerConfig, StorageConfig};
 use crate::core::{Core, CoreConfig, InitRequest};
-use crate::http::{router, serve_listener, ListenerSettings};
+use crate::http::{router, serve_listener, JsonLimits, ListenerSettings};
 use crate::physical::Backend;
 
 /// Arguments of `keyhold server`, parsed by `cli`.
@@ -64,6 +64,16 @@ pub fn load_config(args: &ServerArgs) -> anyhow::Result<ServerConfig> {
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let config = load_config(&args)?;
     if args.check {
+        // Load what the listeners would load: files that exist but do not parse, or a
+        // certificate and key that do not belong together, fail here and not at start.
+        for listener in config.listeners.iter().filter(|l| !l.tls_disable) {
+            crate::http::tls_server_config(listener).with_context(|| {
+                format!(
+                    "{}: listener \"tcp\" on {}",
+                    listener.location, listener.address
+                )
+            })?;
+        }
         println!("Configuration is valid.");
         return Ok(());
     }
@@ -77,6 +87,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     if !config.disable_mlock {
         crate::memlock::lock_memory().context("lock memory (mlockall)")?;
     }
+    crate::memlock::restrict_new_file_modes();
     if let Some(pid_file) = &config.pid_file {
         std::fs::write(pid_file, format!("{}\n", std::process::id()))
             .with_context(|| format!("write pid_file {}", pid_file.display()))?;
@@ -97,6 +108,21 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         prometheus_enabled: !config.telemetry.prometheus_retention_time.is_zero(),
         audit_write_timeout: Duration::from_secs(5),
         seals: seals.clone(),
+        user_lockout: config
+            .user_lockout
+            .iter()
+            .map(|l| {
+                (
+                    l.auth_type.clone(),
+                    crate::core::lockout::LockoutTune {
+                        lockout_threshold: l.lockout_threshold,
+                        lockout_duration: l.lockout_duration.map(|d| d.as_secs()),
+                        lockout_counter_reset: l.lockout_counter_reset.map(|d| d.as_secs()),
+                        lockout_disable: l.disable_lockout,
+                    },
+                )
+            })
+            .collect(),
     };
     let (core, storage_type) = match &config.storage {
         StorageConfig::Inmem => {
@@ -108,6 +134,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         }
         StorageConfig::Raft(raft) => {
             create_private_dir(&raft.path)?;
+            restrict_existing_modes(&raft.path)?;
             let store = Arc::new(crate::physical::sled_store::SledStore::open(&raft.path)?);
             let ha = crate::core::ha::Ha::new(ha_settings(&config, raft)?, store);
             (
@@ -137,6 +164,15 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             max_request_size: listener.max_request_size,
             max_request_duration: listener.max_request_duration,
             unauthenticated_metrics_access: listener.telemetry.unauthenticated_metrics_access,
+            json_limits: JsonLimits {
+                max_depth: usize::try_from(listener.max_json_depth).unwrap_or(usize::MAX),
+                max_string_value_length: usize::try_from(listener.max_json_string_value_length)
+                    .unwrap_or(usize::MAX),
+                max_object_entry_count: usize::try_from(listener.max_json_object_entry_count)
+                    .unwrap_or(usize::MAX),
+                max_array_element_count: usize::try_from(listener.max_json_array_element_count)
+                    .unwrap_or(usize::MAX),
+            },
         };
         let (handle, task) = serve_listener(listener, router(core.clone(), settings)).await?;
         tracing::info!(address = %handle.address, tls = !listener.tls_disable, "listening");
@@ -303,6 +339,35 @@ fn create_private_dir(path: &std::path::Path) -> anyhow::Result<()> {
             .with_context(|| format!("create storage directory {}", path.display()))?;
     }
     Ok(())
+}
+
+/// Owner-only modes on the storage directory and what is already in it (files 0600, directories
+/// 0700): a data directory made by an older build, or by hand, may be world-readable. Bounded
+/// in depth; symlinks are not followed.
+fn restrict_existing_modes(path: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fn walk(path: &std::path::Path, depth: u32) -> std::io::Result<()> {
+        let meta = std::fs::symlink_metadata(path)?;
+        if meta.file_type().is_symlink() {
+            return Ok(());
+        }
+        let mode = if meta.is_dir() { 0o700 } else { 0o600 };
+        if meta.permissions().mode() & 0o777 != mode {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        }
+        if meta.is_dir() && depth < 8 {
+            for entry in std::fs::read_dir(path)? {
+                walk(&entry?.path(), depth + 1)?;
+            }
+        }
+        Ok(())
+    }
+    walk(path, 0).with_context(|| {
+        format!(
+            "make the storage directory {} private to this user (0700, files 0600)",
+            path.display()
+        )
+    })
 }
 
 fn init_logging(config: &ServerConfig, override_level: Option<&str>) -> anyhow::Result<()> {

@@ -415,6 +415,11 @@ fn listener_problems(l: &ListenerConfig, out: &mut Vec<ConfigError>) {
             format!("is below tls_min_version ({})", l.tls_min_version.as_str()),
         ));
     }
+    for name in &l.tls_cipher_suites {
+        if let Err(why) = check_cipher_suite(name) {
+            out.push(problem("tls_cipher_suites", why));
+        }
+    }
     if l.max_request_duration.is_zero() {
         out.push(problem(
             "max_request_duration",
@@ -427,6 +432,49 @@ fn listener_problems(l: &ListenerConfig, out: &mut Vec<ConfigError>) {
             "must be greater than zero".into(),
         ));
     }
+}
+
+/// The `tls_cipher_suites` names (Go's, as Vault takes them) this build can serve: the AEAD
+/// suites with forward secrecy. TLS 1.3 suites are named too; Vault (Go) ignores them, as
+/// TLS 1.3 suites are not configurable there.
+pub const TLS_CIPHER_SUITES: &[&str] = &[
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+    "TLS_AES_128_GCM_SHA256",
+    "TLS_AES_256_GCM_SHA384",
+    "TLS_CHACHA20_POLY1305_SHA256",
+];
+
+/// Whether `name` is a suite this build serves; otherwise why not.
+fn check_cipher_suite(name: &str) -> Result<(), String> {
+    if TLS_CIPHER_SUITES.contains(&name) {
+        return Ok(());
+    }
+    let upper = name.to_ascii_uppercase();
+    let supported = TLS_CIPHER_SUITES.join(", ");
+    if ["RC4", "3DES", "DES_", "NULL", "EXPORT", "MD5", "ANON"]
+        .iter()
+        .any(|weak| upper.contains(weak))
+    {
+        return Err(format!(
+            "{name:?} is an insecure cipher suite and is refused; choose from {supported}"
+        ));
+    }
+    if upper.contains("_CBC_") || upper.starts_with("TLS_RSA_WITH_") {
+        return Err(format!(
+            "{name:?} (CBC mode or RSA key exchange, no forward secrecy) is not supported; \
+             choose from {supported}"
+        ));
+    }
+    Err(format!(
+        "unknown cipher suite {name:?}; choose from {supported}"
+    ))
 }
 
 fn at(keys: &KeyLocations, key: &str, fallback: &Location) -> Location {

@@ -8,7 +8,7 @@ use super::section::{Labelled, Section};
 use super::syntax::{Node, Object, Source, Value};
 use super::{
     ListenerConfig, ListenerTelemetry, LogFormat, RaftStorageConfig, RetryJoin, SealConfig,
-    StorageConfig, TelemetryConfig,
+    StorageConfig, TelemetryConfig, UserLockoutConfig,
 };
 use std::path::PathBuf;
 use std::time::Duration;
@@ -22,6 +22,7 @@ pub(super) struct FileConfig {
     pub old_seal: Option<(SealConfig, Location)>,
     pub listeners: Vec<ListenerConfig>,
     pub telemetry: Option<TelemetryConfig>,
+    pub user_lockout: Vec<UserLockoutConfig>,
     pub top: TopLevel,
     pub keys: KeyLocations,
 }
@@ -107,6 +108,7 @@ impl FileConfig {
         if later.old_seal.is_some() {
             self.old_seal = later.old_seal;
         }
+        self.user_lockout.extend(later.user_lockout);
         if later.telemetry.is_some() {
             self.telemetry = later.telemetry;
         }
@@ -142,6 +144,7 @@ const TOP_KEYS: &[&str] = &[
     "storage",
     "telemetry",
     "ui",
+    "user_lockout",
 ];
 
 const STORAGE_TYPES: &str = "raft, inmem";
@@ -159,7 +162,7 @@ pub(super) fn decode_file(src: &Source<'_>, root: Object) -> Result<FileConfig, 
         "at the top level",
         "",
         TOP_KEYS,
-        &["listener", "storage", "seal", "telemetry"],
+        &["listener", "storage", "seal", "telemetry", "user_lockout"],
     )?;
     let mut out = FileConfig {
         keys: top.locations(),
@@ -270,6 +273,13 @@ pub(super) fn decode_file(src: &Source<'_>, root: Object) -> Result<FileConfig, 
     }
     if let Some(body) = telemetry.first() {
         out.telemetry = Some(decode_telemetry(src, body)?);
+    }
+
+    for block in top.labelled(
+        "user_lockout",
+        "user_lockout \"all\" { lockout_threshold = 5 }",
+    )? {
+        out.user_lockout.push(decode_user_lockout(src, &block)?);
     }
 
     let t = &mut out.top;
@@ -441,6 +451,12 @@ fn decode_retry_join(src: &Source<'_>, body: &Node) -> Result<RetryJoin, ConfigE
 const LISTENER_KEYS: &[&str] = &[
     "address",
     "cluster_address",
+    "http_idle_timeout",
+    "http_read_header_timeout",
+    "max_json_array_element_count",
+    "max_json_depth",
+    "max_json_object_entry_count",
+    "max_json_string_value_length",
     "max_request_duration",
     "max_request_size",
     "telemetry",
@@ -489,7 +505,36 @@ fn decode_listener(src: &Source<'_>, block: &Labelled<'_>) -> Result<ListenerCon
         }
         Some(n) => n.unsigned_abs(),
     };
+    // Vault: a zero or absent limit means the default; a negative one is an error.
+    let json_limit = |key: &str, default: u64| -> Result<u64, ConfigError> {
+        match s.int(key)? {
+            None | Some(0) => Ok(default),
+            Some(n) if n < 0 => Err(s.value_error(key, "must be a positive number")),
+            Some(n) => Ok(n.unsigned_abs()),
+        }
+    };
+    let timeout = |key: &str, default: Duration| -> Result<Duration, ConfigError> {
+        Ok(s.duration(key)?.filter(|d| !d.is_zero()).unwrap_or(default))
+    };
     Ok(ListenerConfig {
+        http_read_header_timeout: timeout(
+            "http_read_header_timeout",
+            defaults.http_read_header_timeout,
+        )?,
+        http_idle_timeout: timeout("http_idle_timeout", defaults.http_idle_timeout)?,
+        max_json_depth: json_limit("max_json_depth", defaults.max_json_depth)?,
+        max_json_string_value_length: json_limit(
+            "max_json_string_value_length",
+            defaults.max_json_string_value_length,
+        )?,
+        max_json_object_entry_count: json_limit(
+            "max_json_object_entry_count",
+            defaults.max_json_object_entry_count,
+        )?,
+        max_json_array_element_count: json_limit(
+            "max_json_array_element_count",
+            defaults.max_json_array_element_count,
+        )?,
         address: s.string("address")?.unwrap_or(defaults.address),
         cluster_address: s.string("cluster_address")?,
         tls_disable: s.bool("tls_disable")?.unwrap_or(false),
@@ -514,6 +559,66 @@ fn decode_listener(src: &Source<'_>, block: &Labelled<'_>) -> Result<ListenerCon
         telemetry,
         location: src.location(block.pos),
         keys: s.locations(),
+    })
+}
+
+/// Vault writes these values as strings (`lockout_threshold = "25"`) or bare.
+fn decode_user_lockout(
+    src: &Source<'_>,
+    block: &Labelled<'_>,
+) -> Result<UserLockoutConfig, ConfigError> {
+    const TYPES: &[&str] = &["all", "userpass", "approle", "ldap"];
+    if !TYPES.contains(&block.label) {
+        return Err(src.error(
+            block.label_pos,
+            "user_lockout",
+            format!(
+                "user_lockout {:?}: unsupported auth type; use one of {}",
+                block.label,
+                TYPES.join(", ")
+            ),
+        ));
+    }
+    let s = Section::new(
+        src,
+        block.body,
+        "in user_lockout",
+        "user_lockout",
+        &[
+            "disable_lockout",
+            "lockout_counter_reset",
+            "lockout_duration",
+            "lockout_threshold",
+        ],
+        &[],
+    )?;
+    let lockout_threshold = match s.uint("lockout_threshold", u64::MAX) {
+        Ok(v) => v,
+        Err(_) => match s.string("lockout_threshold")? {
+            None => None,
+            Some(text) => Some(text.trim().parse().map_err(|_| {
+                s.value_error("lockout_threshold", "must be a whole number, e.g. \"5\"")
+            })?),
+        },
+    };
+    let disable_lockout = match s.bool("disable_lockout") {
+        Ok(v) => v,
+        Err(_) => match s.string("disable_lockout")? {
+            None => None,
+            Some(text) => Some(
+                text.trim()
+                    .parse()
+                    .map_err(|_| s.value_error("disable_lockout", "must be true or false"))?,
+            ),
+        },
+    };
+    Ok(UserLockoutConfig {
+        auth_type: block.label.to_string(),
+        lockout_threshold,
+        lockout_duration: s.duration("lockout_duration")?,
+        lockout_counter_reset: s.duration("lockout_counter_reset")?,
+        disable_lockout,
+        location: src.location(block.pos),
     })
 }
 

@@ -58,6 +58,8 @@ pub struct ServerConfig {
     pub default_lease_ttl: Duration,
     pub max_lease_ttl: Duration,
     pub telemetry: TelemetryConfig,
+    /// `user_lockout "<auth type>"` stanzas (`all`, `userpass`, `approle`, `ldap`).
+    pub user_lockout: Vec<UserLockoutConfig>,
     pub pid_file: Option<PathBuf>,
     /// Parsed so that a Vault config carrying it gets a clear answer from
     /// `unsupported()` rather than an unknown-key error: Keyhold has no
@@ -202,6 +204,18 @@ impl TlsVersion {
     }
 }
 
+/// One `user_lockout` stanza (Vault 1.13+); unset keys inherit Vault's defaults (5, 15m, 15m).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserLockoutConfig {
+    /// The stanza's label: `all` or an auth method type.
+    pub auth_type: String,
+    pub lockout_threshold: Option<u64>,
+    pub lockout_duration: Option<Duration>,
+    pub lockout_counter_reset: Option<Duration>,
+    pub disable_lockout: Option<bool>,
+    pub location: Location,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListenerConfig {
     pub address: String,
@@ -221,6 +235,15 @@ pub struct ListenerConfig {
     /// Bytes; a 0 in the file means the default, 32 MiB.
     pub max_request_size: u64,
     pub max_request_duration: Duration,
+    /// Time allowed to read a request's headers (Vault's default 10s).
+    pub http_read_header_timeout: Duration,
+    /// Time a keep-alive connection may wait for its next request (Vault's default 5m).
+    pub http_idle_timeout: Duration,
+    /// Vault's JSON body limits, checked while the body is read.
+    pub max_json_depth: u64,
+    pub max_json_string_value_length: u64,
+    pub max_json_object_entry_count: u64,
+    pub max_json_array_element_count: u64,
     pub telemetry: ListenerTelemetry,
     /// Where the `listener "tcp"` stanza starts.
     pub location: Location,
@@ -231,6 +254,12 @@ impl ListenerConfig {
     pub const DEFAULT_ADDRESS: &'static str = "127.0.0.1:8200";
     pub const DEFAULT_MAX_REQUEST_SIZE: u64 = 32 * 1024 * 1024;
     pub const DEFAULT_MAX_REQUEST_DURATION: Duration = Duration::from_secs(90);
+    pub const DEFAULT_HTTP_READ_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const DEFAULT_HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+    pub const DEFAULT_MAX_JSON_DEPTH: u64 = 300;
+    pub const DEFAULT_MAX_JSON_STRING_VALUE_LENGTH: u64 = 1024 * 1024;
+    pub const DEFAULT_MAX_JSON_OBJECT_ENTRY_COUNT: u64 = 10_000;
+    pub const DEFAULT_MAX_JSON_ARRAY_ELEMENT_COUNT: u64 = 10_000;
 
     /// A TLS listener on `address` with Vault's defaults and no certificate yet.
     pub fn new(address: impl Into<String>) -> Self {
@@ -248,6 +277,12 @@ impl ListenerConfig {
             tls_disable_client_certs: false,
             max_request_size: Self::DEFAULT_MAX_REQUEST_SIZE,
             max_request_duration: Self::DEFAULT_MAX_REQUEST_DURATION,
+            http_read_header_timeout: Self::DEFAULT_HTTP_READ_HEADER_TIMEOUT,
+            http_idle_timeout: Self::DEFAULT_HTTP_IDLE_TIMEOUT,
+            max_json_depth: Self::DEFAULT_MAX_JSON_DEPTH,
+            max_json_string_value_length: Self::DEFAULT_MAX_JSON_STRING_VALUE_LENGTH,
+            max_json_object_entry_count: Self::DEFAULT_MAX_JSON_OBJECT_ENTRY_COUNT,
+            max_json_array_element_count: Self::DEFAULT_MAX_JSON_ARRAY_ELEMENT_COUNT,
             telemetry: ListenerTelemetry::default(),
             location: Location::default(),
             keys: KeyLocations::new(),
@@ -475,6 +510,7 @@ impl ServerConfig {
             default_lease_ttl: DEFAULT_LEASE_TTL,
             max_lease_ttl: DEFAULT_LEASE_TTL,
             telemetry: TelemetryConfig::default(),
+            user_lockout: Vec::new(),
             pid_file: None,
             plugin_directory: None,
             disable_cache: false,
@@ -580,6 +616,7 @@ fn finish(file: decode::FileConfig, sources: &str) -> Result<ServerConfig, Confi
         default_lease_ttl: ttl(t.default_lease_ttl),
         max_lease_ttl: ttl(t.max_lease_ttl),
         telemetry: file.telemetry.unwrap_or_default(),
+        user_lockout: file.user_lockout,
         pid_file: t.pid_file,
         plugin_directory: t.plugin_directory,
         disable_cache: t.disable_cache.unwrap_or(false),

@@ -416,7 +416,7 @@ fn parse_errors_name_file_line_and_key() {
             (
                 "storage \"inmem\" {}\nlistener \"tcp\" {\n  tls_min_versoin = \"tls13\"\n}\n",
                 "vault.hcl:3:3: unknown key \"tls_min_versoin\" in listener \"tcp\" (did you mean \
-                 \"tls_min_version\"?); allowed: address, cluster_address, max_request_duration, \
+                 \"tls_min_version\"?); allowed: address, cluster_address, http_idle_timeout, http_read_header_timeout, max_json_array_element_count, max_json_depth, max_json_object_entry_count, max_json_string_value_length, max_request_duration, \
                  max_request_size, telemetry, tls_cert_file, tls_cipher_suites, tls_client_ca_file, \
                  tls_disable, tls_disable_client_certs, tls_key_file, tls_max_version, \
                  tls_min_version, tls_require_and_verify_client_cert",
@@ -429,7 +429,7 @@ fn parse_errors_name_file_line_and_key() {
                  enable_response_header_raft_node_id, introspection_endpoint, listener, log_file, \
                  log_format, log_level, log_rotate_bytes, log_rotate_duration, \
                  log_rotate_max_files, max_lease_ttl, pid_file, plugin_directory, \
-                 raw_storage_endpoint, seal, storage, telemetry, ui",
+                 raw_storage_endpoint, seal, storage, telemetry, ui, user_lockout",
             ),
             (
                 "storage \"raft\" {\n  path = \"/d\"\n  retry_join {\n    leader_api_adr = \"x\"\n  }\n}\n",
@@ -631,7 +631,7 @@ fn json_errors_name_line_and_key() {
             (
                 "{\n  \"storage\": {\"inmem\": {}},\n  \"listener\": {\"tcp\": {\n    \"adress\": \"x\"}}\n}",
                 "vault.json:4:5: unknown key \"adress\" in listener \"tcp\" (did you mean \
-                 \"address\"?); allowed: address, cluster_address, max_request_duration, \
+                 \"address\"?); allowed: address, cluster_address, http_idle_timeout, http_read_header_timeout, max_json_array_element_count, max_json_depth, max_json_object_entry_count, max_json_string_value_length, max_request_duration, \
                  max_request_size, telemetry, tls_cert_file, tls_cipher_suites, tls_client_ca_file, \
                  tls_disable, tls_disable_client_certs, tls_key_file, tls_max_version, \
                  tls_min_version, tls_require_and_verify_client_cert",

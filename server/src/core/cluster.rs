@@ -221,20 +221,29 @@ impl Core {
     // ------------------------------------------------------------- joining
 
     /// `sys/storage/raft/bootstrap/challenge` (on the active node).
-    pub async fn raft_challenge(&self, server_id: &str) -> Result<ChallengeResponse> {
+    pub async fn raft_challenge(
+        &self,
+        server_id: &str,
+        source: std::net::IpAddr,
+    ) -> Result<ChallengeResponse> {
         let ha = self.ha_or_invalid()?;
         self.unsealed()?;
         let seal_config = self.seal.config().await?.ok_or(Error::NotInitialized)?;
-        ha.issue_challenge(&self.barrier, server_id, seal_config)
+        ha.issue_challenge(&self.barrier, server_id, seal_config, source)
             .await
     }
 
     /// `sys/storage/raft/bootstrap/answer` (on the active node).
-    pub async fn raft_answer(&self, joiner: ClusterNode, answer: &str) -> Result<AnswerResponse> {
+    pub async fn raft_answer(
+        &self,
+        joiner: ClusterNode,
+        answer: &str,
+        source: std::net::IpAddr,
+    ) -> Result<AnswerResponse> {
         let ha = self.ha_or_invalid()?;
         self.unsealed()?;
         let tls = self.cluster_tls().await?;
-        ha.admit(&self.barrier, &tls, joiner, answer).await
+        ha.admit(&self.barrier, &tls, joiner, answer, source).await
     }
 
     /// The cluster TLS keyring, from behind the barrier.

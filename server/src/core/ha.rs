@@ -46,8 +46,11 @@ pub const KEY_MATERIAL: &[&str] = &[
 ];
 /// How long an issued challenge may be answered.
 const CHALLENGE_TTL: Duration = Duration::from_secs(600);
-/// Join challenges kept at once (one per joining node name).
+/// Join challenges kept at once (one per joining node name and source address); when full,
+/// the oldest is dropped, so no caller can fill the table and keep a real joiner out.
 const MAX_OUTSTANDING_CHALLENGES: usize = 64;
+/// Join challenges kept at once for one source address: one address cannot evict the others'.
+const MAX_CHALLENGES_PER_SOURCE: usize = 4;
 /// How long a forwarded request may take.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -141,6 +144,9 @@ struct IssuedChallenge {
     issued: Instant,
 }
 
+/// A challenge is answerable only by the address that asked for it, under the name it gave.
+type ChallengeKey = (String, std::net::IpAddr);
+
 /// A node's part in the Raft cluster.
 pub struct Ha {
     pub settings: HaSettings,
@@ -150,7 +156,7 @@ pub struct Ha {
     /// The cluster listener is up (a joiner starts it before its barrier is unsealed).
     serving: std::sync::atomic::AtomicBool,
     pending: Mutex<Option<PendingJoin>>,
-    challenges: Mutex<HashMap<String, IssuedChallenge>>,
+    challenges: Mutex<HashMap<ChallengeKey, IssuedChallenge>>,
 }
 
 impl Ha {
@@ -372,6 +378,7 @@ impl Ha {
         barrier: &crate::barrier::Barrier,
         server_id: &str,
         seal_config: crate::seal::SealConfig,
+        source: std::net::IpAddr,
     ) -> Result<ChallengeResponse> {
         use rand::RngCore;
         if server_id.is_empty() {
@@ -386,16 +393,31 @@ impl Ha {
                 key_material.insert(key.to_string(), b64().encode(value));
             }
         }
+        let key = (server_id.to_string(), source);
         let mut challenges = self.challenges.lock().expect("challenges lock");
         challenges.retain(|_, c| c.issued.elapsed() < CHALLENGE_TTL);
-        // The endpoint needs no token: bound what strangers can make it keep.
-        if challenges.len() >= MAX_OUTSTANDING_CHALLENGES && !challenges.contains_key(server_id) {
-            return Err(Error::invalid(
-                "too many join challenges outstanding; try again in a few minutes",
-            ));
+        // The endpoint needs no token: bound what strangers can make it keep. One source gets
+        // a few slots; when the table is full the oldest challenge goes, so junk requests
+        // cannot hold every slot while a real joiner is refused.
+        if !challenges.contains_key(&key) {
+            let from_source = challenges.keys().filter(|(_, ip)| *ip == source).count();
+            if from_source >= MAX_CHALLENGES_PER_SOURCE {
+                return Err(Error::invalid(format!(
+                    "too many join challenges outstanding from {source}; answer one or wait"
+                )));
+            }
+            if challenges.len() >= MAX_OUTSTANDING_CHALLENGES {
+                let oldest = challenges
+                    .iter()
+                    .min_by_key(|(_, c)| c.issued)
+                    .map(|(k, _)| k.clone());
+                if let Some(oldest) = oldest {
+                    challenges.remove(&oldest);
+                }
+            }
         }
         challenges.insert(
-            server_id.to_string(),
+            key,
             IssuedChallenge {
                 nonce,
                 issued: Instant::now(),
@@ -415,13 +437,14 @@ impl Ha {
         tls: &ClusterTls,
         joiner: ClusterNode,
         answer: &str,
+        source: std::net::IpAddr,
     ) -> Result<AnswerResponse> {
         let given = b64()
             .decode(answer)
             .map_err(|_| Error::invalid("answer must be base64"))?;
         let expected = {
             let mut challenges = self.challenges.lock().expect("challenges lock");
-            match challenges.remove(&joiner.name) {
+            match challenges.remove(&(joiner.name.clone(), source)) {
                 Some(c) if c.issued.elapsed() < CHALLENGE_TTL => c.nonce,
                 _ => {
                     return Err(Error::invalid(format!(

@@ -9,12 +9,14 @@
 mod cluster;
 pub mod ha;
 mod keys;
+pub mod lockout;
 pub mod mounts;
 mod root_ops;
 mod sealing;
 mod snapshot;
 mod system;
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -62,6 +64,8 @@ pub struct CoreConfig {
     pub audit_write_timeout: Duration,
     /// The auto-unseal seal in force and the one being migrated away from.
     pub seals: SealSetup,
+    /// `user_lockout` stanzas of the server config, by auth type (`all`, `userpass`, ...).
+    pub user_lockout: BTreeMap<String, lockout::LockoutTune>,
 }
 
 impl Default for CoreConfig {
@@ -77,6 +81,7 @@ impl Default for CoreConfig {
             prometheus_enabled: true,
             audit_write_timeout: Duration::from_secs(5),
             seals: SealSetup::default(),
+            user_lockout: BTreeMap::new(),
         }
     }
 }
@@ -159,6 +164,8 @@ pub struct Unsealed {
     tidy: tokio::task::JoinHandle<()>,
     /// Autopilot (HA only): promotes caught-up non-voters, prunes dead voters.
     autopilot: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Failed logins and locked aliases (user lockout).
+    pub lockout: lockout::UserLockout,
 }
 
 impl Drop for Unsealed {
@@ -702,6 +709,7 @@ impl Core {
             active_time: Utc::now(),
             tidy,
             autopilot: std::sync::Mutex::new(None),
+            lockout: lockout::UserLockout::default(),
         });
         *self.state.write().expect("state lock") = Some(unsealed.clone());
         metrics::gauge!("vault.core.unsealed").set(1.0);
@@ -823,6 +831,23 @@ impl Core {
         result
     }
 
+    /// Whether a request to `path` with `token` will be refused for want of a valid token, so
+    /// the HTTP layer need not read, parse or audit its body: an unauthenticated caller's huge
+    /// body then costs the server nothing. `false` when sealed or unsure (the full pipeline
+    /// decides), and for the paths that answer without a token.
+    pub async fn refused_without_token(&self, path: &str, token: Option<&str>) -> bool {
+        let Ok(u) = self.unsealed() else {
+            return false;
+        };
+        if is_unauthenticated_route(u.route(path).as_ref()) {
+            return false;
+        }
+        match token.filter(|t| !t.is_empty()) {
+            None => true,
+            Some(token) => matches!(u.tokens.lookup(token).await, Ok(None)),
+        }
+    }
+
     async fn handle_unsealed(&self, u: &Unsealed, req: &mut Request) -> Result<Response> {
         let route = u.route(&req.path);
         if let Some((mount, _)) = &route {
@@ -832,15 +857,7 @@ impl Core {
                     .info(self.config.default_lease_ttl, self.config.max_lease_ttl),
             );
         }
-        let unauthenticated = match &route {
-            Some((mount, rel)) if mount.entry.kind == "system" => system::is_unauthenticated(rel),
-            Some((mount, rel)) => mount
-                .backend
-                .unauthenticated_paths()
-                .iter()
-                .any(|p| path_matches(p, rel)),
-            None => false,
-        };
+        let unauthenticated = is_unauthenticated_route(route.as_ref());
 
         // Token: required unless the path is a login path.
         let token_entry = match req.client_token.as_deref().filter(|t| !t.is_empty()) {
@@ -881,6 +898,14 @@ impl Core {
             }
         }
 
+        // User lockout: a locked alias is refused before its credentials are even checked.
+        let login = self.lockout_target(route.as_ref(), req);
+        if let Some((accessor, alias, policy)) = &login {
+            if u.lockout.is_locked(accessor, alias, policy) {
+                return self.refuse(u, req, Error::PermissionDenied).await;
+            }
+        }
+
         let audit_started = Instant::now();
         let logged = u.audit.log_request(req, req.auth.as_ref(), None).await;
         metrics::histogram!("vault.audit.log_request")
@@ -913,6 +938,15 @@ impl Core {
                 }
             }
         };
+        if let Some((accessor, alias, policy)) = &login {
+            match &result {
+                Ok(resp) if resp.auth.is_some() => u.lockout.record_success(accessor, alias),
+                Err(e) if lockout::is_bad_credentials(e) => {
+                    u.lockout.record_failure(accessor, alias, policy)
+                }
+                _ => {}
+            }
+        }
         let error = result.as_ref().err().map(|e| e.to_string());
         let audit_started = Instant::now();
         let logged = u
@@ -943,6 +977,49 @@ impl Core {
         Err(err)
     }
 
+    /// For a login to a userpass or AppRole mount: the mount accessor, the alias (username or
+    /// role_id) and the lockout settings in force for that mount.
+    fn lockout_target(
+        &self,
+        route: Option<&(Mount, String)>,
+        req: &Request,
+    ) -> Option<(String, String, lockout::LockoutPolicy)> {
+        let (mount, rel) = route?;
+        if mount.entry.table != Table::Auth
+            || !lockout::LOCKOUT_METHODS.contains(&mount.entry.kind.as_str())
+        {
+            return None;
+        }
+        let alias = match mount.entry.kind.as_str() {
+            "userpass" => rel.strip_prefix("login/")?.to_lowercase(),
+            "approle" if rel == "login" => req.get_str("role_id")?,
+            _ => return None,
+        };
+        if alias.is_empty() {
+            return None;
+        }
+        Some((
+            mount.entry.accessor.clone(),
+            alias,
+            self.lockout_policy(&mount.entry),
+        ))
+    }
+
+    /// Vault's defaults, then the config's `user_lockout "all"`, then the stanza for the
+    /// mount's type, then the mount's own tune.
+    fn lockout_policy(&self, entry: &mounts::MountEntry) -> lockout::LockoutPolicy {
+        let mut policy = lockout::LockoutPolicy::default();
+        for key in ["all", entry.kind.as_str()] {
+            if let Some(tune) = self.config.user_lockout.get(key) {
+                policy = tune.apply(policy);
+            }
+        }
+        match &entry.config.user_lockout_config {
+            Some(tune) => tune.apply(policy),
+            None => policy,
+        }
+    }
+
     async fn exists(
         &self,
         u: &Unsealed,
@@ -963,6 +1040,20 @@ impl Core {
                 mount: &info,
             })
             .await
+    }
+}
+
+/// Whether a routed path answers without a token: the system backend's own list, and each
+/// mount's login paths.
+fn is_unauthenticated_route(route: Option<&(Mount, String)>) -> bool {
+    match route {
+        Some((mount, rel)) if mount.entry.kind == "system" => system::is_unauthenticated(rel),
+        Some((mount, rel)) => mount
+            .backend
+            .unauthenticated_paths()
+            .iter()
+            .any(|p| path_matches(p, rel)),
+        None => false,
     }
 }
 

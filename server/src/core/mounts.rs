@@ -44,6 +44,9 @@ pub struct MountConfig {
     pub listing_visibility: String,
     #[serde(default)]
     pub token_type: String,
+    /// Auth mounts: user lockout settings (`user_lockout_config` tune).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_lockout_config: Option<super::lockout::LockoutTune>,
 }
 
 /// One row of a mount table, as persisted.

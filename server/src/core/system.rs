@@ -178,9 +178,16 @@ impl Core {
                 }
                 _ => Err(Error::UnsupportedOperation),
             },
-            "internal/ui/mounts" if op == Operation::Read => Ok(Response::data(
-                json!({ "secret": self.mounts_json(u, Table::Secret), "auth": self.mounts_json(u, Table::Auth) }),
-            )),
+            "locked-users" if matches!(op, Operation::Read | Operation::List) => {
+                Ok(Response::data(self.locked_users_json(u)))
+            }
+            "internal/ui/mounts" if op == Operation::Read => {
+                let acl = self.ui_acl(u, req).await?;
+                Ok(Response::data(json!({
+                    "secret": self.visible_mounts_json(u, Table::Secret, acl.as_ref()),
+                    "auth": self.visible_mounts_json(u, Table::Auth, acl.as_ref()),
+                })))
+            }
             _ => self.system_prefixed(u, req, rel).await,
         }
     }
@@ -271,6 +278,28 @@ impl Core {
             let hash = u.audit.hash(&normalize_mount_path(path), &input).await?;
             return Ok(Response::data(json!({ "hash": hash })));
         }
+        if let Some(rest) = rel.strip_prefix("locked-users/") {
+            let Some((accessor, alias)) = rest.split_once("/unlock/") else {
+                return Err(Error::UnsupportedPath(format!("sys/{rel}")));
+            };
+            if !write {
+                return Err(Error::UnsupportedOperation);
+            }
+            let known = u
+                .router
+                .read()
+                .expect("router lock")
+                .entries(Table::Auth)
+                .iter()
+                .any(|e| e.accessor == accessor);
+            if !known {
+                return Err(Error::invalid(format!(
+                    "no auth mount with accessor {accessor:?}"
+                )));
+            }
+            u.lockout.unlock(accessor, alias);
+            return Ok(Response::empty());
+        }
         if let Some(path) = rel
             .strip_prefix("internal/ui/mounts/")
             .or_else(|| rel.strip_prefix("mounts-all/"))
@@ -278,16 +307,84 @@ impl Core {
             if op != Operation::Read {
                 return Err(Error::UnsupportedOperation);
             }
+            let acl = self.ui_acl(u, req).await?;
             let Some((mount, _)) = u.route(path) else {
+                // Without a token, whether a path is mounted is itself not told.
+                if acl.is_none() {
+                    return Err(Error::PermissionDenied);
+                }
                 return Err(Error::invalid(format!(
                     "Path {path:?} does not exist: no mount serves it"
                 )));
             };
+            if !mount_visible(&mount.entry, acl.as_ref()) {
+                return Err(Error::PermissionDenied);
+            }
             let mut data = mount.entry.to_json();
             data["path"] = json!(mount.entry.route_path().trim_start_matches("auth/"));
             return Ok(Response::data(data));
         }
         Err(Error::UnsupportedPath(format!("sys/{rel}")))
+    }
+
+    /// `sys/locked-users`, in Vault's shape (one namespace: root).
+    fn locked_users_json(&self, u: &Unsealed) -> Value {
+        let mounts = u.router.read().expect("router lock").entries(Table::Auth);
+        let policy_of = |accessor: &str| {
+            mounts
+                .iter()
+                .find(|e| e.accessor == accessor)
+                .map(|e| self.lockout_policy(e))
+                .unwrap_or_default()
+        };
+        let mut by_accessor: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for locked in u.lockout.locked(policy_of) {
+            by_accessor
+                .entry(locked.mount_accessor)
+                .or_default()
+                .push(locked.alias);
+        }
+        let total: usize = by_accessor.values().map(Vec::len).sum();
+        let accessors: Vec<Value> = by_accessor
+            .into_iter()
+            .map(|(accessor, aliases)| {
+                json!({"mount_accessor": accessor, "counts": aliases.len(), "alias_identifiers": aliases})
+            })
+            .collect();
+        let by_namespace = if accessors.is_empty() {
+            json!([])
+        } else {
+            json!([{"namespace_id": "root", "namespace_path": "", "counts": total, "mount_accessors": accessors}])
+        };
+        json!({"by_namespace": by_namespace, "total": total})
+    }
+
+    /// The ACL of the caller of `sys/internal/ui/mounts` (an unauthenticated path), or `None`
+    /// when it sent no valid token.
+    async fn ui_acl(&self, u: &Unsealed, req: &Request) -> Result<Option<crate::policy::Acl>> {
+        match &req.auth {
+            Some(auth) => Ok(Some(u.policies.acl(&auth.policies).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The mounts `sys/internal/ui/mounts` shows, as Vault: without a token only those tuned
+    /// `listing_visibility = "unauth"` (none by default); with one, also those its policies
+    /// grant anything on.
+    fn visible_mounts_json(
+        &self,
+        u: &Unsealed,
+        table: Table,
+        acl: Option<&crate::policy::Acl>,
+    ) -> Value {
+        let router = u.router.read().expect("router lock");
+        let mut out = Map::new();
+        for entry in router.entries(table) {
+            if mount_visible(&entry, acl) {
+                out.insert(entry.path.clone(), entry.to_json());
+            }
+        }
+        Value::Object(out)
     }
 
     fn mounts_json(&self, u: &Unsealed, table: Table) -> Value {
@@ -442,6 +539,15 @@ impl Core {
                         "default-service"
                     } else {
                         &mount.entry.config.token_type
+                    });
+                }
+                if mount.entry.config.user_lockout_config.is_some() {
+                    let policy = self.lockout_policy(&mount.entry);
+                    data["user_lockout_config"] = json!({
+                        "lockout_threshold": policy.threshold,
+                        "lockout_duration": policy.duration.as_secs(),
+                        "lockout_counter_reset_duration": policy.counter_reset.as_secs(),
+                        "lockout_disable": policy.disabled,
                     });
                 }
                 Ok(Response::data(data))
@@ -620,6 +726,52 @@ impl Core {
     }
 }
 
+/// `user_lockout_config` of `sys/auth/<mount>/tune`, Vault's field names; unset fields inherit.
+fn parse_lockout_tune(entry: &MountEntry, value: &Value) -> Result<super::lockout::LockoutTune> {
+    if entry.table != Table::Auth || !super::lockout::LOCKOUT_METHODS.contains(&entry.kind.as_str())
+    {
+        return Err(Error::invalid(format!(
+            "user_lockout_config is only supported on auth methods of type {}",
+            super::lockout::LOCKOUT_METHODS.join(", ")
+        )));
+    }
+    let Value::Object(fields) = value else {
+        return Err(Error::invalid("user_lockout_config must be an object"));
+    };
+    let mut tune = entry.config.user_lockout_config.clone().unwrap_or_default();
+    match fields.get("lockout_threshold") {
+        None | Some(Value::Null) => {}
+        Some(Value::Number(n)) => tune.lockout_threshold = n.as_u64(),
+        Some(Value::String(s)) if s.is_empty() => {}
+        Some(Value::String(s)) => {
+            tune.lockout_threshold = Some(s.parse().map_err(|_| {
+                Error::invalid("user_lockout_config.lockout_threshold must be a number")
+            })?)
+        }
+        Some(_) => {
+            return Err(Error::invalid(
+                "user_lockout_config.lockout_threshold must be a number",
+            ))
+        }
+    }
+    if let Some(d) = parse_duration_field(fields, "lockout_duration")? {
+        tune.lockout_duration = Some(d.as_secs());
+    }
+    if let Some(d) = parse_duration_field(fields, "lockout_counter_reset_duration")? {
+        tune.lockout_counter_reset = Some(d.as_secs());
+    }
+    match fields.get("lockout_disable") {
+        Some(Value::Bool(b)) => tune.lockout_disable = Some(*b),
+        Some(Value::String(s)) if !s.is_empty() => {
+            tune.lockout_disable = Some(s.parse().map_err(|_| {
+                Error::invalid("user_lockout_config.lockout_disable must be a boolean")
+            })?)
+        }
+        _ => {}
+    }
+    Ok(tune)
+}
+
 /// Applies `config` / tune fields to a mount entry.
 fn apply_tune(entry: &mut MountEntry, config: &Map<String, Value>) -> Result<()> {
     if let Some(d) = parse_duration_field(config, "default_lease_ttl")? {
@@ -653,6 +805,9 @@ fn apply_tune(entry: &mut MountEntry, config: &Map<String, Value>) -> Result<()>
     }
     if let Some(v) = config.get("token_type").and_then(Value::as_str) {
         entry.config.token_type = v.to_string();
+    }
+    if let Some(lockout) = config.get("user_lockout_config") {
+        entry.config.user_lockout_config = Some(parse_lockout_tune(entry, lockout)?);
     }
     let (d, m) = (entry.config.default_lease_ttl, entry.config.max_lease_ttl);
     if d > 0 && m > 0 && d > m {
@@ -699,4 +854,10 @@ fn decode_maybe_base64(text: &str) -> String {
         .and_then(|bytes| String::from_utf8(bytes).ok())
         .filter(|s| s.contains("path"))
         .unwrap_or_else(|| text.to_string())
+}
+
+/// Whether `sys/internal/ui/mounts` may show `entry` to a caller with `acl` (`None`: no token).
+fn mount_visible(entry: &super::mounts::MountEntry, acl: Option<&crate::policy::Acl>) -> bool {
+    entry.config.listing_visibility == "unauth"
+        || acl.is_some_and(|acl| acl.has_mount_access(&entry.route_path()))
 }

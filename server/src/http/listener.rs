@@ -15,6 +15,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 
+use super::idle::IdleTimeoutAcceptor;
 use crate::config::{ListenerConfig, TlsVersion};
 
 /// Controls one running listener.
@@ -79,7 +80,11 @@ pub fn tls_server_config(listener: &ListenerConfig) -> anyhow::Result<rustls::Se
         )
     })?;
 
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    if !listener.tls_cipher_suites.is_empty() {
+        restrict_cipher_suites(&mut provider, &listener.tls_cipher_suites)?;
+    }
+    let provider = Arc::new(provider);
     let versions: &[&'static rustls::SupportedProtocolVersion] =
         match (listener.tls_min_version, listener.tls_max_version) {
             (TlsVersion::Tls13, _) => &[&rustls::version::TLS13],
@@ -123,11 +128,57 @@ pub fn tls_server_config(listener: &ListenerConfig) -> anyhow::Result<rustls::Se
             )
         }
     };
-    let mut config = builder
-        .with_single_cert(certs, key)
-        .context("the TLS certificate and key do not match or are unsupported")?;
+    let mut config = builder.with_single_cert(certs, key).with_context(|| {
+        format!(
+            "the certificate in tls_cert_file {} and the key in tls_key_file {} do not match \
+             (or the key type is unsupported)",
+            cert_path.display(),
+            key_path.display()
+        )
+    })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// Keeps only the configured suites (Go's names, as Vault's `tls_cipher_suites`). TLS 1.2
+/// suites are always restricted to the list; TLS 1.3 suites only when the list names one, as
+/// Go, and so Vault, never restricts TLS 1.3.
+fn restrict_cipher_suites(
+    provider: &mut rustls::crypto::CryptoProvider,
+    names: &[String],
+) -> anyhow::Result<()> {
+    let wanted: Vec<String> = names
+        .iter()
+        .map(|n| {
+            let n = n.trim();
+            let n = if n.ends_with("_CHACHA20_POLY1305") {
+                format!("{n}_SHA256")
+            } else {
+                n.to_string()
+            };
+            // Go names TLS 1.3 suites without the version: TLS_AES_128_GCM_SHA256.
+            match n.strip_prefix("TLS_") {
+                Some(rest) if !rest.starts_with("ECDHE") => format!("TLS13_{rest}"),
+                _ => n,
+            }
+        })
+        .collect();
+    for (name, rustls_name) in names.iter().zip(&wanted) {
+        if !provider
+            .cipher_suites
+            .iter()
+            .any(|s| s.suite().as_str() == Some(rustls_name.as_str()))
+        {
+            bail!("tls_cipher_suites: {name:?} is not a cipher suite this build can serve");
+        }
+    }
+    let restrict_tls13 = wanted.iter().any(|n| n.starts_with("TLS13_"));
+    provider.cipher_suites.retain(|suite| {
+        let name = suite.suite().as_str().unwrap_or_default();
+        let tls13 = name.starts_with("TLS13_");
+        (tls13 && !restrict_tls13) || wanted.iter().any(|w| w == name)
+    });
+    Ok(())
 }
 
 /// Binds and serves `app` on the listener; returns once it is accepting.
@@ -148,16 +199,34 @@ pub async fn serve_listener(
     let local = std_listener.local_addr()?;
     let handle: Handle<SocketAddr> = Handle::new();
     let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    let idle = IdleTimeoutAcceptor {
+        idle: listener.http_idle_timeout,
+    };
+    // hyper enforces the header timeout only with a timer; its clock starts whenever the
+    // connection waits for a request head, so a keep-alive connection with no next request
+    // is also closed after http_read_header_timeout (or http_idle_timeout, if shorter).
+    let limit_headers = |builder: &mut hyper_util::server::conn::auto::Builder<_>| {
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(listener.http_read_header_timeout);
+    };
     let (tls, task) = if listener.tls_disable {
-        let server = axum_server::from_tcp(std_listener)?.handle(handle.clone());
+        let mut server = axum_server::from_tcp(std_listener)?
+            .acceptor(idle)
+            .handle(handle.clone());
+        limit_headers(server.http_builder());
         (
             None,
             tokio::spawn(async move { server.serve(service).await }),
         )
     } else {
         let rustls_config = RustlsConfig::from_config(Arc::new(tls_server_config(listener)?));
-        let server = axum_server::from_tcp_rustls(std_listener, rustls_config.clone())?
+        let handshake = listener.http_read_header_timeout;
+        let mut server = axum_server::from_tcp_rustls(std_listener, rustls_config.clone())?
+            .map(|tls| tls.handshake_timeout(handshake).acceptor(idle))
             .handle(handle.clone());
+        limit_headers(server.http_builder());
         (
             Some((rustls_config, listener.clone())),
             tokio::spawn(async move { server.serve(service).await }),

@@ -2,6 +2,8 @@
 //! envelope (the three response shapes), the one error-to-response mapping,
 //! body limits and request timeouts. TLS listeners live in `listener`.
 
+mod idle;
+mod json_limits;
 mod listener;
 mod sys_raw;
 
@@ -22,6 +24,7 @@ use crate::core::{Core, Role};
 use crate::error::Error;
 use crate::logical::{Auth, Operation, Request, Response};
 
+pub use json_limits::{JsonLimitError, JsonLimits};
 pub use listener::{serve_listener, tls_server_config, ListenerHandle};
 
 /// Per-listener request settings.
@@ -30,6 +33,7 @@ pub struct ListenerSettings {
     pub max_request_size: u64,
     pub max_request_duration: Duration,
     pub unauthenticated_metrics_access: bool,
+    pub json_limits: JsonLimits,
 }
 
 impl Default for ListenerSettings {
@@ -38,8 +42,23 @@ impl Default for ListenerSettings {
             max_request_size: 32 << 20,
             max_request_duration: Duration::from_secs(90),
             unauthenticated_metrics_access: false,
+            json_limits: JsonLimits::default(),
         }
     }
+}
+
+/// Headers Vault sends on every API answer: nothing a client receives from a secrets server may
+/// be kept by a cache, and browsers are told to use HTTPS only.
+fn harden_headers(response: &mut HttpResponse) {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    headers.insert(
+        header::STRICT_TRANSPORT_SECURITY,
+        header::HeaderValue::from_static("max-age=31536000; includeSubDomains"),
+    );
 }
 
 #[derive(Clone)]
@@ -71,7 +90,7 @@ async fn entry(
     // mount or audit table half-changed).
     let task =
         tokio::spawn(async move { serve(&state, remote, method, uri, headers, body, false).await });
-    match tokio::time::timeout(limit, task).await {
+    let mut response = match tokio::time::timeout(limit, task).await {
         Ok(Ok(resp)) => resp,
         Ok(Err(join)) => {
             error_response(&Error::Internal(format!("request handler failed: {join}")))
@@ -80,6 +99,70 @@ async fn entry(
             "request exceeded the listener's max_request_duration ({}s) and was cancelled",
             limit.as_secs()
         ))),
+    };
+    harden_headers(&mut response);
+    response
+}
+
+/// Why a request body was not accepted.
+enum BodyError {
+    TooLarge,
+    Json(JsonLimitError),
+    Read(String),
+}
+
+/// Reads a body of at most `limit` bytes, counting JSON structure as it arrives when `json` is
+/// given, so a body past a JSON limit is refused before the rest is buffered. After a refusal
+/// the remainder is read and dropped (still bounded by `limit`), so the client gets its answer
+/// instead of a reset connection.
+async fn read_body(
+    body: Body,
+    limit: usize,
+    json: Option<JsonLimits>,
+) -> Result<Vec<u8>, BodyError> {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut scanner = json.map(json_limits::JsonScanner::new);
+    let mut bytes = Vec::new();
+    let mut refusal = None;
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
+        let Ok(chunk) = frame.into_data() else {
+            continue;
+        };
+        seen = seen.saturating_add(chunk.len());
+        if seen > limit {
+            return Err(refusal.unwrap_or(BodyError::TooLarge));
+        }
+        if refusal.is_some() {
+            continue;
+        }
+        if let Some(Err(e)) = scanner.as_mut().map(|s| s.feed(&chunk)) {
+            refusal = Some(BodyError::Json(e));
+            bytes = Vec::new();
+            continue;
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    match refusal {
+        Some(e) => Err(e),
+        None => Ok(bytes),
+    }
+}
+
+/// Reads and drops a body the server will not use, up to `limit` bytes.
+async fn discard_body(body: Body, limit: usize) {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut seen = 0usize;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Ok(chunk) = frame.into_data() {
+            seen = seen.saturating_add(chunk.len());
+            if seen > limit {
+                return;
+            }
+        }
     }
 }
 
@@ -97,21 +180,45 @@ async fn serve(
             uri.path().trim_start_matches('/').to_string(),
         ));
     };
-    let path = percent_decode(raw_path);
+    let path = match decode_path(raw_path) {
+        Ok(p) => p,
+        Err(e) => return error_response(&e),
+    };
     let query = parse_query(uri.query());
+    let token = request_token(&headers);
 
+    // Without a valid token the request is refused whatever its body says: the body is not
+    // parsed, kept or audited, so an unauthenticated flood of large bodies costs nothing.
     let limit = state.settings.max_request_size as usize;
-    let bytes = match axum::body::to_bytes(body, limit).await {
-        Ok(b) => b,
-        Err(e) => {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-                || e.to_string().contains("length limit");
-            return if too_large {
-                error_response(&Error::TooLarge)
-            } else {
-                error_response(&Error::invalid(format!("failed to read request body: {e}")))
-            };
+    let refused = !forwarded
+        && state.core.role() == Role::Active
+        && !sys_raw::is_raw_path(&path)
+        && !unauthenticated_metrics(state, &path)
+        && state
+            .core
+            .refused_without_token(&path, token.as_deref())
+            .await;
+    // A snapshot restore carries the archive itself as the body; a forwarded body was
+    // checked against the limits of the listener it arrived on.
+    let raw_upload = matches!(method.as_str(), "PUT" | "POST")
+        && matches!(
+            path.trim_end_matches('/'),
+            "sys/storage/raft/snapshot" | "sys/storage/raft/snapshot-force"
+        );
+    let json_limits = (!raw_upload && !forwarded).then_some(state.settings.json_limits);
+    let bytes = if refused {
+        discard_body(body, limit).await;
+        axum::body::Bytes::new()
+    } else {
+        match read_body(body, limit, json_limits).await {
+            Ok(b) => axum::body::Bytes::from(b),
+            Err(BodyError::TooLarge) => return error_response(&Error::TooLarge),
+            Err(BodyError::Json(e)) => {
+                return error_response(&Error::invalid(format!("failed to parse JSON input: {e}")))
+            }
+            Err(BodyError::Read(e)) => {
+                return error_response(&Error::invalid(format!("failed to read request body: {e}")))
+            }
         }
     };
 
@@ -126,19 +233,6 @@ async fn serve(
             _ => {}
         }
     }
-
-    let token = headers
-        .get("x-vault-token")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| {
-            headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(|t| t.trim().to_string())
-        })
-        .filter(|t| !t.is_empty());
 
     let list_query = query.get("list").is_some_and(|v| v == "true" || v == "1");
     let operation = match (method.as_str(), list_query) {
@@ -164,12 +258,6 @@ async fn serve(
         }
     }
 
-    // A snapshot restore carries the archive itself as the body.
-    let raw_upload = operation == Operation::Update
-        && matches!(
-            path.trim_end_matches('/'),
-            "sys/storage/raft/snapshot" | "sys/storage/raft/snapshot-force"
-        );
     let parsed = if raw_upload {
         Ok(Map::new())
     } else {
@@ -191,8 +279,16 @@ async fn serve(
         }
     }
 
-    if let Some(resp) =
-        sys_raw::handle(state, &method, &path, &query, &data, token.as_deref()).await
+    if let Some(resp) = sys_raw::handle(
+        state,
+        &method,
+        &path,
+        &query,
+        &data,
+        token.as_deref(),
+        remote,
+    )
+    .await
     {
         return resp;
     }
@@ -235,6 +331,22 @@ async fn serve(
         Ok(resp) => logical_response(&path, resp),
         Err(e) => error_response(&e),
     }
+}
+
+/// The client token: `X-Vault-Token`, or `Authorization: Bearer`.
+fn request_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("x-vault-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| {
+            headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(|t| t.trim().to_string())
+        })
+        .filter(|t| !t.is_empty())
 }
 
 fn unauthenticated_metrics(state: &AppState, path: &str) -> bool {
@@ -409,7 +521,26 @@ fn parse_query(query: Option<&str>) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The request path after `/v1/`, percent-decoded. A path that decodes to invalid UTF-8 or
+/// holds a control character (NUL, CR, LF, ...) is refused: such a key could not be listed or
+/// typed back, and lossy decoding would make distinct paths (`%fe`, `%ff`) name one key.
+fn decode_path(raw: &str) -> Result<String, Error> {
+    let bytes = percent_decode_bytes(raw);
+    let path = String::from_utf8(bytes)
+        .map_err(|_| Error::invalid("invalid request path: it is not valid UTF-8 once decoded"))?;
+    if path.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            "invalid request path: it contains a control character (NUL, CR, LF, ...)",
+        ));
+    }
+    Ok(path)
+}
+
 fn percent_decode(s: &str) -> String {
+    String::from_utf8_lossy(&percent_decode_bytes(s)).into_owned()
+}
+
+fn percent_decode_bytes(s: &str) -> Vec<u8> {
     fn hex(b: u8) -> Option<u8> {
         (b as char).to_digit(16).map(|d| d as u8)
     }
@@ -430,7 +561,7 @@ fn percent_decode(s: &str) -> String {
         out.push(bytes[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
 /// Routes whose `data` Vault also copies to the top level of the body.
@@ -529,9 +660,27 @@ pub fn error_response(err: &Error) -> HttpResponse {
     }
     let errors: Vec<String> = match err {
         Error::NotFound => Vec::new(),
+        Error::Storage(e) => vec![public_storage_message(e)],
         other => vec![other.to_string()],
     };
     (status, axum::Json(json!({ "errors": errors }))).into_response()
+}
+
+/// What a client is told of a storage failure: what went wrong, never where. Storage keys hold
+/// mount UUIDs and secret names (`logical/<uuid>/versions/...`); the log keeps the full error.
+fn public_storage_message(err: &crate::physical::StorageError) -> String {
+    use crate::physical::StorageError;
+    match err {
+        StorageError::Io(_) => "internal error: storage I/O failed; see the server log".into(),
+        StorageError::Integrity { .. } => {
+            "the stored value failed its integrity check; it was not returned".into()
+        }
+        StorageError::InvalidKey { reason, .. } => format!("invalid storage key: {reason}"),
+        StorageError::TooLarge { size, limit, .. } => {
+            format!("the value is {size} bytes, over the {limit}-byte limit")
+        }
+        StorageError::Sealed | StorageError::NotLeader(_) => err.to_string(),
+    }
 }
 
 /// A bare JSON body (the raw `sys/` handlers).
@@ -583,5 +732,25 @@ mod tests {
         assert_eq!(percent_decode("secret/data/a%20b"), "secret/data/a b");
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_decode("%e2%82%ac%zz\u{e9}%"), "\u{20ac}%zz\u{e9}%");
+    }
+
+    #[test]
+    fn paths_refused() {
+        assert_eq!(decode_path("secret/data/a%20b").unwrap(), "secret/data/a b");
+        assert_eq!(
+            decode_path("secret/data/%e2%82%ac").unwrap(),
+            "secret/data/\u{20ac}"
+        );
+        for bad in [
+            "secret/data/a%00b",
+            "secret/data/a%0d%0ab",
+            "secret/data/a%0a",
+            "secret/data/%fe",
+            "secret/data/%ff",
+            "secret/data/%7f",
+        ] {
+            let err = decode_path(bad).unwrap_err();
+            assert_eq!(err.status(), 400, "{bad}");
+        }
     }
 }

@@ -21,6 +21,7 @@ pub(super) async fn handle(
     query: &BTreeMap<String, String>,
     body: &Map<String, Value>,
     token: Option<&str>,
+    remote: std::net::SocketAddr,
 ) -> Option<HttpResponse> {
     let core = &state.core;
     let write = matches!(method.as_str(), "PUT" | "POST");
@@ -82,7 +83,7 @@ pub(super) async fn handle(
             rekey(core, target, step, method, body).await
         }
         "sys/storage/raft/bootstrap/challenge" if write => match str_field("server_id") {
-            Some(id) => result(core.raft_challenge(&id).await),
+            Some(id) => result(core.raft_challenge(&id, remote.ip()).await),
             None => error_response(&Error::invalid("server_id is required")),
         },
         "sys/storage/raft/bootstrap/answer" if write => {
@@ -92,7 +93,7 @@ pub(super) async fn handle(
                 cluster_addr: str_field("cluster_addr").unwrap_or_default(),
             };
             match str_field("answer") {
-                Some(answer) if !joiner.name.is_empty() => result(core.raft_answer(joiner, &answer).await),
+                Some(answer) if !joiner.name.is_empty() => result(core.raft_answer(joiner, &answer, remote.ip()).await),
                 _ => error_response(&Error::invalid("server_id and answer are required")),
             }
         }
@@ -166,6 +167,35 @@ async fn rekey(
         },
         _ => error_response(&Error::UnsupportedOperation),
     }
+}
+
+/// Whether `handle` answers `path` (for some method): these answer without a token, each
+/// checking what it needs itself (sys/seal and sys/step-down their token, generate-root and
+/// rekey their key shares), so the HTTP layer must not refuse them for want of a token.
+pub(super) fn is_raw_path(path: &str) -> bool {
+    matches!(
+        path.trim_end_matches('/'),
+        "sys/health"
+            | "sys/seal-status"
+            | "sys/init"
+            | "sys/unseal"
+            | "sys/seal"
+            | "sys/step-down"
+            | "sys/leader"
+            | "sys/generate-root/attempt"
+            | "sys/generate-root/update"
+            | "sys/rekey/init"
+            | "sys/rekey-recovery-key/init"
+            | "sys/rekey/update"
+            | "sys/rekey-recovery-key/update"
+            | "sys/rekey/verify"
+            | "sys/rekey-recovery-key/verify"
+            | "sys/storage/raft/bootstrap/challenge"
+            | "sys/storage/raft/bootstrap/answer"
+            | "sys/storage/raft/join"
+            | "sys/rekey/backup"
+            | "sys/rekey/recovery-key-backup"
+    )
 }
 
 /// Paths a standby answers itself; everything else goes to the active node.

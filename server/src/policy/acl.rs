@@ -371,6 +371,27 @@ impl Acl {
         }
     }
 
+    /// Whether this ACL grants anything on `mount` (a mount path ending in `/`) or below it, as
+    /// Vault's `hasMountAccess`: what decides which mounts `sys/internal/ui/mounts` shows a token.
+    pub fn has_mount_access(&self, mount: &str) -> bool {
+        if self.poisoned {
+            return false;
+        }
+        if self.root {
+            return true;
+        }
+        let grants = |p: &Permissions| !p.capabilities.is_empty() && !p.capabilities.is_deny();
+        let mount = mount.trim_start_matches('/');
+        self.exact
+            .iter()
+            .any(|(path, p)| path.starts_with(mount) && grants(p))
+            || self.prefix.iter().any(|(stem, p)| {
+                (stem.starts_with(mount) || mount.starts_with(stem.as_str())) && grants(p)
+            })
+            || self.segment.iter().any(|rule| grants(&rule.perms))
+            || self.find(mount, true).is_some_and(grants)
+    }
+
     /// The deciding rule for `path`.
     fn find(&self, path: &str, list: bool) -> Option<&Permissions> {
         let path = path.trim_start_matches('/');

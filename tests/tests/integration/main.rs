@@ -17,6 +17,7 @@ mod provision_snapshots;
 mod provision_systemd;
 mod provision_transit;
 mod seal;
+mod security;
 mod smoke;
 mod snapshot;
 mod snapshot_agent;
