@@ -21,5 +21,6 @@ mod security;
 mod smoke;
 mod snapshot;
 mod snapshot_agent;
+mod tidy;
 mod tls;
 mod transit;

@@ -245,7 +245,7 @@ async fn unauthenticated_flood_barely_slows_authenticated_reads() -> Result<()> 
 }
 
 #[tokio::test]
-async fn slow_headers_and_idle_connections_are_closed() -> Result<()> {
+async fn headers_slow_to_arrive_and_idle_connections_are_closed() -> Result<()> {
     let mut cluster = Cluster::single(NodeOptions {
         extra_listener: vec![
             "http_read_header_timeout = \"1s\"".into(),

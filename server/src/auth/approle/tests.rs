@@ -1,3 +1,5 @@
+//! Unit tests of the AppRole backend: role settings, secret IDs with TTL and uses, login.
+
 use std::time::Duration;
 
 use serde_json::{json, Value};

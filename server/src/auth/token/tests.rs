@@ -1,3 +1,5 @@
+//! Unit tests of the token store: creation, lookup, renewal, revocation trees and use counts.
+
 use std::time::Duration;
 
 use serde_json::json;
