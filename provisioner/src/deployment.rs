@@ -39,7 +39,7 @@ pub const UNSEALER: &str = "unsealer";
 /// The policy on the unsealer that the transit seal's token holds.
 pub const UNSEALER_POLICY: &str = "autounseal";
 /// The period of the transit seal's token: the server renews it at half its TTL.
-pub const UNSEALER_TOKEN_PERIOD: &str = "24h";
+pub const UNSEALER_TOKEN_PERIOD: Duration = Duration::from_secs(24 * 3600);
 /// Where the transit seal's token is kept in the unsealer's encrypted credentials.
 pub const UNSEALER_TOKEN_KEY: &str = "transit-seal-token";
 

@@ -5,6 +5,7 @@
 //! request is sent; the helpers (`read`, `write`, `list`, ...) and the typed `sys/` calls in
 //! [`sys`] and [`raft`] are built on it. [`snapshot`] reads Raft snapshot archives offline.
 
+pub mod admin;
 mod config;
 mod error;
 pub mod go_duration;

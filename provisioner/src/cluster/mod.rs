@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use keyhold_client::admin::{AppRoleRole, TokenRequest, TokenSettings};
 use keyhold_client::{
     AutopilotConfigUpdate, AutopilotState, CaCert, Client, ClientConfig, ClientError, HealthQuery,
     HealthResponse, InitRequest, InitResponse, LeaderResponse,
 };
-use serde_json::{json, Value};
 
 use crate::environment::{AuthMethod, Environment};
 
@@ -333,19 +333,12 @@ impl Cluster {
             let node = self.any_unsealed().await?;
             let client = self.client(node, None)?;
             client
-                .write(
-                    &format!("auth/{path}/login/{user}"),
-                    &json!({ "password": password }),
-                )
+                .userpass_login(path, user, password)
                 .await
                 .with_context(|| format!("log in as {user} (auth/{path})"))
         })
         .await?;
-        secret
-            .and_then(|s| s.auth)
-            .map(|a| a.client_token)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| anyhow!("log in as {user}: the server returned no token"))
+        Ok(secret.client_token)
     }
 
     pub async fn revoke_self(&self, token: &str) -> Result<()> {
@@ -353,7 +346,7 @@ impl Cluster {
             let node = self.any_unsealed().await?;
             let client = self.client(node, Some(token))?;
             client
-                .write("auth/token/revoke-self", &json!({}))
+                .token_revoke_self()
                 .await
                 .context("revoke the root token")
         })
@@ -445,15 +438,12 @@ impl Cluster {
             let text = std::fs::read_to_string(&policy.file)
                 .with_context(|| format!("read policy file {}", policy.file.display()))?;
             client
-                .write(
-                    &format!("sys/policies/acl/{}", policy.name),
-                    &json!({ "policy": text }),
-                )
+                .policy_write(&policy.name, &text)
                 .await
                 .with_context(|| format!("write policy {}", policy.name))?;
         }
 
-        let mounts = table(&client, "sys/mounts").await?;
+        let mounts = client.mounts().await.context("read sys/mounts")?;
         for engine in &env.secrets {
             let key = format!("{}/", engine.path);
             match mounts.get(&key) {
@@ -465,14 +455,9 @@ impl Cluster {
                     engine.kind
                 ),
                 None => {
+                    let options = BTreeMap::from([("version".into(), engine.version.to_string())]);
                     client
-                        .write(
-                            &format!("sys/mounts/{}", engine.path),
-                            &json!({
-                                "type": engine.kind,
-                                "options": { "version": engine.version.to_string() },
-                            }),
-                        )
+                        .mount(&engine.path, &engine.kind, &options)
                         .await
                         .with_context(|| format!("mount {} at {key}", engine.kind))?;
                     created.push(format!("secrets engine {key}"));
@@ -480,31 +465,26 @@ impl Cluster {
             }
         }
 
-        let devices = table(&client, "sys/audit").await?;
+        let devices = client.audit_devices().await.context("read sys/audit")?;
         for device in &env.audit {
             let key = format!("{}/", device.path);
             if devices.contains_key(&key) {
                 continue;
             }
-            let mut options = serde_json::Map::new();
-            options.insert(
-                "file_path".into(),
-                audit_file_path(&device.file_path).into(),
-            );
-            for (k, v) in &device.options {
-                options.insert(k.clone(), v.clone().into());
-            }
+            let mut options: BTreeMap<String, String> = device
+                .options
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            options.insert("file_path".into(), audit_file_path(&device.file_path));
             client
-                .write(
-                    &format!("sys/audit/{}", device.path),
-                    &json!({ "type": device.kind, "options": options }),
-                )
+                .enable_audit(&device.path, &device.kind, &options)
                 .await
                 .with_context(|| format!("enable audit device {key}"))?;
             created.push(format!("audit device {key}"));
         }
 
-        let methods = table(&client, "sys/auth").await?;
+        let methods = client.auth_methods().await.context("read sys/auth")?;
         for method in &env.auth {
             let key = format!("{}/", method.path());
             match methods.get(&key) {
@@ -515,10 +495,7 @@ impl Cluster {
                 ),
                 None => {
                     client
-                        .write(
-                            &format!("sys/auth/{}", method.path()),
-                            &json!({ "type": method.kind() }),
-                        )
+                        .enable_auth(method.path(), method.kind())
                         .await
                         .with_context(|| format!("enable auth method {key}"))?;
                     created.push(format!("auth method {key}"));
@@ -531,31 +508,30 @@ impl Cluster {
                         let password = passwords
                             .get(&id)
                             .ok_or_else(|| anyhow!("no generated password for {id}"))?;
-                        let mut body = json!({
-                            "password": password,
-                            "token_policies": user.policies.join(","),
-                        });
-                        put_duration(&mut body, "token_ttl", user.token_ttl);
-                        put_duration(&mut body, "token_max_ttl", user.token_max_ttl);
+                        let token = TokenSettings {
+                            policies: user.policies.clone(),
+                            ttl: user.token_ttl,
+                            max_ttl: user.token_max_ttl,
+                        };
                         client
-                            .write(&format!("auth/{path}/users/{}", user.name), &body)
+                            .userpass_write(path, &user.name, password, token)
                             .await
                             .with_context(|| format!("write user {id}"))?;
                     }
                 }
                 AuthMethod::Approle { path, roles } => {
                     for role in roles {
-                        let mut body = json!({
-                            "token_policies": role.token_policies.join(","),
-                        });
-                        put_duration(&mut body, "token_ttl", role.token_ttl);
-                        put_duration(&mut body, "token_max_ttl", role.token_max_ttl);
-                        put_duration(&mut body, "secret_id_ttl", role.secret_id_ttl);
-                        if let Some(n) = role.secret_id_num_uses {
-                            body["secret_id_num_uses"] = n.into();
-                        }
+                        let settings = AppRoleRole {
+                            token: TokenSettings {
+                                policies: role.token_policies.clone(),
+                                ttl: role.token_ttl,
+                                max_ttl: role.token_max_ttl,
+                            },
+                            secret_id_ttl: role.secret_id_ttl,
+                            secret_id_num_uses: role.secret_id_num_uses,
+                        };
                         client
-                            .write(&format!("auth/{path}/role/{}", role.name), &body)
+                            .approle_role_write(path, &role.name, settings)
                             .await
                             .with_context(|| format!("write role {path}/{}", role.name))?;
                     }
@@ -592,7 +568,10 @@ impl Cluster {
         let client = self.client(0, Some(token))?;
         let mount = mount.trim_matches('/');
         let mut created = Vec::new();
-        let mounts = table(&client, "sys/mounts").await?;
+        let mounts = client
+            .mounts()
+            .await
+            .context("read sys/mounts on the unsealer")?;
         match mounts.get(&format!("{mount}/")).map(String::as_str) {
             Some("transit") => {}
             Some(other) => bail!(
@@ -600,33 +579,26 @@ impl Cluster {
             ),
             None => {
                 client
-                    .write(
-                        &format!("sys/mounts/{mount}"),
-                        &json!({ "type": "transit" }),
-                    )
+                    .mount(mount, "transit", &BTreeMap::new())
                     .await
                     .with_context(|| format!("mount transit at {mount}/ on the unsealer"))?;
                 created.push(format!("transit engine {mount}/"));
             }
         }
         let key_path = format!("{mount}/keys/{key}");
-        if client
-            .read(&key_path)
+        if !client
+            .transit_key_exists(mount, key)
             .await
             .with_context(|| format!("read {key_path} on the unsealer"))?
-            .is_none()
         {
             client
-                .write(&key_path, &json!({ "type": "aes256-gcm96" }))
+                .transit_key_create(mount, key, "aes256-gcm96")
                 .await
                 .with_context(|| format!("create the transit key {key_path}"))?;
             created.push(format!("key {key_path}"));
         }
         client
-            .write(
-                &format!("sys/policies/acl/{policy}"),
-                &json!({ "policy": transit_seal_policy(mount, key) }),
-            )
+            .policy_write(policy, &transit_seal_policy(mount, key))
             .await
             .with_context(|| format!("write policy {policy} on the unsealer"))?;
         Ok(created)
@@ -635,11 +607,11 @@ impl Cluster {
     /// Whether `token` is a live token on `node` (`auth/token/lookup-self` answers).
     pub async fn token_is_live(&self, node: usize, token: &str) -> Result<bool> {
         let client = self.client(node, Some(token))?;
-        match client.read("auth/token/lookup-self").await {
-            Ok(found) => Ok(found.is_some()),
-            Err(keyhold_client::ClientError::Api(e)) if e.status == 403 => Ok(false),
-            Err(e) => Err(e).context("look up the transit seal's token"),
-        }
+        let found = client
+            .token_lookup_self()
+            .await
+            .context("look up the transit seal's token")?;
+        Ok(found.is_some())
     }
 
     /// A periodic orphan token with `policy` (and `default`, so it can renew itself): the
@@ -649,25 +621,20 @@ impl Cluster {
         &self,
         token: &str,
         policy: &str,
-        period: &str,
+        period: Duration,
         display_name: &str,
     ) -> Result<String> {
         let client = self.client(0, Some(token))?;
-        let resp = client
-            .write(
-                "auth/token/create-orphan",
-                &json!({
-                    "policies": [policy],
-                    "period": period,
-                    "renewable": true,
-                    "display_name": display_name,
-                }),
-            )
+        let made = client
+            .token_create(&TokenRequest {
+                policies: vec![policy.to_string()],
+                period: Some(period),
+                display_name: Some(display_name.to_string()),
+                orphan: true,
+            })
             .await
             .context("create the transit seal's token on the unsealer")?;
-        resp.and_then(|s| s.auth)
-            .map(|a| a.client_token)
-            .ok_or_else(|| anyhow!("the unsealer returned no token for the transit seal"))
+        Ok(made.client_token)
     }
 }
 
@@ -721,28 +688,6 @@ fn is_transient(e: &anyhow::Error) -> bool {
 /// The key a generated userpass password is kept under in the encrypted credentials.
 pub fn credential_key(auth_path: &str, user: &str) -> String {
     format!("userpass/{auth_path}/{user}")
-}
-
-fn put_duration(body: &mut Value, key: &str, d: Option<Duration>) {
-    if let Some(d) = d {
-        body[key] = format!("{}s", d.as_secs()).into();
-    }
-}
-
-/// A mount table (`sys/mounts`, `sys/auth`, `sys/audit`) as path -> type.
-async fn table(client: &Client, path: &str) -> Result<BTreeMap<String, String>> {
-    let resp = client
-        .read(path)
-        .await
-        .with_context(|| format!("read {path}"))?;
-    let data = resp.and_then(|s| s.data).unwrap_or_default();
-    Ok(data
-        .iter()
-        .filter_map(|(k, v)| {
-            let kind = v.get("type")?.as_str()?;
-            Some((k.clone(), kind.to_string()))
-        })
-        .collect())
 }
 
 #[cfg(test)]

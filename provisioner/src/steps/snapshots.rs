@@ -4,10 +4,11 @@
 //! node, started again when it died.
 
 use std::path::Path;
+use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use async_trait::async_trait;
-use serde_json::json;
+use keyhold_client::admin::{AppRoleRole, TokenSettings};
 
 use super::UpRun;
 use crate::cluster::{retrying, Cluster};
@@ -60,40 +61,32 @@ async fn prepare(
         let active = cluster.wait_active(RESTORE_TIMEOUT).await?;
         let client = cluster.client(active, Some(token))?;
         client
-            .write(
-                &format!("sys/policies/acl/{AGENT_ROLE}"),
-                &json!({ "policy": AGENT_POLICY }),
-            )
+            .policy_write(AGENT_ROLE, AGENT_POLICY)
             .await
             .context("write the snapshot-agent policy")?;
-        let methods = client.read("sys/auth").await.context("read sys/auth")?;
-        let enabled = methods
-            .and_then(|s| s.data)
-            .is_some_and(|d| d.contains_key(&format!("{mount}/")));
-        if !enabled {
+        let methods = client.auth_methods().await.context("read sys/auth")?;
+        if !methods.contains_key(&format!("{mount}/")) {
             client
-                .write(&format!("sys/auth/{mount}"), &json!({ "type": "approle" }))
+                .enable_auth(&mount, "approle")
                 .await
                 .with_context(|| format!("enable approle at auth/{mount}"))?;
         }
+        let settings = AppRoleRole {
+            token: TokenSettings {
+                policies: vec![AGENT_ROLE.to_string()],
+                ttl: Some(Duration::from_secs(15 * 60)),
+                max_ttl: Some(Duration::from_secs(3600)),
+            },
+            ..AppRoleRole::default()
+        };
         client
-            .write(
-                &role,
-                &json!({
-                    "token_policies": [AGENT_ROLE],
-                    "token_ttl": "15m",
-                    "token_max_ttl": "1h",
-                }),
-            )
+            .approle_role_write(&mount, AGENT_ROLE, settings)
             .await
             .with_context(|| format!("write the AppRole role {role}"))?;
         let id = client
-            .read(&format!("{role}/role-id"))
+            .approle_role_id(&mount, AGENT_ROLE)
             .await
-            .context("read the snapshot agent's role ID")?
-            .and_then(|s| s.data)
-            .and_then(|d| d.get("role_id").and_then(|v| v.as_str()).map(str::to_owned))
-            .ok_or_else(|| anyhow!("{role}/role-id returned no role_id"))?;
+            .context("read the snapshot agent's role ID")?;
         Ok((id, client))
     })
     .await?;
@@ -117,28 +110,16 @@ async fn prepare(
             .and_then(|b| String::from_utf8(b).ok());
         let live = match &existing {
             Some(secret) => client
-                .write(
-                    &format!("{role}/secret-id/lookup"),
-                    &json!({ "secret_id": secret.trim() }),
-                )
+                .approle_secret_id_live(&mount, AGENT_ROLE, secret.trim())
                 .await
-                .context("look up a node's snapshot agent secret ID")?
-                .and_then(|s| s.data)
-                .is_some(),
+                .context("look up a node's snapshot agent secret ID")?,
             None => false,
         };
         if !live {
             let secret = client
-                .write(&format!("{role}/secret-id"), &json!({}))
+                .approle_secret_id(&mount, AGENT_ROLE)
                 .await
-                .context("issue a secret ID for the snapshot agent")?
-                .and_then(|s| s.data)
-                .and_then(|d| {
-                    d.get("secret_id")
-                        .and_then(|v| v.as_str())
-                        .map(str::to_owned)
-                })
-                .ok_or_else(|| anyhow!("{role}/secret-id returned no secret_id"))?;
+                .context("issue a secret ID for the snapshot agent")?;
             host.put_file(
                 Path::new(Layout::SNAPSHOT_SECRET_ID),
                 secret.as_bytes(),

@@ -9,6 +9,7 @@ use std::path::Path;
 use anyhow::{bail, Result};
 use async_trait::async_trait;
 use chrono::Utc;
+use keyhold_client::go_duration::format_go_duration;
 use zeroize::Zeroizing;
 
 use super::tls::{ca_differs, issue_node_certs};
@@ -216,7 +217,8 @@ impl Step<UpRun> for Unsealer {
             creds.insert(UNSEALER_TOKEN_KEY.to_string(), token);
             store.save_credentials(&creds)?;
             did.push(format!(
-                "made the seal's token (policy {UNSEALER_POLICY}, period {UNSEALER_TOKEN_PERIOD})"
+                "made the seal's token (policy {UNSEALER_POLICY}, period {})",
+                format_go_duration(UNSEALER_TOKEN_PERIOD)
             ));
         }
         run.transit_token = Some(Zeroizing::new(

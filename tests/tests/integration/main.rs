@@ -6,6 +6,7 @@ mod acl;
 mod api_conventions;
 mod bad_input;
 mod cli;
+mod client_admin;
 mod cluster;
 mod durability;
 mod kv;
