@@ -8,6 +8,7 @@ mod bad_input;
 mod cli;
 mod cluster;
 mod durability;
+mod fast_cluster;
 mod kv;
 mod lifecycle;
 mod moto;
