@@ -537,10 +537,12 @@ impl RaftNode {
     /// another leader; retried until a bounded deadline.
     ///
     /// When the whole cluster is being stopped there is nobody to take over:
-    /// every other voter's last RPC failed since the hand-over began, or none
-    /// has answered within two heartbeat intervals (a live peer answers the
-    /// heartbeat sent at the start within one). Then it gives up at once with
-    /// [`ClusterError::NoVoterReachable`] instead of waiting out the deadline.
+    /// every other voter's last RPC failed since the hand-over began (stopped
+    /// peers refuse at once), or none has answered within an election timeout
+    /// (a live peer answers the heartbeat sent at the start within one
+    /// heartbeat interval; the margin is for a loaded host). Then it gives up
+    /// with [`ClusterError::NoVoterReachable`] instead of waiting out the
+    /// deadline, and the cluster, if any of it is left, elects as after a crash.
     pub async fn transfer_leadership(&self) -> Result<(), ClusterError> {
         if !self.is_leader() {
             return Ok(());
@@ -555,7 +557,7 @@ impl RaftNode {
         let t = self.timing;
         let started = Instant::now();
         let deadline = started + t.election_timeout_max * 6;
-        let probe_until = started + t.heartbeat_interval * 2;
+        let probe_until = started + t.election_timeout_max;
         let poll = Duration::from_millis(10);
         let _ = self.shared.raft.trigger().heartbeat().await;
         while Instant::now() < deadline {
