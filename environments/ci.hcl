@@ -22,6 +22,11 @@ raft {
   performance_multiplier = 1
 }
 
+# server_stabilization_time is what makes formation fast: a joined node votes this long after
+# it is first seen healthy (autopilot follows Raft changes; it does not wait for its 10s reconcile
+# tick). Vault's 10s default guards a production quorum against a newcomer that flaps; a CI
+# cluster's nodes are processes on one machine's loopback, thrown away after the job, so a short
+# proof of health is enough. Production environments (local.hcl, ...) keep 10s.
 autopilot {
   cleanup_dead_servers      = false
   server_stabilization_time = "2s"

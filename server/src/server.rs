@@ -289,6 +289,7 @@ fn ha_settings(
         max_entry_size: raft.max_entry_size as usize,
         retry_join,
         autopilot_reconcile_interval: raft.autopilot_reconcile_interval,
+        autopilot_update_interval: raft.autopilot_update_interval,
     })
 }
 

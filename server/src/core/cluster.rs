@@ -118,7 +118,11 @@ impl Core {
                 drop(core);
                 match raft {
                     Some(node) => {
+                        // A fresh receiver has seen no version yet: without
+                        // marking the current one seen, `changed()` returns at
+                        // once and this loop spins (a core per idle node).
                         let mut metrics = node.raft().metrics();
+                        metrics.borrow_and_update();
                         let _ = tokio::time::timeout(WATCH_INTERVAL, metrics.changed()).await;
                     }
                     None => tokio::time::sleep(WATCH_INTERVAL).await,
@@ -211,7 +215,10 @@ impl Core {
         self.complete_migration().await;
         let autopilot = tokio::spawn(autopilot_loop(
             Arc::downgrade(self),
-            ha.settings.autopilot_reconcile_interval,
+            AutopilotTimers {
+                reconcile: ha.settings.autopilot_reconcile_interval,
+                update: ha.settings.autopilot_update_interval,
+            },
         ));
         *unsealed.autopilot.lock().expect("autopilot lock") = Some(autopilot);
         tracing::info!("this node is now the active node");
@@ -276,6 +283,9 @@ impl Core {
         if targets.is_empty() {
             return;
         }
+        // Nodes of a new cluster start together, before any of them is
+        // initialised: retry soon at first, then every 2s as Vault does.
+        let mut pause = Duration::from_millis(250);
         loop {
             match self.seal.config().await {
                 Ok(Some(_)) => return,
@@ -293,7 +303,8 @@ impl Core {
                     }
                 }
             }
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
         }
     }
 
@@ -481,33 +492,116 @@ impl Core {
     }
 }
 
-/// Autopilot, on the active node: promote non-voters that have kept up for
-/// `server_stabilization_time`; with `cleanup_dead_servers`, remove voters
+/// How soon after the last round a Raft change may start another one: under a
+/// write load the metrics change with every entry, and a round reads the
+/// autopilot configuration through the barrier.
+const MIN_ROUND_GAP: Duration = Duration::from_millis(100);
+
+/// Autopilot's timers (`storage "raft"`): `reconcile` is Vault's
+/// `autopilot_reconcile_interval`, the longest a round waits when nothing
+/// happens; `update` is `autopilot_update_interval`, how often the health of a
+/// waiting non-voter is sampled while no Raft change wakes autopilot sooner.
+#[derive(Debug, Clone, Copy)]
+pub struct AutopilotTimers {
+    pub reconcile: Duration,
+    pub update: Duration,
+}
+
+/// Autopilot, on the active node: promote non-voters that have been healthy
+/// for `server_stabilization_time`; with `cleanup_dead_servers`, remove voters
 /// silent for `dead_server_last_contact_threshold`, never below `min_quorum`.
-async fn autopilot_loop(core: std::sync::Weak<Core>, interval: Duration) {
+///
+/// Vault evaluates promotions on its reconcile tick (10s), so a node that has
+/// been stable for 2s can wait ten more. Here a round also runs when Raft's
+/// metrics change (a learner added, replication progress), the stabilization
+/// clock starts when that round first sees the node healthy, and the next
+/// round is scheduled for the moment the node's stabilization time ends: a
+/// node is promoted `server_stabilization_time` after it became healthy, not
+/// a tick later. It must still have been healthy all along (re-checked at
+/// least every `update` interval and on every change), as in Vault.
+async fn autopilot_loop(core: std::sync::Weak<Core>, timers: AutopilotTimers) {
     let mut stable_since: HashMap<String, Instant> = HashMap::new();
-    let interval = interval.max(Duration::from_millis(200));
+    let reconcile = timers.reconcile.max(MIN_ROUND_GAP);
+    let update = timers.update.max(MIN_ROUND_GAP).min(reconcile);
     loop {
-        tokio::time::sleep(interval).await;
-        let Some(core) = core.upgrade() else { return };
-        if let Err(e) = autopilot_round(&core, &mut stable_since).await {
-            tracing::warn!(error = %e, "autopilot round failed");
+        let round_started = Instant::now();
+        let Some(strong) = core.upgrade() else { return };
+        let node = match &strong.ha {
+            Some(ha) => ha.running().await,
+            None => None,
+        };
+        let next = match autopilot_round(&strong, &mut stable_since).await {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::warn!(error = %e, "autopilot round failed");
+                None
+            }
+        };
+        drop(strong);
+        // A non-voter's health is followed closely until it is promoted.
+        let waiting = node
+            .as_ref()
+            .is_some_and(|n| n.is_leader() && n.membership().iter().any(|(_, voter)| !voter));
+        let wake = match next {
+            Some(due) => due.min(round_started + update),
+            None if waiting => round_started + update,
+            None => round_started + reconcile,
+        };
+        let Some(node) = node else {
+            tokio::time::sleep_until(wake.into()).await;
+            continue;
+        };
+        let mut metrics = node.raft().metrics();
+        let membership = metrics
+            .borrow_and_update()
+            .membership_config
+            .log_id()
+            .to_owned();
+        // While a non-voter waits, any change may change its health; otherwise
+        // only a membership change (a node added) needs a round before the tick.
+        let changed = async {
+            loop {
+                if metrics.changed().await.is_err() {
+                    return std::future::pending::<()>().await;
+                }
+                let m = metrics.borrow_and_update();
+                if waiting || m.membership_config.log_id() != &membership {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake.into()) => {}
+            _ = changed => {
+                tokio::time::sleep_until((round_started + MIN_ROUND_GAP).into()).await;
+            }
         }
     }
 }
 
-async fn autopilot_round(core: &Core, stable_since: &mut HashMap<String, Instant>) -> Result<()> {
-    let Some(ha) = &core.ha else { return Ok(()) };
+/// One autopilot round. Returns when the next promotion falls due (the
+/// earliest end of a healthy non-voter's stabilization time), if any.
+async fn autopilot_round(
+    core: &Core,
+    stable_since: &mut HashMap<String, Instant>,
+) -> Result<Option<Instant>> {
+    let Some(ha) = &core.ha else { return Ok(None) };
     let Some(node) = ha.running().await else {
-        return Ok(());
+        return Ok(None);
     };
     if !node.is_leader() {
-        return Ok(());
+        return Ok(None);
     }
     let config = core.autopilot_config().await?;
     let status = node.status().await;
     let last_index = status.last_log_index.unwrap_or(0);
     let membership = node.membership();
+    // Members gone from the configuration start afresh if they come back.
+    stable_since.retain(|key, _| {
+        let name = key.strip_prefix("dead:").unwrap_or(key);
+        membership.iter().any(|(m, _)| m.name == name)
+    });
+    let mut next_due: Option<Instant> = None;
     for (member, voter) in &membership {
         let Some(follower) = status.followers.iter().find(|f| f.name == member.name) else {
             continue;
@@ -519,18 +613,24 @@ async fn autopilot_round(core: &Core, stable_since: &mut HashMap<String, Instant
                 <= config.max_trailing_logs;
         if !voter {
             if !caught_up {
-                stable_since.remove(&member.name);
+                if stable_since.remove(&member.name).is_some() {
+                    tracing::info!(node = %member.name, "autopilot: non-voter unhealthy; its stabilization time starts again once it is healthy");
+                }
                 continue;
             }
-            let since = *stable_since
-                .entry(member.name.clone())
-                .or_insert_with(Instant::now);
-            if since.elapsed() >= config.server_stabilization_time {
+            let since = *stable_since.entry(member.name.clone()).or_insert_with(|| {
+                tracing::debug!(node = %member.name, "autopilot: non-voter healthy; stabilization time starts");
+                Instant::now()
+            });
+            let due = since + config.server_stabilization_time;
+            if Instant::now() >= due {
                 node.promote(&member.name)
                     .await
                     .map_err(|e| Error::internal(format!("promote {}: {e}", member.name)))?;
                 stable_since.remove(&member.name);
-                tracing::info!(node = %member.name, "autopilot: promoted to voter");
+                tracing::info!(node = %member.name, stable_for = ?since.elapsed(), "autopilot: promoted to voter");
+            } else {
+                next_due = Some(next_due.map_or(due, |d| d.min(due)));
             }
         } else if config.cleanup_dead_servers {
             // Silence is measured from when this leader first saw it, so a
@@ -564,5 +664,5 @@ async fn autopilot_round(core: &Core, stable_since: &mut HashMap<String, Instant
             }
         }
     }
-    Ok(())
+    Ok(next_due)
 }

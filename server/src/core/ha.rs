@@ -72,6 +72,7 @@ pub struct HaSettings {
     pub max_entry_size: usize,
     pub retry_join: Vec<JoinTarget>,
     pub autopilot_reconcile_interval: Duration,
+    pub autopilot_update_interval: Duration,
 }
 
 /// Where and how to reach a node of the cluster to join (a `retry_join`
@@ -305,8 +306,15 @@ impl Ha {
         if let Some(node) = node {
             if node.is_leader() && node.membership().iter().filter(|(_, voter)| *voter).count() > 1
             {
-                if let Err(e) = node.transfer_leadership().await {
-                    tracing::warn!(error = %e, "could not hand leadership over before stopping; the cluster will elect after a timeout");
+                match node.transfer_leadership().await {
+                    Ok(()) => {}
+                    // The whole cluster is stopping (or this node is cut off).
+                    Err(crate::raft::ClusterError::NoVoterReachable) => tracing::info!(
+                        "no other voter answers: stopping without handing leadership over"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not hand leadership over before stopping; the cluster will elect after a timeout")
+                    }
                 }
             }
             node.shutdown().await;

@@ -85,6 +85,10 @@ pub enum ClusterError {
     Raft(String),
     #[error("timed out {0}")]
     Timeout(String),
+    /// No other voter answers (they are stopped, or cut off): there is
+    /// nobody to hand leadership to.
+    #[error("no other voter answers; nobody can take leadership over")]
+    NoVoterReachable,
 }
 
 /// How a node takes part in the cluster: the `storage "raft"` stanza's
@@ -531,6 +535,14 @@ impl RaftNode {
     /// accepting writes here, wait for a voter to match the leader's last log
     /// index, ask it to elect (`/v1/cluster/raft/elect`), and wait for
     /// another leader; retried until a bounded deadline.
+    ///
+    /// When the whole cluster is being stopped there is nobody to take over:
+    /// every other voter's last RPC failed since the hand-over began (stopped
+    /// peers refuse at once), or none has answered within an election timeout
+    /// (a live peer answers the heartbeat sent at the start within one
+    /// heartbeat interval; the margin is for a loaded host). Then it gives up
+    /// with [`ClusterError::NoVoterReachable`] instead of waiting out the
+    /// deadline, and the cluster, if any of it is left, elects as after a crash.
     pub async fn transfer_leadership(&self) -> Result<(), ClusterError> {
         if !self.is_leader() {
             return Ok(());
@@ -543,21 +555,38 @@ impl RaftNode {
 
     async fn hand_over(&self) -> Result<(), ClusterError> {
         let t = self.timing;
-        let deadline = Instant::now() + t.election_timeout_max * 6;
+        let started = Instant::now();
+        let deadline = started + t.election_timeout_max * 6;
+        let probe_until = started + t.election_timeout_max;
         let poll = Duration::from_millis(10);
+        let _ = self.shared.raft.trigger().heartbeat().await;
         while Instant::now() < deadline {
             let m = self.shared.raft.metrics().borrow().clone();
             if m.current_leader.is_some() && m.current_leader != Some(self.id) {
                 return Ok(());
             }
             let membership = m.membership_config.membership();
+            let others: Vec<NodeId> = membership.voter_ids().filter(|v| *v != self.id).collect();
+            let (contacts, failures) = (self.client.last_contact(), self.client.last_failure());
+            let answered = |id: &NodeId| contacts.get(id).is_some_and(|c| *c >= started);
+            let gone = |id: &NodeId| {
+                failures.get(id).is_some_and(|f| *f >= started) && self.client.looks_gone(*id)
+            };
+            if others.iter().all(gone)
+                || (Instant::now() >= probe_until && !others.iter().any(answered))
+            {
+                return Err(ClusterError::NoVoterReachable);
+            }
             let target = m
                 .replication
                 .iter()
                 .flatten()
                 .filter(|(id, matched)| {
-                    **id != self.id
-                        && membership.voter_ids().any(|v| v == **id)
+                    // Answered since the hand-over began: an answer from
+                    // before may come from a node stopped since.
+                    answered(id)
+                        && others.contains(id)
+                        && !self.client.looks_gone(**id)
                         && matched.map(|l| l.index) == m.last_log_index
                 })
                 .find_map(|(id, _)| membership.get_node(id).cloned());
@@ -596,6 +625,8 @@ impl RaftNode {
                 .await
             {
                 tracing::warn!(target = %target, error = %e, "leadership transfer: elect request failed");
+                tokio::time::sleep(poll).await;
+                continue;
             }
             let attempt_end = Instant::now() + t.election_timeout_max;
             while Instant::now() < attempt_end.min(deadline) {

@@ -4,7 +4,8 @@
 //! Errors are mapped the way openraft 0.9 retries: a peer that cannot be
 //! connected to, refuses our certificate, answers with a non-200 status, or
 //! is not set up yet is `Unreachable` (openraft backs off before trying
-//! again); a request past its deadline is `Timeout`; a connection that broke
+//! again, 50 ms at first and doubling up to 500 ms, so a node that has just
+//! joined and starts listening is reached at once); a request past its deadline is `Timeout`; a connection that broke
 //! mid-request is a `NetworkError` (tried again on the next heartbeat); an
 //! error from the peer's Raft is a `RemoteError`. An append larger than
 //! [`MAX_RPC_BYTES`] is `PayloadTooLarge` with a hint, so openraft sends
@@ -19,7 +20,7 @@ use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
     Unreachable,
 };
-use openraft::network::RPCOption;
+use openraft::network::{Backoff, RPCOption};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
@@ -51,6 +52,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct ClusterClient {
     http: Arc<RwLock<Option<reqwest::Client>>>,
     last_contact: Arc<Mutex<HashMap<NodeId, Instant>>>,
+    last_failure: Arc<Mutex<HashMap<NodeId, Instant>>>,
 }
 
 /// Why a request to a peer did not produce an answer.
@@ -90,6 +92,34 @@ impl ClusterClient {
     /// When each peer last answered an RPC from this node.
     pub fn last_contact(&self) -> HashMap<NodeId, Instant> {
         self.last_contact.lock().expect("last contact lock").clone()
+    }
+
+    /// When an RPC to each peer last failed without an answer (unreachable,
+    /// timed out, broken).
+    pub fn last_failure(&self) -> HashMap<NodeId, Instant> {
+        self.last_failure.lock().expect("last failure lock").clone()
+    }
+
+    /// True when the last RPC to `peer` failed without an answer: it is
+    /// stopped, unreachable, or not serving its cluster port yet.
+    pub fn looks_gone(&self, peer: NodeId) -> bool {
+        let failed = self
+            .last_failure
+            .lock()
+            .expect("last failure lock")
+            .get(&peer)
+            .copied();
+        let answered = self
+            .last_contact
+            .lock()
+            .expect("last contact lock")
+            .get(&peer)
+            .copied();
+        match (failed, answered) {
+            (Some(f), Some(a)) => f > a,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
     }
 
     /// POSTs `body` to `path` on the peer at `cluster_addr`, decodes a JSON answer.
@@ -133,6 +163,13 @@ impl ClusterClient {
         self.last_contact
             .lock()
             .expect("last contact lock")
+            .insert(peer, Instant::now());
+    }
+
+    fn failed(&self, peer: NodeId) {
+        self.last_failure
+            .lock()
+            .expect("last failure lock")
             .insert(peer, Instant::now());
     }
 }
@@ -246,7 +283,10 @@ impl PeerNetwork {
             .client
             .post(&self.node.cluster_addr, path, content_type, body, timeout)
             .await
-            .map_err(|e| self.transport_error(action, e))?;
+            .map_err(|e| {
+                self.client.failed(self.target);
+                self.transport_error(action, e)
+            })?;
         self.client.contacted(self.target);
         answer.map_err(|e| {
             RPCError::RemoteError(RemoteError::new_with_node(
@@ -284,6 +324,15 @@ impl PeerNetwork {
 }
 
 impl RaftNetwork<TypeConfig> for PeerNetwork {
+    fn backoff(&self) -> Backoff {
+        Backoff::new(
+            [50, 100, 200, 400]
+                .into_iter()
+                .chain(std::iter::repeat(500))
+                .map(Duration::from_millis),
+        )
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,

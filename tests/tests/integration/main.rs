@@ -9,6 +9,7 @@ mod cli;
 mod client_admin;
 mod cluster;
 mod durability;
+mod fast_cluster;
 mod kv;
 mod lifecycle;
 mod moto;
