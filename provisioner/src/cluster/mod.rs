@@ -112,7 +112,7 @@ impl Cluster {
 
     /// Waits until `node` answers `sys/health` at all.
     pub async fn wait_responding(&self, node: usize, timeout: Duration) -> Result<HealthResponse> {
-        poll(timeout, Duration::from_millis(200), async || {
+        poll(timeout, Duration::from_millis(50), async || {
             self.health(node).await
         })
         .await
@@ -138,7 +138,7 @@ impl Cluster {
     }
 
     pub async fn wait_active(&self, timeout: Duration) -> Result<usize> {
-        poll(timeout, Duration::from_millis(250), async || {
+        poll(timeout, Duration::from_millis(50), async || {
             self.active().await
         })
         .await
@@ -154,7 +154,7 @@ impl Cluster {
     /// Waits until `node` answers as active or standby, with an active node in the cluster.
     pub async fn wait_serving(&self, node: usize, timeout: Duration) -> Result<()> {
         let mut role = Role::Down;
-        let serving = poll(timeout, Duration::from_millis(250), async || {
+        let serving = poll(timeout, Duration::from_millis(100), async || {
             role = Role::from_health(self.health(node).await.as_ref());
             let serving = matches!(role, Role::Active | Role::Standby);
             (serving && self.active().await.is_some()).then_some(())
@@ -173,7 +173,7 @@ impl Cluster {
     /// Waits until a joining `node` has received its join challenge through `retry_join`
     /// (it then reports itself initialised and can be unsealed).
     pub async fn wait_initialized(&self, node: usize, timeout: Duration) -> Result<()> {
-        poll(timeout, Duration::from_millis(250), async || {
+        poll(timeout, Duration::from_millis(100), async || {
             self.health(node).await.filter(|h| h.initialized).map(drop)
         })
         .await
@@ -254,7 +254,7 @@ impl Cluster {
     /// the error carries what `sys/seal-status` says (the server's "auto-unseal failed ..."
     /// warning names the KMS error and the next retry).
     pub async fn wait_auto_unsealed(&self, node: usize, timeout: Duration) -> Result<()> {
-        let done = poll(timeout, Duration::from_millis(200), async || {
+        let done = poll(timeout, Duration::from_millis(100), async || {
             matches!(
                 Role::from_health(self.health(node).await.as_ref()),
                 Role::Active | Role::Standby
@@ -285,7 +285,7 @@ impl Cluster {
     pub async fn wait_voters(&self, token: &str, timeout: Duration) -> Result<()> {
         let wanted: Vec<&str> = self.nodes.iter().map(|n| n.name.as_str()).collect();
         let mut last = String::new();
-        let done = poll(timeout, Duration::from_millis(500), async || {
+        let done = poll(timeout, Duration::from_millis(100), async || {
             let active = self.active().await?;
             let client = match self.client(active, Some(token)) {
                 Ok(client) => client,
