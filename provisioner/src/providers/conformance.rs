@@ -138,6 +138,16 @@ fn services<'a>(
             ));
             assert!(h.start(service).await.is_err(), "a second start is refused");
             h.reload(service).await.unwrap();
+            let ServiceState::Running { pid: before } = h.service_state(service).await.unwrap()
+            else {
+                panic!("{service:?} stopped after a reload");
+            };
+            h.restart(service, Duration::from_secs(10)).await.unwrap();
+            let ServiceState::Running { pid: after } = h.service_state(service).await.unwrap()
+            else {
+                panic!("{service:?} not running after a restart");
+            };
+            assert_ne!(before, after, "a restart left the same process running");
             assert!(h.stop(service, Duration::from_secs(10)).await.unwrap());
             assert_eq!(
                 h.service_state(service).await.unwrap(),

@@ -107,6 +107,11 @@ pub trait Host: Send + Sync {
     async fn stop(&self, service: Service, timeout: Duration) -> Result<bool>;
     /// Asks a running service to reload its certificates and reopen its files (SIGHUP).
     async fn reload(&self, service: Service) -> Result<()>;
+    /// Stops the service gracefully (if it runs) and starts it again.
+    async fn restart(&self, service: Service, stop_timeout: Duration) -> Result<()> {
+        self.stop(service, stop_timeout).await?;
+        self.start(service).await
+    }
 }
 
 /// Where an environment's machines come from.

@@ -216,7 +216,8 @@ enum Audience {
     Every,
     /// Hosts run by systemd ([`Layout::systemd`]).
     Systemd,
-    /// Hosts run by systemd, in an environment with scheduled snapshots.
+    /// Hosts run by systemd, in an environment whose snapshots name an S3 bucket (the units
+    /// run the agent, whose config exists only then).
     SystemdSnapshots,
     /// Every node, in an environment whose snapshots name an S3 bucket.
     SnapshotsS3,
@@ -345,7 +346,9 @@ impl Renderer {
             let wanted = match t.audience {
                 Audience::Every => true,
                 Audience::Systemd => node.layout.systemd,
-                Audience::SystemdSnapshots => node.layout.systemd && env.snapshots.is_some(),
+                Audience::SystemdSnapshots => {
+                    node.layout.systemd && env.snapshots.as_ref().is_some_and(|s| s.s3.is_some())
+                }
                 Audience::SnapshotsS3 => env.snapshots.as_ref().is_some_and(|s| s.s3.is_some()),
             };
             if !wanted {

@@ -294,6 +294,21 @@ fn snapshot_units_only_with_snapshots() {
     );
 }
 
+/// A snapshot schedule without a bucket gives a host no snapshot units: they would run an agent
+/// whose config (rendered only with a bucket) does not exist.
+#[test]
+fn a_schedule_without_a_bucket_renders_no_snapshot_units() {
+    let mut env = environment(true);
+    if let Some(snapshots) = env.snapshots.as_mut() {
+        snapshots.s3 = None;
+    }
+    let files: Vec<String> = render(&env, &node(&env, 1, Layout::system()))
+        .into_iter()
+        .map(|f| f.path.display().to_string())
+        .collect();
+    assert!(!files.iter().any(|p| p.contains("snapshot")), "{files:?}");
+}
+
 /// A local node's directory may hold characters HCL must escape; they survive the round trip.
 #[test]
 fn local_paths_are_quoted_for_hcl() {

@@ -46,6 +46,12 @@ impl StateDir {
         self.root.join("lock")
     }
 
+    /// Written just before `sys/init` is sent and removed once its output is saved: while it
+    /// exists without the init output, an interrupted `up` may have lost the cluster's keys.
+    pub fn init_pending_file(&self) -> PathBuf {
+        self.root.join("init.pending")
+    }
+
     /// The environment's CA and the certificates it issued.
     pub fn tls_dir(&self) -> PathBuf {
         self.root.join("tls")

@@ -190,8 +190,7 @@ impl Step<UpRun> for RollingRestart {
 pub async fn restart_one(run: &UpRun, cluster: &Cluster, i: usize) -> Result<()> {
     let d = run.d.clone();
     let host = d.host(&d.nodes[i]);
-    host.stop(Service::Server, STOP_TIMEOUT).await?;
-    host.start(Service::Server).await?;
+    host.restart(Service::Server, STOP_TIMEOUT).await?;
     cluster.wait_responding(i, START_TIMEOUT).await?;
     if d.env.seal.is_auto() {
         cluster.wait_auto_unsealed(i, AUTO_UNSEAL_TIMEOUT).await?;

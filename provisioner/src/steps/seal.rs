@@ -3,7 +3,7 @@
 //! operator's shares from the encrypted init output, or, under an auto seal, by itself (waited
 //! for, bounded).
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use async_trait::async_trait;
 use chrono::Utc;
 
@@ -57,6 +57,26 @@ impl Step<UpRun> for Init {
         let initialized = roles
             .iter()
             .any(|(r, _)| matches!(r, Role::Active | Role::Standby | Role::Sealed));
+        let pending = d.dir.init_pending_file();
+        if let Ok(sent_at) = std::fs::read_to_string(&pending) {
+            if initialized && !store.has_init() {
+                bail!(
+                    "an earlier `provision up` asked the cluster to initialise ({}) and was \
+                     stopped before it saved the init output: the cluster is initialised but \
+                     its unseal shares and root token are lost, and nothing can unseal it once \
+                     its nodes restart. Take what you need from it now (it serves while it runs); \
+                     then `provision down --env {} --purge` and `provision up` make a new one. \
+                     ({} records this.)",
+                    sent_at.trim(),
+                    d.env.name,
+                    pending.display()
+                );
+            }
+            // Either the output was saved (stopped just after), or `sys/init` never reached a
+            // node (stopped just before): nothing is lost either way.
+            std::fs::remove_file(&pending)
+                .with_context(|| format!("remove {}", pending.display()))?;
+        }
         let applied = if initialized {
             if !store.has_init() {
                 bail!(
@@ -87,6 +107,11 @@ impl Step<UpRun> for Init {
             }
             let init = &d.env.init;
             let auto = d.env.seal.is_auto();
+            crate::state::write_atomic(
+                &pending,
+                format!("sys/init sent to {} at {}\n", d.nodes[0].name, Utc::now()).as_bytes(),
+                0o600,
+            )?;
             let out = cluster
                 .init(0, init.secret_shares, init.secret_threshold, auto)
                 .await?;
@@ -101,6 +126,8 @@ impl Step<UpRun> for Init {
                 created_at: Utc::now(),
                 recovery: auto,
             })?;
+            std::fs::remove_file(&pending)
+                .with_context(|| format!("remove {}", pending.display()))?;
             run.state.cluster.initialized_at = Some(Utc::now());
             run.state.cluster.root_token_revoked = false;
             run.state.save(&d.dir)?;

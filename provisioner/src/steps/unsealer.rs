@@ -127,8 +127,7 @@ impl Step<UpRun> for Unsealer {
                 did.push("started".into());
             }
             ServiceState::Running { .. } if entry.config_sha256 != config => {
-                host.stop(Service::Server, STOP_TIMEOUT).await?;
-                host.start(Service::Server).await?;
+                host.restart(Service::Server, STOP_TIMEOUT).await?;
                 did.push("restarted (its config changed)".into());
             }
             ServiceState::Running { .. } if reload => {

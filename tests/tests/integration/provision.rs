@@ -32,6 +32,7 @@ const SLOT_FIVE: u8 = 14;
 const SLOT_INTERRUPTED: u8 = 15;
 const SLOT_LOCK: u8 = 16;
 const SLOT_BAD_ENV: u8 = 17;
+const SLOT_LOST_INIT: u8 = 18;
 
 fn secs(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
@@ -842,5 +843,45 @@ async fn bad_environment_files_are_refused_before_anything_is_created() -> Resul
         }
     }
     ensure!(failures.is_empty(), "{}", failures.join("\n"));
+    Ok(())
+}
+
+/// `up` stopped between sending `sys/init` and saving its output leaves `init.pending` behind
+/// (simulated here: the output moved away, the marker written as `up` writes it). The next `up`
+/// says the keys are lost and why, and touches nothing; with the output back, `up` goes on and
+/// clears the marker.
+#[tokio::test]
+async fn an_init_whose_output_was_never_saved_is_named_not_guessed_at() -> Result<()> {
+    let mut p = Provisioned::new("lostinit", SLOT_LOST_INIT, EnvSpec::nodes(3))?;
+    p.up_json().await?;
+    let init_file = p.env_dir().join("secrets/init.age");
+    let aside = p.env_dir().join("init.age.aside");
+    let marker = p.env_dir().join("init.pending");
+    fs::rename(&init_file, &aside)?;
+    fs::write(
+        &marker,
+        "sys/init sent to keyhold-1 at 2026-12-04 10:00:00 UTC\n",
+    )?;
+    let pids: Vec<Option<u32>> = (1..=3).map(|n| p.node_pid(n)).collect();
+    let ran = p.run(&["up"]).await?.expect(1)?;
+    ensure!(
+        ran.stderr
+            .contains("stopped before it saved the init output")
+            && ran.stderr.contains("provision down --env")
+            && ran.stderr.contains("2026-12-04 10:00:00"),
+        "up with a pending init and no output: {}",
+        ran.stderr
+    );
+    ensure!(
+        marker.exists() && !init_file.exists(),
+        "up changed the evidence"
+    );
+    ensure!(
+        (1..=3).map(|n| p.node_pid(n)).collect::<Vec<_>>() == pids,
+        "up restarted nodes"
+    );
+    fs::rename(&aside, &init_file)?;
+    p.run(&["up"]).await?.expect(0)?;
+    ensure!(!marker.exists(), "the marker outlived a saved init output");
     Ok(())
 }
