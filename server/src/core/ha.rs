@@ -706,20 +706,6 @@ struct HaBackend {
 }
 
 impl HaBackend {
-    /// A write refused because this node does not lead is a retryable
-    /// `NotLeader`, not an I/O failure.
-    fn classify(e: StorageError) -> StorageError {
-        if crate::raft::is_not_leader(&e) {
-            StorageError::NotLeader(
-                e.to_string()
-                    .trim_start_matches("storage I/O failed: ")
-                    .to_string(),
-            )
-        } else {
-            e
-        }
-    }
-
     async fn writer(&self) -> std::result::Result<Arc<dyn Backend>, StorageError> {
         match self.ha.running().await {
             Some(node) => Ok(node.backend()),
@@ -736,27 +722,15 @@ impl Backend for HaBackend {
         self.ha.store.get(key).await
     }
     async fn put(&self, key: &str, value: Vec<u8>) -> std::result::Result<(), StorageError> {
-        self.writer()
-            .await?
-            .put(key, value)
-            .await
-            .map_err(Self::classify)
+        self.writer().await?.put(key, value).await
     }
     async fn delete(&self, key: &str) -> std::result::Result<(), StorageError> {
-        self.writer()
-            .await?
-            .delete(key)
-            .await
-            .map_err(Self::classify)
+        self.writer().await?.delete(key).await
     }
     async fn list(&self, prefix: &str) -> std::result::Result<Vec<String>, StorageError> {
         self.ha.store.list(prefix).await
     }
     async fn transaction(&self, ops: Vec<TxnOp>) -> std::result::Result<(), StorageError> {
-        self.writer()
-            .await?
-            .transaction(ops)
-            .await
-            .map_err(Self::classify)
+        self.writer().await?.transaction(ops).await
     }
 }

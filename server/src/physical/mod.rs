@@ -26,10 +26,15 @@ pub enum StorageError {
     Integrity { key: String },
     #[error("Vault is sealed")]
     Sealed,
-    /// A write reached a node that is not (or no longer) the Raft leader:
-    /// leadership is changing; the client should retry.
-    #[error("leadership is changing ({0}); retry the request")]
-    NotLeader(String),
+    /// A write reached a node that is not (or no longer) the Raft leader: it
+    /// is a follower, or leadership is moving. Retryable: the write was not
+    /// applied, and the same request succeeds once it reaches the leader.
+    /// `leader` names the leader when this node knows it (`name at api_addr`).
+    #[error(
+        "leadership is changing (this node is not the Raft leader{}); retry the request on the active node",
+        leader.as_ref().map(|l| format!("; the leader is {l}")).unwrap_or_else(|| "; no leader is known yet".into())
+    )]
+    NotLeader { leader: Option<String> },
     #[error("storage key {key:?} is invalid: {reason}")]
     InvalidKey { key: String, reason: &'static str },
     #[error("the value for {key:?} is {size} bytes, over the {limit}-byte limit")]
