@@ -7,7 +7,8 @@
 //! Implementations: [`inmem::InmemBackend`] for `-dev` and tests, and
 //! [`sled_store::SledStore`], the durable store that the Raft state machine
 //! is built on. Every implementation passes the same conformance suite
-//! ([`conformance`]).
+//! ([`conformance`]), and so do the replicated backends built over them
+//! (`raft::RaftBackend`, the HA backend of `core::ha`).
 
 pub mod inmem;
 pub mod sled_store;
