@@ -63,9 +63,8 @@ impl Error {
             Error::TooLarge => 413,
             Error::Sealed | Error::NoActiveNode => 503,
             Error::AuditFailed | Error::Internal(_) => 500,
-            Error::Storage(StorageError::Sealed) | Error::Storage(StorageError::NotLeader(_)) => {
-                503
-            }
+            Error::Storage(StorageError::Sealed)
+            | Error::Storage(StorageError::NotLeader { .. }) => 503,
             Error::Storage(_) => 500,
         }
     }

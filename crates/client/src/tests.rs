@@ -344,3 +344,172 @@ async fn transport_errors_name_the_address() {
     );
     assert!(!text.contains("hvs.secret-token"));
 }
+
+/// A CA, a server certificate for `vault-1.internal` only (no IP SAN, so an address alone
+/// cannot pass), and a client certificate, all as PEM.
+struct Pki {
+    ca: String,
+    server: (String, String),
+    client: (String, String),
+}
+
+fn pki() -> Pki {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![]).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(params, ca_key);
+    let leaf = |name: &str| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    Pki {
+        ca: ca_cert.pem(),
+        server: leaf("vault-1.internal"),
+        client: leaf("client.internal"),
+    }
+}
+
+/// An HTTPS server on 127.0.0.1 that requires a client certificate from `pki`'s CA.
+async fn serve_mtls(pki: &Pki) -> String {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(pki.ca.as_bytes()).unwrap())
+        .unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![CertificateDer::from_pem_slice(pki.server.0.as_bytes()).unwrap()],
+            PrivateKeyDer::from_pem_slice(pki.server.1.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().fallback(|| async { "ok" });
+    let server = axum_server::from_tcp_rustls(
+        listener,
+        axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(config)),
+    )
+    .unwrap();
+    tokio::spawn(async move { server.serve(app.into_make_service()).await });
+    format!("https://127.0.0.1:{}/", addr.port())
+}
+
+/// The PEM-held settings a server's `retry_join` uses: each one matters on a real handshake.
+#[tokio::test]
+async fn pem_tls_settings_on_a_real_handshake() {
+    use crate::tls::{rustls_config_from_pem, PemTls};
+    let (pki, other) = (pki(), pki());
+    let url = serve_mtls(&pki).await;
+    let full = PemTls {
+        ca_cert: Some(pki.ca.as_bytes()),
+        client_cert: Some(pki.client.0.as_bytes()),
+        client_key: Some(pki.client.1.as_bytes()),
+        tls_server_name: Some("vault-1.internal"),
+    };
+    let get = |tls: PemTls<'_>| {
+        let url = url.clone();
+        let config = rustls_config_from_pem(&tls);
+        async move {
+            let http = reqwest::Client::builder()
+                .tls_backend_preconfigured(config?)
+                .build()
+                .unwrap();
+            http.get(&url)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .map_err(|e| ClientError::Config(format!("{e:?}")))
+        }
+    };
+    let cases: &[(&str, PemTls<'_>, bool)] = &[
+        ("everything given", full, true),
+        // The certificate names vault-1.internal, not the address dialled.
+        (
+            "no server name",
+            PemTls {
+                tls_server_name: None,
+                ..full
+            },
+            false,
+        ),
+        (
+            "wrong server name",
+            PemTls {
+                tls_server_name: Some("vault-2.internal"),
+                ..full
+            },
+            false,
+        ),
+        // The server requires a client certificate.
+        (
+            "no client certificate",
+            PemTls {
+                client_cert: None,
+                client_key: None,
+                ..full
+            },
+            false,
+        ),
+        (
+            "another CA",
+            PemTls {
+                ca_cert: Some(other.ca.as_bytes()),
+                ..full
+            },
+            false,
+        ),
+    ];
+    for (what, tls, ok) in cases {
+        let got = get(*tls).await;
+        assert_eq!(got.is_ok(), *ok, "{what}: {got:?}");
+        if *ok {
+            assert_eq!(got.unwrap(), 200, "{what}");
+        }
+    }
+
+    // Settings that cannot work are refused before any connection.
+    for (what, tls) in [
+        (
+            "certificate without its key",
+            PemTls {
+                client_key: None,
+                ..full
+            },
+        ),
+        (
+            "key without its certificate",
+            PemTls {
+                client_cert: None,
+                ..full
+            },
+        ),
+        (
+            "a key that is not PEM",
+            PemTls {
+                client_key: Some(b"not a key"),
+                ..full
+            },
+        ),
+    ] {
+        let err = rustls_config_from_pem(&tls).unwrap_err();
+        assert!(matches!(err, ClientError::Config(_)), "{what}: {err}");
+    }
+    assert!(full.needs_custom());
+    assert!(!PemTls::default().needs_custom());
+}

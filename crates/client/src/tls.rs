@@ -32,54 +32,127 @@ pub(super) fn needs_custom(config: &ClientConfig) -> bool {
 }
 
 pub(super) fn rustls_config(config: &ClientConfig) -> Result<rustls::ClientConfig, ClientError> {
+    let identity =
+        match (&config.client_cert, &config.client_key) {
+            (Some(cert), Some(key)) => {
+                let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+                    ClientError::Config(format!("reading client key {}: {e}", key.display()))
+                })?;
+                Some((read_certs(cert)?, key))
+            }
+            (None, None) => None,
+            _ => return Err(ClientError::Config(
+                "VAULT_CLIENT_CERT and VAULT_CLIENT_KEY (or -client-cert and -client-key) must be \
+             given together"
+                    .into(),
+            )),
+        };
+    let roots = match config.skip_verify {
+        true => None,
+        false => Some(root_store(config.ca_cert.as_ref())?),
+    };
+    build(roots, config.tls_server_name.as_deref(), identity)
+}
+
+/// TLS settings held as PEM text rather than in files: a server's `retry_join` stanza (or the
+/// body of `sys/storage/raft/join`) carries the leader's CA and a client certificate inline.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PemTls<'a> {
+    /// The CA bundle to trust; `None` trusts the system's CAs, as the CLI does.
+    pub ca_cert: Option<&'a [u8]>,
+    /// The client certificate chain to present; given with `client_key` or not at all.
+    pub client_cert: Option<&'a [u8]>,
+    pub client_key: Option<&'a [u8]>,
+    /// The name to check the server's certificate against instead of the address's host.
+    pub tls_server_name: Option<&'a str>,
+}
+
+impl PemTls<'_> {
+    /// True when these settings ask for anything reqwest's default TLS setup (the platform's
+    /// trusted CAs, no client certificate) does not do: then [`rustls_config_from_pem`] is
+    /// needed, exactly as [`crate::Client::new`] decides for its own config.
+    pub fn needs_custom(&self) -> bool {
+        self.ca_cert.is_some()
+            || self.client_cert.is_some()
+            || self.client_key.is_some()
+            || self.tls_server_name.is_some()
+    }
+}
+
+/// The rustls client config for `tls`, built as the CLI builds its own: the CA given, else the
+/// system bundle (`SSL_CERT_FILE`, then the distributions' usual files); the certificate checked
+/// against `tls_server_name` when one is given; the client certificate presented when given.
+pub fn rustls_config_from_pem(tls: &PemTls<'_>) -> Result<rustls::ClientConfig, ClientError> {
+    let identity = match (tls.client_cert, tls.client_key) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_slice_iter(cert)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ClientError::Config(format!("parsing client certificate PEM: {e}")))?;
+            if chain.is_empty() {
+                return Err(ClientError::Config(
+                    "no PEM certificate found in the client certificate".into(),
+                ));
+            }
+            let key = PrivateKeyDer::from_pem_slice(key).map_err(|_| {
+                ClientError::Config("the client key is not a PEM private key".into())
+            })?;
+            Some((chain, key))
+        }
+        (None, None) => None,
+        _ => {
+            return Err(ClientError::Config(
+                "a client certificate and its key must be given together".into(),
+            ))
+        }
+    };
+    let ca = tls.ca_cert.map(|pem| CaCert::Pem(pem.to_vec()));
+    build(
+        Some(root_store(ca.as_ref())?),
+        tls.tls_server_name,
+        identity,
+    )
+}
+
+/// The one place a client rustls config is assembled. `roots: None` is `-tls-skip-verify`.
+fn build(
+    roots: Option<RootCertStore>,
+    server_name: Option<&str>,
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> Result<rustls::ClientConfig, ClientError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| ClientError::Config(format!("TLS setup: {e}")))?;
 
-    let verifier: Arc<dyn ServerCertVerifier> = if config.skip_verify {
-        Arc::new(AcceptAnyCertificate(provider))
-    } else {
-        let roots = root_store(config.ca_cert.as_ref())?;
-        let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
-            .build()
-            .map_err(|e| ClientError::Config(format!("TLS setup: {e}")))?;
-        match &config.tls_server_name {
-            Some(name) => {
-                let name = ServerName::try_from(name.clone()).map_err(|e| {
-                    ClientError::Config(format!("invalid TLS server name {name:?}: {e}"))
-                })?;
-                Arc::new(NameOverride {
-                    inner: webpki,
-                    name,
-                })
+    let verifier: Arc<dyn ServerCertVerifier> = match roots {
+        None => Arc::new(AcceptAnyCertificate(provider)),
+        Some(roots) => {
+            let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| ClientError::Config(format!("TLS setup: {e}")))?;
+            match server_name {
+                Some(name) => {
+                    let name = ServerName::try_from(name.to_string()).map_err(|e| {
+                        ClientError::Config(format!("invalid TLS server name {name:?}: {e}"))
+                    })?;
+                    Arc::new(NameOverride {
+                        inner: webpki,
+                        name,
+                    })
+                }
+                None => webpki,
             }
-            None => webpki,
         }
     };
     let builder = builder
         .dangerous()
         .with_custom_certificate_verifier(verifier);
-
-    let tls =
-        match (&config.client_cert, &config.client_key) {
-            (Some(cert), Some(key)) => {
-                let chain = read_certs(cert)?;
-                let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-                    ClientError::Config(format!("reading client key {}: {e}", key.display()))
-                })?;
-                builder
-                    .with_client_auth_cert(chain, key)
-                    .map_err(|e| ClientError::Config(format!("client certificate: {e}")))?
-            }
-            (None, None) => builder.with_no_client_auth(),
-            _ => return Err(ClientError::Config(
-                "VAULT_CLIENT_CERT and VAULT_CLIENT_KEY (or -client-cert and -client-key) must be \
-                 given together"
-                    .into(),
-            )),
-        };
-    Ok(tls)
+    match identity {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| ClientError::Config(format!("client certificate: {e}"))),
+        None => Ok(builder.with_no_client_auth()),
+    }
 }
 
 fn root_store(ca: Option<&CaCert>) -> Result<RootCertStore, ClientError> {

@@ -648,64 +648,33 @@ impl Ha {
     }
 }
 
-/// An HTTPS client for a join target's API, trusting its CA.
+/// An HTTPS client for a join target's API, with TLS built by the client crate exactly as
+/// the CLI builds it: the leader's CA when given, else the system's trusted CAs; the
+/// certificate checked against `leader_tls_servername` when given (Vault's meaning: a name
+/// among the leader certificate's SANs, whatever address is dialled); the client certificate
+/// presented when given (with its key, or it is an error, as in Vault).
 fn join_client(target: &JoinTarget) -> Result<reqwest::Client> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    match &target.ca_cert_pem {
-        Some(pem) => {
-            for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-                let cert =
-                    cert.map_err(|e| Error::invalid(format!("leader_ca_cert is not PEM: {e}")))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| Error::invalid(format!("leader_ca_cert: {e}")))?;
-            }
-        }
-        None => roots.extend(webpki_roots_fallback()),
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::internal(format!("TLS versions: {e}")))?
-        .with_root_certificates(roots);
-    let config = match (&target.client_cert_pem, &target.client_key_pem) {
-        (Some(cert), Some(key)) => {
-            let chain: Vec<CertificateDer<'static>> =
-                CertificateDer::pem_slice_iter(cert.as_bytes())
-                    .collect::<std::result::Result<_, _>>()
-                    .map_err(|e| Error::invalid(format!("leader_client_cert is not PEM: {e}")))?;
-            let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
-                .map_err(|_| Error::invalid("leader_client_key is not a PEM private key"))?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| Error::invalid(format!("leader client certificate: {e}")))?
-        }
-        _ => builder.with_no_client_auth(),
+    use keyhold_client::tls::{rustls_config_from_pem, PemTls};
+    let tls = PemTls {
+        ca_cert: target.ca_cert_pem.as_deref().map(str::as_bytes),
+        client_cert: target.client_cert_pem.as_deref().map(str::as_bytes),
+        client_key: target.client_key_pem.as_deref().map(|key| key.as_bytes()),
+        tls_server_name: target.tls_server_name.as_deref(),
     };
-    let mut builder = reqwest::Client::builder()
-        .tls_backend_preconfigured(config)
-        .connect_timeout(Duration::from_secs(5));
-    if let Some(name) = &target.tls_server_name {
-        // Reach the address given, but check the certificate for this name.
-        if let Ok(url) = reqwest::Url::parse(&target.leader_api_addr) {
-            if let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) {
-                if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-                    builder = builder.resolve(name, SocketAddr::new(ip, port));
-                }
-            }
-        }
+    let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5));
+    if tls.needs_custom() {
+        let config = rustls_config_from_pem(&tls).map_err(|e| {
+            Error::invalid(format!(
+                "the TLS settings to reach {} (leader_ca_cert, leader_client_cert, \
+                 leader_client_key, leader_tls_servername): {e}",
+                target.leader_api_addr
+            ))
+        })?;
+        builder = builder.tls_backend_preconfigured(config);
     }
     builder
         .build()
         .map_err(|e| Error::internal(format!("build the join client: {e}")))
-}
-
-/// No CA given: trust nothing extra (the system's roots are not loaded into
-/// a preconfigured rustls config); the operator must name the leader's CA.
-fn webpki_roots_fallback() -> Vec<rustls::pki_types::TrustAnchor<'static>> {
-    Vec::new()
 }
 
 /// Reads from the local state machine; writes through Raft.
@@ -714,20 +683,6 @@ struct HaBackend {
 }
 
 impl HaBackend {
-    /// A write refused because this node does not lead is a retryable
-    /// `NotLeader`, not an I/O failure.
-    fn classify(e: StorageError) -> StorageError {
-        if crate::raft::is_not_leader(&e) {
-            StorageError::NotLeader(
-                e.to_string()
-                    .trim_start_matches("storage I/O failed: ")
-                    .to_string(),
-            )
-        } else {
-            e
-        }
-    }
-
     async fn writer(&self) -> std::result::Result<Arc<dyn Backend>, StorageError> {
         match self.ha.running().await {
             Some(node) => Ok(node.backend()),
@@ -744,27 +699,15 @@ impl Backend for HaBackend {
         self.ha.store.get(key).await
     }
     async fn put(&self, key: &str, value: Vec<u8>) -> std::result::Result<(), StorageError> {
-        self.writer()
-            .await?
-            .put(key, value)
-            .await
-            .map_err(Self::classify)
+        self.writer().await?.put(key, value).await
     }
     async fn delete(&self, key: &str) -> std::result::Result<(), StorageError> {
-        self.writer()
-            .await?
-            .delete(key)
-            .await
-            .map_err(Self::classify)
+        self.writer().await?.delete(key).await
     }
     async fn list(&self, prefix: &str) -> std::result::Result<Vec<String>, StorageError> {
         self.ha.store.list(prefix).await
     }
     async fn transaction(&self, ops: Vec<TxnOp>) -> std::result::Result<(), StorageError> {
-        self.writer()
-            .await?
-            .transaction(ops)
-            .await
-            .map_err(Self::classify)
+        self.writer().await?.transaction(ops).await
     }
 }

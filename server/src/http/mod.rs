@@ -679,7 +679,7 @@ fn public_storage_message(err: &crate::physical::StorageError) -> String {
         StorageError::TooLarge { size, limit, .. } => {
             format!("the value is {size} bytes, over the {limit}-byte limit")
         }
-        StorageError::Sealed | StorageError::NotLeader(_) => err.to_string(),
+        StorageError::Sealed | StorageError::NotLeader { .. } => err.to_string(),
     }
 }
 
@@ -751,6 +751,27 @@ mod tests {
         ] {
             let err = decode_path(bad).unwrap_err();
             assert_eq!(err.status(), 400, "{bad}");
+        }
+    }
+
+    /// Vault clients retry a 503; a write that reached a follower (or a
+    /// leader handing over) must answer one, saying what to do.
+    #[test]
+    fn not_leader_is_a_retryable_503() {
+        use crate::physical::StorageError;
+        for leader in [None, Some("node-1 at https://127.0.0.2:8200".to_string())] {
+            let err = Error::Storage(StorageError::NotLeader {
+                leader: leader.clone(),
+            });
+            assert_eq!(
+                error_response(&err).status(),
+                StatusCode::SERVICE_UNAVAILABLE
+            );
+            let message = public_storage_message(&StorageError::NotLeader { leader });
+            assert!(
+                message.starts_with("leadership is changing") && message.contains("retry"),
+                "{message}"
+            );
         }
     }
 }

@@ -7,7 +7,8 @@
 //! Implementations: [`inmem::InmemBackend`] for `-dev` and tests, and
 //! [`sled_store::SledStore`], the durable store that the Raft state machine
 //! is built on. Every implementation passes the same conformance suite
-//! ([`conformance`]).
+//! ([`conformance`]), and so do the replicated backends built over them
+//! (`raft::RaftBackend`, the HA backend of `core::ha`).
 
 pub mod inmem;
 pub mod sled_store;
@@ -26,10 +27,15 @@ pub enum StorageError {
     Integrity { key: String },
     #[error("Vault is sealed")]
     Sealed,
-    /// A write reached a node that is not (or no longer) the Raft leader:
-    /// leadership is changing; the client should retry.
-    #[error("leadership is changing ({0}); retry the request")]
-    NotLeader(String),
+    /// A write reached a node that is not (or no longer) the Raft leader: it
+    /// is a follower, or leadership is moving. Retryable: the write was not
+    /// applied, and the same request succeeds once it reaches the leader.
+    /// `leader` names the leader when this node knows it (`name at api_addr`).
+    #[error(
+        "leadership is changing (this node is not the Raft leader{}); retry the request on the active node",
+        leader.as_ref().map(|l| format!("; the leader is {l}")).unwrap_or_else(|| "; no leader is known yet".into())
+    )]
+    NotLeader { leader: Option<String> },
     #[error("storage key {key:?} is invalid: {reason}")]
     InvalidKey { key: String, reason: &'static str },
     #[error("the value for {key:?} is {size} bytes, over the {limit}-byte limit")]

@@ -11,18 +11,6 @@ use super::types::WriteBatch;
 use super::Shared;
 use crate::physical::{Backend, StorageError, TxnOp};
 
-/// The start of the message of a write refused because this node is not the
-/// leader (`physical::StorageError` has no variant for it yet; see
-/// [`is_not_leader`]).
-pub const NOT_LEADER: &str = "not the Raft leader";
-
-/// True for the error a write gets on a node that is not the leader (or is
-/// handing leadership over): the caller should forward it to
-/// `RaftNode::leader()` or retry there.
-pub fn is_not_leader(e: &StorageError) -> bool {
-    matches!(e, StorageError::Io(msg) if msg.starts_with(NOT_LEADER))
-}
-
 pub struct RaftBackend {
     pub(crate) shared: Arc<Shared>,
 }
@@ -40,18 +28,16 @@ impl RaftBackend {
             return Err(StorageError::TooLarge { key, size, limit });
         }
         if self.shared.transferring() {
-            return Err(StorageError::Io(format!(
-                "{NOT_LEADER}: leadership is being handed to another node; retry there"
-            )));
+            // Leadership is being handed to another node, which is not known yet.
+            return Err(StorageError::NotLeader { leader: None });
         }
         match self.shared.raft.client_write(batch).await {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 let leader = f
                     .leader_node
-                    .map(|n| format!("; the leader is {} at {}", n.name, n.api_addr))
-                    .unwrap_or_else(|| "; no leader is known yet".into());
-                Err(StorageError::Io(format!("{NOT_LEADER}{leader}")))
+                    .map(|n| format!("{} at {}", n.name, n.api_addr));
+                Err(StorageError::NotLeader { leader })
             }
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
                 Err(StorageError::Io(format!("raft write failed: {e}")))

@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
 
-pub use backend::{is_not_leader, RaftBackend, NOT_LEADER};
+pub use backend::RaftBackend;
 
 /// Where a snapshot being restored is staged, chunk by chunk, through Raft.
 pub const RESTORE_STAGING_PREFIX: &str = "core/raft/restore/";
@@ -443,9 +443,8 @@ impl RaftNode {
     /// The `physical::Backend` for the barrier: reads from this node's
     /// state machine (on a follower they can lag the leader by the
     /// replication delay), writes through Raft. On a node that is not the
-    /// leader a write fails with `StorageError::Io` starting with
-    /// [`NOT_LEADER`] ([`is_not_leader`]); route writes with
-    /// [`RaftNode::is_leader`] / [`RaftNode::leader`] first.
+    /// leader a write fails with [`StorageError::NotLeader`]; route writes
+    /// with [`RaftNode::is_leader`] / [`RaftNode::leader`] first.
     pub fn backend(&self) -> Arc<dyn Backend> {
         Arc::new(RaftBackend {
             shared: self.shared.clone(),
