@@ -164,6 +164,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             max_request_size: listener.max_request_size,
             max_request_duration: listener.max_request_duration,
             unauthenticated_metrics_access: listener.telemetry.unauthenticated_metrics_access,
+            join_needs_client_cert: !listener.tls_disable
+                && !listener.tls_disable_client_certs
+                && listener.tls_client_ca_file.is_some(),
             json_limits: JsonLimits {
                 max_depth: usize::try_from(listener.max_json_depth).unwrap_or(usize::MAX),
                 max_string_value_length: usize::try_from(listener.max_json_string_value_length)

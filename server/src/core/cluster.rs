@@ -235,9 +235,7 @@ impl Core {
     ) -> Result<ChallengeResponse> {
         let ha = self.ha_or_invalid()?;
         self.unsealed()?;
-        let seal_config = self.seal.config().await?.ok_or(Error::NotInitialized)?;
-        ha.issue_challenge(&self.barrier, server_id, seal_config, source)
-            .await
+        ha.issue_challenge(&self.seal, server_id, source).await
     }
 
     /// `sys/storage/raft/bootstrap/answer` (on the active node).

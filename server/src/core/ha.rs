@@ -9,10 +9,13 @@
 //! - Reads come from the local state machine; writes go through Raft and are
 //!   acknowledged once committed on a quorum and applied here ([`HaBackend`]).
 //! - Joining (`retry_join`, `sys/storage/raft/join`): the joiner fetches a
-//!   challenge from the active node — a nonce sealed under the cluster's
-//!   keyring, plus the ciphertexts needed to open that keyring. Only an
-//!   operator holding the unseal shares can open it; the answer admits the
-//!   node as a non-voter, and autopilot promotes it once it has caught up.
+//!   challenge from the active node: a nonce sealed by the cluster's seal
+//!   (`seal::join`) and the seal config, nothing else. It opens the nonce with
+//!   the unseal key its operators rebuild from the shares, or with its own auto
+//!   seal, and answers; only then does the active node admit it as a non-voter
+//!   and hand it the ciphertexts of the keyring and wrapped root key (which the
+//!   same key opens) and the cluster TLS keyring sealed under that keyring.
+//!   Autopilot promotes it once it has caught up.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -33,19 +36,23 @@ use crate::raft::{ClusterNode, ClusterTls, RaftNode, RaftNodeConfig, RaftStatus}
 pub const CLUSTER_TLS_KEY: &str = "core/cluster/tls";
 /// Barrier path of the autopilot configuration.
 pub const AUTOPILOT_KEY: &str = "core/raft/autopilot";
-/// The "path" a join challenge is sealed at (never stored).
-const CHALLENGE_PATH: &str = "core/raft/challenge";
 /// The "path" the cluster TLS keyring is sealed at for a joiner (never stored).
 const TLS_TRANSFER_PATH: &str = "core/raft/tls-transfer";
-/// Physical entries a joiner needs to open the cluster's keyring with its shares.
+/// Physical entries a joiner needs to open the cluster's keyring with its shares: handed over
+/// only in the answer to a correct join answer.
 pub const KEY_MATERIAL: &[&str] = &[
     "core/seal-config",
     "core/hsm/barrier-unseal-keys",
     "core/keyring",
     "core/root-key",
 ];
-/// How long an issued challenge may be answered.
-const CHALLENGE_TTL: Duration = Duration::from_secs(600);
+/// How long an issued challenge may be answered. Short, and the same for every seal: an auto
+/// seal's joiner answers within seconds, and a Shamir joiner, whose operator may take far longer
+/// to bring the shares, asks for a fresh challenge when it is unsealed (see
+/// [`Ha::complete_join`]), so the operator's time never counts against it.
+const CHALLENGE_TTL: Duration = Duration::from_secs(120);
+/// A joiner's challenge older than this is fetched again before it is answered.
+const CHALLENGE_REFRESH: Duration = Duration::from_secs(90);
 /// Join challenges kept at once (one per joining node name and source address); when full,
 /// the oldest is dropped, so no caller can fill the table and keep a real joiner out.
 const MAX_OUTSTANDING_CHALLENGES: usize = 64;
@@ -87,14 +94,12 @@ pub struct JoinTarget {
     pub non_voter: bool,
 }
 
-/// The active node's answer to a join challenge request.
+/// The active node's answer to a join challenge request: Vault's two fields, nothing more.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChallengeResponse {
-    /// Nonce sealed under the cluster keyring (base64).
+    /// A nonce sealed by the cluster's seal (base64; see `seal::join`).
     pub challenge: String,
-    /// Raw physical values of [`KEY_MATERIAL`] (base64), all ciphertext or
-    /// public configuration.
-    pub key_material: HashMap<String, String>,
+    /// How many shares to collect, or which auto seal opens the challenge.
     pub seal_config: crate::seal::SealConfig,
 }
 
@@ -104,6 +109,9 @@ pub struct AnswerResponse {
     /// The cluster TLS keyring sealed under the cluster keyring (base64).
     pub tls: String,
     pub peers: Vec<ClusterNode>,
+    /// Raw physical values of [`KEY_MATERIAL`] (base64): the seal config and ciphertexts that
+    /// only the key the joiner just proved it holds opens.
+    pub key_material: HashMap<String, String>,
 }
 
 /// What opens the cluster's key material on a joining node.
@@ -118,6 +126,8 @@ pub enum Unlock<'a> {
 pub struct PendingJoin {
     pub target: JoinTarget,
     pub challenge: ChallengeResponse,
+    /// When the challenge was fetched: past [`CHALLENGE_REFRESH`] it is fetched again.
+    pub fetched: Instant,
 }
 
 /// A client request relayed from a standby to the active node.
@@ -142,6 +152,9 @@ pub struct ForwardedResponse {
 
 struct IssuedChallenge {
     nonce: Zeroizing<Vec<u8>>,
+    /// What was sent: asking again under the same name from the same address gets it back
+    /// without another call to the seal (a KMS or transit request under an auto seal).
+    sealed: String,
     issued: Instant,
 }
 
@@ -383,57 +396,69 @@ impl Ha {
     /// Issues a challenge for `server_id` (on the active node).
     pub async fn issue_challenge(
         &self,
-        barrier: &crate::barrier::Barrier,
+        seal: &crate::seal::Seal,
         server_id: &str,
-        seal_config: crate::seal::SealConfig,
         source: std::net::IpAddr,
     ) -> Result<ChallengeResponse> {
         use rand::RngCore;
         if server_id.is_empty() {
             return Err(Error::invalid("server_id is required"));
         }
-        let mut nonce = Zeroizing::new(vec![0u8; 32]);
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let sealed = barrier.seal_value(CHALLENGE_PATH, &nonce)?;
-        let mut key_material = HashMap::new();
-        for key in KEY_MATERIAL {
-            if let Some(value) = self.store.get(key).await? {
-                key_material.insert(key.to_string(), b64().encode(value));
-            }
-        }
+        let seal_config = seal.config().await?.ok_or(Error::NotInitialized)?;
         let key = (server_id.to_string(), source);
-        let mut challenges = self.challenges.lock().expect("challenges lock");
-        challenges.retain(|_, c| c.issued.elapsed() < CHALLENGE_TTL);
-        // The endpoint needs no token: bound what strangers can make it keep. One source gets
-        // a few slots; when the table is full the oldest challenge goes, so junk requests
-        // cannot hold every slot while a real joiner is refused.
-        if !challenges.contains_key(&key) {
+        // The endpoint needs no token: bound what strangers can make it keep or compute. One
+        // source gets a few slots, checked before the seal is asked for anything; when the
+        // table is full the oldest challenge goes, so junk requests cannot hold every slot
+        // while a real joiner is refused.
+        let admit_new = |challenges: &mut HashMap<ChallengeKey, IssuedChallenge>| {
+            challenges.retain(|_, c| c.issued.elapsed() < CHALLENGE_TTL);
+            if let Some(c) = challenges.get(&key) {
+                return Ok(Some(c.sealed.clone()));
+            }
             let from_source = challenges.keys().filter(|(_, ip)| *ip == source).count();
             if from_source >= MAX_CHALLENGES_PER_SOURCE {
                 return Err(Error::invalid(format!(
                     "too many join challenges outstanding from {source}; answer one or wait"
                 )));
             }
-            if challenges.len() >= MAX_OUTSTANDING_CHALLENGES {
-                let oldest = challenges
-                    .iter()
-                    .min_by_key(|(_, c)| c.issued)
-                    .map(|(k, _)| k.clone());
-                if let Some(oldest) = oldest {
-                    challenges.remove(&oldest);
-                }
+            Ok(None)
+        };
+        if let Some(sealed) = admit_new(&mut self.challenges.lock().expect("challenges lock"))? {
+            return Ok(ChallengeResponse {
+                challenge: sealed,
+                seal_config,
+            });
+        }
+        let mut nonce = Zeroizing::new(vec![0u8; 32]);
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let sealed = b64().encode(seal.seal_challenge(&nonce).await?);
+        let mut challenges = self.challenges.lock().expect("challenges lock");
+        // Checked again: other requests from the same source may have been sealing meanwhile.
+        if let Some(earlier) = admit_new(&mut challenges)? {
+            return Ok(ChallengeResponse {
+                challenge: earlier,
+                seal_config,
+            });
+        }
+        if challenges.len() >= MAX_OUTSTANDING_CHALLENGES {
+            let oldest = challenges
+                .iter()
+                .min_by_key(|(_, c)| c.issued)
+                .map(|(k, _)| k.clone());
+            if let Some(oldest) = oldest {
+                challenges.remove(&oldest);
             }
         }
         challenges.insert(
             key,
             IssuedChallenge {
                 nonce,
+                sealed: sealed.clone(),
                 issued: Instant::now(),
             },
         );
         Ok(ChallengeResponse {
-            challenge: b64().encode(sealed),
-            key_material,
+            challenge: sealed,
             seal_config,
         })
     }
@@ -486,9 +511,16 @@ impl Ha {
         let tls_json =
             Zeroizing::new(serde_json::to_vec(tls).map_err(|e| Error::internal(e.to_string()))?);
         let sealed = barrier.seal_value(TLS_TRANSFER_PATH, &tls_json)?;
+        let mut key_material = HashMap::new();
+        for key in KEY_MATERIAL {
+            if let Some(value) = self.store.get(key).await? {
+                key_material.insert(key.to_string(), b64().encode(value));
+            }
+        }
         Ok(AnswerResponse {
             tls: b64().encode(sealed),
             peers: node.membership().into_iter().map(|(n, _)| n).collect(),
+            key_material,
         })
     }
 
@@ -514,12 +546,22 @@ impl Ha {
 
     /// Asks `target` for a challenge and keeps it until this node is unsealed.
     pub async fn request_challenge(&self, target: &JoinTarget) -> Result<()> {
-        let challenge: ChallengeResponse = join_client(target)?
+        let challenge = Self::fetch_challenge(&self.settings.node_name, target).await?;
+        *self.pending.lock().expect("pending lock") = Some(PendingJoin {
+            target: target.clone(),
+            challenge,
+            fetched: Instant::now(),
+        });
+        Ok(())
+    }
+
+    async fn fetch_challenge(node_name: &str, target: &JoinTarget) -> Result<ChallengeResponse> {
+        join_client(target)?
             .post(format!(
                 "{}/v1/sys/storage/raft/bootstrap/challenge",
                 target.leader_api_addr.trim_end_matches('/')
             ))
-            .json(&serde_json::json!({ "server_id": self.settings.node_name }))
+            .json(&serde_json::json!({ "server_id": node_name }))
             .timeout(Duration::from_secs(10))
             .send()
             .await
@@ -543,90 +585,112 @@ impl Ha {
                     "decode the join challenge from {}: {e}",
                     target.leader_api_addr
                 ))
-            })?;
-        *self.pending.lock().expect("pending lock") = Some(PendingJoin {
-            target: target.clone(),
-            challenge,
-        });
-        Ok(())
+            })
     }
 
     /// Finishes a pending join with the cluster's unseal key or this node's
-    /// auto-unseal seal: opens the challenge, answers it, receives the cluster
-    /// TLS keyring, starts Raft and waits until the keyring has been
-    /// replicated here.
+    /// auto-unseal seal: opens the challenge, answers it, receives the key
+    /// material and the cluster TLS keyring, starts Raft and waits until the
+    /// keyring has been replicated here.
     pub async fn complete_join(
         &self,
         seal: &crate::seal::Seal,
         unlock: Unlock<'_>,
         routes: axum::Router,
     ) -> Result<crate::barrier::RootKey> {
-        let (target, challenge) = {
+        let (target, mut challenge, fetched) = {
             let pending = self.pending.lock().expect("pending lock");
             let p = pending
                 .as_ref()
                 .ok_or_else(|| Error::invalid("no join in progress"))?;
-            (p.target.clone(), p.challenge.clone())
+            (p.target.clone(), p.challenge.clone(), p.fetched)
         };
-        // A throw-away barrier over the cluster's key material proves the
-        // shares are this cluster's, and opens the challenge.
+        let unseal_key = match unlock {
+            Unlock::UnsealKey(key) => Some(key),
+            Unlock::Auto => None,
+        };
+        // A Shamir joiner may have waited long for its operators: its challenge has expired, or
+        // the leader has changed since. With the key in hand, ask for a fresh one (once more if
+        // the active node no longer knows the one answered).
+        let mut fresh = fetched.elapsed() >= CHALLENGE_REFRESH;
+        let answer: AnswerResponse = loop {
+            if fresh {
+                challenge = Self::fetch_challenge(&self.settings.node_name, &target).await?;
+            }
+            let sealed = b64()
+                .decode(&challenge.challenge)
+                .map_err(|_| Error::invalid("malformed join challenge"))?;
+            let nonce = seal
+                .open_challenge(&challenge.seal_config, &sealed, unseal_key)
+                .await
+                .map_err(|e| match e {
+                    crate::seal::SealError::InvalidKey => Error::invalid("the key shares do not open this cluster's keys (cipher: message authentication failed); unseal progress was reset, submit this cluster's keys"),
+                    other => other.into(),
+                })?;
+            let response = join_client(&target)?
+                .post(format!(
+                    "{}/v1/sys/storage/raft/bootstrap/answer",
+                    target.leader_api_addr.trim_end_matches('/')
+                ))
+                .json(&serde_json::json!({
+                    "server_id": self.settings.node_name,
+                    "answer": b64().encode(nonce.as_slice()),
+                    "cluster_addr": self.settings.cluster_addr,
+                    "api_addr": self.settings.api_addr,
+                    "non_voter": target.non_voter,
+                }))
+                .timeout(Duration::from_secs(30))
+                .send()
+                .await
+                .map_err(|e| {
+                    Error::invalid(format!(
+                        "answer the join challenge at {}: {e}",
+                        target.leader_api_addr
+                    ))
+                })?;
+            if response.status() == reqwest::StatusCode::BAD_REQUEST && !fresh {
+                fresh = true;
+                continue;
+            }
+            break response
+                .error_for_status()
+                .map_err(|e| {
+                    Error::invalid(format!(
+                        "{} refused the join answer: {e}; unseal again to retry with a new challenge",
+                        target.leader_api_addr
+                    ))
+                })?
+                .json()
+                .await
+                .map_err(|e| Error::invalid(format!("decode the join answer: {e}")))?;
+        };
+        // Proven: the key material arrives now. A throw-away barrier over it yields the root
+        // key (checked by the keyring opening) and opens the cluster TLS keyring.
         let scratch: Arc<dyn Backend> = Arc::new(crate::physical::inmem::InmemBackend::new());
-        for (key, value) in &challenge.key_material {
+        for (key, value) in &answer.key_material {
             let bytes = b64()
                 .decode(value)
-                .map_err(|_| Error::invalid("malformed key material in the join challenge"))?;
+                .map_err(|_| Error::invalid("malformed key material in the join answer"))?;
             scratch.put(key, bytes).await?;
         }
-        let seal = seal.over(scratch.clone());
-        let root = match unlock {
-            Unlock::UnsealKey(key) => seal.recover_root_key(key).await.map_err(|_| {
+        let scratch_seal = seal.over(scratch.clone());
+        let root = match unseal_key {
+            Some(key) => scratch_seal.recover_root_key(key).await.map_err(|_| {
                 Error::invalid("the key shares do not open this cluster's keys (cipher: message authentication failed); unseal progress was reset, submit this cluster's keys")
             })?,
-            Unlock::Auto => {
-                let auto = seal
+            None => {
+                let auto = scratch_seal
                     .auto()
-                    .ok_or_else(|| Error::internal("auto-unseal join without an auto-unseal seal"))?;
-                seal.auto_root_key(auto.as_ref()).await?
+                    .ok_or_else(|| Error::internal("auto-unseal join without an auto-unseal seal"))?
+                    .clone();
+                scratch_seal.auto_root_key(auto.as_ref()).await?
             }
         };
         let barrier = crate::barrier::Barrier::new(scratch);
         barrier.unseal(&root).await?;
-        let sealed = b64()
-            .decode(&challenge.challenge)
-            .map_err(|_| Error::invalid("malformed join challenge"))?;
-        let nonce = barrier.open_value(CHALLENGE_PATH, &sealed)?;
-
-        let answer: AnswerResponse = join_client(&target)?
-            .post(format!(
-                "{}/v1/sys/storage/raft/bootstrap/answer",
-                target.leader_api_addr.trim_end_matches('/')
-            ))
-            .json(&serde_json::json!({
-                "server_id": self.settings.node_name,
-                "answer": b64().encode(nonce.as_slice()),
-                "cluster_addr": self.settings.cluster_addr,
-                "api_addr": self.settings.api_addr,
-                "non_voter": target.non_voter,
-            }))
-            .timeout(Duration::from_secs(30))
-            .send()
-            .await
-            .map_err(|e| {
-                Error::invalid(format!(
-                    "answer the join challenge at {}: {e}",
-                    target.leader_api_addr
-                ))
-            })?
-            .error_for_status()
-            .map_err(|e| {
-                Error::invalid(format!(
-                    "{} refused the join answer: {e}; the node will ask for a new challenge",
-                    target.leader_api_addr
-                ))
-            })?
-            .json()
-            .await
-            .map_err(|e| Error::invalid(format!("decode the join answer: {e}")))?;
+        if let Some(key) = unseal_key {
+            seal.remember_unseal_key(key);
+        }
         let sealed_tls = b64()
             .decode(&answer.tls)
             .map_err(|_| Error::invalid("malformed cluster TLS in the join answer"))?;

@@ -736,6 +736,7 @@ impl Core {
             ha.stop().await;
         }
         self.barrier.seal();
+        self.seal.forget_unseal_key();
         self.unseal_keys.lock().expect("unseal lock").reset();
         metrics::gauge!("vault.core.unsealed").set(0.0);
     }

@@ -15,6 +15,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 
+use super::client_cert::ClientCertAcceptor;
 use super::idle::IdleTimeoutAcceptor;
 use crate::config::{ListenerConfig, TlsVersion};
 
@@ -224,7 +225,9 @@ pub async fn serve_listener(
         let rustls_config = RustlsConfig::from_config(Arc::new(tls_server_config(listener)?));
         let handshake = listener.http_read_header_timeout;
         let mut server = axum_server::from_tcp_rustls(std_listener, rustls_config.clone())?
-            .map(|tls| tls.handshake_timeout(handshake).acceptor(idle))
+            .map(|tls| ClientCertAcceptor {
+                inner: tls.handshake_timeout(handshake).acceptor(idle),
+            })
             .handle(handle.clone());
         limit_headers(server.http_builder());
         (

@@ -2,6 +2,7 @@
 //! envelope (the three response shapes), the one error-to-response mapping,
 //! body limits and request timeouts. TLS listeners live in `listener`.
 
+mod client_cert;
 mod idle;
 mod json_limits;
 mod listener;
@@ -34,6 +35,9 @@ pub struct ListenerSettings {
     pub max_request_duration: Duration,
     pub unauthenticated_metrics_access: bool,
     pub json_limits: JsonLimits,
+    /// The listener has a `tls_client_ca_file`: the join challenge routes then need a client
+    /// certificate it signed, whether or not other routes do.
+    pub join_needs_client_cert: bool,
 }
 
 impl Default for ListenerSettings {
@@ -43,6 +47,7 @@ impl Default for ListenerSettings {
             max_request_duration: Duration::from_secs(90),
             unauthenticated_metrics_access: false,
             json_limits: JsonLimits::default(),
+            join_needs_client_cert: false,
         }
     }
 }
@@ -78,6 +83,7 @@ pub fn router(core: Arc<Core>, settings: ListenerSettings) -> Router {
 async fn entry(
     State(state): State<AppState>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    client_cert: Option<axum::Extension<client_cert::ClientCertificate>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -88,8 +94,12 @@ async fn entry(
     // client gets its answer, and the work still runs to completion instead
     // of being dropped at an arbitrary await point (which could leave a
     // mount or audit table half-changed).
-    let task =
-        tokio::spawn(async move { serve(&state, remote, method, uri, headers, body, false).await });
+    let caller = Caller {
+        remote,
+        client_cert: client_cert.is_some_and(|axum::Extension(c)| c.0),
+        forwarded: false,
+    };
+    let task = tokio::spawn(async move { serve(&state, caller, method, uri, headers, body).await });
     let mut response = match tokio::time::timeout(limit, task).await {
         Ok(Ok(resp)) => resp,
         Ok(Err(join)) => {
@@ -166,15 +176,28 @@ async fn discard_body(body: Body, limit: usize) {
     }
 }
 
+/// Who sent a request, and how it reached this node.
+struct Caller {
+    remote: SocketAddr,
+    /// The TLS peer presented a certificate the listener's client CA signed.
+    client_cert: bool,
+    /// Relayed by a standby over the cluster port (checked on the listener it arrived on).
+    forwarded: bool,
+}
+
 async fn serve(
     state: &AppState,
-    remote: SocketAddr,
+    caller: Caller,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
-    forwarded: bool,
 ) -> HttpResponse {
+    let Caller {
+        remote,
+        client_cert,
+        forwarded,
+    } = caller;
     let Some(raw_path) = uri.path().strip_prefix("/v1/") else {
         return error_response(&Error::UnsupportedPath(
             uri.path().trim_start_matches('/').to_string(),
@@ -186,6 +209,20 @@ async fn serve(
     };
     let query = parse_query(uri.query());
     let token = request_token(&headers);
+
+    // The join handshake needs no token; where the listener names a client CA, the caller must
+    // at least hold a certificate it signed (checked on the listener the request arrived on).
+    if !forwarded
+        && state.settings.join_needs_client_cert
+        && !client_cert
+        && sys_raw::is_join_handshake(&path)
+    {
+        return (
+            StatusCode::FORBIDDEN,
+            axum::Json(json!({"errors": ["this listener has a tls_client_ca_file: the Raft join handshake needs a client certificate signed by it (retry_join leader_client_cert_file and leader_client_key_file)"]})),
+        )
+            .into_response();
+    }
 
     // Without a valid token the request is refused whatever its body says: the body is not
     // parsed, kept or audited, so an unauthenticated flood of large bodies costs nothing.
@@ -464,7 +501,12 @@ async fn forwarded(
             headers.append(name, value);
         }
     }
-    let response = serve(&state, remote, method, uri, headers, Body::from(body), true).await;
+    let caller = Caller {
+        remote,
+        client_cert: false,
+        forwarded: true,
+    };
+    let response = serve(&state, caller, method, uri, headers, Body::from(body)).await;
     let (parts, body) = response.into_parts();
     let bytes = axum::body::to_bytes(body, usize::MAX)
         .await

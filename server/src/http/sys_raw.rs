@@ -199,6 +199,14 @@ pub(super) fn is_raw_path(path: &str) -> bool {
 }
 
 /// Paths a standby answers itself; everything else goes to the active node.
+/// The two routes of the Raft join handshake (answered by the active node, without a token).
+pub(super) fn is_join_handshake(path: &str) -> bool {
+    matches!(
+        path.trim_end_matches('/'),
+        "sys/storage/raft/bootstrap/challenge" | "sys/storage/raft/bootstrap/answer"
+    )
+}
+
 pub(super) fn served_locally(path: &str) -> bool {
     matches!(
         path.trim_end_matches('/'),

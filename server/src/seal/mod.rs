@@ -23,6 +23,7 @@
 
 pub mod auto;
 pub mod awskms;
+mod join;
 mod recovery;
 pub mod shamir;
 pub mod transit;
@@ -292,6 +293,9 @@ impl std::fmt::Debug for SealSetup {
 pub struct Seal {
     physical: Arc<dyn Backend>,
     setup: SealSetup,
+    /// The unseal key this node was last opened with (Shamir), for sealing join challenges
+    /// ([`join`]); `None` while sealed.
+    unseal_key: std::sync::Mutex<Option<Zeroizing<[u8; UNSEAL_KEY_LEN]>>>,
 }
 
 impl std::fmt::Debug for Seal {
@@ -311,7 +315,11 @@ impl Seal {
     }
 
     pub fn with_setup(physical: Arc<dyn Backend>, setup: SealSetup) -> Self {
-        Seal { physical, setup }
+        Seal {
+            physical,
+            setup,
+            unseal_key: std::sync::Mutex::new(None),
+        }
     }
 
     /// The same seals over another store (a joiner's copy of the cluster's
@@ -378,8 +386,15 @@ impl Seal {
         Ok(shares)
     }
 
-    /// Unwraps the root key with a (combined) unseal key.
+    /// Unwraps the root key with a (combined) unseal key, and keeps the key for sealing join
+    /// challenges while the node is unsealed.
     pub async fn recover_root_key(&self, unseal_key: &[u8]) -> Result<RootKey, SealError> {
+        let root = self.unwrap_root_key(unseal_key).await?;
+        self.remember_unseal_key(unseal_key);
+        Ok(root)
+    }
+
+    async fn unwrap_root_key(&self, unseal_key: &[u8]) -> Result<RootKey, SealError> {
         if let Some(config) = self.config().await? {
             if !config.is_shamir() {
                 return Err(SealError::WrongSeal(format!(
@@ -455,6 +470,7 @@ impl Seal {
         let root = RootKey::generate();
         let ops = seal_ops(&prepared.config, &prepared.unseal_key, &root)?;
         barrier.rekey_with(&root, ops).await?;
+        self.remember_unseal_key(&prepared.unseal_key[..]);
         Ok(())
     }
 

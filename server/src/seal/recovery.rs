@@ -287,6 +287,10 @@ impl Seal {
             }
         };
         self.physical.transaction(ops).await?;
+        if self.auto().is_none() {
+            // The recovery key is now the unseal key.
+            self.remember_unseal_key(key);
+        }
         Ok(migration)
     }
 }

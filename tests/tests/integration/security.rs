@@ -2,7 +2,9 @@
 //! finding of the security review (issue 11). Each starts a real server and shows a limit holding:
 //! hostile JSON bodies refused cheaply, slow headers cut off, no mount table without a token,
 //! control characters refused in paths, private data files, no-store and HSTS headers, cipher
-//! suites applied, mismatched certificate and key named by `-check`.
+//! suites applied, mismatched certificate and key named by `-check`, and the Raft join handshake
+//! (a challenge holding only a nonce sealed by the seal, one guess per challenge, junk challenges
+//! that cannot block a real join, the listener's client certificate required).
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -803,6 +805,172 @@ async fn junk_join_challenges_cannot_block_a_real_join() -> Result<()> {
     cluster.join(1, &keys).await?;
     cluster
         .wait_voters(2, "join after a junk challenge flood")
+        .await?;
+    Ok(())
+}
+
+/// A stranger's view of the join handshake: the challenge is Vault's two fields, a nonce sealed
+/// by the seal and the seal config, with no keyring or root key ciphertext; asking again gets
+/// the same challenge; a wrong answer is refused and spends the challenge.
+#[tokio::test]
+async fn join_challenge_holds_only_a_sealed_nonce_and_a_wrong_answer_is_refused() -> Result<()> {
+    use base64::Engine;
+    let cluster = Cluster::single_active(NodeOptions::default()).await?;
+    let node = &cluster.nodes[0];
+    let stranger = keyhold_tests::client_builder(&cluster.pki.ca_pem)?.build()?;
+    let challenge_url = node.api().url("sys/storage/raft/bootstrap/challenge");
+    let answer_url = node.api().url("sys/storage/raft/bootstrap/answer");
+
+    let ask = || async {
+        let r = stranger
+            .put(&challenge_url)
+            .json(&json!({"server_id": "stranger"}))
+            .send()
+            .await?;
+        ensure!(r.status() == 200, "challenge: HTTP {}", r.status());
+        Ok::<_, anyhow::Error>(r.json::<serde_json::Value>().await?)
+    };
+    let first = ask().await?;
+    let mut fields: Vec<&str> = first
+        .as_object()
+        .context("the challenge is a JSON object")?
+        .keys()
+        .map(String::as_str)
+        .collect();
+    fields.sort_unstable();
+    ensure!(
+        fields == ["challenge", "seal_config"],
+        "the challenge must carry only challenge and seal_config: {first}"
+    );
+    ensure!(
+        first["seal_config"]["type"] == json!("shamir")
+            && first["seal_config"]["secret_threshold"] == json!(1),
+        "seal_config: {first}"
+    );
+    let sealed = base64::engine::general_purpose::STANDARD.decode(
+        first["challenge"]
+            .as_str()
+            .context("challenge is a string")?,
+    )?;
+    // term (4) + version (1) + nonce (12) + the 32-byte secret + tag (16): a sealed nonce, no
+    // room for a keyring or a wrapped root key.
+    ensure!(sealed.len() == 65, "sealed nonce of {} bytes", sealed.len());
+    ensure!(ask().await? == first, "asking again changed the challenge");
+
+    let answer = |server_id: &'static str| {
+        let (stranger, url) = (&stranger, &answer_url);
+        async move {
+            let r = stranger
+                .put(url)
+                .json(&json!({
+                    "server_id": server_id,
+                    "answer": base64::engine::general_purpose::STANDARD.encode([7u8; 32]),
+                    "cluster_addr": "127.0.0.1:9",
+                    "api_addr": "https://127.0.0.1:9",
+                }))
+                .send()
+                .await?;
+            let status = r.status().as_u16();
+            Ok::<_, anyhow::Error>((status, r.text().await?))
+        }
+    };
+    let (status, body) = answer("stranger").await?;
+    ensure!(
+        status == 403,
+        "a wrong answer: expected 403, got {status} {body}"
+    );
+    ensure!(
+        !body.contains("tls") && !body.contains("key_material"),
+        "a refused answer leaked something: {body}"
+    );
+    let (status, body) = answer("stranger").await?;
+    ensure!(
+        status == 400,
+        "a second guess at a spent challenge: expected 400, got {status} {body}"
+    );
+    let (status, body) = answer("never-asked").await?;
+    ensure!(
+        status == 400,
+        "an answer with no challenge: expected 400, got {status} {body}"
+    );
+    Ok(())
+}
+
+/// With a `tls_client_ca_file` on the listener (certificates not required elsewhere), the join
+/// handshake needs a client certificate signed by it; a joiner with `leader_client_cert_file`
+/// still forms the cluster through retry_join.
+#[tokio::test]
+async fn join_handshake_needs_the_listeners_client_certificate() -> Result<()> {
+    let mut cluster = Cluster::prepare(2, NodeOptions::default())?;
+    let client = cluster.pki.issue_client("joiner")?;
+    let files = client.write(cluster.dir(), "joiner-client")?;
+    let leader = cluster.nodes[0].api_addr().to_string();
+    let ca_path = cluster.pki.ca_path.clone();
+    for node in &mut cluster.nodes {
+        node.options
+            .extra_listener
+            .push(format!("tls_client_ca_file = \"{}\"", ca_path.display()));
+    }
+    cluster.nodes[1].options.extra_raft.extend([
+        "performance_multiplier = 1".to_string(),
+        "retry_join {".to_string(),
+        format!("  leader_api_addr      = \"{leader}\""),
+        format!("  leader_ca_cert_file  = \"{}\"", ca_path.display()),
+        format!("  leader_client_cert_file = \"{}\"", files.cert.display()),
+        format!("  leader_client_key_file  = \"{}\"", files.key.display()),
+        "}".to_string(),
+    ]);
+    for node in &cluster.nodes {
+        node.write_config()?;
+    }
+    cluster.nodes[0].start().await?;
+    let keys = cluster.init_first(1, 1).await?;
+    cluster
+        .set_autopilot(0, json!({"server_stabilization_time": "1s"}))
+        .await?;
+
+    let url = cluster.nodes[0]
+        .api()
+        .url("sys/storage/raft/bootstrap/challenge");
+    let without = keyhold_tests::client_builder(&cluster.pki.ca_pem)?.build()?;
+    let r = without
+        .put(&url)
+        .json(&json!({"server_id": "stranger"}))
+        .send()
+        .await?;
+    let status = r.status().as_u16();
+    let body = r.text().await?;
+    ensure!(
+        status == 403 && body.contains("client certificate"),
+        "a challenge without a client certificate: expected 403, got {status} {body}"
+    );
+    let health = without
+        .get(cluster.nodes[0].api().url("sys/health"))
+        .send()
+        .await?;
+    ensure!(
+        health.status() == 200,
+        "other routes still answer without a certificate: sys/health {}",
+        health.status()
+    );
+    let with = keyhold_tests::client_builder(&cluster.pki.ca_pem)?
+        .identity(reqwest::Identity::from_pem(&client.identity_pem())?)
+        .build()?;
+    let r = with
+        .put(&url)
+        .json(&json!({"server_id": "stranger"}))
+        .send()
+        .await?;
+    ensure!(
+        r.status() == 200,
+        "a challenge with the client certificate: HTTP {}",
+        r.status()
+    );
+
+    cluster.nodes[1].start().await?;
+    cluster.join(1, &keys).await?;
+    cluster
+        .wait_voters(2, "join with the listener's client certificate")
         .await?;
     Ok(())
 }
