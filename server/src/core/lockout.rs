@@ -38,6 +38,16 @@ impl Default for LockoutPolicy {
     }
 }
 
+/// Whether `VAULT_DISABLE_USER_LOCKOUT` (Vault's switch: any value `strconv.ParseBool` reads
+/// as true) was set when the server started; read once.
+pub fn disabled_by_environment() -> bool {
+    static DISABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DISABLED.get_or_init(|| {
+        std::env::var("VAULT_DISABLE_USER_LOCKOUT")
+            .is_ok_and(|v| matches!(v.trim(), "1" | "t" | "T" | "true" | "TRUE" | "True"))
+    })
+}
+
 /// A mount's `user_lockout_config` tune, as persisted: each field unset means "inherit".
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LockoutTune {

@@ -1007,9 +1007,14 @@ impl Core {
     }
 
     /// Vault's defaults, then the config's `user_lockout "all"`, then the stanza for the
-    /// mount's type, then the mount's own tune.
+    /// mount's type, then the mount's own tune; `VAULT_DISABLE_USER_LOCKOUT` in the server's
+    /// environment turns it off everywhere, as in Vault.
     fn lockout_policy(&self, entry: &mounts::MountEntry) -> lockout::LockoutPolicy {
         let mut policy = lockout::LockoutPolicy::default();
+        if lockout::disabled_by_environment() {
+            policy.disabled = true;
+            return policy;
+        }
         for key in ["all", entry.kind.as_str()] {
             if let Some(tune) = self.config.user_lockout.get(key) {
                 policy = tune.apply(policy);

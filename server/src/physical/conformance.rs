@@ -224,6 +224,7 @@ mod run {
                 max_entry_size: MAX_ENTRY_SIZE,
                 retry_join: Vec::new(),
                 autopilot_reconcile_interval: Duration::from_secs(10),
+                autopilot_update_interval: Duration::from_secs(2),
             }
         }
 

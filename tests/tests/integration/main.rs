@@ -5,6 +5,7 @@
 mod acl;
 mod api_conventions;
 mod bad_input;
+mod ci_job;
 mod cli;
 mod client_admin;
 mod cluster;

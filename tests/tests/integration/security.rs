@@ -974,3 +974,41 @@ async fn join_handshake_needs_the_listeners_client_certificate() -> Result<()> {
         .await?;
     Ok(())
 }
+
+/// Vault's global switch: with `VAULT_DISABLE_USER_LOCKOUT=true` in the server's environment,
+/// no number of wrong passwords locks a user out.
+#[tokio::test]
+async fn the_environment_can_turn_user_lockout_off() -> Result<()> {
+    let mut cluster = Cluster::single_active(NodeOptions {
+        env: vec![("VAULT_DISABLE_USER_LOCKOUT".into(), "true".into())],
+        ..NodeOptions::default()
+    })
+    .await?;
+    let api = cluster.node().api();
+    let anonymous = api.with_token(None);
+    api.put("sys/auth/userpass", json!({"type": "userpass"}))
+        .await?
+        .expect(204, "enable userpass")?;
+    api.put("auth/userpass/users/alice", json!({"password": "right"}))
+        .await?
+        .expect_ok("create alice")?;
+    for i in 1..=7 {
+        let r = anonymous
+            .put(
+                "auth/userpass/login/alice",
+                json!({"password": format!("wrong-{i}")}),
+            )
+            .await?;
+        ensure!(
+            r.status == 400,
+            "wrong password {i}: {} {}",
+            r.status,
+            r.text
+        );
+    }
+    anonymous
+        .put("auth/userpass/login/alice", json!({"password": "right"}))
+        .await?
+        .expect(200, "the right password after 7 failures, lockout off")?;
+    Ok(())
+}
