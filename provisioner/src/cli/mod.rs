@@ -4,6 +4,7 @@
 mod certs;
 mod down;
 mod env;
+mod load;
 mod plan;
 mod render;
 mod snapshot;
@@ -126,6 +127,32 @@ pub enum Command {
         #[command(flatten)]
         identity: IdentityArg,
     },
+    /// Read and write KV v2 secrets as a Vault client does (retrying through leadership changes)
+    /// and check at the end that every acknowledged write is there; exit 1 on any failure or
+    /// lost write.
+    Load {
+        #[command(flatten)]
+        env: EnvArg,
+        /// How long to run (`30s`, `5m`).
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        duration: std::time::Duration,
+        /// Operations started per second.
+        #[arg(long, default_value_t = 50)]
+        rate: u32,
+        /// The share of operations that are writes (0 to 1).
+        #[arg(long, default_value_t = 0.5)]
+        write_ratio: f64,
+        /// How long one operation may retry before it counts as failed.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        op_timeout: std::time::Duration,
+        /// Operations in flight at most.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        identity: IdentityArg,
+    },
     /// Stop every node; --purge also removes data, state, certificates and secrets.
     Down {
         #[command(flatten)]
@@ -204,6 +231,11 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
+/// A duration on the command line, as Vault writes them (`30s`, `5m`, `1h30m`).
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    keyhold_client::go_duration::parse_duration(text)
+}
+
 /// The exit code and message of a failed command.
 pub fn exit_code(failure: &Failure) -> (u8, String) {
     match failure {
@@ -240,6 +272,25 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Env { env, identity } => env::run(env, identity, state_dir).await,
         Command::Unseal { env, identity } => unseal::run(env, identity, state_dir).await,
         Command::Down { env, purge } => down::run(env, purge, state_dir).await,
+        Command::Load {
+            env,
+            duration,
+            rate,
+            write_ratio,
+            op_timeout,
+            concurrency,
+            json,
+            identity,
+        } => {
+            let spec = workflows::load::LoadSpec {
+                duration,
+                rate,
+                write_ratio,
+                op_timeout,
+                concurrency,
+            };
+            load::run(env, spec, json, identity, state_dir).await
+        }
         Command::Snapshot { command } => snapshot::run(command, state_dir).await,
         Command::Certs {
             command: CertsCommand::Show { env, json },

@@ -4,6 +4,7 @@
 
 pub mod down;
 pub mod inspect;
+pub mod load;
 pub mod snapshot;
 pub mod status;
 pub mod unseal;

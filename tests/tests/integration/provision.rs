@@ -33,6 +33,7 @@ const SLOT_INTERRUPTED: u8 = 15;
 const SLOT_LOCK: u8 = 16;
 const SLOT_BAD_ENV: u8 = 17;
 const SLOT_LOST_INIT: u8 = 18;
+const SLOT_LOAD: u8 = 19;
 
 fn secs(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
@@ -883,5 +884,51 @@ async fn an_init_whose_output_was_never_saved_is_named_not_guessed_at() -> Resul
     fs::rename(&aside, &init_file)?;
     p.run(&["up"]).await?.expect(0)?;
     ensure!(!marker.exists(), "the marker outlived a saved init output");
+    Ok(())
+}
+
+/// `provision load` against a provisioned cluster: every operation succeeds and every
+/// acknowledged write reads back, first on a quiet cluster, then while a standby is killed
+/// with SIGKILL (and `up` brings it back) in the middle of the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_finds_every_acknowledged_write_through_a_killed_standby() -> Result<()> {
+    let mut p = Provisioned::new("load", SLOT_LOAD, EnvSpec::nodes(3))?;
+    p.up_json().await?;
+    let ran = p
+        .run(&["load", "--duration", "3s", "--rate", "40", "--json"])
+        .await?
+        .expect(0)?;
+    let quiet = ran.json()?;
+    println!("quiet load: {quiet}");
+    let count = |v: &Value, k: &str| v[k].as_u64().unwrap_or(u64::MAX);
+    ensure!(
+        count(&quiet, "operations") >= 60
+            && count(&quiet, "failures") == 0
+            && count(&quiet, "lost_writes") == 0
+            && count(&quiet, "writes") + count(&quiet, "reads") == count(&quiet, "operations")
+            && count(&quiet, "verified") > 0,
+        "quiet load: {quiet}"
+    );
+    ensure!(
+        quiet["p99_ms"].as_f64() >= quiet["p50_ms"].as_f64(),
+        "percentiles out of order: {quiet}"
+    );
+
+    let roles = p.roles().await?;
+    let standby = (1..=3u8)
+        .find(|n| roles[usize::from(*n) - 1] == "standby")
+        .context("no standby")?;
+    let load = p.spawn(&["load", "--duration", "6s", "--rate", "30", "--json"])?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let killed = p.kill9_node(standby).await?;
+    wait_gone(&[killed], "the killed standby").await?;
+    let ran = load.wait().await?.expect(0)?;
+    let through = ran.json()?;
+    println!("load through a killed standby: {through}");
+    ensure!(
+        count(&through, "failures") == 0 && count(&through, "lost_writes") == 0,
+        "load through a killed standby: {through}"
+    );
+    p.up_json().await?;
     Ok(())
 }

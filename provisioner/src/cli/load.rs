@@ -1,0 +1,64 @@
+//! `provision load`: the workload generator; a table (or JSON) of operations, failures,
+//! latencies, the longest write gap and lost writes; exit 1 unless nothing failed and nothing
+//! was lost.
+
+use super::*;
+
+pub async fn run(
+    env: EnvArg,
+    spec: workflows::load::LoadSpec,
+    json: bool,
+    identity: IdentityArg,
+    state_dir: &Path,
+) -> Result<u8, Failure> {
+    let d = load(&env, state_dir)?;
+    let token = d
+        .admin_token(&identity.identity)
+        .await
+        .context("log in with the environment's admin user")?;
+    if !json {
+        eprintln!(
+            "provision load: {} for {:.0}s at {}/s, {:.0}% writes",
+            d.env.name,
+            spec.duration.as_secs_f64(),
+            spec.rate,
+            spec.write_ratio * 100.0
+        );
+    }
+    let report = workflows::load::run(&d, token, spec).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report).expect("JSON"));
+    } else {
+        let rows = vec![vec![
+            report.operations.to_string(),
+            format!("{}/{}", report.writes, report.reads),
+            report.failures.to_string(),
+            report.retries.to_string(),
+            format!(
+                "{:.1}/{:.1}/{:.1}",
+                report.p50_ms, report.p99_ms, report.max_ms
+            ),
+            format!("{:.0}", report.longest_write_gap_ms),
+            format!("{} ({} verified)", report.lost_writes, report.verified),
+        ]];
+        println!(
+            "{}",
+            output::table(
+                &[
+                    "operations",
+                    "writes/reads",
+                    "failed",
+                    "retried",
+                    "p50/p99/max ms",
+                    "longest write gap ms",
+                    "lost writes",
+                ],
+                rows,
+            )
+        );
+        for e in &report.errors {
+            eprintln!("  {e}");
+        }
+    }
+    Ok(if report.clean() { 0 } else { EXIT_FAILED })
+}
