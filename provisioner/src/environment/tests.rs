@@ -50,6 +50,21 @@ fn shipped_environments_load() {
         "environments must not share addresses"
     );
 
+    // The production shape: five nodes, KMS, two audit devices, S3 snapshots with retention.
+    let prod = load(&shipped("local-production")).unwrap();
+    assert_eq!(prod.nodes, 5);
+    assert!(matches!(prod.seal, crate::environment::Seal::AwsKms(_)));
+    assert_eq!(prod.audit.len(), 2);
+    assert!(prod.init.revoke_root_token);
+    let snapshots = prod.snapshots.as_ref().expect("snapshots");
+    assert_eq!(snapshots.retain, Some(24));
+    assert!(snapshots.s3.as_ref().is_some_and(|s| !s.bucket.is_empty()));
+    let Provider::Local(pp) = &prod.provider;
+    assert_ne!(
+        pp.address_base, p5.address_base,
+        "environments must not share addresses"
+    );
+
     let ci = load(&shipped("ci")).unwrap();
     assert_eq!(ci.nodes, 3);
     assert!(!ci.init.revoke_root_token);
