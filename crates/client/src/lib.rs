@@ -242,7 +242,9 @@ impl Client {
         }
         let mut builder = reqwest::Client::builder()
             .timeout(config.timeout)
-            .redirect(reqwest::redirect::Policy::limited(5));
+            .redirect(reqwest::redirect::Policy::limited(5))
+            // Keeps the server's certificate with each response (`server_certificate`).
+            .tls_info(true);
         if tls::needs_custom(config) {
             builder = builder.tls_backend_preconfigured(tls::rustls_config(config)?);
         }
@@ -255,6 +257,28 @@ impl Client {
             token: config.token.clone(),
             namespace: config.namespace.clone(),
         })
+    }
+
+    /// The DER certificate the server presents, read from `sys/health` (any state answers). A
+    /// new `Client` opens a new connection, so this is the certificate the server serves now,
+    /// not the one an older pooled connection was made with.
+    pub async fn server_certificate(&self) -> Result<Vec<u8>, ClientError> {
+        let url = self.url("sys/health?standbyok=true&sealedcode=200&uninitcode=200");
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| self.transport(Method::Get, &url, e))?;
+        resp.extensions()
+            .get::<reqwest::tls::TlsInfo>()
+            .and_then(|info| info.peer_certificate())
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| ClientError::Decode {
+                method: "GET".into(),
+                url,
+                cause: "the server presented no certificate (plain HTTP?)".into(),
+            })
     }
 
     /// The base address, e.g. `https://127.0.0.1:8200`.

@@ -212,6 +212,14 @@ pub enum CertsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// New node certificates from the environment's CA, node by node (standbys first), each
+    /// reloaded without a restart and checked to present it before the next.
+    Rotate {
+        #[command(flatten)]
+        env: EnvArg,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Why the command stopped, mapped to an exit code in one place.
@@ -295,6 +303,9 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Certs {
             command: CertsCommand::Show { env, json },
         } => certs::run(env, json, state_dir).await,
+        Command::Certs {
+            command: CertsCommand::Rotate { env, json },
+        } => certs::rotate(env, json, state_dir).await,
     }
 }
 

@@ -9,7 +9,7 @@ mod nodes;
 mod raft;
 mod seal;
 mod snapshots;
-mod tls;
+pub mod tls;
 mod unsealer;
 
 use std::collections::{BTreeMap, BTreeSet};

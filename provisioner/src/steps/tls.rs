@@ -8,6 +8,7 @@ use anyhow::Result;
 use async_trait::async_trait;
 
 use super::UpRun;
+use crate::deployment::Deployment;
 use crate::engine::{Applied, Change, Note, Step};
 use crate::pki::{self, Ca};
 use crate::providers::Host;
@@ -15,16 +16,17 @@ use crate::render::{self, Layout, NodeSpec};
 
 pub struct Certificates;
 
-/// Issues `node`'s server and client certificates from `ca` and writes them with their keys.
+/// Issues `node`'s server and client certificates from `ca` and writes them with their keys;
+/// returns the new server certificate (PEM).
 pub async fn issue_node_certs(
-    run: &UpRun,
+    d: &Deployment,
     host: &dyn Host,
     node: &NodeSpec,
     ca: &Ca,
     with_client: bool,
-) -> Result<()> {
-    let (dns, ips) = run.d.wanted_sans(node);
-    let env = &run.d.env;
+) -> Result<String> {
+    let (dns, ips) = d.wanted_sans(node);
+    let env = &d.env;
     let tls = Path::new(Layout::TLS_DIR);
     let cert = ca.issue_server(&node.name, &dns, &ips, env.tls.cert_lifetime)?;
     host.put_file(
@@ -58,7 +60,7 @@ pub async fn issue_node_certs(
         )
         .await?;
     }
-    Ok(())
+    Ok(cert.cert_pem.clone())
 }
 
 /// Whether the host's copy of the CA certificate differs from `ca_pem`.
@@ -114,7 +116,7 @@ impl Step<UpRun> for Certificates {
                 )
                 .await?;
             if let Some(reason) = d.cert_reason(host.as_ref(), node, Some(ca.info())).await? {
-                issue_node_certs(run, host.as_ref(), node, &ca, true).await?;
+                issue_node_certs(&d, host.as_ref(), node, &ca, true).await?;
                 issued.push(format!("{} ({reason})", node.name));
                 changed = true;
             }

@@ -99,7 +99,7 @@ impl Step<UpRun> for Unsealer {
             .cert_reason(host.as_ref(), unsealer, Some(ca.info()))
             .await?
         {
-            issue_node_certs(run, host.as_ref(), unsealer, ca, false).await?;
+            issue_node_certs(&d, host.as_ref(), unsealer, ca, false).await?;
             did.push(format!("issued its certificate ({reason})"));
             reload = true;
         }

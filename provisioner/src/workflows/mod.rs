@@ -2,6 +2,7 @@
 //! same host and cluster operations (`down`, `unseal`, `status`, snapshots), and provider-
 //! neutral: they reach machines only through the environment's provider.
 
+pub mod certs;
 pub mod down;
 pub mod inspect;
 pub mod load;

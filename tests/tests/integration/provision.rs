@@ -34,6 +34,7 @@ const SLOT_LOCK: u8 = 16;
 const SLOT_BAD_ENV: u8 = 17;
 const SLOT_LOST_INIT: u8 = 18;
 const SLOT_LOAD: u8 = 19;
+const SLOT_ROTATE: u8 = 20;
 
 fn secs(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
@@ -930,5 +931,71 @@ async fn load_finds_every_acknowledged_write_through_a_killed_standby() -> Resul
         "load through a killed standby: {through}"
     );
     p.up_json().await?;
+    Ok(())
+}
+
+/// The server certificate fingerprint of each node, from `certs show --json`.
+fn server_fingerprints(shown: &Value) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for cert in shown.as_array().context("certs show --json is a list")? {
+        let what = cert["certificate"].as_str().unwrap_or_default();
+        if let Some(node) = what.strip_suffix(" server") {
+            let fp = cert["info"]["fingerprint_sha256"]
+                .as_str()
+                .context("fingerprint")?;
+            out.insert(node.to_string(), fp.to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// `provision certs rotate` while `provision load` runs: every node presents a new certificate
+/// from the same CA, no operation fails, no acknowledged write is lost, and `plan` then has
+/// nothing to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certs_rotate_under_load_fails_nothing_and_loses_nothing() -> Result<()> {
+    let mut p = Provisioned::new("rotate", SLOT_ROTATE, EnvSpec::nodes(3))?;
+    p.up_json().await?;
+    let before = server_fingerprints(
+        &p.run(&["certs", "show", "--json"])
+            .await?
+            .expect(0)?
+            .json()?,
+    )?;
+    let load = p.spawn(&["load", "--duration", "8s", "--rate", "30", "--json"])?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rotated = p
+        .run(&["certs", "rotate", "--json"])
+        .await?
+        .expect(0)?
+        .json()?;
+    let report = load.wait().await?.expect(0)?.json()?;
+    println!("rotated: {rotated}\nload during the rotation: {report}");
+    ensure!(
+        report["failures"] == json!(0) && report["lost_writes"] == json!(0),
+        "load during the rotation: {report}"
+    );
+    let rotated = rotated.as_array().context("rotate --json is a list")?;
+    ensure!(rotated.len() == 3, "rotated: {rotated:?}");
+    for r in rotated {
+        ensure!(
+            r["old_fingerprint_sha256"] != r["new_fingerprint_sha256"],
+            "a node kept its certificate: {r}"
+        );
+    }
+    let after = server_fingerprints(
+        &p.run(&["certs", "show", "--json"])
+            .await?
+            .expect(0)?
+            .json()?,
+    )?;
+    ensure!(
+        before.len() == 3 && after.len() == 3,
+        "{before:?} {after:?}"
+    );
+    for (node, fp) in &before {
+        ensure!(after.get(node) != Some(fp), "{node} still has {fp}");
+    }
+    p.run(&["plan"]).await?.expect(0)?;
     Ok(())
 }
