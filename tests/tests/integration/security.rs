@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use keyhold_tests::{Cluster, NodeOptions, RawTls, RawTlsOptions};
+use keyhold_tests::{Api, Cluster, NodeOptions, RawTls, RawTlsOptions};
 use reqwest::Method;
 use serde_json::json;
 
@@ -601,13 +601,8 @@ async fn config_check_refuses_bad_tls_and_accepts_vaults_hardening_keys() -> Res
     Ok(())
 }
 
-#[tokio::test]
-async fn failed_logins_lock_the_user_until_unlocked() -> Result<()> {
-    let mut cluster = Cluster::single_active(NodeOptions {
-        extra_top: vec!["user_lockout \"approle\" {\n  lockout_threshold = \"3\"\n}".into()],
-        ..NodeOptions::default()
-    })
-    .await?;
+/// Userpass enabled with the user `alice` (password `right`): a root API and an anonymous one.
+async fn userpass_with_alice(cluster: &mut Cluster) -> Result<(Api, Api)> {
     let api = cluster.node().api();
     let anonymous = api.with_token(None);
     api.put("sys/auth/userpass", json!({"type": "userpass"}))
@@ -616,6 +611,17 @@ async fn failed_logins_lock_the_user_until_unlocked() -> Result<()> {
     api.put("auth/userpass/users/alice", json!({"password": "right"}))
         .await?
         .expect_ok("create alice")?;
+    Ok((api, anonymous))
+}
+
+#[tokio::test]
+async fn failed_logins_lock_the_user_until_unlocked() -> Result<()> {
+    let mut cluster = Cluster::single_active(NodeOptions {
+        extra_top: vec!["user_lockout \"approle\" {\n  lockout_threshold = \"3\"\n}".into()],
+        ..NodeOptions::default()
+    })
+    .await?;
+    let (api, anonymous) = userpass_with_alice(&mut cluster).await?;
 
     // Vault's defaults: five failures lock the user; the sixth attempt is refused even with the
     // right password.
@@ -984,14 +990,7 @@ async fn the_environment_can_turn_user_lockout_off() -> Result<()> {
         ..NodeOptions::default()
     })
     .await?;
-    let api = cluster.node().api();
-    let anonymous = api.with_token(None);
-    api.put("sys/auth/userpass", json!({"type": "userpass"}))
-        .await?
-        .expect(204, "enable userpass")?;
-    api.put("auth/userpass/users/alice", json!({"password": "right"}))
-        .await?
-        .expect_ok("create alice")?;
+    let (_, anonymous) = userpass_with_alice(&mut cluster).await?;
     for i in 1..=7 {
         let r = anonymous
             .put(
