@@ -73,6 +73,22 @@ impl Client {
             .map(drop)
     }
 
+    /// `LIST sys/policies/acl`: the names of the ACL policies (`root` is never listed).
+    pub async fn policies(&self) -> Result<Vec<String>, ClientError> {
+        Ok(self
+            .list("sys/policies/acl")
+            .await?
+            .and_then(|s| s.data)
+            .and_then(|d| {
+                d.get("keys")?.as_array().map(|keys| {
+                    keys.iter()
+                        .filter_map(|k| k.as_str().map(str::to_owned))
+                        .collect()
+                })
+            })
+            .unwrap_or_default())
+    }
+
     async fn table(&self, path: &str) -> Result<MountTable, ClientError> {
         let data = self
             .read(path)

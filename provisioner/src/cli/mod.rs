@@ -188,6 +188,20 @@ pub enum SnapshotCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A restore drill: restore a snapshot offline into a throw-away one-node cluster, unseal
+    /// it with what the environment has, check it serves what the snapshot holds, tear it
+    /// down; the result shows in `provision status`. Exit 1 when the snapshot fails.
+    Verify {
+        #[command(flatten)]
+        env: EnvArg,
+        /// `latest`, or `s3://BUCKET/KEY`.
+        #[arg(long, default_value = "latest")]
+        from: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        identity: IdentityArg,
+    },
     /// Download a snapshot (refused unless its checksum matches) and force-restore it on the
     /// active node, then wait until the cluster serves again.
     Restore {

@@ -37,6 +37,36 @@ pub async fn run(command: SnapshotCommand, state_dir: &Path) -> Result<u8, Failu
                 println!("{}", output::table(&["key", "size", "time"], rows));
             }
         }
+        SnapshotCommand::Verify {
+            env,
+            from,
+            json,
+            identity,
+        } => {
+            let d = load(&env, state_dir)?;
+            let _lock = d
+                .dir
+                .lock("provision snapshot verify")
+                .map_err(anyhow::Error::from)?;
+            let report = crate::workflows::drill::verify(&d, &from, &identity.identity).await?;
+            if json {
+                print_json(&report);
+            } else if report.ok {
+                println!(
+                    "Verified {} (raft index {}, {} keys): {} ({:.1}s)",
+                    report.snapshot,
+                    report.raft_index,
+                    report.keys,
+                    report.detail,
+                    report.restore_seconds
+                );
+            } else {
+                println!("FAILED {}: {}", report.snapshot, report.detail);
+            }
+            if !report.ok {
+                return Ok(EXIT_FAILED);
+            }
+        }
         SnapshotCommand::Restore {
             env,
             from,

@@ -19,6 +19,26 @@ pub async fn run(env: EnvArg, json: bool, state_dir: &Path) -> Result<u8, Failur
                 " (estimated; autopilot not readable)"
             }
         );
+        if let Some(drill) = &status.last_drill {
+            let age = |t: chrono::DateTime<chrono::Utc>| {
+                let h = (chrono::Utc::now() - t).num_minutes() as f64 / 60.0;
+                format!("{h:.1}h")
+            };
+            println!(
+                "Last restore drill: {} {} ago, {} (snapshot age then: {}): {}",
+                if drill.ok { "passed" } else { "FAILED" },
+                age(drill.verified_at),
+                drill.snapshot,
+                drill
+                    .snapshot_time
+                    .map(|t| format!(
+                        "{:.1}h",
+                        (drill.verified_at - t).num_minutes() as f64 / 60.0
+                    ))
+                    .unwrap_or_else(|| "unknown".into()),
+                drill.detail
+            );
+        }
     }
     let all_up = status.nodes.iter().chain(status.unsealer.iter()).all(|n| {
         matches!(

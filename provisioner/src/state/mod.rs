@@ -252,7 +252,7 @@ pub struct NodeState {
 }
 
 /// What was done to the cluster as a whole through its API.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ClusterState {
     /// When `operator init` ran; its output is in the secrets directory.
@@ -263,6 +263,8 @@ pub struct ClusterState {
     pub configured_fingerprint: Option<String>,
     /// When `provision up` last finished.
     pub last_up: Option<DateTime<Utc>>,
+    /// The last restore drill (`provision snapshot verify`).
+    pub last_drill: Option<crate::workflows::drill::DrillReport>,
 }
 
 impl State {
@@ -507,6 +509,7 @@ mod tests {
             root_token_revoked: true,
             configured_fingerprint: Some(fingerprint(b"environment")),
             last_up: Some(at("2026-11-22T07:53:00Z")),
+            last_drill: None,
         };
         state
     }

@@ -4,6 +4,7 @@
 
 pub mod certs;
 pub mod down;
+pub mod drill;
 pub mod inspect;
 pub mod load;
 pub mod snapshot;

@@ -35,6 +35,8 @@ pub struct StatusReport {
     pub autopilot: bool,
     /// The transit unsealer, if the environment has one.
     pub unsealer: Option<NodeStatus>,
+    /// The last restore drill (`provision snapshot verify`), if one ran.
+    pub last_drill: Option<crate::workflows::drill::DrillReport>,
 }
 
 /// `provision status`: every node's role, version, Raft index and last contact.
@@ -105,5 +107,9 @@ pub async fn status(d: &Deployment) -> Result<StatusReport> {
         failure_tolerance,
         autopilot: autopilot.is_some(),
         unsealer,
+        last_drill: crate::state::State::load(&d.dir)
+            .ok()
+            .flatten()
+            .and_then(|s| s.cluster.last_drill),
     })
 }

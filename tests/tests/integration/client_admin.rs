@@ -37,6 +37,12 @@ async fn typed_admin_calls_configure_a_real_server() -> Result<()> {
         "policy read back: {read:?}"
     );
 
+    let policies = root.policies().await?;
+    ensure!(
+        policies.contains(&"apps".to_string()) && policies.contains(&"default".to_string()),
+        "policies: {policies:?}"
+    );
+
     let kv_options = BTreeMap::from([("version".to_string(), "2".to_string())]);
     root.mount("kv", "kv", &kv_options).await?;
     let mounts = root.mounts().await?;

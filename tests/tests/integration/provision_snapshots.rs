@@ -17,6 +17,7 @@ use keyhold_tests::provision::{loopback_base, step, wait_gone, EnvSpec, Provisio
 use serde_json::json;
 
 const SLOT_SNAPSHOTS: u8 = 23;
+const SLOT_DRILL: u8 = 24;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn provision_snapshot_save_list_restore_and_a_corrupted_object_is_refused() -> Result<()> {
@@ -229,5 +230,100 @@ async fn provision_snapshot_save_list_restore_and_a_corrupted_object_is_refused(
 
     p.run(&["down", "--purge"]).await?.expect(0)?;
     wait_gone(&pids, "the snapshot agents after down").await?;
+    Ok(())
+}
+
+/// A restore drill (`provision snapshot verify`): the saved snapshot is restored offline into a
+/// throw-away one-node cluster, unsealed with the environment's shares, checked and torn down,
+/// and `status` shows the result; the same object overwritten with garbage fails its drill with
+/// a clear message, and the failure is what `status` then shows. The environment's own cluster
+/// is untouched throughout.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_drill_passes_a_good_snapshot_and_fails_a_corrupted_one() -> Result<()> {
+    let base = loopback_base(SLOT_DRILL, 3)?;
+    let [_, a, b, _] = base.octets();
+    let moto = Moto::start(std::net::Ipv4Addr::new(127, a, b, 200)).await?;
+    let bucket = format!("keyhold-drill-{}", std::process::id());
+    let mut hcl = keyhold_tests::provision::environment_hcl(
+        &EnvSpec::nodes(3),
+        base,
+        &keyhold_tests::node::keyhold_bin()?,
+    );
+    hcl.push_str(&format!(
+        "\nsnapshots {{\n  schedule = \"every 1h\"\n  retain   = 5\n  s3 {{\n    bucket   = \"{bucket}\"\n    region   = \"us-east-1\"\n    endpoint = \"{}\"\n  }}\n}}\n",
+        moto.direct_endpoint()
+    ));
+    let mut p = Provisioned::with_text("drill", 3, base, &hcl)?;
+    for (k, v) in AWS_ENV {
+        p.set_env(k, v);
+    }
+    p.up_json().await?;
+    let saved = p
+        .run(&["snapshot", "save", "--json"])
+        .await?
+        .expect(0)?
+        .json()?;
+    let key = saved["key"].as_str().context("saved key")?.to_string();
+    let drill = p
+        .run(&["snapshot", "verify", "--from", "latest", "--json"])
+        .await?
+        .expect(0)?
+        .json()?;
+    println!("drill: {drill}");
+    ensure!(
+        drill["ok"] == json!(true)
+            && drill["policies"].as_u64().unwrap_or(0) >= 3
+            && drill["snapshot"]
+                .as_str()
+                .is_some_and(|s| s.ends_with(&key)),
+        "drill: {drill}"
+    );
+    ensure!(
+        !p.env_dir().join("drill").exists(),
+        "the drill left its cluster behind"
+    );
+    let status = p.run(&["status"]).await?.expect(0)?;
+    ensure!(
+        status.stdout.contains("Last restore drill: passed"),
+        "status after the drill:\n{}",
+        status.stdout
+    );
+
+    let s3 = moto.s3().await;
+    let head = s3.head_object().bucket(&bucket).key(&key).send().await?;
+    s3.put_object()
+        .bucket(&bucket)
+        .key(&key)
+        .set_metadata(head.metadata().cloned())
+        .body(ByteStream::from(vec![0x5a; 4096]))
+        .send()
+        .await
+        .context("overwrite the snapshot with garbage")?;
+    let failed = p
+        .run(&[
+            "snapshot",
+            "verify",
+            "--from",
+            &format!("s3://{bucket}/{key}"),
+        ])
+        .await?;
+    println!("corrupted drill: {}", failed.stdout.trim());
+    ensure!(
+        failed.code == Some(1)
+            && failed.stdout.contains("FAILED")
+            && failed.stdout.contains("fails its drill"),
+        "corrupted drill: {failed:?}"
+    );
+    ensure!(
+        !p.env_dir().join("drill").exists(),
+        "the failed drill left files behind"
+    );
+    let status = p.run(&["status"]).await?.expect(0)?;
+    ensure!(
+        status.stdout.contains("Last restore drill: FAILED"),
+        "status after the failed drill:\n{}",
+        status.stdout
+    );
+    p.run(&["down", "--purge"]).await?.expect(0)?;
     Ok(())
 }

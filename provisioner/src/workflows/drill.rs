@@ -1,0 +1,337 @@
+//! `provision snapshot verify`: a restore drill. A snapshot from the environment's bucket is
+//! downloaded (refused unless its checksum matches), restored offline into a throw-away one-node
+//! cluster on this machine (its own loopback address, directory and certificate from the
+//! environment's CA, the environment's seal), unsealed with what the environment has (its
+//! encrypted init output, or the KMS/transit key), checked (the admin login works, every
+//! policy in the snapshot is served, the environment's engines and auth methods are mounted),
+//! and torn down, whatever happened. The result and the snapshot's age are kept in the state
+//! file and shown by `provision status`, so a broken backup is found before it is needed.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use chrono::{DateTime, Utc};
+use keyhold_client::snapshot::{self, InspectOptions};
+use keyhold_snapshot::DEFAULT_NAME_PREFIX;
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::{Cluster, Endpoint};
+use crate::deployment::{
+    Deployment, AUTO_UNSEAL_TIMEOUT, FORM_TIMEOUT, START_TIMEOUT, STOP_TIMEOUT, UNSEALER_TOKEN_KEY,
+};
+use crate::environment::{Provider, Seal};
+use crate::pki::Ca;
+use crate::providers::local::LocalProvider;
+use crate::providers::{Host, Provider as _, Service};
+use crate::render::{self, Layout, NodeSpec, Renderer};
+use crate::state::State;
+use crate::steps::tls::issue_node_certs;
+use crate::workflows::snapshot::{env_s3, parse_from, s3_store};
+
+/// The drill node's name (its Raft node id and certificate SAN).
+const DRILL: &str = "drill";
+
+/// What a drill found, kept in `state.json` (`cluster.last_drill`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrillReport {
+    pub snapshot: String,
+    /// When the snapshot was taken (from its object name), if known.
+    pub snapshot_time: Option<DateTime<Utc>>,
+    pub verified_at: DateTime<Utc>,
+    pub ok: bool,
+    /// Policies in the snapshot, and served by the restored node.
+    pub policies: usize,
+    pub keys: u64,
+    pub raft_index: u64,
+    /// From the download to a serving restored node.
+    pub restore_seconds: f64,
+    pub detail: String,
+}
+
+/// A free loopback address for the drill node, beside the environment's own range.
+fn drill_address(d: &Deployment) -> Result<IpAddr> {
+    let Provider::Local(local) = &d.env.provider;
+    let [a, b, c, _] = local.address_base.octets();
+    for last in 240..=250u8 {
+        let ip = Ipv4Addr::new(a, b, c, last);
+        let free = [d.env.listener.api_port, d.env.listener.cluster_port]
+            .iter()
+            .all(|port| {
+                std::net::TcpListener::bind(SocketAddr::new(IpAddr::V4(ip), *port)).is_ok()
+            });
+        if free {
+            return Ok(IpAddr::V4(ip));
+        }
+    }
+    bail!("no free loopback address for a restore drill in {a}.{b}.{c}.240-250")
+}
+
+/// Runs a drill on the snapshot `from` names and records its result, passed or failed, in the
+/// state file. An error only when the drill could not run at all (no bucket configured).
+pub async fn verify(
+    d: &Deployment,
+    from: &str,
+    identity: &[std::path::PathBuf],
+) -> Result<DrillReport> {
+    env_s3(d)?;
+    let started = Instant::now();
+    let report = match run_drill(d, from, identity).await {
+        Ok(report) => report,
+        Err(e) => DrillReport {
+            snapshot: from.to_string(),
+            snapshot_time: None,
+            verified_at: Utc::now(),
+            ok: false,
+            policies: 0,
+            keys: 0,
+            raft_index: 0,
+            restore_seconds: started.elapsed().as_secs_f64(),
+            detail: format!("{e:#}"),
+        },
+    };
+    if let Some(mut state) = State::load(&d.dir)? {
+        state.cluster.last_drill = Some(report.clone());
+        state.save(&d.dir)?;
+    }
+    Ok(report)
+}
+
+async fn run_drill(
+    d: &Deployment,
+    from: &str,
+    identity: &[std::path::PathBuf],
+) -> Result<DrillReport> {
+    let s3 = env_s3(d)?;
+    let which = parse_from(from, s3)?;
+    let store = s3_store(s3).await;
+    let root = d.dir.root().join(DRILL);
+    if root.exists() {
+        std::fs::remove_dir_all(&root).with_context(|| format!("remove {}", root.display()))?;
+    }
+    crate::state::create_private_dir(&root)?;
+    let started = Instant::now();
+    let downloaded = match store
+        .download(DEFAULT_NAME_PREFIX, &which, &root.join("drill.snap"))
+        .await
+    {
+        Ok(downloaded) => downloaded,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&root);
+            bail!("the snapshot fails its drill: {e}");
+        }
+    };
+    let url = store.url(&downloaded.key);
+    let snapshot_time = keyhold_snapshot::naming::parse_object_key(
+        &downloaded.key,
+        &s3.prefix,
+        DEFAULT_NAME_PREFIX,
+    );
+    let archive = std::fs::read(&downloaded.path)
+        .with_context(|| format!("read {}", downloaded.path.display()))?;
+    let info = match snapshot::inspect(&archive[..], &InspectOptions::default()) {
+        Ok(info) => info,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&root);
+            bail!("{url} fails its drill: {e}");
+        }
+    };
+    // Every stored policy by name (whole keys under `sys/policy/`).
+    let stored_policies: Vec<String> = match snapshot::inspect(
+        &archive[..],
+        &InspectOptions {
+            details: true,
+            depth: 0,
+            filter: "sys/policy/".into(),
+        },
+    ) {
+        Ok(by_key) => by_key
+            .stats
+            .iter()
+            .filter_map(|s| s.name.strip_prefix("sys/policy/").map(str::to_owned))
+            .collect(),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&root);
+            bail!("{url} fails its drill: {e}");
+        }
+    };
+
+    // The drill node: the environment's seal, one node, no snapshot agent.
+    let mut env = d.env.clone();
+    env.nodes = 1;
+    env.snapshots = None;
+    env.unsealer = None;
+    let address = drill_address(d)?;
+    let url_of = |port| format!("https://{}", SocketAddr::new(address, port));
+    let binary = d.binary.clone();
+    let node = NodeSpec {
+        name: DRILL.to_string(),
+        index: 1,
+        address,
+        api_addr: url_of(env.listener.api_port),
+        cluster_addr: url_of(env.listener.cluster_port),
+        peers: Vec::new(),
+        layout: Layout::local(root.join("node"), binary.clone()),
+    };
+    let Provider::Local(settings) = &d.env.provider;
+    let provider = LocalProvider::new(settings, root.clone(), binary, None);
+    let host = provider.host(&node);
+    let result = drill(
+        d,
+        &env,
+        &node,
+        host.as_ref(),
+        &downloaded.path,
+        &stored_policies,
+        identity,
+    )
+    .await;
+    // Torn down whatever happened.
+    let _ = host.stop(Service::Server, STOP_TIMEOUT).await;
+    let _ = std::fs::remove_dir_all(&root);
+    let (served_policies, detail, ok) = match result {
+        Ok(served) => (
+            served,
+            format!(
+                "restored and served: the admin login, all {served} stored policies, the \
+                 environment's engines and auth methods"
+            ),
+            true,
+        ),
+        Err(e) => (0, format!("{e:#}"), false),
+    };
+    Ok(DrillReport {
+        snapshot: url,
+        snapshot_time,
+        verified_at: Utc::now(),
+        ok,
+        policies: served_policies,
+        keys: info.total_count,
+        raft_index: info.meta.index,
+        restore_seconds: started.elapsed().as_secs_f64(),
+        detail,
+    })
+}
+
+/// Restores, starts, unseals and checks the drill node; the number of stored policies it serves.
+async fn drill(
+    d: &Deployment,
+    env: &crate::environment::Environment,
+    node: &NodeSpec,
+    host: &dyn Host,
+    archive: &Path,
+    stored_policies: &[String],
+    identity: &[std::path::PathBuf],
+) -> Result<usize> {
+    let (ca, _) = Ca::ensure(&d.dir.tls_dir(), &d.env.name, d.env.tls.ca_lifetime)?;
+    host.ensure_dir(Path::new(Layout::TLS_DIR), 0o700, None)
+        .await?;
+    host.put_file(
+        &Path::new(Layout::TLS_DIR).join(render::CA_CERT),
+        ca.cert_pem().as_bytes(),
+        0o644,
+        None,
+    )
+    .await?;
+    issue_node_certs(d, host, node, &ca, false).await?;
+    host.ensure_dir(Path::new(Layout::DATA_DIR), 0o700, None)
+        .await?;
+    host.ensure_dir(Path::new(Layout::LOG_DIR), 0o750, None)
+        .await?;
+    let transit_token = match &d.env.seal {
+        Seal::Transit(_) if d.unsealer.is_some() => {
+            let identities = d.identities(identity)?;
+            d.unsealer_store()?
+                .load_credentials(&identities)?
+                .remove(UNSEALER_TOKEN_KEY)
+        }
+        _ => None,
+    };
+    if let Some(content) = d.node_environment_file(transit_token.as_deref()) {
+        host.put_file(Path::new(Layout::ENV_FILE), content.as_bytes(), 0o600, None)
+            .await?;
+    }
+    let mut config = None;
+    for file in Renderer::new()?.render_node(env, node)? {
+        host.put_file(&file.path, file.content.as_bytes(), file.mode, None)
+            .await?;
+        if file.path == Path::new(Layout::SERVER_CONFIG) {
+            config = Some(node.layout.root.join(&file.path));
+        }
+    }
+    let config = config.context("no server config was rendered for the drill node")?;
+    let binary = d.binary.display().to_string();
+    let restore = host
+        .run(
+            &[
+                &binary,
+                "operator",
+                "raft",
+                "snapshot",
+                "restore",
+                "-offline",
+                &format!("-config={}", config.display()),
+                &archive.display().to_string(),
+            ],
+            Duration::from_secs(120),
+        )
+        .await?;
+    if !restore.success() {
+        bail!(
+            "the offline restore failed: {}",
+            String::from_utf8_lossy(&restore.stderr).trim()
+        );
+    }
+    host.start(Service::Server).await?;
+    let ca_pem = std::fs::read(d.ca_file())?;
+    let cluster = Cluster::new(
+        vec![Endpoint {
+            name: node.name.clone(),
+            api_addr: node.api_addr.clone(),
+        }],
+        ca_pem,
+    );
+    cluster.wait_responding(0, START_TIMEOUT).await?;
+    if d.env.seal.is_auto() {
+        cluster.wait_auto_unsealed(0, AUTO_UNSEAL_TIMEOUT).await?;
+    } else {
+        let init = d
+            .init_secrets(identity)
+            .context("open the environment's init output to unseal the restored node")?;
+        cluster.unseal(0, &init.unseal_keys_b64).await?;
+    }
+    cluster.wait_active(FORM_TIMEOUT).await?;
+    cluster.wait_serving(0, FORM_TIMEOUT).await?;
+    // The environment's admin login, as the snapshot knows it.
+    let identities = d.identities(identity)?;
+    let (store, _) = d.secret_store()?;
+    let credentials = store.load_credentials(&identities)?;
+    let token = d
+        .admin_login(&cluster, &credentials)
+        .await
+        .context("log in as the environment's admin on the restored node")?;
+    let client = cluster.client(0, Some(&token))?;
+    let mounts = client.mounts().await.context("read sys/mounts")?;
+    for engine in &d.env.secrets {
+        if !mounts.contains_key(&format!("{}/", engine.path)) {
+            bail!("the restored node has no {}/ engine", engine.path);
+        }
+    }
+    let methods = client.auth_methods().await.context("read sys/auth")?;
+    for method in &d.env.auth {
+        if !methods.contains_key(&format!("{}/", method.path())) {
+            bail!("the restored node has no auth/{}/ method", method.path());
+        }
+    }
+    for name in stored_policies {
+        let served = client
+            .read(&format!("sys/policies/acl/{name}"))
+            .await
+            .with_context(|| format!("read the policy {name}"))?;
+        if served.is_none() {
+            bail!("the snapshot holds the policy {name}; the restored node does not serve it");
+        }
+    }
+    Ok(stored_policies.len())
+}
