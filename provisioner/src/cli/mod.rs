@@ -3,6 +3,7 @@
 
 mod certs;
 mod down;
+mod dr;
 mod env;
 mod load;
 mod plan;
@@ -165,6 +166,11 @@ pub enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// Disaster recovery from the environment's S3 snapshots.
+    Dr {
+        #[command(subcommand)]
+        command: DrCommand,
+    },
     /// Raft snapshots in the environment's S3 bucket (`snapshots { s3 { ... } }`).
     Snapshot {
         #[command(subcommand)]
@@ -205,6 +211,23 @@ pub enum SnapshotCommand {
     /// Download a snapshot (refused unless its checksum matches) and force-restore it on the
     /// active node, then wait until the cluster serves again.
     Restore {
+        #[command(flatten)]
+        env: EnvArg,
+        /// `latest`, or `s3://BUCKET/KEY`.
+        #[arg(long, default_value = "latest")]
+        from: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        identity: IdentityArg,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum DrCommand {
+    /// Rebuild the cluster after every node was lost: the snapshot must pass a restore drill
+    /// first; old data is moved aside, never deleted; reports RTO and RPO.
+    Rebuild {
         #[command(flatten)]
         env: EnvArg,
         /// `latest`, or `s3://BUCKET/KEY`.
@@ -314,6 +337,15 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
             load::run(env, spec, json, identity, state_dir).await
         }
         Command::Snapshot { command } => snapshot::run(command, state_dir).await,
+        Command::Dr {
+            command:
+                DrCommand::Rebuild {
+                    env,
+                    from,
+                    json,
+                    identity,
+                },
+        } => dr::rebuild(env, &from, json, identity, state_dir).await,
         Command::Certs {
             command: CertsCommand::Show { env, json },
         } => certs::run(env, json, state_dir).await,

@@ -98,7 +98,7 @@ pub async fn verify(
     Ok(report)
 }
 
-async fn run_drill(
+pub async fn run_drill(
     d: &Deployment,
     from: &str,
     identity: &[std::path::PathBuf],

@@ -4,6 +4,7 @@
 
 pub mod certs;
 pub mod down;
+pub mod dr;
 pub mod drill;
 pub mod inspect;
 pub mod load;

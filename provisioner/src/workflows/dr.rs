@@ -1,0 +1,225 @@
+//! `provision dr rebuild`: the environment's cluster rebuilt from an S3 snapshot after every
+//! node was lost, with no init-then-restore dance. Before anything is touched the snapshot must
+//! pass a restore drill (it downloads whole, and it unseals with what the environment has: its
+//! encrypted shares, or its KMS/transit key); then every node is stopped, whatever data it had
+//! is moved aside (never deleted), the snapshot is restored offline into the first node, which
+//! is started and unsealed, and the others join it through `retry_join` and are unsealed. The
+//! rebuilt cluster is checked (every node a voter, the admin login of the snapshot) and the time
+//! from the start to serving (RTO) and the snapshot's age (RPO) are reported.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use chrono::Utc;
+use keyhold_snapshot::DEFAULT_NAME_PREFIX;
+use serde::Serialize;
+
+use crate::deployment::{
+    Deployment, AUTO_UNSEAL_TIMEOUT, FORM_TIMEOUT, START_TIMEOUT, STOP_TIMEOUT,
+};
+use crate::engine::{Outcome, Progress};
+use crate::providers::Service;
+use crate::render::Layout;
+use crate::state::State;
+use crate::workflows::drill::run_drill;
+use crate::workflows::snapshot::{env_s3, parse_from, s3_store};
+
+/// What `dr rebuild` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrReport {
+    pub snapshot: String,
+    pub raft_index: u64,
+    /// From the start of the rebuild until the cluster served with every node a voter.
+    pub rto_seconds: f64,
+    /// How old the snapshot was when the rebuild started (what was lost at most).
+    pub rpo_seconds: Option<f64>,
+    /// Where each node's previous data went (kept, never deleted).
+    pub moved_aside: Vec<PathBuf>,
+}
+
+pub async fn rebuild(
+    d: &Deployment,
+    from: &str,
+    identity: &[PathBuf],
+    progress: &mut Progress,
+) -> Result<DrReport> {
+    let started = Instant::now();
+    let s3 = env_s3(d)?;
+
+    let step = progress.start("verify the snapshot");
+    let drill = run_drill(d, from, identity).await?;
+    if !drill.ok {
+        progress.finish(step, Outcome::Failed, drill.detail.clone());
+        bail!(
+            "refusing to rebuild from {}: {}; nothing was changed",
+            drill.snapshot,
+            drill.detail
+        );
+    }
+    progress.finish(
+        step,
+        Outcome::Ok,
+        format!("{}: {}", drill.snapshot, drill.detail),
+    );
+    let rpo_seconds = drill
+        .snapshot_time
+        .map(|t| (Utc::now() - t).num_milliseconds() as f64 / 1000.0);
+
+    let step = progress.start("stop nodes");
+    for node in &d.nodes {
+        let host = d.host(node);
+        if d.env.snapshots.as_ref().is_some_and(|s| s.s3.is_some()) {
+            host.stop(Service::SnapshotAgent, STOP_TIMEOUT).await?;
+        }
+        host.stop(Service::Server, STOP_TIMEOUT).await?;
+    }
+    progress.finish(step, Outcome::Changed, format!("{} stopped", d.nodes.len()));
+
+    let step = progress.start("move old data aside");
+    let stamp = Utc::now().format("%Y%m%dT%H%M%SZ");
+    let aside = format!("{}.lost-{stamp}", Layout::DATA_DIR);
+    let mut moved = Vec::new();
+    for node in &d.nodes {
+        let host = d.host(node);
+        let out = host
+            .run(&["mv", Layout::DATA_DIR, &aside], Duration::from_secs(60))
+            .await?;
+        if out.success() {
+            moved.push(node.layout.root.join(&aside));
+        }
+        host.ensure_dir(Path::new(Layout::DATA_DIR), 0o700, None)
+            .await?;
+    }
+    progress.finish(
+        step,
+        Outcome::Changed,
+        format!("{} data directories kept aside", moved.len()),
+    );
+
+    let step = progress.start("restore offline");
+    // The object the drill verified, by its exact key (`latest` may have moved on).
+    let which = parse_from(&drill.snapshot, s3)?;
+    let store = s3_store(s3).await;
+    let file = d.dir.root().join("dr.snap");
+    let downloaded = store
+        .download(DEFAULT_NAME_PREFIX, &which, &file)
+        .await
+        .map_err(|e| anyhow::anyhow!("download {}: {e}", drill.snapshot))?;
+    let first = &d.nodes[0];
+    let config = first.layout.root.join(Layout::SERVER_CONFIG);
+    let binary = d.binary.display().to_string();
+    let out = d
+        .host(first)
+        .run(
+            &[
+                &binary,
+                "operator",
+                "raft",
+                "snapshot",
+                "restore",
+                "-offline",
+                &format!("-config={}", config.display()),
+                &downloaded.path.display().to_string(),
+            ],
+            Duration::from_secs(300),
+        )
+        .await?;
+    let archive = std::fs::read(&downloaded.path);
+    let _ = std::fs::remove_file(&downloaded.path);
+    let archive = archive.with_context(|| format!("read {}", downloaded.path.display()))?;
+    if !out.success() {
+        bail!(
+            "the offline restore into {} failed: {}",
+            first.name,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    progress.finish(step, Outcome::Changed, format!("into {}", first.name));
+
+    let step = progress.start("start and unseal");
+    let cluster = d.cluster()?;
+    // The shares (unseal or recovery keys) from the encrypted init output: they unseal a
+    // Shamir node and authorise the root token the replication step needs.
+    let init = d
+        .init_secrets(identity)
+        .context("open the environment's init output for the rebuild")?;
+    let unseal = |i: usize| {
+        let cluster = &cluster;
+        let keys = &init.unseal_keys_b64;
+        async move {
+            if d.env.seal.is_auto() {
+                cluster.wait_auto_unsealed(i, AUTO_UNSEAL_TIMEOUT).await
+            } else {
+                cluster.unseal(i, keys).await
+            }
+        }
+    };
+    let first_host = d.host(first);
+    first_host.start(Service::Server).await?;
+    cluster.wait_responding(0, START_TIMEOUT).await?;
+    unseal(0).await?;
+    cluster.wait_active(FORM_TIMEOUT).await?;
+    // Data restored offline sits in the first node's store, not in its Raft log, so nodes that
+    // join would never receive it. The same archive restored through Raft puts it in the log
+    // (keys unchanged, so the node stays unsealed); a root token for it from the shares.
+    let root = cluster
+        .generate_root(&init.unseal_keys_b64)
+        .await
+        .context("generate a root token from the shares to replicate the restored data")?;
+    cluster
+        .client(0, Some(&root))?
+        .raft_snapshot_restore(archive, true)
+        .await
+        .context("replicate the restored data through Raft")?;
+    cluster.wait_active(FORM_TIMEOUT).await?;
+    cluster.wait_serving(0, FORM_TIMEOUT).await?;
+    for (i, node) in d.nodes.iter().enumerate().skip(1) {
+        d.host(node).start(Service::Server).await?;
+        cluster.wait_responding(i, START_TIMEOUT).await?;
+        if !d.env.seal.is_auto() {
+            // A node with no data joins the restored one and gets its challenge first.
+            cluster.wait_initialized(i, FORM_TIMEOUT).await?;
+        }
+        unseal(i).await?;
+    }
+    let identities = d.identities(identity)?;
+    let (secret_store, _) = d.secret_store()?;
+    let credentials = secret_store.load_credentials(&identities)?;
+    let token = d
+        .admin_login(&cluster, &credentials)
+        .await
+        .context("log in as the environment's admin on the rebuilt cluster")?;
+    cluster.wait_voters(&token, FORM_TIMEOUT).await?;
+    let rto_seconds = started.elapsed().as_secs_f64();
+    progress.finish(
+        step,
+        Outcome::Changed,
+        format!(
+            "{} voters, serving {:.1}s after the start",
+            d.nodes.len(),
+            rto_seconds
+        ),
+    );
+    if d.env.snapshots.as_ref().is_some_and(|s| s.s3.is_some()) {
+        for node in &d.nodes {
+            d.host(node).start(Service::SnapshotAgent).await?;
+        }
+    }
+    if let Some(mut state) = State::load(&d.dir)? {
+        for node in &d.nodes {
+            let record = d.provider.record(node).await?;
+            let entry = state.nodes.entry(node.name.clone()).or_default();
+            entry.provider = Some(record);
+            entry.started_at = Some(Utc::now());
+        }
+        state.save(&d.dir)?;
+    }
+    Ok(DrReport {
+        snapshot: drill.snapshot,
+        raft_index: drill.raft_index,
+        rto_seconds,
+        rpo_seconds,
+        moved_aside: moved,
+    })
+}
