@@ -329,11 +329,16 @@ impl Deployment {
 
     /// An admin token for `provision env` and `status`.
     pub async fn admin_token(&self, identity: &[PathBuf]) -> Result<String> {
+        self.admin_token_on(&self.cluster()?, identity).await
+    }
+
+    /// A token of the environment's admin login on `cluster` (this environment's, or a cluster
+    /// restored from its snapshot), with the password from the encrypted credentials.
+    pub async fn admin_token_on(&self, cluster: &Cluster, identity: &[PathBuf]) -> Result<String> {
         let identities = self.identities(identity)?;
         let (store, _) = self.secret_store()?;
         let creds = store.load_credentials(&identities)?;
-        let cluster = self.cluster()?;
-        self.admin_login(&cluster, &creds).await
+        self.admin_login(cluster, &creds).await
     }
 
     /// A root token for one operation that needs more than the admin policy allows (a

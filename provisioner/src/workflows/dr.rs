@@ -22,7 +22,7 @@ use crate::engine::{Outcome, Progress};
 use crate::providers::Service;
 use crate::render::Layout;
 use crate::state::State;
-use crate::workflows::drill::run_drill;
+use crate::workflows::drill::{restore_offline, run_drill};
 use crate::workflows::snapshot::{env_s3, parse_from, s3_store};
 
 /// What `dr rebuild` reports.
@@ -108,33 +108,19 @@ pub async fn rebuild(
         .map_err(|e| anyhow::anyhow!("download {}: {e}", drill.snapshot))?;
     let first = &d.nodes[0];
     let config = first.layout.root.join(Layout::SERVER_CONFIG);
-    let binary = d.binary.display().to_string();
-    let out = d
-        .host(first)
-        .run(
-            &[
-                &binary,
-                "operator",
-                "raft",
-                "snapshot",
-                "restore",
-                "-offline",
-                &format!("-config={}", config.display()),
-                &downloaded.path.display().to_string(),
-            ],
-            Duration::from_secs(300),
-        )
-        .await?;
+    let restored = restore_offline(
+        d,
+        d.host(first).as_ref(),
+        first,
+        &config,
+        &downloaded.path,
+        Duration::from_secs(300),
+    )
+    .await;
     let archive = std::fs::read(&downloaded.path);
     let _ = std::fs::remove_file(&downloaded.path);
+    restored?;
     let archive = archive.with_context(|| format!("read {}", downloaded.path.display()))?;
-    if !out.success() {
-        bail!(
-            "the offline restore into {} failed: {}",
-            first.name,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
     progress.finish(step, Outcome::Changed, format!("into {}", first.name));
 
     let step = progress.start("start and unseal");
@@ -183,11 +169,8 @@ pub async fn rebuild(
         }
         unseal(i).await?;
     }
-    let identities = d.identities(identity)?;
-    let (secret_store, _) = d.secret_store()?;
-    let credentials = secret_store.load_credentials(&identities)?;
     let token = d
-        .admin_login(&cluster, &credentials)
+        .admin_token_on(&cluster, identity)
         .await
         .context("log in as the environment's admin on the rebuilt cluster")?;
     cluster.wait_voters(&token, FORM_TIMEOUT).await?;

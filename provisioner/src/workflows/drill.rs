@@ -261,28 +261,7 @@ async fn drill(
         }
     }
     let config = config.context("no server config was rendered for the drill node")?;
-    let binary = d.binary.display().to_string();
-    let restore = host
-        .run(
-            &[
-                &binary,
-                "operator",
-                "raft",
-                "snapshot",
-                "restore",
-                "-offline",
-                &format!("-config={}", config.display()),
-                &archive.display().to_string(),
-            ],
-            Duration::from_secs(120),
-        )
-        .await?;
-    if !restore.success() {
-        bail!(
-            "the offline restore failed: {}",
-            String::from_utf8_lossy(&restore.stderr).trim()
-        );
-    }
+    restore_offline(d, host, node, &config, archive, Duration::from_secs(120)).await?;
     host.start(Service::Server).await?;
     let ca_pem = std::fs::read(d.ca_file())?;
     let cluster = Cluster::new(
@@ -304,11 +283,8 @@ async fn drill(
     cluster.wait_active(FORM_TIMEOUT).await?;
     cluster.wait_serving(0, FORM_TIMEOUT).await?;
     // The environment's admin login, as the snapshot knows it.
-    let identities = d.identities(identity)?;
-    let (store, _) = d.secret_store()?;
-    let credentials = store.load_credentials(&identities)?;
     let token = d
-        .admin_login(&cluster, &credentials)
+        .admin_token_on(&cluster, identity)
         .await
         .context("log in as the environment's admin on the restored node")?;
     let client = cluster.client(0, Some(&token))?;
@@ -334,4 +310,40 @@ async fn drill(
         }
     }
     Ok(stored_policies.len())
+}
+
+/// `keyhold operator raft snapshot restore -offline` on `node`'s host: seeds its empty data
+/// directory (named by its server `config`) from `archive`, bounded by `timeout`.
+pub async fn restore_offline(
+    d: &Deployment,
+    host: &dyn Host,
+    node: &NodeSpec,
+    config: &Path,
+    archive: &Path,
+    timeout: Duration,
+) -> Result<()> {
+    let binary = d.binary.display().to_string();
+    let out = host
+        .run(
+            &[
+                &binary,
+                "operator",
+                "raft",
+                "snapshot",
+                "restore",
+                "-offline",
+                &format!("-config={}", config.display()),
+                &archive.display().to_string(),
+            ],
+            timeout,
+        )
+        .await?;
+    if !out.success() {
+        bail!(
+            "the offline restore into {} failed: {}",
+            node.name,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }

@@ -20,26 +20,38 @@ const SLOT_SNAPSHOTS: u8 = 23;
 const SLOT_DRILL: u8 = 24;
 const SLOT_DR: u8 = 25;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn provision_snapshot_save_list_restore_and_a_corrupted_object_is_refused() -> Result<()> {
-    let base = loopback_base(SLOT_SNAPSHOTS, 3)?;
+/// A 3-node test environment named `name` on its own loopback range (`slot`) whose snapshots go
+/// to a fresh bucket on a moto started for the test; `settings` are the `snapshots` block's
+/// lines before its `s3` block. `provision` reaches moto directly: it runs as a blocking child.
+async fn with_bucket(name: &str, slot: u8, settings: &str) -> Result<(Moto, String, Provisioned)> {
+    let base = loopback_base(slot, 3)?;
     let [_, a, b, _] = base.octets();
-    // Straight to moto: `provision` runs as a blocking child.
     let moto = Moto::start(std::net::Ipv4Addr::new(127, a, b, 200)).await?;
-    let bucket = format!("keyhold-snaps-{}", std::process::id());
+    let bucket = format!("keyhold-{name}-{}", std::process::id());
     let mut hcl = keyhold_tests::provision::environment_hcl(
         &EnvSpec::nodes(3),
         base,
         &keyhold_tests::node::keyhold_bin()?,
     );
     hcl.push_str(&format!(
-        "\nsnapshots {{\n  schedule = \"every 2s\"\n  retain   = 2\n  retain_for = \"1h\"\n  s3 {{\n    bucket   = \"{bucket}\"\n    region   = \"us-east-1\"\n    endpoint = \"{}\"\n  }}\n}}\n",
+        "\nsnapshots {{\n{settings}  s3 {{\n    bucket   = \"{bucket}\"\n    region   = \"us-east-1\"\n    endpoint = \"{}\"\n  }}\n}}\n",
         moto.direct_endpoint()
     ));
-    let mut p = Provisioned::with_text("snaps", 3, base, &hcl)?;
+    let mut p = Provisioned::with_text(name, 3, base, &hcl)?;
     for (k, v) in AWS_ENV {
         p.set_env(k, v);
     }
+    Ok((moto, bucket, p))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn provision_snapshot_save_list_restore_and_a_corrupted_object_is_refused() -> Result<()> {
+    let (moto, bucket, mut p) = with_bucket(
+        "snaps",
+        SLOT_SNAPSHOTS,
+        "  schedule = \"every 2s\"\n  retain   = 2\n  retain_for = \"1h\"\n",
+    )
+    .await?;
 
     let (up, took) = p.up_json().await?;
     println!("up with snapshots: {:.1}s", took.as_secs_f64());
@@ -241,23 +253,12 @@ async fn provision_snapshot_save_list_restore_and_a_corrupted_object_is_refused(
 /// is untouched throughout.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restore_drill_passes_a_good_snapshot_and_fails_a_corrupted_one() -> Result<()> {
-    let base = loopback_base(SLOT_DRILL, 3)?;
-    let [_, a, b, _] = base.octets();
-    let moto = Moto::start(std::net::Ipv4Addr::new(127, a, b, 200)).await?;
-    let bucket = format!("keyhold-drill-{}", std::process::id());
-    let mut hcl = keyhold_tests::provision::environment_hcl(
-        &EnvSpec::nodes(3),
-        base,
-        &keyhold_tests::node::keyhold_bin()?,
-    );
-    hcl.push_str(&format!(
-        "\nsnapshots {{\n  schedule = \"every 1h\"\n  retain   = 5\n  s3 {{\n    bucket   = \"{bucket}\"\n    region   = \"us-east-1\"\n    endpoint = \"{}\"\n  }}\n}}\n",
-        moto.direct_endpoint()
-    ));
-    let mut p = Provisioned::with_text("drill", 3, base, &hcl)?;
-    for (k, v) in AWS_ENV {
-        p.set_env(k, v);
-    }
+    let (moto, bucket, mut p) = with_bucket(
+        "drill",
+        SLOT_DRILL,
+        "  schedule = \"every 1h\"\n  retain   = 5\n",
+    )
+    .await?;
     p.up_json().await?;
     let saved = p
         .run(&["snapshot", "save", "--json"])
@@ -335,23 +336,8 @@ async fn a_restore_drill_passes_a_good_snapshot_and_fails_a_corrupted_one() -> R
 /// not there), with the old admin login; what was left of the old data is kept aside.
 #[tokio::test(flavor = "multi_thread")]
 async fn dr_rebuild_brings_a_lost_cluster_back_from_its_snapshot() -> Result<()> {
-    let base = loopback_base(SLOT_DR, 3)?;
-    let [_, a, b, _] = base.octets();
-    let moto = Moto::start(std::net::Ipv4Addr::new(127, a, b, 200)).await?;
-    let bucket = format!("keyhold-dr-{}", std::process::id());
-    let mut hcl = keyhold_tests::provision::environment_hcl(
-        &EnvSpec::nodes(3),
-        base,
-        &keyhold_tests::node::keyhold_bin()?,
-    );
-    hcl.push_str(&format!(
-        "\nsnapshots {{\n  schedule = \"every 1h\"\n  retain   = 5\n  s3 {{\n    bucket   = \"{bucket}\"\n    region   = \"us-east-1\"\n    endpoint = \"{}\"\n  }}\n}}\n",
-        moto.direct_endpoint()
-    ));
-    let mut p = Provisioned::with_text("dr", 3, base, &hcl)?;
-    for (k, v) in AWS_ENV {
-        p.set_env(k, v);
-    }
+    let (_moto, _bucket, mut p) =
+        with_bucket("dr", SLOT_DR, "  schedule = \"every 1h\"\n  retain   = 5\n").await?;
     p.up_json().await?;
     let vars = p.env_vars().await?;
     let api = p.api(1, Some(&vars["VAULT_TOKEN"]))?;

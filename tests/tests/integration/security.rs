@@ -614,18 +614,9 @@ async fn userpass_with_alice(cluster: &mut Cluster) -> Result<(Api, Api)> {
     Ok((api, anonymous))
 }
 
-#[tokio::test]
-async fn failed_logins_lock_the_user_until_unlocked() -> Result<()> {
-    let mut cluster = Cluster::single_active(NodeOptions {
-        extra_top: vec!["user_lockout \"approle\" {\n  lockout_threshold = \"3\"\n}".into()],
-        ..NodeOptions::default()
-    })
-    .await?;
-    let (api, anonymous) = userpass_with_alice(&mut cluster).await?;
-
-    // Vault's defaults: five failures lock the user; the sixth attempt is refused even with the
-    // right password.
-    for i in 1..=5 {
+/// `count` logins as `alice` with wrong passwords, each refused with 400 (bad credentials).
+async fn wrong_passwords(anonymous: &Api, count: usize) -> Result<()> {
+    for i in 1..=count {
         let r = anonymous
             .put(
                 "auth/userpass/login/alice",
@@ -639,6 +630,21 @@ async fn failed_logins_lock_the_user_until_unlocked() -> Result<()> {
             r.text
         );
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn failed_logins_lock_the_user_until_unlocked() -> Result<()> {
+    let mut cluster = Cluster::single_active(NodeOptions {
+        extra_top: vec!["user_lockout \"approle\" {\n  lockout_threshold = \"3\"\n}".into()],
+        ..NodeOptions::default()
+    })
+    .await?;
+    let (api, anonymous) = userpass_with_alice(&mut cluster).await?;
+
+    // Vault's defaults: five failures lock the user; the sixth attempt is refused even with the
+    // right password.
+    wrong_passwords(&anonymous, 5).await?;
     let r = anonymous
         .put("auth/userpass/login/alice", json!({"password": "right"}))
         .await?;
@@ -991,20 +997,7 @@ async fn the_environment_can_turn_user_lockout_off() -> Result<()> {
     })
     .await?;
     let (_, anonymous) = userpass_with_alice(&mut cluster).await?;
-    for i in 1..=7 {
-        let r = anonymous
-            .put(
-                "auth/userpass/login/alice",
-                json!({"password": format!("wrong-{i}")}),
-            )
-            .await?;
-        ensure!(
-            r.status == 400,
-            "wrong password {i}: {} {}",
-            r.status,
-            r.text
-        );
-    }
+    wrong_passwords(&anonymous, 7).await?;
     anonymous
         .put("auth/userpass/login/alice", json!({"password": "right"}))
         .await?
