@@ -44,6 +44,22 @@ async fn with_bucket(name: &str, slot: u8, settings: &str) -> Result<(Moto, Stri
     Ok((moto, bucket, p))
 }
 
+/// Replaces a stored snapshot's bytes with garbage, keeping its metadata (and so the SHA-256 it
+/// was stored with): what a damaged or tampered object looks like.
+async fn overwrite_with_garbage(moto: &Moto, bucket: &str, key: &str) -> Result<()> {
+    let s3 = moto.s3().await;
+    let head = s3.head_object().bucket(bucket).key(key).send().await?;
+    s3.put_object()
+        .bucket(bucket)
+        .key(key)
+        .set_metadata(head.metadata().cloned())
+        .body(ByteStream::from(vec![0x5a; 4096]))
+        .send()
+        .await
+        .context("overwrite the snapshot with garbage")?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn provision_snapshot_save_list_restore_and_a_corrupted_object_is_refused() -> Result<()> {
     let (moto, bucket, mut p) = with_bucket(
@@ -191,16 +207,7 @@ async fn provision_snapshot_save_list_restore_and_a_corrupted_object_is_refused(
         .kv2_put("kv", "snap/kept", json!({"v": "current"}))
         .await?
         .expect_ok("write current")?;
-    let s3 = moto.s3().await;
-    let head = s3.head_object().bucket(&bucket).key(&key).send().await?;
-    s3.put_object()
-        .bucket(&bucket)
-        .key(&key)
-        .set_metadata(head.metadata().cloned())
-        .body(ByteStream::from(vec![0x5a; 4096]))
-        .send()
-        .await
-        .context("overwrite the snapshot with garbage")?;
+    overwrite_with_garbage(&moto, &bucket, &key).await?;
     let refused = p
         .run(&[
             "snapshot",
@@ -291,16 +298,7 @@ async fn a_restore_drill_passes_a_good_snapshot_and_fails_a_corrupted_one() -> R
         status.stdout
     );
 
-    let s3 = moto.s3().await;
-    let head = s3.head_object().bucket(&bucket).key(&key).send().await?;
-    s3.put_object()
-        .bucket(&bucket)
-        .key(&key)
-        .set_metadata(head.metadata().cloned())
-        .body(ByteStream::from(vec![0x5a; 4096]))
-        .send()
-        .await
-        .context("overwrite the snapshot with garbage")?;
+    overwrite_with_garbage(&moto, &bucket, &key).await?;
     let failed = p
         .run(&[
             "snapshot",
