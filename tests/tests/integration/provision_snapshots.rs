@@ -243,7 +243,21 @@ async fn provision_snapshot_save_list_restore_and_a_corrupted_object_is_refused(
         "{other:?}"
     );
 
-    // `latest` works too (the scheduled agents keep storing newer snapshots).
+    // `latest` works too, once the scheduled agents (every 2 s) have stored a snapshot newer
+    // than the corrupted one: object names sort by time. Bounded: 150 x 200 ms.
+    let mut newer = false;
+    for _ in 0..150 {
+        newer = moto
+            .object_keys(&bucket)
+            .await?
+            .iter()
+            .any(|k| k.as_str() > key.as_str());
+        if newer {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    ensure!(newer, "no scheduled snapshot newer than {key} within 30 s");
     p.run(&["snapshot", "restore", "--from", "latest"])
         .await?
         .expect(0)?;
