@@ -63,7 +63,7 @@ impl Deployment {
             .with_context(|| format!("resolve {}", state_root.display()))?;
         let dir = StateDir::new(state_root.join(&env.name));
         let binary = resolve_binary(&env)?;
-        let provider = providers::for_environment(&env, &dir, &binary);
+        let provider = providers::for_environment(&env, &dir);
         let addresses = provider.addresses(env.nodes);
         let nodes = NodeSpec::cluster(&env, &addresses, |name| provider.layout(name))?;
         let unsealer = env.unsealer.as_ref().map(|u| {
@@ -92,6 +92,34 @@ impl Deployment {
     /// The host that carries `node`.
     pub fn host(&self, node: &NodeSpec) -> Arc<dyn Host> {
         self.provider.host(node)
+    }
+
+    /// Whether `host` needs the environment's binary: it has none, or its server is stopped
+    /// and has another (a running server keeps the binary it runs until `provision upgrade`
+    /// replaces it, node by node).
+    pub async fn binary_wanted(&self, host: &dyn Host) -> Result<bool> {
+        let present = host
+            .run(&["test", "-e", Layout::BINARY], Duration::from_secs(10))
+            .await?
+            .success();
+        if !present {
+            return Ok(true);
+        }
+        Ok(matches!(
+            host.service_state(providers::Service::Server).await?,
+            providers::ServiceState::Stopped
+        ))
+    }
+
+    /// Installs the environment's binary on `host` where [`Deployment::binary_wanted`] says
+    /// so; true when it changed.
+    pub async fn install_binary(&self, host: &dyn Host) -> Result<bool> {
+        if !self.binary_wanted(host).await? {
+            return Ok(false);
+        }
+        host.install_file(&self.binary, Path::new(Layout::BINARY), 0o755)
+            .await
+            .with_context(|| format!("install {} on {}", self.binary.display(), host.node()))
     }
 
     pub fn ca_file(&self) -> PathBuf {
@@ -367,6 +395,34 @@ impl Deployment {
         let (store, _) = self.secret_store()?;
         store.load_init(&identities)
     }
+}
+
+/// The version `binary` reports (`keyhold version -format=json`).
+pub fn binary_version(binary: &Path) -> Result<semver::Version> {
+    let out = Command::new(binary)
+        .args(["version", "-format=json"])
+        .output()
+        .with_context(|| format!("run {} version", binary.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} version failed ({}): is it a keyhold binary for this machine?",
+            binary.display(),
+            out.status
+        );
+    }
+    let reported: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "{} version printed no JSON: is it a keyhold binary?",
+            binary.display()
+        )
+    })?;
+    let text = reported["version"].as_str().unwrap_or_default();
+    semver::Version::parse(text.trim_start_matches('v')).with_context(|| {
+        format!(
+            "{} reports version {text:?}, not a semantic version",
+            binary.display()
+        )
+    })
 }
 
 /// The `keyhold` binary nodes run: `server.binary`, else the one beside `provision`, else

@@ -32,5 +32,10 @@ pub mod seal;
 pub mod secrets;
 pub mod server;
 
-/// The version every node reports in `sys/health` and `sys/seal-status`.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The version every node reports in `sys/health`, `sys/seal-status` and to
+/// its peers (a leader hands over to the newest): `KEYHOLD_VERSION` at build
+/// time (a release build sets it from its tag), else the crate's version.
+pub const VERSION: &str = match option_env!("KEYHOLD_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};

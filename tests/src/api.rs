@@ -305,6 +305,33 @@ impl Api {
             .await
     }
 
+    /// Writes `count` KV v2 secrets `{prefix}/{i}` = `{"v": i}` with `workers` requests in
+    /// flight (a bulk load for tests that need many secrets).
+    pub async fn kv2_put_many(
+        &self,
+        mount: &str,
+        prefix: &str,
+        count: usize,
+        workers: usize,
+    ) -> Result<()> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for w in 0..workers {
+            let (api, mount, prefix) = (self.clone(), mount.to_string(), prefix.to_string());
+            tasks.spawn(async move {
+                for i in (w..count).step_by(workers) {
+                    api.kv2_put(&mount, &format!("{prefix}/{i}"), json!({ "v": i }))
+                        .await?
+                        .expect_ok(&format!("write {mount}/{prefix}/{i}"))?;
+                }
+                anyhow::Ok(())
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done??;
+        }
+        Ok(())
+    }
+
     /// Reads the latest version of a KV v2 secret, returning its `data.data` (None on 404).
     pub async fn kv2_get(&self, mount: &str, key: &str) -> Result<Option<Value>> {
         let resp = self.get(&format!("{mount}/data/{key}")).await?;

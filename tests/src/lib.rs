@@ -26,8 +26,8 @@ pub use api::{list_method, Api, InitKeys, Resp};
 pub use cluster::{retry_join_lines, Cluster, RaftServer, Roles};
 pub use moto::{moto_ip, Moto};
 pub use node::{
-    client_builder, eventually, free_port, keyhold_bin, provision_bin, ListenerTls, Node,
-    NodeOptions, Storage,
+    client_builder, eventually, free_port, keyhold_bin, next_keyhold_bin, provision_bin,
+    ListenerTls, Node, NodeOptions, Storage, NEXT_VERSION,
 };
 pub use pki::{CertFiles, IssuedCert, Pki};
 pub use raw::{RawResponse, RawTls, RawTlsOptions};

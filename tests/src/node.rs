@@ -87,6 +87,23 @@ pub fn keyhold_bin() -> Result<PathBuf> {
     Ok(candidate)
 }
 
+/// The version `scripts/test` builds the second `keyhold` binary with (`KEYHOLD_VERSION` at build
+/// time), for the upgrade tests: newer than the crate's own.
+pub const NEXT_VERSION: &str = "0.2.0";
+
+/// A `keyhold` binary that reports [`NEXT_VERSION`], for the upgrade tests: `$KEYHOLD_NEXT_BIN`
+/// (`scripts/test` builds it with `KEYHOLD_VERSION=0.2.0` into a target directory of its own).
+pub fn next_keyhold_bin() -> Result<PathBuf> {
+    match binary_from_env("KEYHOLD_NEXT_BIN")? {
+        Some(path) => Ok(path),
+        None => bail!(
+            "KEYHOLD_NEXT_BIN is not set: the upgrade tests need a second keyhold binary of \
+             version {NEXT_VERSION}; `scripts/test` builds one (KEYHOLD_VERSION={NEXT_VERSION} \
+             cargo build --workspace --bin keyhold, copied to $CARGO_TARGET_DIR/next-version/)"
+        ),
+    }
+}
+
 /// The `provision` binary: `$PROVISION_BIN` (`scripts/test` sets it), else `provision` beside
 /// the `keyhold` binary under test.
 pub fn provision_bin() -> Result<PathBuf> {
@@ -321,6 +338,11 @@ impl Node {
     }
 
     /// Extra command-line arguments after `server -config=...`.
+    /// Runs this node with another `keyhold` binary from its next start.
+    pub fn set_bin(&mut self, bin: PathBuf) {
+        self.bin = bin;
+    }
+
     pub fn set_extra_args(&mut self, args: &[&str]) {
         self.extra_args = args.iter().map(|a| a.to_string()).collect();
     }

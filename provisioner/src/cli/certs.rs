@@ -40,11 +40,7 @@ pub async fn run(env: EnvArg, json: bool, state_dir: &Path) -> Result<u8, Failur
 }
 
 pub async fn rotate(env: EnvArg, json: bool, state_dir: &Path) -> Result<u8, Failure> {
-    let d = load(&env, state_dir)?;
-    let _lock = d
-        .dir
-        .lock("provision certs rotate")
-        .map_err(anyhow::Error::from)?;
+    let (d, _lock) = load_locked(&env, state_dir, "provision certs rotate")?;
     let mut progress = Progress::new(json);
     let rotated = workflows::certs::rotate(&d, &mut progress).await?;
     if json {

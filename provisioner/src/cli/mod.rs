@@ -12,6 +12,7 @@ mod snapshot;
 mod status;
 mod unseal;
 mod up;
+mod upgrade;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -149,6 +150,37 @@ pub enum Command {
         /// Operations in flight at most.
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        identity: IdentityArg,
+    },
+    /// Roll a new keyhold binary onto the cluster one node at a time (standbys first, the
+    /// active node last, leadership handed to the new version), after a snapshot; refuses an
+    /// unhealthy cluster and a downgrade; resumable; --rollback returns to the previous binaries.
+    Upgrade {
+        #[command(flatten)]
+        env: EnvArg,
+        /// The new `keyhold` binary.
+        #[arg(
+            long,
+            required_unless_present = "rollback",
+            conflicts_with = "rollback"
+        )]
+        binary: Option<PathBuf>,
+        /// Put back the binary each node ran before the last upgrade (standbys first).
+        #[arg(long)]
+        rollback: bool,
+        /// Check and show the order; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Run the workload (`provision load`) through it and report failed operations, lost
+        /// writes and the longest write gap; exit 1 if anything failed or was lost.
+        #[arg(long)]
+        with_load: bool,
+        /// Operations per second of the workload with --with-load.
+        #[arg(long, default_value_t = 20)]
+        load_rate: u32,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -296,6 +328,17 @@ pub fn load(env: &EnvArg, state_dir: &Path) -> Result<Deployment, Failure> {
     Deployment::new(environment, state_dir).map_err(|e| Failure::Invalid(format!("{e:#}")))
 }
 
+/// `load`, then the environment's lock for `command` (held until the returned `Lock` drops).
+pub fn load_locked(
+    env: &EnvArg,
+    state_dir: &Path,
+    command: &str,
+) -> Result<(Deployment, crate::state::Lock), Failure> {
+    let d = load(env, state_dir)?;
+    let lock = d.dir.lock(command).map_err(anyhow::Error::from)?;
+    Ok((d, lock))
+}
+
 /// Runs the command; the exit code of a success (`plan` says 2 for "changes").
 pub async fn run(cli: Cli) -> Result<u8, Failure> {
     let state_dir = cli.state_dir.as_path();
@@ -317,6 +360,23 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Env { env, identity } => env::run(env, identity, state_dir).await,
         Command::Unseal { env, identity } => unseal::run(env, identity, state_dir).await,
         Command::Down { env, purge } => down::run(env, purge, state_dir).await,
+        Command::Upgrade {
+            env,
+            binary,
+            rollback,
+            dry_run,
+            with_load,
+            load_rate,
+            json,
+            identity,
+        } => {
+            let goal = match binary {
+                Some(binary) if !rollback => workflows::upgrade::Goal::Upgrade { binary },
+                _ => workflows::upgrade::Goal::Rollback,
+            };
+            let load = with_load.then_some(load_rate);
+            upgrade::run(env, goal, dry_run, load, json, identity, state_dir).await
+        }
         Command::Load {
             env,
             duration,

@@ -3,8 +3,7 @@
 use super::*;
 
 pub async fn run(env: EnvArg, json: bool, state_dir: &Path) -> Result<u8, Failure> {
-    let d = load(&env, state_dir)?;
-    let _lock = d.dir.lock("provision plan").map_err(anyhow::Error::from)?;
+    let (d, _lock) = load_locked(&env, state_dir, "provision plan")?;
     let changes = workflows::up::plan(&d).await?;
     if json {
         let out = serde_json::json!({ "environment": d.env.name, "changes": changes });

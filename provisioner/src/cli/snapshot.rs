@@ -43,11 +43,7 @@ pub async fn run(command: SnapshotCommand, state_dir: &Path) -> Result<u8, Failu
             json,
             identity,
         } => {
-            let d = load(&env, state_dir)?;
-            let _lock = d
-                .dir
-                .lock("provision snapshot verify")
-                .map_err(anyhow::Error::from)?;
+            let (d, _lock) = load_locked(&env, state_dir, "provision snapshot verify")?;
             let report = crate::workflows::drill::verify(&d, &from, &identity.identity).await?;
             if json {
                 print_json(&report);
@@ -73,11 +69,7 @@ pub async fn run(command: SnapshotCommand, state_dir: &Path) -> Result<u8, Failu
             json,
             identity,
         } => {
-            let d = load(&env, state_dir)?;
-            let _lock = d
-                .dir
-                .lock("provision snapshot restore")
-                .map_err(anyhow::Error::from)?;
+            let (d, _lock) = load_locked(&env, state_dir, "provision snapshot restore")?;
             // A restore replaces every secret, policy and token: it takes a root token (the
             // admin policy, as the production guide writes it, only reads Raft state).
             let (token, generated) = d.operation_root_token(&identity.identity).await?;

@@ -10,8 +10,7 @@ pub async fn run(
     identity: IdentityArg,
     state_dir: &Path,
 ) -> Result<u8, Failure> {
-    let d = load(&env, state_dir)?;
-    let _lock = d.dir.lock("provision up").map_err(anyhow::Error::from)?;
+    let (d, _lock) = load_locked(&env, state_dir, "provision up")?;
     let mut progress = Progress::new(json);
     progress.say(&format!(
         "provision up: environment {} ({} nodes, {})",

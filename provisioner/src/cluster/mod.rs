@@ -63,6 +63,10 @@ pub struct Cluster {
 
 /// The timeout of one API call made while provisioning.
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// The timeout of one `sys/unseal` call: a node joining a cluster answers the last share only
+/// once the cluster's data has reached it (the server bounds that wait at 120 s), which takes
+/// longer than any other call when the cluster holds much data.
+const UNSEAL_CALL_TIMEOUT: Duration = Duration::from_secs(150);
 /// How long a call that failed as calls fail during a Raft leadership change is tried again
 /// (see [`retrying`]).
 const RETRY_FOR: Duration = Duration::from_secs(30);
@@ -73,10 +77,19 @@ impl Cluster {
     }
 
     pub fn client(&self, node: usize, token: Option<&str>) -> Result<Client> {
+        self.client_with_timeout(node, token, CALL_TIMEOUT)
+    }
+
+    fn client_with_timeout(
+        &self,
+        node: usize,
+        token: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Client> {
         let mut config = ClientConfig::new(self.nodes[node].api_addr.clone());
         config.ca_cert = Some(CaCert::Pem(self.ca_pem.clone()));
         config.token = token.map(str::to_string);
-        config.timeout = CALL_TIMEOUT;
+        config.timeout = timeout;
         Client::new(&config).with_context(|| format!("client for {}", self.nodes[node].name))
     }
 
@@ -220,7 +233,7 @@ impl Cluster {
     /// that shares from another attempt do not mix with ours.
     pub async fn unseal(&self, node: usize, keys: &[String]) -> Result<()> {
         let name = &self.nodes[node].name;
-        let client = self.client(node, None)?;
+        let client = self.client_with_timeout(node, None, UNSEAL_CALL_TIMEOUT)?;
         let status = client
             .seal_status()
             .await

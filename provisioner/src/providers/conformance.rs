@@ -82,6 +82,58 @@ fn files<'a>(
             .await
             .unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "640");
+
+        // Installing a file from this machine: replaced whole, unchanged when the same.
+        let src = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(src.path(), b"version one").unwrap();
+        let bin = Path::new("usr/local/bin/keyhold");
+        assert!(h.install_file(src.path(), bin, 0o755).await.unwrap());
+        assert!(
+            !h.install_file(src.path(), bin, 0o755).await.unwrap(),
+            "same content and mode: unchanged"
+        );
+        let kept = Path::new("usr/local/bin/keyhold.previous");
+        let out = h
+            .run(
+                &[
+                    "ln",
+                    "-f",
+                    "usr/local/bin/keyhold",
+                    "usr/local/bin/keyhold.previous",
+                ],
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        assert!(out.success(), "{out:?}");
+        let newer = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(newer.path(), b"version two").unwrap();
+        assert!(h.install_file(newer.path(), bin, 0o755).await.unwrap());
+        assert_eq!(
+            h.read_file(bin).await.unwrap().as_deref(),
+            Some(&b"version two"[..])
+        );
+        assert_eq!(
+            h.read_file(kept).await.unwrap().as_deref(),
+            Some(&b"version one"[..]),
+            "a link to the old file keeps the old content"
+        );
+        let out = h
+            .run(
+                &["stat", "-c", "%a", "usr/local/bin/keyhold"],
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "755");
+        let err = h
+            .install_file(Path::new("/nonexistent/keyhold"), bin, 0o755)
+            .await
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("/nonexistent/keyhold"),
+            "{err:#}"
+        );
     })
 }
 

@@ -95,6 +95,11 @@ pub trait Host: Send + Sync {
         mode: u32,
         owner: Option<&Owner>,
     ) -> Result<bool>;
+    /// Installs the file `src` (on this machine) as `rel` with `mode`, unless the same content
+    /// is already there with that mode; true when something changed. The old file is replaced
+    /// whole (a new file renamed over it), never written in place, so a running program keeps
+    /// its image and a link to the old file keeps the old content.
+    async fn install_file(&self, src: &Path, rel: &Path, mode: u32) -> Result<bool>;
     /// Creates a directory (and parents) with `mode`, or fixes its mode; true when changed.
     async fn ensure_dir(&self, rel: &Path, mode: u32, owner: Option<&Owner>) -> Result<bool>;
     /// Runs `argv` on the host (working directory: the node's root), killed after `timeout`.
@@ -139,13 +144,12 @@ pub enum NodeRecord {
 }
 
 /// The provider an environment names, for `state_dir` (where the local provider keeps its
-/// nodes) and `binary` (what nodes run).
-pub fn for_environment(env: &Environment, dir: &StateDir, binary: &Path) -> Arc<dyn Provider> {
+/// nodes).
+pub fn for_environment(env: &Environment, dir: &StateDir) -> Arc<dyn Provider> {
     match &env.provider {
         crate::environment::Provider::Local(settings) => Arc::new(local::LocalProvider::new(
             settings,
             dir.nodes_dir(),
-            binary.to_path_buf(),
             env.snapshots
                 .as_ref()
                 .filter(|s| s.s3.is_some())

@@ -34,7 +34,8 @@ pub const CLIENT_KEY: &str = "client.key";
 pub struct Layout {
     /// `/` on a host; the node's own directory for a local node.
     pub root: PathBuf,
-    /// The `keyhold` binary the node runs (an absolute path, not under `root`).
+    /// The `keyhold` binary the node runs, as an absolute path ([`Layout::BINARY`] under the
+    /// root: `up` installs it there, `upgrade` replaces it).
     pub binary: PathBuf,
     pub disable_mlock: bool,
     /// The node is a host run by systemd: it also gets the units, the environment file and
@@ -59,6 +60,10 @@ impl Layout {
     /// The server log (when written to a file) and, by default, the audit files.
     pub const LOG_DIR: &'static str = "var/log/keyhold";
     pub const SYSTEMD_DIR: &'static str = "etc/systemd/system";
+    /// Where a node's `keyhold` binary is installed, and the one it ran before its last
+    /// upgrade (kept for `provision upgrade --rollback`).
+    pub const BINARY: &'static str = "usr/local/bin/keyhold";
+    pub const PREVIOUS_BINARY: &'static str = "usr/local/bin/keyhold.previous";
     /// The server log's name inside [`Layout::LOG_DIR`].
     pub const SERVER_LOG: &'static str = "keyhold.log";
 
@@ -72,11 +77,12 @@ impl Layout {
         }
     }
 
-    /// A local node rooted in its own directory (`.provision/<env>/nodes/<name>/`).
-    pub fn local(root: PathBuf, binary: PathBuf) -> Layout {
+    /// A local node rooted in its own directory (`.provision/<env>/nodes/<name>/`), running
+    /// its own copy of the binary (a hard link where it can), as a host does.
+    pub fn local(root: PathBuf) -> Layout {
         Layout {
+            binary: root.join(Layout::BINARY),
             root,
-            binary,
             // An unprivileged process: it has no CAP_IPC_LOCK (mlockall would fail on the
             // RLIMIT_MEMLOCK default), and nothing guarantees the machine runs without swap.
             // Local and CI clusters hold throw-away secrets; hosts lock memory.

@@ -182,10 +182,7 @@ fn host_files_snapshots() {
 #[test]
 fn local_config_snapshot() {
     let env = environment(false);
-    let layout = Layout::local(
-        PathBuf::from("/srv/provision/local/nodes/keyhold-1"),
-        PathBuf::from("/srv/provision/bin/keyhold"),
-    );
+    let layout = Layout::local(PathBuf::from("/srv/provision/local/nodes/keyhold-1"));
     let files = render(&env, &node(&env, 1, layout));
     let paths: Vec<&Path> = files.iter().map(|f| f.path.as_path()).collect();
     assert_eq!(
@@ -211,10 +208,7 @@ fn transit_seal_config_snapshot() {
         tls_server_name: Some("keyhold-1".into()),
         disable_renewal: false,
     });
-    let layout = Layout::local(
-        PathBuf::from("/srv/provision/local/nodes/keyhold-1"),
-        PathBuf::from("/srv/provision/bin/keyhold"),
-    );
+    let layout = Layout::local(PathBuf::from("/srv/provision/local/nodes/keyhold-1"));
     let files = render(&env, &node(&env, 1, layout));
     let config = server_config(&files);
     hcl2_parses(config);
@@ -239,7 +233,7 @@ fn snapshot_agent_config_snapshot() {
         }),
     });
     let root = PathBuf::from("/srv/provision/local/nodes/keyhold-2");
-    let layout = Layout::local(root.clone(), PathBuf::from("/srv/provision/bin/keyhold"));
+    let layout = Layout::local(root.clone());
     let files = render(&env, &node(&env, 2, layout));
     let file = files
         .iter()
@@ -262,7 +256,7 @@ fn snapshot_agent_config_snapshot() {
 
     // Without a bucket, no agent config.
     env.snapshots.as_mut().unwrap().s3 = None;
-    let layout = Layout::local(root, PathBuf::from("/srv/provision/bin/keyhold"));
+    let layout = Layout::local(root);
     assert!(render(&env, &node(&env, 2, layout))
         .iter()
         .all(|f| f.path != Path::new(Layout::SNAPSHOT_AGENT_CONFIG)));
@@ -314,7 +308,7 @@ fn a_schedule_without_a_bucket_renders_no_snapshot_units() {
 fn local_paths_are_quoted_for_hcl() {
     let env = environment(false);
     let root = PathBuf::from(r#"/home/o'brien/my "keys" ${x} %{y}\z/nodes/keyhold-1"#);
-    let layout = Layout::local(root.clone(), PathBuf::from("/usr/bin/keyhold"));
+    let layout = Layout::local(root.clone());
     let files = render(&env, &node(&env, 1, layout));
     let config = ServerConfig::parse_str(server_config(&files), "keyhold.hcl").unwrap();
     let StorageConfig::Raft(raft) = &config.storage else {
@@ -497,10 +491,7 @@ fn server_configs_parse_with_python_hcl2() {
                 &node(&env, index, Layout::system()),
             )));
         }
-        let local = Layout::local(
-            PathBuf::from("/srv/provision/local/nodes/keyhold-1"),
-            PathBuf::from("/usr/bin/keyhold"),
-        );
+        let local = Layout::local(PathBuf::from("/srv/provision/local/nodes/keyhold-1"));
         hcl2_parses(server_config(&render(&env, &node(&env, 1, local))));
     }
 }

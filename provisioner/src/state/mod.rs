@@ -219,6 +219,30 @@ pub struct State {
     pub nodes: BTreeMap<String, NodeState>,
     #[serde(default)]
     pub cluster: ClusterState,
+    /// The last `provision upgrade` (in progress while `finished_at` is unset), kept for
+    /// resuming it and for `--rollback`.
+    #[serde(default)]
+    pub upgrade: Option<UpgradeRecord>,
+}
+
+/// One rolling upgrade: what it installs, where it stands, and the snapshot taken before it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UpgradeRecord {
+    /// The binary installed (`--binary`), its SHA-256 and the version it reports.
+    pub binary: PathBuf,
+    pub binary_sha256: String,
+    pub version: String,
+    /// The version each node ran before (what `--rollback` returns to).
+    pub from_versions: BTreeMap<String, String>,
+    /// The snapshot taken before the first node was touched (0600, in the state directory).
+    pub snapshot: PathBuf,
+    /// Nodes running the new binary, in the order they were upgraded.
+    pub nodes_done: Vec<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Set when `--rollback` put the previous binaries back.
+    pub rolled_back_at: Option<DateTime<Utc>>,
 }
 
 /// A certificate, by fingerprint: enough to tell whether the file on disk is still the one
@@ -249,6 +273,9 @@ pub struct NodeState {
     /// What the node's provider keeps about it (the local provider: its processes).
     #[serde(default)]
     pub provider: Option<NodeRecord>,
+    /// The version the node reported when provision last started or upgraded it.
+    #[serde(default)]
+    pub version: String,
 }
 
 /// What was done to the cluster as a whole through its API.
@@ -287,6 +314,7 @@ impl State {
             ca: None,
             nodes: BTreeMap::new(),
             cluster: ClusterState::default(),
+            upgrade: None,
         }
     }
 
@@ -501,6 +529,7 @@ mod tests {
                         pid: Some(1000 + i),
                         snapshot_agent_pid: None,
                     })),
+                    version: "0.1.0".into(),
                 },
             );
         }

@@ -30,6 +30,14 @@ impl Files {
     async fn node_changes(run: &UpRun, node: &NodeSpec) -> Result<Vec<Change>> {
         let host = run.d.host(node);
         let mut changes = Vec::new();
+        if run.d.binary_wanted(host.as_ref()).await?
+            && host.read_file(Path::new(Layout::BINARY)).await?.is_none()
+        {
+            changes.push(Change::node(
+                &node.name,
+                format!("install {} ({})", Layout::BINARY, run.d.binary.display()),
+            ));
+        }
         if let Some(content) = Self::environment_file(run) {
             let old = host.read_file(Path::new(Layout::ENV_FILE)).await?;
             if old.as_deref() != Some(content.as_bytes()) {
@@ -75,6 +83,9 @@ impl Step<UpRun> for Files {
                 .await?;
             host.ensure_dir(Path::new(Layout::LOG_DIR), 0o750, None)
                 .await?;
+            if d.install_binary(host.as_ref()).await? {
+                written.push(format!("{}:{}", node.name, Layout::BINARY));
+            }
             if let Some(content) = &env_file {
                 if host
                     .put_file(Path::new(Layout::ENV_FILE), content.as_bytes(), 0o600, None)

@@ -109,10 +109,11 @@ impl Step<UpRun> for Nodes {
             started.push(node.name.clone());
         }
         let waits = (0..d.nodes.len()).map(|i| cluster.wait_responding(i, START_TIMEOUT));
-        futures::future::try_join_all(waits).await?;
-        for node in &d.nodes {
+        let healths = futures::future::try_join_all(waits).await?;
+        for (node, health) in d.nodes.iter().zip(healths) {
             let record = d.provider.record(node).await?;
             let entry = run.state.nodes.entry(node.name.clone()).or_default();
+            entry.version = health.version;
             entry.address = node.address.to_string();
             entry.api_addr = node.api_addr.clone();
             entry.binary = d.binary.clone();

@@ -107,6 +107,9 @@ impl Step<UpRun> for Unsealer {
             .await?;
         host.ensure_dir(Path::new(Layout::LOG_DIR), 0o750, None)
             .await?;
+        if d.install_binary(host.as_ref()).await? {
+            did.push(format!("installed {}", Layout::BINARY));
+        }
         let env = d.unsealer_env();
         let mut config = String::new();
         for file in run.renderer.render_node(&env, unsealer)? {

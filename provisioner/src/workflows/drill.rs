@@ -2,9 +2,9 @@
 //! downloaded (refused unless its checksum matches), restored offline into a throw-away one-node
 //! cluster on this machine (its own loopback address, directory and certificate from the
 //! environment's CA, the environment's seal), unsealed with what the environment has (its
-//! encrypted init output, or the KMS/transit key), checked (the admin login works, every
-//! policy in the snapshot is served, the environment's engines and auth methods are mounted),
-//! and torn down, whatever happened. The result and the snapshot's age are kept in the state
+//! encrypted init output, or the KMS/transit key), checked (the admin login works, the
+//! environment's engines and auth methods are mounted, and everything the snapshot's inventory
+//! lists is served: `inventory::verify`), and torn down, whatever happened. The result and the snapshot's age are kept in the state
 //! file and shown by `provision status`, so a broken backup is found before it is needed.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Utc};
-use keyhold_client::snapshot::{self, InspectOptions};
 use keyhold_snapshot::DEFAULT_NAME_PREFIX;
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +27,7 @@ use crate::providers::{Host, Provider as _, Service};
 use crate::render::{self, Layout, NodeSpec, Renderer};
 use crate::state::State;
 use crate::steps::tls::issue_node_certs;
+use crate::workflows::inventory::{self, Inventory, Verified};
 use crate::workflows::snapshot::{env_s3, parse_from, s3_store};
 
 /// The drill node's name (its Raft node id and certificate SAN).
@@ -44,6 +44,9 @@ pub struct DrillReport {
     /// Policies in the snapshot, and served by the restored node.
     pub policies: usize,
     pub keys: u64,
+    /// What the restored node was found to serve of the snapshot's inventory.
+    #[serde(default)]
+    pub inventory: Option<Verified>,
     pub raft_index: u64,
     /// From the download to a serving restored node.
     pub restore_seconds: f64,
@@ -86,6 +89,7 @@ pub async fn verify(
             ok: false,
             policies: 0,
             keys: 0,
+            inventory: None,
             raft_index: 0,
             restore_seconds: started.elapsed().as_secs_f64(),
             detail: format!("{e:#}"),
@@ -130,30 +134,11 @@ pub async fn run_drill(
     );
     let archive = std::fs::read(&downloaded.path)
         .with_context(|| format!("read {}", downloaded.path.display()))?;
-    let info = match snapshot::inspect(&archive[..], &InspectOptions::default()) {
-        Ok(info) => info,
+    let inventory = match Inventory::read(&archive) {
+        Ok(inventory) => inventory,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&root);
-            bail!("{url} fails its drill: {e}");
-        }
-    };
-    // Every stored policy by name (whole keys under `sys/policy/`).
-    let stored_policies: Vec<String> = match snapshot::inspect(
-        &archive[..],
-        &InspectOptions {
-            details: true,
-            depth: 0,
-            filter: "sys/policy/".into(),
-        },
-    ) {
-        Ok(by_key) => by_key
-            .stats
-            .iter()
-            .filter_map(|s| s.name.strip_prefix("sys/policy/").map(str::to_owned))
-            .collect(),
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&root);
-            bail!("{url} fails its drill: {e}");
+            bail!("{url} fails its drill: {e:#}");
         }
     };
 
@@ -164,7 +149,6 @@ pub async fn run_drill(
     env.unsealer = None;
     let address = drill_address(d)?;
     let url_of = |port| format!("https://{}", SocketAddr::new(address, port));
-    let binary = d.binary.clone();
     let node = NodeSpec {
         name: DRILL.to_string(),
         index: 1,
@@ -172,10 +156,10 @@ pub async fn run_drill(
         api_addr: url_of(env.listener.api_port),
         cluster_addr: url_of(env.listener.cluster_port),
         peers: Vec::new(),
-        layout: Layout::local(root.join("node"), binary.clone()),
+        layout: Layout::local(root.join("node")),
     };
     let Provider::Local(settings) = &d.env.provider;
-    let provider = LocalProvider::new(settings, root.clone(), binary, None);
+    let provider = LocalProvider::new(settings, root.clone(), None);
     let host = provider.host(&node);
     let result = drill(
         d,
@@ -183,47 +167,47 @@ pub async fn run_drill(
         &node,
         host.as_ref(),
         &downloaded.path,
-        &stored_policies,
+        &inventory,
         identity,
     )
     .await;
     // Torn down whatever happened.
     let _ = host.stop(Service::Server, STOP_TIMEOUT).await;
     let _ = std::fs::remove_dir_all(&root);
-    let (served_policies, detail, ok) = match result {
-        Ok(served) => (
-            served,
-            format!(
-                "restored and served: the admin login, all {served} stored policies, the \
-                 environment's engines and auth methods"
-            ),
-            true,
-        ),
-        Err(e) => (0, format!("{e:#}"), false),
+    let (verified, detail, ok) = match result {
+        Ok(verified) => {
+            let detail = format!(
+                "restored and served: the admin login, {}",
+                verified.summary()
+            );
+            (Some(verified), detail, true)
+        }
+        Err(e) => (None, format!("{e:#}"), false),
     };
     Ok(DrillReport {
         snapshot: url,
         snapshot_time,
         verified_at: Utc::now(),
         ok,
-        policies: served_policies,
-        keys: info.total_count,
-        raft_index: info.meta.index,
+        policies: verified.as_ref().map_or(0, |v| v.policies),
+        keys: inventory.keys,
+        inventory: verified,
+        raft_index: inventory.raft_index,
         restore_seconds: started.elapsed().as_secs_f64(),
         detail,
     })
 }
 
-/// Restores, starts, unseals and checks the drill node; the number of stored policies it serves.
+/// Restores, starts, unseals and checks the drill node against the snapshot's inventory.
 async fn drill(
     d: &Deployment,
     env: &crate::environment::Environment,
     node: &NodeSpec,
     host: &dyn Host,
     archive: &Path,
-    stored_policies: &[String],
+    inventory: &Inventory,
     identity: &[std::path::PathBuf],
-) -> Result<usize> {
+) -> Result<Verified> {
     let (ca, _) = Ca::ensure(&d.dir.tls_dir(), &d.env.name, d.env.tls.ca_lifetime)?;
     host.ensure_dir(Path::new(Layout::TLS_DIR), 0o700, None)
         .await?;
@@ -261,7 +245,9 @@ async fn drill(
         }
     }
     let config = config.context("no server config was rendered for the drill node")?;
-    restore_offline(d, host, node, &config, archive, Duration::from_secs(120)).await?;
+    host.install_file(&d.binary, Path::new(Layout::BINARY), 0o755)
+        .await?;
+    restore_offline(host, node, &config, archive, Duration::from_secs(120)).await?;
     host.start(Service::Server).await?;
     let ca_pem = std::fs::read(d.ca_file())?;
     let cluster = Cluster::new(
@@ -272,12 +258,14 @@ async fn drill(
         ca_pem,
     );
     cluster.wait_responding(0, START_TIMEOUT).await?;
+    // The shares (unseal or recovery keys): they unseal a Shamir node, and authorise the root
+    // token the inventory check lists everything with.
+    let init = d
+        .init_secrets(identity)
+        .context("open the environment's init output to unseal the restored node")?;
     if d.env.seal.is_auto() {
         cluster.wait_auto_unsealed(0, AUTO_UNSEAL_TIMEOUT).await?;
     } else {
-        let init = d
-            .init_secrets(identity)
-            .context("open the environment's init output to unseal the restored node")?;
         cluster.unseal(0, &init.unseal_keys_b64).await?;
     }
     cluster.wait_active(FORM_TIMEOUT).await?;
@@ -300,29 +288,24 @@ async fn drill(
             bail!("the restored node has no auth/{}/ method", method.path());
         }
     }
-    for name in stored_policies {
-        let served = client
-            .read(&format!("sys/policies/acl/{name}"))
-            .await
-            .with_context(|| format!("read the policy {name}"))?;
-        if served.is_none() {
-            bail!("the snapshot holds the policy {name}; the restored node does not serve it");
-        }
-    }
-    Ok(stored_policies.len())
+    let root = cluster
+        .generate_root(&init.unseal_keys_b64)
+        .await
+        .context("generate a root token on the restored node from the shares")?;
+    // Two tokens made since the restore: the admin login and the root token.
+    inventory::verify(&cluster.client(0, Some(&root))?, inventory, 2).await
 }
 
 /// `keyhold operator raft snapshot restore -offline` on `node`'s host: seeds its empty data
 /// directory (named by its server `config`) from `archive`, bounded by `timeout`.
 pub async fn restore_offline(
-    d: &Deployment,
     host: &dyn Host,
     node: &NodeSpec,
     config: &Path,
     archive: &Path,
     timeout: Duration,
 ) -> Result<()> {
-    let binary = d.binary.display().to_string();
+    let binary = node.layout.binary.display().to_string();
     let out = host
         .run(
             &[

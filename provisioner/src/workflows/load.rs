@@ -8,6 +8,7 @@
 //! missing or different is a lost write.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -209,8 +210,19 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-/// Runs the workload against `d` with the admin `token`.
+/// Runs the workload against `d` with the admin `token` for `spec.duration`.
 pub async fn run(d: &Deployment, token: String, spec: LoadSpec) -> Result<LoadReport> {
+    run_until(d, token, spec, &AtomicBool::new(false)).await
+}
+
+/// Runs the workload until `stop` is set (a workflow's `--with-load`: the workload spans the
+/// workflow) or `spec.duration` has passed, whichever comes first.
+pub async fn run_until(
+    d: &Deployment,
+    token: String,
+    spec: LoadSpec,
+    stop: &AtomicBool,
+) -> Result<LoadReport> {
     if spec.rate == 0 || !(0.0..=1.0).contains(&spec.write_ratio) {
         bail!("--rate must be at least 1 and --write-ratio between 0 and 1");
     }
@@ -238,7 +250,7 @@ pub async fn run(d: &Deployment, token: String, spec: LoadSpec) -> Result<LoadRe
     let mut tasks = Vec::new();
     let (mut writes, mut reads) = (0u64, 0u64);
     let mut n = 0u64;
-    while started.elapsed() < spec.duration {
+    while started.elapsed() < spec.duration && !stop.load(Ordering::SeqCst) {
         tick.tick().await;
         let permit = slots.clone().acquire_owned().await?;
         let nothing_to_read = run.acknowledged.lock().await.is_empty();

@@ -756,7 +756,9 @@ impl Core {
 
     /// `sys/step-down`: needs `sudo` on `sys/step-down`. A single-voter
     /// cluster has no standby to hand leadership to, so after the check there
-    /// is nothing to do; with replicated Raft this transfers leadership.
+    /// is nothing to do; with replicated Raft this transfers leadership to the
+    /// caught-up voter with the newest version, and refuses (400) when every
+    /// voter that could take over runs an older version than this node.
     pub async fn step_down(&self, token: Option<&str>) -> Result<()> {
         self.authorize_sudo(token, "sys/step-down").await?;
         if let Some(node) = match &self.ha {
@@ -764,9 +766,14 @@ impl Core {
             None => None,
         } {
             if node.is_leader() {
-                node.transfer_leadership()
+                node.transfer_leadership_with(crate::raft::Handover::NotOlder)
                     .await
-                    .map_err(|e| Error::internal(format!("step down: {e}")))?;
+                    .map_err(|e| match e {
+                        e @ crate::raft::ClusterError::OnlyOlderVoters { .. } => {
+                            Error::invalid(format!("step down: {e}"))
+                        }
+                        e => Error::internal(format!("step down: {e}")),
+                    })?;
                 tracing::info!("stepped down: leadership handed to another node");
             }
         }

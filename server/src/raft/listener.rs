@@ -22,7 +22,7 @@ use axum_server::Handle;
 use openraft::raft::{AppendEntriesRequest, VoteRequest};
 
 use super::network::{
-    decode_chunk, APPEND_PATH, ELECT_PATH, MAX_RPC_BYTES, SNAPSHOT_PATH, VOTE_PATH,
+    decode_chunk, APPEND_PATH, ELECT_PATH, MAX_RPC_BYTES, SNAPSHOT_PATH, VERSION_PATH, VOTE_PATH,
 };
 use super::tls::ClusterTls;
 use super::types::{NodeId, Raft, TypeConfig};
@@ -35,6 +35,7 @@ pub fn raft_routes(raft: Raft) -> Router {
         .route(VOTE_PATH, post(vote))
         .route(SNAPSHOT_PATH, post(snapshot))
         .route(ELECT_PATH, post(elect))
+        .route(VERSION_PATH, post(version))
         // Headroom over the largest request a peer sends (its own limit).
         .layer(DefaultBodyLimit::max(MAX_RPC_BYTES + 4 * 1024 * 1024))
         .with_state(raft)
@@ -65,6 +66,13 @@ async fn elect(State(raft): State<Raft>) -> Response {
         Ok(()) => Json(()).into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
     }
+}
+
+/// The version this node runs: a leader handing over picks the caught-up
+/// voter with the newest, so leadership never moves back to an older build
+/// during a rolling upgrade.
+async fn version() -> Response {
+    Json(crate::VERSION).into_response()
 }
 
 /// A running cluster listener.

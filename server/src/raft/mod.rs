@@ -61,7 +61,7 @@ pub use types::{node_id, ClusterNode, NodeId, WriteBatch};
 use crate::physical::sled_store::SledStore;
 use crate::physical::{Backend, StorageError};
 use log_store::LogStore;
-use network::{NetworkFactory, ELECT_PATH};
+use network::{NetworkFactory, ELECT_PATH, VERSION_PATH};
 use state_machine::StateMachine;
 use types::Raft;
 
@@ -89,6 +89,24 @@ pub enum ClusterError {
     /// nobody to hand leadership to.
     #[error("no other voter answers; nobody can take leadership over")]
     NoVoterReachable,
+    /// Every voter that could take over runs an older version than this
+    /// node ([`Handover::NotOlder`]).
+    #[error(
+        "every other voter runs an older version ({newest}) than this node ({own}): upgrade \
+         them first, so leadership does not move back to an older build"
+    )]
+    OnlyOlderVoters { own: String, newest: String },
+}
+
+/// Which successors a leadership hand-over accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handover {
+    /// The newest version that answers, older than this node if need be (a
+    /// shutdown: the node stops either way).
+    AnyVersion,
+    /// The newest version that answers, never older than this node (an
+    /// operator's `sys/step-down`).
+    NotOlder,
 }
 
 /// How a node takes part in the cluster: the `storage "raft"` stanza's
@@ -543,17 +561,47 @@ impl RaftNode {
     /// with [`ClusterError::NoVoterReachable`] instead of waiting out the
     /// deadline, and the cluster, if any of it is left, elects as after a crash.
     pub async fn transfer_leadership(&self) -> Result<(), ClusterError> {
+        self.transfer_leadership_with(Handover::AnyVersion).await
+    }
+
+    /// [`RaftNode::transfer_leadership`] with a rule on the successor's
+    /// version. Either way the successor is a caught-up voter running the
+    /// newest version among the voters that answer (an older one is chosen
+    /// only when nothing newer answers), so a rolling upgrade's leadership
+    /// never moves from a newer build to an older one when a newer one could
+    /// take it; with [`Handover::NotOlder`] (an operator's `step-down`) it
+    /// refuses, changing nothing, when only older voters could take over.
+    pub async fn transfer_leadership_with(&self, rule: Handover) -> Result<(), ClusterError> {
         if !self.is_leader() {
             return Ok(());
         }
         self.shared.transferring.store(true, Ordering::SeqCst);
-        let result = self.hand_over().await;
+        let result = self.hand_over(rule).await;
         self.shared.transferring.store(false, Ordering::SeqCst);
         result
     }
 
-    async fn hand_over(&self) -> Result<(), ClusterError> {
+    /// The version voter `target` reports over the cluster port; None when
+    /// it does not answer (or runs a build without the endpoint).
+    async fn peer_version(&self, target: &ClusterNode) -> Option<semver::Version> {
+        let reported: String = self
+            .client
+            .post(
+                &target.cluster_addr,
+                VERSION_PATH,
+                "application/json",
+                b"null".to_vec(),
+                self.timing.election_timeout_min,
+            )
+            .await
+            .ok()?;
+        semver::Version::parse(&reported).ok()
+    }
+
+    async fn hand_over(&self, rule: Handover) -> Result<(), ClusterError> {
         let t = self.timing;
+        let own = semver::Version::parse(crate::VERSION).ok();
+        let mut versions: BTreeMap<NodeId, semver::Version> = BTreeMap::new();
         let started = Instant::now();
         let deadline = started + t.election_timeout_max * 6;
         let probe_until = started + t.election_timeout_max;
@@ -576,6 +624,42 @@ impl RaftNode {
             {
                 return Err(ClusterError::NoVoterReachable);
             }
+            // The version of every voter that answers, asked once per hand-over.
+            for id in others.iter().filter(|id| answered(id)) {
+                if versions.contains_key(id) {
+                    continue;
+                }
+                if let Some(node) = membership.get_node(id) {
+                    if let Some(v) = self.peer_version(node).await {
+                        versions.insert(*id, v);
+                    }
+                }
+            }
+            // Until every voter that is not gone has told its version (a live one answers the
+            // first heartbeat), choosing could pick an older node over a newer one that has
+            // not answered yet.
+            let unknown = others
+                .iter()
+                .any(|id| !gone(id) && !versions.contains_key(id));
+            if unknown && Instant::now() < probe_until {
+                let _ = self.shared.raft.trigger().heartbeat().await;
+                tokio::time::sleep(poll).await;
+                continue;
+            }
+            let newest = others
+                .iter()
+                .filter(|id| answered(id) && !self.client.looks_gone(**id))
+                .filter_map(|id| versions.get(id))
+                .max()
+                .cloned();
+            if let (Handover::NotOlder, Some(own), Some(newest)) = (rule, &own, &newest) {
+                if newest < own {
+                    return Err(ClusterError::OnlyOlderVoters {
+                        own: own.to_string(),
+                        newest: newest.to_string(),
+                    });
+                }
+            }
             let target = m
                 .replication
                 .iter()
@@ -587,6 +671,9 @@ impl RaftNode {
                         && others.contains(id)
                         && !self.client.looks_gone(**id)
                         && matched.map(|l| l.index) == m.last_log_index
+                        // The newest version among those that answer (any,
+                        // when no version is known yet).
+                        && (newest.is_none() || versions.get(id) == newest.as_ref())
                 })
                 .find_map(|(id, _)| membership.get_node(id).cloned());
             let Some(target) = target else {

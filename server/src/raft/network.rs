@@ -7,9 +7,9 @@
 //! again, 50 ms at first and doubling up to 500 ms, so a node that has just
 //! joined and starts listening is reached at once); a request past its deadline is `Timeout`; a connection that broke
 //! mid-request is a `NetworkError` (tried again on the next heartbeat); an
-//! error from the peer's Raft is a `RemoteError`. An append larger than
-//! [`MAX_RPC_BYTES`] is `PayloadTooLarge` with a hint, so openraft sends
-//! fewer entries.
+//! error from the peer's Raft is a `RemoteError`. An append of several entries
+//! larger than [`APPEND_BATCH_BYTES`] is `PayloadTooLarge` with a hint, so
+//! openraft sends fewer entries.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -38,10 +38,19 @@ use super::ClusterError;
 /// `max_entry_size` (1 MiB by default) plus base64 and JSON overhead.
 pub const MAX_RPC_BYTES: usize = 16 * 1024 * 1024;
 
+/// The most an append of several entries carries. openraft cancels an append
+/// after `heartbeat_interval` (0.2 s at `performance_multiplier = 1`), and it
+/// must be sent, parsed and made durable by the follower within that; a batch
+/// of a restore's 256 KiB staging entries up to `MAX_RPC_BYTES` never was, so
+/// a node joining after a restore of a large snapshot never caught up. One
+/// entry larger than this is still sent, alone.
+pub const APPEND_BATCH_BYTES: usize = 1024 * 1024;
+
 pub(crate) const APPEND_PATH: &str = "/v1/cluster/raft/append";
 pub(crate) const VOTE_PATH: &str = "/v1/cluster/raft/vote";
 pub(crate) const SNAPSHOT_PATH: &str = "/v1/cluster/raft/snapshot";
 pub(crate) const ELECT_PATH: &str = "/v1/cluster/raft/elect";
+pub(crate) const VERSION_PATH: &str = "/v1/cluster/raft/version";
 
 /// How long a connection attempt may take before the peer counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -342,8 +351,8 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         let entries = rpc.entries.len();
         let body =
             serde_json::to_vec(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        if body.len() > MAX_RPC_BYTES && entries > 1 {
-            let fits = (entries * MAX_RPC_BYTES / body.len()).clamp(1, entries - 1);
+        if body.len() > APPEND_BATCH_BYTES && entries > 1 {
+            let fits = (entries * APPEND_BATCH_BYTES / body.len()).clamp(1, entries - 1);
             return Err(RPCError::PayloadTooLarge(
                 PayloadTooLarge::new_entries_hint(fits as u64),
             ));

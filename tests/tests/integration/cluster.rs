@@ -13,7 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use keyhold_tests::{slow_tests_enabled, Api, Cluster, InitKeys, NodeOptions, RaftServer};
+use keyhold_tests::{
+    next_keyhold_bin, slow_tests_enabled, Api, Cluster, InitKeys, NodeOptions, RaftServer,
+    NEXT_VERSION,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -771,6 +774,88 @@ async fn a_joiner_with_another_clusters_keys_is_refused() -> Result<()> {
 
 // ------------------------------------------------------------------------------ step-down
 
+/// Waits (bounded) until a node other than `old` is the only active one; its index.
+async fn wait_new_active(cluster: &Cluster, old: usize, what: &str) -> Result<usize> {
+    for _ in 0..300 {
+        let roles = cluster.roles().await;
+        if roles.active.len() == 1 && roles.active[0] != old {
+            return Ok(roles.active[0]);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!(
+        "{what}: {} is still the only active node 300 polls later\n{}",
+        cluster.nodes[old].id,
+        cluster.log_tails(15)
+    )
+}
+
+/// A rolling upgrade's rule, on the server: a leader handing over picks the caught-up voter with
+/// the newest version, and an operator's step-down refuses when only older voters could take
+/// over (leadership never moves back to an older build while a newer one is there).
+#[tokio::test]
+async fn step_down_hands_leadership_to_the_newest_version_and_never_back() -> Result<()> {
+    let mut cluster = Cluster::prepare_ha(3, NodeOptions::default())?;
+    let newest = 1;
+    cluster.nodes[newest].set_bin(next_keyhold_bin()?);
+    cluster.form(3, 2).await?;
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let health = node.api().with_token(None).get("sys/health").await?;
+        let want = if i == newest {
+            NEXT_VERSION
+        } else {
+            keyhold::VERSION
+        };
+        ensure!(
+            health.json["version"] == json!(want),
+            "{} reports {}, not {want}",
+            node.id,
+            health.json["version"]
+        );
+    }
+    // From an older active node: leadership goes to the newest, never to the other old one.
+    // Twice, so the choice is not a coin toss that happened to land right.
+    for round in 0..2 {
+        let active = cluster.active().await?;
+        if active == newest {
+            break;
+        }
+        cluster.nodes[active]
+            .api()
+            .put("sys/step-down", json!({}))
+            .await?
+            .expect_ok("step-down on an older active node")?;
+        let now = wait_new_active(&cluster, active, "step-down").await?;
+        ensure!(
+            now == newest,
+            "round {round}: leadership went from {} to {}, not to {} which runs {NEXT_VERSION}",
+            cluster.nodes[active].id,
+            cluster.nodes[now].id,
+            cluster.nodes[newest].id
+        );
+    }
+    ensure!(cluster.active().await? == newest, "the newest node leads");
+    cluster.wait_caught_up().await?;
+    // From the newest: every other voter is older, so an operator's step-down is refused.
+    let refused = cluster.nodes[newest]
+        .api()
+        .put("sys/step-down", json!({}))
+        .await?
+        .expect(400, "step-down with only older voters to take over")?;
+    ensure!(
+        refused.errors().contains("older version"),
+        "the refusal says why: {}",
+        refused.errors()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ensure!(
+        cluster.active().await? == newest,
+        "the refused step-down moved leadership\n{}",
+        cluster.log_tails(15)
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn step_down_moves_the_active_node() -> Result<()> {
     let mut cluster = Cluster::prepare_ha(3, NodeOptions::default())?;
@@ -933,5 +1018,60 @@ async fn slow_autopilot_removes_dead_servers_down_to_min_quorum_and_promotes_a_n
         "newcomer {new_id} promoted {:?} after joining",
         joined_at.elapsed()
     );
+    Ok(())
+}
+
+/// A voter whose disk was lost comes back under its node id with an empty log, behind what the
+/// leader last saw of it. The leader replicates to it from scratch (openraft's
+/// `loosen-follower-log-revert`: without it the leader's Raft core panicked at the first append
+/// and the whole cluster stopped serving), the node joins again with the cluster's keys, and
+/// it ends up with every write: those made before, while it was gone, and after.
+#[tokio::test]
+async fn a_voter_that_lost_its_disk_rejoins_and_the_cluster_keeps_serving() -> Result<()> {
+    let mut cluster = Cluster::prepare_ha(3, NodeOptions::default())?;
+    let keys = cluster.form(3, 2).await?;
+    let active = cluster.active().await?;
+    let lost = cluster.others(active)[0];
+    let api = cluster.nodes[active].api();
+    api.mount_kv("secret", 2).await?;
+    api.kv2_put_many("secret", "before", 300, 8).await?;
+    cluster.wait_caught_up().await?;
+
+    cluster.nodes[lost].kill9()?;
+    let data_dir = cluster.nodes[lost].data_dir.clone();
+    std::fs::remove_dir_all(&data_dir)?;
+    std::fs::create_dir_all(&data_dir)?;
+    api.kv2_put_many("secret", "while-gone", 100, 8).await?;
+
+    cluster.nodes[lost].start().await?;
+    cluster.join(lost, &keys).await?;
+    api.kv2_put_many("secret", "after", 100, 8).await?;
+    ensure!(
+        cluster.active().await? == active,
+        "leadership moved while a wiped voter came back\n{}",
+        cluster.log_tails(20)
+    );
+    cluster.wait_voters(3, "the wiped voter back").await?;
+    cluster.wait_caught_up().await?;
+    for (prefix, count) in [("before", 300), ("while-gone", 100), ("after", 100)] {
+        for i in [0, count - 1] {
+            let got = cluster.nodes[lost]
+                .api()
+                .kv2_get("secret", &format!("{prefix}/{i}"))
+                .await?;
+            ensure!(
+                got == Some(json!({"v": i})),
+                "the rejoined node reads {prefix}/{i} as {got:?}"
+            );
+        }
+    }
+    for node in &cluster.nodes {
+        ensure!(
+            !node.log().contains("panicked"),
+            "{} panicked:\n{}",
+            node.id,
+            node.log_tail(30)
+        );
+    }
     Ok(())
 }

@@ -19,6 +19,7 @@ mod provision_kms;
 mod provision_snapshots;
 mod provision_systemd;
 mod provision_transit;
+mod provision_upgrade;
 mod seal;
 mod security;
 mod smoke;

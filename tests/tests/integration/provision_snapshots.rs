@@ -19,6 +19,7 @@ use serde_json::json;
 const SLOT_SNAPSHOTS: u8 = 23;
 const SLOT_DRILL: u8 = 24;
 const SLOT_DR: u8 = 25;
+const SLOT_DR_QUORUM: u8 = 26;
 
 /// A 3-node test environment named `name` on its own loopback range (`slot`) whose snapshots go
 /// to a fresh bucket on a moto started for the test; `settings` are the `snapshots` block's
@@ -342,51 +343,94 @@ async fn a_restore_drill_passes_a_good_snapshot_and_fails_a_corrupted_one() -> R
     Ok(())
 }
 
+/// How many secrets the DR tests' snapshots hold (the floor for a rebuild test).
+const DR_SECRETS: usize = 10_000;
+
 /// Every node lost (SIGKILLed, data directories gone): `provision dr rebuild --from latest`
 /// drills the snapshot, restores it offline into the first node, unseals, lets the others join,
 /// and the cluster serves what the snapshot held (a secret written after it is, as expected,
-/// not there), with the old admin login; what was left of the old data is kept aside.
+/// not there), with the old admin token; what was left of the old data is kept aside.
 #[tokio::test(flavor = "multi_thread")]
 async fn dr_rebuild_brings_a_lost_cluster_back_from_its_snapshot() -> Result<()> {
+    dr_rebuild_after("dr", SLOT_DR, &[]).await
+}
+
+/// Quorum lost with one node's data left: two nodes SIGKILLed with their data gone, the third
+/// still running on its data with no quorum. The rebuild stops it, keeps its data aside (it may
+/// hold writes newer than the snapshot) and brings the cluster back from the snapshot.
+#[tokio::test(flavor = "multi_thread")]
+async fn dr_rebuild_after_quorum_loss_keeps_the_survivors_data_aside() -> Result<()> {
+    dr_rebuild_after("dr-quorum", SLOT_DR_QUORUM, &[1]).await
+}
+
+/// A 3-node cluster holding `DR_SECRETS` secrets and a snapshot of them loses every node but
+/// `survivors` (SIGKILL, data directory removed); `dr rebuild` brings it back.
+async fn dr_rebuild_after(name: &str, slot: u8, survivors: &[u8]) -> Result<()> {
     let (_moto, _bucket, mut p) =
-        with_bucket("dr", SLOT_DR, "  schedule = \"every 1h\"\n  retain   = 5\n").await?;
+        with_bucket(name, slot, "  schedule = \"every 1h\"\n  retain   = 5\n").await?;
     p.up_json().await?;
     let vars = p.env_vars().await?;
-    let api = p.api(1, Some(&vars["VAULT_TOKEN"]))?;
-    for i in 0..10 {
-        api.kv2_put("kv", &format!("dr/{i}"), json!({"v": i}))
-            .await?
-            .expect_ok("write before the snapshot")?;
-    }
+    let old_token = vars["VAULT_TOKEN"].clone();
+    let api = p.api(1, Some(&old_token))?;
+    let loaded = std::time::Instant::now();
+    api.kv2_put_many("kv", "dr", DR_SECRETS, 16).await?;
+    println!(
+        "{name}: wrote {DR_SECRETS} secrets in {:.1}s",
+        loaded.elapsed().as_secs_f64()
+    );
     p.run(&["snapshot", "save"]).await?.expect(0)?;
     api.kv2_put("kv", "dr/after", json!({"v": "after"}))
         .await?
         .expect_ok("write after the snapshot")?;
 
-    // Every node lost.
     let mut killed = Vec::new();
-    for n in 1..=3 {
+    for n in (1..=3).filter(|n| !survivors.contains(n)) {
         killed.push(p.kill9_node(n).await?);
     }
     wait_gone(&killed, "the killed nodes").await?;
-    for n in 1..=3 {
+    for n in (1..=3).filter(|n| !survivors.contains(n)) {
         fs::remove_dir_all(p.node_dir(n).join("opt/keyhold/data"))?;
     }
 
     let rebuilt = p
         .run(&["dr", "rebuild", "--from", "latest", "--json"])
         .await?
-        .expect(0)?;
+        .expect(0)
+        .map_err(|e| e.context(p.log_tails(40)))?;
     let report = rebuilt.json()?;
-    println!("dr rebuild: {report}");
+    println!("{name}: dr rebuild: {report}");
+    let verified = &report["verified"];
     ensure!(
-        report["rto_seconds"].as_f64().is_some() && report["rpo_seconds"].as_f64().is_some(),
+        report["rto_seconds"].as_f64().is_some()
+            && report["rpo_seconds"].as_f64().is_some()
+            && verified["secrets"].as_u64() == Some(DR_SECRETS as u64)
+            && verified["sampled"].as_u64().unwrap_or(0) >= 20
+            && verified["policies"].as_u64().unwrap_or(0) >= 3
+            && verified["auth_methods"].as_u64().unwrap_or(0) >= 2
+            && verified["tokens_served"] == verified["tokens_in_snapshot"],
         "dr report: {report}"
     );
-    let vars = p.env_vars().await?;
+    // What each survivor had is kept aside, not deleted.
+    let kept: Vec<String> = report["moved_aside"]
+        .as_array()
+        .context("moved_aside")?
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    ensure!(
+        kept.len() == survivors.len()
+            && survivors.iter().all(|n| {
+                kept.iter().any(|k| {
+                    std::path::Path::new(k).starts_with(p.node_dir(*n))
+                        && std::path::Path::new(k).is_dir()
+                })
+            }),
+        "kept aside: {kept:?}, survivors {survivors:?}"
+    );
+    // The admin token from before the loss still works on every node.
     for n in 1..=3 {
-        let api = p.api(n, Some(&vars["VAULT_TOKEN"]))?;
-        for i in [0, 9] {
+        let api = p.api(n, Some(&old_token))?;
+        for i in [0, DR_SECRETS / 2, DR_SECRETS - 1] {
             let got = api.kv2_get("kv", &format!("dr/{i}")).await?;
             ensure!(got == Some(json!({"v": i})), "node {n}, dr/{i}: {got:?}");
         }

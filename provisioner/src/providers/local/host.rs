@@ -4,7 +4,7 @@
 //! that process running with this node's config, so a recycled pid is never signalled.
 
 use std::fs;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -16,7 +16,7 @@ use rustix::process::{kill_process, test_kill_process, Pid, Signal};
 
 use crate::providers::{CommandOutput, Host, Owner, Service, ServiceState};
 use crate::render::Layout;
-use crate::state::write_atomic;
+use crate::state::{fingerprint_file, write_atomic};
 
 /// The pid file of a local node's server, relative to its root.
 const PID_FILE: &str = "run/keyhold.pid";
@@ -189,6 +189,42 @@ impl Host for LocalHost {
             fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
         }
         write_atomic(&path, content, mode)?;
+        Ok(true)
+    }
+
+    /// A hard link to `src` where the mode already matches and both are on one filesystem (a
+    /// server binary is large, and several nodes run it), else a copy.
+    async fn install_file(&self, src: &Path, rel: &Path, mode: u32) -> Result<bool> {
+        let path = self.path(rel);
+        let src_meta = fs::metadata(src).with_context(|| format!("read {}", src.display()))?;
+        if let Ok(meta) = fs::metadata(&path) {
+            let same_file = meta.dev() == src_meta.dev() && meta.ino() == src_meta.ino();
+            if meta.permissions().mode() & 0o7777 == mode
+                && (same_file
+                    || (meta.len() == src_meta.len()
+                        && fingerprint_file(&path)? == fingerprint_file(src)?))
+            {
+                return Ok(false);
+            }
+        }
+        let parent = path.parent().context("an installed file has a directory")?;
+        fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+        let name = path.file_name().context("an installed file has a name")?;
+        let tmp = parent.join(format!(
+            ".{}.install-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        let _ = fs::remove_file(&tmp);
+        let linked =
+            src_meta.permissions().mode() & 0o7777 == mode && fs::hard_link(src, &tmp).is_ok();
+        if !linked {
+            fs::copy(src, &tmp)
+                .with_context(|| format!("copy {} to {}", src.display(), tmp.display()))?;
+            fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))
+                .with_context(|| format!("chmod {}", tmp.display()))?;
+        }
+        fs::rename(&tmp, &path).with_context(|| format!("install {}", path.display()))?;
         Ok(true)
     }
 

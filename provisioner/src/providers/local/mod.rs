@@ -33,7 +33,6 @@ pub struct LocalRecord {
 pub struct LocalProvider {
     address_base: Ipv4Addr,
     nodes_dir: PathBuf,
-    binary: PathBuf,
     /// The snapshot agent's `-schedule`, when the environment stores snapshots in S3.
     agent_schedule: Option<String>,
 }
@@ -42,13 +41,11 @@ impl LocalProvider {
     pub fn new(
         settings: &LocalSettings,
         nodes_dir: PathBuf,
-        binary: PathBuf,
         agent_schedule: Option<String>,
     ) -> Self {
         LocalProvider {
             address_base: settings.address_base,
             nodes_dir,
-            binary,
             agent_schedule,
         }
     }
@@ -68,14 +65,14 @@ impl Provider for LocalProvider {
     }
 
     fn layout(&self, name: &str) -> Layout {
-        Layout::local(self.nodes_dir.join(name), self.binary.clone())
+        Layout::local(self.nodes_dir.join(name))
     }
 
     fn host(&self, node: &NodeSpec) -> Arc<dyn Host> {
         Arc::new(LocalHost::new(
             &node.name,
             node.layout.root.clone(),
-            self.binary.clone(),
+            node.layout.binary.clone(),
             self.agent_schedule.clone(),
         ))
     }
