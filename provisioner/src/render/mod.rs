@@ -523,6 +523,8 @@ struct NodeContext<'a> {
     disable_mlock: bool,
     /// Every audit file this node writes (for logrotate).
     audit_files: Vec<String>,
+    /// The environment's audit devices, declared in the server config (`audit "TYPE" "NAME"`).
+    audit: Vec<AuditView>,
     snapshots: Option<SnapshotsView<'a>>,
     seal: SealView<'a>,
 }
@@ -566,6 +568,23 @@ struct Paths {
     /// What the server may write: data and log directories, and the directory of every
     /// audit file outside the log directory.
     writable: Vec<String>,
+}
+
+/// One `audit` stanza of the server config.
+#[derive(Debug, Serialize)]
+struct AuditView {
+    #[serde(rename = "type")]
+    kind: String,
+    /// The device's path in `sys/audit`, without the trailing slash.
+    name: String,
+    /// Every option, `file_path` as the node's server sees it, sorted by key.
+    options: Vec<AuditOption>,
+}
+
+#[derive(Debug, Serialize)]
+struct AuditOption {
+    key: String,
+    value: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -684,6 +703,34 @@ impl<'a> NodeContext<'a> {
                 .iter()
                 .map(|p| text(p))
                 .collect::<Result<_, _>>()?,
+            audit: env
+                .audit
+                .iter()
+                .map(|device| {
+                    let file_path = match layout.audit_file(device) {
+                        Some(path) => text(&path)?,
+                        None => device.file_path.clone(),
+                    };
+                    let mut options: Vec<AuditOption> = device
+                        .options
+                        .iter()
+                        .map(|(key, value)| AuditOption {
+                            key: key.clone(),
+                            value: value.clone(),
+                        })
+                        .chain([AuditOption {
+                            key: "file_path".into(),
+                            value: file_path,
+                        }])
+                        .collect();
+                    options.sort_by(|a, b| a.key.cmp(&b.key));
+                    Ok(AuditView {
+                        kind: device.kind.clone(),
+                        name: device.path.trim_end_matches('/').to_string(),
+                        options,
+                    })
+                })
+                .collect::<anyhow::Result<_>>()?,
             snapshots: env.snapshots.as_ref().map(|s| SnapshotsView {
                 schedule: &s.schedule,
                 retain: s.retain,

@@ -66,6 +66,11 @@ pub struct CoreConfig {
     pub seals: SealSetup,
     /// `user_lockout` stanzas of the server config, by auth type (`all`, `userpass`, ...).
     pub user_lockout: BTreeMap<String, lockout::LockoutTune>,
+    /// Audit devices declared in the server config (`audit "TYPE" "NAME"`): enabled at unseal
+    /// before the audit table's, listed by `sys/audit`, not changeable through the API.
+    pub config_audit: Vec<crate::audit::AuditDeviceConfig>,
+    /// The config files those came from, for errors that say where to change them.
+    pub config_source: String,
 }
 
 impl Default for CoreConfig {
@@ -82,6 +87,8 @@ impl Default for CoreConfig {
             audit_write_timeout: Duration::from_secs(5),
             seals: SealSetup::default(),
             user_lockout: BTreeMap::new(),
+            config_audit: Vec::new(),
+            config_source: String::new(),
         }
     }
 }
@@ -670,12 +677,31 @@ impl Core {
             }
         }
 
+        // Config-declared devices first: the node is audited by them from its first request.
+        // Each keeps its salt in a view named after its path, so every node declaring it
+        // hashes alike and a restart keeps the salt.
+        for config in &self.config.config_audit {
+            let view = self.view(&config_audit_view(&config.path));
+            audit.enable(config, view).await.map_err(|e| {
+                Error::internal(format!(
+                    "audit device {:?} declared in {} could not be enabled ({e}); refusing to unseal without it, because requests would go unaudited. Fix the device (path, permissions) and unseal again",
+                    config.path, self.config.config_source
+                ))
+            })?;
+        }
         let audit_table: Vec<AuditTableEntry> = self
             .view("")
             .get_json(AUDIT_TABLE_KEY)
             .await?
             .unwrap_or_default();
         for entry in &audit_table {
+            if let Some(declared) = self.config_audit_at(&entry.config.path) {
+                tracing::error!(
+                    path = %entry.config.path,
+                    "the audit table's device is not enabled: the config file declares audit device {declared:?} at the same path; disable one of them"
+                );
+                continue;
+            }
             audit.enable(&entry.config, self.view(&format!("audit/{}/", entry.uuid))).await.map_err(|e| {
                 Error::internal(format!(
                     "audit device {:?} could not be re-enabled ({e}); refusing to unseal without it, because requests would go unaudited. Fix the device (path, permissions) and unseal again",
@@ -1060,6 +1086,24 @@ fn is_unauthenticated_route(route: Option<&(Mount, String)>) -> bool {
             .iter()
             .any(|p| path_matches(p, rel)),
         None => false,
+    }
+}
+
+/// The storage view of a config-declared audit device (`audit/config/<path>`): named by
+/// path, where the audit table's devices use `audit/<uuid>/`.
+fn config_audit_view(path: &str) -> String {
+    format!("audit/config/{}/", path.trim_matches('/'))
+}
+
+impl Core {
+    /// The config-declared audit device whose path equals, contains or sits under `path`.
+    pub(crate) fn config_audit_at(&self, path: &str) -> Option<String> {
+        let path = format!("{}/", path.trim_matches('/'));
+        self.config
+            .config_audit
+            .iter()
+            .map(|d| format!("{}/", d.path.trim_matches('/')))
+            .find(|declared| declared.starts_with(&path) || path.starts_with(declared.as_str()))
     }
 }
 

@@ -262,6 +262,14 @@ impl Core {
         }
         if let Some(path) = rel.strip_prefix("audit/") {
             let path = normalize_mount_path(path);
+            if let Some(declared) = self.config_audit_at(&path) {
+                if write || op == Operation::Delete {
+                    return Err(Error::invalid(format!(
+                        "audit device {declared:?} is declared in the server config file ({}); it cannot be enabled, replaced or disabled through the API. Change the audit stanza there and restart the node",
+                        self.config.config_source
+                    )));
+                }
+            }
             return match op {
                 Operation::Create | Operation::Update => self.enable_audit(u, req, &path).await,
                 Operation::Delete => self.disable_audit(u, &path).await,

@@ -99,6 +99,7 @@ async fn entry(
         client_cert: client_cert.is_some_and(|axum::Extension(c)| c.0),
         forwarded: false,
     };
+    let logged = (method.clone(), loggable_path(uri.path()));
     let task = tokio::spawn(async move { serve(&state, caller, method, uri, headers, body).await });
     let mut response = match tokio::time::timeout(limit, task).await {
         Ok(Ok(resp)) => resp,
@@ -111,7 +112,31 @@ async fn entry(
         ))),
     };
     harden_headers(&mut response);
+    tracing::debug!(
+        method = %logged.0,
+        path = %logged.1,
+        status = response.status().as_u16(),
+        remote = %remote.ip(),
+        "request"
+    );
     response
+}
+
+/// The path of a request as the debug log shows it: no query string, and nothing after
+/// `auth/token/<operation>/`, where a token id may sit (`auth/token/lookup/<token>`).
+fn loggable_path(path: &str) -> String {
+    match path.find("/auth/token/") {
+        Some(at) => {
+            let rest = &path[at + "/auth/token/".len()..];
+            match rest.split_once('/') {
+                Some((operation, tail)) if !tail.is_empty() => {
+                    format!("{}/auth/token/{operation}/...", &path[..at])
+                }
+                _ => path.to_string(),
+            }
+        }
+        None => path.to_string(),
+    }
 }
 
 /// Why a request body was not accepted.
@@ -733,6 +758,21 @@ fn raw_json<T: serde::Serialize>(status: StatusCode, value: &T) -> HttpResponse 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logged_paths_hide_token_ids() {
+        for (path, want) in [
+            (
+                "/v1/auth/token/lookup/hvs.secret",
+                "/v1/auth/token/lookup/...",
+            ),
+            ("/v1/auth/token/lookup-self", "/v1/auth/token/lookup-self"),
+            ("/v1/auth/token/roles/", "/v1/auth/token/roles/"),
+            ("/v1/secret/data/app", "/v1/secret/data/app"),
+        ] {
+            assert_eq!(loggable_path(path), want, "{path}");
+        }
+    }
 
     #[test]
     fn injector_routes() {

@@ -4,6 +4,7 @@
 
 mod acl;
 mod api_conventions;
+mod audit;
 mod bad_input;
 mod ci_job;
 mod cli;
