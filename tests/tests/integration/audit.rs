@@ -655,3 +655,46 @@ async fn sighup_applies_the_config_log_level_to_a_rotated_json_log_file() -> Res
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn config_check_names_the_stanza_of_a_bad_audit_device() -> Result<()> {
+    use super::bad_input::config_check;
+    let dir = keyhold_tests::test_dir("keyhold-audit-check-")?;
+    let config = |device: &str| {
+        format!(
+            "storage \"inmem\" {{}}\ndisable_mlock = true\nlistener \"tcp\" {{\n  address = \"127.0.0.1:8200\"\n  tls_disable = true\n}}\n{device}\n"
+        )
+    };
+    let good = dir.path().join("good.hcl");
+    std::fs::write(
+        &good,
+        config(
+            "audit \"socket\" \"siem\" {\n  options {\n    address = \"127.0.0.1:9090\"\n    write_timeout = \"1s\"\n  }\n}",
+        ),
+    )?;
+    let (code, out) = config_check(&good).await?;
+    ensure!(code == Some(0), "a good socket device refused: {out}");
+    for (device, wants) in [
+        (
+            "audit \"syslog\" \"sys\" {\n  options { facility = \"NOPE\" }\n}",
+            &["bad.hcl:7", "facility", "NOPE"][..],
+        ),
+        (
+            "audit \"socket\" \"siem\" {\n  options { address = \"127.0.0.1\" }\n}",
+            &["bad.hcl:7", "needs a port"][..],
+        ),
+        (
+            "audit \"file\" \"f\" {\n  options { file_path = \"/tmp/a.log\"\n    colour = \"blue\" }\n}",
+            &["bad.hcl:7", "unknown option \"colour\""][..],
+        ),
+    ] {
+        let bad = dir.path().join("bad.hcl");
+        std::fs::write(&bad, config(device))?;
+        let (code, out) = config_check(&bad).await?;
+        ensure!(
+            code != Some(0) && wants.iter().all(|w| out.contains(w)),
+            "{device}: exit {code:?}, {out}"
+        );
+    }
+    Ok(())
+}
