@@ -57,7 +57,8 @@ impl Layout {
     /// Where the snapshot agent stages archives before it uploads them.
     pub const SNAPSHOT_DIR: &'static str = "opt/keyhold/snapshots";
     /// node_exporter textfiles (`--collector.textfile.directory`): the snapshot agent's
-    /// `keyhold_snapshot.prom`.
+    /// `keyhold_snapshot.prom`. Under `/var/lib`, so the agent's unit can have systemd make it
+    /// (`StateDirectory=`, writable despite `ProtectSystem=strict`, readable by node_exporter).
     pub const METRICS_DIR: &'static str = "var/lib/keyhold/textfile";
     pub const SNAPSHOT_METRICS: &'static str = "var/lib/keyhold/textfile/keyhold_snapshot.prom";
     /// The server log (when written to a file) and, by default, the audit files.
@@ -675,7 +676,8 @@ struct Paths {
     snapshot_secret_id: String,
     data_dir: String,
     snapshot_dir: String,
-    metrics_dir: String,
+    /// [`Layout::METRICS_DIR`] relative to `/var/lib`, for `StateDirectory=`.
+    metrics_state_directory: String,
     snapshot_metrics: String,
     ca_cert: String,
     node_cert: String,
@@ -774,7 +776,10 @@ impl<'a> NodeContext<'a> {
                 snapshot_secret_id: text(&layout.path(Layout::SNAPSHOT_SECRET_ID))?,
                 data_dir: text(&layout.path(Layout::DATA_DIR))?,
                 snapshot_dir: text(&layout.path(Layout::SNAPSHOT_DIR))?,
-                metrics_dir: text(&layout.path(Layout::METRICS_DIR))?,
+                metrics_state_directory: Layout::METRICS_DIR
+                    .strip_prefix("var/lib/")
+                    .expect("METRICS_DIR is under var/lib")
+                    .to_string(),
                 snapshot_metrics: text(&layout.path(Layout::SNAPSHOT_METRICS))?,
                 ca_cert: text(&layout.tls_file(CA_CERT))?,
                 node_cert: text(&layout.tls_file(NODE_CERT))?,
