@@ -11,8 +11,9 @@
 //! that long. Counters and gauges stay for the life of the process: a counter
 //! that vanished and came back would hide its first increase from `rate()`,
 //! and a gauge such as `vault.core.unsealed = 0` must not age out of a sealed
-//! node. Counters that alerts read are registered at zero at start. Unless `disable_hostname = true`, gauge names carry the host name after
-//! their first segment (`vault.HOST.core.unsealed`), as go-metrics does.
+//! node. Counters that alerts read are registered at zero at start. Unless
+//! `disable_hostname = true`, gauge names carry the host name after their first
+//! segment (`vault.HOST.core.unsealed`), as go-metrics does.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,7 +29,6 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, Prometheu
 use serde_json::{json, Value};
 
 use crate::config::TelemetryConfig;
-
 use crate::physical::{Backend, StorageError, TxnOp};
 
 /// Handle to the process's metrics, cheap to clone.

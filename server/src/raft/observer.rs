@@ -3,18 +3,20 @@
 //! node became each), `vault.raft_storage.stats.*` (term, log, commit and
 //! apply indexes), `vault.raft.peers`, and, on the leader,
 //! `vault.raft.leader.lastContact` (ms since the least recently heard voter
-//! answered, sampled every [`SAMPLE_INTERVAL`]). Commit and apply timings are
-//! recorded where they happen (`backend.rs`, `state_machine.rs`).
+//! answered). State changes are counted as they come; the rest is sampled at
+//! most every [`SAMPLE_INTERVAL`], so a busy node's stream of metrics changes
+//! does not turn into a stream of requests to the Raft core. Commit and apply
+//! timings are recorded where they happen (`backend.rs`, `state_machine.rs`).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::ServerState;
 
 use super::network::ClusterClient;
 use super::types::{NodeId, Raft};
 
-/// How often the leader samples its followers' last contact when Raft itself
-/// reports nothing new. hashicorp/raft samples at each lease check.
+/// How often the gauges and the leader's last contact are sampled, at most and
+/// (while Raft runs) at least. hashicorp/raft samples at each lease check.
 const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs until Raft stops (its metrics channel closes).
@@ -22,6 +24,7 @@ pub(crate) fn spawn(raft: Raft, client: ClusterClient, me: NodeId) {
     tokio::spawn(async move {
         let mut metrics = raft.metrics();
         let mut last_state: Option<ServerState> = None;
+        let mut sampled: Option<Instant> = None;
         loop {
             let m = metrics.borrow_and_update().clone();
             if m.running_state.is_err() {
@@ -39,6 +42,16 @@ pub(crate) fn spawn(raft: Raft, client: ClusterClient, me: NodeId) {
                 }
                 last_state = Some(m.state);
             }
+            let due = sampled.map_or(Duration::ZERO, |t| {
+                SAMPLE_INTERVAL.saturating_sub(t.elapsed())
+            });
+            if !due.is_zero() {
+                if let Ok(Err(_)) = tokio::time::timeout(due, metrics.changed()).await {
+                    return;
+                }
+                continue;
+            }
+            sampled = Some(Instant::now());
             let committed = raft
                 .with_raft_state(|st| st.committed)
                 .await
