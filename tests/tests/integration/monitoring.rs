@@ -4,7 +4,8 @@
 //! moving as operations happen (KV writes, tokens, a seal and unseal, a step-down); the
 //! Grafana dashboard `provision render` writes queries only metrics a live scrape shows; the
 //! alert rules it writes pass `promtool check rules` and fire in a `promtool test rules` unit
-//! test (`monitoring/alerts.test.yml`).
+//! test (`monitoring/alerts.test.yml`); the `telemetry` stanza's `disable_hostname` and
+//! `prometheus_retention_time` as Vault reads them.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -345,6 +346,80 @@ async fn every_node_is_scraped_and_its_metrics_move_with_operations() -> Result<
     let mut p = Provisioned::new("mon", SLOT_MONITORING, EnvSpec::nodes(3))?;
     let out = render(&mut p).await?;
     check_dashboard(&out.join("monitoring/keyhold-dashboard.json"), &exported)?;
+    Ok(())
+}
+
+/// `telemetry { ... }` as Vault reads it: without `disable_hostname`, gauges carry the host
+/// name (`vault_HOST_core_unsealed`) and nothing else does; `prometheus_retention_time` drops a
+/// timing that stopped moving, while counters and gauges stay; a retention of 0 turns the
+/// Prometheus format off and leaves Vault's JSON.
+#[tokio::test]
+async fn the_telemetry_stanza_is_honoured() -> Result<()> {
+    let telemetry = |lines: &[&str]| NodeOptions {
+        extra_top: ["telemetry {"]
+            .iter()
+            .chain(lines)
+            .chain(&["}"])
+            .map(|l| l.to_string())
+            .collect(),
+        ..NodeOptions::default()
+    };
+    let mut with_host =
+        Cluster::single_active(telemetry(&["  prometheus_retention_time = \"2s\""])).await?;
+    let node = with_host.node();
+    let host: String = std::fs::read_to_string("/proc/sys/kernel/hostname")?
+        .trim()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let text = metrics(node).await?;
+    let gauge = format!("vault_{host}_core_unsealed");
+    ensure!(
+        value(&text, &gauge, &[]) == Some(1.0)
+            && value(&text, "vault_core_unsealed", &[]).is_none(),
+        "without disable_hostname the gauge is {gauge}; scrape:\n{text}"
+    );
+
+    node.api().mount_kv("kv", 2).await?;
+    node.api()
+        .kv2_put("kv", "app", json!({"v": 1}))
+        .await?
+        .expect(200, "kv write")?;
+    let kv_timing = |t: &str| {
+        names(t)
+            .iter()
+            .any(|n| n.starts_with("vault_route_") && n.ends_with("_kv_count"))
+    };
+    let text = metrics(node).await?;
+    ensure!(
+        kv_timing(&text) && count(&text, "vault_core_handle_request_count") > 0.0,
+        "the KV write was timed, under names without the host:\n{text}"
+    );
+    let text = wait_metrics(node, "the idle KV timing aged out", |t| !kv_timing(t)).await?;
+    ensure!(
+        value(&text, "vault_audit_log_request_failure", &[]) == Some(0.0)
+            && value(&text, &gauge, &[]) == Some(1.0),
+        "counters and gauges outlive the retention time:\n{text}"
+    );
+
+    let mut off =
+        Cluster::single_active(telemetry(&["  prometheus_retention_time = \"0s\""])).await?;
+    let (status, text) = scrape(off.node(), true).await?;
+    ensure!(
+        status == 400 && text.contains("prometheus_retention_time"),
+        "retention 0: format=prometheus should be refused, got {status} {text}"
+    );
+    let json = off
+        .node()
+        .api()
+        .get("sys/metrics")
+        .await?
+        .expect(200, "JSON metrics with retention 0")?;
+    ensure!(
+        json.json["Gauges"].is_array() && json.json["Samples"].is_array(),
+        "Vault's JSON format: {}",
+        json.text
+    );
     Ok(())
 }
 
