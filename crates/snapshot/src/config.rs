@@ -247,7 +247,7 @@ fn decode_metrics(top: &Section<'_, '_>) -> Result<Option<MetricsSettings>, Conf
             return Err(s.value_error(
                 "textfile",
                 "name a .prom file in node_exporter's textfile-collector directory, e.g. \
-                 textfile = \"/var/lib/node_exporter/textfile/keyhold_snapshot.prom\"",
+                 textfile = \"/var/lib/keyhold/textfile/keyhold_snapshot.prom\"",
             ))
         }
     };
@@ -461,7 +461,15 @@ s3 {
             ),
             (
                 &format!("{BASE}schedule = \"hourly\"\n"),
-                "agent.hcl:11:1: unknown key \"schedule\" at the top level; allowed: keyhold, approle, snapshot, s3",
+                "agent.hcl:11:1: unknown key \"schedule\" at the top level; allowed: keyhold, approle, snapshot, s3, metrics",
+            ),
+            (
+                &format!("{BASE}metrics {{\n  textfile = \"/var/lib/keyhold/textfile/keyhold_snapshot.prom\"\n  cluster = \"prod\"\n}}\n"),
+                "ok",
+            ),
+            (
+                &format!("{BASE}metrics {{\n  textfile = \"/var/lib/keyhold/textfile/snapshot.txt\"\n}}\n"),
+                "agent.hcl:12:14: metrics.textfile: name a .prom file in node_exporter's textfile-collector directory, e.g. textfile = \"/var/lib/keyhold/textfile/keyhold_snapshot.prom\"",
             ),
             (
                 &BASE.replace("bucket", "buckets"),
