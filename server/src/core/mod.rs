@@ -180,6 +180,10 @@ impl Drop for Unsealed {
         self.tidy.abort();
         if let Some(usage) = &self.usage_gauges {
             usage.abort();
+            // Only the active node counts; gauges never age out, so a node that stops
+            // counting says 0 rather than keep its last count forever.
+            metrics::gauge!("vault.token.count").set(0.0);
+            metrics::gauge!("vault.expire.num_leases").set(0.0);
         }
         if let Some(autopilot) = self.autopilot.lock().expect("autopilot lock").take() {
             autopilot.abort();

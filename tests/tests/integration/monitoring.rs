@@ -332,10 +332,15 @@ async fn every_node_is_scraped_and_its_metrics_move_with_operations() -> Result<
         },
     )
     .await?;
-    wait_metrics(&cluster.nodes[old], "the old leader is not active", |t| {
-        value(t, "vault_core_active", &[]) == Some(0.0)
-            && count(t, "vault_raft_state_follower") >= 1.0
-    })
+    wait_metrics(
+        &cluster.nodes[old],
+        "the old leader is not active and no longer counts tokens",
+        |t| {
+            value(t, "vault_core_active", &[]) == Some(0.0)
+                && count(t, "vault_raft_state_follower") >= 1.0
+                && value(t, "vault_token_count", &[]) == Some(0.0)
+        },
+    )
     .await?;
 
     // The dashboard queries only what the nodes export.
