@@ -167,8 +167,9 @@ pub struct Unsealed {
     pub cluster: ClusterInfo,
     pub active_time: DateTime<Utc>,
     tidy: tokio::task::JoinHandle<()>,
-    /// Counts tokens and leases every `usage_gauge_period`.
-    usage_gauges: Option<tokio::task::JoinHandle<()>>,
+    /// Counts tokens and leases every `usage_gauge_period`, and sets the gauges
+    /// while the flag (cleared on drop) says this node still counts.
+    usage_gauges: Option<(tokio::task::JoinHandle<()>, Arc<std::sync::Mutex<bool>>)>,
     /// Autopilot (HA only): promotes caught-up non-voters, prunes dead voters.
     autopilot: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Failed logins and locked aliases (user lockout).
@@ -178,10 +179,13 @@ pub struct Unsealed {
 impl Drop for Unsealed {
     fn drop(&mut self) {
         self.tidy.abort();
-        if let Some(usage) = &self.usage_gauges {
+        if let Some((usage, counting)) = &self.usage_gauges {
             usage.abort();
             // Only the active node counts; gauges never age out, so a node that stops
-            // counting says 0 rather than keep its last count forever.
+            // counting says 0 rather than keep its last count forever. Under the flag's
+            // lock: a count the aborted task was setting cannot land after the 0.
+            let mut counting = counting.lock().expect("usage gauge lock");
+            *counting = false;
             metrics::gauge!("vault.token.count").set(0.0);
             metrics::gauge!("vault.expire.num_leases").set(0.0);
         }
@@ -721,13 +725,19 @@ impl Core {
         };
         let usage_gauges = self.config.usage_gauge_period.map(|period| {
             let tokens = tokens.clone();
-            tokio::spawn(async move {
+            let counting = Arc::new(std::sync::Mutex::new(true));
+            let still = counting.clone();
+            let task = tokio::spawn(async move {
                 let mut tick = tokio::time::interval(period);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tick.tick().await;
                     match tokens.usage().await {
                         Ok(usage) => {
+                            let counting = still.lock().expect("usage gauge lock");
+                            if !*counting {
+                                return;
+                            }
                             metrics::gauge!("vault.token.count").set(usage.tokens as f64);
                             // Keyhold's only leases are those of tokens with a TTL.
                             metrics::gauge!("vault.expire.num_leases").set(usage.leases as f64);
@@ -735,7 +745,8 @@ impl Core {
                         Err(e) => tracing::warn!(error = %e, "counting tokens for vault.token.count failed"),
                     }
                 }
-            })
+            });
+            (task, counting)
         });
         let unsealed = Arc::new(Unsealed {
             router: RwLock::new(router),
