@@ -103,7 +103,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             .with_context(|| format!("write pid_file {}", pid_file.display()))?;
     }
 
-    let telemetry = crate::metrics::Telemetry::install(config.telemetry.prometheus_retention_time);
+    let telemetry = crate::metrics::Telemetry::install(&config.telemetry);
     let seals = crate::seal::SealSetup::from_config(&config.seal, config.old_seal.as_ref())
         .await
         .with_context(|| format!("set up seal \"{}\"", config.seal.kind()))?;
@@ -116,6 +116,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         cluster_addr: config.cluster_addr.clone(),
         ha_enabled,
         prometheus_enabled: !config.telemetry.prometheus_retention_time.is_zero(),
+        usage_gauge_period: config.telemetry.usage_gauge_interval(),
         audit_write_timeout: Duration::from_secs(5),
         seals: seals.clone(),
         user_lockout: config

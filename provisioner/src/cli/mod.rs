@@ -91,7 +91,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Write every file each node would receive into DIR/NODE/.
+    /// Write every file each node would receive into DIR/NODE/, and the environment's
+    /// Prometheus scrape config, alert rules and Grafana dashboard into DIR/monitoring/.
     Render {
         #[command(flatten)]
         env: EnvArg,

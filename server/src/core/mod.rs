@@ -71,6 +71,10 @@ pub struct CoreConfig {
     pub config_audit: Vec<crate::audit::AuditDeviceConfig>,
     /// The config files those came from, for errors that say where to change them.
     pub config_source: String,
+    /// `telemetry { usage_gauge_period }`: how often the active node counts
+    /// tokens and leases (`vault.token.count`, `vault.expire.num_leases`);
+    /// `None` turns that off.
+    pub usage_gauge_period: Option<Duration>,
 }
 
 impl Default for CoreConfig {
@@ -89,6 +93,7 @@ impl Default for CoreConfig {
             user_lockout: BTreeMap::new(),
             config_audit: Vec::new(),
             config_source: String::new(),
+            usage_gauge_period: Some(Duration::from_secs(600)),
         }
     }
 }
@@ -169,6 +174,9 @@ pub struct Unsealed {
     pub cluster: ClusterInfo,
     pub active_time: DateTime<Utc>,
     tidy: tokio::task::JoinHandle<()>,
+    /// Counts tokens and leases every `usage_gauge_period`, and sets the gauges
+    /// while the flag (cleared on drop) says this node still counts.
+    usage_gauges: Option<(tokio::task::JoinHandle<()>, Arc<std::sync::Mutex<bool>>)>,
     /// Autopilot (HA only): promotes caught-up non-voters, prunes dead voters.
     autopilot: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Failed logins and locked aliases (user lockout).
@@ -178,6 +186,16 @@ pub struct Unsealed {
 impl Drop for Unsealed {
     fn drop(&mut self) {
         self.tidy.abort();
+        if let Some((usage, counting)) = &self.usage_gauges {
+            usage.abort();
+            // Only the active node counts; gauges never age out, so a node that stops
+            // counting says 0 rather than keep its last count forever. Under the flag's
+            // lock: a count the aborted task was setting cannot land after the 0.
+            let mut counting = counting.lock().expect("usage gauge lock");
+            *counting = false;
+            metrics::gauge!("vault.token.count").set(0.0);
+            metrics::gauge!("vault.expire.num_leases").set(0.0);
+        }
         if let Some(autopilot) = self.autopilot.lock().expect("autopilot lock").take() {
             autopilot.abort();
         }
@@ -590,16 +608,22 @@ impl Core {
 
     /// Opens the barrier with `root_key` and starts what runs while unsealed:
     /// Raft (the watcher then makes the leader active), or the services.
+    /// `vault.core.unseal` times it (its count is the number of unseals);
+    /// `vault.core.unsealed` turns 1 here, on standbys too.
     async fn open(self: &Arc<Self>, root_key: &crate::barrier::RootKey) -> Result<()> {
+        let started = Instant::now();
         self.barrier.unseal(root_key).await?;
         match &self.ha {
-            Some(ha) => self.start_ha(ha).await,
+            Some(ha) => self.start_ha(ha).await?,
             None => {
                 self.post_unseal().await?;
                 self.complete_migration().await;
-                Ok(())
+                metrics::gauge!("vault.core.active").set(1.0);
             }
         }
+        metrics::gauge!("vault.core.unsealed").set(1.0);
+        metrics::histogram!("vault.core.unseal").record(started.elapsed().as_secs_f64() * 1000.0);
+        Ok(())
     }
 
     /// A cluster of one elects itself at once: return when it is active, so
@@ -725,6 +749,31 @@ impl Core {
                 }
             })
         };
+        let usage_gauges = self.config.usage_gauge_period.map(|period| {
+            let tokens = tokens.clone();
+            let counting = Arc::new(std::sync::Mutex::new(true));
+            let still = counting.clone();
+            let task = tokio::spawn(async move {
+                let mut tick = tokio::time::interval(period);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    match tokens.usage().await {
+                        Ok(usage) => {
+                            let counting = still.lock().expect("usage gauge lock");
+                            if !*counting {
+                                return;
+                            }
+                            metrics::gauge!("vault.token.count").set(usage.tokens as f64);
+                            // Keyhold's only leases are those of tokens with a TTL.
+                            metrics::gauge!("vault.expire.num_leases").set(usage.leases as f64);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "counting tokens for vault.token.count failed"),
+                    }
+                }
+            });
+            (task, counting)
+        });
         let unsealed = Arc::new(Unsealed {
             router: RwLock::new(router),
             tokens,
@@ -734,6 +783,7 @@ impl Core {
             cluster,
             active_time: Utc::now(),
             tidy,
+            usage_gauges,
             autopilot: std::sync::Mutex::new(None),
             lockout: lockout::UserLockout::default(),
         });
@@ -765,6 +815,7 @@ impl Core {
         self.seal.forget_unseal_key();
         self.unseal_keys.lock().expect("unseal lock").reset();
         metrics::gauge!("vault.core.unsealed").set(0.0);
+        metrics::gauge!("vault.core.active").set(0.0);
     }
 
     /// `sys/seal`: needs a token with `sudo` on `sys/seal` (root or a policy).

@@ -288,6 +288,17 @@ async fn serve(
     // the rest. A request already forwarded is never forwarded again.
     if !sys_raw::served_locally(&path) && !unauthenticated_metrics(state, &path) {
         match (state.core.role(), forwarded) {
+            (Role::Standby, false) if method == Method::GET && is_metrics(&path) => {
+                // Each node's metrics are its own (a scrape of a standby must not show the
+                // active node's), but only the active node can check the token: it checks,
+                // authorises and audits the request as usual, and on its yes this node
+                // answers with its own metrics.
+                let verdict = forward(state, remote, &method, &uri, &headers, &bytes).await;
+                if verdict.status() != StatusCode::OK {
+                    return verdict;
+                }
+                return local_metrics(state, &query);
+            }
             (Role::Standby, false) => {
                 return forward(state, remote, &method, &uri, &headers, &bytes).await
             }
@@ -409,6 +420,22 @@ fn request_token(headers: &HeaderMap) -> Option<String> {
                 .map(|t| t.trim().to_string())
         })
         .filter(|t| !t.is_empty())
+}
+
+fn is_metrics(path: &str) -> bool {
+    path.trim_end_matches('/') == "sys/metrics"
+}
+
+/// This node's `sys/metrics`, in the format the query asks for.
+fn local_metrics(state: &AppState, query: &BTreeMap<String, String>) -> HttpResponse {
+    let mut req = crate::logical::Request::new(crate::logical::Operation::Read, "sys/metrics");
+    for (k, v) in query {
+        req.data.insert(k.clone(), Value::String(v.clone()));
+    }
+    match state.core.metrics_unauthenticated(&req) {
+        Ok(resp) => logical_response("sys/metrics", resp),
+        Err(e) => error_response(&e),
+    }
 }
 
 fn unauthenticated_metrics(state: &AppState, path: &str) -> bool {

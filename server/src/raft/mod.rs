@@ -10,7 +10,7 @@
 //! Parts: [`types`] (openraft type config), [`log_store`] and
 //! [`state_machine`] (sled), [`snapshot`] (Vault's `state.bin`), [`tls`],
 //! [`network`] (client) and [`listener`] (server) of the cluster port,
-//! [`backend`] (reads local, writes through Raft).
+//! [`backend`] (reads local, writes through Raft), `observer` (metrics).
 //!
 //! Timing (Vault's `performance_multiplier` `m`, default 5): hashicorp/raft
 //! uses election 1 s·m, heartbeat timeout 1 s·m, leader lease 0.5 s·m, and
@@ -30,6 +30,7 @@ pub mod backend;
 pub mod listener;
 pub mod log_store;
 pub mod network;
+mod observer;
 pub mod snapshot;
 pub mod state_machine;
 pub mod tls;
@@ -272,6 +273,7 @@ impl RaftNode {
         let raft = Raft::new(id, raft_config, factory, log, state_machine)
             .await
             .map_err(|e| ClusterError::Raft(format!("start raft on {}: {e}", me.name)))?;
+        observer::spawn(raft.clone(), client.clone(), id);
         Ok(RaftNode {
             shared: Arc::new(Shared {
                 raft,

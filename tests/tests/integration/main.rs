@@ -14,6 +14,7 @@ mod durability;
 mod fast_cluster;
 mod kv;
 mod lifecycle;
+mod monitoring;
 mod moto;
 mod provision;
 mod provision_kms;
