@@ -1,6 +1,6 @@
 //! `keyhold server`: load config, open storage, build the core, serve HTTP
-//! until SIGINT/SIGTERM; SIGHUP reloads TLS certificates and reopens audit
-//! files.
+//! until SIGINT/SIGTERM; SIGHUP reloads TLS certificates and the client CA,
+//! applies the stored cluster TLS keyring, and reopens audit files.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -197,10 +197,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = sighup.recv() => {
-                tracing::info!("SIGHUP: reloading TLS certificates and reopening audit files");
+                tracing::info!("SIGHUP: reloading TLS certificates and the cluster TLS keyring, reopening audit files");
                 for l in &listeners {
                     l.reload_tls();
                 }
+                core.follow_cluster_tls().await;
                 if let Ok(u) = core.unsealed() {
                     u.audit.reopen().await;
                 }
