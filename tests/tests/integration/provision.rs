@@ -1027,16 +1027,27 @@ fn check_cluster_tls_rotated(rotated: &Value) -> Result<()> {
     Ok(())
 }
 
+/// Each node's server pid, to prove a rotation restarted none of them.
+fn server_pids(p: &Provisioned) -> Result<Vec<u32>> {
+    (1..=p.nodes)
+        .map(|n| {
+            p.node_pid(n)
+                .with_context(|| format!("{}'s pid file", p.node_name(n)))
+        })
+        .collect()
+}
+
 /// `provision certs rotate --ca` while `provision load` runs: a new CA is trusted beside the
 /// old one by every node and by clients (the load generator reads the environment's CA file
 /// as `VAULT_CACERT`), every node moves to a certificate from it, and the old CA is dropped:
-/// no operation fails, no acknowledged write is lost, a client that trusts only the old CA is
-/// refused afterwards, and `plan` has nothing to do.
+/// no operation fails, no acknowledged write is lost, no server is restarted, a client that
+/// trusts only the old CA is refused afterwards, and `plan` has nothing to do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certs_rotate_ca_under_load_moves_nodes_and_clients_to_a_new_ca() -> Result<()> {
     let mut p = Provisioned::new("rotateca", SLOT_ROTATE_CA, EnvSpec::nodes(3))?;
     p.up_json().await?;
     let old_ca = fs::read_to_string(p.ca_file())?;
+    let pids = server_pids(&p)?;
     let load = p.spawn(&["load", "--duration", "40s", "--rate", "30", "--json"])?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rotated = p
@@ -1127,6 +1138,11 @@ async fn certs_rotate_ca_under_load_moves_nodes_and_clients_to_a_new_ca() -> Res
             p.node_name(n)
         );
     }
+    ensure!(
+        server_pids(&p)? == pids && pids.iter().all(|&pid| is_alive(pid)),
+        "a server was restarted by the CA rotation: {pids:?} then {:?}",
+        server_pids(&p)?
+    );
     p.run(&["plan"]).await?.expect(0)?;
     Ok(())
 }
@@ -1188,12 +1204,13 @@ fn ca_rotation_in(state_file: &std::path::Path) -> Value {
 /// `provision certs rotate --ca` SIGKILLed once its first phase is recorded, then again once a
 /// node has moved to the new CA, is finished by the next run (only the nodes left are issued
 /// certificates, from the CA the first run made), while `provision load` runs throughout: no
-/// operation fails, no acknowledged write is lost. Meanwhile `certs rotate` without `--ca` and
+/// operation fails, no acknowledged write is lost, no server is restarted. Meanwhile `certs rotate` without `--ca` and
 /// `up` are refused and change nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_ca_rotation_is_finished_by_the_next_run_under_load() -> Result<()> {
     let mut p = Provisioned::new("rotatekill", SLOT_ROTATE_KILLED, EnvSpec::nodes(3))?;
     p.up_json().await?;
+    let pids = server_pids(&p)?;
     let old_ca = fs::read_to_string(p.ca_file())?;
     let state_file = p.env_dir().join("state.json");
     let mut load = p.spawn(&["load", "--duration", "45s", "--rate", "30", "--json"])?;
@@ -1293,6 +1310,11 @@ async fn a_killed_ca_rotation_is_finished_by_the_next_run_under_load() -> Result
             p.node_name(n)
         );
     }
+    ensure!(
+        server_pids(&p)? == pids && pids.iter().all(|&pid| is_alive(pid)),
+        "a server was restarted by the interrupted CA rotation: {pids:?} then {:?}",
+        server_pids(&p)?
+    );
     p.run(&["plan"]).await?.expect(0)?;
     Ok(())
 }
