@@ -1,6 +1,7 @@
 //! `keyhold server`: load config, open storage, build the core, serve HTTP
-//! until SIGINT/SIGTERM; SIGHUP reloads TLS certificates and the config
-//! file's `log_level`, and reopens audit files.
+//! until SIGINT/SIGTERM; SIGHUP reloads TLS certificates and the client CA,
+//! applies the stored cluster TLS keyring, reloads the config file's
+//! `log_level`, and reopens audit files.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -225,11 +226,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = sighup.recv() => {
-                tracing::info!("SIGHUP: reloading TLS certificates and the log level, reopening audit files");
+                tracing::info!("SIGHUP: reloading TLS certificates, the cluster TLS keyring and the log level, reopening audit files");
                 reload_log_level(&args, log_level.as_ref());
                 for l in &listeners {
                     l.reload_tls();
                 }
+                core.follow_cluster_tls().await;
                 if let Ok(u) = core.unsealed() {
                     u.audit.reopen().await;
                 }

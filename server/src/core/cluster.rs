@@ -102,6 +102,7 @@ impl Core {
         let core = Arc::downgrade(self);
         let mut replacements = ha.data_replacements();
         let watcher = tokio::spawn(async move {
+            let mut tls_followed: Option<Instant> = None;
             loop {
                 let Some(core) = core.upgrade() else { return };
                 if core.is_sealed() {
@@ -111,6 +112,11 @@ impl Core {
                     return;
                 }
                 core.follow_leadership().await;
+                if tls_followed.is_none_or(|at| at.elapsed() >= super::cluster_tls::FOLLOW_INTERVAL)
+                {
+                    core.follow_cluster_tls().await;
+                    tls_followed = Some(Instant::now());
+                }
                 let raft = match &core.ha {
                     Some(ha) => ha.running().await,
                     None => None,
@@ -260,7 +266,7 @@ impl Core {
     }
 
     /// The cluster TLS keyring, from behind the barrier.
-    async fn cluster_tls(&self) -> Result<ClusterTls> {
+    pub(super) async fn cluster_tls(&self) -> Result<ClusterTls> {
         self.view("")
             .get_json(CLUSTER_TLS_KEY)
             .await?

@@ -7,6 +7,7 @@
 //! except through the barrier.
 
 mod cluster;
+mod cluster_tls;
 pub mod ha;
 mod keys;
 pub mod lockout;
@@ -241,6 +242,8 @@ pub struct Core {
     cluster_routes: std::sync::OnceLock<axum::Router>,
     /// Follows Raft leadership while unsealed (HA only).
     watcher: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Held while a cluster TLS rotation step is read, checked and stored.
+    cluster_tls_rotation: Mutex<()>,
 }
 
 impl Core {
@@ -288,6 +291,7 @@ impl Core {
             ha,
             cluster_routes: std::sync::OnceLock::new(),
             watcher: std::sync::Mutex::new(None),
+            cluster_tls_rotation: Mutex::new(()),
         })
     }
 

@@ -33,7 +33,15 @@ pub(super) fn is_unauthenticated(rel: &str) -> bool {
 
 /// Root-protected `sys/` paths: the caller needs `sudo` as well.
 pub(super) fn needs_sudo(rel: &str) -> bool {
-    const EXACT: &[&str] = &["audit", "rotate", "remount", "seal", "step-down", "raw"];
+    const EXACT: &[&str] = &[
+        "audit",
+        "rotate",
+        "remount",
+        "seal",
+        "step-down",
+        "raw",
+        "storage/raft/cluster-tls/rotate",
+    ];
     const PREFIX: &[&str] = &[
         "audit/",
         "auth/",
@@ -163,6 +171,12 @@ impl Core {
                     .ok_or_else(|| Error::invalid("server_id is required"))?;
                 self.raft_remove_peer(&id).await?;
                 Ok(Response::empty())
+            }
+            "storage/raft/cluster-tls" if op == Operation::Read => {
+                Ok(Response::data(self.cluster_tls_status().await?))
+            }
+            "storage/raft/cluster-tls/rotate" if write => {
+                Ok(Response::data(self.rotate_cluster_tls().await?))
             }
             "storage/raft/autopilot/state" if op == Operation::Read => {
                 Ok(Response::data(self.autopilot_state().await?))

@@ -56,7 +56,7 @@ pub const RESTORE_STAGING_PREFIX: &str = "core/raft/restore/";
 pub const RESTORE_COMMIT_KEY: &str = "core/raft/restore-commit";
 pub use listener::{raft_routes, ClusterListener};
 pub use network::ClusterClient;
-pub use tls::{ClusterTls, CLUSTER_SERVER_NAME};
+pub use tls::{probe as probe_cluster_tls, ClusterTls, CLUSTER_SERVER_NAME};
 pub use types::{node_id, ClusterNode, NodeId, WriteBatch};
 
 use crate::physical::sled_store::SledStore;
