@@ -1,5 +1,7 @@
 //! Server log output: stderr, or `log_file` with Vault's rotation settings
-//! (`log_rotate_duration`, `log_rotate_bytes`, `log_rotate_max_files`).
+//! (`log_rotate_duration`, `log_rotate_bytes`, `log_rotate_max_files`), and
+//! the level filter behind a reload handle ([`LevelReload`]) so that SIGHUP
+//! applies the config file's `log_level` without a restart.
 //!
 //! A rotated file is renamed `<stem>-<unix nanos>.<ext>` beside the live one,
 //! as Vault does, and the oldest rotated files beyond `log_rotate_max_files`
@@ -139,6 +141,47 @@ impl Write for RotatingFile {
 
     fn flush(&mut self) -> io::Result<()> {
         self.file.flush()
+    }
+}
+
+/// The filter Keyhold logs through: `warn` for dependencies, `level` for
+/// Keyhold itself. `err` and `warning` are Vault's spellings.
+pub fn level_filter(level: &str) -> Result<tracing_subscriber::EnvFilter, String> {
+    let level = match level.trim().to_ascii_lowercase().as_str() {
+        "err" => "error".to_string(),
+        "warning" => "warn".to_string(),
+        other => other.to_string(),
+    };
+    if !["trace", "debug", "info", "warn", "error"].contains(&level.as_str()) {
+        return Err(format!(
+            "log_level {level:?}: use trace, debug, info, warn or error"
+        ));
+    }
+    tracing_subscriber::EnvFilter::try_new(format!("warn,keyhold={level}"))
+        .map_err(|e| format!("log_level {level:?}: {e}"))
+}
+
+/// Changes the level of the installed subscriber (SIGHUP).
+pub struct LevelReload(
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>,
+);
+
+impl LevelReload {
+    pub fn new(
+        handle: tracing_subscriber::reload::Handle<
+            tracing_subscriber::EnvFilter,
+            tracing_subscriber::Registry,
+        >,
+    ) -> Self {
+        LevelReload(handle)
+    }
+
+    /// Sets Keyhold's log level; the error says what levels exist.
+    pub fn set(&self, level: &str) -> Result<(), String> {
+        let filter = level_filter(level)?;
+        self.0
+            .reload(filter)
+            .map_err(|e| format!("change the log level: {e}"))
     }
 }
 

@@ -6,6 +6,14 @@
 //! One recorder feeds both: the Prometheus exporter (which sanitises names to
 //! `vault_core_handle_request`) and an in-memory aggregate that keeps the
 //! dotted names for the JSON view. Timings are milliseconds, as Vault's.
+//!
+//! `prometheus_retention_time` drops a summary (timings) that has not moved for
+//! that long. Counters and gauges stay for the life of the process: a counter
+//! that vanished and came back would hide its first increase from `rate()`,
+//! and a gauge such as `vault.core.unsealed = 0` must not age out of a sealed
+//! node. Counters that alerts read are registered at zero at start. Unless
+//! `disable_hostname = true`, gauge names carry the host name after their first
+//! segment (`vault.HOST.core.unsealed`), as go-metrics does.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +28,7 @@ use metrics::{
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use serde_json::{json, Value};
 
+use crate::config::TelemetryConfig;
 use crate::physical::{Backend, StorageError, TxnOp};
 
 /// Handle to the process's metrics, cheap to clone.
@@ -32,33 +41,53 @@ pub struct Telemetry {
 impl Telemetry {
     /// Installs the process-wide recorder. A second install in the same
     /// process (tests) gets a detached handle that records nothing.
-    pub fn install(retention: Duration) -> Telemetry {
+    pub fn install(config: &TelemetryConfig) -> Telemetry {
+        let retention = config.prometheus_retention_time;
         let builder = PrometheusBuilder::new()
             .set_quantiles(&[0.5, 0.9, 0.99])
             .expect("static quantiles are valid")
             .idle_timeout(
-                metrics_util_mask(),
+                metrics_util::MetricKindMask::HISTOGRAM,
                 (!retention.is_zero()).then_some(retention),
             );
         let prometheus = builder.build_recorder();
         let handle = prometheus.handle();
         let aggregate = Arc::new(Aggregate::default());
+        let hostname = (!config.disable_hostname)
+            .then(hostname)
+            .flatten()
+            .map(|h| h.replace('.', "_"));
         let recorder = FanoutRecorder {
             prometheus,
             aggregate: aggregate.clone(),
+            hostname,
         };
         if metrics::set_global_recorder(recorder).is_err() {
             return Telemetry::default();
         }
+        // A sealed node reports that it is sealed and not active from its
+        // first scrape, so "sealed" alerts need no absent() guesswork.
+        metrics::gauge!("vault.core.unsealed").set(0.0);
+        metrics::gauge!("vault.core.active").set(0.0);
+        for counter in [
+            "vault.audit.log_request_failure",
+            "vault.audit.log_response_failure",
+            "vault.raft.apply",
+            "vault.raft.state.leader",
+            "vault.raft.state.candidate",
+            "vault.raft.state.follower",
+            "vault.core.leadership_setup_failed",
+        ] {
+            metrics::counter!(counter).increment(0);
+        }
+        record_memory();
         let upkeep = handle.clone();
         std::thread::Builder::new()
             .name("metrics-upkeep".into())
             .spawn(move || loop {
                 std::thread::sleep(Duration::from_secs(5));
+                record_memory();
                 upkeep.run_upkeep();
-                if let Some(rss) = resident_bytes() {
-                    metrics::gauge!("vault.runtime.sys_bytes").set(rss as f64);
-                }
             })
             .ok();
         Telemetry {
@@ -80,19 +109,47 @@ impl Telemetry {
     }
 }
 
-fn metrics_util_mask() -> metrics_util::MetricKindMask {
-    metrics_util::MetricKindMask::ALL
+fn hostname() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_string())
 }
 
-fn resident_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
+/// go-metrics' `EnableHostname`: the host name goes after the service name,
+/// `vault.core.unsealed` -> `vault.HOST.core.unsealed`.
+fn with_hostname(name: &str, hostname: &str) -> String {
+    match name.split_once('.') {
+        Some((service, rest)) => format!("{service}.{hostname}.{rest}"),
+        None => format!("{name}.{hostname}"),
+    }
+}
+
+/// `vault.runtime.sys_bytes`: resident memory (`VmRSS`), what the process
+/// holds from the OS; `vault.runtime.alloc_bytes`: anonymous resident memory
+/// (`RssAnon`), the heap and stacks, the closest to Go's live allocations.
+fn record_memory() {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return;
+    };
+    let kib = |field: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    };
+    if let Some(rss) = kib("VmRSS:") {
+        metrics::gauge!("vault.runtime.sys_bytes").set((rss * 1024) as f64);
+    }
+    if let Some(anon) = kib("RssAnon:") {
+        metrics::gauge!("vault.runtime.alloc_bytes").set((anon * 1024) as f64);
+    }
 }
 
 struct FanoutRecorder {
     prometheus: PrometheusRecorder,
     aggregate: Arc<Aggregate>,
+    /// Set unless `disable_hostname = true`.
+    hostname: Option<String>,
 }
 
 impl Recorder for FanoutRecorder {
@@ -100,6 +157,10 @@ impl Recorder for FanoutRecorder {
         self.prometheus.describe_counter(key, unit, description)
     }
     fn describe_gauge(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        let key = match &self.hostname {
+            Some(host) => KeyName::from(with_hostname(key.as_str(), host)),
+            None => key,
+        };
         self.prometheus.describe_gauge(key, unit, description)
     }
     fn describe_histogram(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
@@ -111,6 +172,17 @@ impl Recorder for FanoutRecorder {
         Counter::from_arc(Arc::new(Pair(prom, agg)))
     }
     fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
+        let renamed;
+        let key = match &self.hostname {
+            Some(host) => {
+                renamed = Key::from_parts(
+                    with_hostname(key.name(), host),
+                    key.labels().cloned().collect::<Vec<_>>(),
+                );
+                &renamed
+            }
+            None => key,
+        };
         let prom = self.prometheus.register_gauge(key, metadata);
         let agg = self.aggregate.entry(key, Kind::Gauge);
         Gauge::from_arc(Arc::new(Pair(prom, agg)))
@@ -340,10 +412,43 @@ impl Backend for MeteredBackend {
         self.record(3, t);
         r
     }
+    /// Timed as `vault.<name>.transaction`, and each of its puts and deletes as one
+    /// `put` or `delete` that took as long (a KV v2 write is one transaction; Vault's
+    /// `vault.barrier.put` still counts its writes).
     async fn transaction(&self, ops: Vec<TxnOp>) -> Result<(), StorageError> {
+        let puts = ops
+            .iter()
+            .filter(|o| matches!(o, TxnOp::Put { .. }))
+            .count();
+        let deletes = ops.len() - puts;
         let t = Instant::now();
         let r = self.inner.transaction(ops).await;
-        self.record(4, t);
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        metrics::histogram!(self.names[4].clone()).record(ms);
+        for (idx, n) in [(1, puts), (2, deletes)] {
+            let histogram = metrics::histogram!(self.names[idx].clone());
+            for _ in 0..n {
+                histogram.record(ms);
+            }
+        }
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostname_goes_after_the_service_name() {
+        assert_eq!(
+            with_hostname("vault.core.unsealed", "node1"),
+            "vault.node1.core.unsealed"
+        );
+        assert_eq!(
+            with_hostname("keyhold.tls.certificate_expiry_seconds", "h"),
+            "keyhold.h.tls.certificate_expiry_seconds"
+        );
+        assert_eq!(with_hostname("plain", "h"), "plain.h");
     }
 }

@@ -1,6 +1,7 @@
 //! `keyhold server`: load config, open storage, build the core, serve HTTP
-//! until SIGINT/SIGTERM; SIGHUP reloads TLS certificates and reopens audit
-//! files.
+//! until SIGINT/SIGTERM; SIGHUP reloads TLS certificates and the client CA,
+//! applies the stored cluster TLS keyring, reloads the config file's
+//! `log_level`, and reopens audit files.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -49,6 +50,16 @@ pub fn load_config(args: &ServerArgs) -> anyhow::Result<ServerConfig> {
         ServerConfig::load(&args.config)?
     };
     config.validate()?;
+    for device in &config.audit {
+        crate::audit::validate_options(&device.device_type, &device.options).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: audit {:?} {:?}: {e}",
+                device.location,
+                device.device_type,
+                device.name
+            )
+        })?;
+    }
     let unsupported = config.unsupported();
     if !unsupported.is_empty() {
         let lines: Vec<String> = unsupported.iter().map(|e| format!("  {e}")).collect();
@@ -77,7 +88,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         println!("Configuration is valid.");
         return Ok(());
     }
-    init_logging(&config, args.log_level.as_deref())?;
+    let log_level = init_logging(&config, args.log_level.as_deref())?;
 
     if config.ui {
         tracing::warn!(
@@ -93,7 +104,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             .with_context(|| format!("write pid_file {}", pid_file.display()))?;
     }
 
-    let telemetry = crate::metrics::Telemetry::install(config.telemetry.prometheus_retention_time);
+    let telemetry = crate::metrics::Telemetry::install(&config.telemetry);
     let seals = crate::seal::SealSetup::from_config(&config.seal, config.old_seal.as_ref())
         .await
         .with_context(|| format!("set up seal \"{}\"", config.seal.kind()))?;
@@ -106,6 +117,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         cluster_addr: config.cluster_addr.clone(),
         ha_enabled,
         prometheus_enabled: !config.telemetry.prometheus_retention_time.is_zero(),
+        usage_gauge_period: config.telemetry.usage_gauge_interval(),
         audit_write_timeout: Duration::from_secs(5),
         seals: seals.clone(),
         user_lockout: config
@@ -123,6 +135,23 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 )
             })
             .collect(),
+        config_audit: config
+            .audit
+            .iter()
+            .map(|d| crate::audit::AuditDeviceConfig {
+                path: format!("{}/", d.name.trim_matches('/')),
+                r#type: d.device_type.clone(),
+                description: d.description.clone(),
+                options: d.options.clone(),
+                local: d.local,
+            })
+            .collect(),
+        config_source: args
+            .config
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
     };
     let (core, storage_type) = match &config.storage {
         StorageConfig::Inmem => {
@@ -197,10 +226,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = sighup.recv() => {
-                tracing::info!("SIGHUP: reloading TLS certificates and reopening audit files");
+                tracing::info!("SIGHUP: reloading TLS certificates, the cluster TLS keyring and the log level, reopening audit files");
+                reload_log_level(&args, log_level.as_ref());
                 for l in &listeners {
                     l.reload_tls();
                 }
+                core.follow_cluster_tls().await;
                 if let Ok(u) = core.unsealed() {
                     u.audit.reopen().await;
                 }
@@ -374,19 +405,26 @@ fn restrict_existing_modes(path: &std::path::Path) -> anyhow::Result<()> {
     })
 }
 
-fn init_logging(config: &ServerConfig, override_level: Option<&str>) -> anyhow::Result<()> {
-    use tracing_subscriber::EnvFilter;
+fn init_logging(
+    config: &ServerConfig,
+    override_level: Option<&str>,
+) -> anyhow::Result<Option<crate::logging::LevelReload>> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{fmt, reload, Layer, Registry};
     let level = override_level.unwrap_or(&config.log_level);
-    let level = match level.to_ascii_lowercase().as_str() {
-        "err" => "error".to_string(),
-        other => other.to_string(),
-    };
-    let filter = EnvFilter::try_new(format!("warn,keyhold={level}"))
-        .with_context(|| format!("log_level {level:?}: use trace, debug, info, warn or error"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
-    let result = match (&config.log_file, config.log_format) {
+    let filter = crate::logging::level_filter(level).map_err(anyhow::Error::msg)?;
+    let (filter, handle) = reload::Layer::new(filter);
+    type Output = Box<
+        dyn Layer<
+                tracing_subscriber::layer::Layered<
+                    reload::Layer<tracing_subscriber::EnvFilter, Registry>,
+                    Registry,
+                >,
+            > + Send
+            + Sync,
+    >;
+    let output: Output = match (&config.log_file, config.log_format) {
         (Some(path), format) => {
             let policy = crate::logging::RotationPolicy {
                 every: config.log_rotate_duration,
@@ -396,18 +434,60 @@ fn init_logging(config: &ServerConfig, override_level: Option<&str>) -> anyhow::
             let file = crate::logging::RotatingFile::open(path, policy)
                 .with_context(|| format!("open log_file {}", path.display()))?;
             let writer = crate::logging::SharedLog(std::sync::Mutex::new(file));
+            let layer = fmt::layer()
+                .with_target(false)
+                .with_ansi(false)
+                .with_writer(writer);
             match format {
-                LogFormat::Json => builder.json().with_writer(writer).try_init(),
-                LogFormat::Standard => builder.with_ansi(false).with_writer(writer).try_init(),
+                LogFormat::Json => layer.json().boxed(),
+                LogFormat::Standard => layer.boxed(),
             }
         }
-        (None, LogFormat::Json) => builder.json().with_writer(std::io::stderr).try_init(),
-        (None, LogFormat::Standard) => builder.with_writer(std::io::stderr).try_init(),
+        (None, LogFormat::Json) => fmt::layer()
+            .with_target(false)
+            .json()
+            .with_writer(std::io::stderr)
+            .boxed(),
+        (None, LogFormat::Standard) => fmt::layer()
+            .with_target(false)
+            .with_writer(std::io::stderr)
+            .boxed(),
     };
-    if result.is_err() {
+    match tracing_subscriber::registry()
+        .with(filter)
+        .with(output)
+        .try_init()
+    {
+        Ok(()) => Ok(Some(crate::logging::LevelReload::new(handle))),
         // Already initialised (tests running servers in-process).
+        Err(_) => Ok(None),
     }
-    Ok(())
+}
+
+/// SIGHUP: the config file's `log_level`, if it sets one, becomes the level
+/// (it wins over `-log-level`, as in Vault). A config that no longer loads
+/// leaves the level as it was and says why.
+fn reload_log_level(args: &ServerArgs, reload: Option<&crate::logging::LevelReload>) {
+    let Some(reload) = reload else { return };
+    if args.dev {
+        return;
+    }
+    let config = match load_config(args) {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::error!("SIGHUP: the config no longer loads, log level unchanged: {e:#}");
+            return;
+        }
+    };
+    if !config.keys.contains_key("log_level") {
+        return;
+    }
+    match reload.set(&config.log_level) {
+        Ok(()) => {
+            tracing::warn!(level = %config.log_level, "SIGHUP: log level set from the config file")
+        }
+        Err(e) => tracing::error!("SIGHUP: {e}"),
+    }
 }
 
 /// `-dev`: initialise with one share, unseal, mount KV v2 at `secret/`.

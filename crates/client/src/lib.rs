@@ -25,8 +25,8 @@ pub use config::{
 };
 pub use error::{ApiError, ClientError};
 pub use raft::{
-    AutopilotConfig, AutopilotConfigUpdate, AutopilotServer, AutopilotState, HaNode, HaStatus,
-    JoinRequest, JoinResponse, RaftConfiguration, RaftServer,
+    AutopilotConfig, AutopilotConfigUpdate, AutopilotServer, AutopilotState, ClusterTlsStatus,
+    HaNode, HaStatus, JoinRequest, JoinResponse, RaftConfiguration, RaftServer,
 };
 pub use sys::{
     decode_root_token, GenerateRootStatus, HealthQuery, HealthResponse, InitRequest, InitResponse,

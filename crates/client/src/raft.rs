@@ -244,6 +244,17 @@ pub struct HaNode {
     pub redundancy_zone: String,
 }
 
+/// `GET sys/storage/raft/cluster-tls` (Keyhold's own): where the cluster port's TLS keyring
+/// stands. `phase` is `stable`, `trust_both` or `present_new`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClusterTlsStatus {
+    pub generation: u64,
+    pub phase: String,
+    pub ca_fingerprints_sha256: Vec<String>,
+    pub cert_fingerprint_sha256: Option<String>,
+}
+
 const RAFT: &str = "sys/storage/raft";
 
 impl Client {
@@ -383,6 +394,21 @@ impl Client {
             .request(Method::Post, &path, Some(&update.body()))
             .await?
             .secret())
+    }
+
+    /// `GET sys/storage/raft/cluster-tls`: the cluster port's TLS keyring, fingerprints only.
+    pub async fn cluster_tls_status(&self) -> Result<ClusterTlsStatus, ClientError> {
+        let path = format!("{RAFT}/cluster-tls");
+        let resp = self.request(Method::Get, &path, None).await?;
+        resp.decode_data(Method::Get, &self.url(&path))
+    }
+
+    /// `POST sys/storage/raft/cluster-tls/rotate` (sudo): begins a new generation of the
+    /// cluster port's TLS keyring; the active node finishes it once every member has moved.
+    pub async fn cluster_tls_rotate(&self) -> Result<ClusterTlsStatus, ClientError> {
+        let path = format!("{RAFT}/cluster-tls/rotate");
+        let resp = self.request(Method::Post, &path, Some(&json!({}))).await?;
+        resp.decode_data(Method::Post, &self.url(&path))
     }
 
     /// `GET sys/ha-status`: every node of the HA cluster as the active node sees it.

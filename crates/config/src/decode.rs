@@ -7,8 +7,8 @@ use super::error::{ConfigError, KeyLocations, Location};
 use super::section::{Labelled, Section};
 use super::syntax::{Node, Object, Source, Value};
 use super::{
-    ListenerConfig, ListenerTelemetry, LogFormat, RaftStorageConfig, RetryJoin, SealConfig,
-    StorageConfig, TelemetryConfig, UserLockoutConfig,
+    AuditConfig, ListenerConfig, ListenerTelemetry, LogFormat, RaftStorageConfig, RetryJoin,
+    SealConfig, StorageConfig, TelemetryConfig, UserLockoutConfig, AUDIT_DEVICE_TYPES,
 };
 use std::path::PathBuf;
 use std::time::Duration;
@@ -23,6 +23,7 @@ pub(super) struct FileConfig {
     pub listeners: Vec<ListenerConfig>,
     pub telemetry: Option<TelemetryConfig>,
     pub user_lockout: Vec<UserLockoutConfig>,
+    pub audit: Vec<AuditConfig>,
     pub top: TopLevel,
     pub keys: KeyLocations,
 }
@@ -109,6 +110,9 @@ impl FileConfig {
             self.old_seal = later.old_seal;
         }
         self.user_lockout.extend(later.user_lockout);
+        for device in later.audit {
+            self.add_audit(device)?;
+        }
         if later.telemetry.is_some() {
             self.telemetry = later.telemetry;
         }
@@ -117,10 +121,28 @@ impl FileConfig {
         self.keys.extend(later.keys);
         Ok(())
     }
+
+    /// Audit device names are unique across all files.
+    fn add_audit(&mut self, device: AuditConfig) -> Result<(), ConfigError> {
+        if let Some(first) = self.audit.iter().find(|d| d.name == device.name) {
+            return Err(ConfigError::new(
+                device.location.clone(),
+                "audit",
+                format!(
+                    "audit device {:?} is declared twice, at {} and at {}; \
+                     give each audit stanza its own name",
+                    device.name, first.location, device.location
+                ),
+            ));
+        }
+        self.audit.push(device);
+        Ok(())
+    }
 }
 
 const TOP_KEYS: &[&str] = &[
     "api_addr",
+    "audit",
     "cluster_addr",
     "cluster_name",
     "default_lease_ttl",
@@ -162,7 +184,14 @@ pub(super) fn decode_file(src: &Source<'_>, root: Object) -> Result<FileConfig, 
         "at the top level",
         "",
         TOP_KEYS,
-        &["listener", "storage", "seal", "telemetry", "user_lockout"],
+        &[
+            "audit",
+            "listener",
+            "storage",
+            "seal",
+            "telemetry",
+            "user_lockout",
+        ],
     )?;
     let mut out = FileConfig {
         keys: top.locations(),
@@ -280,6 +309,12 @@ pub(super) fn decode_file(src: &Source<'_>, root: Object) -> Result<FileConfig, 
         "user_lockout \"all\" { lockout_threshold = 5 }",
     )? {
         out.user_lockout.push(decode_user_lockout(src, &block)?);
+    }
+
+    for block in top.labelled("audit", AUDIT_EXAMPLE)? {
+        for device in decode_audit(src, &block)? {
+            out.add_audit(device)?;
+        }
     }
 
     let t = &mut out.top;
@@ -560,6 +595,106 @@ fn decode_listener(src: &Source<'_>, block: &Labelled<'_>) -> Result<ListenerCon
         location: src.location(block.pos),
         keys: s.locations(),
     })
+}
+
+const AUDIT_EXAMPLE: &str =
+    "audit \"file\" \"primary\" { options { file_path = \"/var/log/keyhold/audit.log\" } }";
+
+/// `audit "<type>" "<name>" { description = "..." local = false options { ... } }`, as
+/// OpenBao 2.x declares audit devices in its config.
+fn decode_audit(src: &Source<'_>, block: &Labelled<'_>) -> Result<Vec<AuditConfig>, ConfigError> {
+    if !AUDIT_DEVICE_TYPES.contains(&block.label) {
+        return Err(src.error(
+            block.label_pos,
+            "audit",
+            format!(
+                "audit {:?}: unsupported audit device type; use one of {}",
+                block.label,
+                AUDIT_DEVICE_TYPES.join(", ")
+            ),
+        ));
+    }
+    let missing_name = || {
+        src.error(
+            block.label_pos,
+            "audit",
+            format!(
+                "audit {:?} needs a name label after the type, e.g. {AUDIT_EXAMPLE}",
+                block.label
+            ),
+        )
+    };
+    let Value::Object(names) = &block.body.value else {
+        return Err(missing_name());
+    };
+    if names.is_block_body {
+        return Err(missing_name());
+    }
+    let mut out = Vec::new();
+    for entry in &names.entries {
+        let name = entry.key.trim_matches('/');
+        if name.is_empty() || name.contains(char::is_whitespace) {
+            return Err(src.error(
+                entry.key_pos,
+                "audit",
+                format!(
+                    "audit {:?} {:?}: the name must be a non-empty path without spaces, e.g. \"primary\"",
+                    block.label, entry.key
+                ),
+            ));
+        }
+        let bodies: Vec<&Node> = match &entry.value.value {
+            Value::List(items) => items.iter().collect(),
+            _ => vec![&entry.value],
+        };
+        for body in bodies {
+            let place = format!("in audit {:?} {:?}", block.label, name);
+            let path = format!("audit.{}.{name}", block.label);
+            let s = Section::new(
+                src,
+                body,
+                place,
+                path,
+                &["description", "local", "options"],
+                &[],
+            )?;
+            let mut options = std::collections::BTreeMap::new();
+            for options_body in s.blocks("options")? {
+                let Value::Object(object) = &options_body.value else {
+                    continue;
+                };
+                for option in &object.entries {
+                    let text = match &option.value.value {
+                        Value::Str(text) => text.clone(),
+                        Value::Bool(b) => b.to_string(),
+                        Value::Int(n) => n.to_string(),
+                        other => {
+                            return Err(src.error(
+                                option.value.pos,
+                                &format!("audit.{}.{name}.options.{}", block.label, option.key),
+                                format!(
+                                    "audit {:?} {name:?}: option {:?}: expected a string, got {}",
+                                    block.label,
+                                    option.key,
+                                    other.kind()
+                                ),
+                            ))
+                        }
+                    };
+                    options.insert(option.key.clone(), text);
+                }
+            }
+            out.push(AuditConfig {
+                device_type: block.label.to_string(),
+                name: name.to_string(),
+                description: s.string("description")?.unwrap_or_default(),
+                local: s.bool("local")?.unwrap_or(false),
+                options,
+                location: src.location(entry.key_pos),
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Vault writes these values as strings (`lockout_threshold = "25"`) or bare.

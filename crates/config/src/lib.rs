@@ -60,6 +60,9 @@ pub struct ServerConfig {
     pub telemetry: TelemetryConfig,
     /// `user_lockout "<auth type>"` stanzas (`all`, `userpass`, `approle`, `ldap`).
     pub user_lockout: Vec<UserLockoutConfig>,
+    /// `audit "<type>" "<name>"` stanzas (OpenBao 2.x's declarative audit devices), in the
+    /// order written; names are unique.
+    pub audit: Vec<AuditConfig>,
     pub pid_file: Option<PathBuf>,
     /// Parsed so that a Vault config carrying it gets a clear answer from
     /// `unsupported()` rather than an unknown-key error: Keyhold has no
@@ -215,6 +218,27 @@ pub struct UserLockoutConfig {
     pub disable_lockout: Option<bool>,
     pub location: Location,
 }
+
+/// One `audit "<type>" "<name>" { description, local, options { ... } }` stanza: an audit
+/// device the server enables at unseal, before it serves a request, and that the API cannot
+/// disable or replace. The device options are checked by the server (`keyhold server -check`
+/// and at start), since only it knows each device type's options.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditConfig {
+    /// `file`, `syslog` or `socket`.
+    pub device_type: String,
+    /// The device's path in `sys/audit`, without the trailing slash.
+    pub name: String,
+    pub description: String,
+    pub local: bool,
+    /// Every value as a string, as the API takes them (`log_raw = true` is `"true"`).
+    pub options: std::collections::BTreeMap<String, String>,
+    /// Where the stanza starts.
+    pub location: Location,
+}
+
+/// The audit device types `audit` stanzas may name.
+pub const AUDIT_DEVICE_TYPES: &[&str] = &["file", "syslog", "socket"];
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListenerConfig {
@@ -511,6 +535,7 @@ impl ServerConfig {
             max_lease_ttl: DEFAULT_LEASE_TTL,
             telemetry: TelemetryConfig::default(),
             user_lockout: Vec::new(),
+            audit: Vec::new(),
             pid_file: None,
             plugin_directory: None,
             disable_cache: false,
@@ -617,6 +642,7 @@ fn finish(file: decode::FileConfig, sources: &str) -> Result<ServerConfig, Confi
         max_lease_ttl: ttl(t.max_lease_ttl),
         telemetry: file.telemetry.unwrap_or_default(),
         user_lockout: file.user_lockout,
+        audit: file.audit,
         pid_file: t.pid_file,
         plugin_directory: t.plugin_directory,
         disable_cache: t.disable_cache.unwrap_or(false),

@@ -424,7 +424,7 @@ fn parse_errors_name_file_line_and_key() {
             (
                 "storage \"inmem\" {}\nhttp_idle_timeout = \"5m\"\n",
                 "vault.hcl:2:1: unknown key \"http_idle_timeout\" at the top level; allowed: \
-                 api_addr, cluster_addr, cluster_name, default_lease_ttl, disable_cache, \
+                 api_addr, audit, cluster_addr, cluster_name, default_lease_ttl, disable_cache, \
                  disable_mlock, enable_response_header_hostname, \
                  enable_response_header_raft_node_id, introspection_endpoint, listener, log_file, \
                  log_format, log_level, log_rotate_bytes, log_rotate_duration, \
@@ -944,5 +944,87 @@ fn hcl1_separators_are_accepted() {
             .unwrap_err()
             .to_string(),
         "vault.hcl:2:32: HCL syntax error: invalid block body; expected `}`, newline or identifier"
+    );
+}
+
+#[test]
+fn audit_stanzas_parse_as_openbao_declares_them() {
+    let c = parse(
+        r#"
+storage "inmem" {}
+audit "file" "primary" {
+  description = "every request"
+  options {
+    file_path = "/var/log/keyhold/audit.log"
+    log_raw   = false
+    mode      = "0600"
+  }
+}
+audit "socket" "siem" {
+  local = true
+  options {
+    address     = "127.0.0.1:9090"
+    socket_type = "tcp"
+  }
+}
+"#,
+    )
+    .unwrap();
+    assert_eq!(c.audit.len(), 2);
+    let file = &c.audit[0];
+    assert_eq!(
+        (
+            file.device_type.as_str(),
+            file.name.as_str(),
+            file.description.as_str()
+        ),
+        ("file", "primary", "every request")
+    );
+    assert!(!file.local);
+    assert_eq!(file.options["file_path"], "/var/log/keyhold/audit.log");
+    assert_eq!(file.options["log_raw"], "false");
+    assert_eq!(file.options["mode"], "0600");
+    assert_eq!(file.location.line, 3);
+    let socket = &c.audit[1];
+    assert_eq!(socket.device_type, "socket");
+    assert!(socket.local);
+    assert_eq!(socket.options["socket_type"], "tcp");
+
+    let json = ServerConfig::parse_str(
+        r#"{"storage": {"inmem": {}}, "audit": {"syslog": {"sys": {"options": {"tag": "kh"}}}}}"#,
+        "vault.json",
+    )
+    .unwrap();
+    assert_eq!(json.audit[0].device_type, "syslog");
+    assert_eq!(json.audit[0].name, "sys");
+    assert_eq!(json.audit[0].options["tag"], "kh");
+}
+
+#[test]
+fn audit_stanza_errors_name_the_device() {
+    check_all(
+        &[
+            (
+                "storage \"inmem\" {}\naudit \"kafka\" \"k\" {}",
+                "vault.hcl:2:7: audit \"kafka\": unsupported audit device type; use one of file, syslog, socket",
+            ),
+            (
+                "storage \"inmem\" {}\naudit \"file\" {\n  options {\n    file_path = \"x\"\n  }\n}",
+                "vault.hcl:2:7: audit \"file\" needs a name label after the type, e.g. audit \"file\" \"primary\" { options { file_path = \"/var/log/keyhold/audit.log\" } }",
+            ),
+            (
+                "storage \"inmem\" {}\naudit \"file\" \"a\" { path = \"x\" }",
+                "vault.hcl:2:20: unknown key \"path\" in audit \"file\" \"a\"; allowed: description, local, options",
+            ),
+            (
+                "storage \"inmem\" {}\naudit \"file\" \"a\" {\n  options {\n    file_path = [\"x\"]\n  }\n}",
+                "vault.hcl:4:17: audit \"file\" \"a\": option \"file_path\": expected a string, got a list",
+            ),
+            (
+                "storage \"inmem\" {}\naudit \"file\" \"a\" {}\naudit \"syslog\" \"a\" {}",
+                "vault.hcl:3:16: audit device \"a\" is declared twice, at vault.hcl:2:14 and at vault.hcl:3:16; give each audit stanza its own name",
+            ),
+        ],
+        parse_outcome,
     );
 }

@@ -6,7 +6,8 @@
 //! `keyhold { address ca_cert client_cert client_key token_file }`,
 //! `approle { mount role_id_file secret_id_file }` (optional),
 //! `snapshot { retain retain_for staging_dir name_prefix }`,
-//! `s3 { bucket prefix region endpoint kms_key_id }`.
+//! `s3 { bucket prefix region endpoint kms_key_id }`,
+//! `metrics { textfile cluster }` (optional: where each pass writes its Prometheus textfile).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -32,6 +33,16 @@ pub struct AgentConfig {
     pub approle: Option<AppRoleSettings>,
     pub snapshot: SnapshotSettings,
     pub s3: S3Settings,
+    pub metrics: Option<MetricsSettings>,
+}
+
+/// `metrics { ... }`: the node_exporter textfile each pass writes (see `textfile`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsSettings {
+    /// A `.prom` file in node_exporter's textfile-collector directory.
+    pub textfile: PathBuf,
+    /// The `cluster` label of every sample (the environment's name).
+    pub cluster: String,
 }
 
 /// `keyhold { ... }`: the node this agent runs beside.
@@ -104,7 +115,7 @@ impl AgentConfig {
             &root,
             "at the top level",
             "",
-            &["keyhold", "approle", "snapshot", "s3"],
+            &["keyhold", "approle", "snapshot", "s3", "metrics"],
             &[],
         )?;
         let keyhold = decode_keyhold(&top)?;
@@ -125,6 +136,7 @@ impl AgentConfig {
             approle,
             snapshot: decode_snapshot(&top)?,
             s3: decode_s3(&top)?,
+            metrics: decode_metrics(&top)?,
         })
     }
 
@@ -214,6 +226,33 @@ fn decode_approle(top: &Section<'_, '_>, body: &Node) -> Result<AppRoleSettings,
         role_id_file: s.required_path("role_id_file", "the file holding the role ID")?,
         secret_id_file: s.required_path("secret_id_file", "the file holding the secret ID")?,
     })
+}
+
+fn decode_metrics(top: &Section<'_, '_>) -> Result<Option<MetricsSettings>, ConfigError> {
+    let blocks = top.blocks("metrics")?;
+    let Some(body) = blocks.first() else {
+        return Ok(None);
+    };
+    let s = Section::new(
+        top.src,
+        body,
+        "in metrics",
+        "metrics",
+        &["textfile", "cluster"],
+        &[],
+    )?;
+    let textfile = match s.string("textfile")? {
+        Some(path) if path.ends_with(".prom") => PathBuf::from(path),
+        _ => {
+            return Err(s.value_error(
+                "textfile",
+                "name a .prom file in node_exporter's textfile-collector directory, e.g. \
+                 textfile = \"/var/lib/keyhold/textfile/keyhold_snapshot.prom\"",
+            ))
+        }
+    };
+    let cluster = s.string("cluster")?.unwrap_or_default();
+    Ok(Some(MetricsSettings { textfile, cluster }))
 }
 
 fn decode_snapshot(top: &Section<'_, '_>) -> Result<SnapshotSettings, ConfigError> {
@@ -422,7 +461,15 @@ s3 {
             ),
             (
                 &format!("{BASE}schedule = \"hourly\"\n"),
-                "agent.hcl:11:1: unknown key \"schedule\" at the top level; allowed: keyhold, approle, snapshot, s3",
+                "agent.hcl:11:1: unknown key \"schedule\" at the top level; allowed: keyhold, approle, snapshot, s3, metrics",
+            ),
+            (
+                &format!("{BASE}metrics {{\n  textfile = \"/var/lib/keyhold/textfile/keyhold_snapshot.prom\"\n  cluster = \"prod\"\n}}\n"),
+                "ok",
+            ),
+            (
+                &format!("{BASE}metrics {{\n  textfile = \"/var/lib/keyhold/textfile/snapshot.txt\"\n}}\n"),
+                "agent.hcl:12:14: metrics.textfile: name a .prom file in node_exporter's textfile-collector directory, e.g. textfile = \"/var/lib/keyhold/textfile/keyhold_snapshot.prom\"",
             ),
             (
                 &BASE.replace("bucket", "buckets"),

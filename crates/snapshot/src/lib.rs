@@ -9,6 +9,9 @@
 //! ([`S3Store::upload_verified`]: a failed upload leaves no object), then delete what the
 //! retention policy lets go. The staged file is removed whatever happens.
 //!
+//! With a `metrics { textfile }` block, every pass writes `keyhold_snapshot_*` to that
+//! node_exporter textfile ([`textfile`]), failed or not.
+//!
 //! [`S3Store`] (with [`S3Store::list_snapshots`] and [`S3Store::download`]) is what
 //! `provision snapshot ...` reuses.
 
@@ -18,6 +21,7 @@ pub mod naming;
 mod retention;
 mod schedule;
 mod store;
+pub mod textfile;
 
 use std::fmt;
 use std::io::Write;
@@ -29,7 +33,7 @@ use sha2::{Digest, Sha256};
 use keyhold_client::{Client, ClientError, HealthQuery};
 
 pub use config::{
-    AgentConfig, AppRoleSettings, NodeSettings, S3Settings, SnapshotSettings,
+    AgentConfig, AppRoleSettings, MetricsSettings, NodeSettings, S3Settings, SnapshotSettings,
     DEFAULT_APPROLE_MOUNT, DEFAULT_NAME_PREFIX,
 };
 pub use error::AgentError;
@@ -99,8 +103,64 @@ impl fmt::Display for RunReport {
     }
 }
 
-/// One pass, as described in the module documentation.
+/// One pass, as described in the module documentation, and its metrics written.
 pub async fn run_once(config: &AgentConfig) -> Result<RunReport, AgentError> {
+    let result = pass(config).await;
+    if let Some(metrics) = &config.metrics {
+        if let Err(e) = record_pass(metrics, &result) {
+            tracing::warn!(
+                textfile = %metrics.textfile.display(),
+                error = %e,
+                "could not write the snapshot agent's metrics textfile"
+            );
+        }
+    }
+    result
+}
+
+/// `keyhold_snapshot_*` for one pass; the last success time and size survive a failure.
+fn record_pass(
+    metrics: &MetricsSettings,
+    result: &Result<RunReport, AgentError>,
+) -> std::io::Result<()> {
+    let path = &metrics.textfile;
+    let now = chrono::Utc::now().timestamp() as f64;
+    let previous = |name: &str| textfile::read_value(path, name);
+    let mut success = previous("keyhold_snapshot_last_success_timestamp_seconds");
+    let mut failure = previous("keyhold_snapshot_last_failure_timestamp_seconds");
+    let mut size = previous("keyhold_snapshot_last_size_bytes");
+    let ok = match result {
+        Ok(RunReport {
+            outcome: Outcome::Uploaded(upload),
+            ..
+        }) => {
+            success = Some(now);
+            size = Some(upload.size as f64);
+            true
+        }
+        Ok(_) => true,
+        Err(_) => {
+            failure = Some(now);
+            false
+        }
+    };
+    let mut samples = vec![
+        ("keyhold_snapshot_last_run_timestamp_seconds", now),
+        ("keyhold_snapshot_last_result", if ok { 1.0 } else { 0.0 }),
+    ];
+    for (name, value) in [
+        ("keyhold_snapshot_last_success_timestamp_seconds", success),
+        ("keyhold_snapshot_last_failure_timestamp_seconds", failure),
+        ("keyhold_snapshot_last_size_bytes", size),
+    ] {
+        if let Some(value) = value {
+            samples.push((name, value));
+        }
+    }
+    textfile::write(path, &metrics.cluster, textfile::SNAPSHOT_METRICS, &samples)
+}
+
+async fn pass(config: &AgentConfig) -> Result<RunReport, AgentError> {
     let started = Instant::now();
     let address = &config.keyhold.address;
     let mut client = Client::new(&config.client_config())

@@ -1,5 +1,6 @@
 //! `provision certs show` (subjects, SANs and expiry of the CA and every certificate) and
-//! `provision certs rotate` (new node certificates, reloaded node by node).
+//! `provision certs rotate [--ca]` (new node certificates, reloaded node by node; a new CA with
+//! `--ca`; a new cluster port keyring).
 
 use super::*;
 
@@ -39,16 +40,42 @@ pub async fn run(env: EnvArg, json: bool, state_dir: &Path) -> Result<u8, Failur
     Ok(0)
 }
 
-pub async fn rotate(env: EnvArg, json: bool, state_dir: &Path) -> Result<u8, Failure> {
+pub async fn rotate(
+    env: EnvArg,
+    new_ca: bool,
+    json: bool,
+    identity: IdentityArg,
+    state_dir: &Path,
+) -> Result<u8, Failure> {
     let (d, _lock) = load_locked(&env, state_dir, "provision certs rotate")?;
     let mut progress = Progress::new(json);
-    let rotated = workflows::certs::rotate(&d, &mut progress).await?;
+    // Refusals first: an unhealthy cluster is left exactly as it was, without even a token.
+    workflows::certs::preflight(&d, new_ca).await?;
+    // Beginning a cluster TLS rotation needs sudo, which the admin policy does not give.
+    let (token, generated) = d.operation_root_token(&identity.identity).await?;
+    let report = workflows::certs::rotate(&d, &mut progress, new_ca, &token).await;
+    if generated {
+        if let Ok(cluster) = d.cluster() {
+            let _ = cluster.revoke_self(&token).await;
+        }
+    }
+    let report = report?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&rotated).expect("JSON"));
+        println!("{}", serde_json::to_string_pretty(&report).expect("JSON"));
     } else {
+        let ca = match &report.ca {
+            Some(ca) => format!(
+                "; new CA {}… replaces {}…",
+                &ca.new_fingerprint_sha256[..16],
+                &ca.old_fingerprint_sha256[..16]
+            ),
+            None => String::new(),
+        };
         eprintln!(
-            "Rotated {} node certificate(s) in {:.1}s; clients keep trusting {}.",
-            rotated.len(),
+            "Rotated {} node certificate(s) and the cluster port's keyring (generation {}) in \
+             {:.1}s{ca}; clients trust {}.",
+            report.nodes.len(),
+            report.cluster_tls.generation,
             progress.elapsed().as_secs_f64(),
             d.ca_file().display()
         );

@@ -92,7 +92,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Write every file each node would receive into DIR/NODE/.
+    /// Write every file each node would receive into DIR/NODE/, and the environment's
+    /// Prometheus scrape config, alert rules and Grafana dashboard into DIR/monitoring/.
     Render {
         #[command(flatten)]
         env: EnvArg,
@@ -282,12 +283,19 @@ pub enum CertsCommand {
         json: bool,
     },
     /// New node certificates from the environment's CA, node by node (standbys first), each
-    /// reloaded without a restart and checked to present it before the next.
+    /// reloaded without a restart and checked to present it before the next; then a new
+    /// generation of the cluster port's TLS keyring.
     Rotate {
         #[command(flatten)]
         env: EnvArg,
+        /// Also replace the CA (new key): trusted beside the old one until every node has a
+        /// certificate from it, then alone. Resumable: run it again after an interruption.
+        #[arg(long)]
+        ca: bool,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        identity: IdentityArg,
     },
 }
 
@@ -410,8 +418,14 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
             command: CertsCommand::Show { env, json },
         } => certs::run(env, json, state_dir).await,
         Command::Certs {
-            command: CertsCommand::Rotate { env, json },
-        } => certs::rotate(env, json, state_dir).await,
+            command:
+                CertsCommand::Rotate {
+                    env,
+                    ca,
+                    json,
+                    identity,
+                },
+        } => certs::rotate(env, ca, json, identity, state_dir).await,
     }
 }
 

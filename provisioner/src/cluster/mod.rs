@@ -433,13 +433,14 @@ impl Cluster {
     }
 
     /// Makes the cluster's configuration match the environment: autopilot, policies, secrets
-    /// engines, audit devices, auth methods, users and roles. Every call is idempotent; the
-    /// answer lists what was created (mounts and devices that already exist are left alone).
+    /// engines, auth methods, users and roles. Every call is idempotent; the answer lists what
+    /// was created (mounts that already exist are left alone). Audit devices are not here:
+    /// they are declared in each node's rendered config, so a node is audited from its first
+    /// request and the API cannot disable them.
     pub async fn configure(
         &self,
         env: &Environment,
         token: &str,
-        audit_file_path: &(dyn Fn(&str) -> String + Sync),
         passwords: &BTreeMap<String, String>,
     ) -> Result<Vec<String>> {
         self.configure_autopilot(env, token).await?;
@@ -476,25 +477,6 @@ impl Cluster {
                     created.push(format!("secrets engine {key}"));
                 }
             }
-        }
-
-        let devices = client.audit_devices().await.context("read sys/audit")?;
-        for device in &env.audit {
-            let key = format!("{}/", device.path);
-            if devices.contains_key(&key) {
-                continue;
-            }
-            let mut options: BTreeMap<String, String> = device
-                .options
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            options.insert("file_path".into(), audit_file_path(&device.file_path));
-            client
-                .enable_audit(&device.path, &device.kind, &options)
-                .await
-                .with_context(|| format!("enable audit device {key}"))?;
-            created.push(format!("audit device {key}"));
         }
 
         let methods = client.auth_methods().await.context("read sys/auth")?;

@@ -188,7 +188,8 @@ pub struct Tls {
     pub extra_sans: Vec<String>,
 }
 
-/// An audit device enabled after init.
+/// An audit device, declared in every node's server config (`audit "file" "NAME"`). Without an
+/// `audit` stanza an environment gets one: `file`, writing `audit.log` in the log directory.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AuditDevice {
     /// The device type: `file`.

@@ -52,8 +52,23 @@ impl Ca {
     /// half there, or whose key is not the certificate's, is refused: replacing the CA would
     /// silently invalidate every certificate it issued.
     pub fn ensure(dir: &Path, env_name: &str, lifetime: Duration) -> Result<(Ca, bool)> {
-        let cert_path = dir.join(CA_CERT_FILE);
-        let key_path = dir.join(CA_KEY_FILE);
+        Ca::ensure_files(
+            &dir.join(CA_CERT_FILE),
+            &dir.join(CA_KEY_FILE),
+            &format!("Keyhold {env_name} CA"),
+            lifetime,
+        )
+    }
+
+    /// [`Ca::ensure`] with the files and the name of a new CA given: the next CA of a
+    /// rotation lives beside the current one until it replaces it.
+    pub fn ensure_files(
+        cert_path: &Path,
+        key_path: &Path,
+        common_name: &str,
+        lifetime: Duration,
+    ) -> Result<(Ca, bool)> {
+        let (cert_path, key_path) = (cert_path.to_path_buf(), key_path.to_path_buf());
         let exists = |path: &Path| {
             path.try_exists()
                 .with_context(|| format!("look for {}", path.display()))
@@ -62,7 +77,10 @@ impl Ca {
                       must trust the new CA)";
         match (exists(&cert_path)?, exists(&key_path)?) {
             (true, true) => Ok((Ca::load(&cert_path, &key_path)?, false)),
-            (false, false) => Ok((Ca::create(&cert_path, &key_path, env_name, lifetime)?, true)),
+            (false, false) => Ok((
+                Ca::create(&cert_path, &key_path, common_name, lifetime)?,
+                true,
+            )),
             (true, false) => bail!(
                 "found the CA certificate {} but not its key {}: restore the key from a backup, \
                  or remove the certificate to {new_ca}",
@@ -78,10 +96,15 @@ impl Ca {
         }
     }
 
-    fn create(cert_path: &Path, key_path: &Path, env_name: &str, lifetime: Duration) -> Result<Ca> {
+    fn create(
+        cert_path: &Path,
+        key_path: &Path,
+        common_name: &str,
+        lifetime: Duration,
+    ) -> Result<Ca> {
         let key = KeyPair::generate().context("generate the CA key")?;
         let mut params = CertificateParams::default();
-        params.distinguished_name = named(&format!("Keyhold {env_name} CA"));
+        params.distinguished_name = named(common_name);
         // Path length 0: this CA signs node and client certificates, never another CA.
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![
@@ -108,12 +131,11 @@ impl Ca {
         })
     }
 
-    fn load(cert_path: &Path, key_path: &Path) -> Result<Ca> {
+    /// Loads an existing CA; during a rotation the certificate file may hold more than one
+    /// certificate, and the one for the key is taken.
+    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Ca> {
         let reading_cert = || format!("read CA certificate {}", cert_path.display());
-        let cert_pem = fs::read_to_string(cert_path).with_context(reading_cert)?;
-        let der = pem_to_der(&cert_pem).with_context(reading_cert)?;
-        let x509 = parse_der(&der).with_context(reading_cert)?;
-        let info = CertInfo::from_x509(&x509).with_context(reading_cert)?;
+        let file_pem = fs::read_to_string(cert_path).with_context(reading_cert)?;
         let key_pem = Zeroizing::new(
             fs::read_to_string(key_path)
                 .with_context(|| format!("read CA key {}", key_path.display()))?,
@@ -121,6 +143,24 @@ impl Ca {
         let key = KeyPair::from_pem(&key_pem).with_context(|| {
             format!("read CA key {}: not a PEM private key", key_path.display())
         })?;
+        // During a CA rotation the file is a bundle (old and new CA): the CA is the one whose
+        // key this is; with one certificate, any mismatch is reported below.
+        let blocks = certificate_blocks(&file_pem);
+        let cert_pem = blocks
+            .iter()
+            .find(|block| {
+                pem_to_der(block).ok().is_some_and(|der| {
+                    parse_der(&der).is_ok_and(|x509| {
+                        x509.public_key().subject_public_key.data.as_ref() == key.public_key_raw()
+                    })
+                })
+            })
+            .or(blocks.first())
+            .cloned()
+            .unwrap_or(file_pem);
+        let der = pem_to_der(&cert_pem).with_context(reading_cert)?;
+        let x509 = parse_der(&der).with_context(reading_cert)?;
+        let info = CertInfo::from_x509(&x509).with_context(reading_cert)?;
         if !info.is_ca {
             bail!(
                 "{} is not a CA certificate (it has no basicConstraints CA:TRUE); restore the \
@@ -377,6 +417,36 @@ pub fn inspect_file(path: &Path) -> Result<CertInfo> {
     inspect_pem(&pem).with_context(|| format!("read certificate {}", path.display()))
 }
 
+/// Reads a certificate in DER (as a server presents it).
+pub fn inspect_der(der: &[u8]) -> Result<CertInfo> {
+    CertInfo::from_x509(&parse_der(der)?)
+}
+
+/// Each `CERTIFICATE` block of `pem`, as its own PEM text.
+pub fn certificate_blocks(pem: &str) -> Vec<String> {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut blocks = Vec::new();
+    let mut rest = pem;
+    while let Some(start) = rest.find(BEGIN) {
+        let Some(len) = rest[start..].find(END) else {
+            break;
+        };
+        let end = start + len + END.len();
+        blocks.push(format!("{}\n", &rest[start..end]));
+        rest = &rest[end..];
+    }
+    blocks
+}
+
+/// Whether `ca` issued the certificate `info` describes (by key id, else by name).
+pub fn issued_by(info: &CertInfo, ca: &CertInfo) -> bool {
+    match (&info.authority_key_id, &ca.subject_key_id) {
+        (Some(authority), Some(ca_key)) => authority == ca_key,
+        _ => info.issuer == ca.subject,
+    }
+}
+
 /// Reads the first certificate in `pem`.
 pub fn inspect_pem(pem: &str) -> Result<CertInfo> {
     CertInfo::from_x509(&parse_der(&pem_to_der(pem)?)?)
@@ -406,11 +476,7 @@ pub fn reissue_reason(
 ) -> Option<String> {
     let mut reasons = Vec::new();
 
-    let same_ca = match (&info.authority_key_id, &ca.subject_key_id) {
-        (Some(authority), Some(ca_key)) => authority == ca_key,
-        _ => info.issuer == ca.subject,
-    };
-    if !same_ca {
+    if !issued_by(info, ca) {
         reasons.push(format!(
             "issued by another CA ({}{}) than the environment's",
             info.issuer,

@@ -6,8 +6,8 @@
 //! What only makes sense for one kind of machine (a pid, a loopback address, an instance id)
 //! lives in that provider's folder and in its own record in the state file ([`NodeRecord`]).
 //!
-//! What the next provider must implement: [`Provider`] (addresses, layout, hosts, how an audit
-//! file path and a node's private environment are expressed on its machines, its state record)
+//! What the next provider must implement: [`Provider`] (addresses, layout, hosts, how a node's
+//! private environment is expressed on its machines, its state record)
 //! and [`Host`] for its machines; then it runs the conformance suite in `conformance.rs`.
 
 pub mod local;
@@ -130,8 +130,6 @@ pub trait Provider: Send + Sync {
     fn layout(&self, name: &str) -> Layout;
     /// The host that carries `node`.
     fn host(&self, node: &NodeSpec) -> Arc<dyn Host>;
-    /// The path an audit `file` device is enabled with, as the node's server sees it.
-    fn audit_file_path(&self, file_path: &str) -> String;
     /// What the provider keeps about `node` in the state file, read off the host now.
     async fn record(&self, node: &NodeSpec) -> Result<NodeRecord>;
 }

@@ -57,6 +57,11 @@ impl Layout {
     pub const TLS_DIR: &'static str = "opt/keyhold/tls";
     /// Where the snapshot agent stages archives before it uploads them.
     pub const SNAPSHOT_DIR: &'static str = "opt/keyhold/snapshots";
+    /// node_exporter textfiles (`--collector.textfile.directory`): the snapshot agent's
+    /// `keyhold_snapshot.prom`. Under `/var/lib`, so the agent's unit can have systemd make it
+    /// (`StateDirectory=`, writable despite `ProtectSystem=strict`, readable by node_exporter).
+    pub const METRICS_DIR: &'static str = "var/lib/keyhold/textfile";
+    pub const SNAPSHOT_METRICS: &'static str = "var/lib/keyhold/textfile/keyhold_snapshot.prom";
     /// The server log (when written to a file) and, by default, the audit files.
     pub const LOG_DIR: &'static str = "var/log/keyhold";
     pub const SYSTEMD_DIR: &'static str = "etc/systemd/system";
@@ -323,6 +328,114 @@ const TEMPLATES: &[Template] = &[
     },
 ];
 
+/// The monitoring files of an environment (not of a node): `provision render` writes them
+/// under `monitoring/`.
+const MONITORING_TEMPLATES: &[(&str, &str, &str)] = &[
+    (
+        "prometheus.yml",
+        include_str!("../../../templates/prometheus.yml.hbs"),
+        "Prometheus scrape config",
+    ),
+    (
+        "keyhold-alerts.yml",
+        include_str!("../../../templates/keyhold-alerts.yml.hbs"),
+        "Prometheus alert rules",
+    ),
+    (
+        "keyhold-dashboard.json",
+        include_str!("../../../templates/keyhold-dashboard.json.hbs"),
+        "Grafana dashboard",
+    ),
+];
+
+/// How long a restore drill may be missed before `KeyholdRestoreDrillStale` fires: a weekly
+/// drill, and a day of slack.
+pub const DRILL_STALE_SECONDS: u64 = 8 * 86_400;
+
+/// What the monitoring templates see.
+#[derive(Serialize)]
+struct MonitoringContext<'a> {
+    environment: &'a str,
+    ca_file: String,
+    token_file: String,
+    targets: Vec<ScrapeTarget>,
+    snapshot_schedule: String,
+    snapshot_stale_seconds: u64,
+    drill_stale_seconds: u64,
+}
+
+#[derive(Serialize)]
+struct ScrapeTarget {
+    name: String,
+    /// `host:port`, as Prometheus wants it.
+    address: String,
+}
+
+/// When no snapshot younger than this exists, `KeyholdSnapshotStale` fires: two scheduled
+/// runs missed, and at least an hour; a day when the environment schedules none.
+pub fn snapshot_stale_seconds(env: &Environment) -> anyhow::Result<u64> {
+    let Some(snapshots) = &env.snapshots else {
+        return Ok(86_400);
+    };
+    let schedule = keyhold_snapshot::Schedule::parse(&snapshots.schedule)
+        .map_err(|e| anyhow::anyhow!("snapshots.schedule: {e}"))?;
+    let first = schedule.next_after(chrono::Utc::now());
+    let second = schedule.next_after(first);
+    let interval = (second - first).num_seconds().max(1) as u64;
+    Ok((2 * interval).max(3_600))
+}
+
+impl Renderer {
+    /// The environment's monitoring files: a Prometheus scrape config for `nodes` (TLS
+    /// checked against `ca_file`, a bearer token read from `token_file`), alert rules, and a
+    /// Grafana dashboard. Paths are relative to the output folder.
+    pub fn render_monitoring(
+        &self,
+        env: &Environment,
+        nodes: &[NodeSpec],
+        ca_file: &Path,
+        token_file: &Path,
+    ) -> anyhow::Result<Vec<RenderedFile>> {
+        let context = MonitoringContext {
+            environment: &env.name,
+            ca_file: ca_file.display().to_string(),
+            token_file: token_file.display().to_string(),
+            targets: nodes
+                .iter()
+                .map(|n| ScrapeTarget {
+                    name: n.name.clone(),
+                    address: SocketAddr::new(n.address, env.listener.api_port).to_string(),
+                })
+                .collect(),
+            snapshot_schedule: env
+                .snapshots
+                .as_ref()
+                .map(|s| s.schedule.clone())
+                .unwrap_or_else(|| "none".into()),
+            snapshot_stale_seconds: snapshot_stale_seconds(env)?,
+            drill_stale_seconds: DRILL_STALE_SECONDS,
+        };
+        let mut files = Vec::new();
+        for (name, _, purpose) in MONITORING_TEMPLATES {
+            let content = self
+                .registry
+                .render(name, &context)
+                .with_context(|| format!("render the {purpose} of {}", env.name))?;
+            if name.ends_with(".json") {
+                serde_json::from_str::<serde_json::Value>(&content)
+                    .with_context(|| format!("the rendered {purpose} is not valid JSON"))?;
+            }
+            files.push(RenderedFile {
+                path: Path::new("monitoring").join(name),
+                mode: 0o644,
+                content,
+                purpose,
+            });
+        }
+        Ok(files)
+    }
+}
+
 /// Renders every file of a node from the embedded templates.
 pub struct Renderer {
     registry: Handlebars<'static>,
@@ -335,6 +448,11 @@ impl Renderer {
             registry
                 .register_template_string(t.name, t.source)
                 .with_context(|| format!("parse template templates/{}.hbs", t.name))?;
+        }
+        for (name, source, _) in MONITORING_TEMPLATES {
+            registry
+                .register_template_string(name, source)
+                .with_context(|| format!("parse template templates/{name}.hbs"))?;
         }
         Ok(Renderer { registry })
     }
@@ -529,6 +647,8 @@ struct NodeContext<'a> {
     disable_mlock: bool,
     /// Every audit file this node writes (for logrotate).
     audit_files: Vec<String>,
+    /// The environment's audit devices, declared in the server config (`audit "TYPE" "NAME"`).
+    audit: Vec<AuditView>,
     snapshots: Option<SnapshotsView<'a>>,
     seal: SealView<'a>,
 }
@@ -564,6 +684,9 @@ struct Paths {
     snapshot_secret_id: String,
     data_dir: String,
     snapshot_dir: String,
+    /// [`Layout::METRICS_DIR`] relative to `/var/lib`, for `StateDirectory=`.
+    metrics_state_directory: String,
+    snapshot_metrics: String,
     ca_cert: String,
     node_cert: String,
     node_key: String,
@@ -572,6 +695,23 @@ struct Paths {
     /// What the server may write: data and log directories, and the directory of every
     /// audit file outside the log directory.
     writable: Vec<String>,
+}
+
+/// One `audit` stanza of the server config.
+#[derive(Debug, Serialize)]
+struct AuditView {
+    #[serde(rename = "type")]
+    kind: String,
+    /// The device's path in `sys/audit`, without the trailing slash.
+    name: String,
+    /// Every option, `file_path` as the node's server sees it, sorted by key.
+    options: Vec<AuditOption>,
+}
+
+#[derive(Debug, Serialize)]
+struct AuditOption {
+    key: String,
+    value: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -661,6 +801,11 @@ impl<'a> NodeContext<'a> {
                 snapshot_secret_id: text(&layout.path(Layout::SNAPSHOT_SECRET_ID))?,
                 data_dir: text(&layout.path(Layout::DATA_DIR))?,
                 snapshot_dir: text(&layout.path(Layout::SNAPSHOT_DIR))?,
+                metrics_state_directory: Layout::METRICS_DIR
+                    .strip_prefix("var/lib/")
+                    .expect("METRICS_DIR is under var/lib")
+                    .to_string(),
+                snapshot_metrics: text(&layout.path(Layout::SNAPSHOT_METRICS))?,
                 ca_cert: text(&layout.tls_file(CA_CERT))?,
                 node_cert: text(&layout.tls_file(NODE_CERT))?,
                 node_key: text(&layout.tls_file(NODE_KEY))?,
@@ -690,6 +835,34 @@ impl<'a> NodeContext<'a> {
                 .iter()
                 .map(|p| text(p))
                 .collect::<Result<_, _>>()?,
+            audit: env
+                .audit
+                .iter()
+                .map(|device| {
+                    let file_path = match layout.audit_file(device) {
+                        Some(path) => text(&path)?,
+                        None => device.file_path.clone(),
+                    };
+                    let mut options: Vec<AuditOption> = device
+                        .options
+                        .iter()
+                        .map(|(key, value)| AuditOption {
+                            key: key.clone(),
+                            value: value.clone(),
+                        })
+                        .chain([AuditOption {
+                            key: "file_path".into(),
+                            value: file_path,
+                        }])
+                        .collect();
+                    options.sort_by(|a, b| a.key.cmp(&b.key));
+                    Ok(AuditView {
+                        kind: device.kind.clone(),
+                        name: device.path.trim_end_matches('/').to_string(),
+                        options,
+                    })
+                })
+                .collect::<anyhow::Result<_>>()?,
             snapshots: env.snapshots.as_ref().map(|s| SnapshotsView {
                 schedule: &s.schedule,
                 retain: s.retain,

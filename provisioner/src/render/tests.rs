@@ -252,6 +252,9 @@ fn snapshot_agent_config_snapshot() {
     assert_eq!(config.snapshot.staging_dir, root.join(Layout::SNAPSHOT_DIR));
     assert_eq!(config.s3.endpoint.as_deref(), Some("http://127.0.0.1:5000"));
     assert_eq!(config.s3.bucket, "keyhold-snapshots");
+    let metrics = config.metrics.as_ref().expect("metrics block");
+    assert_eq!(metrics.textfile, root.join(Layout::SNAPSHOT_METRICS));
+    assert_eq!(metrics.cluster, "staging");
     insta::assert_snapshot!("local_node2_snapshot_agent", file.content);
 
     // Without a bucket, no agent config.
@@ -260,6 +263,38 @@ fn snapshot_agent_config_snapshot() {
     assert!(render(&env, &node(&env, 2, layout))
         .iter()
         .all(|f| f.path != Path::new(Layout::SNAPSHOT_AGENT_CONFIG)));
+}
+
+/// The monitoring files of an environment: the scrape config names every node, the alert
+/// rules' staleness follows the snapshot schedule (every 15 minutes: stale after an hour), and
+/// the dashboard is JSON. promtool checks the rules in the integration tests.
+#[test]
+fn monitoring_files_snapshot() {
+    let env = environment(true);
+    let nodes = NodeSpec::cluster(&env, &addresses(), |_| Layout::system()).unwrap();
+    let files = Renderer::new()
+        .unwrap()
+        .render_monitoring(
+            &env,
+            &nodes,
+            Path::new("/etc/prometheus/keyhold-ca.crt"),
+            Path::new("/etc/prometheus/keyhold-metrics-token"),
+        )
+        .unwrap();
+    let paths: Vec<&Path> = files.iter().map(|f| f.path.as_path()).collect();
+    assert_eq!(
+        paths,
+        [
+            Path::new("monitoring/prometheus.yml"),
+            Path::new("monitoring/keyhold-alerts.yml"),
+            Path::new("monitoring/keyhold-dashboard.json"),
+        ]
+    );
+    let (dashboard, text) = files.split_last().unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard.content).unwrap();
+    assert_eq!(dashboard["uid"], "keyhold-staging");
+    assert!(text[1].content.contains("> 3600\n"), "{}", text[1].content);
+    insta::assert_snapshot!("monitoring_staging", listing(text));
 }
 
 #[test]

@@ -223,6 +223,9 @@ pub struct State {
     /// resuming it and for `--rollback`.
     #[serde(default)]
     pub upgrade: Option<UpgradeRecord>,
+    /// A `provision certs rotate --ca` under way: running it again continues from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_rotation: Option<CaRotation>,
 }
 
 /// One rolling upgrade: what it installs, where it stands, and the snapshot taken before it.
@@ -243,6 +246,29 @@ pub struct UpgradeRecord {
     pub finished_at: Option<DateTime<Utc>>,
     /// Set when `--rollback` put the previous binaries back.
     pub rolled_back_at: Option<DateTime<Utc>>,
+}
+
+/// Where a CA rotation stands. Each phase is finished on every node before the next begins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaRotation {
+    pub phase: CaRotationPhase,
+    pub old_ca_fingerprint_sha256: String,
+    pub new_ca_fingerprint_sha256: String,
+    pub started_at: DateTime<Utc>,
+    /// Nodes that already present a certificate from the new CA.
+    #[serde(default)]
+    pub moved: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaRotationPhase {
+    /// Nodes and clients get the bundle of the old and the new CA as their trust anchor.
+    TrustBoth,
+    /// Node by node, certificates from the new CA.
+    Issue,
+    /// The old CA is dropped from every bundle.
+    DropOld,
 }
 
 /// A certificate, by fingerprint: enough to tell whether the file on disk is still the one
@@ -315,6 +341,7 @@ impl State {
             nodes: BTreeMap::new(),
             cluster: ClusterState::default(),
             upgrade: None,
+            ca_rotation: None,
         }
     }
 

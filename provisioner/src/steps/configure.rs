@@ -1,5 +1,6 @@
-//! `configure`, `admin login` and `root token`: the environment's audit devices, policies,
-//! secrets engines and auth methods written through the API (once per environment file: its
+//! `configure`, `admin login` and `root token`: the environment's policies, secrets engines
+//! and auth methods written through the API (audit devices are in each node's rendered
+//! config, not here) (once per environment file: its
 //! fingerprint is recorded), the admin login proven to work, and only then the initial root
 //! token revoked.
 
@@ -24,7 +25,7 @@ impl Step<UpRun> for Configure {
     async fn check(&self, run: &UpRun) -> Result<Vec<Change>> {
         Ok(if run.needs_config() {
             vec![Change::cluster(
-                "configure audit, policies, secrets engines and auth methods",
+                "configure policies, secrets engines and auth methods",
             )]
         } else {
             Vec::new()
@@ -41,10 +42,8 @@ impl Step<UpRun> for Configure {
             .root_token
             .as_deref()
             .ok_or_else(|| anyhow!("no root token"))?;
-        let audit_path = |p: &str| d.provider.audit_file_path(p);
         // Idempotent, so retried whole through a leadership change.
-        let created =
-            retrying(|| cluster.configure(&d.env, token, &audit_path, &run.credentials)).await?;
+        let created = retrying(|| cluster.configure(&d.env, token, &run.credentials)).await?;
         run.state.cluster.configured_fingerprint = Some(run.env_fingerprint.clone());
         run.state.save(&d.dir)?;
         Ok(Applied::ok(if created.is_empty() {

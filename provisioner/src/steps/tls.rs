@@ -71,6 +71,20 @@ pub async fn ca_differs(host: &dyn Host, ca_pem: Option<&str>) -> Result<bool> {
     Ok(have.as_deref() != ca_pem.map(str::as_bytes))
 }
 
+/// While `certs rotate --ca` is under way the CA files hold two CAs: writing either alone to
+/// the nodes would cut off the nodes or clients still on the other.
+fn refuse_during_ca_rotation(run: &UpRun) -> Result<()> {
+    if let Some(rotation) = &run.state.ca_rotation {
+        anyhow::bail!(
+            "a CA rotation is under way (phase {:?}): finish it with `provision certs rotate \
+             --env {} --ca` first",
+            rotation.phase,
+            run.d.env.name
+        );
+    }
+    Ok(())
+}
+
 #[async_trait(?Send)]
 impl Step<UpRun> for Certificates {
     fn name(&self) -> &'static str {
@@ -78,6 +92,7 @@ impl Step<UpRun> for Certificates {
     }
 
     async fn check(&self, run: &UpRun) -> Result<Vec<Change>> {
+        refuse_during_ca_rotation(run)?;
         let d = run.d.clone();
         let ca = pki::inspect_file(&d.ca_file()).ok();
         let ca_pem = std::fs::read_to_string(d.ca_file()).ok();
@@ -100,6 +115,7 @@ impl Step<UpRun> for Certificates {
     }
 
     async fn apply(&self, run: &mut UpRun, _: &[Change], _: &Note<'_>) -> Result<Applied> {
+        refuse_during_ca_rotation(run)?;
         let d = run.d.clone();
         let (ca, ca_created) = Ca::ensure(&d.dir.tls_dir(), &d.env.name, d.env.tls.ca_lifetime)?;
         let mut issued = Vec::new();

@@ -99,7 +99,51 @@ pub async fn verify(
         state.cluster.last_drill = Some(report.clone());
         state.save(&d.dir)?;
     }
+    write_drill_metrics(d, &report)?;
     Ok(report)
+}
+
+/// Where a drill writes `keyhold_restore_drill_*`, for node_exporter's textfile collector on
+/// the operator's host: `.provision/ENV/keyhold_restore_drill.prom`.
+pub fn drill_metrics_file(d: &Deployment) -> std::path::PathBuf {
+    d.dir.root().join("keyhold_restore_drill.prom")
+}
+
+/// The drill's result as a Prometheus textfile; the last success survives a failed drill.
+fn write_drill_metrics(d: &Deployment, report: &DrillReport) -> Result<()> {
+    use keyhold_snapshot::textfile;
+    let path = drill_metrics_file(d);
+    let previous = |name: &str| textfile::read_value(&path, name);
+    let mut success = previous("keyhold_restore_drill_last_success_timestamp_seconds");
+    let mut age = previous("keyhold_restore_drill_last_verified_snapshot_age_seconds");
+    let at = report.verified_at.timestamp() as f64;
+    if report.ok {
+        success = Some(at);
+        age = report
+            .snapshot_time
+            .map(|t| (report.verified_at - t).num_seconds().max(0) as f64);
+    }
+    let mut samples = vec![
+        ("keyhold_restore_drill_last_run_timestamp_seconds", at),
+        (
+            "keyhold_restore_drill_last_result",
+            if report.ok { 1.0 } else { 0.0 },
+        ),
+    ];
+    if let Some(success) = success {
+        samples.push((
+            "keyhold_restore_drill_last_success_timestamp_seconds",
+            success,
+        ));
+    }
+    if let Some(age) = age {
+        samples.push((
+            "keyhold_restore_drill_last_verified_snapshot_age_seconds",
+            age,
+        ));
+    }
+    textfile::write(&path, &d.env.name, textfile::DRILL_METRICS, &samples)
+        .with_context(|| format!("write the drill's metrics to {}", path.display()))
 }
 
 pub async fn run_drill(

@@ -1,4 +1,5 @@
-//! `provision render` (every file each node receives, or a systemd host would) and
+//! `provision render` (every file each node receives, or a systemd host would, and the
+//! environment's monitoring files) and
 //! `provision certs show` (the CA and every node's certificates): read-only views of an
 //! environment.
 
@@ -33,6 +34,25 @@ pub fn render_to(d: &Deployment, out: &Path, host_layout: bool) -> Result<Vec<Pa
             crate::state::write_atomic(&path, file.content.as_bytes(), file.mode)?;
             written.push(path);
         }
+    }
+    // The Prometheus server reads the CA and its token: on the operator's machine, where
+    // `provision` keeps them; with the host layout, where a Prometheus host keeps its own.
+    let (ca_file, token_file) = if host_layout {
+        (
+            PathBuf::from("/etc/prometheus/keyhold-ca.crt"),
+            PathBuf::from("/etc/prometheus/keyhold-metrics-token"),
+        )
+    } else {
+        (d.ca_file(), d.dir.root().join("prometheus-metrics-token"))
+    };
+    for file in renderer.render_monitoring(&d.env, &nodes, &ca_file, &token_file)? {
+        let path = out.join(&file.path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("create {}", parent.display()))?;
+        }
+        crate::state::write_atomic(&path, file.content.as_bytes(), file.mode)?;
+        written.push(path);
     }
     Ok(written)
 }

@@ -70,6 +70,9 @@ impl LoadReport {
 /// The shared state of one run.
 struct Run {
     cluster: Cluster,
+    /// The environment's CA file, read again for every operation as a client reading
+    /// `VAULT_CACERT` per call does: a CA rotation's bundle is trusted as soon as it is there.
+    ca_file: std::path::PathBuf,
     token: String,
     mount: String,
     prefix: String,
@@ -94,7 +97,10 @@ fn retryable(e: &ClientError) -> bool {
 impl Run {
     async fn client(&self) -> Result<Client> {
         let node = *self.active.lock().await;
-        self.cluster.client(node, Some(&self.token))
+        match tokio::fs::read(&self.ca_file).await {
+            Ok(ca) => Cluster::new(self.cluster.nodes.clone(), ca).client(node, Some(&self.token)),
+            Err(_) => self.cluster.client(node, Some(&self.token)),
+        }
     }
 
     /// Looks for the active node again (bounded by the cluster's own health timeouts).
@@ -233,6 +239,7 @@ pub async fn run_until(
         .with_context(|| format!("no active node in {}: run `provision up` first", d.env.name))?;
     let run = Arc::new(Run {
         cluster,
+        ca_file: d.ca_file(),
         token,
         mount: kv2_mount(d)?,
         prefix: format!("provision-load/{:08x}", rand::thread_rng().gen::<u32>()),

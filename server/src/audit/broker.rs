@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use super::entry::{Entry, FormatOptions};
-use super::file::{FileOptions, FileSink, PendingWrite, WriteError};
+use super::file::{DeviceOptions, PendingWrite, Sink, WriteError};
 use super::hash::Salt;
 use super::AuditDeviceConfig;
 use crate::error::{Error, Result};
@@ -25,7 +25,7 @@ struct Device {
     config: AuditDeviceConfig,
     salt: Salt,
     format: FormatOptions,
-    sink: FileSink,
+    sink: Sink,
     /// Whether the last write failed; failures are logged on the transition
     /// only, so a dead device does not flood the server log.
     failing: AtomicBool,
@@ -73,14 +73,8 @@ impl AuditBroker {
     pub async fn enable(&self, config: &AuditDeviceConfig, view: StorageView) -> Result<()> {
         let path = normalize_path(&config.path)?;
         self.check_path_free(&path)?;
-        if config.r#type != "file" {
-            return Err(Error::invalid(format!(
-                "audit device type {:?} is not supported by this build; supported: file",
-                config.r#type
-            )));
-        }
-        let options = FileOptions::parse(&config.options)?;
-        let sink = FileSink::open(&path, options.target, self.write_timeout).await?;
+        let options = DeviceOptions::parse(&config.r#type, &config.options)?;
+        let sink = Sink::open(&path, options.target, self.write_timeout).await?;
         let salt = Salt::load_or_create(&view).await?;
         let device = Arc::new(Device {
             config: AuditDeviceConfig {
@@ -222,6 +216,11 @@ impl AuditBroker {
                     }
                 }
                 Err(e) => {
+                    metrics::counter!(
+                        kind.device_failure_metric(&device.config.r#type),
+                        "path" => device.config.path.clone()
+                    )
+                    .increment(1);
                     if !was_failing {
                         tracing::warn!(
                             device = %device.config.path,
@@ -280,6 +279,19 @@ impl Kind {
         match self {
             Kind::Request => "vault.audit.log_request_failure",
             Kind::Response => "vault.audit.log_response_failure",
+        }
+    }
+
+    /// One device's failures, by type and labelled with its path
+    /// (`vault.audit.socket.log_request_failure{path="socket/"}`).
+    fn device_failure_metric(self, device_type: &str) -> String {
+        format!("vault.audit.{device_type}.{}_failure", self.metric_stem())
+    }
+
+    fn metric_stem(self) -> &'static str {
+        match self {
+            Kind::Request => "log_request",
+            Kind::Response => "log_response",
         }
     }
 }
@@ -559,8 +571,10 @@ mod tests {
             .await
             .unwrap();
         let missing = dir.path().join("no-such-dir/audit.log");
-        let mut syslog = config("syslog", &[]);
+        let mut syslog = config("syslog", &[("facility", "NOPE")]);
         syslog.r#type = "syslog".into();
+        let mut unknown = config("kafka", &[]);
+        unknown.r#type = "kafka".into();
         let cases: Vec<(AuditDeviceConfig, &str)> = vec![
             (
                 config("file/", &[("file_path", "stdout")]),
@@ -572,7 +586,11 @@ mod tests {
             ),
             (
                 syslog,
-                "audit device type \"syslog\" is not supported by this build; supported: file",
+                "facility: \"NOPE\" is not a syslog facility",
+            ),
+            (
+                unknown,
+                "audit device type \"kafka\" is not supported by this build; supported: file, syslog, socket",
             ),
             (
                 file_config("missing", &missing, &[]),

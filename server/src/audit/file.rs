@@ -1,5 +1,6 @@
-//! The `file` audit device: appends lines to a file, stdout, or nowhere
-//! (`discard`).
+//! The `file` audit device (appends lines to a file, stdout, or nowhere:
+//! `discard`), every device's options, and the writer thread that serves all
+//! three device types (`file`, and `syslog` and `socket` from `net.rs`).
 //!
 //! Every device owns one writer thread fed by a bounded queue, and the async
 //! side only ever waits on a confirmation with a deadline. A file that blocks
@@ -27,6 +28,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::entry::FormatOptions;
+use super::net::{self, Conn, SocketTarget, SyslogTarget, SOCKET_OPTIONS, SYSLOG_OPTIONS};
 use crate::error::{Error, Result};
 
 /// Lines a device may have queued before further writes fail at once.
@@ -34,18 +36,22 @@ const QUEUE_DEPTH: usize = 256;
 
 const DEFAULT_MODE: u32 = 0o600;
 
-const SUPPORTED_OPTIONS: &[&str] = &[
-    "file_path",
-    "path",
+/// Options every device type takes: how its lines look and what is hashed.
+const FORMAT_OPTIONS: &[&str] = &[
     "log_raw",
     "hmac_accessor",
-    "mode",
     "format",
     "prefix",
     "elide_list_responses",
 ];
 
-/// Where a file device writes.
+/// The device-specific options of `file`.
+const FILE_OPTIONS: &[&str] = &["file_path", "path", "mode"];
+
+/// The device types this build supports.
+pub(crate) const DEVICE_TYPES: &[&str] = &["file", "syslog", "socket"];
+
+/// Where a device writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Target {
     Stdout,
@@ -55,48 +61,81 @@ pub(crate) enum Target {
         /// `None` for `mode=0000`: create with the default and never chmod.
         mode: Option<u32>,
     },
+    Syslog(SyslogTarget),
+    Socket(SocketTarget),
 }
 
-/// A file device's validated options.
+/// A device's validated options.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct FileOptions {
+pub(crate) struct DeviceOptions {
     pub target: Target,
     pub format: FormatOptions,
 }
 
-impl FileOptions {
-    pub(crate) fn parse(options: &BTreeMap<String, String>) -> Result<FileOptions> {
+impl DeviceOptions {
+    /// Checks the options of a device of type `kind` (`file`, `syslog`,
+    /// `socket`): unknown keys and bad values are errors that say what to use.
+    pub(crate) fn parse(kind: &str, options: &BTreeMap<String, String>) -> Result<DeviceOptions> {
+        let own = match kind {
+            "file" => FILE_OPTIONS,
+            "syslog" => SYSLOG_OPTIONS,
+            "socket" => SOCKET_OPTIONS,
+            other => {
+                return Err(Error::invalid(format!(
+                    "audit device type {other:?} is not supported by this build; supported: {}",
+                    DEVICE_TYPES.join(", ")
+                )))
+            }
+        };
         if let Some(unknown) = options
             .keys()
-            .find(|k| !SUPPORTED_OPTIONS.contains(&k.as_str()))
+            .find(|k| !own.contains(&k.as_str()) && !FORMAT_OPTIONS.contains(&k.as_str()))
         {
             return Err(Error::invalid(format!(
-                "unknown option {unknown:?} for the file audit device; supported: {}",
-                SUPPORTED_OPTIONS.join(", ")
+                "unknown option {unknown:?} for the {kind} audit device; supported: {}, {}",
+                own.join(", "),
+                FORMAT_OPTIONS.join(", ")
             )));
         }
-        let file_path = options
-            .get("file_path")
-            .or_else(|| options.get("path"))
-            .filter(|p| !p.trim().is_empty())
-            .ok_or_else(|| {
-                Error::invalid(
-                    "file_path is required for the file audit device \
+        let target = match kind {
+            "syslog" => Target::Syslog(SyslogTarget::parse(options)?),
+            "socket" => Target::Socket(SocketTarget::parse(options)?),
+            _ => file_target(options)?,
+        };
+        Ok(DeviceOptions {
+            target,
+            format: FormatOptions::parse(options)?,
+        })
+    }
+}
+
+fn file_target(options: &BTreeMap<String, String>) -> Result<Target> {
+    let file_path = options
+        .get("file_path")
+        .or_else(|| options.get("path"))
+        .filter(|p| !p.trim().is_empty())
+        .ok_or_else(|| {
+            Error::invalid(
+                "file_path is required for the file audit device \
                      (a file path, \"stdout\" or \"discard\")",
-                )
-            })?;
-        let mode = match options.get("mode") {
-            None => DEFAULT_MODE,
-            Some(text) => parse_mode(text)?,
-        };
-        let target = match file_path.as_str() {
-            "stdout" => Target::Stdout,
-            "discard" => Target::Discard,
-            path => Target::File {
-                path: PathBuf::from(path),
-                mode: (mode != 0).then_some(mode),
-            },
-        };
+            )
+        })?;
+    let mode = match options.get("mode") {
+        None => DEFAULT_MODE,
+        Some(text) => parse_mode(text)?,
+    };
+    Ok(match file_path.as_str() {
+        "stdout" => Target::Stdout,
+        "discard" => Target::Discard,
+        path => Target::File {
+            path: PathBuf::from(path),
+            mode: (mode != 0).then_some(mode),
+        },
+    })
+}
+
+impl FormatOptions {
+    fn parse(options: &BTreeMap<String, String>) -> Result<FormatOptions> {
         match options.get("format").map(String::as_str) {
             None | Some("json") => {}
             Some("jsonx") => {
@@ -110,13 +149,12 @@ impl FileOptions {
                 )))
             }
         }
-        let format = FormatOptions {
+        Ok(FormatOptions {
             log_raw: parse_bool(options, "log_raw", false)?,
             hmac_accessor: parse_bool(options, "hmac_accessor", true)?,
             elide_list_responses: parse_bool(options, "elide_list_responses", false)?,
             prefix: options.get("prefix").cloned().unwrap_or_default(),
-        };
-        Ok(FileOptions { target, format })
+        })
     }
 }
 
@@ -203,10 +241,14 @@ pub(crate) enum WriteError {
 pub(crate) struct PendingWrite {
     done: oneshot::Receiver<io::Result<()>>,
     timeout: Duration,
+    started: tokio::time::Instant,
 }
 
 impl PendingWrite {
+    /// Waits until `deadline` (the broker's) or the device's own timeout,
+    /// whichever comes first.
     pub(crate) async fn wait(self, deadline: tokio::time::Instant) -> Result<(), WriteError> {
+        let deadline = deadline.min(self.started + self.timeout);
         match tokio::time::timeout_at(deadline, self.done).await {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(e))) => Err(WriteError::Io(e)),
@@ -219,18 +261,24 @@ impl PendingWrite {
 /// The async handle on one file device's writer thread. Dropping it stops
 /// the thread once the thread is done with what it has (a thread blocked
 /// forever in `open` or `write` stays blocked, holding nothing but the file).
-pub(crate) struct FileSink {
+pub(crate) struct Sink {
     jobs: SyncSender<Job>,
     shared: Arc<Shared>,
     timeout: Duration,
 }
 
-impl FileSink {
+impl Sink {
     /// Starts the writer thread, which opens the target. Waits for the open
     /// (up to `timeout`) so that a missing directory or a permission problem
     /// is reported to whoever enables the device; a FIFO's open is not waited
     /// for, since it blocks until a reader appears.
-    pub(crate) async fn open(name: &str, target: Target, timeout: Duration) -> Result<FileSink> {
+    /// A `socket` device is bounded by its own `write_timeout` when that is
+    /// shorter than `timeout` (the broker's).
+    pub(crate) async fn open(name: &str, target: Target, timeout: Duration) -> Result<Sink> {
+        let timeout = match &target {
+            Target::Socket(socket) => timeout.min(socket.write_timeout),
+            _ => timeout,
+        };
         let (jobs, queue) = mpsc::sync_channel(QUEUE_DEPTH);
         let shared = Arc::new(Shared::default());
         let (opened_tx, opened_rx) = oneshot::channel();
@@ -239,12 +287,13 @@ impl FileSink {
             target,
             out: None,
             shared: shared.clone(),
+            timeout,
         };
         std::thread::Builder::new()
             .name(format!("audit-{}", name.trim_end_matches('/')))
             .spawn(move || writer.run(queue, opened_tx))
             .map_err(|e| Error::internal(format!("start the audit writer thread: {e}")))?;
-        let sink = FileSink {
+        let sink = Sink {
             jobs,
             shared,
             timeout,
@@ -289,6 +338,7 @@ impl FileSink {
         Ok(PendingWrite {
             done: rx,
             timeout: self.timeout,
+            started: tokio::time::Instant::now(),
         })
     }
 
@@ -303,6 +353,8 @@ fn describe(target: &Target) -> String {
         Target::Stdout => "stdout".into(),
         Target::Discard => "discard".into(),
         Target::File { path, .. } => format!("{:?}", path.display().to_string()),
+        Target::Syslog(syslog) => syslog.describe(),
+        Target::Socket(socket) => socket.describe(),
     }
 }
 
@@ -310,6 +362,8 @@ enum Output {
     Stdout,
     Discard,
     File(File),
+    /// A syslog daemon's socket or a socket device's peer.
+    Net(Conn),
 }
 
 /// The writer thread's state.
@@ -317,6 +371,8 @@ struct Writer {
     target: Target,
     out: Option<Output>,
     shared: Arc<Shared>,
+    /// Bounds each send to the syslog socket.
+    timeout: Duration,
 }
 
 impl Writer {
@@ -329,6 +385,10 @@ impl Writer {
             if let Err(e) = self.open() {
                 tracing::warn!(file = %describe(&self.target), "open audit FIFO: {e}");
             }
+        } else if self.is_net() {
+            // Connected on the first write: a daemon or listener that is down
+            // now fails writes (and heals), it does not refuse the device.
+            let _ = opened.send(Ok(()));
         } else {
             let _ = opened.send(self.open());
         }
@@ -354,8 +414,12 @@ impl Writer {
             Target::File { path, .. } => std::fs::metadata(path)
                 .map(|m| m.file_type().is_fifo())
                 .unwrap_or(false),
-            Target::Stdout | Target::Discard => false,
+            Target::Stdout | Target::Discard | Target::Syslog(_) | Target::Socket(_) => false,
         }
+    }
+
+    fn is_net(&self) -> bool {
+        matches!(self.target, Target::Syslog(_) | Target::Socket(_))
     }
 
     fn open(&mut self) -> io::Result<()> {
@@ -376,6 +440,8 @@ impl Writer {
                 }
                 Output::File(file)
             }
+            Target::Syslog(syslog) => Output::Net(syslog.connect(self.timeout)?),
+            Target::Socket(socket) => Output::Net(socket.connect()?),
         };
         self.out = Some(out);
         Ok(())
@@ -384,10 +450,15 @@ impl Writer {
     /// Writes and flushes one line. After a failure the file is reopened and
     /// the write tried once more, as Vault does, so a file that can be
     /// recreated recovers without a SIGHUP.
+    /// A connection is remade the same way, except after a timeout, which a
+    /// second try would only repeat (doubling the wait on a peer that does
+    /// not read).
     fn write(&mut self, line: &[u8]) -> io::Result<()> {
         let first = self.try_write(line);
-        if first.is_ok() {
-            return first;
+        match &first {
+            Ok(()) => return first,
+            Err(e) if self.is_net() && !net::worth_reconnecting(e) => return first,
+            Err(_) => {}
         }
         self.open()?;
         self.try_write(line)
@@ -406,6 +477,16 @@ impl Writer {
             }
             Some(Output::File(file)) => {
                 let result = file.write_all(line).and_then(|()| file.flush());
+                if result.is_err() {
+                    self.out = None;
+                }
+                result
+            }
+            Some(Output::Net(conn)) => {
+                let result = match &self.target {
+                    Target::Syslog(syslog) => conn.send(&syslog.frame(line)),
+                    _ => conn.send(line),
+                };
                 if result.is_err() {
                     self.out = None;
                 }
@@ -478,7 +559,7 @@ mod tests {
             ),
         ];
         for (input, target, format) in cases {
-            let parsed = FileOptions::parse(&options(input)).unwrap();
+            let parsed = DeviceOptions::parse("file", &options(input)).unwrap();
             assert_eq!(&parsed.target, target, "{input:?}");
             assert_eq!(&parsed.format, format, "{input:?}");
         }
@@ -498,7 +579,7 @@ mod tests {
             (&[("file_path", "/a"), ("filepath", "/b")], "\"filepath\""),
         ];
         for (input, expected) in cases {
-            let err = FileOptions::parse(&options(input)).unwrap_err();
+            let err = DeviceOptions::parse("file", &options(input)).unwrap_err();
             assert!(
                 matches!(err, Error::InvalidRequest(ref m) if m.contains(expected)),
                 "{input:?}: {err}"

@@ -6,8 +6,13 @@
 //!   least one device enabled, a request is served only if some device
 //!   confirmed the line.
 //! - `entry`: Vault's JSON entry shape; `hash`: the per-device salt and HMAC;
-//!   `file`: the `file` device, whose writer thread keeps a blocked file from
-//!   hanging requests.
+//!   `file`: the `file` device, every device's options, and the writer thread
+//!   each device owns, which keeps a blocked file or socket from hanging
+//!   requests; `net`: the `syslog` and `socket` devices' options and
+//!   connections (made lazily, remade after a failure).
+//! - Devices come from the audit table (enabled through `sys/audit`) and from
+//!   the server config's `audit "TYPE" "NAME"` stanzas (enabled at unseal,
+//!   before the first request; the API cannot disable or replace them).
 //!
 //! Architecture invariant: no plaintext secret leaves this module except in
 //! the lines of a device enabled with `log_raw=true`; errors and tracing
@@ -17,6 +22,7 @@ mod broker;
 mod entry;
 mod file;
 mod hash;
+mod net;
 
 use std::collections::BTreeMap;
 
@@ -30,7 +36,7 @@ pub use broker::AuditBroker;
 pub struct AuditDeviceConfig {
     /// Where the device is enabled, with a trailing slash (`file/`).
     pub path: String,
-    /// Device type; this build supports `file`.
+    /// Device type: `file`, `syslog` or `socket`.
     pub r#type: String,
     #[serde(default)]
     pub description: String,
@@ -39,4 +45,13 @@ pub struct AuditDeviceConfig {
     /// Not replicated to performance secondaries (kept for Vault parity).
     #[serde(default)]
     pub local: bool,
+}
+
+/// Checks a device's options as `sys/audit` would, without opening anything:
+/// for config-declared devices, when the config is loaded.
+pub fn validate_options(
+    device_type: &str,
+    options: &BTreeMap<String, String>,
+) -> crate::error::Result<()> {
+    file::DeviceOptions::parse(device_type, options).map(|_| ())
 }

@@ -274,6 +274,13 @@ fn initial_ttl(
     }
 }
 
+/// What [`TokenStore::usage`] counted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TokenUsage {
+    pub tokens: u64,
+    pub leases: u64,
+}
+
 impl TokenStore {
     pub fn new(view: StorageView) -> Self {
         TokenStore {
@@ -442,7 +449,35 @@ impl TokenStore {
             });
         }
         self.view().transaction(ops).await?;
+        // Vault's `vault.token.creation`, by the auth mount that minted it.
+        let mount = entry.path.split('/').take(2).collect::<Vec<_>>().join("/");
+        metrics::counter!(
+            "vault.token.creation",
+            "mount_point" => format!("{mount}/"),
+            "token_type" => entry.token_type.clone(),
+        )
+        .increment(1);
         Ok(entry)
+    }
+
+    /// Live tokens, and how many of them expire (hold a lease), for the usage
+    /// gauges `vault.token.count` and `vault.expire.num_leases`.
+    pub async fn usage(&self) -> Result<TokenUsage> {
+        let now = now_ms();
+        let mut usage = TokenUsage::default();
+        for hash in self.view().list("id/").await? {
+            let Some(entry) = self.get_by_hash(&hash).await? else {
+                continue;
+            };
+            if entry.is_expired(now) || entry.num_uses == REVOCATION_PENDING {
+                continue;
+            }
+            usage.tokens += 1;
+            if entry.expires_at_ms.is_some() {
+                usage.leases += 1;
+            }
+        }
+        Ok(usage)
     }
 
     /// The root token (`operator init`, `-dev`, generate-root). `id` lets

@@ -102,6 +102,7 @@ impl Core {
         let core = Arc::downgrade(self);
         let mut replacements = ha.data_replacements();
         let watcher = tokio::spawn(async move {
+            let mut tls_followed: Option<Instant> = None;
             loop {
                 let Some(core) = core.upgrade() else { return };
                 if core.is_sealed() {
@@ -111,6 +112,11 @@ impl Core {
                     return;
                 }
                 core.follow_leadership().await;
+                if tls_followed.is_none_or(|at| at.elapsed() >= super::cluster_tls::FOLLOW_INTERVAL)
+                {
+                    core.follow_cluster_tls().await;
+                    tls_followed = Some(Instant::now());
+                }
                 let raft = match &core.ha {
                     Some(ha) => ha.running().await,
                     None => None,
@@ -173,12 +179,19 @@ impl Core {
         match (leader, self.role()) {
             (true, Role::Standby) => {
                 if let Err(e) = self.become_active(&ha).await {
+                    metrics::counter!("vault.core.leadership_setup_failed").increment(1);
                     tracing::error!(error = %e, "could not take over as the active node; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
             (false, Role::Active) => {
-                *self.state.write().expect("state lock") = None;
+                let was = self.state.write().expect("state lock").take();
+                metrics::gauge!("vault.core.active").set(0.0);
+                if let Some(was) = was {
+                    // Vault's `vault.core.leadership_lost`: how long this node led.
+                    let led = (chrono::Utc::now() - was.active_time).num_milliseconds();
+                    metrics::histogram!("vault.core.leadership_lost").record(led.max(0) as f64);
+                }
                 tracing::info!("lost Raft leadership: now a standby");
             }
             _ => {}
@@ -221,6 +234,7 @@ impl Core {
             },
         ));
         *unsealed.autopilot.lock().expect("autopilot lock") = Some(autopilot);
+        metrics::gauge!("vault.core.active").set(1.0);
         tracing::info!("this node is now the active node");
         Ok(())
     }
@@ -252,7 +266,7 @@ impl Core {
     }
 
     /// The cluster TLS keyring, from behind the barrier.
-    async fn cluster_tls(&self) -> Result<ClusterTls> {
+    pub(super) async fn cluster_tls(&self) -> Result<ClusterTls> {
         self.view("")
             .get_json(CLUSTER_TLS_KEY)
             .await?
@@ -535,6 +549,13 @@ async fn autopilot_loop(core: std::sync::Weak<Core>, timers: AutopilotTimers) {
                 None
             }
         };
+        if let Ok(state) = strong.autopilot_state().await {
+            let healthy = state["healthy"].as_bool().unwrap_or(false);
+            metrics::gauge!("vault.autopilot.healthy").set(if healthy { 1.0 } else { 0.0 });
+            if let Some(tolerance) = state["failure_tolerance"].as_u64() {
+                metrics::gauge!("vault.autopilot.failure_tolerance").set(tolerance as f64);
+            }
+        }
         drop(strong);
         // A non-voter's health is followed closely until it is promoted.
         let waiting = node

@@ -167,6 +167,8 @@ pub struct Ha {
     store: Arc<SledStore>,
     node: tokio::sync::RwLock<Option<RaftNode>>,
     forwarder: Mutex<Option<reqwest::Client>>,
+    /// The cluster TLS keyring the listener and clients use now.
+    applied_tls: Mutex<Option<ClusterTls>>,
     /// The cluster listener is up (a joiner starts it before its barrier is unsealed).
     serving: std::sync::atomic::AtomicBool,
     pending: Mutex<Option<PendingJoin>>,
@@ -180,6 +182,7 @@ impl Ha {
             store,
             node: tokio::sync::RwLock::new(None),
             forwarder: Mutex::new(None),
+            applied_tls: Mutex::new(None),
             serving: std::sync::atomic::AtomicBool::new(false),
             pending: Mutex::new(None),
             challenges: Mutex::new(HashMap::new()),
@@ -293,15 +296,8 @@ impl Ha {
         node.serve_cluster(tls, routes)
             .await
             .map_err(|e| Error::internal(format!("start the cluster listener: {e}")))?;
-        let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(
-                tls.client_config()
-                    .map_err(|e| Error::internal(format!("cluster TLS client: {e}")))?,
-            )
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| Error::internal(format!("build the forwarding client: {e}")))?;
-        *self.forwarder.lock().expect("forwarder lock") = Some(client);
+        *self.forwarder.lock().expect("forwarder lock") = Some(forwarding_client(tls)?);
+        *self.applied_tls.lock().expect("applied TLS lock") = Some(tls.clone());
         self.serving.store(true, Ordering::SeqCst);
         if self.is_only_voter(&node) {
             let _ = node.raft().trigger().elect().await;
@@ -309,11 +305,40 @@ impl Ha {
         Ok(node)
     }
 
+    /// Uses `tls` on the cluster port from now on (new handshakes of the
+    /// listener, Raft RPCs, forwarding) when it differs from what is in use;
+    /// true when it did. Nothing to do before the cluster listener is up.
+    pub async fn apply_tls(&self, tls: &ClusterTls) -> Result<bool> {
+        use std::sync::atomic::Ordering;
+        let Some(node) = self.running().await else {
+            return Ok(false);
+        };
+        if !self.serving.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
+        if self
+            .applied_tls
+            .lock()
+            .expect("applied TLS lock")
+            .as_ref()
+            .is_some_and(|applied| applied.same_material(tls))
+        {
+            return Ok(false);
+        }
+        let forwarder = forwarding_client(tls)?;
+        node.reload_tls(tls)
+            .map_err(|e| Error::internal(format!("reload the cluster TLS: {e}")))?;
+        *self.forwarder.lock().expect("forwarder lock") = Some(forwarder);
+        *self.applied_tls.lock().expect("applied TLS lock") = Some(tls.clone());
+        Ok(true)
+    }
+
     /// Stops Raft (at seal or shutdown), handing leadership to an up-to-date
     /// follower first when this node leads.
     pub async fn stop(&self) {
         let node = self.node.write().await.take();
         *self.forwarder.lock().expect("forwarder lock") = None;
+        *self.applied_tls.lock().expect("applied TLS lock") = None;
         self.serving
             .store(false, std::sync::atomic::Ordering::SeqCst);
         if let Some(node) = node {
@@ -710,6 +735,18 @@ impl Ha {
         *self.pending.lock().expect("pending lock") = None;
         Ok(root)
     }
+}
+
+/// The client a standby forwards requests with, over the cluster port.
+fn forwarding_client(tls: &ClusterTls) -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(
+            tls.client_config()
+                .map_err(|e| Error::internal(format!("cluster TLS client: {e}")))?,
+        )
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| Error::internal(format!("build the forwarding client: {e}")))
 }
 
 /// An HTTPS client for a join target's API, with TLS built by the client crate exactly as

@@ -7,6 +7,7 @@
 //! except through the barrier.
 
 mod cluster;
+mod cluster_tls;
 pub mod ha;
 mod keys;
 pub mod lockout;
@@ -66,6 +67,15 @@ pub struct CoreConfig {
     pub seals: SealSetup,
     /// `user_lockout` stanzas of the server config, by auth type (`all`, `userpass`, ...).
     pub user_lockout: BTreeMap<String, lockout::LockoutTune>,
+    /// Audit devices declared in the server config (`audit "TYPE" "NAME"`): enabled at unseal
+    /// before the audit table's, listed by `sys/audit`, not changeable through the API.
+    pub config_audit: Vec<crate::audit::AuditDeviceConfig>,
+    /// The config files those came from, for errors that say where to change them.
+    pub config_source: String,
+    /// `telemetry { usage_gauge_period }`: how often the active node counts
+    /// tokens and leases (`vault.token.count`, `vault.expire.num_leases`);
+    /// `None` turns that off.
+    pub usage_gauge_period: Option<Duration>,
 }
 
 impl Default for CoreConfig {
@@ -82,6 +92,9 @@ impl Default for CoreConfig {
             audit_write_timeout: Duration::from_secs(5),
             seals: SealSetup::default(),
             user_lockout: BTreeMap::new(),
+            config_audit: Vec::new(),
+            config_source: String::new(),
+            usage_gauge_period: Some(Duration::from_secs(600)),
         }
     }
 }
@@ -162,6 +175,9 @@ pub struct Unsealed {
     pub cluster: ClusterInfo,
     pub active_time: DateTime<Utc>,
     tidy: tokio::task::JoinHandle<()>,
+    /// Counts tokens and leases every `usage_gauge_period`, and sets the gauges
+    /// while the flag (cleared on drop) says this node still counts.
+    usage_gauges: Option<(tokio::task::JoinHandle<()>, Arc<std::sync::Mutex<bool>>)>,
     /// Autopilot (HA only): promotes caught-up non-voters, prunes dead voters.
     autopilot: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Failed logins and locked aliases (user lockout).
@@ -171,6 +187,16 @@ pub struct Unsealed {
 impl Drop for Unsealed {
     fn drop(&mut self) {
         self.tidy.abort();
+        if let Some((usage, counting)) = &self.usage_gauges {
+            usage.abort();
+            // Only the active node counts; gauges never age out, so a node that stops
+            // counting says 0 rather than keep its last count forever. Under the flag's
+            // lock: a count the aborted task was setting cannot land after the 0.
+            let mut counting = counting.lock().expect("usage gauge lock");
+            *counting = false;
+            metrics::gauge!("vault.token.count").set(0.0);
+            metrics::gauge!("vault.expire.num_leases").set(0.0);
+        }
         if let Some(autopilot) = self.autopilot.lock().expect("autopilot lock").take() {
             autopilot.abort();
         }
@@ -216,6 +242,8 @@ pub struct Core {
     cluster_routes: std::sync::OnceLock<axum::Router>,
     /// Follows Raft leadership while unsealed (HA only).
     watcher: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Held while a cluster TLS rotation step is read, checked and stored.
+    cluster_tls_rotation: Mutex<()>,
 }
 
 impl Core {
@@ -263,6 +291,7 @@ impl Core {
             ha,
             cluster_routes: std::sync::OnceLock::new(),
             watcher: std::sync::Mutex::new(None),
+            cluster_tls_rotation: Mutex::new(()),
         })
     }
 
@@ -583,16 +612,22 @@ impl Core {
 
     /// Opens the barrier with `root_key` and starts what runs while unsealed:
     /// Raft (the watcher then makes the leader active), or the services.
+    /// `vault.core.unseal` times it (its count is the number of unseals);
+    /// `vault.core.unsealed` turns 1 here, on standbys too.
     async fn open(self: &Arc<Self>, root_key: &crate::barrier::RootKey) -> Result<()> {
+        let started = Instant::now();
         self.barrier.unseal(root_key).await?;
         match &self.ha {
-            Some(ha) => self.start_ha(ha).await,
+            Some(ha) => self.start_ha(ha).await?,
             None => {
                 self.post_unseal().await?;
                 self.complete_migration().await;
-                Ok(())
+                metrics::gauge!("vault.core.active").set(1.0);
             }
         }
+        metrics::gauge!("vault.core.unsealed").set(1.0);
+        metrics::histogram!("vault.core.unseal").record(started.elapsed().as_secs_f64() * 1000.0);
+        Ok(())
     }
 
     /// A cluster of one elects itself at once: return when it is active, so
@@ -670,12 +705,31 @@ impl Core {
             }
         }
 
+        // Config-declared devices first: the node is audited by them from its first request.
+        // Each keeps its salt in a view named after its path, so every node declaring it
+        // hashes alike and a restart keeps the salt.
+        for config in &self.config.config_audit {
+            let view = self.view(&config_audit_view(&config.path));
+            audit.enable(config, view).await.map_err(|e| {
+                Error::internal(format!(
+                    "audit device {:?} declared in {} could not be enabled ({e}); refusing to unseal without it, because requests would go unaudited. Fix the device (path, permissions) and unseal again",
+                    config.path, self.config.config_source
+                ))
+            })?;
+        }
         let audit_table: Vec<AuditTableEntry> = self
             .view("")
             .get_json(AUDIT_TABLE_KEY)
             .await?
             .unwrap_or_default();
         for entry in &audit_table {
+            if let Some(declared) = self.config_audit_at(&entry.config.path) {
+                tracing::error!(
+                    path = %entry.config.path,
+                    "the audit table's device is not enabled: the config file declares audit device {declared:?} at the same path; disable one of them"
+                );
+                continue;
+            }
             audit.enable(&entry.config, self.view(&format!("audit/{}/", entry.uuid))).await.map_err(|e| {
                 Error::internal(format!(
                     "audit device {:?} could not be re-enabled ({e}); refusing to unseal without it, because requests would go unaudited. Fix the device (path, permissions) and unseal again",
@@ -699,6 +753,31 @@ impl Core {
                 }
             })
         };
+        let usage_gauges = self.config.usage_gauge_period.map(|period| {
+            let tokens = tokens.clone();
+            let counting = Arc::new(std::sync::Mutex::new(true));
+            let still = counting.clone();
+            let task = tokio::spawn(async move {
+                let mut tick = tokio::time::interval(period);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    match tokens.usage().await {
+                        Ok(usage) => {
+                            let counting = still.lock().expect("usage gauge lock");
+                            if !*counting {
+                                return;
+                            }
+                            metrics::gauge!("vault.token.count").set(usage.tokens as f64);
+                            // Keyhold's only leases are those of tokens with a TTL.
+                            metrics::gauge!("vault.expire.num_leases").set(usage.leases as f64);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "counting tokens for vault.token.count failed"),
+                    }
+                }
+            });
+            (task, counting)
+        });
         let unsealed = Arc::new(Unsealed {
             router: RwLock::new(router),
             tokens,
@@ -708,6 +787,7 @@ impl Core {
             cluster,
             active_time: Utc::now(),
             tidy,
+            usage_gauges,
             autopilot: std::sync::Mutex::new(None),
             lockout: lockout::UserLockout::default(),
         });
@@ -739,6 +819,7 @@ impl Core {
         self.seal.forget_unseal_key();
         self.unseal_keys.lock().expect("unseal lock").reset();
         metrics::gauge!("vault.core.unsealed").set(0.0);
+        metrics::gauge!("vault.core.active").set(0.0);
     }
 
     /// `sys/seal`: needs a token with `sudo` on `sys/seal` (root or a policy).
@@ -1067,6 +1148,24 @@ fn is_unauthenticated_route(route: Option<&(Mount, String)>) -> bool {
             .iter()
             .any(|p| path_matches(p, rel)),
         None => false,
+    }
+}
+
+/// The storage view of a config-declared audit device (`audit/config/<path>`): named by
+/// path, where the audit table's devices use `audit/<uuid>/`.
+fn config_audit_view(path: &str) -> String {
+    format!("audit/config/{}/", path.trim_matches('/'))
+}
+
+impl Core {
+    /// The config-declared audit device whose path equals, contains or sits under `path`.
+    pub(crate) fn config_audit_at(&self, path: &str) -> Option<String> {
+        let path = format!("{}/", path.trim_matches('/'));
+        self.config
+            .config_audit
+            .iter()
+            .map(|d| format!("{}/", d.path.trim_matches('/')))
+            .find(|declared| declared.starts_with(&path) || path.starts_with(declared.as_str()))
     }
 }
 

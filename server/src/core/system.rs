@@ -33,7 +33,15 @@ pub(super) fn is_unauthenticated(rel: &str) -> bool {
 
 /// Root-protected `sys/` paths: the caller needs `sudo` as well.
 pub(super) fn needs_sudo(rel: &str) -> bool {
-    const EXACT: &[&str] = &["audit", "rotate", "remount", "seal", "step-down", "raw"];
+    const EXACT: &[&str] = &[
+        "audit",
+        "rotate",
+        "remount",
+        "seal",
+        "step-down",
+        "raw",
+        "storage/raft/cluster-tls/rotate",
+    ];
     const PREFIX: &[&str] = &[
         "audit/",
         "auth/",
@@ -164,6 +172,12 @@ impl Core {
                 self.raft_remove_peer(&id).await?;
                 Ok(Response::empty())
             }
+            "storage/raft/cluster-tls" if op == Operation::Read => {
+                Ok(Response::data(self.cluster_tls_status().await?))
+            }
+            "storage/raft/cluster-tls/rotate" if write => {
+                Ok(Response::data(self.rotate_cluster_tls().await?))
+            }
             "storage/raft/autopilot/state" if op == Operation::Read => {
                 Ok(Response::data(self.autopilot_state().await?))
             }
@@ -262,6 +276,14 @@ impl Core {
         }
         if let Some(path) = rel.strip_prefix("audit/") {
             let path = normalize_mount_path(path);
+            if let Some(declared) = self.config_audit_at(&path) {
+                if write || op == Operation::Delete {
+                    return Err(Error::invalid(format!(
+                        "audit device {declared:?} is declared in the server config file ({}); it cannot be enabled, replaced or disabled through the API. Change the audit stanza there and restart the node",
+                        self.config.config_source
+                    )));
+                }
+            }
             return match op {
                 Operation::Create | Operation::Update => self.enable_audit(u, req, &path).await,
                 Operation::Delete => self.disable_audit(u, &path).await,

@@ -49,6 +49,22 @@ impl ListenerHandle {
     }
 }
 
+/// `keyhold.tls.certificate_expiry_seconds{listener}`: the listener's
+/// certificate's not-after as a Unix time, set at start and on every reload,
+/// so an alert can say "expires within 30 days" without probing.
+fn record_certificate_expiry(listener: &ListenerConfig, leaf: &CertificateDer<'_>) {
+    match x509_parser::parse_x509_certificate(leaf) {
+        Ok((_, cert)) => metrics::gauge!(
+            "keyhold.tls.certificate_expiry_seconds",
+            "listener" => listener.address.clone(),
+        )
+        .set(cert.validity().not_after.timestamp() as f64),
+        Err(e) => {
+            tracing::warn!(address = %listener.address, error = %e, "could not read the certificate's expiry for metrics")
+        }
+    }
+}
+
 /// The rustls server config for a listener's TLS settings.
 pub fn tls_server_config(listener: &ListenerConfig) -> anyhow::Result<rustls::ServerConfig> {
     let cert_path = listener
@@ -74,6 +90,7 @@ pub fn tls_server_config(listener: &ListenerConfig) -> anyhow::Result<rustls::Se
             cert_path.display()
         );
     }
+    record_certificate_expiry(listener, &certs[0]);
     let key = PrivateKeyDer::from_pem_file(key_path).with_context(|| {
         format!(
             "read tls_key_file {} (expected a PEM private key)",

@@ -99,6 +99,7 @@ async fn entry(
         client_cert: client_cert.is_some_and(|axum::Extension(c)| c.0),
         forwarded: false,
     };
+    let logged = (method.clone(), loggable_path(uri.path()));
     let task = tokio::spawn(async move { serve(&state, caller, method, uri, headers, body).await });
     let mut response = match tokio::time::timeout(limit, task).await {
         Ok(Ok(resp)) => resp,
@@ -111,7 +112,31 @@ async fn entry(
         ))),
     };
     harden_headers(&mut response);
+    tracing::debug!(
+        method = %logged.0,
+        path = %logged.1,
+        status = response.status().as_u16(),
+        remote = %remote.ip(),
+        "request"
+    );
     response
+}
+
+/// The path of a request as the debug log shows it: no query string, and nothing after
+/// `auth/token/<operation>/`, where a token id may sit (`auth/token/lookup/<token>`).
+fn loggable_path(path: &str) -> String {
+    match path.find("/auth/token/") {
+        Some(at) => {
+            let rest = &path[at + "/auth/token/".len()..];
+            match rest.split_once('/') {
+                Some((operation, tail)) if !tail.is_empty() => {
+                    format!("{}/auth/token/{operation}/...", &path[..at])
+                }
+                _ => path.to_string(),
+            }
+        }
+        None => path.to_string(),
+    }
 }
 
 /// Why a request body was not accepted.
@@ -263,6 +288,17 @@ async fn serve(
     // the rest. A request already forwarded is never forwarded again.
     if !sys_raw::served_locally(&path) && !unauthenticated_metrics(state, &path) {
         match (state.core.role(), forwarded) {
+            (Role::Standby, false) if method == Method::GET && is_metrics(&path) => {
+                // Each node's metrics are its own (a scrape of a standby must not show the
+                // active node's), but only the active node can check the token: it checks,
+                // authorises and audits the request as usual, and on its yes this node
+                // answers with its own metrics.
+                let verdict = forward(state, remote, &method, &uri, &headers, &bytes).await;
+                if verdict.status() != StatusCode::OK {
+                    return verdict;
+                }
+                return local_metrics(state, &query);
+            }
             (Role::Standby, false) => {
                 return forward(state, remote, &method, &uri, &headers, &bytes).await
             }
@@ -384,6 +420,22 @@ fn request_token(headers: &HeaderMap) -> Option<String> {
                 .map(|t| t.trim().to_string())
         })
         .filter(|t| !t.is_empty())
+}
+
+fn is_metrics(path: &str) -> bool {
+    path.trim_end_matches('/') == "sys/metrics"
+}
+
+/// This node's `sys/metrics`, in the format the query asks for.
+fn local_metrics(state: &AppState, query: &BTreeMap<String, String>) -> HttpResponse {
+    let mut req = crate::logical::Request::new(crate::logical::Operation::Read, "sys/metrics");
+    for (k, v) in query {
+        req.data.insert(k.clone(), Value::String(v.clone()));
+    }
+    match state.core.metrics_unauthenticated(&req) {
+        Ok(resp) => logical_response("sys/metrics", resp),
+        Err(e) => error_response(&e),
+    }
 }
 
 fn unauthenticated_metrics(state: &AppState, path: &str) -> bool {
@@ -733,6 +785,21 @@ fn raw_json<T: serde::Serialize>(status: StatusCode, value: &T) -> HttpResponse 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logged_paths_hide_token_ids() {
+        for (path, want) in [
+            (
+                "/v1/auth/token/lookup/hvs.secret",
+                "/v1/auth/token/lookup/...",
+            ),
+            ("/v1/auth/token/lookup-self", "/v1/auth/token/lookup-self"),
+            ("/v1/auth/token/roles/", "/v1/auth/token/roles/"),
+            ("/v1/secret/data/app", "/v1/secret/data/app"),
+        ] {
+            assert_eq!(loggable_path(path), want, "{path}");
+        }
+    }
 
     #[test]
     fn injector_routes() {

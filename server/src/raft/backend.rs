@@ -31,8 +31,16 @@ impl RaftBackend {
             // Leadership is being handed to another node, which is not known yet.
             return Err(StorageError::NotLeader { leader: None });
         }
+        let started = std::time::Instant::now();
         match self.shared.raft.client_write(batch).await {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                // Vault's names: `apply` counts transactions the leader
+                // proposed; `commitTime` is proposal to committed and applied.
+                metrics::counter!("vault.raft.apply").increment(1);
+                metrics::histogram!("vault.raft.commitTime")
+                    .record(started.elapsed().as_secs_f64() * 1000.0);
+                Ok(())
+            }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 let leader = f
                     .leader_node

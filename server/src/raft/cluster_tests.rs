@@ -338,6 +338,8 @@ async fn a_peer_without_the_cluster_certificate_gets_nothing() {
             ca_cert_pem: tls.ca_cert_pem.clone(),
             cert_pem: other.cert_pem.clone(),
             key_pem: other.key_pem.clone(),
+            generation: 0,
+            rotation: None,
         })
         .unwrap();
     for (who, client) in [("anonymous", anonymous), ("foreign", foreign)] {

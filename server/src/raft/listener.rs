@@ -15,7 +15,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use axum_server::tls_rustls::RustlsConfig;
 use axum_server::Handle;
@@ -24,7 +24,7 @@ use openraft::raft::{AppendEntriesRequest, VoteRequest};
 use super::network::{
     decode_chunk, APPEND_PATH, ELECT_PATH, MAX_RPC_BYTES, SNAPSHOT_PATH, VERSION_PATH, VOTE_PATH,
 };
-use super::tls::ClusterTls;
+use super::tls::{ClusterTls, PROBE_PATH};
 use super::types::{NodeId, Raft, TypeConfig};
 use super::ClusterError;
 
@@ -36,6 +36,9 @@ pub fn raft_routes(raft: Raft) -> Router {
         .route(SNAPSHOT_PATH, post(snapshot))
         .route(ELECT_PATH, post(elect))
         .route(VERSION_PATH, post(version))
+        // Answered by any node whose listener accepted the caller's handshake:
+        // a rotation's proof that the node has taken its current step.
+        .route(PROBE_PATH, get(|| async { "ok" }))
         // Headroom over the largest request a peer sends (its own limit).
         .layer(DefaultBodyLimit::max(MAX_RPC_BYTES + 4 * 1024 * 1024))
         .with_state(raft)

@@ -10,7 +10,7 @@
 //! Parts: [`types`] (openraft type config), [`log_store`] and
 //! [`state_machine`] (sled), [`snapshot`] (Vault's `state.bin`), [`tls`],
 //! [`network`] (client) and [`listener`] (server) of the cluster port,
-//! [`backend`] (reads local, writes through Raft).
+//! [`backend`] (reads local, writes through Raft), `observer` (metrics).
 //!
 //! Timing (Vault's `performance_multiplier` `m`, default 5): hashicorp/raft
 //! uses election 1 s·m, heartbeat timeout 1 s·m, leader lease 0.5 s·m, and
@@ -30,6 +30,7 @@ pub mod backend;
 pub mod listener;
 pub mod log_store;
 pub mod network;
+mod observer;
 pub mod snapshot;
 pub mod state_machine;
 pub mod tls;
@@ -55,7 +56,7 @@ pub const RESTORE_STAGING_PREFIX: &str = "core/raft/restore/";
 pub const RESTORE_COMMIT_KEY: &str = "core/raft/restore-commit";
 pub use listener::{raft_routes, ClusterListener};
 pub use network::ClusterClient;
-pub use tls::{ClusterTls, CLUSTER_SERVER_NAME};
+pub use tls::{probe as probe_cluster_tls, ClusterTls, CLUSTER_SERVER_NAME};
 pub use types::{node_id, ClusterNode, NodeId, WriteBatch};
 
 use crate::physical::sled_store::SledStore;
@@ -290,6 +291,7 @@ impl RaftNode {
         let raft = Raft::new(id, raft_config, factory, log, state_machine)
             .await
             .map_err(|e| ClusterError::Raft(format!("start raft on {}: {e}", me.name)))?;
+        observer::spawn(raft.clone(), client.clone(), id);
         Ok(RaftNode {
             shared: Arc::new(Shared {
                 raft,

@@ -220,6 +220,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let started = std::time::Instant::now();
         let (mut applied, mut membership) = self
             .read_state()
             .map_err(StorageIOError::read_state_machine)?;
@@ -269,6 +270,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .transaction_with_meta(ops, meta)
             .await
             .map_err(|e| StorageIOError::apply(last, AnyError::new(&e)))?;
+        metrics::histogram!("vault.raft.fsm.apply")
+            .record(started.elapsed().as_secs_f64() * 1000.0);
+        metrics::histogram!("vault.raft_storage.fsm.apply_batch_num").record(count as f64);
         Ok(vec![(); count])
     }
 

@@ -1,8 +1,9 @@
 //! Replicated Raft HA, from outside: clusters of 3 and 5 real processes on 127.0.0.x that form
 //! through `retry_join`, forward from standbys to the active node, lose their leader to `kill -9`
 //! and SIGTERM under a stream of client writes without losing an acknowledged one, refuse a
-//! joiner that holds another cluster's keys, step down on request, and (slow, gated) let
-//! autopilot remove dead voters without going below `min_quorum`.
+//! joiner that holds another cluster's keys, step down on request, rotate the cluster port's TLS
+//! keyring under writes and take a joiner after it, and (slow, gated) let autopilot remove dead
+//! voters without going below `min_quorum`.
 //!
 //! Clients here behave as Vault clients with several addresses do: a request that fails with a
 //! 5xx or a broken connection is retried, with bounded backoff, against the next node.
@@ -696,6 +697,163 @@ async fn sigterm_of_the_active_node_hands_over_without_failed_writes() -> Result
         "after the handoff",
     )
     .await
+}
+
+// ------------------------------------------------------------------ cluster port rotation
+
+/// `sys/storage/raft/cluster-tls` on node `via`: the keyring's generation and step.
+async fn cluster_tls_status(cluster: &Cluster, via: usize) -> Result<serde_json::Value> {
+    Ok(cluster.nodes[via]
+        .api()
+        .get("sys/storage/raft/cluster-tls")
+        .await?
+        .expect(200, "GET sys/storage/raft/cluster-tls")?
+        .json["data"]
+        .clone())
+}
+
+/// The cluster port's TLS keyring rotates (`sys/storage/raft/cluster-tls/rotate`) while writers
+/// stream through every node, so standbys forward over the cluster port and Raft replicates
+/// over it throughout: the rotation goes through both of its steps to a new generation whose
+/// CA and certificate are new, no write is abandoned, every acknowledged write is readable
+/// through every node and on every node's own disk, a SIGHUP (which re-reads the keyring)
+/// changes nothing, and a fourth node joins afterwards, becomes a voter and serves.
+#[tokio::test]
+async fn the_cluster_port_keyring_rotates_under_writes_and_a_node_joins_after() -> Result<()> {
+    let mut cluster = Cluster::prepare_ha(3, NodeOptions::default())?;
+    let keys = cluster.form(3, 2).await?;
+    let active = cluster.active().await?;
+    cluster.nodes[active].api().mount_kv("secret", 2).await?;
+    let before = cluster_tls_status(&cluster, active).await?;
+    ensure!(
+        before["generation"] == json!(0) && before["phase"] == json!("stable"),
+        "a new cluster's keyring: {before}"
+    );
+
+    let stream = Arc::new(WriteStream::default());
+    let writers = start_writers(&cluster, 3, "rotation", &stream);
+    stream.wait_acked(30, "before the rotation").await?;
+    let begun = cluster.nodes[active]
+        .api()
+        .post("sys/storage/raft/cluster-tls/rotate", json!({}))
+        .await?
+        .expect(200, "begin the cluster TLS rotation")?;
+    ensure!(
+        begun.json["data"]["generation"] == json!(1)
+            && begun.json["data"]["phase"] == json!("trust_both")
+            && begun.json["data"]["ca_fingerprints_sha256"]
+                .as_array()
+                .map(Vec::len)
+                == Some(2),
+        "the rotation's first step: {}",
+        begun.text
+    );
+    let again = cluster.nodes[active]
+        .api()
+        .post("sys/storage/raft/cluster-tls/rotate", json!({}))
+        .await?;
+    ensure!(
+        again.status.as_u16() == 400
+            || cluster_tls_status(&cluster, active).await?["phase"] == json!("stable"),
+        "a second rotation while one is under way: {} {}",
+        again.status,
+        again.text
+    );
+
+    // Bounded: 600 x 100 ms for every member to take both steps.
+    let mut phases = HashSet::new();
+    let mut after = json!(null);
+    for _ in 0..600 {
+        let via = cluster.active().await?;
+        after = cluster_tls_status(&cluster, via).await?;
+        phases.insert(after["phase"].as_str().unwrap_or_default().to_string());
+        if after["generation"] == json!(1) && after["phase"] == json!("stable") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ensure!(
+        after["generation"] == json!(1) && after["phase"] == json!("stable"),
+        "the rotation did not finish in 600 polls: {after}; phases seen {phases:?}\n{}",
+        cluster.log_tails(20)
+    );
+    let old_ca = before["ca_fingerprints_sha256"][0].clone();
+    let new_cas = after["ca_fingerprints_sha256"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    ensure!(
+        new_cas.len() == 1
+            && new_cas[0] != old_ca
+            && after["cert_fingerprint_sha256"] != before["cert_fingerprint_sha256"]
+            && begun.json["data"]["ca_fingerprints_sha256"][1] == new_cas[0],
+        "after the rotation: {after}; before: {before}"
+    );
+
+    let acked = stream.acked_count();
+    stream.wait_acked(acked + 30, "after the rotation").await?;
+    stop_writers(&stream, writers).await?;
+    let gave_up = stream.gave_up.lock().unwrap().clone();
+    ensure!(
+        gave_up.is_empty(),
+        "writes abandoned through the rotation: {gave_up:#?}\n{}",
+        cluster.log_tails(20)
+    );
+    eprintln!(
+        "cluster TLS rotation: phases seen {phases:?}; {} writes acknowledged, {} retried \
+         attempts, leader {} -> {}",
+        stream.acked_count(),
+        stream.retries.load(Ordering::SeqCst),
+        cluster.nodes[active].id,
+        cluster.nodes[cluster.active().await?].id
+    );
+
+    // Each standby forwards a write at the first attempt, over the new keyring.
+    let active = cluster.active().await?;
+    for standby in cluster.others(active) {
+        let node = &cluster.nodes[standby];
+        node.api()
+            .kv2_put(
+                "secret",
+                &format!("forwarded/{}", node.id),
+                json!({ "v": "after" }),
+            )
+            .await?
+            .expect(200, "a write through a standby after the rotation")?;
+    }
+    // SIGHUP re-reads the stored keyring: the same one, so nothing changes.
+    let standby = cluster.others(active)[0];
+    cluster.nodes[standby].sighup()?;
+    cluster.nodes[standby]
+        .api()
+        .kv2_put("secret", "after-sighup", json!({ "v": "after" }))
+        .await?
+        .expect(200, "a write through a standby after SIGHUP")?;
+
+    // A node joins after the rotation: it receives the new keyring and replicates.
+    let newcomer = cluster.add_node(NodeOptions::default())?;
+    cluster.nodes[newcomer].start().await?;
+    cluster.join(newcomer, &keys).await?;
+    cluster.wait_voters(4, "after the rotation").await?;
+    cluster.wait_roles("after the newcomer joined").await?;
+    cluster.nodes[newcomer]
+        .api()
+        .kv2_put("secret", "from-the-newcomer", json!({ "v": "after" }))
+        .await?
+        .expect(200, "a write through the newcomer")?;
+
+    let acknowledged = stream.acked.lock().unwrap().clone();
+    check_readable(
+        &cluster,
+        &cluster.running(),
+        &acknowledged,
+        "after the rotation and the join",
+    )
+    .await?;
+    let uuid = secret_mount_uuid(&cluster).await?;
+    cluster.wait_caught_up().await?;
+    cluster.stop_all().await?;
+    check_on_every_disk(&cluster, &uuid, &acknowledged)
 }
 
 // -------------------------------------------------------------------------------- joining

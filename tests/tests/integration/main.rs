@@ -4,6 +4,7 @@
 
 mod acl;
 mod api_conventions;
+mod audit;
 mod bad_input;
 mod ci_job;
 mod cli;
@@ -13,6 +14,7 @@ mod durability;
 mod fast_cluster;
 mod kv;
 mod lifecycle;
+mod monitoring;
 mod moto;
 mod provision;
 mod provision_kms;

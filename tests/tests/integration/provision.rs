@@ -6,7 +6,9 @@
 //! after `kill -9` of a standby and of the active node; `down`/`up`/`down --purge`; 5 nodes,
 //! certificates and the host-layout render; `up` killed at several points and finished by the
 //! next run, and Ctrl-C leaving the servers running; the environment lock; bad environment
-//! files refused before anything is created.
+//! files refused before anything is created; `certs rotate` with and without `--ca` under load,
+//! `--ca` killed between its phases and finished by the next run, and refused on an unhealthy
+//! cluster.
 //!
 //! Durations of `up` are printed for the record (run with `--no-capture` to see them); nothing
 //! asserts on them.
@@ -19,6 +21,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use base64::Engine as _;
+use keyhold_tests::client_builder;
 use keyhold_tests::provision::{
     files_under, is_alive, roles_of, wait_gone, EnvSpec, Provisioned, Running, ShownSecrets,
 };
@@ -35,6 +38,9 @@ const SLOT_BAD_ENV: u8 = 17;
 const SLOT_LOST_INIT: u8 = 18;
 const SLOT_LOAD: u8 = 19;
 const SLOT_ROTATE: u8 = 20;
+const SLOT_ROTATE_CA: u8 = 44;
+const SLOT_ROTATE_REFUSED: u8 = 45;
+const SLOT_ROTATE_KILLED: u8 = 46;
 
 fn secs(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
@@ -950,8 +956,8 @@ fn server_fingerprints(shown: &Value) -> Result<BTreeMap<String, String>> {
 }
 
 /// `provision certs rotate` while `provision load` runs: every node presents a new certificate
-/// from the same CA, no operation fails, no acknowledged write is lost, and `plan` then has
-/// nothing to do.
+/// from the same CA, the cluster port's keyring moves to a new generation, no operation fails,
+/// no acknowledged write is lost, and `plan` then has nothing to do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certs_rotate_under_load_fails_nothing_and_loses_nothing() -> Result<()> {
     let mut p = Provisioned::new("rotate", SLOT_ROTATE, EnvSpec::nodes(3))?;
@@ -962,6 +968,7 @@ async fn certs_rotate_under_load_fails_nothing_and_loses_nothing() -> Result<()>
             .expect(0)?
             .json()?,
     )?;
+    let ca_before = fs::read(p.ca_file())?;
     let load = p.spawn(&["load", "--duration", "8s", "--rate", "30", "--json"])?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rotated = p
@@ -975,9 +982,13 @@ async fn certs_rotate_under_load_fails_nothing_and_loses_nothing() -> Result<()>
         report["failures"] == json!(0) && report["lost_writes"] == json!(0),
         "load during the rotation: {report}"
     );
-    let rotated = rotated.as_array().context("rotate --json is a list")?;
-    ensure!(rotated.len() == 3, "rotated: {rotated:?}");
-    for r in rotated {
+    check_cluster_tls_rotated(&rotated)?;
+    ensure!(rotated["ca"].is_null(), "no new CA without --ca: {rotated}");
+    let nodes = rotated["nodes"]
+        .as_array()
+        .context("rotate --json lists nodes")?;
+    ensure!(nodes.len() == 3, "rotated: {nodes:?}");
+    for r in nodes {
         ensure!(
             r["old_fingerprint_sha256"] != r["new_fingerprint_sha256"],
             "a node kept its certificate: {r}"
@@ -996,6 +1007,314 @@ async fn certs_rotate_under_load_fails_nothing_and_loses_nothing() -> Result<()>
     for (node, fp) in &before {
         ensure!(after.get(node) != Some(fp), "{node} still has {fp}");
     }
+    ensure!(
+        fs::read(p.ca_file())? == ca_before,
+        "the CA changed without --ca"
+    );
+    p.run(&["plan"]).await?.expect(0)?;
+    Ok(())
+}
+
+/// The cluster port's keyring in a `certs rotate --json` report: a finished new generation.
+fn check_cluster_tls_rotated(rotated: &Value) -> Result<()> {
+    let tls = &rotated["cluster_tls"];
+    ensure!(
+        tls["generation"].as_u64() >= Some(1)
+            && tls["phase"] == json!("stable")
+            && tls["ca_fingerprints_sha256"].as_array().map(Vec::len) == Some(1),
+        "the cluster port's keyring did not finish a new generation: {tls}"
+    );
+    Ok(())
+}
+
+/// Each node's server pid, to prove a rotation restarted none of them.
+fn server_pids(p: &Provisioned) -> Result<Vec<u32>> {
+    (1..=p.nodes)
+        .map(|n| {
+            p.node_pid(n)
+                .with_context(|| format!("{}'s pid file", p.node_name(n)))
+        })
+        .collect()
+}
+
+/// `provision certs rotate --ca` while `provision load` runs: a new CA is trusted beside the
+/// old one by every node and by clients (the load generator reads the environment's CA file
+/// as `VAULT_CACERT`), every node moves to a certificate from it, and the old CA is dropped:
+/// no operation fails, no acknowledged write is lost, no server is restarted, a client that
+/// trusts only the old CA is refused afterwards, and `plan` has nothing to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certs_rotate_ca_under_load_moves_nodes_and_clients_to_a_new_ca() -> Result<()> {
+    let mut p = Provisioned::new("rotateca", SLOT_ROTATE_CA, EnvSpec::nodes(3))?;
+    p.up_json().await?;
+    let old_ca = fs::read_to_string(p.ca_file())?;
+    let pids = server_pids(&p)?;
+    let load = p.spawn(&["load", "--duration", "40s", "--rate", "30", "--json"])?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rotated = p
+        .run(&["certs", "rotate", "--ca", "--json"])
+        .await?
+        .expect(0)?
+        .json()?;
+    let mut load = load;
+    let load_outlasted = !load.has_exited()?;
+    let report = load.wait().await?.expect(0)?.json()?;
+    println!("rotated: {rotated}\nload during the rotation: {report}");
+    ensure!(
+        load_outlasted,
+        "the load ended before the rotation did, so it did not run through all of it"
+    );
+    ensure!(
+        report["failures"] == json!(0) && report["lost_writes"] == json!(0),
+        "load during the CA rotation: {report}"
+    );
+    check_cluster_tls_rotated(&rotated)?;
+    let ca = &rotated["ca"];
+    ensure!(
+        ca["old_fingerprint_sha256"].is_string()
+            && ca["old_fingerprint_sha256"] != ca["new_fingerprint_sha256"],
+        "no new CA: {rotated}"
+    );
+    ensure!(
+        rotated["nodes"].as_array().map(Vec::len) == Some(3),
+        "every node moves: {rotated}"
+    );
+
+    // The environment's CA file holds the new CA alone, and every certificate is its.
+    let new_ca = fs::read_to_string(p.ca_file())?;
+    ensure!(
+        new_ca.matches("BEGIN CERTIFICATE").count() == 1 && new_ca != old_ca,
+        "the CA file after the rotation:\n{new_ca}"
+    );
+    let shown = p
+        .run(&["certs", "show", "--json"])
+        .await?
+        .expect(0)?
+        .json()?;
+    let shown = shown.as_array().context("certs show --json is a list")?;
+    let subject = shown
+        .iter()
+        .find(|c| c["certificate"] == json!("CA"))
+        .map(|c| c["info"]["subject"].clone())
+        .context("certs show lists the CA")?;
+    ensure!(
+        shown
+            .iter()
+            .filter(|c| c["certificate"] != json!("CA"))
+            .count()
+            == 6
+            && shown
+                .iter()
+                .filter(|c| c["certificate"] != json!("CA"))
+                .all(|c| c["info"]["issuer"] == subject),
+        "a certificate is not from the new CA {subject}: {shown:#?}"
+    );
+    let state: Value = serde_json::from_str(&fs::read_to_string(p.env_dir().join("state.json"))?)?;
+    ensure!(
+        state.get("ca_rotation").is_none(),
+        "the rotation is still recorded as under way: {state}"
+    );
+    ensure!(
+        !p.env_dir().join("tls/ca-next.crt").exists()
+            && !p.env_dir().join("tls/ca-next.key").exists(),
+        "the next CA's files were left behind"
+    );
+
+    // Clients of the new CA are served by every node; a client of the old CA alone is refused.
+    for n in 1..=3u8 {
+        ensure!(
+            p.health_code(n).await.is_some(),
+            "{} does not answer a client of the new CA",
+            p.node_name(n)
+        );
+        let old_client = client_builder(&old_ca)?.build()?;
+        let refused = old_client
+            .get(format!("{}/v1/sys/health", p.api_addr(n)))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+        ensure!(
+            refused.is_err(),
+            "{} still presents a certificate the old CA signed",
+            p.node_name(n)
+        );
+    }
+    ensure!(
+        server_pids(&p)? == pids && pids.iter().all(|&pid| is_alive(pid)),
+        "a server was restarted by the CA rotation: {pids:?} then {:?}",
+        server_pids(&p)?
+    );
+    p.run(&["plan"]).await?.expect(0)?;
+    Ok(())
+}
+
+/// `provision certs rotate` (with and without `--ca`) on a cluster with a node down is refused
+/// with a message that says so, and changes nothing: the same CA file, no rotation recorded,
+/// no new CA files, the same node certificates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certs_rotate_refuses_an_unhealthy_cluster_and_changes_nothing() -> Result<()> {
+    let mut p = Provisioned::new("rotatebad", SLOT_ROTATE_REFUSED, EnvSpec::nodes(3))?;
+    p.up_json().await?;
+    let ca_before = fs::read(p.ca_file())?;
+    let state_before = fs::read(p.env_dir().join("state.json"))?;
+    let certs_before = server_fingerprints(
+        &p.run(&["certs", "show", "--json"])
+            .await?
+            .expect(0)?
+            .json()?,
+    )?;
+    let killed = p.kill9_node(2).await?;
+    wait_gone(&[killed], "the killed node").await?;
+    for args in [&["certs", "rotate"][..], &["certs", "rotate", "--ca"][..]] {
+        let ran = p.run(args).await?.expect(1)?;
+        ensure!(
+            ran.stderr.contains(&p.node_name(2))
+                && ran.stderr.contains("does not serve")
+                && ran.stderr.contains("nothing was changed"),
+            "{args:?}: {}",
+            ran.stderr
+        );
+    }
+    ensure!(fs::read(p.ca_file())? == ca_before, "the CA file changed");
+    ensure!(
+        fs::read(p.env_dir().join("state.json"))? == state_before,
+        "the state changed"
+    );
+    ensure!(
+        !p.env_dir().join("tls/ca-next.crt").exists(),
+        "a new CA was made"
+    );
+    let certs_after = server_fingerprints(
+        &p.run(&["certs", "show", "--json"])
+            .await?
+            .expect(0)?
+            .json()?,
+    )?;
+    ensure!(certs_before == certs_after, "node certificates changed");
+    Ok(())
+}
+
+/// The `ca_rotation` recorded in the environment's state (null when none is under way).
+fn ca_rotation_in(state_file: &std::path::Path) -> Value {
+    fs::read_to_string(state_file)
+        .ok()
+        .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+        .map_or(Value::Null, |s| s["ca_rotation"].clone())
+}
+
+/// `provision certs rotate --ca` SIGKILLed once its first phase is recorded, then again once a
+/// node has moved to the new CA, is finished by the next run (only the nodes left are issued
+/// certificates, from the CA the first run made), while `provision load` runs throughout: no
+/// operation fails, no acknowledged write is lost, no server is restarted. Meanwhile `certs rotate` without `--ca` and
+/// `up` are refused and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_ca_rotation_is_finished_by_the_next_run_under_load() -> Result<()> {
+    let mut p = Provisioned::new("rotatekill", SLOT_ROTATE_KILLED, EnvSpec::nodes(3))?;
+    p.up_json().await?;
+    let pids = server_pids(&p)?;
+    let old_ca = fs::read_to_string(p.ca_file())?;
+    let state_file = p.env_dir().join("state.json");
+    let mut load = p.spawn(&["load", "--duration", "45s", "--rate", "30", "--json"])?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let run = p.spawn(&["certs", "rotate", "--ca"])?;
+    interrupt_when(run, "the issue phase recorded", libc::SIGKILL, {
+        let f = &state_file;
+        move || async move { ca_rotation_in(f)["phase"] == json!("issue") }
+    })
+    .await?;
+    let first = ca_rotation_in(&state_file);
+    let bundle = fs::read_to_string(p.ca_file())?;
+    ensure!(
+        bundle.matches("BEGIN CERTIFICATE").count() == 2 && bundle.starts_with(old_ca.trim_end()),
+        "after the trust-both phase the CA file is not the old and the new CA:\n{bundle}"
+    );
+
+    // Refused while the rotation is under way, and nothing changes.
+    let refused = p.run(&["certs", "rotate"]).await?.expect(1)?;
+    ensure!(
+        refused.stderr.contains("--ca") && refused.stderr.contains("nothing was changed"),
+        "certs rotate without --ca during a CA rotation: {}",
+        refused.stderr
+    );
+    let refused = p.run(&["up"]).await?;
+    ensure!(
+        refused.code != Some(0) && refused.stderr.contains("CA rotation is under way"),
+        "up during a CA rotation: {:?}\n{}",
+        refused.code,
+        refused.stderr
+    );
+    ensure!(
+        fs::read_to_string(p.ca_file())? == bundle && ca_rotation_in(&state_file) == first,
+        "a refused command changed the CA file or the rotation's state"
+    );
+
+    let run = p.spawn(&["certs", "rotate", "--ca"])?;
+    interrupt_when(run, "a node moved to the new CA", libc::SIGKILL, {
+        let f = &state_file;
+        move || async move {
+            ca_rotation_in(f)["moved"]
+                .as_array()
+                .is_some_and(|m| !m.is_empty())
+        }
+    })
+    .await?;
+    let second = ca_rotation_in(&state_file);
+    let moved = second["moved"].as_array().map_or(0, Vec::len);
+    ensure!(
+        second["new_ca_fingerprint_sha256"] == first["new_ca_fingerprint_sha256"],
+        "the second run made another CA: {first} then {second}"
+    );
+
+    let rotated = p
+        .run(&["certs", "rotate", "--ca", "--json"])
+        .await?
+        .expect(0)?
+        .json()?;
+    let load_outlasted = !load.has_exited()?;
+    let report = load.wait().await?.expect(0)?.json()?;
+    println!(
+        "killed --ca rotation ({moved} node(s) moved before the second kill) finished: \
+         {rotated}\nload during it: {report}"
+    );
+    ensure!(
+        load_outlasted,
+        "the load ended before the rotation did, so it did not run through all of it"
+    );
+    ensure!(
+        report["failures"] == json!(0) && report["lost_writes"] == json!(0),
+        "load during the interrupted CA rotation: {report}"
+    );
+    check_cluster_tls_rotated(&rotated)?;
+    ensure!(
+        rotated["ca"]["new_fingerprint_sha256"] == first["new_ca_fingerprint_sha256"],
+        "the finishing run did not finish the rotation the first run began: {rotated}"
+    );
+    let issued = rotated["nodes"].as_array().map_or(0, Vec::len);
+    ensure!(
+        issued == 3 - moved,
+        "the finishing run issued {issued} certificate(s), {moved} node(s) had moved: {rotated}"
+    );
+    let new_ca = fs::read_to_string(p.ca_file())?;
+    ensure!(
+        new_ca.matches("BEGIN CERTIFICATE").count() == 1 && new_ca != old_ca,
+        "the CA file after the rotation:\n{new_ca}"
+    );
+    ensure!(
+        ca_rotation_in(&state_file).is_null(),
+        "the rotation is still recorded as under way"
+    );
+    for n in 1..=3u8 {
+        ensure!(
+            p.health_code(n).await.is_some(),
+            "{} does not answer a client of the new CA",
+            p.node_name(n)
+        );
+    }
+    ensure!(
+        server_pids(&p)? == pids && pids.iter().all(|&pid| is_alive(pid)),
+        "a server was restarted by the interrupted CA rotation: {pids:?} then {:?}",
+        server_pids(&p)?
+    );
     p.run(&["plan"]).await?.expect(0)?;
     Ok(())
 }

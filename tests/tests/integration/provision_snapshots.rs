@@ -312,6 +312,18 @@ async fn a_restore_drill_passes_a_good_snapshot_and_fails_a_corrupted_one() -> R
         "status after the drill:\n{}",
         status.stdout
     );
+    // node_exporter's textfile collector reads the drill's result beside the state file.
+    let textfile = p.env_dir().join("keyhold_restore_drill.prom");
+    let metric = |name: &str| keyhold::snapshot_agent::textfile::read_value(&textfile, name);
+    let passed_at = metric("keyhold_restore_drill_last_success_timestamp_seconds");
+    ensure!(
+        metric("keyhold_restore_drill_last_result") == Some(1.0)
+            && passed_at.is_some()
+            && metric("keyhold_restore_drill_last_verified_snapshot_age_seconds")
+                .is_some_and(|age| age >= 0.0),
+        "the drill's textfile after it passed:\n{}",
+        std::fs::read_to_string(&textfile).unwrap_or_default()
+    );
 
     overwrite_with_garbage(&moto, &bucket, &key).await?;
     let failed = p
@@ -338,6 +350,12 @@ async fn a_restore_drill_passes_a_good_snapshot_and_fails_a_corrupted_one() -> R
         status.stdout.contains("Last restore drill: FAILED"),
         "status after the failed drill:\n{}",
         status.stdout
+    );
+    ensure!(
+        metric("keyhold_restore_drill_last_result") == Some(0.0)
+            && metric("keyhold_restore_drill_last_success_timestamp_seconds") == passed_at,
+        "a failed drill sets its result to 0 and keeps the last success:\n{}",
+        std::fs::read_to_string(&textfile).unwrap_or_default()
     );
     p.run(&["down", "--purge"]).await?.expect(0)?;
     Ok(())

@@ -2,11 +2,12 @@
 //! PID 1 (slow tier, root only). Fresh pid/mount/net/uts/ipc/cgroup namespaces become a host
 //! laid out as the rendered files say (`provision_systemd/boot.sh`), systemd starts the rendered
 //! `keyhold.service` unchanged, and the real `keyhold` CLI, run inside the namespaces with the
-//! rendered `keyhold.env`, takes the node through an operator's day: init, unseal, a file audit
-//! device, KV, logrotate's rename + `systemctl reload`, `systemctl stop` and `start`. Along the
-//! way it checks that the sandbox is the one the unit asks for (the keyhold user, CAP_IPC_LOCK
-//! only, memory locked, seccomp, a read-only file system outside `ReadWritePaths`) and that
-//! `systemd-analyze security` scores the running unit at most 2.0.
+//! rendered `keyhold.env`, takes the node through an operator's day: init, unseal (which enables
+//! the file audit device the rendered config declares), KV, logrotate's rename + `systemctl
+//! reload`, `systemctl stop` and `start`. Along the way it checks that the sandbox is the one
+//! the unit asks for (the keyhold user, CAP_IPC_LOCK only, memory locked, seccomp, a read-only
+//! file system outside `ReadWritePaths`) and that `systemd-analyze security` scores the running
+//! unit at most 2.0.
 //!
 //! The host machine is left as it was: everything is mounted in the private mount namespace
 //! (see `boot.sh`), systemd's cgroups live under cgroups made for the test, and dropping the
@@ -212,14 +213,8 @@ async fn operate(host: &SystemdHost, stage: &Path) -> Result<()> {
     );
 
     let unseal_key = cli.init().await?;
+    // The environment's file device is declared in the rendered config: auditing from unseal.
     cli.unseal(&unseal_key).await?;
-    cli.ok(&[
-        "audit",
-        "enable",
-        "file",
-        &format!("file_path={AUDIT_FILE}"),
-    ])
-    .await?;
     cli.ok(&["secrets", "enable", "-version=2", "kv"]).await?;
     let password = "written-under-systemd";
     cli.ok(&["kv", "put", "kv/app", &format!("password={password}")])

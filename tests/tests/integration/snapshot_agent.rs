@@ -335,11 +335,15 @@ async fn snapshot_agent_on_a_3_node_cluster_stores_one_verified_snapshot_from_th
     spec.token_file = None;
     spec.s3_lines
         .push("kms_key_id = \"alias/keyhold-snapshots\"".into());
+    let textfile = dir.dir.path().join("textfile/keyhold_snapshot.prom");
     spec.extra = format!(
-        "\napprole {{\n  role_id_file   = \"{}\"\n  secret_id_file = \"{}\"\n}}\n",
+        "\napprole {{\n  role_id_file   = \"{}\"\n  secret_id_file = \"{}\"\n}}\n\
+         \nmetrics {{\n  textfile = \"{}\"\n  cluster  = \"agent-test\"\n}}\n",
         role_id_file.display(),
-        secret_id_file.display()
+        secret_id_file.display(),
+        textfile.display()
     );
+    let metric = |name: &str| keyhold::snapshot_agent::textfile::read_value(&textfile, name);
 
     for standby in cluster.others(active) {
         let config = dir.write_config(&cluster.nodes[standby], &moto.endpoint(), &spec)?;
@@ -357,6 +361,12 @@ async fn snapshot_agent_on_a_3_node_cluster_stores_one_verified_snapshot_from_th
     ensure!(
         moto.object_keys(BUCKET).await?.is_empty(),
         "standbys stored nothing"
+    );
+    ensure!(
+        metric("keyhold_snapshot_last_result") == Some(1.0)
+            && metric("keyhold_snapshot_last_success_timestamp_seconds").is_none(),
+        "a standby's pass succeeds without storing a snapshot:\n{}",
+        std::fs::read_to_string(&textfile).unwrap_or_default()
     );
 
     let secret_id = root
@@ -391,6 +401,14 @@ async fn snapshot_agent_on_a_3_node_cluster_stores_one_verified_snapshot_from_th
         "exactly one object, {key}"
     );
     ensure!(is_agent_name(&key), "{key} is an agent name");
+    ensure!(
+        metric("keyhold_snapshot_last_result") == Some(1.0)
+            && metric("keyhold_snapshot_last_size_bytes") == Some(size as f64)
+            && metric("keyhold_snapshot_last_success_timestamp_seconds")
+                .is_some_and(|t| t > 0.0 && t <= chrono::Utc::now().timestamp() as f64),
+        "the textfile records the stored snapshot:\n{}",
+        std::fs::read_to_string(&textfile).unwrap_or_default()
+    );
     let head = moto
         .s3()
         .await

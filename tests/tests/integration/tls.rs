@@ -1,7 +1,8 @@
 //! The listener's TLS settings hold on the wire: a TLS 1.3-only listener refuses a client that
 //! speaks only TLS 1.2 (and a TLS 1.2 listener takes it, so the client itself is sound), a listener
-//! that requires client certificates refuses clients without one from its CA, and SIGHUP swaps in
-//! a replaced certificate for new connections while an open connection keeps working.
+//! that requires client certificates refuses clients without one from its CA, SIGHUP swaps in
+//! a replaced certificate for new connections while an open connection keeps working, and SIGHUP
+//! reloads the client CA file (Vault does not: vault issue 32116).
 
 use std::time::Duration;
 
@@ -173,6 +174,78 @@ async fn sighup_reloads_replaced_certificate_and_keeps_open_connections() -> Res
     ensure!(
         status == 501,
         "request on the pre-reload connection: expected 501 (uninitialised), got {status}"
+    );
+    Ok(())
+}
+
+/// Polls `served` with `cert` (bounded: 100 x 50 ms) until it is served (`want`) or refused.
+async fn wait_served(
+    node: &keyhold_tests::Node,
+    cert: &keyhold_tests::IssuedCert,
+    want: bool,
+) -> bool {
+    for _ in 0..100 {
+        let opts = RawTlsOptions {
+            client_cert: Some(cert),
+            ..RawTlsOptions::default()
+        };
+        if served(node, &opts).is_ok() == want {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// The listener's `tls_client_ca_file` is read again on SIGHUP, without a restart: a client
+/// certificate from a CA added to the file is accepted, then, with the first CA removed from
+/// the file, a certificate from it is refused while the new one is still served.
+#[tokio::test]
+async fn sighup_reloads_the_client_ca_file() -> Result<()> {
+    let mut cluster = Cluster::single(tls_node(None, true)).await?;
+    let new_ca = Pki::new(cluster.dir(), "new-client-ca")?;
+    let old_client = cluster.pki.issue_client("client of the first CA")?;
+    let new_client = new_ca.issue_client("client of the new CA")?;
+    let client_ca_file = cluster.pki.ca_path.clone();
+    let first_ca = cluster.pki.ca_pem.clone();
+    let node = cluster.node();
+    let pid = node.pid();
+
+    ensure!(
+        wait_served(node, &old_client, true).await,
+        "a client of the configured CA is not served"
+    );
+    ensure!(
+        wait_served(node, &new_client, false).await,
+        "a client of a CA not in tls_client_ca_file was served"
+    );
+
+    std::fs::write(&client_ca_file, format!("{first_ca}{}", new_ca.ca_pem))?;
+    node.sighup()?;
+    ensure!(
+        wait_served(node, &new_client, true).await,
+        "after SIGHUP with the new CA added, its client is still refused; log:\n{}",
+        node.log_tail(20)
+    );
+    ensure!(
+        wait_served(node, &old_client, true).await,
+        "a client of the first CA is refused while both are in the file"
+    );
+
+    std::fs::write(&client_ca_file, &new_ca.ca_pem)?;
+    node.sighup()?;
+    ensure!(
+        wait_served(node, &old_client, false).await,
+        "after SIGHUP with the first CA removed, its client is still served; log:\n{}",
+        node.log_tail(20)
+    );
+    ensure!(
+        wait_served(node, &new_client, true).await,
+        "the new CA's client is refused after the first CA was removed"
+    );
+    ensure!(
+        node.is_running() && node.pid() == pid,
+        "the reloads restarted or stopped the server"
     );
     Ok(())
 }

@@ -6,7 +6,7 @@ mod host;
 mod settings;
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Result;
@@ -75,19 +75,6 @@ impl Provider for LocalProvider {
             node.layout.binary.clone(),
             self.agent_schedule.clone(),
         ))
-    }
-
-    /// Local nodes run with their own directory as working directory, so one relative path
-    /// serves every node.
-    fn audit_file_path(&self, file_path: &str) -> String {
-        if matches!(file_path, "stdout" | "discard") || file_path.starts_with('/') {
-            file_path.to_string()
-        } else {
-            Path::new(Layout::LOG_DIR)
-                .join(file_path)
-                .display()
-                .to_string()
-        }
     }
 
     async fn record(&self, node: &NodeSpec) -> Result<NodeRecord> {
