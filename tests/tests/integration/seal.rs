@@ -475,6 +475,16 @@ async fn migrate(cluster: &mut Cluster, seal: &[String], keys: &[String], to: &s
         cluster.nodes[i].start().await?;
         let api = cluster.nodes[i].api();
         let status = api.seal_status().await?;
+        if i == active && status["migration"] == json!(false) && status["type"] == json!(to) {
+            // The old active node handed leadership over before it stopped and stayed a
+            // follower long enough to receive the new active node's migration: its data is
+            // already sealed by the new seal, so it unseals as any node of that seal does
+            // (shares: the old recovery keys became unseal keys; an auto seal by itself).
+            if to == "shamir" {
+                cluster.nodes[i].unseal_member(keys).await?;
+            }
+            continue;
+        }
         ensure!(
             status["migration"] == json!(true) && status["sealed"] == json!(true),
             "node {i} restarted with the {to} seal should wait for -migrate: {status}"
