@@ -58,6 +58,103 @@ WAIT_ATTEMPTS = 400
 WAIT_INTERVAL = 0.05
 TOPOLOGIES = ("single", "cluster", "provisioned")
 TOPOLOGY = os.environ.get("KEYHOLD_COMPAT_TOPOLOGY", "single")
+
+
+# --- no secret in any log ----------------------------------------------------------------------
+#
+# Every secret the run sends or receives is recorded: KV values, passwords, AppRole secret IDs,
+# tokens, unseal and recovery shares, root tokens, transit plaintexts (hvac and this file both
+# talk through requests.Session). Each server's logs and audit files are searched for all of them
+# before the server goes away, and at the end of the session for what is left on disk; a finding
+# fails the session. Audit files hold HMACs of these values (Vault's rule), server logs neither.
+# Values shorter than MIN_SECRET_LEN are not searched for: a short test value ("bar") is found in
+# any log by chance.
+
+MIN_SECRET_LEN = 8
+SECRET_FIELDS = {
+    "password", "secret_id", "client_token", "token", "root_token", "plaintext", "key", "otp",
+    "encoded_token", "encoded_root_token", "recovery_keys", "recovery_keys_b64",
+}
+# Only in the answers that hand out shares (elsewhere `keys` are the names a LIST returns).
+SHARE_FIELDS = {"keys", "keys_base64", "unseal_keys_b64"}
+SECRETS: dict[str, str] = {}  # value -> what it was (for the message; the value is never shown)
+LOG_FINDINGS: list[str] = []
+
+
+def _record(value, what: str) -> None:
+    if isinstance(value, str):
+        if len(value) >= MIN_SECRET_LEN and not value.isdigit():
+            SECRETS.setdefault(value, what)
+    elif isinstance(value, list):
+        for item in value:
+            _record(item, what)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _record(item, what)
+
+
+def _record_fields(body, url: str) -> None:
+    if isinstance(body, dict):
+        shares = url.rstrip("/").endswith("/sys/init") or "/sys/rekey" in url
+        for key, value in body.items():
+            if key in SECRET_FIELDS or (shares and key in SHARE_FIELDS):
+                _record(value, key)
+            else:
+                _record_fields(value, url)
+    elif isinstance(body, list):
+        for item in body:
+            _record_fields(item, url)
+
+
+_session_request = requests.Session.request
+
+
+def _recording_request(self, method, url, *args, **kwargs):
+    body = kwargs.get("json")
+    if isinstance(body, dict):
+        if "/data/" in url and isinstance(body.get("data"), dict):
+            _record(body["data"], "a KV secret value")
+        _record_fields(body, url)
+    response = _session_request(self, method, url, *args, **kwargs)
+    try:
+        _record_fields(response.json(), url)
+    except ValueError:
+        pass
+    return response
+
+
+requests.Session.request = _recording_request
+
+
+def scan_logs_for_secrets(paths) -> None:
+    """Searches each file for every recorded secret; findings name the file, the line and what
+    the value was, never the value."""
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            continue
+        text = path.read_text(errors="replace")
+        for value, what in list(SECRETS.items()):
+            at = text.find(value)
+            if at >= 0:
+                line = text.count("\n", 0, at) + 1
+                LOG_FINDINGS.append(f"{path}:{line}: {what} ({len(value)} characters) in clear")
+
+
+def log_files(root: Path):
+    return [p for pattern in ("*.log", "*.out") for p in Path(root).rglob(pattern)]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    scan_logs_for_secrets(log_files(session.config._tmp_path_factory.getbasetemp()))
+    if LOG_FINDINGS:
+        findings = sorted(set(LOG_FINDINGS))
+        print(f"\n{len(findings)} secret(s) found in clear in server logs or audit files:")
+        for finding in findings[:50]:
+            print("  " + finding)
+        session.exitstatus = 1
+    else:
+        print(f"\nno secret in any log: {len(SECRETS)} recorded secrets searched for")
 CLUSTER_SIZE = 3
 
 
@@ -722,6 +819,7 @@ class ProvisionedCluster:
 
     def stop(self) -> None:
         if self.env_dir.exists():
+            scan_logs_for_secrets(log_files(self.env_dir))
             self.provision("down", "--purge")
 
     def log_tail(self, lines: int = 40) -> str:

@@ -825,15 +825,6 @@ fn decode_audit(top: &Section<'_, '_>) -> Result<Vec<AuditDevice>, ConfigError> 
             options,
         });
     }
-    if out.is_empty() {
-        // A cluster is never left unaudited: without a stanza, one file device.
-        out.push(AuditDevice {
-            kind: "file".into(),
-            path: "file".into(),
-            file_path: "audit.log".into(),
-            options: Vec::new(),
-        });
-    }
     Ok(out)
 }
 

@@ -188,8 +188,9 @@ pub struct Tls {
     pub extra_sans: Vec<String>,
 }
 
-/// An audit device, declared in every node's server config (`audit "file" "NAME"`). Without an
-/// `audit` stanza an environment gets one: `file`, writing `audit.log` in the log directory.
+/// An audit device, declared in every node's server config (`audit "file" "NAME"`). Every
+/// shipped environment declares one; an environment without an `audit` stanza has none, and its
+/// devices can then be managed through the API (`sys/audit`), as the compatibility suite does.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AuditDevice {
     /// The device type: `file`.
