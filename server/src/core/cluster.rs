@@ -401,6 +401,7 @@ impl Core {
         let ha = self.ha_or_invalid()?;
         let node = ha.running().await.ok_or(Error::NoActiveNode)?;
         let status = node.status().await;
+        let versions = node.member_versions().await;
         let now = chrono::Utc::now();
         let nodes: Vec<Value> = node
             .membership()
@@ -420,8 +421,8 @@ impl Core {
                     "cluster_address": format!("https://{}", member.cluster_addr),
                     "active_node": active,
                     "last_echo": if active { Value::Null } else { json!(last_echo) },
-                    "version": crate::VERSION,
-                    "upgrade_version": crate::VERSION,
+                    "version": versions.get(&member.name).map(String::as_str).unwrap_or(""),
+                    "upgrade_version": versions.get(&member.name).map(String::as_str).unwrap_or(""),
                     "redundancy_zone": "",
                 })
             })
@@ -436,6 +437,7 @@ impl Core {
         let config = self.autopilot_config().await?;
         let status = node.status().await;
         let membership = node.membership();
+        let versions = node.member_versions().await;
         let last_index = status.last_log_index.unwrap_or(0);
         let mut servers = serde_json::Map::new();
         let (mut voters, mut non_voters, mut healthy_voters) = (Vec::new(), Vec::new(), 0u64);
@@ -470,7 +472,7 @@ impl Core {
                     "healthy": healthy,
                     "stable_since": "",
                     "status": if is_leader { "leader" } else if *voter { "voter" } else { "non-voter" },
-                    "version": crate::VERSION,
+                    "version": versions.get(&member.name).map(String::as_str).unwrap_or(""),
                     "node_type": "voter",
                 }),
             );

@@ -586,18 +586,34 @@ impl RaftNode {
     /// The version voter `target` reports over the cluster port; None when
     /// it does not answer (or runs a build without the endpoint).
     async fn peer_version(&self, target: &ClusterNode) -> Option<semver::Version> {
-        let reported: String = self
-            .client
-            .post(
-                &target.cluster_addr,
-                VERSION_PATH,
-                "application/json",
-                b"null".to_vec(),
-                self.timing.election_timeout_min,
-            )
-            .await
-            .ok()?;
-        semver::Version::parse(&reported).ok()
+        ask_version(&self.client, target, self.timing.election_timeout_min).await
+    }
+
+    /// The version every member runs, by name: this node's own, and each
+    /// other member's as it answers over the cluster port (all asked at
+    /// once, each bounded by the election timeout's lower bound); a member
+    /// that does not answer is left out. What `autopilot/state` and
+    /// `ha-status` report, so a rolling upgrade shows its mixed versions.
+    pub async fn member_versions(&self) -> BTreeMap<String, String> {
+        let mut versions = BTreeMap::new();
+        let mut asks = tokio::task::JoinSet::new();
+        for (node, _) in self.membership() {
+            if node.name == self.me.name {
+                versions.insert(node.name.clone(), crate::VERSION.to_string());
+                continue;
+            }
+            let (client, timeout) = (self.client.clone(), self.timing.election_timeout_min);
+            asks.spawn(async move {
+                let version = ask_version(&client, &node, timeout).await;
+                (node.name, version)
+            });
+        }
+        while let Some(Ok((name, version))) = asks.join_next().await {
+            if let Some(version) = version {
+                versions.insert(name, version.to_string());
+            }
+        }
+        versions
     }
 
     async fn hand_over(&self, rule: Handover) -> Result<(), ClusterError> {
@@ -774,4 +790,23 @@ const LEASE_MARGIN: Duration = Duration::from_millis(50);
 
 fn raft_error(e: impl std::fmt::Display) -> ClusterError {
     ClusterError::Raft(e.to_string())
+}
+
+/// `POST /v1/cluster/raft/version` on `target`'s cluster port, bounded by `timeout`.
+async fn ask_version(
+    client: &ClusterClient,
+    target: &ClusterNode,
+    timeout: Duration,
+) -> Option<semver::Version> {
+    let reported: String = client
+        .post(
+            &target.cluster_addr,
+            VERSION_PATH,
+            "application/json",
+            b"null".to_vec(),
+            timeout,
+        )
+        .await
+        .ok()?;
+    semver::Version::parse(&reported).ok()
 }

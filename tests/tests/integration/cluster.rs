@@ -971,6 +971,36 @@ async fn step_down_hands_leadership_to_the_newest_version_and_never_back() -> Re
             health.json["version"]
         );
     }
+    // Autopilot and ha-status show each member's own version (the mixed cluster of an
+    // upgrade), whichever node answers.
+    let active = cluster.active().await?;
+    let state = cluster.nodes[active]
+        .api()
+        .get("sys/storage/raft/autopilot/state")
+        .await?
+        .expect(200, "autopilot state")?;
+    let members = cluster.nodes[active]
+        .api()
+        .get("sys/ha-status")
+        .await?
+        .expect(200, "ha-status")?;
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let want = if i == newest {
+            NEXT_VERSION
+        } else {
+            keyhold::VERSION
+        };
+        let in_state = &state.json["data"]["servers"][&node.id]["version"];
+        let in_members = members.json["data"]["nodes"]
+            .as_array()
+            .and_then(|n| n.iter().find(|m| m["hostname"] == json!(node.id)))
+            .map(|m| m["version"].clone());
+        ensure!(
+            *in_state == json!(want) && in_members == Some(json!(want)),
+            "{} runs {want}; autopilot state says {in_state}, ha-status {in_members:?}",
+            node.id
+        );
+    }
     // From an older active node: leadership goes to the newest, never to the other old one.
     // Twice, so the choice is not a coin toss that happened to land right.
     for round in 0..2 {
