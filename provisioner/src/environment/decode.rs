@@ -281,6 +281,7 @@ fn decode_listener(top: &Section<'_, '_>) -> Result<Listener, ConfigError> {
         api_port: 8200,
         cluster_port: 8201,
         tls_min_version: TlsVersion::Tls13,
+        max_request_size: None,
     };
     let Some(body) = single(top, "listener")? else {
         return Ok(out);
@@ -290,7 +291,12 @@ fn decode_listener(top: &Section<'_, '_>) -> Result<Listener, ConfigError> {
         body,
         "in listener",
         "listener",
-        &["api_port", "cluster_port", "tls_min_version"],
+        &[
+            "api_port",
+            "cluster_port",
+            "tls_min_version",
+            "max_request_size",
+        ],
         &[],
     )?;
     out.api_port = s.port("api_port")?.unwrap_or(out.api_port);
@@ -303,6 +309,13 @@ fn decode_listener(top: &Section<'_, '_>) -> Result<Listener, ConfigError> {
     }
     if let Some(v) = s.tls_version("tls_min_version")? {
         out.tls_min_version = v;
+    }
+    out.max_request_size = s.uint("max_request_size", u64::MAX)?;
+    if out.max_request_size == Some(0) {
+        return Err(s.value_error(
+            "max_request_size",
+            "must be a number of bytes above 0 (leave it out for the server's 32 MiB)",
+        ));
     }
     Ok(out)
 }

@@ -79,6 +79,10 @@ pub struct Listener {
     /// The cluster (Raft and forwarding) port (8201).
     pub cluster_port: u16,
     pub tls_min_version: TlsVersion,
+    /// The largest request body the API accepts, bytes (Vault's `max_request_size`; the
+    /// server's default, 32 MiB, when unset). A snapshot restore, and so `dr rebuild` and
+    /// `snapshot restore`, posts the whole archive in one request.
+    pub max_request_size: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

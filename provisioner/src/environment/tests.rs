@@ -227,6 +227,11 @@ fn mistakes_name_file_line_and_key() {
         ),
         ("audit \"syslog\" {}", 6, &["unsupported audit device \"syslog\""]),
         (
+            "listener {\n  max_request_size = 0\n}",
+            7,
+            &["max_request_size", "above 0"],
+        ),
+        (
             "policy \"ops\" { file = \"policies/nope.hcl\" }",
             6,
             &["policy.file", "nope.hcl", "cannot read"],

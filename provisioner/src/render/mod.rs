@@ -717,6 +717,7 @@ struct AuditOption {
 #[derive(Debug, Serialize)]
 struct ListenerView {
     tls_min_version: &'static str,
+    max_request_size: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -815,6 +816,7 @@ impl<'a> NodeContext<'a> {
             },
             listener: ListenerView {
                 tls_min_version: env.listener.tls_min_version.as_str(),
+                max_request_size: env.listener.max_request_size,
             },
             raft: RaftView {
                 performance_multiplier: env.raft.performance_multiplier,

@@ -42,6 +42,7 @@ fn environment(full: bool) -> Environment {
         listener: Listener {
             api_port: 8200,
             cluster_port: 8201,
+            max_request_size: full.then_some(64 << 20),
             tls_min_version: if full {
                 TlsVersion::Tls13
             } else {

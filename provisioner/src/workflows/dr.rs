@@ -32,6 +32,9 @@ use crate::workflows::drill::{restore_offline, run_drill};
 use crate::workflows::inventory::{self, Inventory, Verified};
 use crate::workflows::snapshot::{env_s3, parse_from, s3_store};
 
+/// The server's `max_request_size` when the listener sets none (Vault's 32 MiB).
+const SERVER_MAX_REQUEST_SIZE: u64 = 32 << 20;
+
 /// What `dr rebuild` reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct DrReport {
@@ -75,6 +78,37 @@ pub async fn rebuild(
         .snapshot_time
         .map(|t| (Utc::now() - t).num_milliseconds() as f64 / 1000.0);
 
+    // The object the drill verified, by its exact key (`latest` may have moved on), fetched
+    // before anything is touched.
+    let which = parse_from(&drill.snapshot, s3)?;
+    let store = s3_store(s3).await;
+    let file = d.dir.root().join("dr.snap");
+    let downloaded = store
+        .download(DEFAULT_NAME_PREFIX, &which, &file)
+        .await
+        .map_err(|e| anyhow::anyhow!("download {}: {e}; nothing was changed", drill.snapshot))?;
+    // The rebuild replicates the archive by posting it whole to the first node's API.
+    let size = std::fs::metadata(&downloaded.path)
+        .with_context(|| format!("read {}", downloaded.path.display()))?
+        .len();
+    let limit = d
+        .env
+        .listener
+        .max_request_size
+        .unwrap_or(SERVER_MAX_REQUEST_SIZE);
+    if size > limit {
+        let _ = std::fs::remove_file(&downloaded.path);
+        bail!(
+            "refusing to rebuild from {}: the snapshot is {size} bytes and the rebuild posts it \
+             whole to a node's API, whose max_request_size is {limit} bytes; set `listener {{ \
+             max_request_size = N }}` above {size} in the environment and get it into every \
+             node's config (`provision render` for hosts; on the local provider the node \
+             directories under the state directory), or rebuild from a smaller snapshot; \
+             nothing was changed",
+            drill.snapshot
+        );
+    }
+
     let step = progress.start("stop nodes");
     for node in &d.nodes {
         let host = d.host(node);
@@ -107,14 +141,6 @@ pub async fn rebuild(
     );
 
     let step = progress.start("restore offline");
-    // The object the drill verified, by its exact key (`latest` may have moved on).
-    let which = parse_from(&drill.snapshot, s3)?;
-    let store = s3_store(s3).await;
-    let file = d.dir.root().join("dr.snap");
-    let downloaded = store
-        .download(DEFAULT_NAME_PREFIX, &which, &file)
-        .await
-        .map_err(|e| anyhow::anyhow!("download {}: {e}", drill.snapshot))?;
     let first = &d.nodes[0];
     let config = first.layout.root.join(Layout::SERVER_CONFIG);
     d.install_binary(d.host(first).as_ref()).await?;
