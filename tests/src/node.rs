@@ -511,7 +511,7 @@ impl Node {
         self.wait_active().await
     }
 
-    /// Waits (bounded: 200 x 50 ms) for `GET /v1/sys/health` to answer 200.
+    /// Waits (bounded: 600 x 50 ms) for `GET /v1/sys/health` to answer 200.
     pub async fn wait_active(&self) -> Result<()> {
         let api = self.api.clone();
         // 600 x 50 ms: an auto-unseal node reaches active only after its KMS (moto) answers,
