@@ -194,6 +194,23 @@ impl Cluster {
         Ok(keys)
     }
 
+    /// Waits (bounded: 300 x 100 ms) until exactly one node other than `old` is active, and
+    /// returns it; `what` names the event for the error.
+    pub async fn wait_new_active(&self, old: usize, what: &str) -> Result<usize> {
+        for _ in 0..300 {
+            let roles = self.roles().await;
+            if roles.active.len() == 1 && roles.active[0] != old {
+                return Ok(roles.active[0]);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!(
+            "{what}: {} is still the only active node 300 polls later\n{}",
+            self.nodes[old].id,
+            self.log_tails(15)
+        )
+    }
+
     /// One sweep of `sys/health` over every running node.
     pub async fn roles(&self) -> Roles {
         let mut roles = Roles::default();

@@ -500,13 +500,7 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn options(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::audit::test_options as options;
 
     type Options = &'static [(&'static str, &'static str)];
 

@@ -55,3 +55,12 @@ pub fn validate_options(
 ) -> crate::error::Result<()> {
     file::DeviceOptions::parse(device_type, options).map(|_| ())
 }
+
+/// Device options from `(key, value)` pairs, for the devices' tests.
+#[cfg(test)]
+pub(crate) fn test_options(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}

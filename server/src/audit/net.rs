@@ -350,13 +350,7 @@ pub(crate) fn worth_reconnecting(e: &io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn options(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::audit::test_options as options;
 
     #[test]
     fn syslog_options_default_as_vault_and_reject_bad_values() {

@@ -265,6 +265,16 @@ async fn secret_mount_uuid(cluster: &Cluster) -> Result<String> {
 
 /// With the cluster stopped: opens every node's own store and checks that the version key of
 /// every acknowledged write is there (keys are clear text; values are ciphertext).
+/// Every acknowledged write read back through every running node, then, with the cluster
+/// caught up and stopped, found on every node's disk.
+async fn check_kept(cluster: &mut Cluster, acknowledged: &[Acked], what: &str) -> Result<()> {
+    check_readable(cluster, &cluster.running(), acknowledged, what).await?;
+    let uuid = secret_mount_uuid(cluster).await?;
+    cluster.wait_caught_up().await?;
+    cluster.stop_all().await?;
+    check_on_every_disk(cluster, &uuid, acknowledged)
+}
+
 fn check_on_every_disk(cluster: &Cluster, uuid: &str, acknowledged: &[Acked]) -> Result<()> {
     use keyhold::physical::sled_store::SledStore;
     for node in &cluster.nodes {
@@ -533,17 +543,7 @@ async fn kill_leader_rounds(size: u8, rounds: usize) -> Result<()> {
         .await?;
     }
 
-    check_readable(
-        &cluster,
-        &cluster.running(),
-        &acknowledged,
-        "after all rounds",
-    )
-    .await?;
-    let uuid = secret_mount_uuid(&cluster).await?;
-    cluster.wait_caught_up().await?;
-    cluster.stop_all().await?;
-    check_on_every_disk(&cluster, &uuid, &acknowledged)
+    check_kept(&mut cluster, &acknowledged, "after all rounds").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -843,17 +843,12 @@ async fn the_cluster_port_keyring_rotates_under_writes_and_a_node_joins_after() 
         .expect(200, "a write through the newcomer")?;
 
     let acknowledged = stream.acked.lock().unwrap().clone();
-    check_readable(
-        &cluster,
-        &cluster.running(),
+    check_kept(
+        &mut cluster,
         &acknowledged,
         "after the rotation and the join",
     )
-    .await?;
-    let uuid = secret_mount_uuid(&cluster).await?;
-    cluster.wait_caught_up().await?;
-    cluster.stop_all().await?;
-    check_on_every_disk(&cluster, &uuid, &acknowledged)
+    .await
 }
 
 // -------------------------------------------------------------------------------- joining
@@ -932,22 +927,6 @@ async fn a_joiner_with_another_clusters_keys_is_refused() -> Result<()> {
 
 // ------------------------------------------------------------------------------ step-down
 
-/// Waits (bounded) until a node other than `old` is the only active one; its index.
-async fn wait_new_active(cluster: &Cluster, old: usize, what: &str) -> Result<usize> {
-    for _ in 0..300 {
-        let roles = cluster.roles().await;
-        if roles.active.len() == 1 && roles.active[0] != old {
-            return Ok(roles.active[0]);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!(
-        "{what}: {} is still the only active node 300 polls later\n{}",
-        cluster.nodes[old].id,
-        cluster.log_tails(15)
-    )
-}
-
 /// A rolling upgrade's rule, on the server: a leader handing over picks the caught-up voter with
 /// the newest version, and an operator's step-down refuses when only older voters could take
 /// over (leadership never moves back to an older build while a newer one is there).
@@ -1013,7 +992,7 @@ async fn step_down_hands_leadership_to_the_newest_version_and_never_back() -> Re
             .put("sys/step-down", json!({}))
             .await?
             .expect_ok("step-down on an older active node")?;
-        let now = wait_new_active(&cluster, active, "step-down").await?;
+        let now = cluster.wait_new_active(active, "step-down").await?;
         ensure!(
             now == newest,
             "round {round}: leadership went from {} to {}, not to {} which runs {NEXT_VERSION}",
@@ -1060,21 +1039,7 @@ async fn step_down_moves_the_active_node() -> Result<()> {
         .put("sys/step-down", json!({}))
         .await?
         .expect_ok("step-down with the root token")?;
-    let mut new = old;
-    for _ in 0..300 {
-        let roles = cluster.roles().await;
-        if roles.active.len() == 1 && roles.active[0] != old {
-            new = roles.active[0];
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    ensure!(
-        new != old,
-        "{} is still the only active node 300 polls after sys/step-down\n{}",
-        cluster.nodes[old].id,
-        cluster.log_tails(15)
-    );
+    cluster.wait_new_active(old, "sys/step-down").await?;
     let active = cluster.wait_roles("after step-down").await?;
     ensure!(
         active != old,

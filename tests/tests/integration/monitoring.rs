@@ -313,16 +313,7 @@ async fn every_node_is_scraped_and_its_metrics_move_with_operations() -> Result<
         .put("sys/step-down", json!({}))
         .await?
         .expect_ok("step-down")?;
-    let mut new = old;
-    for _ in 0..300 {
-        let roles = cluster.roles().await;
-        if roles.active.len() == 1 && roles.active[0] != old {
-            new = roles.active[0];
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    ensure!(new != old, "no other node became active after step-down");
+    let new = cluster.wait_new_active(old, "step-down").await?;
     wait_metrics(
         &cluster.nodes[new],
         "the new leader counted its election",
