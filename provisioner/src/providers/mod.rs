@@ -143,6 +143,20 @@ pub enum NodeRecord {
 
 /// The provider an environment names, for `state_dir` (where the local provider keeps its
 /// nodes).
+/// Runs `argv` on `host`, bounded by `timeout`, failing with what it printed when it fails.
+pub async fn run_ok(host: &dyn Host, argv: &[&str], timeout: Duration) -> Result<()> {
+    let out = host.run(argv, timeout).await?;
+    if !out.success() {
+        anyhow::bail!(
+            "{} on {}: {}",
+            argv.join(" "),
+            host.node(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 pub fn for_environment(env: &Environment, dir: &StateDir) -> Arc<dyn Provider> {
     match &env.provider {
         crate::environment::Provider::Local(settings) => Arc::new(local::LocalProvider::new(

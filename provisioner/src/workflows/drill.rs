@@ -350,27 +350,20 @@ pub async fn restore_offline(
     timeout: Duration,
 ) -> Result<()> {
     let binary = node.layout.binary.display().to_string();
-    let out = host
-        .run(
-            &[
-                &binary,
-                "operator",
-                "raft",
-                "snapshot",
-                "restore",
-                "-offline",
-                &format!("-config={}", config.display()),
-                &archive.display().to_string(),
-            ],
-            timeout,
-        )
-        .await?;
-    if !out.success() {
-        bail!(
-            "the offline restore into {} failed: {}",
-            node.name,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    crate::providers::run_ok(
+        host,
+        &[
+            &binary,
+            "operator",
+            "raft",
+            "snapshot",
+            "restore",
+            "-offline",
+            &format!("-config={}", config.display()),
+            &archive.display().to_string(),
+        ],
+        timeout,
+    )
+    .await
+    .with_context(|| format!("the offline restore into {} failed", node.name))
 }

@@ -101,11 +101,17 @@ pub async fn upgrade(
         );
     };
     let cluster = d.cluster()?;
+    // The shares a Shamir node is unsealed with after its restart.
+    let keys = if d.env.seal.is_auto() {
+        Vec::new()
+    } else {
+        d.init_secrets(identity)?.unseal_keys_b64.clone()
+    };
     // A run that stopped midway (killed, or the machine lost) may have left the node it was
     // working on stopped or sealed: bring it back before checking anything.
     if let (Goal::Upgrade { .. }, Some(u)) = (&goal, &state.upgrade) {
         if u.finished_at.is_none() && u.rolled_back_at.is_none() {
-            resume_stopped(d, &cluster, token, identity, progress).await?;
+            resume_stopped(d, &cluster, token, &keys, progress).await?;
         }
     }
     let step = progress.start("check the cluster");
@@ -170,11 +176,11 @@ pub async fn upgrade(
     // A node is done when it runs the wanted binary (upgrade), or no longer runs the upgrade's
     // binary (rollback).
     let done = |s: &Survey| {
-        let on_new = s.installed_sha256.as_deref() == Some(sha.as_str()) && s.version == version;
+        let runs_the_upgrade = s.installed_sha256.as_deref() == Some(sha.as_str());
         if rollback {
-            s.installed_sha256.as_deref() != Some(sha.as_str())
+            !runs_the_upgrade
         } else {
-            on_new
+            runs_the_upgrade && s.version == version
         }
     };
     let pending: Vec<usize> = (0..d.nodes.len()).filter(|&i| !done(&survey[i])).collect();
@@ -184,6 +190,19 @@ pub async fn upgrade(
             .as_ref()
             .is_some_and(|u| u.finished_at.is_none() && u.binary_sha256 == sha);
     let order = active_last(&pending, active_before);
+    // The version a node runs once done: the upgrade's, or (rollback) the one it ran before.
+    let rolled_back_to = state
+        .upgrade
+        .as_ref()
+        .map(|u| u.from_versions.clone())
+        .unwrap_or_default();
+    let target_version = |name: &str| {
+        if rollback {
+            rolled_back_to.get(name).cloned().unwrap_or_default()
+        } else {
+            version.clone()
+        }
+    };
     progress.finish(
         step,
         Outcome::Ok,
@@ -228,15 +247,7 @@ pub async fn upgrade(
             report.nodes.push(NodeReport {
                 node: d.nodes[i].name.clone(),
                 from_version: survey[i].version.clone(),
-                to_version: if rollback {
-                    state
-                        .upgrade
-                        .as_ref()
-                        .and_then(|u| u.from_versions.get(&d.nodes[i].name).cloned())
-                        .unwrap_or_default()
-                } else {
-                    version.clone()
-                },
+                to_version: target_version(&d.nodes[i].name),
                 outcome: "planned".into(),
                 seconds: 0.0,
                 was_active: Some(i) == active_before,
@@ -276,13 +287,11 @@ pub async fn upgrade(
         state.save(&d.dir)?;
         progress.finish(step, Outcome::Changed, path.display().to_string());
     }
-    let record = state.upgrade.clone().context("the upgrade's record")?;
-    report.snapshot = record.snapshot.clone();
-    let keys = if d.env.seal.is_auto() {
-        Vec::new()
-    } else {
-        d.init_secrets(identity)?.unseal_keys_b64.clone()
-    };
+    report.snapshot = state
+        .upgrade
+        .as_ref()
+        .map(|u| u.snapshot.clone())
+        .context("the upgrade's record")?;
 
     for &i in &order {
         let node = &d.nodes[i];
@@ -295,15 +304,7 @@ pub async fn upgrade(
             if is_active { " (active)" } else { "" }
         ));
         let node_started = Instant::now();
-        let to_version = if rollback {
-            record
-                .from_versions
-                .get(&node.name)
-                .cloned()
-                .unwrap_or_default()
-        } else {
-            version.clone()
-        };
+        let to_version = target_version(&node.name);
         if is_active && !rollback {
             // Leadership must move to a node already on the new version.
             let mut successor = false;
@@ -409,7 +410,7 @@ async fn resume_stopped(
     d: &Deployment,
     cluster: &Cluster,
     token: &str,
-    identity: &[PathBuf],
+    keys: &[String],
     progress: &mut Progress,
 ) -> Result<()> {
     for (i, node) in d.nodes.iter().enumerate() {
@@ -423,15 +424,7 @@ async fn resume_stopped(
             host.start(Service::Server).await?;
             cluster.wait_responding(i, START_TIMEOUT).await?;
         }
-        if d.env.seal.is_auto() {
-            cluster.wait_auto_unsealed(i, AUTO_UNSEAL_TIMEOUT).await?;
-        } else {
-            cluster
-                .unseal(i, &d.init_secrets(identity)?.unseal_keys_b64)
-                .await?;
-        }
-        cluster.wait_serving(i, FORM_TIMEOUT).await?;
-        wait_healthy_voter(d, cluster, token, i).await?;
+        unseal_and_rejoin(d, cluster, token, i, keys).await?;
         progress.finish(step, Outcome::Changed, "started and unsealed");
     }
     Ok(())
@@ -622,6 +615,18 @@ async fn bring_up(
 ) -> Result<()> {
     host.start(Service::Server).await?;
     cluster.wait_responding(i, START_TIMEOUT).await?;
+    unseal_and_rejoin(d, cluster, token, i, keys).await
+}
+
+/// Unseals running node `i` (or waits for its seal to), then waits until it serves and
+/// autopilot counts it a healthy voter.
+async fn unseal_and_rejoin(
+    d: &Deployment,
+    cluster: &Cluster,
+    token: &str,
+    i: usize,
+    keys: &[String],
+) -> Result<()> {
     if d.env.seal.is_auto() {
         cluster.wait_auto_unsealed(i, AUTO_UNSEAL_TIMEOUT).await?;
     } else {
@@ -670,16 +675,7 @@ async fn wait_healthy_voter(
     })
 }
 
-/// Runs `argv` on `host`, failing with what it printed.
+/// Runs `argv` on `host` (a file operation: a minute at most), failing with what it printed.
 async fn run_ok(host: &dyn Host, argv: &[&str]) -> Result<()> {
-    let out = host.run(argv, Duration::from_secs(60)).await?;
-    if !out.success() {
-        bail!(
-            "{} on {}: {}",
-            argv.join(" "),
-            host.node(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    crate::providers::run_ok(host, argv, Duration::from_secs(60)).await
 }

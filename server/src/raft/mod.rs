@@ -583,23 +583,28 @@ impl RaftNode {
         result
     }
 
-    /// The version voter `target` reports over the cluster port; None when
-    /// it does not answer (or runs a build without the endpoint).
-    async fn peer_version(&self, target: &ClusterNode) -> Option<semver::Version> {
-        ask_version(&self.client, target, self.timing.election_timeout_min).await
-    }
-
     /// The version every member runs, by name: this node's own, and each
     /// other member's as it answers over the cluster port (all asked at
     /// once, each bounded by the election timeout's lower bound); a member
-    /// that does not answer is left out. What `autopilot/state` and
-    /// `ha-status` report, so a rolling upgrade shows its mixed versions.
+    /// whose last RPC went unanswered (down: the leader's heartbeats say so)
+    /// is not asked, so a node stopped mid-upgrade does not slow every call,
+    /// and a member that does not answer is left out. What `autopilot/state`
+    /// and `ha-status` report, so a rolling upgrade shows its mixed versions.
     pub async fn member_versions(&self) -> BTreeMap<String, String> {
+        let members: Vec<(NodeId, ClusterNode)> = {
+            let metrics = self.shared.raft.metrics();
+            let m = metrics.borrow();
+            let membership = m.membership_config.membership();
+            membership.nodes().map(|(id, n)| (*id, n.clone())).collect()
+        };
         let mut versions = BTreeMap::new();
         let mut asks = tokio::task::JoinSet::new();
-        for (node, _) in self.membership() {
-            if node.name == self.me.name {
+        for (id, node) in members {
+            if id == self.id {
                 versions.insert(node.name.clone(), crate::VERSION.to_string());
+                continue;
+            }
+            if self.client.looks_gone(id) {
                 continue;
             }
             let (client, timeout) = (self.client.clone(), self.timing.election_timeout_min);
@@ -648,7 +653,9 @@ impl RaftNode {
                     continue;
                 }
                 if let Some(node) = membership.get_node(id) {
-                    if let Some(v) = self.peer_version(node).await {
+                    let asked =
+                        ask_version(&self.client, node, self.timing.election_timeout_min).await;
+                    if let Some(v) = asked {
                         versions.insert(*id, v);
                     }
                 }
