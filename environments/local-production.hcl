@@ -8,8 +8,9 @@
 #   provision up --env local-production
 #
 # Pointing the seal's and the bucket's endpoints at AWS (or removing them) is the whole step to
-# real KMS and S3. Restore drills (a scheduled `provision snapshot verify`) come with the day-2
-# workflows.
+# real KMS and S3. `up` also starts the restore drill agent: every snapshot uploaded is restored
+# into a throw-away node and checked (`provision status` and keyhold_restore_drill.prom show the
+# result), and the latest once a day whatever happens.
 
 provider "local" {
   address_base = "127.0.6.1"
@@ -97,5 +98,9 @@ snapshots {
     prefix   = "local-production/"
     region   = "us-east-1"
     endpoint = "http://127.0.0.1:5000"
+  }
+  drill {
+    after_upload = true
+    schedule     = "daily"
   }
 }

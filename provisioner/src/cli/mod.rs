@@ -92,8 +92,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Write every file each node would receive into DIR/NODE/, and the environment's
-    /// Prometheus scrape config, alert rules and Grafana dashboard into DIR/monitoring/.
+    /// Write every file each node would receive into DIR/NODE/, the environment's
+    /// Prometheus scrape config, alert rules and Grafana dashboard into DIR/monitoring/, and
+    /// the operator host's restore drill agent unit (with scheduled drills) into DIR/operator/.
     Render {
         #[command(flatten)]
         env: EnvArg,
@@ -240,6 +241,13 @@ pub enum SnapshotCommand {
         json: bool,
         #[command(flatten)]
         identity: IdentityArg,
+    },
+    /// Scheduled restore drills (`snapshots { drill { ... } }`): a drill of every new upload,
+    /// or of the latest snapshot on a timer, until SIGTERM. `up` runs it for a local
+    /// environment; on a host that keeps the state, `provision render` writes its unit.
+    DrillAgent {
+        #[command(flatten)]
+        env: EnvArg,
     },
     /// Download a snapshot (refused unless its checksum matches) and force-restore it on the
     /// active node, then wait until the cluster serves again.

@@ -9,7 +9,7 @@ pub fn run(env: EnvArg, out: PathBuf, host_layout: bool, state_dir: &Path) -> Re
         println!("{}", f.display());
     }
     eprintln!(
-        "Rendered {} file(s) for {} node(s) and the monitoring files into {} (TLS keys are not rendered: `provision up` issues them).",
+        "Rendered {} file(s) for {} node(s), the monitoring files and the operator host's units into {} (TLS keys are not rendered: `provision up` issues them).",
         files.len(),
         d.nodes.len(),
         out.display()

@@ -63,6 +63,15 @@ pub async fn run(command: SnapshotCommand, state_dir: &Path) -> Result<u8, Failu
                 return Ok(EXIT_FAILED);
             }
         }
+        SnapshotCommand::DrillAgent { env } => {
+            // Refused at once (exit 3) when the environment is wrong; then read again every
+            // round, so an edited schedule applies without a restart.
+            load(&env, state_dir)?;
+            crate::workflows::drill_agent::run(|| {
+                load(&env, state_dir).map_err(|failure| anyhow::anyhow!(exit_code(&failure).1))
+            })
+            .await?;
+        }
         SnapshotCommand::Restore {
             env,
             from,

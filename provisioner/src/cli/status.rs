@@ -19,6 +19,20 @@ pub async fn run(env: EnvArg, json: bool, state_dir: &Path) -> Result<u8, Failur
                 " (estimated; autopilot not readable)"
             }
         );
+        if let Some(agent) = &status.drill_agent {
+            let when =
+                workflows::drill_agent::describe(agent.schedule.as_deref(), agent.after_upload);
+            match agent.pid {
+                Some(pid) => println!(
+                    "Restore drills: {when}; agent running (pid {pid}, log {})",
+                    agent.log.display()
+                ),
+                None => println!(
+                    "Restore drills: {when}; agent NOT running (`provision up` starts it; log {})",
+                    agent.log.display()
+                ),
+            }
+        }
         if let Some(drill) = &status.last_drill {
             let age = |t: chrono::DateTime<chrono::Utc>| {
                 let h = (chrono::Utc::now() - t).num_minutes() as f64 / 60.0;

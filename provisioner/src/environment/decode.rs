@@ -1058,7 +1058,7 @@ fn decode_snapshots(top: &Section<'_, '_>) -> Result<Option<Snapshots>, ConfigEr
         body,
         "in snapshots",
         "snapshots",
-        &["retain", "retain_for", "s3", "schedule"],
+        &["drill", "retain", "retain_for", "s3", "schedule"],
         &[],
     )?;
     let schedule = s.string("schedule")?.unwrap_or_else(|| "hourly".into());
@@ -1077,6 +1077,48 @@ fn decode_snapshots(top: &Section<'_, '_>) -> Result<Option<Snapshots>, ConfigEr
         retain,
         retain_for: s.duration("retain_for")?,
         s3: decode_snapshot_s3(&s)?,
+        drill: decode_drill(&s)?,
+    }))
+}
+
+fn decode_drill(snapshots: &Section<'_, '_>) -> Result<Option<DrillSchedule>, ConfigError> {
+    let Some(body) = single(snapshots, "drill")? else {
+        return Ok(None);
+    };
+    if snapshots.one("s3").is_none() {
+        return Err(snapshots.value_error(
+            "drill",
+            "drills restore what is in the snapshot bucket: add snapshots { s3 { bucket = ... } }",
+        ));
+    }
+    let s = Section::new(
+        snapshots.src,
+        body,
+        "in snapshots.drill",
+        "snapshots.drill",
+        &["after_upload", "poll_interval", "schedule"],
+        &[],
+    )?;
+    let schedule = s.string("schedule")?;
+    if let Some(text) = &schedule {
+        keyhold_snapshot::Schedule::parse(text).map_err(|e| s.value_error("schedule", e))?;
+    }
+    let after_upload = s.bool("after_upload")?.unwrap_or(false);
+    if schedule.is_none() && !after_upload {
+        return Err(snapshots.value_error(
+            "drill",
+            "a drill block needs schedule = \"weekly\" (or another schedule), \
+             after_upload = true, or both",
+        ));
+    }
+    let poll_interval = s.duration("poll_interval")?.unwrap_or(DEFAULT_DRILL_POLL);
+    if poll_interval < Duration::from_secs(1) {
+        return Err(s.value_error("poll_interval", "must be at least 1s"));
+    }
+    Ok(Some(DrillSchedule {
+        schedule,
+        after_upload,
+        poll_interval,
     }))
 }
 

@@ -293,7 +293,24 @@ pub struct Snapshots {
     pub retain_for: Option<Duration>,
     /// Where the agent stores them; without it no agent config is rendered.
     pub s3: Option<SnapshotS3>,
+    /// Scheduled restore drills of what lands in the bucket (`drill { ... }`).
+    pub drill: Option<DrillSchedule>,
 }
+
+/// `snapshots { drill { ... } }`: when the drill agent (`provision snapshot drill-agent`, on
+/// the operator's host, where the environment's state is) runs `provision snapshot verify`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DrillSchedule {
+    /// On its own timer: the snapshot agent's schedule syntax (`weekly`, `every 6h`, ...).
+    pub schedule: Option<String>,
+    /// After every upload: each new object in the bucket is drilled once.
+    pub after_upload: bool,
+    /// How often the bucket is looked at for a new upload (and the timer checked).
+    pub poll_interval: Duration,
+}
+
+/// The drill agent's default `poll_interval`.
+pub const DEFAULT_DRILL_POLL: Duration = Duration::from_secs(60);
 
 /// `snapshots { s3 { ... } }`: the bucket the snapshot agent uploads to (the agent config's
 /// `s3` block, and what `provision snapshot` reads).

@@ -59,6 +59,8 @@ fn shipped_environments_load() {
     let snapshots = prod.snapshots.as_ref().expect("snapshots");
     assert_eq!(snapshots.retain, Some(24));
     assert!(snapshots.s3.as_ref().is_some_and(|s| !s.bucket.is_empty()));
+    let drill = snapshots.drill.as_ref().expect("scheduled drills");
+    assert!(drill.after_upload && drill.schedule.as_deref() == Some("daily"));
     let Provider::Local(pp) = &prod.provider;
     assert_ne!(
         pp.address_base, p5.address_base,
@@ -263,6 +265,26 @@ fn mistakes_name_file_line_and_key() {
             "snapshots {\n  s3 { buckett = \"b-1\" }\n}",
             7,
             &["buckett", "did you mean \"bucket\""],
+        ),
+        (
+            "snapshots {\n  drill { after_upload = true }\n}",
+            7,
+            &["snapshots.drill", "add snapshots { s3 { bucket"],
+        ),
+        (
+            "snapshots {\n  s3 { bucket = \"b-1\" }\n  drill {}\n}",
+            8,
+            &["snapshots.drill", "schedule = \"weekly\"", "after_upload = true"],
+        ),
+        (
+            "snapshots {\n  s3 { bucket = \"b-1\" }\n  drill {\n    schedule = \"fortnightly\"\n  }\n}",
+            9,
+            &["snapshots.drill.schedule", "unknown schedule", "weekly"],
+        ),
+        (
+            "snapshots {\n  s3 { bucket = \"b-1\" }\n  drill {\n    after_upload = true\n    poll_interval = \"10ms\"\n  }\n}",
+            10,
+            &["poll_interval", "at least 1s"],
         ),
         (
             "policy \"vault-admin\" { file = \"policies/vault-admin.hcl\" }",

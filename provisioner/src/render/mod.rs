@@ -436,6 +436,75 @@ impl Renderer {
     }
 }
 
+/// Where the operator's host keeps what the restore drill agent's unit names.
+#[derive(Debug, Clone, Serialize)]
+pub struct OperatorPaths {
+    /// The `provision` binary.
+    pub provision: PathBuf,
+    /// `--state-dir` (the directory holding `ENV/`).
+    pub state_dir: PathBuf,
+    pub env_file: PathBuf,
+    /// `KEY=VALUE` AWS credentials, read when present.
+    pub aws_env_file: PathBuf,
+    /// The unit's `User=`; None: whoever runs it.
+    pub user: Option<String>,
+}
+
+impl OperatorPaths {
+    /// A host that keeps the state under `/var/lib/provision`, as user `provision`.
+    pub fn system(env: &Environment) -> OperatorPaths {
+        OperatorPaths {
+            provision: PathBuf::from("/usr/local/bin/provision"),
+            state_dir: PathBuf::from("/var/lib/provision"),
+            env_file: PathBuf::from(format!("/etc/provision/environments/{}.hcl", env.name)),
+            aws_env_file: PathBuf::from("/etc/provision/aws.env"),
+            user: Some("provision".into()),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct OperatorContext<'a> {
+    environment: &'a str,
+    when: String,
+    #[serde(flatten)]
+    paths: &'a OperatorPaths,
+}
+
+const DRILL_AGENT_UNIT: &str = "keyhold-drill-agent.service";
+
+impl Renderer {
+    /// The operator host's files (`operator/`): the restore drill agent's unit, when the
+    /// environment schedules drills.
+    pub fn render_operator(
+        &self,
+        env: &Environment,
+        paths: &OperatorPaths,
+    ) -> anyhow::Result<Vec<RenderedFile>> {
+        let Some(drill) = env.snapshots.as_ref().and_then(|s| s.drill.as_ref()) else {
+            return Ok(Vec::new());
+        };
+        let context = OperatorContext {
+            environment: &env.name,
+            when: crate::workflows::drill_agent::describe(
+                drill.schedule.as_deref(),
+                drill.after_upload,
+            ),
+            paths,
+        };
+        let content = self
+            .registry
+            .render(DRILL_AGENT_UNIT, &context)
+            .with_context(|| format!("render the restore drill agent's unit of {}", env.name))?;
+        Ok(vec![RenderedFile {
+            path: Path::new("operator").join(DRILL_AGENT_UNIT),
+            mode: 0o644,
+            content,
+            purpose: "restore drill agent unit",
+        }])
+    }
+}
+
 /// Renders every file of a node from the embedded templates.
 pub struct Renderer {
     registry: Handlebars<'static>,
@@ -454,6 +523,12 @@ impl Renderer {
                 .register_template_string(name, source)
                 .with_context(|| format!("parse template templates/{name}.hbs"))?;
         }
+        registry
+            .register_template_string(
+                DRILL_AGENT_UNIT,
+                include_str!("../../../templates/keyhold-drill-agent.service.hbs"),
+            )
+            .with_context(|| format!("parse template templates/{DRILL_AGENT_UNIT}.hbs"))?;
         Ok(Renderer { registry })
     }
 

@@ -108,6 +108,11 @@ fn environment(full: bool) -> Environment {
                 endpoint: None,
                 kms_key_id: Some("alias/keyhold-snapshots".into()),
             }),
+            drill: Some(DrillSchedule {
+                schedule: Some("weekly".into()),
+                after_upload: true,
+                poll_interval: DEFAULT_DRILL_POLL,
+            }),
         }),
         unsealer: None,
     }
@@ -232,6 +237,7 @@ fn snapshot_agent_config_snapshot() {
             endpoint: Some("http://127.0.0.1:5000".into()),
             kms_key_id: None,
         }),
+        drill: None,
     });
     let root = PathBuf::from("/srv/provision/local/nodes/keyhold-2");
     let layout = Layout::local(root.clone());
@@ -570,8 +576,48 @@ fn units_in(dir: &Path) -> Vec<PathBuf> {
             units.push(path);
         }
     }
-    assert_eq!(units.len(), 3, "server unit, snapshot unit and timer");
+    // The operator host's restore drill agent, with a provision binary that exists.
+    let provision = dir.join("provision");
+    std::fs::write(&provision, "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(&provision, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let operator = OperatorPaths {
+        provision,
+        ..OperatorPaths::system(&env)
+    };
+    for file in Renderer::new()
+        .unwrap()
+        .render_operator(&env, &operator)
+        .unwrap()
+    {
+        let path = dir.join(file.path.file_name().unwrap());
+        std::fs::write(&path, &file.content).unwrap();
+        units.push(path);
+    }
+    assert_eq!(
+        units.len(),
+        4,
+        "server unit, snapshot unit and timer, drill agent unit"
+    );
     units
+}
+
+/// The drill agent's unit says when it drills and runs `provision` with the environment's
+/// state; an environment without drills gets none.
+#[test]
+fn operator_unit_snapshot() {
+    let env = environment(true);
+    let files = Renderer::new()
+        .unwrap()
+        .render_operator(&env, &OperatorPaths::system(&env))
+        .unwrap();
+    assert_eq!(files.len(), 1);
+    insta::assert_snapshot!("operator_drill_agent_unit", files[0].content);
+    let plain = environment(false);
+    assert!(Renderer::new()
+        .unwrap()
+        .render_operator(&plain, &OperatorPaths::system(&plain))
+        .unwrap()
+        .is_empty());
 }
 
 fn systemd_analyze(args: &[&std::ffi::OsStr]) -> std::process::Output {

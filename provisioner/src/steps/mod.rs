@@ -3,6 +3,7 @@
 //! through the provider's hosts and the API; `plan` runs the same checks alone.
 
 mod configure;
+mod drills;
 mod files;
 mod kms;
 mod nodes;
@@ -125,6 +126,7 @@ pub fn up() -> Vec<&'static dyn Step<UpRun>> {
         &snapshots::Snapshots,
         &configure::AdminLogin,
         &configure::RootToken,
+        &drills::DrillAgent,
     ]
 }
 

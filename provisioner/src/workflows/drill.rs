@@ -78,13 +78,17 @@ pub async fn verify(
     from: &str,
     identity: &[std::path::PathBuf],
 ) -> Result<DrillReport> {
-    env_s3(d)?;
+    let s3 = env_s3(d)?;
     let started = Instant::now();
     let report = match run_drill(d, from, identity).await {
         Ok(report) => report,
         Err(e) => DrillReport {
             snapshot: from.to_string(),
-            snapshot_time: None,
+            snapshot_time: from
+                .strip_prefix(&format!("s3://{}/", s3.bucket))
+                .and_then(|key| {
+                    keyhold_snapshot::naming::parse_object_key(key, &s3.prefix, DEFAULT_NAME_PREFIX)
+                }),
             verified_at: Utc::now(),
             ok: false,
             policies: 0,
@@ -155,6 +159,8 @@ pub async fn run_drill(
     let which = parse_from(from, s3)?;
     let store = s3_store(s3).await;
     let root = d.dir.root().join(DRILL);
+    // What a drill killed half-way left: its node stopped, its files gone.
+    tear_down(d).await;
     if root.exists() {
         std::fs::remove_dir_all(&root).with_context(|| format!("remove {}", root.display()))?;
     }
@@ -240,6 +246,18 @@ pub async fn run_drill(
         restore_seconds: started.elapsed().as_secs_f64(),
         detail,
     })
+}
+
+/// Stops a drill node left running (its drill was cancelled or killed) and removes its files.
+pub async fn tear_down(d: &Deployment) {
+    let root = d.dir.root().join(DRILL);
+    if !root.exists() {
+        return;
+    }
+    let layout = Layout::local(root.join("node"));
+    let host = crate::providers::local::LocalHost::new(DRILL, layout.root, layout.binary, None);
+    let _ = host.stop(Service::Server, STOP_TIMEOUT).await;
+    let _ = std::fs::remove_dir_all(&root);
 }
 
 /// Restores, starts, unseals and checks the drill node against the snapshot's inventory.

@@ -45,7 +45,28 @@ pub fn render_to(d: &Deployment, out: &Path, host_layout: bool) -> Result<Vec<Pa
     } else {
         (d.ca_file(), d.dir.root().join("prometheus-metrics-token"))
     };
-    for file in renderer.render_monitoring(&d.env, &nodes, &ca_file, &token_file)? {
+    let operator = if host_layout {
+        render::OperatorPaths::system(&d.env)
+    } else {
+        let agent = crate::workflows::drill_agent::process(d)?;
+        render::OperatorPaths {
+            provision: agent.program,
+            state_dir: d
+                .dir
+                .root()
+                .parent()
+                .context("an environment's state directory has a parent")?
+                .to_path_buf(),
+            env_file: std::path::absolute(&d.env.file)?,
+            aws_env_file: d.dir.root().join("aws.env"),
+            user: None,
+        }
+    };
+    let shared = renderer
+        .render_monitoring(&d.env, &nodes, &ca_file, &token_file)?
+        .into_iter()
+        .chain(renderer.render_operator(&d.env, &operator)?);
+    for file in shared {
         let path = out.join(&file.path);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)

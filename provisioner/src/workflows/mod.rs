@@ -6,6 +6,7 @@ pub mod certs;
 pub mod down;
 pub mod dr;
 pub mod drill;
+pub mod drill_agent;
 pub mod inspect;
 pub mod inventory;
 pub mod load;

@@ -37,6 +37,8 @@ pub struct StatusReport {
     pub unsealer: Option<NodeStatus>,
     /// The last restore drill (`provision snapshot verify`), if one ran.
     pub last_drill: Option<crate::workflows::drill::DrillReport>,
+    /// The scheduled drills' agent, when the environment schedules drills.
+    pub drill_agent: Option<crate::workflows::drill_agent::AgentStatus>,
 }
 
 /// `provision status`: every node's role, version, Raft index and last contact.
@@ -111,5 +113,6 @@ pub async fn status(d: &Deployment) -> Result<StatusReport> {
             .ok()
             .flatten()
             .and_then(|s| s.cluster.last_drill),
+        drill_agent: crate::workflows::drill_agent::status(d)?,
     })
 }

@@ -19,7 +19,8 @@ use serde_json::json;
 const SLOT_SNAPSHOTS: u8 = 23;
 const SLOT_DRILL: u8 = 24;
 const SLOT_DR: u8 = 25;
-const SLOT_DR_QUORUM: u8 = 26;
+const SLOT_DR_QUORUM: u8 = 27;
+const SLOT_DRILL_AGENT: u8 = 28;
 
 /// A 3-node test environment named `name` on its own loopback range (`slot`) whose snapshots go
 /// to a fresh bucket on a moto started for the test; `settings` are the `snapshots` block's
@@ -48,11 +49,16 @@ async fn with_bucket(name: &str, slot: u8, settings: &str) -> Result<(Moto, Stri
 /// Replaces a stored snapshot's bytes with garbage, keeping its metadata (and so the SHA-256 it
 /// was stored with): what a damaged or tampered object looks like.
 async fn overwrite_with_garbage(moto: &Moto, bucket: &str, key: &str) -> Result<()> {
+    put_garbage(moto, bucket, key, key).await
+}
+
+/// Stores garbage under `to` with the metadata (the SHA-256) of the snapshot `from`.
+async fn put_garbage(moto: &Moto, bucket: &str, from: &str, to: &str) -> Result<()> {
     let s3 = moto.s3().await;
-    let head = s3.head_object().bucket(bucket).key(key).send().await?;
+    let head = s3.head_object().bucket(bucket).key(from).send().await?;
     s3.put_object()
         .bucket(bucket)
-        .key(key)
+        .key(to)
         .set_metadata(head.metadata().cloned())
         .body(ByteStream::from(vec![0x5a; 4096]))
         .send()
@@ -356,6 +362,116 @@ async fn a_restore_drill_passes_a_good_snapshot_and_fails_a_corrupted_one() -> R
             && metric("keyhold_restore_drill_last_success_timestamp_seconds") == passed_at,
         "a failed drill sets its result to 0 and keeps the last success:\n{}",
         std::fs::read_to_string(&textfile).unwrap_or_default()
+    );
+    p.run(&["down", "--purge"]).await?.expect(0)?;
+    Ok(())
+}
+
+/// `cluster.last_drill` in the environment's state file, once it names a snapshot ending in
+/// `key` (bounded: 900 polls of 200 ms, as long as a few drills of a debug build take).
+async fn wait_drilled(p: &Provisioned, key: &str) -> Result<serde_json::Value> {
+    let state = p.env_dir().join("state.json");
+    for _ in 0..900 {
+        let drill = fs::read(&state)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .map(|s| s["cluster"]["last_drill"].clone())
+            .unwrap_or_default();
+        if drill["snapshot"].as_str().is_some_and(|s| s.ends_with(key)) {
+            return Ok(drill);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let log = fs::read_to_string(p.env_dir().join("drill-agent.log")).unwrap_or_default();
+    anyhow::bail!("no drill of {key} was recorded; the drill agent's log:\n{log}")
+}
+
+/// Scheduled drills (`snapshots { drill { after_upload = true } }`): `up` starts the drill
+/// agent; every upload is drilled once, by itself, with the result in the state file, `status`
+/// and the textfile; a damaged upload is caught the same way; `up` again changes nothing;
+/// `down` stops the agent.
+#[tokio::test(flavor = "multi_thread")]
+async fn scheduled_drills_check_every_upload_and_catch_a_damaged_one() -> Result<()> {
+    let (moto, bucket, mut p) = with_bucket(
+        "drills",
+        SLOT_DRILL_AGENT,
+        "  schedule = \"every 1h\"\n  drill {\n    after_upload  = true\n    poll_interval = \"1s\"\n  }\n",
+    )
+    .await?;
+    let (up, _) = p.up_json().await?;
+    ensure!(
+        step(&up, "drill agent")?["outcome"] == "changed",
+        "up: {up}"
+    );
+    let status = p.run(&["status"]).await?.expect(0)?;
+    ensure!(
+        status
+            .stdout
+            .contains("Restore drills: after every upload; agent running"),
+        "status:\n{}",
+        status.stdout
+    );
+    let agent: Vec<u32> = p
+        .processes()
+        .into_iter()
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"drill-agent"))
+        })
+        .collect();
+    ensure!(agent.len() == 1, "drill agent processes: {agent:?}");
+
+    let saved = p
+        .run(&["snapshot", "save", "--json"])
+        .await?
+        .expect(0)?
+        .json()?;
+    let key = saved["key"].as_str().context("saved key")?.to_string();
+    let drill = wait_drilled(&p, &key).await?;
+    println!("scheduled drill: {drill}");
+    ensure!(drill["ok"] == json!(true), "drill of {key}: {drill}");
+    let textfile = p.env_dir().join("keyhold_restore_drill.prom");
+    let metric = |name: &str| keyhold::snapshot_agent::textfile::read_value(&textfile, name);
+    ensure!(
+        metric("keyhold_restore_drill_last_result") == Some(1.0),
+        "textfile:\n{}",
+        fs::read_to_string(&textfile).unwrap_or_default()
+    );
+
+    // A damaged upload: a newer object whose bytes do not match the checksum it carries.
+    let damaged = keyhold::snapshot_agent::naming::new_object_key("", "keyhold");
+    put_garbage(&moto, &bucket, &key, &damaged).await?;
+    let drill = wait_drilled(&p, &damaged).await?;
+    println!("damaged upload's drill: {drill}");
+    ensure!(
+        drill["ok"] == json!(false)
+            && drill["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("fails its drill")),
+        "drill of the damaged upload: {drill}"
+    );
+    ensure!(
+        metric("keyhold_restore_drill_last_result") == Some(0.0),
+        "textfile after the damaged upload:\n{}",
+        fs::read_to_string(&textfile).unwrap_or_default()
+    );
+    let status = p.run(&["status"]).await?.expect(0)?;
+    ensure!(
+        status.stdout.contains("Last restore drill: FAILED"),
+        "status:\n{}",
+        status.stdout
+    );
+
+    let (again, _) = p.up_json().await?;
+    ensure!(
+        step(&again, "drill agent")?["outcome"] == "ok",
+        "second up: {again}"
+    );
+    p.run(&["down"]).await?.expect(0)?;
+    wait_gone(&agent, "the drill agent after down").await?;
+    ensure!(
+        !p.env_dir().join("drill").exists(),
+        "a drill was left behind"
     );
     p.run(&["down", "--purge"]).await?.expect(0)?;
     Ok(())

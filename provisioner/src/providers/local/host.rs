@@ -4,16 +4,15 @@
 //! that process running with this node's config, so a recycled pid is never signalled.
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use async_trait::async_trait;
-use rustix::process::{kill_process, test_kill_process, Pid, Signal};
 
+use super::process::Detached;
 use crate::providers::{CommandOutput, Host, Owner, Service, ServiceState};
 use crate::render::Layout;
 use crate::state::{fingerprint_file, write_atomic};
@@ -22,9 +21,6 @@ use crate::state::{fingerprint_file, write_atomic};
 const PID_FILE: &str = "run/keyhold.pid";
 /// The pid file of a local node's snapshot agent, relative to its root.
 const AGENT_PID_FILE: &str = "run/snapshot-agent.pid";
-/// How long a started service must stay up before it counts as started (a bad config or a
-/// taken port makes the server exit within this).
-const START_GRACE: Duration = Duration::from_millis(300);
 
 /// A node as a directory on this machine (`.provision/ENV/nodes/NAME/`).
 pub struct LocalHost {
@@ -87,11 +83,26 @@ impl LocalHost {
         })
     }
 
-    fn label(&self, service: Service) -> String {
-        match service {
-            Service::Server => self.node.clone(),
-            Service::SnapshotAgent => format!("{} snapshot agent", self.node),
-        }
+    /// The service as a detached process: `BINARY SUBCOMMAND -config=CONFIG ARGS...`, known
+    /// by its config path. Its environment (read only when it starts) is left to `start`.
+    fn process(&self, service: Service) -> Result<Detached> {
+        let spec = self.spec(service)?;
+        let config = format!("-config={}", self.path(Path::new(spec.config)).display());
+        let mut args = vec![spec.subcommand.to_string(), config.clone()];
+        args.extend(spec.args);
+        Ok(Detached {
+            label: match service {
+                Service::Server => self.node.clone(),
+                Service::SnapshotAgent => format!("{} snapshot agent", self.node),
+            },
+            program: self.binary.clone(),
+            args,
+            markers: vec![config],
+            pid_file: self.path(Path::new(spec.pid_file)),
+            output: self.path(Path::new(spec.output)),
+            cwd: self.root.clone(),
+            envs: Vec::new(),
+        })
     }
 
     /// `KEY=VALUE` lines of the node's private environment file (`Layout::ENV_FILE`, 0600:
@@ -115,42 +126,6 @@ impl LocalHost {
 
     fn path(&self, rel: &Path) -> PathBuf {
         self.root.join(rel)
-    }
-
-    fn pid_from_file(&self, spec: &ServiceSpec) -> Result<Option<u32>> {
-        let path = self.path(Path::new(spec.pid_file));
-        match fs::read_to_string(&path) {
-            Ok(text) => Ok(text.trim().parse().ok()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
-        }
-    }
-
-    /// True when `pid` is a live (not zombie) process started with this node's config for
-    /// that service: a pid recycled by another program does not count.
-    fn is_ours(&self, spec: &ServiceSpec, pid: u32) -> bool {
-        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
-            return false;
-        };
-        let wanted = format!("-config={}", self.path(Path::new(spec.config)).display());
-        let ours = cmdline
-            .split(|b| *b == 0)
-            .any(|arg| arg == wanted.as_bytes());
-        let zombie = fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|stat| {
-                stat.rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().next().map(|s| s == "Z"))
-            })
-            .unwrap_or(true);
-        ours && !zombie
-    }
-
-    fn state_of(&self, spec: &ServiceSpec) -> Result<ServiceState> {
-        Ok(match self.pid_from_file(spec)? {
-            Some(pid) if self.is_ours(spec, pid) => ServiceState::Running { pid },
-            _ => ServiceState::Stopped,
-        })
     }
 }
 
@@ -283,106 +258,24 @@ impl Host for LocalHost {
     }
 
     async fn service_state(&self, service: Service) -> Result<ServiceState> {
-        self.state_of(&self.spec(service)?)
+        self.process(service)?.state()
     }
 
     async fn start(&self, service: Service) -> Result<()> {
-        let spec = self.spec(service)?;
-        let label = self.label(service);
-        if let ServiceState::Running { pid } = self.state_of(&spec)? {
-            bail!("{label} already runs (pid {pid})");
-        }
-        let out_path = self.path(Path::new(spec.output));
-        if let Some(parent) = out_path.parent() {
-            fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
-        }
-        let out = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&out_path)
-            .with_context(|| format!("open {}", out_path.display()))?;
-        let err = out
-            .try_clone()
-            .with_context(|| format!("open {}", out_path.display()))?;
-        let config = self.path(Path::new(spec.config));
-        let vars = self.environment_file()?;
-        // Its own process group: a Ctrl-C at the terminal that ran `provision` must not reach
-        // the servers it started. std's Command: the child outlives this process on purpose.
-        let child = std::process::Command::new(&self.binary)
-            .arg(spec.subcommand)
-            .arg(format!("-config={}", config.display()))
-            .args(&spec.args)
-            .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .current_dir(&self.root)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0)
-            .spawn()
-            .with_context(|| {
-                format!(
-                    "start {label} ({} {} -config={})",
-                    self.binary.display(),
-                    spec.subcommand,
-                    config.display()
-                )
-            })?;
-        let pid = child.id();
-        let pid_path = self.path(Path::new(spec.pid_file));
-        if let Some(parent) = pid_path.parent() {
-            fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
-        }
-        write_atomic(&pid_path, format!("{pid}\n").as_bytes(), 0o600)?;
-        // A server that exits at once (bad config, port taken) is reported here, with its log.
-        tokio::time::sleep(START_GRACE).await;
-        if !self.is_ours(&spec, pid) {
-            let log = fs::read_to_string(&out_path).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(8).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            bail!(
-                "{label} exited right after it started; the end of {}:\n{}",
-                out_path.display(),
-                tail.join("\n")
-            );
-        }
-        Ok(())
+        let mut process = self.process(service)?;
+        // A host's root always exists; a local node's does once anything was put there.
+        fs::create_dir_all(&self.root)
+            .with_context(|| format!("create {}", self.root.display()))?;
+        process.envs = self.environment_file()?;
+        process.start().await.map(|_| ())
     }
 
     async fn stop(&self, service: Service, timeout: Duration) -> Result<bool> {
-        let spec = self.spec(service)?;
-        let label = self.label(service);
-        let ServiceState::Running { pid } = self.state_of(&spec)? else {
-            return Ok(false);
-        };
-        let target = Pid::from_raw(pid as i32).context("a pid is never 0")?;
-        kill_process(target, Signal::TERM)
-            .with_context(|| format!("signal {label} (pid {pid})"))?;
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if !self.is_ours(&spec, pid) {
-                let _ = fs::remove_file(self.path(Path::new(spec.pid_file)));
-                return Ok(true);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if test_kill_process(target).is_ok() && self.is_ours(&spec, pid) {
-            kill_process(target, Signal::KILL)
-                .with_context(|| format!("kill {label} (pid {pid})"))?;
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        let _ = fs::remove_file(self.path(Path::new(spec.pid_file)));
-        Ok(true)
+        self.process(service)?.stop(timeout).await
     }
 
     async fn reload(&self, service: Service) -> Result<()> {
-        let spec = self.spec(service)?;
-        let ServiceState::Running { pid } = self.state_of(&spec)? else {
-            bail!("{} is not running", self.label(service));
-        };
-        let target = Pid::from_raw(pid as i32).context("a pid is never 0")?;
-        kill_process(target, Signal::HUP)
-            .with_context(|| format!("signal {} (pid {pid}) to reload", self.label(service)))
+        self.process(service)?.reload()
     }
 }
 

@@ -3,6 +3,7 @@
 //! `provision`, each on its own loopback address (127.x.y.z), with no root and no cloud.
 
 mod host;
+mod process;
 mod settings;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -14,6 +15,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub use host::LocalHost;
+pub use process::Detached;
 pub use settings::LocalSettings;
 
 use super::{Host, NodeRecord, Provider, Service, ServiceState};
