@@ -349,10 +349,16 @@ impl Provisioned {
 
     /// The command line for `provision ARGS --env FILE --state-dir DIR`.
     fn command(&self, args: &[&str]) -> Command {
+        self.command_for(&self.env_file, args)
+    }
+
+    /// `provision ARGS --env ENV_FILE --state-dir DIR`: another environment in this one's
+    /// state directory (and test directory, whose processes `drop` kills).
+    fn command_for(&self, env_file: &Path, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.bin);
         cmd.args(args)
             .arg("--env")
-            .arg(&self.env_file)
+            .arg(env_file)
             .arg("--state-dir")
             .arg(&self.state_dir)
             .current_dir(self.dir.path())
@@ -420,6 +426,23 @@ impl Provisioned {
         self.spawn(args)?.wait().await
     }
 
+    /// Runs `provision ARGS` on the environment in `env_file` (in this state directory) to
+    /// completion (bounded).
+    pub async fn run_env(&mut self, env_file: &Path, args: &[&str]) -> Result<Ran> {
+        let cmd = self.command_for(env_file, args);
+        self.spawn_command(cmd, format!("provision {}", args.join(" ")))?
+            .wait()
+            .await
+    }
+
+    /// A client of `addr` (`https://...`) trusting the CA in `ca_file`.
+    pub fn api_at(&self, ca_file: &Path, addr: &str, token: Option<&str>) -> Result<Api> {
+        let ca =
+            fs::read_to_string(ca_file).with_context(|| format!("read {}", ca_file.display()))?;
+        let http = client_builder(&ca)?.build()?;
+        Ok(Api::new(http, addr.to_string()).with_token(token))
+    }
+
     /// `provision up --json`, which must succeed; returns its JSON and how long it took.
     pub async fn up_json(&mut self) -> Result<(Value, Duration)> {
         let ran = self.run(&["up", "--json"]).await?.expect(0)?;
@@ -473,10 +496,7 @@ impl Provisioned {
 
     /// An API handle on node `n` trusting the environment's CA, with `token`.
     pub fn api(&self, n: u8, token: Option<&str>) -> Result<Api> {
-        let ca = fs::read_to_string(self.ca_file())
-            .with_context(|| format!("read {}", self.ca_file().display()))?;
-        let http = client_builder(&ca)?.build()?;
-        Ok(Api::new(http, self.api_addr(n)).with_token(token))
+        self.api_at(&self.ca_file(), &self.api_addr(n), token)
     }
 
     /// What `sys/health` of node `n` answers, or None when nothing answers within two seconds.

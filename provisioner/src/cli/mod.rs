@@ -274,6 +274,11 @@ pub enum DrCommand {
         /// `latest`, or `s3://BUCKET/KEY`.
         #[arg(long, default_value = "latest")]
         from: String,
+        /// Rebuild the snapshot as another environment (a name or an .hcl file) that was never
+        /// initialised, with addresses of its own and a seal that opens the snapshot; the
+        /// environment named by --env is only read (its bucket, keys and logins).
+        #[arg(long, value_name = "NEW_ENV")]
+        into: Option<String>,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -418,10 +423,11 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
                 DrCommand::Rebuild {
                     env,
                     from,
+                    into,
                     json,
                     identity,
                 },
-        } => dr::rebuild(env, &from, json, identity, state_dir).await,
+        } => dr::rebuild(env, &from, into, json, identity, state_dir).await,
         Command::Certs {
             command: CertsCommand::Show { env, json },
         } => certs::run(env, json, state_dir).await,

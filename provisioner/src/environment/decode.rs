@@ -1202,14 +1202,16 @@ fn policy_list(
         if policy == "root" {
             return Err(s.value_error(
                 key,
-                "the root policy cannot be given to a login; define a policy with                  policy \"NAME\" { file = ... } and name it here",
+                "the root policy cannot be given to a login; define a policy with \
+                 policy \"NAME\" { file = ... } and name it here",
             ));
         }
         if !known.contains(policy.as_str()) {
             return Err(s.value_error(
                 key,
                 format!(
-                    "policy {policy:?} is not defined in this environment; add                      policy {policy:?} {{ file = \"policies/{policy}.hcl\" }} or fix the name \
+                    "policy {policy:?} is not defined in this environment; add \
+                     policy {policy:?} {{ file = \"policies/{policy}.hcl\" }} or fix the name \
                      (defined: {})",
                     known.iter().copied().collect::<Vec<_>>().join(", ")
                 ),

@@ -109,14 +109,22 @@ impl UpRun {
     }
 }
 
-/// `up`, step by step.
-pub fn up() -> Vec<&'static dyn Step<UpRun>> {
+/// The first steps of `up`: certificates, the unsealer, each node's files and binary, the KMS
+/// key; nothing started. `dr rebuild --into` prepares a new environment's nodes with them.
+pub fn prepare() -> Vec<&'static dyn Step<UpRun>> {
     vec![
         &tls::Certificates,
         &unsealer::Unsealer,
         &files::Files,
         &kms::KmsKey,
-        &nodes::Nodes,
+    ]
+}
+
+/// `up`, step by step.
+pub fn up() -> Vec<&'static dyn Step<UpRun>> {
+    let mut steps = prepare();
+    steps.extend([
+        &nodes::Nodes as &dyn Step<UpRun>,
         &seal::Init,
         &seal::AutoUnseal,
         &seal::Unseal,
@@ -127,7 +135,8 @@ pub fn up() -> Vec<&'static dyn Step<UpRun>> {
         &configure::AdminLogin,
         &configure::RootToken,
         &drills::DrillAgent,
-    ]
+    ]);
+    steps
 }
 
 pub use nodes::{active_last, restart_one};

@@ -12,6 +12,15 @@
 //! The same command serves both losses: every node gone, or quorum lost with some node's data
 //! left. Every data directory is kept aside either way (a survivor's may hold writes newer than
 //! the snapshot; its path is in the report).
+//!
+//! `--into NEW` rebuilds the environment's snapshot as another environment (a new site, new
+//! addresses, the old state directory's machine gone but its keys kept): refused, changing
+//! nothing, unless NEW was never initialised, runs nothing, uses addresses of its own and has a
+//! seal that opens the snapshot (Shamir both, or the same KMS key). After the drill, the old
+//! environment's init output and logins are encrypted again to NEW's recipients, NEW's nodes
+//! get their certificates and files (the first steps of `up`), the snapshot is restored into
+//! them as above, and `up --env NEW` finishes the environment (its policies, engines, snapshot
+//! agents, drill agent). The old environment is only read.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -21,12 +30,17 @@ use chrono::Utc;
 use keyhold_snapshot::DEFAULT_NAME_PREFIX;
 use serde::Serialize;
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use crate::deployment::{
     Deployment, AUTO_UNSEAL_TIMEOUT, FORM_TIMEOUT, START_TIMEOUT, STOP_TIMEOUT,
 };
-use crate::engine::{Outcome, Progress};
-use crate::providers::Service;
+use crate::engine::{self, Outcome, Progress};
+use crate::environment::Seal;
+use crate::providers::{Service, ServiceState};
 use crate::render::Layout;
+use crate::secret_zero::InitSecrets;
 use crate::state::State;
 use crate::workflows::drill::{restore_offline, run_drill};
 use crate::workflows::inventory::{self, Inventory, Verified};
@@ -50,17 +64,182 @@ pub struct DrReport {
     pub verified: Verified,
 }
 
+/// `dr rebuild`: the environment's cluster rebuilt in place from its own snapshot.
 pub async fn rebuild(
     d: &Deployment,
     from: &str,
     identity: &[PathBuf],
     progress: &mut Progress,
 ) -> Result<DrReport> {
+    rebuild_core(d, d, from, identity, progress).await
+}
+
+/// What the source environment's cluster is opened with: its init output (the shares unseal
+/// a Shamir node and authorise root tokens) and its logins.
+struct Keys {
+    init: InitSecrets,
+    credentials: BTreeMap<String, String>,
+}
+
+impl Keys {
+    fn open(d: &Deployment, identity: &[PathBuf]) -> Result<Keys> {
+        let identities = d.identities(identity)?;
+        let (store, _) = d.secret_store()?;
+        Ok(Keys {
+            init: store
+                .load_init(&identities)
+                .with_context(|| format!("open {}'s init output", d.env.name))?,
+            credentials: store
+                .load_credentials(&identities)
+                .with_context(|| format!("open {}'s logins", d.env.name))?,
+        })
+    }
+}
+
+/// `dr rebuild --env OLD --into NEW`: OLD's snapshot rebuilt as the environment NEW, which
+/// must never have been initialised; OLD is only read.
+pub async fn rebuild_into(
+    old: &Deployment,
+    new: &Deployment,
+    from: &str,
+    identity: &[PathBuf],
+    progress: &mut Progress,
+) -> Result<DrReport> {
+    refuse_into(old, new).await?;
+    let report = rebuild_core(old, new, from, identity, progress).await?;
+    // NEW now holds OLD's cluster: recorded as initialised (by OLD's init) so that `up` opens
+    // and unseals it instead of initialising it, then `up` finishes the environment.
+    let mut state = State::load(&new.dir)?.context("the rebuild recorded NEW's state")?;
+    let old_state = State::load(&old.dir)?;
+    state.cluster.initialized_at = old_state
+        .as_ref()
+        .and_then(|s| s.cluster.initialized_at)
+        .or(Some(Utc::now()));
+    state.cluster.root_token_revoked = old_state.is_some_and(|s| s.cluster.root_token_revoked);
+    state.save(&new.dir)?;
+    crate::workflows::up::up(new, &[], progress)
+        .await
+        .with_context(|| {
+            format!(
+                "{} serves {}'s data, but finishing it (`provision up --env {}`) failed; run \
+                 that again",
+                new.env.name, old.env.name, new.env.name
+            )
+        })?;
+    Ok(report)
+}
+
+/// `--into` must name another environment (checked before its lock is taken: it is OLD's).
+pub fn refuse_itself(old: &Deployment, new: &Deployment) -> Result<()> {
+    if old.dir.root() == new.dir.root() {
+        bail!(
+            "--into names {} itself: run `provision dr rebuild --env {}` to rebuild it in place; \
+             nothing was changed",
+            new.env.name,
+            new.env.name
+        );
+    }
+    Ok(())
+}
+
+/// Why `--into NEW` would not work, found before anything is touched.
+async fn refuse_into(old: &Deployment, new: &Deployment) -> Result<()> {
+    let nothing = "nothing was changed";
+    refuse_itself(old, new)?;
+    let initialised = State::load(&new.dir)?.and_then(|s| s.cluster.initialized_at);
+    // Looked at without making an identity: nothing is written before the drill.
+    let store = crate::secret_zero::SecretStore::new(new.dir.secrets_dir(), Vec::new(), false);
+    if initialised.is_some() || store.has_init() {
+        bail!(
+            "{} already has a cluster of its own (initialised{}); --into builds a new \
+             environment from {}'s snapshot. Pick one that was never brought up, or remove this \
+             one first with `provision down --env {} --purge` (which deletes its data); {nothing}",
+            new.env.name,
+            initialised.map_or_else(String::new, |t| format!(" at {t}")),
+            old.env.name,
+            new.env.name
+        );
+    }
+    for node in &new.nodes {
+        if new.host(node).service_state(Service::Server).await? != ServiceState::Stopped {
+            bail!(
+                "{}'s node {} runs; stop it (`provision down --env {}`) before rebuilding into \
+                 it; {nothing}",
+                new.env.name,
+                node.name,
+                new.env.name
+            );
+        }
+        if old.nodes.iter().any(|o| o.address == node.address) {
+            bail!(
+                "{} and {} both use {}: give {} addresses of its own (its provider's \
+                 address_base); {nothing}",
+                old.env.name,
+                new.env.name,
+                node.address,
+                new.env.name
+            );
+        }
+    }
+    if matches!(old.env.seal, Seal::Transit(_)) || matches!(new.env.seal, Seal::Transit(_)) {
+        bail!(
+            "transit-sealed environments are rebuilt in place only (their unsealer's key opens \
+             the snapshot, and a second environment would need that same unsealer): run \
+             `provision dr rebuild --env {}`; {nothing}",
+            old.env.name
+        );
+    }
+    if !opens(&old.env.seal, &new.env.seal) {
+        bail!(
+            "{}'s snapshot can only be opened by the seal that wrote it ({}), and {} names {}: \
+             give {} the same seal block, then migrate seals after the rebuild if needed; \
+             {nothing}",
+            old.env.name,
+            describe_seal(&old.env.seal),
+            new.env.name,
+            describe_seal(&new.env.seal),
+            new.env.name
+        );
+    }
+    Ok(())
+}
+
+/// Whether a node with seal `new` opens what seal `old` wrote: Shamir both (the shares come
+/// along), or the same KMS key (the endpoint may differ: a VPC endpoint, say).
+fn opens(old: &Seal, new: &Seal) -> bool {
+    match (old, new) {
+        (Seal::Shamir, Seal::Shamir) => true,
+        (Seal::AwsKms(a), Seal::AwsKms(b)) => a.kms_key_id == b.kms_key_id && a.region == b.region,
+        _ => false,
+    }
+}
+
+fn describe_seal(seal: &Seal) -> String {
+    match seal {
+        Seal::Shamir => "Shamir unseal keys".to_string(),
+        Seal::AwsKms(k) => format!(
+            "the AWS KMS key {} in {}",
+            k.kms_key_id,
+            k.region.as_deref().unwrap_or("the default region")
+        ),
+        Seal::Transit(t) => format!("the transit key {} at {}", t.key_name, t.address),
+    }
+}
+
+/// Rebuilds `target`'s cluster from `source`'s snapshot (the same environment in place).
+async fn rebuild_core(
+    source: &Deployment,
+    d: &Deployment,
+    from: &str,
+    identity: &[PathBuf],
+    progress: &mut Progress,
+) -> Result<DrReport> {
     let started = Instant::now();
-    let s3 = env_s3(d)?;
+    let into = !std::ptr::eq(source, d);
+    let s3 = env_s3(source)?;
 
     let step = progress.start("verify the snapshot");
-    let drill = run_drill(d, from, identity).await?;
+    let drill = run_drill(source, from, identity).await?;
     if !drill.ok {
         progress.finish(step, Outcome::Failed, drill.detail.clone());
         bail!(
@@ -109,6 +288,27 @@ pub async fn rebuild(
         );
     }
 
+    let keys = Keys::open(source, identity)?;
+    if into {
+        let step = progress.start(format!("keys for {}", d.env.name));
+        let (store, _) = d.secret_store()?;
+        let files = store.save_init(&keys.init)?;
+        store.save_credentials(&keys.credentials)?;
+        progress.finish(
+            step,
+            Outcome::Changed,
+            format!(
+                "{}'s init output and logins encrypted to {}'s recipients ({} files)",
+                source.env.name,
+                d.env.name,
+                files.len() + 1
+            ),
+        );
+        // NEW's certificates, node directories, configs and binaries: the first steps of `up`.
+        let mut run = crate::steps::UpRun::new(Arc::new(d.clone()), &[])?;
+        engine::apply(&crate::steps::prepare(), &mut run, progress).await?;
+    }
+
     let step = progress.start("stop nodes");
     for node in &d.nodes {
         let host = d.host(node);
@@ -125,6 +325,9 @@ pub async fn rebuild(
     let mut moved = Vec::new();
     for node in &d.nodes {
         let host = d.host(node);
+        // An empty data directory (a new environment's) holds nothing to keep.
+        host.run(&["rmdir", Layout::DATA_DIR], Duration::from_secs(60))
+            .await?;
         let out = host
             .run(&["mv", Layout::DATA_DIR, &aside], Duration::from_secs(60))
             .await?;
@@ -162,11 +365,7 @@ pub async fn rebuild(
 
     let step = progress.start("start and unseal");
     let cluster = d.cluster()?;
-    // The shares (unseal or recovery keys) from the encrypted init output: they unseal a
-    // Shamir node and authorise the root token the replication step needs.
-    let init = d
-        .init_secrets(identity)
-        .context("open the environment's init output for the rebuild")?;
+    let init = &keys.init;
     let unseal = |i: usize| {
         let cluster = &cluster;
         let keys = &init.unseal_keys_b64;
@@ -208,8 +407,9 @@ pub async fn rebuild(
         }
         unseal(i).await?;
     }
-    let token = d
-        .admin_token_on(&cluster, identity)
+    // The snapshot's own admin login (the source environment's).
+    let token = source
+        .admin_login(&cluster, &keys.credentials)
         .await
         .context("log in as the environment's admin on the rebuilt cluster")?;
     cluster.wait_voters(&token, FORM_TIMEOUT).await?;
@@ -241,7 +441,8 @@ pub async fn rebuild(
     let verified = verified?;
     progress.finish(step, Outcome::Ok, verified.summary());
 
-    if d.env.snapshots.as_ref().is_some_and(|s| s.s3.is_some()) {
+    // A new environment's agents need its own AppRole login first: `up` makes it.
+    if !into && d.env.snapshots.as_ref().is_some_and(|s| s.s3.is_some()) {
         for node in &d.nodes {
             d.host(node).start(Service::SnapshotAgent).await?;
         }
@@ -263,4 +464,37 @@ pub async fn rebuild(
         moved_aside: moved,
         verified,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::environment::AwsKms;
+
+    fn kms(key: &str, region: &str) -> Seal {
+        Seal::AwsKms(AwsKms {
+            region: Some(region.into()),
+            kms_key_id: key.into(),
+            endpoint: None,
+        })
+    }
+
+    #[test]
+    fn only_the_seal_that_wrote_a_snapshot_opens_it() {
+        assert!(opens(&Seal::Shamir, &Seal::Shamir));
+        assert!(opens(
+            &kms("alias/k", "eu-west-1"),
+            &kms("alias/k", "eu-west-1")
+        ));
+        assert!(!opens(
+            &kms("alias/k", "eu-west-1"),
+            &kms("alias/other", "eu-west-1")
+        ));
+        assert!(!opens(
+            &kms("alias/k", "eu-west-1"),
+            &kms("alias/k", "us-east-1")
+        ));
+        assert!(!opens(&Seal::Shamir, &kms("alias/k", "eu-west-1")));
+        assert!(!opens(&kms("alias/k", "eu-west-1"), &Seal::Shamir));
+    }
 }

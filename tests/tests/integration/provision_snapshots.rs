@@ -13,6 +13,8 @@ use std::os::unix::fs::PermissionsExt;
 use anyhow::{ensure, Context, Result};
 use aws_sdk_s3::primitives::ByteStream;
 use keyhold_tests::moto::{Moto, AWS_ENV};
+use std::net::Ipv4Addr;
+
 use keyhold_tests::provision::{loopback_base, step, wait_gone, EnvSpec, Provisioned};
 use serde_json::json;
 
@@ -21,6 +23,8 @@ const SLOT_DRILL: u8 = 24;
 const SLOT_DR: u8 = 25;
 const SLOT_DR_QUORUM: u8 = 27;
 const SLOT_DRILL_AGENT: u8 = 28;
+const SLOT_DR_INTO: u8 = 29;
+const SLOT_DR_INTO_NEW: u8 = 30;
 
 /// A 3-node test environment named `name` on its own loopback range (`slot`) whose snapshots go
 /// to a fresh bucket on a moto started for the test; `settings` are the `snapshots` block's
@@ -579,6 +583,124 @@ async fn dr_rebuild_after(name: &str, slot: u8, survivors: &[u8]) -> Result<()> 
             && roles.iter().filter(|r| *r == "standby").count() == 2,
         "roles after the rebuild: {roles:?}"
     );
+    p.run(&["down", "--purge"]).await?.expect(0)?;
+    Ok(())
+}
+
+/// `dr rebuild --env OLD --into NEW`: OLD's snapshot becomes the environment NEW, on addresses
+/// of its own, with certificates from NEW's own CA and OLD's keys encrypted again to NEW's
+/// identity; NEW serves OLD's data to OLD's admin token, and `plan` on NEW finds nothing to
+/// do. OLD is only read (it serves throughout). Refused, changing nothing: into OLD itself,
+/// into an environment on OLD's addresses, and into NEW once it holds a cluster.
+#[tokio::test(flavor = "multi_thread")]
+async fn dr_rebuild_into_a_new_environment_serves_the_old_ones_data() -> Result<()> {
+    const SECRETS: usize = 200;
+    let (_moto, _bucket, mut p) =
+        with_bucket("dr-into", SLOT_DR_INTO, "  schedule = \"every 1h\"\n").await?;
+    p.up_json().await?;
+    let old_token = p.env_vars().await?["VAULT_TOKEN"].clone();
+    p.api(1, Some(&old_token))?
+        .kv2_put_many("kv", "dr", SECRETS, 8)
+        .await?;
+    p.run(&["snapshot", "save"]).await?.expect(0)?;
+
+    // NEW: the same bucket, its own addresses.
+    let old_hcl = fs::read_to_string(&p.env_file)?;
+    let snapshots = &old_hcl[old_hcl.find("\nsnapshots {").context("snapshots block")?..];
+    let bin = keyhold_tests::node::keyhold_bin()?;
+    let spec = EnvSpec::nodes(3);
+    let new_base = loopback_base(SLOT_DR_INTO_NEW, 3)?;
+    let new_file = p.dir().join("dr-into-new.hcl");
+    fs::write(
+        &new_file,
+        keyhold_tests::provision::environment_hcl(&spec, new_base, &bin) + snapshots,
+    )?;
+    let clash_file = p.dir().join("dr-into-clash.hcl");
+    fs::write(&clash_file, old_hcl.clone())?;
+    let old_file = p.env_file.clone();
+
+    for (into, expected, name) in [
+        (&old_file, "itself", "dr-into"),
+        (&clash_file, "both use", "dr-into-clash"),
+    ] {
+        let refused = p
+            .run(&["dr", "rebuild", "--into", &into.display().to_string()])
+            .await?;
+        println!("refused: {}", refused.stderr.trim());
+        ensure!(
+            refused.code == Some(1)
+                && refused.stderr.contains(expected)
+                && refused.stderr.contains("nothing was changed"),
+            "--into {name}: {refused:?}"
+        );
+    }
+    ensure!(
+        !p.state_dir.join("dr-into-clash/secrets").exists()
+            && !p.state_dir.join("dr-into-clash/tls").exists(),
+        "a refused --into wrote keys or certificates"
+    );
+
+    let rebuilt = p
+        .run(&[
+            "dr",
+            "rebuild",
+            "--from",
+            "latest",
+            "--into",
+            &new_file.display().to_string(),
+            "--json",
+        ])
+        .await?
+        .expect(0)
+        .map_err(|e| e.context(p.log_tails(40)))?;
+    let report = rebuilt.json()?;
+    println!("dr rebuild --into: {report}");
+    ensure!(
+        report["verified"]["secrets"].as_u64() == Some(SECRETS as u64)
+            && report["moved_aside"]
+                .as_array()
+                .is_some_and(|a| a.is_empty()),
+        "dr report: {report}"
+    );
+    let new_ca = p.state_dir.join("dr-into-new/tls/ca.crt");
+    ensure!(
+        fs::read(&new_ca)? != fs::read(p.ca_file())?,
+        "NEW has a CA of its own"
+    );
+    for n in 0..3u32 {
+        let addr = format!("https://{}:8200", Ipv4Addr::from(u32::from(new_base) + n));
+        let api = p.api_at(&new_ca, &addr, Some(&old_token))?;
+        for i in [0, SECRETS - 1] {
+            let got = api.kv2_get("kv", &format!("dr/{i}")).await?;
+            ensure!(
+                got == Some(json!({"v": i})),
+                "NEW node {n}, dr/{i}: {got:?}"
+            );
+        }
+    }
+    let plan = p.run_env(&new_file, &["plan"]).await?;
+    ensure!(
+        plan.code == Some(0),
+        "plan on NEW after the rebuild: {plan:?}"
+    );
+    let status = p.run_env(&new_file, &["status"]).await?;
+    ensure!(status.code == Some(0), "status of NEW: {status:?}");
+    // OLD was only read: it still serves, with its own data.
+    let roles = p.roles().await?;
+    ensure!(
+        roles.iter().filter(|r| *r == "active").count() == 1,
+        "OLD's roles: {roles:?}"
+    );
+    let again = p
+        .run(&["dr", "rebuild", "--into", &new_file.display().to_string()])
+        .await?;
+    ensure!(
+        again.code == Some(1) && again.stderr.contains("already has a cluster"),
+        "a second --into: {again:?}"
+    );
+    p.run_env(&new_file, &["down", "--purge"])
+        .await?
+        .expect(0)?;
     p.run(&["down", "--purge"]).await?.expect(0)?;
     Ok(())
 }
