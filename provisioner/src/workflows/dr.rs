@@ -44,10 +44,7 @@ use crate::secret_zero::InitSecrets;
 use crate::state::State;
 use crate::workflows::drill::{restore_offline, run_drill};
 use crate::workflows::inventory::{self, Inventory, Verified};
-use crate::workflows::snapshot::{env_s3, parse_from, s3_store};
-
-/// The server's `max_request_size` when the listener sets none (Vault's 32 MiB).
-const SERVER_MAX_REQUEST_SIZE: u64 = 32 << 20;
+use crate::workflows::snapshot::{check_postable, env_s3, parse_from, s3_store};
 
 /// What `dr rebuild` reports.
 #[derive(Debug, Clone, Serialize)]
@@ -270,22 +267,9 @@ async fn rebuild_core(
     let size = std::fs::metadata(&downloaded.path)
         .with_context(|| format!("read {}", downloaded.path.display()))?
         .len();
-    let limit = d
-        .env
-        .listener
-        .max_request_size
-        .unwrap_or(SERVER_MAX_REQUEST_SIZE);
-    if size > limit {
+    if let Err(e) = check_postable(d, size, &drill.snapshot, "the rebuild") {
         let _ = std::fs::remove_file(&downloaded.path);
-        bail!(
-            "refusing to rebuild from {}: the snapshot is {size} bytes and the rebuild posts it \
-             whole to a node's API, whose max_request_size is {limit} bytes; set `listener {{ \
-             max_request_size = N }}` above {size} in the environment and get it into every \
-             node's config (`provision render` for hosts; on the local provider the node \
-             directories under the state directory), or rebuild from a smaller snapshot; \
-             nothing was changed",
-            drill.snapshot
-        );
+        return Err(e);
     }
 
     let keys = Keys::open(source, identity)?;

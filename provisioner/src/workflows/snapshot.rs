@@ -188,6 +188,29 @@ pub struct Restored {
 
 /// Downloads (verified) and force-restores a snapshot on the active node, then waits until
 /// the cluster serves again. Nothing is sent to the cluster unless the download verified.
+/// The server's `max_request_size` when the listener sets none (Vault's 32 MiB).
+const SERVER_MAX_REQUEST_SIZE: u64 = 32 << 20;
+
+/// Refuses (before anything is touched) an archive of `size` bytes that `what` would post whole
+/// to a node's API when it exceeds the listener's `max_request_size`.
+pub fn check_postable(d: &Deployment, size: u64, snapshot: &str, what: &str) -> Result<()> {
+    let limit = d
+        .env
+        .listener
+        .max_request_size
+        .unwrap_or(SERVER_MAX_REQUEST_SIZE);
+    if size > limit {
+        bail!(
+            "refusing {what} from {snapshot}: the snapshot is {size} bytes and {what} posts it \
+             whole to a node's API, whose max_request_size is {limit} bytes; set `listener {{ \
+             max_request_size = N }}` above {size} in the environment and get it into every \
+             node's config (`provision up` on the local provider, `provision render` for \
+             hosts), or use a smaller snapshot; nothing was changed"
+        );
+    }
+    Ok(())
+}
+
 pub async fn restore(deployment: &Deployment, from: &str, admin_token: &str) -> Result<Restored> {
     let s3 = env_s3(deployment)?;
     let which = parse_from(from, s3)?;
@@ -201,6 +224,12 @@ pub async fn restore(deployment: &Deployment, from: &str, admin_token: &str) -> 
         .with_context(|| format!("read {}", downloaded.path.display()));
     let _ = std::fs::remove_file(&downloaded.path);
     let archive = archive?;
+    check_postable(
+        deployment,
+        archive.len() as u64,
+        &store.url(&downloaded.key),
+        "the restore",
+    )?;
     let cluster = deployment.cluster()?;
     let active = cluster.wait_active(Duration::from_secs(30)).await?;
     let client = cluster.client(active, Some(admin_token))?;

@@ -25,6 +25,7 @@ const SLOT_DR_QUORUM: u8 = 27;
 const SLOT_DRILL_AGENT: u8 = 28;
 const SLOT_DR_INTO: u8 = 29;
 const SLOT_DR_INTO_NEW: u8 = 30;
+const SLOT_TOO_LARGE: u8 = 31;
 
 /// A 3-node test environment named `name` on its own loopback range (`slot`) whose snapshots go
 /// to a fresh bucket on a moto started for the test; `settings` are the `snapshots` block's
@@ -701,6 +702,66 @@ async fn dr_rebuild_into_a_new_environment_serves_the_old_ones_data() -> Result<
     p.run_env(&new_file, &["down", "--purge"])
         .await?
         .expect(0)?;
+    p.run(&["down", "--purge"]).await?.expect(0)?;
+    Ok(())
+}
+
+/// A snapshot larger than the nodes' `listener { max_request_size }` cannot be posted to their
+/// API: `snapshot restore` and `dr rebuild` refuse it with what to do before anything is
+/// touched, and the cluster keeps serving its data.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_larger_than_the_listener_takes_is_refused_before_anything_is_touched(
+) -> Result<()> {
+    const LIMIT: u64 = 32 * 1024;
+    let (_moto, _bucket, mut p) =
+        with_bucket("too-large", SLOT_TOO_LARGE, "  schedule = \"every 1h\"\n").await?;
+    let hcl = fs::read_to_string(&p.env_file)?.replace(
+        "tls_min_version = \"tls13\"",
+        &format!("tls_min_version  = \"tls13\"\n  max_request_size = {LIMIT}"),
+    );
+    fs::write(&p.env_file, hcl)?;
+    p.up_json().await?;
+    let token = p.env_vars().await?["VAULT_TOKEN"].clone();
+    let api = p.api(1, Some(&token))?;
+    // Barrier-encrypted values do not compress: 120 of 400 bytes make the archive too large.
+    for i in 0..120 {
+        api.kv2_put("kv", &format!("big/{i}"), json!({"v": "x".repeat(400)}))
+            .await?
+            .expect_ok("write a secret")?;
+    }
+    let saved = p
+        .run(&["snapshot", "save", "--json"])
+        .await?
+        .expect(0)?
+        .json()?;
+    let size = saved["size"].as_u64().context("size")?;
+    ensure!(
+        size > LIMIT,
+        "the snapshot ({size} bytes) is not above {LIMIT}"
+    );
+    for args in [
+        &["snapshot", "restore", "--from", "latest"][..],
+        &["dr", "rebuild", "--from", "latest"][..],
+    ] {
+        let refused = p.run(args).await?;
+        println!("{}: {}", args.join(" "), refused.stderr.trim());
+        ensure!(
+            refused.code == Some(1)
+                && refused.stderr.contains("max_request_size")
+                && refused.stderr.contains("nothing was changed"),
+            "{args:?}: {refused:?}"
+        );
+    }
+    let roles = p.roles().await?;
+    ensure!(
+        roles.iter().filter(|r| *r == "active").count() == 1
+            && roles.iter().filter(|r| *r == "standby").count() == 2,
+        "roles after the refusals: {roles:?}"
+    );
+    ensure!(
+        api.kv2_get("kv", "big/119").await?.is_some(),
+        "the data is still served"
+    );
     p.run(&["down", "--purge"]).await?.expect(0)?;
     Ok(())
 }
