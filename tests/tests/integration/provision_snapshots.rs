@@ -26,6 +26,7 @@ const SLOT_DRILL_AGENT: u8 = 28;
 const SLOT_DR_INTO: u8 = 29;
 const SLOT_DR_INTO_NEW: u8 = 30;
 const SLOT_TOO_LARGE: u8 = 31;
+const SLOT_PRODUCTION: u8 = 32;
 
 /// A 3-node test environment named `name` on its own loopback range (`slot`) whose snapshots go
 /// to a fresh bucket on a moto started for the test; `settings` are the `snapshots` block's
@@ -762,6 +763,95 @@ async fn a_snapshot_larger_than_the_listener_takes_is_refused_before_anything_is
         api.kv2_get("kv", "big/119").await?.is_some(),
         "the data is still served"
     );
+    p.run(&["down", "--purge"]).await?.expect(0)?;
+    Ok(())
+}
+
+/// The shipped production-shaped environment (`environments/local-production.hcl`) as written,
+/// but for its addresses, moto's endpoint, a bucket of the test's own and a drill poll of 1s:
+/// five nodes come up sealed by KMS and serve, both audit devices record, the initial root token
+/// is gone, and a snapshot is drilled by the drill agent once uploaded.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_production_shaped_environment_comes_up_and_drills_its_snapshots() -> Result<()> {
+    let shipped = keyhold_tests::provision::environments_dir().join("local-production.hcl");
+    let text = fs::read_to_string(&shipped)?;
+    let base = loopback_base(SLOT_PRODUCTION, 5)?;
+    let [_, a, b, _] = base.octets();
+    let moto = Moto::start(Ipv4Addr::new(127, a, b, 200)).await?;
+    let bucket = format!("keyhold-production-{}", std::process::id());
+    let policies = keyhold_tests::provision::environments_dir().join("policies");
+    let mut hcl = text.clone();
+    for (from, to) in [
+        ("127.0.6.1".to_string(), base.to_string()),
+        ("http://127.0.0.1:5000".into(), moto.direct_endpoint()),
+        (
+            "bucket   = \"keyhold-local-production\"".into(),
+            format!("bucket   = \"{bucket}\""),
+        ),
+        ("\"policies/".into(), format!("\"{}/", policies.display())),
+        (
+            "after_upload = true".into(),
+            "after_upload  = true\n    poll_interval = \"1s\"".into(),
+        ),
+    ] {
+        ensure!(
+            hcl.contains(&from),
+            "{from:?} is not in {}",
+            shipped.display()
+        );
+        hcl = hcl.replace(&from, &to);
+    }
+    let mut p = Provisioned::with_text("production", 5, base, &hcl)?;
+    for (k, v) in AWS_ENV {
+        p.set_env(k, v);
+    }
+    let (up, _) = p.up_json().await?;
+    for name in ["kms key", "init", "snapshots", "root token", "drill agent"] {
+        ensure!(step(&up, name)?["outcome"] == "changed", "{name}: {up}");
+    }
+    let roles = p.roles().await?;
+    ensure!(
+        roles.iter().filter(|r| *r == "active").count() == 1
+            && roles.iter().filter(|r| *r == "standby").count() == 4,
+        "roles: {roles:?}"
+    );
+    let state: serde_json::Value =
+        serde_json::from_slice(&fs::read(p.env_dir().join("state.json"))?)?;
+    ensure!(
+        state["cluster"]["root_token_revoked"] == json!(true),
+        "the initial root token is revoked: {}",
+        state["cluster"]
+    );
+    let token = p.env_vars().await?["VAULT_TOKEN"].clone();
+    p.api(1, Some(&token))?
+        .kv2_put("kv", "prod/db", json!({"password": "from-the-test"}))
+        .await?
+        .expect_ok("write as the admin")?;
+    // Both audit devices record on the active node.
+    let active = (1..=5u8)
+        .find(|n| roles[usize::from(*n) - 1] == "active")
+        .context("an active node")?;
+    let logs = keyhold_tests::provision::files_under(&p.node_dir(active))?;
+    for name in ["audit.log", "audit-secondary.log"] {
+        let log = logs
+            .iter()
+            .find(|f| f.file_name().is_some_and(|n| n == name))
+            .with_context(|| format!("no {name} under {}", p.node_dir(active).display()))?;
+        ensure!(
+            fs::read_to_string(log)?.contains("kv/data/prod/db"),
+            "{} does not record the write",
+            log.display()
+        );
+    }
+    let saved = p
+        .run(&["snapshot", "save", "--json"])
+        .await?
+        .expect(0)?
+        .json()?;
+    let key = saved["key"].as_str().context("saved key")?.to_string();
+    let drill = wait_drilled(&p, &key).await?;
+    println!("production drill: {drill}");
+    ensure!(drill["ok"] == json!(true), "drill: {drill}");
     p.run(&["down", "--purge"]).await?.expect(0)?;
     Ok(())
 }
