@@ -5,6 +5,7 @@ mod certs;
 mod down;
 mod dr;
 mod env;
+mod hosts;
 mod load;
 mod plan;
 mod render;
@@ -200,6 +201,12 @@ pub enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// The environment's hosts (provider "ssh"): reachable, host key known, root or sudo,
+    /// systemd.
+    Hosts {
+        #[command(subcommand)]
+        command: HostsCommand,
+    },
     /// Disaster recovery from the environment's S3 snapshots.
     Dr {
         #[command(subcommand)]
@@ -209,6 +216,18 @@ pub enum Command {
     Snapshot {
         #[command(subcommand)]
         command: SnapshotCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum HostsCommand {
+    /// Log in to every host as `up` would (host key checked) and check that it has what the
+    /// server needs; exit 1 when one fails.
+    Check {
+        #[command(flatten)]
+        env: EnvArg,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -344,6 +363,21 @@ pub fn exit_code(failure: &Failure) -> (u8, String) {
 }
 
 pub fn load(env: &EnvArg, state_dir: &Path) -> Result<Deployment, Failure> {
+    let d = load_any(env, state_dir)?;
+    if let environment::Provider::Ssh(_) = d.env.provider {
+        return Err(Failure::Invalid(format!(
+            "environment {name} uses provider \"ssh\": this build reaches its hosts (`provision \
+             hosts check --env {name}`) and renders their files (`provision render --env {name} \
+             --out DIR`), but deploys over SSH only once the install-server playbook lands \
+             (see `issues`: images, playbooks and the ssh provider); nothing was done",
+            name = d.env.name
+        )));
+    }
+    Ok(d)
+}
+
+/// `load` for the commands every provider supports (render, hosts).
+pub fn load_any(env: &EnvArg, state_dir: &Path) -> Result<Deployment, Failure> {
     let file = environment::resolve(&env.env);
     let environment = environment::load(&file).map_err(|e| Failure::Invalid(e.to_string()))?;
     Deployment::new(environment, state_dir).map_err(|e| Failure::Invalid(format!("{e:#}")))
@@ -418,6 +452,9 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
             load::run(env, spec, json, identity, state_dir).await
         }
         Command::Snapshot { command } => snapshot::run(command, state_dir).await,
+        Command::Hosts {
+            command: HostsCommand::Check { env, json },
+        } => hosts::check(env, json, state_dir).await,
         Command::Dr {
             command:
                 DrCommand::Rebuild {

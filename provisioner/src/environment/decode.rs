@@ -12,6 +12,7 @@ use keyhold_config::ConfigError;
 
 use super::model::*;
 use crate::providers::local::LocalSettings;
+use crate::providers::ssh::SshSettings;
 
 const TOP_KEYS: &[&str] = &[
     "admin",
@@ -50,9 +51,12 @@ pub(super) fn decode(file: &Path, shown: &str, text: &str) -> Result<Environment
         .to_string();
     check_name(&top, &name)?;
 
-    let provider = decode_provider(&top)?;
+    let provider = decode_provider(&top, &dir)?;
     let nodes = match top.uint("nodes", 255)? {
-        None => 3,
+        None => match &provider {
+            Provider::Ssh(ssh) => ssh.hosts.len(),
+            Provider::Local(_) => 3,
+        },
         Some(n) if NODE_COUNTS.contains(&(n as usize)) => n as usize,
         Some(n) => {
             return Err(top.value_error(
@@ -75,6 +79,18 @@ pub(super) fn decode(file: &Path, shown: &str, text: &str) -> Result<Environment
                      number is at most {}",
                         local.address_base,
                         255 - nodes
+                    ),
+                ));
+            }
+        }
+        Provider::Ssh(ssh) => {
+            if ssh.hosts.len() != nodes {
+                return Err(top.value_error(
+                    "nodes",
+                    format!(
+                        "nodes = {nodes}, but provider \"ssh\" names {} hosts: one node runs on \
+                         each host",
+                        ssh.hosts.len()
                     ),
                 ));
             }
@@ -209,19 +225,22 @@ fn distinct_labelled<'n>(
     Ok(blocks)
 }
 
-fn decode_provider(top: &Section<'_, '_>) -> Result<Provider, ConfigError> {
+fn decode_provider(top: &Section<'_, '_>, dir: &Path) -> Result<Provider, ConfigError> {
     let Some(block) = single_labelled(top, "provider", "provider \"local\" {}")? else {
         return Ok(Provider::Local(LocalSettings::default()));
     };
     // Each provider checks its own block.
     match block.label {
         "local" => Ok(Provider::Local(LocalSettings::decode(top.src, block.body)?)),
+        "ssh" => Ok(Provider::Ssh(SshSettings::decode(
+            top.src, block.body, dir,
+        )?)),
         other => Err(top.src.error(
             block.label_pos,
             "provider",
             format!(
-                "unknown provider {other:?}; this build provides: local (ssh and aws come with \
-                 later releases)"
+                "unknown provider {other:?}; this build provides: local, ssh (aws comes with a \
+                 later release)"
             ),
         )),
     }
@@ -484,7 +503,13 @@ fn decode_unsealer(
             ))
         }
     };
-    let Provider::Local(local) = provider;
+    let Provider::Local(local) = provider else {
+        return Err(s.value_error(
+            "address",
+            "the transit unsealer is a local test helper: with provider \"ssh\", point \
+             seal \"transit\" { address } at the Keyhold or Vault that holds the key",
+        ));
+    };
     let first = u32::from(local.address_base);
     if (first..first + nodes as u32).contains(&u32::from(address)) {
         return Err(s.value_error(

@@ -53,12 +53,15 @@ pub struct Unsealer {
 pub enum Provider {
     /// Processes on this machine, each on its own loopback address.
     Local(crate::providers::local::LocalSettings),
+    /// Existing Linux hosts over SSH, the server run by systemd.
+    Ssh(crate::providers::ssh::SshSettings),
 }
 
 impl Provider {
     pub fn kind(&self) -> &'static str {
         match self {
             Provider::Local(_) => "local",
+            Provider::Ssh(_) => "ssh",
         }
     }
 }

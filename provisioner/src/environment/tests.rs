@@ -43,8 +43,12 @@ fn shipped_environments_load() {
 
     let five = load(&shipped("local-5")).unwrap();
     assert_eq!(five.nodes, 5);
-    let Provider::Local(p5) = &five.provider;
-    let Provider::Local(p3) = &local.provider;
+    let Provider::Local(p5) = &five.provider else {
+        panic!("a local environment")
+    };
+    let Provider::Local(p3) = &local.provider else {
+        panic!("a local environment")
+    };
     assert_ne!(
         p5.address_base, p3.address_base,
         "environments must not share addresses"
@@ -61,7 +65,9 @@ fn shipped_environments_load() {
     assert!(snapshots.s3.as_ref().is_some_and(|s| !s.bucket.is_empty()));
     let drill = snapshots.drill.as_ref().expect("scheduled drills");
     assert!(drill.after_upload && drill.schedule.as_deref() == Some("daily"));
-    let Provider::Local(pp) = &prod.provider;
+    let Provider::Local(pp) = &prod.provider else {
+        panic!("a local environment")
+    };
     assert_ne!(
         pp.address_base, p5.address_base,
         "environments must not share addresses"
@@ -71,7 +77,9 @@ fn shipped_environments_load() {
     assert_eq!(ci.nodes, 3);
     assert!(!ci.init.revoke_root_token);
     assert_eq!(ci.autopilot.server_stabilization_time.as_secs(), 2);
-    let Provider::Local(pc) = &ci.provider;
+    let Provider::Local(pc) = &ci.provider else {
+        panic!("a local environment")
+    };
     assert_ne!(pc.address_base, p3.address_base);
 
     let kms = load(&shipped("local-kms")).unwrap();
@@ -82,7 +90,9 @@ fn shipped_environments_load() {
         (5, 3),
         "recovery_shares / recovery_threshold"
     );
-    let Provider::Local(pk) = &kms.provider;
+    let Provider::Local(pk) = &kms.provider else {
+        panic!("a local environment")
+    };
     let bases = [p3.address_base, p5.address_base, pc.address_base];
     assert!(
         !bases.contains(&pk.address_base),
@@ -99,7 +109,9 @@ fn shipped_environments_load() {
         .expect("local-transit has an unsealer");
     assert_eq!(seal.address, format!("https://{}:8200", unsealer.address));
     assert_eq!(seal.tls_ca_cert, None, "filled in per node by the renderer");
-    let Provider::Local(pt) = &transit.provider;
+    let Provider::Local(pt) = &transit.provider else {
+        panic!("a local environment")
+    };
     assert!(
         !bases.contains(&pt.address_base) && pt.address_base != pk.address_base,
         "local-transit shares a range"
@@ -174,7 +186,37 @@ fn mistakes_name_file_line_and_key() {
             7,
             &["insecure"],
         ),
-        ("provider \"gcp\" {}", 6, &["unknown provider \"gcp\"", "local"]),
+        ("provider \"gcp\" {}", 6, &["unknown provider \"gcp\"", "local, ssh"]),
+        (
+            "provider \"ssh\" {\n  private_key_file = \"k\"\n}",
+            6,
+            &["hosts is required in provider \"ssh\""],
+        ),
+        (
+            "provider \"ssh\" {\n  hosts = [\"10.0.0.1\", \"web-2\", \"10.0.0.3\"]\n  private_key_file = \"k\"\n}",
+            7,
+            &["provider.ssh.hosts", "\"web-2\" is not an IP address"],
+        ),
+        (
+            "provider \"ssh\" {\n  hosts = [\"10.0.0.1\", \"10.0.0.2\"]\n  private_key_file = \"k\"\n}",
+            7,
+            &["2 hosts", "1, 3 or 5"],
+        ),
+        (
+            "provider \"ssh\" {\n  hosts = [\"10.0.0.1\"]\n}",
+            6,
+            &["private_key_file is required"],
+        ),
+        (
+            "provider \"ssh\" {\n  hosts = [\"10.0.0.1\"]\n  private_key_file = \"k\"\n  host_key_fingerprints = [\"MD5:aa\"]\n}",
+            9,
+            &["host_key_fingerprints", "not a SHA256 fingerprint"],
+        ),
+        (
+            "provider \"ssh\" {\n  hosts = [\"10.0.0.1\"]\n  private_key_file = \"k\"\n}\nnodes = 3",
+            10,
+            &["nodes = 3", "names 1 hosts"],
+        ),
         (
             "provider \"local\" { address_base = \"10.0.0.1\" }",
             6,
@@ -395,4 +437,27 @@ fn snapshots_s3_block_decodes_with_defaults() {
         let env = parse(&format!("{MINIMAL}\n{text}")).unwrap();
         assert_eq!(&env.snapshots.unwrap().s3, want, "{text}");
     }
+}
+
+#[test]
+fn an_ssh_environment_decodes_with_defaults() {
+    let env = parse(&format!(
+        "{MINIMAL}\nprovider \"ssh\" {{\n  hosts = [\"10.0.0.11\", \"10.0.0.12\", \"10.0.0.13\"]\n  \
+         private_key_file = \"keys/id_ed25519\"\n  user = \"admin\"\n}}\n"
+    ))
+    .unwrap();
+    assert_eq!(env.nodes, 3, "one node per host");
+    let Provider::Ssh(ssh) = &env.provider else {
+        panic!("an ssh environment")
+    };
+    assert_eq!(ssh.port, 22);
+    assert!(ssh.sudo, "a user other than root goes through sudo");
+    assert!(!ssh.trust_on_first_use);
+    assert!(
+        ssh.private_key_file
+            .ends_with("environments/keys/id_ed25519"),
+        "relative to the environment file: {}",
+        ssh.private_key_file.display()
+    );
+    assert!(ssh.known_hosts.ends_with(".ssh/known_hosts"));
 }

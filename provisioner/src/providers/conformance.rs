@@ -29,7 +29,19 @@ pub fn fake_service(dir: &Path) -> PathBuf {
 /// Runs every case against hosts made by `make(dir, service_binary)`, each in a fresh
 /// directory.
 pub async fn run(make: impl Fn(&Path, PathBuf) -> Box<dyn Host>) {
-    let cases: [Case; 4] = [files, commands, services, a_service_that_exits_at_once];
+    run_cases(
+        &[files, commands, services, a_service_that_exits_at_once],
+        make,
+    )
+    .await;
+}
+
+/// The files and commands cases alone: what a host must do before it runs any service.
+pub async fn run_files_and_commands(make: impl Fn(&Path, PathBuf) -> Box<dyn Host>) {
+    run_cases(&[files, commands], make).await;
+}
+
+async fn run_cases(cases: &[Case], make: impl Fn(&Path, PathBuf) -> Box<dyn Host>) {
     for case in cases {
         let dir = tempfile::tempdir().unwrap();
         let binary = fake_service(dir.path());

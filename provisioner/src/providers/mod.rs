@@ -11,6 +11,7 @@
 //! and [`Host`] for its machines; then it runs the conformance suite in `conformance.rs`.
 
 pub mod local;
+pub mod ssh;
 
 #[cfg(test)]
 mod conformance;
@@ -139,6 +140,7 @@ pub trait Provider: Send + Sync {
 #[serde(rename_all = "lowercase")]
 pub enum NodeRecord {
     Local(local::LocalRecord),
+    Ssh(ssh::SshRecord),
 }
 
 /// The provider an environment names, for `state_dir` (where the local provider keeps its
@@ -167,5 +169,6 @@ pub fn for_environment(env: &Environment, dir: &StateDir) -> Arc<dyn Provider> {
                 .filter(|s| s.s3.is_some())
                 .map(|s| s.schedule.clone()),
         )),
+        crate::environment::Provider::Ssh(settings) => Arc::new(ssh::SshProvider::new(settings)),
     }
 }

@@ -22,7 +22,7 @@ use crate::deployment::{
 };
 use crate::environment::{Provider, Seal};
 use crate::pki::Ca;
-use crate::providers::local::LocalProvider;
+use crate::providers::local::{LocalProvider, LocalSettings};
 use crate::providers::{Host, Provider as _, Service};
 use crate::render::{self, Layout, NodeSpec, Renderer};
 use crate::state::State;
@@ -53,10 +53,23 @@ pub struct DrillReport {
     pub detail: String,
 }
 
+/// Where drills of an environment whose nodes are not on this machine run: 127.0.200.240-250.
+const REMOTE_DRILL_BASE: Ipv4Addr = Ipv4Addr::new(127, 0, 200, 1);
+
+/// The local provider's settings the drill node runs under: the environment's own for a local
+/// environment (its drill sits beside its nodes), else a range of its own.
+fn drill_settings(d: &Deployment) -> LocalSettings {
+    match &d.env.provider {
+        Provider::Local(local) => local.clone(),
+        Provider::Ssh(_) => LocalSettings {
+            address_base: REMOTE_DRILL_BASE,
+        },
+    }
+}
+
 /// A free loopback address for the drill node, beside the environment's own range.
 fn drill_address(d: &Deployment) -> Result<IpAddr> {
-    let Provider::Local(local) = &d.env.provider;
-    let [a, b, c, _] = local.address_base.octets();
+    let [a, b, c, _] = drill_settings(d).address_base.octets();
     for last in 240..=250u8 {
         let ip = Ipv4Addr::new(a, b, c, last);
         let free = [d.env.listener.api_port, d.env.listener.cluster_port]
@@ -208,8 +221,9 @@ pub async fn run_drill(
         peers: Vec::new(),
         layout: Layout::local(root.join("node")),
     };
-    let Provider::Local(settings) = &d.env.provider;
-    let provider = LocalProvider::new(settings, root.clone(), None);
+    let settings = drill_settings(d);
+    env.provider = Provider::Local(settings.clone());
+    let provider = LocalProvider::new(&settings, root.clone(), None);
     let host = provider.host(&node);
     let result = drill(
         d,

@@ -7,6 +7,7 @@ pub mod down;
 pub mod dr;
 pub mod drill;
 pub mod drill_agent;
+pub mod hosts;
 pub mod inspect;
 pub mod inventory;
 pub mod load;
