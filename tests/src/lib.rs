@@ -18,6 +18,7 @@ pub mod api;
 pub mod cluster;
 pub mod moto;
 pub mod node;
+pub mod nshost;
 pub mod pki;
 pub mod provision;
 pub mod raw;

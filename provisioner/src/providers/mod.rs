@@ -13,8 +13,10 @@
 pub mod local;
 pub mod ssh;
 
-#[cfg(test)]
-mod conformance;
+/// The conformance suite; with the `conformance` feature, for hosts tested from outside this
+/// crate (the ssh provider's hosts under systemd, in `tests/`).
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 
 use std::net::IpAddr;
 use std::path::Path;

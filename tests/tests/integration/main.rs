@@ -27,6 +27,7 @@ mod security;
 mod smoke;
 mod snapshot;
 mod snapshot_agent;
+mod ssh_hosts;
 mod tidy;
 mod tls;
 mod transit;

@@ -1,6 +1,7 @@
 //! The unit `provision render --host-layout` writes runs the server under a real systemd as
 //! PID 1 (slow tier, root only). Fresh pid/mount/net/uts/ipc/cgroup namespaces become a host
-//! laid out as the rendered files say (`provision_systemd/boot.sh`), systemd starts the rendered
+//! laid out as the rendered files say (`keyhold_tests::nshost`, with `provision_systemd/node.sh`),
+//! systemd starts the rendered
 //! `keyhold.service` unchanged, and the real `keyhold` CLI, run inside the namespaces with the
 //! rendered `keyhold.env`, takes the node through an operator's day: init, unseal (which enables
 //! the file audit device the rendered config declares), KV, logrotate's rename + `systemctl
@@ -9,28 +10,20 @@
 //! file system outside `ReadWritePaths`) and that `systemd-analyze security` scores the running
 //! unit at most 2.0.
 //!
-//! The host machine is left as it was: everything is mounted in the private mount namespace
-//! (see `boot.sh`), systemd's cgroups live under cgroups made for the test, and dropping the
-//! host kills its PID 1 and removes those cgroups.
+//! The host machine is left as it was (see `keyhold_tests::nshost`).
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::os::unix::fs::MetadataExt;
+use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
+use keyhold_tests::nshost::{self, bounded_output, NsHost};
 use keyhold_tests::{keyhold_bin, provision_bin, slow_tests_enabled, test_dir, Pki};
 use serde_json::Value;
 
 const TEST: &str = "slow_rendered_unit_runs_the_server_under_systemd_as_pid_1";
-
-/// Turns the namespaces into the host and execs systemd.
-const BOOT_SCRIPT: &str = include_str!("provision_systemd/boot.sh");
-
-/// The unit systemd is told to start; `boot.sh` writes it, wanting `keyhold.service`.
-const BOOT_TARGET: &str = "keyhold-test.target";
 
 /// The node's address (`address_base` below): the namespaces' own loopback, where the standard
 /// ports are free.
@@ -69,12 +62,6 @@ const OUTSIDE_READ_WRITE_PATHS: &str = "/opt/keyhold/outside.log";
 /// The issue's bound on `systemd-analyze security`'s overall exposure for the unit.
 const MAX_EXPOSURE: f64 = 2.0;
 
-/// The longest any one command may run; a bound against hangs, not a timing assertion.
-const COMMAND_LIMIT: Duration = Duration::from_secs(60);
-
-/// `PATH` inside the namespaces.
-const HOST_PATH: &str = "/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
 #[tokio::test]
 async fn slow_rendered_unit_runs_the_server_under_systemd_as_pid_1() -> Result<()> {
     if !slow_tests_enabled(TEST) {
@@ -94,34 +81,7 @@ async fn slow_rendered_unit_runs_the_server_under_systemd_as_pid_1() -> Result<(
 
 /// Fails, saying what to do, when this machine cannot run the test.
 fn preflight() -> Result<()> {
-    let uid = fs::metadata("/proc/self").context("stat /proc/self")?.uid();
-    ensure!(
-        uid == 0,
-        "{TEST} needs root (it makes namespaces, mounts and a systemd PID 1; CI runs as root): \
-         run it as root or leave KEYHOLD_SLOW_TESTS unset"
-    );
-    let tools = [
-        "unshare",
-        "nsenter",
-        "ip",
-        "useradd",
-        "mknod",
-        "systemd-analyze",
-    ];
-    for tool in tools {
-        let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-            .chain(["/usr/sbin".into(), "/sbin".into()])
-            .any(|dir| dir.join(tool).is_file());
-        ensure!(
-            found,
-            "{TEST} needs `{tool}`; scripts/test installs it (util-linux, iproute2, passwd, systemd)"
-        );
-    }
-    ensure!(
-        Path::new("/lib/systemd/systemd").is_file(),
-        "{TEST} needs systemd itself at /lib/systemd/systemd; scripts/test installs it"
-    );
-    Ok(())
+    nshost::preflight(TEST, &["useradd", "systemd-analyze"])
 }
 
 /// `provision render --host-layout` for the one-node environment: returns the node's tree
@@ -340,16 +300,6 @@ async fn stop_and_start(
     Ok(())
 }
 
-/// Runs `cmd` to the end and returns its output; fails only when it cannot be run or outlives
-/// [`COMMAND_LIMIT`] (then it is killed).
-async fn bounded_output(mut cmd: tokio::process::Command, what: &str) -> Result<Output> {
-    cmd.kill_on_drop(true);
-    tokio::time::timeout(COMMAND_LIMIT, cmd.output())
-        .await
-        .with_context(|| format!("`{what}` still running after {COMMAND_LIMIT:?}"))?
-        .with_context(|| format!("run `{what}`"))
-}
-
 /// Whether an audit file has an entry naming `path`.
 fn audit_mentions(file: &Path, path: &str) -> Result<bool> {
     let text = fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
@@ -367,129 +317,47 @@ struct Sandbox {
     locked_kb: u64,
 }
 
-/// A systemd host in namespaces of its own. PID 1 is systemd; the node's files are where the
-/// rendered ones say. Dropping it kills PID 1, and with it everything in the namespaces, and
-/// removes the cgroups it ran in.
+/// A keyhold node on a systemd host in namespaces of its own ([`NsHost`]): the node's files are
+/// where the rendered ones say, its data and log directories are the test's.
 struct SystemdHost {
-    /// `unshare --fork`, parent of the namespaces' PID 1.
-    unshare: Child,
-    /// The namespaces' PID 1 as this machine sees it.
-    pid1: u32,
-    /// The cgroups made for the namespaces (systemd's root cgroups); dropped after PID 1 is
-    /// killed, as fields drop after `drop`.
-    _cgroups: Vec<TestCgroup>,
-    /// What `boot.sh` printed.
-    boot_log: PathBuf,
+    host: NsHost,
     /// The host side of /var/log/keyhold.
     logs: PathBuf,
 }
 
+/// Lays a booted host out as one node (sourced by `boot.sh`).
+const NODE_SETUP: &str = include_str!("provision_systemd/node.sh");
+
 impl SystemdHost {
-    /// Lays out the directories `boot.sh` binds, moves it into cgroups of its own, and starts
-    /// it in fresh namespaces; returns once the namespaces' PID 1 is known.
+    /// Lays out the directories the node's setup binds and boots the host.
     async fn boot(dir: &Path, stage: &Path) -> Result<SystemdHost> {
         let data = dir.join("data");
         let logs = dir.join("logs");
-        let scratch = dir.join("scratch");
-        for d in [&data, &logs, &scratch] {
+        for d in [&data, &logs] {
             fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
         }
-        let script = dir.join("boot.sh");
-        fs::write(&script, BOOT_SCRIPT).context("write boot.sh")?;
-        let boot_log = dir.join("boot.log");
-        let log = File::create(&boot_log).context("create boot.log")?;
-
-        let name = format!(
-            "keyhold-test-{}",
-            dir.file_name().unwrap_or_default().to_string_lossy()
-        );
-        let (layout, homes) = cgroup_homes()?;
-        let cgroups = homes
-            .iter()
-            .map(|home| TestCgroup::create(home.join(&name)))
-            .collect::<Result<Vec<_>>>()?;
-        let unshare = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(
-                r#"for procs in "$@"; do echo $$ >"$procs"; done
-exec unshare --cgroup --pid --fork --mount --net --uts --ipc --mount-proc --kill-child \
-    /bin/bash "$BOOT_SCRIPT""#,
-            )
-            .arg("sh")
-            .args(cgroups.iter().map(|c| c.0.join("cgroup.procs")))
-            .env_clear()
-            .env("PATH", HOST_PATH)
-            .env("BOOT_SCRIPT", &script)
-            .env("STAGE", stage)
-            .env("SCRATCH", &scratch)
-            .env("DATA", &data)
-            .env("LOGS", &logs)
-            .env("KEYHOLD_BIN", keyhold_bin()?)
-            .env("CGROUP_LAYOUT", layout)
-            .env("BOOT_TARGET", BOOT_TARGET)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("spawn unshare")?;
-        let mut host = SystemdHost {
-            unshare,
-            pid1: 0,
-            _cgroups: cgroups,
-            boot_log,
-            logs,
-        };
-        let children = format!("/proc/{0}/task/{0}/children", host.unshare.id());
-        for _ in 0..200 {
-            if let Some(status) = host.unshare.try_wait()? {
-                bail!("boot.sh exited with {status}:\n{}", host.boot_output());
-            }
-            let listed = fs::read_to_string(&children).unwrap_or_default();
-            if let Some(pid) = listed.split_whitespace().next() {
-                host.pid1 = pid.parse().context("pid in /proc/.../children")?;
-                return Ok(host);
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        bail!(
-            "unshare forked no PID 1 in 200 polls:\n{}",
-            host.boot_output()
+        let binary = keyhold_bin()?;
+        let host = NsHost::boot(
+            dir,
+            NODE_SETUP,
+            &[
+                ("STAGE", stage.as_os_str()),
+                ("DATA", data.as_os_str()),
+                ("LOGS", logs.as_os_str()),
+                ("KEYHOLD_BIN", binary.as_os_str()),
+            ],
+            &[],
         )
+        .await?;
+        Ok(SystemdHost { host, logs })
     }
 
-    /// Runs `program` inside the namespaces, as a root shell on the host would; fails only
-    /// when it cannot be run or outlives [`COMMAND_LIMIT`].
     async fn run(&self, program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Output> {
-        let what = format!("{program} {}", args.join(" "));
-        let mut cmd = tokio::process::Command::new("nsenter");
-        cmd.arg(format!("--target={}", self.pid1))
-            .args(["--mount", "--net", "--pid", "--uts", "--ipc", "--"])
-            .arg(program)
-            .args(args)
-            .env_clear()
-            .env("PATH", HOST_PATH)
-            .env("HOME", "/tmp")
-            .env("LANG", "C.UTF-8")
-            .env("SYSTEMD_COLORS", "0")
-            .env("SYSTEMD_PAGER", "")
-            .env("SYSTEMD_URLIFY", "0")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null());
-        bounded_output(cmd, &what).await
+        self.host.run(program, args, env).await
     }
 
-    /// `systemctl ARGS`, which must succeed; returns its output.
     async fn systemctl(&self, args: &[&str]) -> Result<String> {
-        let out = self.run("systemctl", args, &[]).await?;
-        ensure!(
-            out.status.success(),
-            "systemctl {}: {}\n{}{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        self.host.systemctl(args).await
     }
 
     /// One property of keyhold.service (`systemctl show -p NAME --value`).
@@ -500,26 +368,8 @@ exec unshare --cgroup --pid --fork --mount --net --uts --ipc --mount-proc --kill
         Ok(value.trim().to_string())
     }
 
-    /// Waits (bounded: 300 polls, 100 ms apart) for keyhold.service to be active; fails at
-    /// once if it failed, or if the namespaces are gone.
     async fn wait_unit_active(&self) -> Result<()> {
-        let mut last = String::new();
-        for _ in 0..300 {
-            if !Path::new(&format!("/proc/{}", self.pid1)).exists() {
-                bail!("the namespaces' PID 1 is gone:\n{}", self.boot_output());
-            }
-            // Until systemd is up (or boot.sh is still mounting), systemctl fails: poll on.
-            let out = self
-                .run("systemctl", &["is-active", "keyhold.service"], &[])
-                .await?;
-            last = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            match last.as_str() {
-                "active" => return Ok(()),
-                "failed" => bail!("keyhold.service failed to start"),
-                _ => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-        bail!("keyhold.service not active after 300 polls (last: {last:?})")
+        self.host.wait_active("keyhold.service").await
     }
 
     /// The server's user, capabilities, seccomp mode and locked memory, from /proc.
@@ -590,36 +440,10 @@ exec unshare --cgroup --pid --fork --mount --net --uts --ipc --mount-proc --kill
         fs::read_to_string(self.logs.join("keyhold.log")).unwrap_or_default()
     }
 
-    fn boot_output(&self) -> String {
-        fs::read_to_string(&self.boot_log).unwrap_or_default()
-    }
-
     /// What to print when the test fails: boot.sh's output, the unit's status, the journal and
     /// the server log.
     async fn diagnostics(&self) -> String {
-        let mut report = format!("--- boot.sh output\n{}\n", self.boot_output());
-        for (what, program, args) in [
-            (
-                "systemctl status keyhold.service",
-                "systemctl",
-                &["status", "--no-pager", "keyhold.service"][..],
-            ),
-            (
-                "journalctl -b (last 200 lines)",
-                "journalctl",
-                &["-b", "--no-pager", "-n", "200"][..],
-            ),
-        ] {
-            let text = match self.run(program, args, &[]).await {
-                Ok(out) => format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                ),
-                Err(e) => format!("(could not run: {e:#})"),
-            };
-            report.push_str(&format!("--- {what}\n{text}\n"));
-        }
+        let mut report = self.host.diagnostics(&["keyhold.service"]).await;
         let log = self.server_log();
         let tail: Vec<&str> = log.lines().collect();
         report.push_str(&format!(
@@ -627,73 +451,6 @@ exec unshare --cgroup --pid --fork --mount --net --uts --ipc --mount-proc --kill
             tail[tail.len().saturating_sub(60)..].join("\n")
         ));
         report
-    }
-}
-
-impl Drop for SystemdHost {
-    fn drop(&mut self) {
-        // While unshare runs it has not reaped PID 1, so the pid cannot name another process.
-        if self.pid1 != 0 && matches!(self.unshare.try_wait(), Ok(None)) {
-            if let Ok(pid) = libc::pid_t::try_from(self.pid1) {
-                // SAFETY: kill(2) takes plain integers and touches no memory of ours.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
-        let mut exited = false;
-        for _ in 0..200 {
-            if !matches!(self.unshare.try_wait(), Ok(None)) {
-                exited = true;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        if !exited {
-            // --kill-child: unshare's death takes PID 1, and so the namespaces, with it.
-            let _ = self.unshare.kill();
-            let _ = self.unshare.wait();
-        }
-    }
-}
-
-/// A cgroup made for the test, removed on drop with everything systemd made under it.
-struct TestCgroup(PathBuf);
-
-impl TestCgroup {
-    fn create(path: PathBuf) -> Result<TestCgroup> {
-        fs::create_dir(&path).with_context(|| format!("create cgroup {}", path.display()))?;
-        Ok(TestCgroup(path))
-    }
-}
-
-impl Drop for TestCgroup {
-    /// Removes the tree deepest first, retrying (bounded: 100 rounds, 50 ms apart) while the
-    /// killed processes leave; warns when it cannot.
-    fn drop(&mut self) {
-        fn dirs(dir: &Path, out: &mut Vec<PathBuf>) {
-            if let Ok(entries) = fs::read_dir(dir) {
-                for entry in entries.flatten() {
-                    if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                        dirs(&entry.path(), out);
-                    }
-                }
-            }
-            out.push(dir.to_path_buf());
-        }
-        for _ in 0..100 {
-            let mut all = Vec::new();
-            dirs(&self.0, &mut all);
-            for dir in &all {
-                let _ = fs::remove_dir(dir);
-            }
-            if !self.0.exists() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        eprintln!(
-            "warning: could not remove cgroup {} (still in use)",
-            self.0.display()
-        );
     }
 }
 
@@ -806,57 +563,4 @@ impl<'a> Cli<'a> {
         let out = self.ok(&["kv", "get", "-field=password", "kv/app"]).await?;
         Ok(out.trim().to_string())
     }
-}
-
-/// How systemd's cgroups are mounted here (`unified`, `hybrid` or `legacy`, for `boot.sh`),
-/// and this process's cgroup in each hierarchy systemd uses (v2, and v1 `name=systemd`).
-fn cgroup_homes() -> Result<(&'static str, Vec<PathBuf>)> {
-    let own = fs::read_to_string("/proc/self/cgroup").context("read /proc/self/cgroup")?;
-    let mounts = fs::read_to_string("/proc/self/mountinfo").context("read /proc/self/mountinfo")?;
-    // mountinfo: id parent dev root mountpoint options... - fstype source superoptions
-    let mount_of = |wanted: &dyn Fn(&str, &str) -> bool| -> Option<(String, String)> {
-        mounts.lines().find_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let left: Vec<&str> = left.split_whitespace().collect();
-            let right: Vec<&str> = right.split_whitespace().collect();
-            let (fstype, options) = (*right.first()?, *right.get(2)?);
-            wanted(fstype, options).then(|| (left[3].to_string(), left[4].to_string()))
-        })
-    };
-    let home = |path: &str, mount: Option<(String, String)>| -> Result<Option<PathBuf>> {
-        let Some((root, point)) = mount else {
-            return Ok(None);
-        };
-        let relative = path
-            .strip_prefix(root.trim_end_matches('/'))
-            .with_context(|| format!("cgroup {path} is not under the mount root {root}"))?;
-        Ok(Some(
-            Path::new(&point).join(relative.trim_start_matches('/')),
-        ))
-    };
-    let mut v2 = None;
-    let mut v1 = None;
-    for line in own.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (id, controllers, path) = match (parts.next(), parts.next(), parts.next()) {
-            (Some(i), Some(c), Some(p)) => (i, c, p),
-            _ => continue,
-        };
-        if id == "0" && controllers.is_empty() {
-            v2 = home(path, mount_of(&|fs, _| fs == "cgroup2"))?;
-        } else if controllers.split(',').any(|c| c == "name=systemd") {
-            v1 = home(
-                path,
-                mount_of(&|fs, opts| {
-                    fs == "cgroup" && opts.split(',').any(|o| o == "name=systemd")
-                }),
-            )?;
-        }
-    }
-    Ok(match (v2, v1) {
-        (Some(v2), Some(v1)) => ("hybrid", vec![v1, v2]),
-        (Some(v2), None) => ("unified", vec![v2]),
-        (None, Some(v1)) => ("legacy", vec![v1]),
-        (None, None) => bail!("no cgroup2 or name=systemd cgroup hierarchy is mounted here"),
-    })
 }

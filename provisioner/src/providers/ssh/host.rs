@@ -624,6 +624,13 @@ impl Host for SshHost {
     }
 
     async fn reload(&self, service: Service) -> Result<()> {
+        if service == Service::SnapshotAgent {
+            // A timer has nothing to reload: each run of the agent reads its files afresh.
+            return match self.service_state(service).await? {
+                ServiceState::Running { .. } => Ok(()),
+                ServiceState::Stopped => bail!("{} is not running on {}", unit(service), self.node),
+            };
+        }
         self.run_checked(&["systemctl", "reload", unit(service)])
             .await
             .map(|_| ())

@@ -1,21 +1,19 @@
 #!/bin/bash
-# Turns fresh namespaces into a systemd host for one keyhold node, then execs systemd as PID 1.
-# Run by `provision_systemd.rs` as `unshare --cgroup --pid --fork --mount --net --uts --ipc
-# --mount-proc bash boot.sh` (after moving itself into cgroups of its own), as root.
+# Turns fresh namespaces into a host run by systemd, then execs systemd as PID 1. Run by
+# `tests/src/nshost.rs` as `unshare --cgroup --pid --fork --mount --net --uts --ipc --mount-proc
+# bash boot.sh` (after moving itself into cgroups of its own), as root.
 #
-# The host is left as it was: every directory systemd or the node writes to is a tmpfs, an
+# The machine is left as it was: every directory systemd or the host writes to is a tmpfs, an
 # overlay with a tmpfs on top, or a bind mount of the test's own directories, all in this
 # private mount namespace; /sys and /proc/sys are read-only, /dev is a fresh tmpfs.
 #
 # Inputs (environment):
-#   STAGE          the rendered files of the node (`provision render --host-layout` output for
-#                  keyhold-1: etc/keyhold.d, etc/systemd/system, ...), and tls/ with the node's
-#                  ca.crt, node.crt and node.key
 #   SCRATCH        an empty directory, where this namespace keeps its tmpfs layers
-#   DATA, LOGS     the test's directories, bound at /opt/keyhold/data and /var/log/keyhold
-#   KEYHOLD_BIN    the binary under test, bound at /usr/local/bin/keyhold
+#   SETUP          a script sourced once the file systems are ready: it makes the host what the
+#                  test wants (units, users, files) and writes /etc/systemd/system/$BOOT_TARGET
+#   KEEP           directories of the test (under /tmp) the host sees at the same path
 #   CGROUP_LAYOUT  unified (cgroup v2 only), hybrid (v1 name=systemd + v2) or legacy (v1 only)
-#   BOOT_TARGET    the unit systemd starts (written here: it wants keyhold.service)
+#   BOOT_TARGET    the unit systemd starts
 set -euo pipefail
 
 # Nothing mounted here may propagate back to the host.
@@ -35,6 +33,8 @@ lift /etc
 lift /var
 lift /opt
 lift /usr/local/bin
+lift /root
+lift /home
 
 # /dev: a fresh tmpfs with the usual nodes (systemd chowns the console and makes symlinks).
 dev="$SCRATCH/dev"
@@ -80,35 +80,31 @@ esac
 mount --bind /proc/sys /proc/sys
 mount -o remount,bind,ro /proc/sys
 
-# The host's own units must not start here: only the rendered ones and the boot target.
+# The host's own units must not start here: only what SETUP installs and the boot target.
 rm -rf /etc/systemd/system
-cp -r "$STAGE/etc/." /etc/
-printf '[Unit]\nDescription=keyhold test host\nWants=keyhold.service\n' \
-    >"/etc/systemd/system/$BOOT_TARGET"
-
-# The service user, as a host's package would create it.
-if ! id keyhold >/dev/null 2>&1; then
-    useradd --system --user-group --no-create-home --home-dir /nonexistent \
-        --shell /usr/sbin/nologin keyhold
-fi
-
-touch /usr/local/bin/keyhold
-mount --bind "$KEYHOLD_BIN" /usr/local/bin/keyhold
-mkdir -p /opt/keyhold/data /opt/keyhold/tls /var/log/keyhold
-mount --bind "$DATA" /opt/keyhold/data
-mount --bind "$LOGS" /var/log/keyhold
-cp "$STAGE"/tls/* /opt/keyhold/tls/
-chown -R root:keyhold /etc/keyhold.d /opt/keyhold/tls
-chmod 0750 /etc/keyhold.d /opt/keyhold/tls
-chmod 0640 /etc/keyhold.d/* /opt/keyhold/tls/*
-chown keyhold:keyhold /opt/keyhold/data /var/log/keyhold
-chmod 0750 /opt/keyhold/data /var/log/keyhold
+mkdir -p /etc/systemd/system
+# shellcheck source=/dev/null
+. "$SETUP"
 
 ip link set lo up
 
-# Last: the test's directories are in the host's /tmp.
+# Last: the test's directories are in the host's /tmp. Those in KEEP are set aside first and
+# bound back at the same path in the new /tmp.
+mount -t tmpfs -o mode=0755,nosuid,nodev keyhold-keep /mnt
+i=0
+for keep in ${KEEP:-}; do
+    mkdir -p "/mnt/$i"
+    mount --bind "$keep" "/mnt/$i"
+    i=$((i + 1))
+done
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
+i=0
+for keep in ${KEEP:-}; do
+    mkdir -p "$keep"
+    mount --bind "/mnt/$i" "$keep"
+    i=$((i + 1))
+done
 
 # systemd's own messages go to the journal, with the service's output.
 exec env -i container=other PATH=/usr/sbin:/usr/bin:/sbin:/bin \
