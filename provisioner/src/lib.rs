@@ -16,6 +16,7 @@ pub mod deployment;
 pub mod engine;
 pub mod environment;
 pub mod pki;
+pub mod playbook;
 pub mod providers;
 pub mod render;
 pub mod secret_zero;

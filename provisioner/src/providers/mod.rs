@@ -67,6 +67,15 @@ pub struct Owner {
     pub group: String,
 }
 
+impl Owner {
+    pub fn new(user: &str, group: &str) -> Owner {
+        Owner {
+            user: user.to_string(),
+            group: group.to_string(),
+        }
+    }
+}
+
 /// What a command printed and how it ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommandOutput {

@@ -28,6 +28,9 @@ pub const NODE_KEY: &str = "node.key";
 pub const CLIENT_CERT: &str = "client.crt";
 pub const CLIENT_KEY: &str = "client.key";
 
+/// The user the server runs as on a systemd host (`keyhold.service`'s `User=`).
+pub const SERVICE_USER: &str = "keyhold";
+
 /// Where things live on a node, as paths relative to its root (the constants), and the
 /// few settings that differ between a host and a local node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +97,43 @@ impl Layout {
             disable_mlock: true,
             systemd: false,
         }
+    }
+
+    /// A file the server reads and must not change (a key, a credential): on a systemd host
+    /// 0640 root:keyhold (the service runs as keyhold); on a local node 0600, owned by whoever
+    /// runs provision, as is everything there.
+    pub fn private_file(&self) -> (u32, Option<crate::providers::Owner>) {
+        if self.systemd {
+            (
+                0o640,
+                Some(crate::providers::Owner::new("root", SERVICE_USER)),
+            )
+        } else {
+            (0o600, None)
+        }
+    }
+
+    /// A directory of such files (TLS): 0750 root:keyhold on a systemd host, 0700 locally.
+    pub fn private_dir(&self) -> (u32, Option<crate::providers::Owner>) {
+        if self.systemd {
+            (
+                0o750,
+                Some(crate::providers::Owner::new("root", SERVICE_USER)),
+            )
+        } else {
+            (0o700, None)
+        }
+    }
+
+    /// Who owns the directories the server writes (data, logs): keyhold on a systemd host.
+    pub fn service_owner(&self) -> Option<crate::providers::Owner> {
+        self.systemd
+            .then(|| crate::providers::Owner::new(SERVICE_USER, SERVICE_USER))
+    }
+
+    /// Who owns the server's other files (config, units): root:keyhold on a systemd host.
+    pub fn config_owner(&self) -> Option<crate::providers::Owner> {
+        self.private_file().1
     }
 
     /// `relative` (one of the constants) on this node: the root joined with it.
@@ -219,6 +259,8 @@ pub struct RenderedFile {
     pub content: String,
     /// What the file is, for progress lines and errors: `server config`, `server unit`, ...
     pub purpose: &'static str,
+    /// The template it was rendered from (`keyhold.service`), as playbooks name it.
+    pub template: &'static str,
 }
 
 /// Which nodes get a file.
@@ -430,6 +472,7 @@ impl Renderer {
                 mode: 0o644,
                 content,
                 purpose,
+                template: name,
             });
         }
         Ok(files)
@@ -501,6 +544,7 @@ impl Renderer {
             mode: 0o644,
             content,
             purpose: "restore drill agent unit",
+            template: DRILL_AGENT_UNIT,
         }])
     }
 }
@@ -561,6 +605,7 @@ impl Renderer {
                 mode: t.mode,
                 content,
                 purpose: t.purpose,
+                template: t.name,
             });
         }
         Ok(files)

@@ -79,16 +79,31 @@ impl Step<UpRun> for Files {
         let mut written = Vec::new();
         for node in &d.nodes {
             let host = d.host(node);
-            host.ensure_dir(Path::new(Layout::DATA_DIR), 0o700, None)
+            let service = node.layout.service_owner();
+            host.ensure_dir(Path::new(Layout::DATA_DIR), 0o700, service.as_ref())
                 .await?;
-            host.ensure_dir(Path::new(Layout::LOG_DIR), 0o750, None)
+            host.ensure_dir(Path::new(Layout::LOG_DIR), 0o750, service.as_ref())
                 .await?;
+            let owner = node.layout.config_owner();
+            // On a systemd host, units and the system's own files are root's alone.
+            let owner_of = |path: &Path| {
+                if node.layout.systemd && !path.starts_with(Layout::CONFIG_DIR) {
+                    Some(crate::providers::Owner::new("root", "root"))
+                } else {
+                    owner.clone()
+                }
+            };
             if d.install_binary(host.as_ref()).await? {
                 written.push(format!("{}:{}", node.name, Layout::BINARY));
             }
             if let Some(content) = &env_file {
                 if host
-                    .put_file(Path::new(Layout::ENV_FILE), content.as_bytes(), 0o600, None)
+                    .put_file(
+                        Path::new(Layout::ENV_FILE),
+                        content.as_bytes(),
+                        node.layout.private_file().0,
+                        owner.as_ref(),
+                    )
                     .await?
                 {
                     written.push(format!("{}:{}", node.name, Layout::ENV_FILE));
@@ -97,7 +112,12 @@ impl Step<UpRun> for Files {
             }
             for file in run.renderer.render_node(&d.env, node)? {
                 if host
-                    .put_file(&file.path, file.content.as_bytes(), file.mode, None)
+                    .put_file(
+                        &file.path,
+                        file.content.as_bytes(),
+                        file.mode,
+                        owner_of(&file.path).as_ref(),
+                    )
                     .await?
                 {
                     written.push(format!("{}:{}", node.name, file.path.display()));

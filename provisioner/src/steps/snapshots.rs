@@ -97,8 +97,8 @@ async fn prepare(
             .put_file(
                 Path::new(Layout::SNAPSHOT_ROLE_ID),
                 role_id.as_bytes(),
-                0o600,
-                None,
+                node.layout.private_file().0,
+                node.layout.private_file().1.as_ref(),
             )
             .await?
         {
@@ -123,8 +123,8 @@ async fn prepare(
             host.put_file(
                 Path::new(Layout::SNAPSHOT_SECRET_ID),
                 secret.as_bytes(),
-                0o600,
-                None,
+                node.layout.private_file().0,
+                node.layout.private_file().1.as_ref(),
             )
             .await?;
             changed.push(format!("{}: secret id", node.name));

@@ -28,19 +28,21 @@ pub async fn issue_node_certs(
     let (dns, ips) = d.wanted_sans(node);
     let env = &d.env;
     let tls = Path::new(Layout::TLS_DIR);
+    let (key_mode, owner) = node.layout.private_file();
+    let owner = owner.as_ref();
     let cert = ca.issue_server(&node.name, &dns, &ips, env.tls.cert_lifetime)?;
     host.put_file(
         &tls.join(render::NODE_KEY),
         cert.key_pem.as_bytes(),
-        0o600,
-        None,
+        key_mode,
+        owner,
     )
     .await?;
     host.put_file(
         &tls.join(render::NODE_CERT),
         cert.cert_pem.as_bytes(),
         0o644,
-        None,
+        owner,
     )
     .await?;
     if with_client {
@@ -48,15 +50,15 @@ pub async fn issue_node_certs(
         host.put_file(
             &tls.join(render::CLIENT_KEY),
             client.key_pem.as_bytes(),
-            0o600,
-            None,
+            key_mode,
+            owner,
         )
         .await?;
         host.put_file(
             &tls.join(render::CLIENT_CERT),
             client.cert_pem.as_bytes(),
             0o644,
-            None,
+            owner,
         )
         .await?;
     }
@@ -121,14 +123,15 @@ impl Step<UpRun> for Certificates {
         let mut issued = Vec::new();
         for node in &d.nodes {
             let host = d.host(node);
-            host.ensure_dir(Path::new(Layout::TLS_DIR), 0o700, None)
+            let (dir_mode, owner) = node.layout.private_dir();
+            host.ensure_dir(Path::new(Layout::TLS_DIR), dir_mode, owner.as_ref())
                 .await?;
             let mut changed = host
                 .put_file(
                     &Path::new(Layout::TLS_DIR).join(render::CA_CERT),
                     ca.cert_pem().as_bytes(),
                     0o644,
-                    None,
+                    owner.as_ref(),
                 )
                 .await?;
             if let Some(reason) = d.cert_reason(host.as_ref(), node, Some(ca.info())).await? {

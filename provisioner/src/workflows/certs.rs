@@ -209,7 +209,7 @@ async fn distribute_ca(
             &Path::new(Layout::TLS_DIR).join(render::CA_CERT),
             pem.as_bytes(),
             0o644,
-            None,
+            node.layout.config_owner().as_ref(),
         )
         .await
         .with_context(|| format!("write the CA bundle to {}", node.name))?;

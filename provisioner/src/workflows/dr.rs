@@ -318,8 +318,12 @@ async fn rebuild_core(
         if out.success() {
             moved.push(node.layout.root.join(&aside));
         }
-        host.ensure_dir(Path::new(Layout::DATA_DIR), 0o700, None)
-            .await?;
+        host.ensure_dir(
+            Path::new(Layout::DATA_DIR),
+            0o700,
+            node.layout.service_owner().as_ref(),
+        )
+        .await?;
     }
     progress.finish(
         step,
