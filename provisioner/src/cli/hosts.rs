@@ -3,7 +3,7 @@
 use super::*;
 
 pub async fn check(env: EnvArg, json: bool, state_dir: &Path) -> Result<u8, Failure> {
-    let d = load_any(&env, state_dir)?;
+    let d = load(&env, state_dir)?;
     if let environment::Provider::Local(_) = d.env.provider {
         println!(
             "{}'s nodes are processes on this machine (provider \"local\"): no hosts to check",

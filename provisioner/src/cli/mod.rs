@@ -363,21 +363,6 @@ pub fn exit_code(failure: &Failure) -> (u8, String) {
 }
 
 pub fn load(env: &EnvArg, state_dir: &Path) -> Result<Deployment, Failure> {
-    let d = load_any(env, state_dir)?;
-    if let environment::Provider::Ssh(_) = d.env.provider {
-        return Err(Failure::Invalid(format!(
-            "environment {name} uses provider \"ssh\": this build reaches its hosts (`provision \
-             hosts check --env {name}`) and renders their files (`provision render --env {name} \
-             --out DIR`), but deploys over SSH only once the install-server playbook lands \
-             (see `issues`: images, playbooks and the ssh provider); nothing was done",
-            name = d.env.name
-        )));
-    }
-    Ok(d)
-}
-
-/// `load` for the commands every provider supports (render, hosts).
-pub fn load_any(env: &EnvArg, state_dir: &Path) -> Result<Deployment, Failure> {
     let file = environment::resolve(&env.env);
     let environment = environment::load(&file).map_err(|e| Failure::Invalid(e.to_string()))?;
     Deployment::new(environment, state_dir).map_err(|e| Failure::Invalid(format!("{e:#}")))

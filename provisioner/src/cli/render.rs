@@ -3,7 +3,7 @@
 use super::*;
 
 pub fn run(env: EnvArg, out: PathBuf, host_layout: bool, state_dir: &Path) -> Result<u8, Failure> {
-    let d = load_any(&env, state_dir)?;
+    let d = load(&env, state_dir)?;
     let files = workflows::inspect::render_to(&d, &out, host_layout)?;
     for f in &files {
         println!("{}", f.display());

@@ -5,6 +5,7 @@
 mod configure;
 mod drills;
 mod files;
+mod host;
 mod kms;
 mod nodes;
 mod raft;
@@ -109,10 +110,11 @@ impl UpRun {
     }
 }
 
-/// The first steps of `up`: certificates, the unsealer, each node's files and binary, the KMS
-/// key; nothing started. `dr rebuild --into` prepares a new environment's nodes with them.
+/// The first steps of `up`: a systemd host's setup, certificates, the unsealer, each node's
+/// files and binary, the KMS key; nothing started. `dr rebuild --into` prepares a new environment's nodes with them.
 pub fn prepare() -> Vec<&'static dyn Step<UpRun>> {
     vec![
+        &host::HostSetup,
         &tls::Certificates,
         &unsealer::Unsealer,
         &files::Files,

@@ -1,7 +1,9 @@
-//! The ssh provider's host against a host it did not start: a bare host in namespaces of its
-//! own, booted with systemd as PID 1 and Debian's sshd (`keyhold_tests::nshost`), reached over
-//! a bridge of the test's own. The whole provider conformance suite passes through SSH, with
-//! the services run by systemd (root; the suite's stand-in program as the units' binary).
+//! The ssh provider against hosts it did not start: bare hosts in namespaces of their own,
+//! booted with systemd as PID 1 and Debian's sshd (`keyhold_tests::nshost`), on a bridge of the
+//! test's own (root). The whole provider conformance suite passes through SSH with the services
+//! run by systemd; and `provision up` deploys a 3-node cluster onto three such hosts: the
+//! install-server playbook, certificates, configs, the binary over SFTP, keyhold.service under
+//! systemd, init, unseal, join and configure, then serves KV to the admin login.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,8 +17,9 @@ use provisioner::providers::ssh::{SshHost, SshSettings};
 use provisioner::providers::{conformance, Host};
 
 const TEST: &str = "an_ssh_host_under_systemd_passes_the_conformance_suite";
-/// This test's bridge (10.A.SLOT.0/24).
+/// The tests' bridges (10.A.SLOT.0/24).
 const SLOT: u8 = 61;
+const SLOT_UP: u8 = 62;
 
 fn keygen(path: &Path) -> Result<()> {
     let out = Command::new("ssh-keygen")
@@ -130,4 +133,150 @@ impl Drop for JournalOnPanic {
             }
         }
     }
+}
+
+/// Three hosts with sshd on a bridge; the key root logs in with and a known_hosts naming them.
+struct Hosts {
+    hosts: Vec<NsHost>,
+    addresses: Vec<std::net::Ipv4Addr>,
+    key: PathBuf,
+    known_hosts: PathBuf,
+    _bridge: Bridge,
+}
+
+async fn three_hosts(dir: &Path, slot: u8) -> Result<Hosts> {
+    let key = dir.join("id_ed25519");
+    keygen(&key)?;
+    let mut bridge = Bridge::create(slot).await?;
+    let mut hosts = Vec::new();
+    let mut addresses = Vec::new();
+    let mut known = String::new();
+    for n in 1..=3u8 {
+        let host_dir = dir.join(format!("host-{n}"));
+        std::fs::create_dir_all(&host_dir)?;
+        let host = NsHost::boot_ssh(
+            &host_dir,
+            &format!("keyhold-{n}"),
+            &key.with_extension("pub"),
+            &[],
+        )
+        .await?;
+        let address = bridge.attach(&host, 10 + n).await?;
+        known.push_str(&host.known_hosts_line(&address.to_string()).await?);
+        hosts.push(host);
+        addresses.push(address);
+    }
+    let known_hosts = dir.join("known_hosts");
+    std::fs::write(&known_hosts, known)?;
+    Ok(Hosts {
+        hosts,
+        addresses,
+        key,
+        known_hosts,
+        _bridge: bridge,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn provision_up_deploys_a_cluster_onto_three_hosts_over_ssh() -> Result<()> {
+    nshost::preflight("provision_up_over_ssh", &["ssh-keygen", "sshd"])?;
+    let dir = test_dir("keyhold-ssh-up-")?;
+    let hosts = three_hosts(dir.path(), SLOT_UP).await?;
+    let bin = keyhold_tests::keyhold_bin()?;
+    let local = keyhold_tests::provision::environment_hcl(
+        &keyhold_tests::provision::EnvSpec::nodes(3),
+        std::net::Ipv4Addr::new(127, 0, 0, 1),
+        &bin,
+    );
+    let provider = "provider \"local\" {\n  address_base = \"127.0.0.1\"\n}\n";
+    ensure!(
+        local.contains(provider),
+        "the harness's environment changed:\n{local}"
+    );
+    let hosts_list = hosts
+        .addresses
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let hcl = local.replace(
+        provider,
+        &format!(
+            "provider \"ssh\" {{\n  hosts = [{hosts_list}]\n  private_key_file = \"{}\"\n  \
+             known_hosts = \"{}\"\n}}\n",
+            hosts.key.display(),
+            hosts.known_hosts.display()
+        ),
+    );
+    let mut p = keyhold_tests::provision::Provisioned::with_text(
+        "ssh-up",
+        3,
+        std::net::Ipv4Addr::new(127, 0, 0, 1),
+        &hcl,
+    )?;
+    let check = p.run(&["hosts", "check"]).await?;
+    ensure!(check.code == Some(0), "hosts check: {check:?}");
+    let up = p.run(&["up", "--json"]).await?;
+    if up.code != Some(0) {
+        for host in &hosts.hosts {
+            eprintln!(
+                "{}",
+                host.diagnostics(&["ssh.service", "keyhold.service"]).await
+            );
+        }
+    }
+    let up = up.expect(0)?.json()?;
+    println!("up over ssh: {up}");
+    let roles = keyhold_tests::provision::roles_of(&p.status().await?.1)?;
+    ensure!(
+        roles.iter().filter(|r| *r == "active").count() == 1
+            && roles.iter().filter(|r| *r == "standby").count() == 2,
+        "roles: {roles:?}"
+    );
+    // On each host: keyhold.service active under systemd, as the keyhold user.
+    for host in &hosts.hosts {
+        ensure!(
+            host.systemctl(&["is-active", "keyhold.service"])
+                .await?
+                .trim()
+                == "active",
+            "keyhold.service is not active"
+        );
+        let user = host
+            .systemctl(&["show", "--property=User", "--value", "keyhold.service"])
+            .await?;
+        ensure!(user.trim() == "keyhold", "the unit's user: {user}");
+    }
+    let token = p.env_vars().await?["VAULT_TOKEN"].clone();
+    let ca = p.ca_file();
+    for (n, address) in hosts.addresses.iter().enumerate() {
+        let api = p.api_at(&ca, &format!("https://{address}:8200"), Some(&token))?;
+        api.kv2_put("kv", &format!("over-ssh/{n}"), serde_json::json!({"v": n}))
+            .await?
+            .expect_ok("write through a node")?;
+    }
+    let api = p.api_at(
+        &ca,
+        &format!("https://{}:8200", hosts.addresses[2]),
+        Some(&token),
+    )?;
+    for n in 0..3 {
+        ensure!(
+            api.kv2_get("kv", &format!("over-ssh/{n}")).await? == Some(serde_json::json!({"v": n})),
+            "over-ssh/{n} is not served"
+        );
+    }
+    let plan = p.run(&["plan"]).await?;
+    ensure!(plan.code == Some(0), "plan after up: {plan:?}");
+    p.run(&["down"]).await?.expect(0)?;
+    for host in &hosts.hosts {
+        let out = host
+            .run("systemctl", &["is-active", "keyhold.service"], &[])
+            .await?;
+        ensure!(
+            String::from_utf8_lossy(&out.stdout).trim() != "active",
+            "keyhold.service still runs after down"
+        );
+    }
+    Ok(())
 }

@@ -99,6 +99,9 @@ impl SshHost {
                 s.port
             )
         })?;
+        // Every operation is a few small round trips (channel open, exec, EOF, close): without
+        // TCP_NODELAY each waits on the peer's delayed ACK.
+        tcp.set_nodelay(true).context("set TCP_NODELAY")?;
         let mut session = Session::new().context("start an SSH session")?;
         session.set_tcp_stream(tcp);
         session.set_timeout(s.connect_timeout.as_millis() as u32);

@@ -341,7 +341,7 @@ fn environment(sshd: &Sshd, dir: &Path) -> PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn hosts_check_logs_in_as_up_would_and_up_refuses_until_it_can_deploy() {
+async fn hosts_check_logs_in_as_up_would_and_reports_a_host_it_cannot_reach() {
     let sshd = Sshd::start();
     let dir = tempfile::tempdir().unwrap();
     let file = environment(&sshd, dir.path());
@@ -349,7 +349,7 @@ async fn hosts_check_logs_in_as_up_would_and_up_refuses_until_it_can_deploy() {
         env: file.display().to_string(),
     };
     let state = dir.path().join("state");
-    let Ok(d) = crate::cli::load_any(&env, &state) else {
+    let Ok(d) = crate::cli::load(&env, &state) else {
         panic!("the ssh environment loads");
     };
     let checks = crate::workflows::hosts::check(&d).await;
@@ -362,15 +362,6 @@ async fn hosts_check_logs_in_as_up_would_and_up_refuses_until_it_can_deploy() {
             .is_some_and(|s| s.starts_with("systemd ")),
         "{checks:?}"
     );
-    match crate::cli::load(&env, &state) {
-        Err(crate::cli::Failure::Invalid(msg)) => {
-            assert!(
-                msg.contains("uses provider \"ssh\"") && msg.contains("nothing was done"),
-                "{msg}"
-            )
-        }
-        _ => panic!("up, status and the rest refuse an ssh environment in this build"),
-    }
     // A host whose sshd is gone is reported on its line, not raised.
     drop(sshd);
     let checks = crate::workflows::hosts::check(&d).await;
