@@ -65,6 +65,7 @@ impl Error {
             Error::AuditFailed | Error::Internal(_) => 500,
             Error::Storage(StorageError::Sealed)
             | Error::Storage(StorageError::NotLeader { .. }) => 503,
+            Error::Storage(StorageError::NoSpace { .. }) => 507,
             Error::Storage(_) => 500,
         }
     }

@@ -1,6 +1,13 @@
 //! `provision load`: the workload generator; a table (or JSON) of operations, failures,
 //! latencies, the longest write gap and lost writes; exit 1 unless nothing failed and nothing
-//! was lost.
+//! was lost. SIGTERM or SIGINT ends the run early: no new operations start, and the ones in
+//! flight, the read-back and the report finish as at the end of `--duration` (a harness that
+//! injects faults for as long as it needs stops the workload when it is done).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::signal::unix::{signal, SignalKind};
 
 use super::*;
 
@@ -25,7 +32,22 @@ pub async fn run(
             spec.write_ratio * 100.0
         );
     }
-    let report = workflows::load::run(&d, token, spec).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut term = signal(SignalKind::terminate()).context("handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("handle SIGINT")?;
+    let stopper = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            stop.store(true, Ordering::SeqCst);
+        })
+    };
+    let report = workflows::load::run_until(&d, token, spec, &stop).await;
+    stopper.abort();
+    let report = report?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report).expect("JSON"));
     } else {

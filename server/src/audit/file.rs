@@ -476,7 +476,7 @@ impl Writer {
                 stdout.flush()
             }
             Some(Output::File(file)) => {
-                let result = file.write_all(line).and_then(|()| file.flush());
+                let result = append_whole_line(file, line);
                 if result.is_err() {
                     self.out = None;
                 }
@@ -495,6 +495,21 @@ impl Writer {
             None => Err(io::Error::other("audit file is not open")),
         }
     }
+}
+
+/// Appends `line` to `file` whole or not at all. A full file system takes part of a line and
+/// then refuses the rest (ENOSPC); that part is cut off again, since the next line would
+/// otherwise continue it and the log would hold a line that is neither entry. Shrinking a file
+/// needs no space, so the cut succeeds on a full disk.
+fn append_whole_line(file: &mut File, line: &[u8]) -> io::Result<()> {
+    let before = file.metadata()?.len();
+    let result = file.write_all(line).and_then(|()| file.flush());
+    if let Err(e) = &result {
+        if let Err(cut) = file.set_len(before) {
+            tracing::warn!("audit file: cutting off a partly written line after {e}: {cut}");
+        }
+    }
+    result
 }
 
 #[cfg(test)]

@@ -773,6 +773,12 @@ fn public_storage_message(err: &crate::physical::StorageError) -> String {
         StorageError::TooLarge { size, limit, .. } => {
             format!("the value is {size} bytes, over the {limit}-byte limit")
         }
+        StorageError::NoSpace {
+            available, reserve, ..
+        } => format!(
+            "the server's data directory is full ({available} bytes free, under the {reserve} \
+             bytes kept in reserve); writes are refused until space is freed there"
+        ),
         StorageError::Sealed | StorageError::NotLeader { .. } => err.to_string(),
     }
 }

@@ -44,6 +44,18 @@ pub enum StorageError {
         size: usize,
         limit: usize,
     },
+    /// The data directory's file system has less free space than the store keeps in reserve:
+    /// the write was refused before anything was written (a store that runs out of space
+    /// mid-write stops its Raft node until a restart). Writes work again once space returns.
+    #[error(
+        "no space for the write: the data directory {path} has {available} bytes free, under the \
+         {reserve} bytes kept in reserve; free space on its file system and retry"
+    )]
+    NoSpace {
+        path: String,
+        available: u64,
+        reserve: u64,
+    },
 }
 
 /// One operation of an atomic [`Backend::transaction`].

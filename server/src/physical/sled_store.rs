@@ -85,6 +85,26 @@ impl SledStore {
     }
 
     /// Every data entry, sorted by key (a snapshot's contents).
+    /// Fails with [`StorageError::NoSpace`] when the file system holding the store has less
+    /// than `reserve` bytes free for this process's user.
+    pub fn ensure_space(&self, reserve: u64) -> Result<(), StorageError> {
+        let stat = rustix::fs::statvfs(&self.path).map_err(|e| {
+            StorageError::Io(format!(
+                "free space of the data directory {}: {e}",
+                self.path.display()
+            ))
+        })?;
+        let available = stat.f_bavail.saturating_mul(stat.f_frsize);
+        if available < reserve {
+            return Err(StorageError::NoSpace {
+                path: self.path.display().to_string(),
+                available,
+                reserve,
+            });
+        }
+        Ok(())
+    }
+
     pub fn export(&self) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
         self.data
             .iter()
@@ -373,6 +393,18 @@ mod tests {
         assert_eq!(store.get("d").await.unwrap().unwrap(), b"two");
         assert_eq!(store.get_meta("last_applied").unwrap().unwrap(), b"7");
         assert_eq!(store.get_meta("absent").unwrap(), None);
+    }
+
+    #[test]
+    fn a_write_is_refused_under_the_space_reserve() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        store.ensure_space(0).unwrap();
+        let err = store.ensure_space(u64::MAX).unwrap_err();
+        assert!(
+            matches!(err, StorageError::NoSpace { reserve, .. } if reserve == u64::MAX),
+            "{err}"
+        );
     }
 
     #[tokio::test]

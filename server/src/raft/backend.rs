@@ -11,6 +11,10 @@ use super::types::WriteBatch;
 use super::Shared;
 use crate::physical::{Backend, StorageError, TxnOp};
 
+/// Free space the data directory must keep for a write to be proposed: room for sled to start
+/// new log segments and for Raft's own records (votes, compaction) after the write.
+pub(crate) const DATA_RESERVE_BYTES: u64 = 16 << 20;
+
 pub struct RaftBackend {
     pub(crate) shared: Arc<Shared>,
 }
@@ -27,6 +31,7 @@ impl RaftBackend {
             };
             return Err(StorageError::TooLarge { key, size, limit });
         }
+        self.shared.store.ensure_space(DATA_RESERVE_BYTES)?;
         if self.shared.transferring() {
             // Leadership is being handed to another node, which is not known yet.
             return Err(StorageError::NotLeader { leader: None });

@@ -6,6 +6,7 @@ mod acl;
 mod api_conventions;
 mod audit;
 mod bad_input;
+mod chaos;
 mod ci_job;
 mod cli;
 mod client_admin;
