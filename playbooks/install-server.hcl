@@ -42,12 +42,6 @@ directory "/var/log/keyhold" {
   group = "keyhold"
 }
 
-directory "/opt/keyhold/snapshots" {
-  mode  = "0700"
-  owner = "keyhold"
-  group = "keyhold"
-}
-
 # The hardened unit (templates/keyhold.service.hbs, rendered for this node) and the host files
 # that keep secrets out of swap and core dumps.
 template "keyhold.service" {

@@ -48,10 +48,16 @@ use crate::render::RenderedFile;
 pub use decode::parse_str;
 
 /// The playbooks that ship with provision (`playbooks/NAME.hcl`), embedded in the binary.
-const SHIPPED: &[(&str, &str)] = &[(
-    "install-server",
-    include_str!("../../../playbooks/install-server.hcl"),
-)];
+const SHIPPED: &[(&str, &str)] = &[
+    (
+        "install-server",
+        include_str!("../../../playbooks/install-server.hcl"),
+    ),
+    (
+        "snapshot-timer",
+        include_str!("../../../playbooks/snapshot-timer.hcl"),
+    ),
+];
 
 /// How long one step's command may run on a host.
 const STEP_TIMEOUT: Duration = Duration::from_secs(300);

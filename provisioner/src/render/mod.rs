@@ -51,6 +51,9 @@ impl Layout {
     pub const CONFIG_DIR: &'static str = "etc/keyhold.d";
     pub const SERVER_CONFIG: &'static str = "etc/keyhold.d/keyhold.hcl";
     pub const ENV_FILE: &'static str = "etc/keyhold.d/keyhold.env";
+    /// A systemd host's credentials for its services (the seal's, S3's), beside the rendered
+    /// `keyhold.env` that holds none; units read both (`EnvironmentFile=`).
+    pub const CREDENTIALS_FILE: &'static str = "etc/keyhold.d/credentials.env";
     /// Written by the snapshot agent's issue; named here because the snapshot unit runs it.
     pub const SNAPSHOT_AGENT_CONFIG: &'static str = "etc/keyhold.d/snapshot-agent.hcl";
     /// The snapshot agent's AppRole role ID and secret ID (0600, written by `up`).
@@ -96,6 +99,17 @@ impl Layout {
             // Local and CI clusters hold throw-away secrets; hosts lock memory.
             disable_mlock: true,
             systemd: false,
+        }
+    }
+
+    /// Where the node's private environment file (credentials) goes: on a systemd host
+    /// [`Layout::CREDENTIALS_FILE`]; on a local node [`Layout::ENV_FILE`], which the local
+    /// provider passes to the processes it starts.
+    pub fn credentials_file(&self) -> &'static str {
+        if self.systemd {
+            Layout::CREDENTIALS_FILE
+        } else {
+            Layout::ENV_FILE
         }
     }
 
@@ -799,6 +813,7 @@ struct Paths {
     binary: String,
     config_file: String,
     env_file: String,
+    credentials_file: String,
     snapshot_agent_config: String,
     snapshot_role_id: String,
     snapshot_secret_id: String,
@@ -917,6 +932,7 @@ impl<'a> NodeContext<'a> {
                 binary: text(&layout.binary)?,
                 config_file: text(&layout.path(Layout::SERVER_CONFIG))?,
                 env_file: text(&layout.path(Layout::ENV_FILE))?,
+                credentials_file: text(&layout.path(Layout::CREDENTIALS_FILE))?,
                 snapshot_agent_config: text(&layout.path(Layout::SNAPSHOT_AGENT_CONFIG))?,
                 snapshot_role_id: text(&layout.path(Layout::SNAPSHOT_ROLE_ID))?,
                 snapshot_secret_id: text(&layout.path(Layout::SNAPSHOT_SECRET_ID))?,

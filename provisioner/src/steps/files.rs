@@ -39,11 +39,12 @@ impl Files {
             ));
         }
         if let Some(content) = Self::environment_file(run) {
-            let old = host.read_file(Path::new(Layout::ENV_FILE)).await?;
+            let file = node.layout.credentials_file();
+            let old = host.read_file(Path::new(file)).await?;
             if old.as_deref() != Some(content.as_bytes()) {
                 changes.push(Change::node(
                     &node.name,
-                    format!("write {} (credentials for its services)", Layout::ENV_FILE),
+                    format!("write {file} (credentials for its services)"),
                 ));
             }
         }
@@ -99,14 +100,14 @@ impl Step<UpRun> for Files {
             if let Some(content) = &env_file {
                 if host
                     .put_file(
-                        Path::new(Layout::ENV_FILE),
+                        Path::new(node.layout.credentials_file()),
                         content.as_bytes(),
                         node.layout.private_file().0,
                         owner.as_ref(),
                     )
                     .await?
                 {
-                    written.push(format!("{}:{}", node.name, Layout::ENV_FILE));
+                    written.push(format!("{}:{}", node.name, node.layout.credentials_file()));
                     run.env_changed.insert(node.name.clone());
                 }
             }

@@ -1,7 +1,8 @@
 //! `host setup` (systemd hosts: the ssh provider): the `install-server` playbook on every host,
 //! concurrently, before anything else is written there: the service user the other steps give
 //! files to, the directories, the hardened unit (enabled, systemd reloaded) and the host files
-//! that keep secrets out of swap and core dumps. Local nodes need none of it.
+//! that keep secrets out of swap and core dumps; with S3 snapshots, `snapshot-timer` after it.
+//! Local nodes need none of it.
 
 use std::collections::BTreeMap;
 
@@ -15,8 +16,14 @@ use crate::render::NodeSpec;
 
 pub struct HostSetup;
 
-/// The playbook `up` runs on a host.
-pub const PLAYBOOK: &str = "install-server";
+/// The playbooks `up` runs on a host of this environment, in order.
+fn playbooks(run: &UpRun) -> Vec<&'static str> {
+    let mut names = vec!["install-server"];
+    if run.d.env.snapshots.as_ref().is_some_and(|s| s.s3.is_some()) {
+        names.push("snapshot-timer");
+    }
+    names
+}
 
 fn vars(run: &UpRun) -> BTreeMap<String, String> {
     BTreeMap::from([(
@@ -26,7 +33,20 @@ fn vars(run: &UpRun) -> BTreeMap<String, String> {
 }
 
 async fn on_node(run: &UpRun, node: &NodeSpec, apply: bool) -> Result<(String, Vec<String>)> {
-    let playbook = Playbook::shipped(PLAYBOOK)?;
+    let mut lines = Vec::new();
+    for name in playbooks(run) {
+        lines.extend(one_playbook(run, node, name, apply).await?);
+    }
+    Ok((node.name.clone(), lines))
+}
+
+async fn one_playbook(
+    run: &UpRun,
+    node: &NodeSpec,
+    name: &str,
+    apply: bool,
+) -> Result<Vec<String>> {
+    let playbook = Playbook::shipped(name)?;
     let host = run.d.host(node);
     let rendered = run.renderer.render_node(&run.d.env, node)?;
     let vars = vars(run);
@@ -40,7 +60,7 @@ async fn on_node(run: &UpRun, node: &NodeSpec, apply: bool) -> Result<(String, V
         playbook
             .apply(&target)
             .await
-            .with_context(|| format!("the {PLAYBOOK} playbook on {}", node.name))?
+            .with_context(|| format!("the {name} playbook on {}", node.name))?
             .into_iter()
             .filter(|o| o.changed)
             .map(|o| format!("{}: {}", o.step, o.detail))
@@ -49,9 +69,9 @@ async fn on_node(run: &UpRun, node: &NodeSpec, apply: bool) -> Result<(String, V
         playbook
             .check(&target)
             .await
-            .with_context(|| format!("the {PLAYBOOK} playbook on {}", node.name))?
+            .with_context(|| format!("the {name} playbook on {}", node.name))?
     };
-    Ok((node.name.clone(), lines))
+    Ok(lines)
 }
 
 #[async_trait(?Send)]
@@ -82,10 +102,11 @@ impl Step<UpRun> for HostSetup {
             .filter(|(_, lines)| !lines.is_empty())
             .map(|(node, lines)| format!("{node}: {} step(s)", lines.len()))
             .collect();
+        let names = playbooks(run).join(" + ");
         Ok(if changed.is_empty() {
-            Applied::ok(format!("{PLAYBOOK}: nothing to change"))
+            Applied::ok(format!("{names}: nothing to change"))
         } else {
-            Applied::changed(format!("{PLAYBOOK}: {}", changed.join(", ")))
+            Applied::changed(format!("{names}: {}", changed.join(", ")))
         })
     }
 }

@@ -9,6 +9,9 @@ ssh-keygen -A >/dev/null
 mkdir -p /etc/ssh/sshd_config.d
 printf 'PermitRootLogin prohibit-password\nPasswordAuthentication no\nUsePAM no\n' \
     >/etc/ssh/sshd_config.d/keyhold-test.conf
+# root's home as on a fresh server: nothing of this machine's (its dotfiles would run in every
+# SSH session).
+mount -t tmpfs -o mode=0700 keyhold-root-home /root
 mkdir -p -m 0700 /root/.ssh
 cp "$AUTHORIZED_KEY" /root/.ssh/authorized_keys
 chmod 0600 /root/.ssh/authorized_keys

@@ -31,6 +31,8 @@ use crate::providers::{CommandOutput, Host, Owner, Service, ServiceState};
 const START_GRACE: Duration = Duration::from_millis(500);
 /// Bound on the small commands the host itself runs (stat, install, systemctl).
 const SMALL: Duration = Duration::from_secs(60);
+/// Bound on one upload over SFTP.
+const UPLOAD_LIMIT: Duration = Duration::from_secs(600);
 
 /// One host over SSH.
 pub struct SshHost {
@@ -222,14 +224,9 @@ impl SshHost {
             }
             let session = guard.as_ref().expect("connected above");
             let result = f(session);
-            if result.is_err() && session.authenticated() {
-                // A broken connection is made again next time; a failed command is not a
-                // broken connection, so only drop it when the transport itself failed.
-                let alive = session.channel_session().is_ok();
-                if !alive {
-                    *guard = None;
-                }
-            } else if result.is_err() {
+            if result.is_err() {
+                // A timed-out or broken transport is not used again: the next call connects
+                // afresh (a command that merely failed returns Ok with its status).
                 *guard = None;
             }
             result
@@ -259,8 +256,24 @@ impl SshHost {
         out
     }
 
-    /// Runs a shell command line (already quoted), feeding `stdin`; blocking.
-    fn exec(session: &Session, line: &str, stdin: &[u8]) -> Result<CommandOutput> {
+    /// Runs a shell command line (already quoted), feeding `stdin`; blocking, and bounded by
+    /// `limit` on this side too (the login shell's own start-up runs before any `timeout`).
+    fn exec(session: &Session, line: &str, stdin: &[u8], limit: Duration) -> Result<CommandOutput> {
+        session.set_timeout(limit.as_millis().min(u128::from(u32::MAX)) as u32);
+        let out = Self::exec_unbounded(session, line, stdin);
+        session.set_timeout(0);
+        out.map_err(|e| {
+            if e.chain()
+                .any(|c| c.to_string().to_lowercase().contains("timed out"))
+            {
+                anyhow!("no answer within {}s: {e:#}", limit.as_secs())
+            } else {
+                e
+            }
+        })
+    }
+
+    fn exec_unbounded(session: &Session, line: &str, stdin: &[u8]) -> Result<CommandOutput> {
         let mut channel = session.channel_session().context("open an SSH channel")?;
         channel.exec(line).context("start a command over SSH")?;
         if !stdin.is_empty() {
@@ -306,7 +319,8 @@ impl SshHost {
                 .map(String::as_str)
                 .collect::<Vec<_>>(),
         )?;
-        self.with_session(move |session| Self::exec(session, &line, b""))
+        let limit = timeout + SMALL;
+        self.with_session(move |session| Self::exec(session, &line, b"", limit))
             .await
     }
 
@@ -370,7 +384,7 @@ impl SshHost {
     pub(super) async fn upload(&self, content: Arc<Vec<u8>>) -> Result<(String, String)> {
         let staging = self
             .with_session(|session| {
-                let out = Self::exec(session, "mktemp -d /tmp/provision.XXXXXXXX", b"")?;
+                let out = Self::exec(session, "mktemp -d /tmp/provision.XXXXXXXX", b"", SMALL)?;
                 if !out.success() {
                     bail!("mktemp: {}", String::from_utf8_lossy(&out.stderr).trim());
                 }
@@ -381,6 +395,8 @@ impl SshHost {
         let file = format!("{staging}/upload");
         let target = file.clone();
         self.with_session(move |session| {
+            // Generous: a server binary is large and a link may be slow; a stall still ends.
+            session.set_timeout(UPLOAD_LIMIT.as_millis() as u32);
             let sftp = session.sftp().context("start SFTP")?;
             let mut remote = sftp
                 .create(Path::new(&target))
@@ -388,6 +404,8 @@ impl SshHost {
             remote
                 .write_all(&content)
                 .with_context(|| format!("write {target}"))?;
+            drop(remote);
+            session.set_timeout(0);
             Ok(())
         })
         .await
