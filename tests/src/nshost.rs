@@ -284,6 +284,14 @@ impl Bridge {
         Ok(bridge)
     }
 
+    /// This machine's address on the bridge (`10.A.B.1`): where the hosts reach services the
+    /// test runs here (moto).
+    pub fn gateway(&self) -> std::net::Ipv4Addr {
+        format!("{}.1", self.prefix)
+            .parse()
+            .expect("a bridge prefix makes an address")
+    }
+
     /// Connects `host` as `10.A.B.N` (its `eth0`); returns that address.
     pub async fn attach(&mut self, host: &NsHost, n: u8) -> Result<std::net::Ipv4Addr> {
         self.attached += 1;

@@ -13,8 +13,15 @@ pub async fn run(command: SnapshotCommand, state_dir: &Path) -> Result<u8, Failu
                 print_json(&saved);
             } else {
                 println!(
-                    "Saved {} ({} bytes, raft index {}, sha256 {}) from {}",
-                    saved.url, saved.size, saved.raft_index, saved.sha256, saved.node
+                    "Saved {} ({} bytes{}, sha256 {}) from {}",
+                    saved.url,
+                    saved.size,
+                    saved
+                        .raft_index
+                        .map(|i| format!(", raft index {i}"))
+                        .unwrap_or_default(),
+                    saved.sha256,
+                    saved.node
                 );
             }
         }

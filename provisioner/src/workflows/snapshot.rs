@@ -100,14 +100,19 @@ pub struct Saved {
     pub key: String,
     pub size: u64,
     pub sha256: String,
-    pub raft_index: u64,
+    /// Known when provision ran the pass itself (a local node).
+    pub raft_index: Option<u64>,
 }
 
-/// One agent pass on the active node.
+/// One agent pass on the active node: run here with the node's agent config (a local node), or
+/// on the host as its timer runs it (`keyhold-snapshot.service`, a systemd host).
 pub async fn save(deployment: &Deployment) -> Result<Saved> {
     env_s3(deployment)?;
     let cluster = deployment.cluster()?;
     let active = cluster.wait_active(Duration::from_secs(30)).await?;
+    if deployment.nodes[active].layout.systemd {
+        return save_on_host(deployment, active).await;
+    }
     let config = agent_config(deployment, active)?;
     let report = keyhold_snapshot::run_once(&config)
         .await
@@ -119,12 +124,73 @@ pub async fn save(deployment: &Deployment) -> Result<Saved> {
             key: u.key,
             size: u.size,
             sha256: u.sha256,
-            raft_index: u.index,
+            raft_index: Some(u.index),
         }),
         Outcome::NotActive { address } => {
             bail!("{address} stopped being the active node during the save; run it again")
         }
     }
+}
+
+/// `save` on a systemd host: the agent's unit started there (a oneshot: it returns when the
+/// pass is over), then the object it stored, as the bucket lists it.
+async fn save_on_host(deployment: &Deployment, active: usize) -> Result<Saved> {
+    let node = &deployment.nodes[active];
+    let before = list(deployment).await?.pop().map(|l| l.key);
+    let host = deployment.host(node);
+    let out = host
+        .run(
+            &["systemctl", "start", "keyhold-snapshot.service"],
+            RESTORE_TIMEOUT,
+        )
+        .await?;
+    if !out.success() {
+        let journal = host
+            .run(
+                &[
+                    "journalctl",
+                    "--unit=keyhold-snapshot.service",
+                    "--lines=8",
+                    "--no-pager",
+                    "--output=cat",
+                ],
+                Duration::from_secs(30),
+            )
+            .await
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        bail!(
+            "the snapshot agent failed on {}: {}; the end of its journal:\n{journal}",
+            node.name,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let newest = list(deployment)
+        .await?
+        .pop()
+        .filter(|l| Some(&l.key) != before.as_ref())
+        .with_context(|| {
+            format!(
+                "the snapshot agent on {} ran but stored no new snapshot (was {} still the \
+                 active node?)",
+                node.name, node.name
+            )
+        })?;
+    let s3 = env_s3(deployment)?;
+    let info = s3_store(s3)
+        .await
+        .head(&newest.key)
+        .await
+        .map_err(|e| anyhow!("{e}"))?
+        .with_context(|| format!("{} vanished right after it was stored", newest.url))?;
+    Ok(Saved {
+        node: node.name.clone(),
+        url: newest.url,
+        key: newest.key,
+        size: newest.size,
+        sha256: info.sha256.unwrap_or_default(),
+        raft_index: None,
+    })
 }
 
 /// A listed object, for `--json`.

@@ -2,8 +2,10 @@
 //! booted with systemd as PID 1 and Debian's sshd (`keyhold_tests::nshost`), on a bridge of the
 //! test's own (root). The whole provider conformance suite passes through SSH with the services
 //! run by systemd; and `provision up` deploys a 3-node cluster onto three such hosts: the
-//! install-server playbook, certificates, configs, the binary over SFTP, keyhold.service under
-//! systemd, init, unseal, join and configure, then serves KV to the admin login.
+//! install-server and snapshot-timer playbooks, certificates, configs, the binary over SFTP,
+//! keyhold.service under systemd, init, unseal, join and configure; it serves KV to the admin
+//! login, and the snapshot agent's unit stores a snapshot in S3 (moto, on the bridge) from the
+//! active host, under its sandbox, with the credentials and AppRole login `up` gave it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -141,7 +143,7 @@ struct Hosts {
     addresses: Vec<std::net::Ipv4Addr>,
     key: PathBuf,
     known_hosts: PathBuf,
-    _bridge: Bridge,
+    bridge: Bridge,
 }
 
 async fn three_hosts(dir: &Path, slot: u8) -> Result<Hosts> {
@@ -173,7 +175,7 @@ async fn three_hosts(dir: &Path, slot: u8) -> Result<Hosts> {
         addresses,
         key,
         known_hosts,
-        _bridge: bridge,
+        bridge,
     })
 }
 
@@ -199,7 +201,10 @@ async fn provision_up_deploys_a_cluster_onto_three_hosts_over_ssh() -> Result<()
         .map(|a| format!("\"{a}\""))
         .collect::<Vec<_>>()
         .join(", ");
-    let hcl = local.replace(
+    // S3 for the snapshot agents: moto on this machine's bridge address, which the hosts reach.
+    let moto = keyhold_tests::moto::Moto::start(hosts.bridge.gateway()).await?;
+    let bucket = format!("keyhold-ssh-{}", std::process::id());
+    let mut hcl = local.replace(
         provider,
         &format!(
             "provider \"ssh\" {{\n  hosts = [{hosts_list}]\n  private_key_file = \"{}\"\n  \
@@ -208,12 +213,20 @@ async fn provision_up_deploys_a_cluster_onto_three_hosts_over_ssh() -> Result<()
             hosts.known_hosts.display()
         ),
     );
+    hcl.push_str(&format!(
+        "\nsnapshots {{\n  schedule = \"hourly\"\n  s3 {{\n    bucket   = \"{bucket}\"\n    \
+         region   = \"us-east-1\"\n    endpoint = \"{}\"\n  }}\n}}\n",
+        moto.direct_endpoint()
+    ));
     let mut p = keyhold_tests::provision::Provisioned::with_text(
         "ssh-up",
         3,
         std::net::Ipv4Addr::new(127, 0, 0, 1),
         &hcl,
     )?;
+    for (k, v) in keyhold_tests::moto::AWS_ENV {
+        p.set_env(k, v);
+    }
     let check = p.run(&["hosts", "check"]).await?;
     ensure!(check.code == Some(0), "hosts check: {check:?}");
     let up = p.run(&["up", "--json"]).await?;
@@ -266,6 +279,36 @@ async fn provision_up_deploys_a_cluster_onto_three_hosts_over_ssh() -> Result<()
             "over-ssh/{n} is not served"
         );
     }
+    // The agent's timer is enabled and running on every host; its unit, run on the active host
+    // as the timer would run it, stores a snapshot.
+    for host in &hosts.hosts {
+        ensure!(
+            host.systemctl(&["is-active", "keyhold-snapshot.timer"])
+                .await?
+                .trim()
+                == "active",
+            "keyhold-snapshot.timer is not active"
+        );
+    }
+    let saved = p
+        .run(&["snapshot", "save", "--json"])
+        .await?
+        .expect(0)?
+        .json()?;
+    println!("snapshot over ssh: {saved}");
+    let key = saved["key"].as_str().context("saved key")?;
+    let objects = moto
+        .s3()
+        .await
+        .list_objects_v2()
+        .bucket(&bucket)
+        .send()
+        .await?;
+    ensure!(
+        objects.contents().iter().any(|o| o.key() == Some(key))
+            && saved["sha256"].as_str().is_some_and(|s| s.len() == 64),
+        "the snapshot is not in the bucket: {saved}"
+    );
     let plan = p.run(&["plan"]).await?;
     ensure!(plan.code == Some(0), "plan after up: {plan:?}");
     p.run(&["down"]).await?.expect(0)?;
