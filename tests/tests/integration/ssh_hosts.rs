@@ -22,6 +22,7 @@ const TEST: &str = "an_ssh_host_under_systemd_passes_the_conformance_suite";
 /// The tests' bridges (10.A.SLOT.0/24).
 const SLOT: u8 = 61;
 const SLOT_UP: u8 = 62;
+const SLOT_UPGRADE: u8 = 63;
 
 fn keygen(path: &Path) -> Result<()> {
     let out = Command::new("ssh-keygen")
@@ -184,40 +185,10 @@ async fn provision_up_deploys_a_cluster_onto_three_hosts_over_ssh() -> Result<()
     nshost::preflight("provision_up_over_ssh", &["ssh-keygen", "sshd"])?;
     let dir = test_dir("keyhold-ssh-up-")?;
     let hosts = three_hosts(dir.path(), SLOT_UP).await?;
-    let bin = keyhold_tests::keyhold_bin()?;
-    let local = keyhold_tests::provision::environment_hcl(
-        &keyhold_tests::provision::EnvSpec::nodes(3),
-        std::net::Ipv4Addr::new(127, 0, 0, 1),
-        &bin,
-    );
-    let provider = "provider \"local\" {\n  address_base = \"127.0.0.1\"\n}\n";
-    ensure!(
-        local.contains(provider),
-        "the harness's environment changed:\n{local}"
-    );
-    let hosts_list = hosts
-        .addresses
-        .iter()
-        .map(|a| format!("\"{a}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
     // S3 for the snapshot agents: moto on this machine's bridge address, which the hosts reach.
     let moto = keyhold_tests::moto::Moto::start(hosts.bridge.gateway()).await?;
     let bucket = format!("keyhold-ssh-{}", std::process::id());
-    let mut hcl = local.replace(
-        provider,
-        &format!(
-            "provider \"ssh\" {{\n  hosts = [{hosts_list}]\n  private_key_file = \"{}\"\n  \
-             known_hosts = \"{}\"\n}}\n",
-            hosts.key.display(),
-            hosts.known_hosts.display()
-        ),
-    );
-    hcl.push_str(&format!(
-        "\nsnapshots {{\n  schedule = \"hourly\"\n  s3 {{\n    bucket   = \"{bucket}\"\n    \
-         region   = \"us-east-1\"\n    endpoint = \"{}\"\n  }}\n}}\n",
-        moto.direct_endpoint()
-    ));
+    let hcl = ssh_environment(&hosts, Some((&moto.direct_endpoint(), &bucket)))?;
     let mut p = keyhold_tests::provision::Provisioned::with_text(
         "ssh-up",
         3,
@@ -319,6 +290,118 @@ async fn provision_up_deploys_a_cluster_onto_three_hosts_over_ssh() -> Result<()
         ensure!(
             String::from_utf8_lossy(&out.stdout).trim() != "active",
             "keyhold.service still runs after down"
+        );
+    }
+    Ok(())
+}
+
+/// The harness's 3-node environment with `provider "ssh"` naming `hosts`; with `s3`
+/// (endpoint, bucket), snapshots go there.
+fn ssh_environment(hosts: &Hosts, s3: Option<(&str, &str)>) -> Result<String> {
+    let bin = keyhold_tests::keyhold_bin()?;
+    let local = keyhold_tests::provision::environment_hcl(
+        &keyhold_tests::provision::EnvSpec::nodes(3),
+        std::net::Ipv4Addr::new(127, 0, 0, 1),
+        &bin,
+    );
+    let provider = "provider \"local\" {\n  address_base = \"127.0.0.1\"\n}\n";
+    ensure!(
+        local.contains(provider),
+        "the harness's environment changed:\n{local}"
+    );
+    let hosts_list = hosts
+        .addresses
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut hcl = local.replace(
+        provider,
+        &format!(
+            "provider \"ssh\" {{\n  hosts = [{hosts_list}]\n  private_key_file = \"{}\"\n  \
+             known_hosts = \"{}\"\n}}\n",
+            hosts.key.display(),
+            hosts.known_hosts.display()
+        ),
+    );
+    if let Some((endpoint, bucket)) = s3 {
+        hcl.push_str(&format!(
+            "\nsnapshots {{\n  schedule = \"hourly\"\n  s3 {{\n    bucket   = \"{bucket}\"\n    \
+             region   = \"us-east-1\"\n    endpoint = \"{endpoint}\"\n  }}\n}}\n"
+        ));
+    }
+    Ok(hcl)
+}
+
+/// A rolling upgrade over SSH with the workload generator running: standbys first, the active
+/// node last, each binary uploaded and swapped under systemd; nothing fails, nothing is lost,
+/// and leadership ends on the new version.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rolling_upgrade_over_ssh_under_load_fails_nothing_and_loses_nothing() -> Result<()> {
+    let next = keyhold_tests::next_keyhold_bin()?;
+    nshost::preflight("upgrade_over_ssh", &["ssh-keygen", "sshd"])?;
+    let dir = test_dir("keyhold-ssh-upgrade-")?;
+    let hosts = three_hosts(dir.path(), SLOT_UPGRADE).await?;
+    let hcl = ssh_environment(&hosts, None)?;
+    let mut p = keyhold_tests::provision::Provisioned::with_text(
+        "ssh-upgrade",
+        3,
+        std::net::Ipv4Addr::new(127, 0, 0, 1),
+        &hcl,
+    )?;
+    p.run(&["up", "--json"]).await?.expect(0)?;
+    let report = p
+        .run(&[
+            "upgrade",
+            "--binary",
+            &next.display().to_string(),
+            "--with-load",
+            "--json",
+        ])
+        .await?
+        .expect(0)?
+        .json()?;
+    let load = &report["load"];
+    println!(
+        "upgrade over ssh: {} operations, {} failed, {} lost, longest write gap {} ms, p99 {} ms",
+        load["operations"],
+        load["failures"],
+        load["lost_writes"],
+        load["longest_write_gap_ms"],
+        load["p99_ms"]
+    );
+    ensure!(
+        load["failures"] == serde_json::json!(0)
+            && load["lost_writes"] == serde_json::json!(0)
+            && load["verified"].as_u64().unwrap_or(0) > 0,
+        "the workload during the upgrade: {load}"
+    );
+    let nodes = report["nodes"].as_array().context("nodes")?;
+    ensure!(
+        nodes.len() == 3
+            && nodes.iter().all(|n| {
+                n["outcome"] == serde_json::json!("upgraded")
+                    && n["to_version"] == serde_json::json!(keyhold_tests::NEXT_VERSION)
+            })
+            && nodes[2]["was_active"] == serde_json::json!(true)
+            && report["active_version_after"] == serde_json::json!(keyhold_tests::NEXT_VERSION),
+        "{report}"
+    );
+    for host in &hosts.hosts {
+        let out = host
+            .run("/usr/local/bin/keyhold", &["version"], &[])
+            .await?;
+        ensure!(
+            String::from_utf8_lossy(&out.stdout).contains(keyhold_tests::NEXT_VERSION),
+            "the host's binary: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        ensure!(
+            host.systemctl(&["is-active", "keyhold.service"])
+                .await?
+                .trim()
+                == "active",
+            "keyhold.service is not active after the upgrade"
         );
     }
     Ok(())
