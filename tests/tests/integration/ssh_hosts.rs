@@ -335,9 +335,10 @@ fn ssh_environment(hosts: &Hosts, s3: Option<(&str, &str)>) -> Result<String> {
 
 /// A rolling upgrade over SSH with the workload generator running: standbys first, the active
 /// node last, each binary uploaded and swapped under systemd; nothing fails, nothing is lost,
-/// and leadership ends on the new version.
+/// and leadership ends on the new version. Then new certificates, node by node, each reloaded
+/// by `systemctl reload`, with the workload running again.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_rolling_upgrade_over_ssh_under_load_fails_nothing_and_loses_nothing() -> Result<()> {
+async fn upgrade_and_certificate_rotation_over_ssh_under_load_fail_nothing() -> Result<()> {
     let next = keyhold_tests::next_keyhold_bin()?;
     nshost::preflight("upgrade_over_ssh", &["ssh-keygen", "sshd"])?;
     let dir = test_dir("keyhold-ssh-upgrade-")?;
@@ -386,6 +387,29 @@ async fn a_rolling_upgrade_over_ssh_under_load_fails_nothing_and_loses_nothing()
             && nodes[2]["was_active"] == serde_json::json!(true)
             && report["active_version_after"] == serde_json::json!(keyhold_tests::NEXT_VERSION),
         "{report}"
+    );
+    let load = p.spawn(&["load", "--duration", "6s", "--rate", "30", "--json"])?;
+    let rotated = p
+        .run(&["certs", "rotate", "--json"])
+        .await?
+        .expect(0)?
+        .json()?;
+    let during = load.wait().await?.expect(0)?.json()?;
+    println!(
+        "certs rotate over ssh: {} operations, {} failed, {} lost",
+        during["operations"], during["failures"], during["lost_writes"]
+    );
+    ensure!(
+        during["failures"] == serde_json::json!(0) && during["lost_writes"] == serde_json::json!(0),
+        "the workload during the rotation: {during}"
+    );
+    let rotated_nodes = rotated["nodes"].as_array().context("rotated nodes")?;
+    ensure!(
+        rotated_nodes.len() == 3
+            && rotated_nodes
+                .iter()
+                .all(|r| r["old_fingerprint_sha256"] != r["new_fingerprint_sha256"]),
+        "every node presents a new certificate: {rotated}"
     );
     for host in &hosts.hosts {
         let out = host
