@@ -23,6 +23,7 @@ const TEST: &str = "an_ssh_host_under_systemd_passes_the_conformance_suite";
 const SLOT: u8 = 61;
 const SLOT_UP: u8 = 62;
 const SLOT_UPGRADE: u8 = 63;
+const SLOT_SUDO: u8 = 64;
 
 fn keygen(path: &Path) -> Result<()> {
     let out = Command::new("ssh-keygen")
@@ -57,13 +58,25 @@ systemctl daemon-reload",
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_ssh_host_under_systemd_passes_the_conformance_suite() -> Result<()> {
-    nshost::preflight(TEST, &["ssh-keygen", "sshd"])?;
+    conformance_as("root", false, SLOT).await
+}
+
+/// The same through a login that is not root (`deploy`): files staged as that user, then put
+/// in place, and every command and unit run, through `sudo -n`. A login sudo refuses
+/// (`guest`) is refused with sudo's own reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ssh_host_reached_as_a_sudo_user_passes_the_conformance_suite() -> Result<()> {
+    conformance_as("deploy", true, SLOT_SUDO).await
+}
+
+async fn conformance_as(user: &str, sudo: bool, slot: u8) -> Result<()> {
+    nshost::preflight(TEST, &["ssh-keygen", "sshd", "sudo"])?;
     let dir = test_dir("keyhold-ssh-host-")?;
     let key = dir.path().join("id_ed25519");
     keygen(&key)?;
     let shared = dir.path().join("shared");
     std::fs::create_dir_all(&shared)?;
-    let mut bridge = Bridge::create(SLOT).await?;
+    let mut bridge = Bridge::create(slot).await?;
     let host_dir = dir.path().join("host");
     std::fs::create_dir_all(&host_dir)?;
     let host = NsHost::boot_ssh(
@@ -79,18 +92,36 @@ async fn an_ssh_host_under_systemd_passes_the_conformance_suite() -> Result<()> 
         &known_hosts,
         host.known_hosts_line(&address.to_string()).await?,
     )?;
-    let settings = Arc::new(SshSettings {
-        hosts: vec![address.into()],
-        user: "root".into(),
-        private_key_file: key.clone(),
-        port: 22,
-        sudo: false,
-        known_hosts,
-        host_key_fingerprints: Vec::new(),
-        trust_on_first_use: false,
-        connect_timeout: Duration::from_secs(10),
-    });
+    let settings = |user: &str| {
+        Arc::new(SshSettings {
+            hosts: vec![address.into()],
+            user: user.into(),
+            private_key_file: key.clone(),
+            port: 22,
+            sudo,
+            known_hosts: known_hosts.clone(),
+            host_key_fingerprints: Vec::new(),
+            trust_on_first_use: false,
+            connect_timeout: Duration::from_secs(10),
+        })
+    };
+    if sudo {
+        let guest = SshHost::new(
+            "keyhold-1",
+            address.into(),
+            settings("guest"),
+            None,
+            PathBuf::from("/"),
+        );
+        let out = guest.run(&["true"], Duration::from_secs(30)).await?;
+        let said = String::from_utf8_lossy(&out.stderr).to_string();
+        ensure!(
+            !out.success() && said.contains("sudo"),
+            "a login without sudo rights: {out:?}"
+        );
+    }
     let pid1 = host.pid1;
+    let settings = settings(user);
     let make = |_: &Path, binary: PathBuf| -> Box<dyn Host> {
         install_units(pid1, &binary);
         Box::new(SshHost::new(
