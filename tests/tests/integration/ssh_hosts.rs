@@ -261,6 +261,23 @@ async fn provision_up_deploys_a_cluster_onto_three_hosts_over_ssh() -> Result<()
             .systemctl(&["show", "--property=User", "--value", "keyhold.service"])
             .await?;
         ensure!(user.trim() == "keyhold", "the unit's user: {user}");
+        // The running unit's sandbox, as systemd itself scores it.
+        let out = host
+            .run(
+                "systemd-analyze",
+                &["security", "--no-pager", "keyhold.service"],
+                &[],
+            )
+            .await?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let score: f64 = text
+            .lines()
+            .find_map(|l| l.split_once("Overall exposure level for keyhold.service:"))
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("no exposure figure:\n{text}"))?;
+        println!("systemd-analyze security keyhold.service on a host: {score}");
+        ensure!(score <= 2.0, "keyhold.service scores {score} (> 2.0)");
     }
     let token = p.env_vars().await?["VAULT_TOKEN"].clone();
     let ca = p.ca_file();
