@@ -373,7 +373,9 @@ async fn drill(
 }
 
 /// `keyhold operator raft snapshot restore -offline` on `node`'s host: seeds its empty data
-/// directory (named by its server `config`) from `archive`, bounded by `timeout`.
+/// directory (named by its server `config`) from `archive` (a file on this machine, put on the
+/// host first and removed after), bounded by `timeout`. On a systemd host the restored data is
+/// then given to the service user, as the server would have written it.
 pub async fn restore_offline(
     host: &dyn Host,
     node: &NodeSpec,
@@ -381,8 +383,12 @@ pub async fn restore_offline(
     archive: &Path,
     timeout: Duration,
 ) -> Result<()> {
+    const STAGED: &str = "opt/keyhold/restore.snap";
+    host.install_file(archive, Path::new(STAGED), 0o600)
+        .await
+        .with_context(|| format!("put the snapshot on {}", node.name))?;
     let binary = node.layout.binary.display().to_string();
-    crate::providers::run_ok(
+    let restored = crate::providers::run_ok(
         host,
         &[
             &binary,
@@ -392,10 +398,28 @@ pub async fn restore_offline(
             "restore",
             "-offline",
             &format!("-config={}", config.display()),
-            &archive.display().to_string(),
+            &node.layout.path(STAGED).display().to_string(),
         ],
         timeout,
     )
-    .await
-    .with_context(|| format!("the offline restore into {} failed", node.name))
+    .await;
+    let _ = host
+        .run(&["rm", "-f", STAGED], Duration::from_secs(60))
+        .await;
+    restored.with_context(|| format!("the offline restore into {} failed", node.name))?;
+    if let Some(owner) = node.layout.service_owner() {
+        crate::providers::run_ok(
+            host,
+            &[
+                "chown",
+                "-R",
+                &format!("{}:{}", owner.user, owner.group),
+                Layout::DATA_DIR,
+            ],
+            Duration::from_secs(300),
+        )
+        .await
+        .with_context(|| format!("give the restored data to {} on {}", owner.user, node.name))?;
+    }
+    Ok(())
 }

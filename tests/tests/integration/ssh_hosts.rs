@@ -5,7 +5,8 @@
 //! install-server and snapshot-timer playbooks, certificates, configs, the binary over SFTP,
 //! keyhold.service under systemd, init, unseal, join and configure; it serves KV to the admin
 //! login, and the snapshot agent's unit stores a snapshot in S3 (moto, on the bridge) from the
-//! active host, under its sandbox, with the credentials and AppRole login `up` gave it.
+//! active host, under its sandbox, with the credentials and AppRole login `up` gave it; after
+//! every node's data is lost, `dr rebuild` brings the cluster back from that snapshot.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -330,6 +331,34 @@ async fn provision_up_deploys_a_cluster_onto_three_hosts_over_ssh() -> Result<()
     );
     let plan = p.run(&["plan"]).await?;
     ensure!(plan.code == Some(0), "plan after up: {plan:?}");
+
+    // Every node's data lost (the units stopped, the data directories emptied): `dr rebuild`
+    // puts the snapshot on the first host, restores it offline there, and the cluster comes
+    // back with the data and the admin token from before.
+    for host in &hosts.hosts {
+        host.systemctl(&["stop", "keyhold.service"]).await?;
+        let out = host
+            .run("sh", &["-c", "rm -rf /opt/keyhold/data/*"], &[])
+            .await?;
+        ensure!(out.status.success(), "empty the data directory: {out:?}");
+    }
+    let rebuilt = p
+        .run(&["dr", "rebuild", "--from", "latest", "--json"])
+        .await?
+        .expect(0)?
+        .json()?;
+    println!("dr rebuild over ssh: {rebuilt}");
+    ensure!(
+        rebuilt["verified"]["secrets"].as_u64() == Some(3),
+        "the rebuilt cluster's inventory: {rebuilt}"
+    );
+    for (n, address) in hosts.addresses.iter().enumerate() {
+        let api = p.api_at(&ca, &format!("https://{address}:8200"), Some(&token))?;
+        ensure!(
+            api.kv2_get("kv", &format!("over-ssh/{n}")).await? == Some(serde_json::json!({"v": n})),
+            "over-ssh/{n} after the rebuild"
+        );
+    }
     p.run(&["down"]).await?.expect(0)?;
     for host in &hosts.hosts {
         let out = host
