@@ -346,7 +346,9 @@ fn policy_paths(top: &Node) -> Result<Vec<PathRules>, PolicyError> {
 /// Reads one `path "<pattern>" { ... }` stanza.
 fn path_rules(stanza: &Entry) -> Result<PathRules, PolicyError> {
     let written = stanza.key.as_str();
-    let pattern = written.strip_prefix('/').unwrap_or(written).to_string();
+    // Every leading `/`, as the ACL trims them from request paths: `//a` is `a`, not a rule
+    // for `/a` that no request could reach.
+    let pattern = written.trim_start_matches('/').to_string();
     let kind = pattern_kind(&pattern, written, stanza.line)?;
     let in_path = |key: &str, expected: &str, line: usize| PolicyError::InvalidValue {
         path: Some(written.to_string()),

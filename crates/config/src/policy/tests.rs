@@ -43,3 +43,17 @@ fn invalid_json_is_refused_before_the_hcl_parser_sees_it() {
            }"#,
     );
 }
+
+#[test]
+fn leading_slashes_are_all_trimmed() {
+    // One was: `//a` became the pattern `/a`, which no request path (trimmed of every leading
+    // `/` by the ACL) could match, and which read back as `a`.
+    check_same(
+        r#"path "//a" { capabilities = ["read"] }"#,
+        r#"path "a" { capabilities = ["read"] }"#,
+    );
+    check_same(
+        r#"path "///" { capabilities = ["read"] }"#,
+        r#"path "" { capabilities = ["read"] }"#,
+    );
+}
