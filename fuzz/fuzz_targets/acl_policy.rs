@@ -25,6 +25,9 @@ fuzz_target!(|data: &[u8]| {
     let rendered = to_json_policy(&policy);
     let again = match parse("fuzz", &rendered) {
         Ok(p) => p,
+        // A JSON policy nests at most 128 levels (serde_json's limit); the JSON form of an
+        // HCL policy nested nearly that deep (a `control_group`) adds a few more.
+        Err(e) if e.to_string().contains("recursion limit exceeded") => return,
         Err(e) => panic!("the policy's JSON form does not parse: {e}\n{rendered}"),
     };
     assert_eq!(
