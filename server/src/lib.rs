@@ -19,6 +19,8 @@ pub mod barrier;
 pub mod cli;
 pub mod core;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 mod key_bytes;
 pub mod logging;

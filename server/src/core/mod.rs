@@ -9,7 +9,7 @@
 mod cluster;
 mod cluster_tls;
 pub mod ha;
-mod keys;
+pub(crate) mod keys;
 pub mod lockout;
 pub mod mounts;
 mod root_ops;

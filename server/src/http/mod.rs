@@ -4,7 +4,7 @@
 
 mod client_cert;
 mod idle;
-mod json_limits;
+pub(crate) mod json_limits;
 mod listener;
 mod sys_raw;
 
@@ -331,26 +331,11 @@ async fn serve(
         }
     }
 
-    let parsed = if raw_upload {
-        Ok(Map::new())
-    } else {
-        parse_body(&bytes)
-    };
-    let mut data = match parsed {
+    let body = (!raw_upload).then_some(&bytes[..]);
+    let data = match request_data(operation, &query, body) {
         Ok(d) => d,
         Err(e) => return error_response(&e),
     };
-    if matches!(
-        operation,
-        Operation::Read | Operation::List | Operation::Delete
-    ) {
-        for (k, v) in &query {
-            if k != "list" {
-                data.entry(k.clone())
-                    .or_insert_with(|| Value::String(v.clone()));
-            }
-        }
-    }
 
     if let Some(resp) = sys_raw::handle(
         state,
@@ -585,6 +570,31 @@ fn ensure_trailing_slash(path: &str, operation: Operation) -> String {
     }
 }
 
+/// A request's data: its JSON body (`None` for a raw upload, which has no fields), and for
+/// reads, lists and deletes its query parameters where the body does not set them, as Vault does.
+pub(crate) fn request_data(
+    operation: Operation,
+    query: &BTreeMap<String, String>,
+    body: Option<&[u8]>,
+) -> Result<Map<String, Value>, Error> {
+    let mut data = match body {
+        Some(bytes) => parse_body(bytes)?,
+        None => Map::new(),
+    };
+    if matches!(
+        operation,
+        Operation::Read | Operation::List | Operation::Delete
+    ) {
+        for (k, v) in query {
+            if k != "list" {
+                data.entry(k.clone())
+                    .or_insert_with(|| Value::String(v.clone()));
+            }
+        }
+    }
+    Ok(data)
+}
+
 /// Vault accepts an empty body, or a JSON object.
 fn parse_body(bytes: &[u8]) -> Result<Map<String, Value>, Error> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -600,7 +610,7 @@ fn parse_body(bytes: &[u8]) -> Result<Map<String, Value>, Error> {
     }
 }
 
-fn parse_query(query: Option<&str>) -> BTreeMap<String, String> {
+pub(crate) fn parse_query(query: Option<&str>) -> BTreeMap<String, String> {
     query
         .unwrap_or("")
         .split('&')
@@ -618,7 +628,7 @@ fn parse_query(query: Option<&str>) -> BTreeMap<String, String> {
 /// The request path after `/v1/`, percent-decoded. A path that decodes to invalid UTF-8 or
 /// holds a control character (NUL, CR, LF, ...) is refused: such a key could not be listed or
 /// typed back, and lossy decoding would make distinct paths (`%fe`, `%ff`) name one key.
-fn decode_path(raw: &str) -> Result<String, Error> {
+pub(crate) fn decode_path(raw: &str) -> Result<String, Error> {
     let bytes = percent_decode_bytes(raw);
     let path = String::from_utf8(bytes)
         .map_err(|_| Error::invalid("invalid request path: it is not valid UTF-8 once decoded"))?;

@@ -44,7 +44,7 @@ fn sources(parts: &[&str]) -> Result<Vec<PathBuf>> {
 #[test]
 fn every_source_file_says_what_it_is_for() -> Result<()> {
     let mut missing = Vec::new();
-    let files = sources(&["server", "crates", "provisioner", "tests"])?;
+    let files = sources(&["server", "crates", "provisioner", "tests", "fuzz"])?;
     assert!(files.len() > 100, "found only {} Rust files", files.len());
     for file in files {
         let text = std::fs::read_to_string(&file)?;

@@ -24,6 +24,8 @@
 
 mod error;
 mod parse;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -142,24 +142,24 @@ fn hcl1_hint(message: &str) -> &'static str {
 }
 
 fn json_tree(text: &str, lines: &Lines) -> Result<Node, PolicyError> {
-    match hcl_edit::parser::parse_expr(text.trim_end()) {
-        Ok(expr) => expr_node(&expr, lines),
-        // A few JSON spellings are not HCL (the `\/` escape); serde_json reads them,
-        // at the price of line numbers.
-        Err(hcl_err) => match serde_json::from_str::<Json>(text) {
-            Ok(json) => Ok(json_node(&json)),
-            Err(e) if e.is_syntax() || e.is_eof() => Err(PolicyError::Syntax {
-                line: e.line(),
-                column: e.column(),
-                message: e.to_string(),
-            }),
-            Err(_) => Err(PolicyError::Syntax {
-                line: hcl_err.location().line(),
-                column: hcl_err.location().column(),
-                message: hcl_err.message().to_string(),
-            }),
-        },
+    // serde_json first: it reads any text in linear time, where hcl-edit's expression parser
+    // can take minutes on a few kilobytes of invalid text (it retries object keys as every
+    // kind of expression, hcl-rs#82), so it only ever sees valid JSON.
+    let json = serde_json::from_str::<Json>(text).map_err(|e| PolicyError::Syntax {
+        line: e.line(),
+        column: e.column(),
+        message: e.to_string(),
+    })?;
+    // The HCL parser again for line numbers, unless it would read the text differently: it
+    // takes `${` and `%{` in a string as a template (and `$${` as an escape), and refuses a
+    // few JSON spellings (the `\/` escape). Then serde's tree, without lines.
+    if text.contains("${") || text.contains("%{") {
+        return Ok(json_node(&json));
     }
+    let node = hcl_edit::parser::parse_expr(text.trim_end())
+        .ok()
+        .and_then(|expr| expr_node(&expr, lines).ok());
+    Ok(node.unwrap_or_else(|| json_node(&json)))
 }
 
 fn json_node(json: &Json) -> Node {
@@ -346,7 +346,9 @@ fn policy_paths(top: &Node) -> Result<Vec<PathRules>, PolicyError> {
 /// Reads one `path "<pattern>" { ... }` stanza.
 fn path_rules(stanza: &Entry) -> Result<PathRules, PolicyError> {
     let written = stanza.key.as_str();
-    let pattern = written.strip_prefix('/').unwrap_or(written).to_string();
+    // Every leading `/`, as the ACL trims them from request paths: `//a` is `a`, not a rule
+    // for `/a` that no request could reach.
+    let pattern = written.trim_start_matches('/').to_string();
     let kind = pattern_kind(&pattern, written, stanza.line)?;
     let in_path = |key: &str, expected: &str, line: usize| PolicyError::InvalidValue {
         path: Some(written.to_string()),
