@@ -1,7 +1,10 @@
 //! `provision down`: every service of the environment stopped (snapshot agents, nodes, then the
 //! unsealer they no longer need); with `--purge`, everything the environment left on disk
-//! removed as well. A whole cluster going away needs no leadership hand-over, so the nodes are
+//! removed as well (on systemd hosts: its units, config, TLS, data and logs; the service user
+//! and the binary stay). A whole cluster going away needs no leadership hand-over, so the nodes are
 //! stopped together rather than one after another.
+
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 
@@ -9,6 +12,15 @@ use crate::deployment::{Deployment, STOP_TIMEOUT};
 use crate::engine::{Outcome, Progress};
 use crate::providers::Service;
 use crate::state::State;
+
+/// What `down --purge` runs on a systemd host (relative paths: the node's root is `/`).
+const PURGE_HOST: &str = "systemctl disable --now keyhold.service keyhold-snapshot.timer \
+                          2>/dev/null; \
+                          rm -f etc/systemd/system/keyhold.service \
+                          etc/systemd/system/keyhold-snapshot.service \
+                          etc/systemd/system/keyhold-snapshot.timer; \
+                          rm -rf etc/keyhold.d opt/keyhold var/log/keyhold var/lib/keyhold && \
+                          systemctl daemon-reload";
 
 /// Stops `service` on every node at once; the names of those that ran.
 async fn stop_all(d: &Deployment, service: Service) -> Result<Vec<String>> {
@@ -52,6 +64,26 @@ pub async fn down(d: &Deployment, purge: bool, progress: &mut Progress) -> Resul
             progress,
             step,
             stopped.then(|| unsealer.name.clone()).into_iter().collect(),
+        );
+    }
+    if purge && d.nodes.iter().any(|n| n.layout.systemd) {
+        // On hosts provision did not make, purge takes away what it put there: units disabled
+        // and removed, the server's config, TLS, data and logs deleted; the user and binary stay.
+        let step = progress.start("purge keyhold from the hosts");
+        let purges = d.nodes.iter().map(|node| async move {
+            crate::providers::run_ok(
+                d.host(node).as_ref(),
+                &["sh", "-c", PURGE_HOST],
+                Duration::from_secs(300),
+            )
+            .await
+            .map(|()| node.name.clone())
+        });
+        let purged = futures::future::try_join_all(purges).await?;
+        progress.finish(
+            step,
+            Outcome::Changed,
+            format!("purged {}", purged.join(", ")),
         );
     }
     if purge {

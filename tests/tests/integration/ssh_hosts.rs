@@ -359,7 +359,8 @@ async fn provision_up_deploys_a_cluster_onto_three_hosts_over_ssh() -> Result<()
             "over-ssh/{n} after the rebuild"
         );
     }
-    p.run(&["down"]).await?.expect(0)?;
+    // `down --purge`: the units stopped, disabled and gone, the server's files deleted.
+    p.run(&["down", "--purge"]).await?.expect(0)?;
     for host in &hosts.hosts {
         let out = host
             .run("systemctl", &["is-active", "keyhold.service"], &[])
@@ -367,6 +368,22 @@ async fn provision_up_deploys_a_cluster_onto_three_hosts_over_ssh() -> Result<()
         ensure!(
             String::from_utf8_lossy(&out.stdout).trim() != "active",
             "keyhold.service still runs after down"
+        );
+        let out = host
+            .run(
+                "sh",
+                &[
+                    "-c",
+                    "ls -d /opt/keyhold /etc/keyhold.d /var/log/keyhold \
+                     /etc/systemd/system/keyhold.service 2>/dev/null || true",
+                ],
+                &[],
+            )
+            .await?;
+        ensure!(
+            out.stdout.is_empty(),
+            "left on a host after down --purge: {}",
+            String::from_utf8_lossy(&out.stdout)
         );
     }
     Ok(())
