@@ -94,10 +94,14 @@ impl NsHost {
             .collect::<Vec<_>>()
             .join(" ");
 
-        let name = format!(
-            "keyhold-test-{}",
-            dir.file_name().unwrap_or_default().to_string_lossy()
-        );
+        // Named by the test's own directory and the host's within it: hosts of concurrent
+        // tests never share a cgroup.
+        let part = |p: Option<&Path>| {
+            p.and_then(Path::file_name)
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        let name = format!("keyhold-test-{}-{}", part(dir.parent()), part(Some(dir)));
         let (layout, homes) = cgroup_homes()?;
         let cgroups = homes
             .iter()
