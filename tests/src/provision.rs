@@ -721,3 +721,26 @@ pub fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
     out.sort();
     Ok(out)
 }
+
+/// The workload's figures in a workflow's `--json` report (its `load`): printed, and none
+/// failed, none lost, and it ran with its writes read back.
+pub fn clean_load(report: &Value) -> Result<()> {
+    let load = &report["load"];
+    println!(
+        "workload: {} operations, {} failed, {} lost, longest write gap {} ms, p99 {} ms",
+        load["operations"],
+        load["failures"],
+        load["lost_writes"],
+        load["longest_write_gap_ms"],
+        load["p99_ms"]
+    );
+    ensure!(
+        load["failures"] == serde_json::json!(0) && load["lost_writes"] == serde_json::json!(0),
+        "the workload during the workflow: {load}"
+    );
+    ensure!(
+        load["operations"].as_u64().unwrap_or(0) > 0 && load["verified"].as_u64().unwrap_or(0) > 0,
+        "the workload ran and its writes were read back: {load}"
+    );
+    Ok(())
+}

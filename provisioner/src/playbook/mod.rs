@@ -331,6 +331,14 @@ impl Step {
             })
     }
 
+    /// A `file` step's content: the text, or the source file read with the variables filled in.
+    fn bytes(t: &Target<'_>, content: &Content) -> Result<Vec<u8>> {
+        match content {
+            Content::Text(text) => Ok(text.clone().into_bytes()),
+            Content::Source(source) => Self::source(t, source),
+        }
+    }
+
     fn source(t: &Target<'_>, source: &str) -> Result<Vec<u8>> {
         let mut path = source.to_string();
         for (name, value) in t.vars {
@@ -370,10 +378,7 @@ impl Step {
                 mode,
                 owner,
             } => {
-                let bytes = match content {
-                    Content::Text(text) => text.clone().into_bytes(),
-                    Content::Source(source) => Self::source(t, source)?,
-                };
+                let bytes = Self::bytes(t, content)?;
                 file_change(t, path, &bytes, *mode, owner).await
             }
             Action::Template { name, mode, owner } => {
@@ -468,10 +473,7 @@ impl Step {
                 mode,
                 owner,
             } => {
-                let bytes = match content {
-                    Content::Text(text) => text.clone().into_bytes(),
-                    Content::Source(source) => Self::source(t, source)?,
-                };
+                let bytes = Self::bytes(t, content)?;
                 t.host
                     .put_file(rel(path), &bytes, *mode, owner.as_ref())
                     .await?;

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use keyhold_tests::provision::{EnvSpec, Provisioned};
+use keyhold_tests::provision::{clean_load, EnvSpec, Provisioned};
 use keyhold_tests::{keyhold_bin, next_keyhold_bin, slow_tests_enabled, NEXT_VERSION};
 use serde_json::{json, Value};
 
@@ -49,28 +49,6 @@ fn installed(p: &Provisioned) -> Result<Vec<String>> {
             Ok(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)))
         })
         .collect()
-}
-
-/// The workload's figures in an upgrade report: none failed, none lost.
-fn clean_load(report: &Value) -> Result<()> {
-    let load = &report["load"];
-    println!(
-        "workload: {} operations, {} failed, {} lost, longest write gap {} ms, p99 {} ms",
-        load["operations"],
-        load["failures"],
-        load["lost_writes"],
-        load["longest_write_gap_ms"],
-        load["p99_ms"]
-    );
-    ensure!(
-        load["failures"] == json!(0) && load["lost_writes"] == json!(0),
-        "the workload during the upgrade: {load}"
-    );
-    ensure!(
-        load["operations"].as_u64().unwrap_or(0) > 0 && load["verified"].as_u64().unwrap_or(0) > 0,
-        "the workload ran and its writes were read back: {load}"
-    );
-    Ok(())
 }
 
 fn print_nodes(report: &Value) {

@@ -456,21 +456,7 @@ async fn upgrade_and_certificate_rotation_over_ssh_under_load_fail_nothing() -> 
         .await?
         .expect(0)?
         .json()?;
-    let load = &report["load"];
-    println!(
-        "upgrade over ssh: {} operations, {} failed, {} lost, longest write gap {} ms, p99 {} ms",
-        load["operations"],
-        load["failures"],
-        load["lost_writes"],
-        load["longest_write_gap_ms"],
-        load["p99_ms"]
-    );
-    ensure!(
-        load["failures"] == serde_json::json!(0)
-            && load["lost_writes"] == serde_json::json!(0)
-            && load["verified"].as_u64().unwrap_or(0) > 0,
-        "the workload during the upgrade: {load}"
-    );
+    keyhold_tests::provision::clean_load(&report)?;
     let nodes = report["nodes"].as_array().context("nodes")?;
     ensure!(
         nodes.len() == 3
