@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod deployment;
 pub mod engine;
 pub mod environment;
+pub mod image;
 pub mod pki;
 pub mod playbook;
 pub mod providers;

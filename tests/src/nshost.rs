@@ -296,6 +296,21 @@ impl Bridge {
             .expect("a bridge prefix makes an address")
     }
 
+    /// `10.A.B`: attached hosts are `10.A.B.N`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// A tap device on the bridge for VM `n` (qemu's `-netdev tap,ifname=...`); the VM is
+    /// `10.A.B.N`. Removed by whoever made it (or with the bridge's links when it goes).
+    pub async fn tap(&self, n: u8) -> Result<String> {
+        let tap = format!("{}t{n}", self.name);
+        let _ = ip(&["link", "del", &tap]).await;
+        ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]).await?;
+        ip(&["link", "set", &tap, "master", &self.name, "up"]).await?;
+        Ok(tap)
+    }
+
     /// Connects `host` as `10.A.B.N` (its `eth0`); returns that address.
     pub async fn attach(&mut self, host: &NsHost, n: u8) -> Result<std::net::Ipv4Addr> {
         self.attached += 1;

@@ -463,6 +463,24 @@ impl Provisioned {
     }
 
     /// `provision env`, evaluated: VAULT_ADDR, VAULT_CACERT and VAULT_TOKEN.
+    /// `upgrade --binary NEXT --with-load --json`, required to succeed with a clean workload
+    /// ([`clean_load`]); its report.
+    pub async fn upgrade_under_load(&mut self, next: &Path) -> Result<Value> {
+        let report = self
+            .run(&[
+                "upgrade",
+                "--binary",
+                &next.display().to_string(),
+                "--with-load",
+                "--json",
+            ])
+            .await?
+            .expect(0)?
+            .json()?;
+        clean_load(&report)?;
+        Ok(report)
+    }
+
     pub async fn env_vars(&mut self) -> Result<BTreeMap<String, String>> {
         let ran = self.run(&["env"]).await?.expect(0)?;
         parse_exports(&ran.stdout)
@@ -742,5 +760,26 @@ pub fn clean_load(report: &Value) -> Result<()> {
         load["operations"].as_u64().unwrap_or(0) > 0 && load["verified"].as_u64().unwrap_or(0) > 0,
         "the workload ran and its writes were read back: {load}"
     );
+    Ok(())
+}
+
+/// The figure of `systemd-analyze security UNIT`'s "Overall exposure level for UNIT: N" line.
+pub fn exposure_level(output: &str, unit: &str) -> Option<f64> {
+    let marker = format!("Overall exposure level for {unit}:");
+    output
+        .lines()
+        .find_map(|l| l.split_once(marker.as_str()))
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|figure| figure.parse().ok())
+}
+
+/// A new ed25519 key pair at `path` (and `path.pub`), no passphrase, for a test's SSH logins.
+pub fn ssh_keygen(path: &Path) -> Result<()> {
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "keyhold-test", "-f"])
+        .arg(path)
+        .output()
+        .context("run ssh-keygen")?;
+    ensure!(out.status.success(), "ssh-keygen: {out:?}");
     Ok(())
 }

@@ -6,6 +6,7 @@ mod down;
 mod dr;
 mod env;
 mod hosts;
+mod image;
 mod load;
 mod plan;
 mod render;
@@ -207,6 +208,12 @@ pub enum Command {
         #[command(subcommand)]
         command: HostsCommand,
     },
+    /// Machine images: `image build images/NAME.hcl` makes a hardened Debian image (qcow2,
+    /// kernel and initrd, rootfs tarball, Packer-format manifest) with the playbooks `up` runs.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
     /// Disaster recovery from the environment's S3 snapshots.
     Dr {
         #[command(subcommand)]
@@ -226,6 +233,28 @@ pub enum HostsCommand {
     Check {
         #[command(flatten)]
         env: EnvArg,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ImageCommand {
+    /// Build the image a definition describes, unless one of the same inputs (definition,
+    /// playbooks, keyhold binary, rendered unit) is already built; check its hardening.
+    Build {
+        /// The image definition (`images/debian-bookworm-keyhold.hcl`).
+        definition: PathBuf,
+        /// Where images and manifest.json go (default: ~/.cache/keyhold/images).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The keyhold binary the image carries (default: the one beside provision).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Build again even when an image of the same inputs exists.
+        #[arg(long)]
+        force: bool,
+        /// Print what was built as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
@@ -440,6 +469,16 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Hosts {
             command: HostsCommand::Check { env, json },
         } => hosts::check(env, json, state_dir).await,
+        Command::Image {
+            command:
+                ImageCommand::Build {
+                    definition,
+                    out,
+                    binary,
+                    force,
+                    json,
+                },
+        } => image::build(definition, out, binary, force, json).await,
         Command::Dr {
             command:
                 DrCommand::Rebuild {

@@ -12,6 +12,8 @@ const KINDS: &[&str] = &[
     "command",
     "directory",
     "file",
+    "package",
+    "sysctl",
     "systemd",
     "template",
     "user",
@@ -129,7 +131,9 @@ fn decode_step(
         "directory" => &["group", "mode", "owner"],
         "file" => &["content", "group", "mode", "owner", "source"],
         "template" => &["group", "mode", "owner"],
-        "systemd" => &["daemon_reload", "enabled", "state"],
+        "systemd" => &["daemon_reload", "enabled", "masked", "state"],
+        "package" => &["state"],
+        "sysctl" => &["file", "value"],
         "command" => &["argv", "creates", "unless"],
         _ => unreachable!("kinds are checked by the caller"),
     };
@@ -188,7 +192,59 @@ fn decode_step(
                 unit: label.to_string(),
                 daemon_reload: s.bool("daemon_reload")?.unwrap_or(false),
                 enabled: s.bool("enabled")?,
+                masked: s.bool("masked")?,
                 state,
+            }
+        }
+        "package" => {
+            let present = match s.string("state")?.as_deref() {
+                None | Some("present") => true,
+                Some("absent") => false,
+                Some(other) => {
+                    return Err(s.value_error(
+                        "state",
+                        format!("{other:?}: use present (the default) or absent"),
+                    ))
+                }
+            };
+            if label.is_empty()
+                || !label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+            {
+                return Err(s.value_error(
+                    "package",
+                    format!("{label:?} is not a Debian package name (e.g. \"auditd\")"),
+                ));
+            }
+            Action::Package {
+                name: label.to_string(),
+                present,
+            }
+        }
+        "sysctl" => {
+            if label.is_empty()
+                || !label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            {
+                return Err(s.value_error(
+                    "sysctl",
+                    format!("{label:?} is not a kernel setting (e.g. \"fs.suid_dumpable\")"),
+                ));
+            }
+            let value = s.required_string("value", "the setting's value, e.g. \"0\"")?;
+            if value.contains('\n') {
+                return Err(s.value_error("value", "a kernel setting's value is one line"));
+            }
+            let file = match s.string("file")? {
+                Some(path) => absolute(&s, "file", &path)?,
+                None => super::SYSCTL_FILE.into(),
+            };
+            Action::Sysctl {
+                key: label.to_string(),
+                value,
+                file,
             }
         }
         "command" => {

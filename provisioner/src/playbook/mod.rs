@@ -18,9 +18,13 @@
 //! template "keyhold.service" {           # a renderer template, rendered for the node
 //!   owner = "root"
 //! }
-//! systemd "keyhold.service" {            # daemon-reload, enable, start/restart/reload/stop
+//! systemd "keyhold.service" {            # daemon-reload, enable, mask, start/restart/reload/stop
 //!   daemon_reload = true
 //!   enabled       = true
+//! }
+//! package "auditd" {}                    # installed with apt (state = "absent": purged)
+//! sysctl "fs.suid_dumpable" {            # kept in a sysctl.d file; applied now on a live host
+//!   value = "0"
 //! }
 //! command "hold the package" {           # guarded: creates a file, or unless a command succeeds
 //!   argv    = ["apt-mark", "hold", "keyhold"]
@@ -57,7 +61,27 @@ const SHIPPED: &[(&str, &str)] = &[
         "snapshot-timer",
         include_str!("../../../playbooks/snapshot-timer.hcl"),
     ),
+    (
+        "harden-host",
+        include_str!("../../../playbooks/harden-host.hcl"),
+    ),
+    (
+        "image-base",
+        include_str!("../../../playbooks/image-base.hcl"),
+    ),
 ];
+
+/// Where `sysctl` steps keep their settings unless a step names another file.
+pub const SYSCTL_FILE: &str = "/etc/sysctl.d/80-provision.conf";
+
+/// The text of a shipped playbook, by name.
+pub fn shipped_text(name: &str) -> Result<&'static str> {
+    SHIPPED
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, text)| *text)
+        .with_context(|| format!("no playbook named {name:?}"))
+}
 
 /// How long one step's command may run on a host.
 const STEP_TIMEOUT: Duration = Duration::from_secs(300);
@@ -104,7 +128,18 @@ pub enum Action {
         unit: String,
         daemon_reload: bool,
         enabled: Option<bool>,
+        masked: Option<bool>,
         state: Option<UnitState>,
+    },
+    Package {
+        name: String,
+        present: bool,
+    },
+    Sysctl {
+        key: String,
+        value: String,
+        /// The sysctl.d file that keeps it across boots.
+        file: PathBuf,
     },
     Command {
         name: String,
@@ -312,6 +347,8 @@ impl Step {
             Action::Template { name, .. } => format!("template {name}"),
             Action::Systemd { unit, .. } => format!("systemd {unit}"),
             Action::Command { name, .. } => format!("command {name:?}"),
+            Action::Package { name, .. } => format!("package {name}"),
+            Action::Sysctl { key, .. } => format!("sysctl {key}"),
         }
     }
 
@@ -397,9 +434,17 @@ impl Step {
                 unit,
                 daemon_reload,
                 enabled,
+                masked,
                 state,
             } => {
                 let mut todo = Vec::new();
+                if let Some(masked) = masked {
+                    let out = run(t, &["systemctl", "is-enabled", unit]).await?;
+                    let is = String::from_utf8_lossy(&out.stdout).trim() == "masked";
+                    if is != *masked {
+                        todo.push(if *masked { "mask" } else { "unmask" });
+                    }
+                }
                 if *daemon_reload && t.live {
                     let out = run_ok(
                         t,
@@ -445,6 +490,25 @@ impl Step {
                     }
                 }
                 Ok(Some("run".to_string()))
+            }
+            Action::Package { name, present } => {
+                let installed = package_installed(t, name).await?;
+                Ok(match (installed, present) {
+                    (false, true) => Some(format!("install {name}")),
+                    (true, false) => Some(format!("purge {name}")),
+                    _ => None,
+                })
+            }
+            Action::Sysctl { key, value, file } => {
+                let mut todo = Vec::new();
+                let text = read_text(t, file).await?;
+                if sysctl_line(&text, key).as_deref() != Some(value.as_str()) {
+                    todo.push(format!("set {key} = {value} in {}", file.display()));
+                }
+                if t.live && sysctl_now(t, key).await? != normalize(value) {
+                    todo.push(format!("apply {key} = {value}"));
+                }
+                Ok((!todo.is_empty()).then(|| todo.join(", ")))
             }
         }
     }
@@ -493,8 +557,13 @@ impl Step {
                 unit,
                 daemon_reload,
                 enabled,
+                masked,
                 state,
             } => {
+                if let Some(masked) = masked {
+                    let verb = if *masked { "mask" } else { "unmask" };
+                    run_ok(t, &["systemctl", verb, unit]).await?;
+                }
                 if *daemon_reload && t.live {
                     run_ok(t, &["systemctl", "daemon-reload"]).await?;
                 }
@@ -516,9 +585,104 @@ impl Step {
                 let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
                 run_ok(t, &argv).await?;
             }
+            Action::Package { name, present } => {
+                // Installs from the lists the host has; when they do not know the package (a
+                // fresh image, lists cleaned), reads them again and retries once.
+                let script = if *present {
+                    "apt-get install -y -q --no-install-recommends \"$1\" || \
+                     { apt-get update -q && apt-get install -y -q --no-install-recommends \"$1\"; }"
+                } else {
+                    "apt-get purge -y -q \"$1\""
+                };
+                run_ok(
+                    t,
+                    &[
+                        "env",
+                        "DEBIAN_FRONTEND=noninteractive",
+                        "sh",
+                        "-c",
+                        script,
+                        "sh",
+                        name,
+                    ],
+                )
+                .await?;
+            }
+            Action::Sysctl { key, value, file } => {
+                let text = read_text(t, file).await?;
+                let updated = with_sysctl_line(&text, key, value);
+                if updated != text {
+                    t.host
+                        .put_file(rel(file), updated.as_bytes(), 0o644, None)
+                        .await?;
+                }
+                if t.live {
+                    run_ok(t, &["sysctl", "-q", "-w", &format!("{key}={value}")]).await?;
+                }
+            }
         }
         Ok(())
     }
+}
+
+/// Whether dpkg has `name` installed on the host.
+async fn package_installed(t: &Target<'_>, name: &str) -> Result<bool> {
+    let out = run(t, &["dpkg-query", "-W", "-f=${db:Status-Abbrev}", name]).await?;
+    Ok(out.success() && String::from_utf8_lossy(&out.stdout).starts_with("ii"))
+}
+
+/// A text file on the host; empty when it does not exist.
+async fn read_text(t: &Target<'_>, path: &Path) -> Result<String> {
+    let bytes = t.host.read_file(rel(path)).await?.unwrap_or_default();
+    String::from_utf8(bytes).with_context(|| format!("{} is not text", path.display()))
+}
+
+/// `a  b` and `a\tb` read alike: sysctl prints multi-part values with tabs.
+fn normalize(value: &str) -> String {
+    value.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The value a sysctl.d file gives `key` (its last line for it), normalised.
+fn sysctl_line(text: &str, key: &str) -> Option<String> {
+    text.lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            if line.starts_with('#') || line.starts_with(';') {
+                return None;
+            }
+            let (k, v) = line.split_once('=')?;
+            (k.trim() == key).then(|| normalize(v))
+        })
+        .next_back()
+}
+
+/// `text` with `key = value`: the key's lines replaced by one, or the line appended.
+fn with_sysctl_line(text: &str, key: &str, value: &str) -> String {
+    let want = format!("{key} = {value}");
+    let mut out = Vec::new();
+    let mut placed = false;
+    for line in text.lines() {
+        let is_key = !line.trim_start().starts_with('#')
+            && line.split_once('=').is_some_and(|(k, _)| k.trim() == key);
+        if !is_key {
+            out.push(line.to_string());
+        } else if !placed {
+            out.push(want.clone());
+            placed = true;
+        }
+    }
+    if !placed {
+        if out.is_empty() {
+            out.push("# Kernel settings kept by provision's playbooks (sysctl steps).".to_string());
+        }
+        out.push(want);
+    }
+    out.join("\n") + "\n"
+}
+
+/// The running kernel's value of `key`, normalised.
+async fn sysctl_now(t: &Target<'_>, key: &str) -> Result<String> {
+    Ok(normalize(&run_ok(t, &["sysctl", "-n", key]).await?))
 }
 
 #[cfg(test)]

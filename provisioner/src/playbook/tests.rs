@@ -122,6 +122,14 @@ command "never twice" {
   argv   = ["sh", "-c", "echo once >> opt/keyhold/ran"]
   unless = ["test", "-e", "opt/keyhold/ran"]
 }
+sysctl "fs.suid_dumpable" {
+  value = "0"
+  file  = "/etc/sysctl.d/80-test.conf"
+}
+sysctl "kernel.core_pattern" {
+  value = "|/bin/false"
+  file  = "/etc/sysctl.d/80-test.conf"
+}
 "#;
 
 #[tokio::test]
@@ -147,7 +155,7 @@ async fn a_playbook_plans_what_it_does_and_a_second_run_changes_nothing() {
     };
     let p = parse_str("playbooks/local.hcl", LOCAL).unwrap();
     let planned = p.check(&target).await.unwrap();
-    assert_eq!(planned.len(), 6, "{planned:#?}");
+    assert_eq!(planned.len(), 8, "{planned:#?}");
     let applied = p.apply(&target).await.unwrap();
     assert!(applied.iter().all(|o| o.changed), "{applied:#?}");
     let mode = |rel: &str| {
@@ -166,6 +174,11 @@ async fn a_playbook_plans_what_it_does_and_a_second_run_changes_nothing() {
         "[Service]\n"
     );
     assert!(root.join("opt/keyhold/marked").exists());
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/sysctl.d/80-test.conf")).unwrap(),
+        "# Kernel settings kept by provision's playbooks (sysctl steps).\n\
+         fs.suid_dumpable = 0\nkernel.core_pattern = |/bin/false\n"
+    );
 
     assert!(
         p.check(&target).await.unwrap().is_empty(),
@@ -189,6 +202,81 @@ async fn a_playbook_plans_what_it_does_and_a_second_run_changes_nothing() {
         std::fs::read_to_string(root.join("etc/keyhold.d/motd")).unwrap(),
         "managed by provision\n"
     );
+}
+
+#[test]
+fn sysctl_files_keep_one_line_per_setting() {
+    let text = "# mine\nvm.swappiness=10\nfs.suid_dumpable = 2\n# fs.suid_dumpable = 9\n";
+    assert_eq!(sysctl_line(text, "fs.suid_dumpable").as_deref(), Some("2"));
+    assert_eq!(sysctl_line(text, "vm.swappiness").as_deref(), Some("10"));
+    assert_eq!(sysctl_line(text, "kernel.x"), None);
+    let updated = with_sysctl_line(text, "fs.suid_dumpable", "0");
+    assert_eq!(
+        updated,
+        "# mine\nvm.swappiness=10\nfs.suid_dumpable = 0\n# fs.suid_dumpable = 9\n"
+    );
+    assert_eq!(with_sysctl_line(&updated, "fs.suid_dumpable", "0"), updated);
+    assert!(
+        with_sysctl_line(text, "kernel.kptr_restrict", "2").ends_with("kernel.kptr_restrict = 2\n")
+    );
+    assert_eq!(normalize("1\t4  1 7"), "1 4 1 7");
+}
+
+#[test]
+fn package_sysctl_and_mask_steps_decode() {
+    let p = parse_str(
+        "t.hcl",
+        "package \"auditd\" {}\npackage \"cron\" {\n  state = \"absent\"\n}\n\
+         sysctl \"fs.suid_dumpable\" {\n  value = \"0\"\n}\n\
+         systemd \"swap.target\" {\n  masked = true\n}\n",
+    )
+    .unwrap();
+    assert_eq!(
+        p.steps.iter().map(|s| s.action.clone()).collect::<Vec<_>>(),
+        vec![
+            Action::Package {
+                name: "auditd".into(),
+                present: true
+            },
+            Action::Package {
+                name: "cron".into(),
+                present: false
+            },
+            Action::Sysctl {
+                key: "fs.suid_dumpable".into(),
+                value: "0".into(),
+                file: SYSCTL_FILE.into(),
+            },
+            Action::Systemd {
+                unit: "swap.target".into(),
+                daemon_reload: false,
+                enabled: None,
+                masked: Some(true),
+                state: None,
+            },
+        ]
+    );
+    for (text, line, want) in [
+        ("package \"a b\" {}", 1, "not a Debian package name"),
+        (
+            "package \"a\" {\n  state = \"gone\"\n}",
+            2,
+            "present (the default) or absent",
+        ),
+        ("sysctl \"fs.x\" {}", 1, "value is required"),
+        (
+            "sysctl \"fs x\" {\n  value = \"1\"\n}",
+            1,
+            "not a kernel setting",
+        ),
+    ] {
+        let err = parse_str("playbooks/t.hcl", text).unwrap_err().to_string();
+        assert!(err.contains(want), "{text}: {err}");
+        assert!(
+            err.contains(&format!("playbooks/t.hcl:{line}")),
+            "{text}: {err}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -170,6 +170,37 @@ pub async fn run_ok(host: &dyn Host, argv: &[&str], timeout: Duration) -> Result
     Ok(())
 }
 
+/// Runs `cmd` (its output piped) to the end, killed after `timeout`; `program` and `node` name
+/// it in errors. How the local and chroot hosts run commands.
+pub async fn output_within(
+    mut cmd: tokio::process::Command,
+    program: &str,
+    node: &str,
+    timeout: Duration,
+) -> Result<CommandOutput> {
+    let child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("run {program} on {node}: {e}"))?;
+    match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Ok(out) => {
+            let out = out.map_err(|e| anyhow::anyhow!("run {program} on {node}: {e}"))?;
+            Ok(CommandOutput {
+                status: out.status.code(),
+                stdout: out.stdout,
+                stderr: out.stderr,
+            })
+        }
+        Err(_) => anyhow::bail!(
+            "{program} on {node} did not finish within {}s and was killed",
+            timeout.as_secs()
+        ),
+    }
+}
+
 pub fn for_environment(env: &Environment, dir: &StateDir) -> Arc<dyn Provider> {
     match &env.provider {
         crate::environment::Provider::Local(settings) => Arc::new(local::LocalProvider::new(

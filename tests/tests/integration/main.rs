@@ -13,6 +13,7 @@ mod client_admin;
 mod cluster;
 mod durability;
 mod fast_cluster;
+mod image;
 mod kv;
 mod lifecycle;
 mod monitoring;

@@ -421,18 +421,13 @@ impl SystemdHost {
             )
             .await?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let marker = "Overall exposure level for keyhold.service:";
-        text.lines()
-            .find_map(|l| l.split_once(marker))
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .and_then(|figure| figure.parse().ok())
-            .with_context(|| {
-                format!(
-                    "no exposure figure from systemd-analyze security ({}):\n{text}\n{}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr)
-                )
-            })
+        keyhold_tests::provision::exposure_level(&text, "keyhold.service").with_context(|| {
+            format!(
+                "no exposure figure from systemd-analyze security ({}):\n{text}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
     }
 
     /// The server's own log file, /var/log/keyhold/keyhold.log.

@@ -332,19 +332,8 @@ async fn slow_upgrade_of_five_nodes_under_load() -> Result<()> {
     let next = next_keyhold_bin()?;
     let mut p = Provisioned::new("upgrade-five", SLOT_FIVE, EnvSpec::nodes(5))?;
     p.up_json().await?;
-    let report = p
-        .run(&[
-            "upgrade",
-            "--binary",
-            &next.display().to_string(),
-            "--with-load",
-            "--json",
-        ])
-        .await?
-        .expect(0)?
-        .json()?;
+    let report = p.upgrade_under_load(&next).await?;
     print_nodes(&report);
-    clean_load(&report)?;
     ensure!(versions(&mut p).await? == vec![NEXT_VERSION.to_string(); 5]);
     ensure!(
         report["active_version_after"] == json!(NEXT_VERSION),

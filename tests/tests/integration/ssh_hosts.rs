@@ -26,16 +26,6 @@ const SLOT_UP: u8 = 62;
 const SLOT_UPGRADE: u8 = 63;
 const SLOT_SUDO: u8 = 64;
 
-fn keygen(path: &Path) -> Result<()> {
-    let out = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "keyhold-test", "-f"])
-        .arg(path)
-        .output()
-        .context("run ssh-keygen")?;
-    ensure!(out.status.success(), "ssh-keygen: {out:?}");
-    Ok(())
-}
-
 /// Units for the stand-in `binary`, as the rendered ones run the server and the snapshot
 /// agent, written on the host over `nsenter` (the suite makes its hosts synchronously).
 fn install_units(pid1: u32, binary: &Path) {
@@ -74,7 +64,7 @@ async fn conformance_as(user: &str, sudo: bool, slot: u8) -> Result<()> {
     nshost::preflight(TEST, &["ssh-keygen", "sshd", "sudo"])?;
     let dir = test_dir("keyhold-ssh-host-")?;
     let key = dir.path().join("id_ed25519");
-    keygen(&key)?;
+    keyhold_tests::provision::ssh_keygen(&key)?;
     let shared = dir.path().join("shared");
     std::fs::create_dir_all(&shared)?;
     let mut bridge = Bridge::create(slot).await?;
@@ -181,7 +171,7 @@ struct Hosts {
 
 async fn three_hosts(dir: &Path, slot: u8) -> Result<Hosts> {
     let key = dir.join("id_ed25519");
-    keygen(&key)?;
+    keyhold_tests::provision::ssh_keygen(&key)?;
     let mut bridge = Bridge::create(slot).await?;
     let mut hosts = Vec::new();
     let mut addresses = Vec::new();
@@ -271,11 +261,7 @@ async fn provision_up_deploys_a_cluster_onto_three_hosts_over_ssh() -> Result<()
             )
             .await?;
         let text = String::from_utf8_lossy(&out.stdout);
-        let score: f64 = text
-            .lines()
-            .find_map(|l| l.split_once("Overall exposure level for keyhold.service:"))
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
+        let score = keyhold_tests::provision::exposure_level(&text, "keyhold.service")
             .with_context(|| format!("no exposure figure:\n{text}"))?;
         println!("systemd-analyze security keyhold.service on a host: {score}");
         ensure!(score <= 2.0, "keyhold.service scores {score} (> 2.0)");
@@ -445,18 +431,7 @@ async fn upgrade_and_certificate_rotation_over_ssh_under_load_fail_nothing() -> 
         &hcl,
     )?;
     p.run(&["up", "--json"]).await?.expect(0)?;
-    let report = p
-        .run(&[
-            "upgrade",
-            "--binary",
-            &next.display().to_string(),
-            "--with-load",
-            "--json",
-        ])
-        .await?
-        .expect(0)?
-        .json()?;
-    keyhold_tests::provision::clean_load(&report)?;
+    let report = p.upgrade_under_load(&next).await?;
     let nodes = report["nodes"].as_array().context("nodes")?;
     ensure!(
         nodes.len() == 3

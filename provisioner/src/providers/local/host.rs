@@ -6,7 +6,6 @@
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -231,30 +230,9 @@ impl Host for LocalHost {
         // A host's root always exists; a local node's does once anything was put there.
         fs::create_dir_all(&self.root)
             .with_context(|| format!("create {}", self.root.display()))?;
-        let child = tokio::process::Command::new(program)
-            .args(args)
-            .current_dir(&self.root)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("run {program} on {}", self.node))?;
-        match tokio::time::timeout(timeout, child.wait_with_output()).await {
-            Ok(out) => {
-                let out = out.with_context(|| format!("run {program} on {}", self.node))?;
-                Ok(CommandOutput {
-                    status: out.status.code(),
-                    stdout: out.stdout,
-                    stderr: out.stderr,
-                })
-            }
-            Err(_) => bail!(
-                "{program} on {} did not finish within {}s and was killed",
-                self.node,
-                timeout.as_secs()
-            ),
-        }
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args).current_dir(&self.root);
+        crate::providers::output_within(cmd, program, &self.node, timeout).await
     }
 
     async fn service_state(&self, service: Service) -> Result<ServiceState> {

@@ -1,0 +1,538 @@
+//! `provision image build` and machines booted from its image (root; debootstrap, qemu).
+//!
+//! Every run: the shipped definition (`images/debian-bookworm-keyhold.hcl`) built with this
+//! build's `keyhold` into the image cache outside the clone (reused when its inputs did not
+//! change, which the second build proves), its Packer manifest and artifacts checked, the
+//! chroot transport put through the provider conformance cases on a copy of the image's tree,
+//! the hardening checks shown to fail when an item is undone, and one VM booted from the
+//! image under qemu (TCG) with every hardening item checked again on the running system over
+//! SSH, as the ssh provider reaches hosts.
+//!
+//! Slow tier (`tests/vm/run`): three VMs, `provision up` over SSH, the hvac compat suite,
+//! `systemd-analyze security` with the server running, a rolling upgrade under load, and a
+//! VM powered off and on again.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use keyhold_tests::nshost::Bridge;
+use keyhold_tests::test_dir;
+use keyhold_tests::vm::{self, Image, Vm};
+use provisioner::image::checks;
+use provisioner::image::chroot::ChrootHost;
+use provisioner::providers::ssh::{SshHost, SshSettings};
+use provisioner::providers::{conformance, Host};
+use serde_json::Value;
+
+/// The tests' bridges (10.A.SLOT.0/24).
+const SLOT_ONE_VM: u8 = 65;
+const SLOT_CLUSTER: u8 = 66;
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the repository")
+        .to_path_buf()
+}
+
+/// Where images are cached between runs: outside the clone, shared by CI runs on a machine.
+fn image_cache() -> PathBuf {
+    std::env::var_os("KEYHOLD_IMAGE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(provisioner::image::default_out)
+}
+
+/// `provision image build` of the shipped definition with this build's keyhold; its JSON.
+fn build_image() -> Result<(Value, String)> {
+    let out = Command::new(keyhold_tests::provision_bin()?)
+        .current_dir(repo_root())
+        .args([
+            "image",
+            "build",
+            "images/debian-bookworm-keyhold.hcl",
+            "--json",
+        ])
+        .arg("--binary")
+        .arg(keyhold_tests::keyhold_bin()?)
+        .arg("--out")
+        .arg(image_cache())
+        .output()
+        .context("run provision image build")?;
+    let progress = String::from_utf8_lossy(&out.stderr).to_string();
+    ensure!(
+        out.status.success(),
+        "provision image build failed:\n{progress}"
+    );
+    Ok((serde_json::from_slice(&out.stdout)?, progress))
+}
+
+fn preflight(test: &str) -> Result<()> {
+    vm::preflight(test)?;
+    for tool in ["debootstrap", "mkfs.ext4", "zstd"] {
+        ensure!(
+            Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .env(
+                    "PATH",
+                    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+                )
+                .output()?
+                .status
+                .success(),
+            "{test} needs `{tool}`; scripts/test installs it"
+        );
+    }
+    Ok(())
+}
+
+/// An SSH host for `vm` as the ssh provider reaches it: the `admin` login through sudo, the
+/// host key pinned to what the VM's console printed.
+fn admin_host(vm: &Vm, key: &Path, known_hosts: &Path) -> SshHost {
+    let settings = Arc::new(SshSettings {
+        hosts: vec![vm.address.into()],
+        user: "admin".into(),
+        private_key_file: key.to_path_buf(),
+        port: 22,
+        sudo: true,
+        known_hosts: known_hosts.to_path_buf(),
+        host_key_fingerprints: vec![vm.host_key.clone()],
+        trust_on_first_use: false,
+        connect_timeout: Duration::from_secs(20),
+    });
+    SshHost::new(
+        &vm.name,
+        vm.address.into(),
+        settings,
+        Some(vm.host_key.clone()),
+        PathBuf::from("/"),
+    )
+}
+
+fn failed(checks: &[checks::Check]) -> Vec<String> {
+    checks
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| format!("{}: {}", c.name, c.detail))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_is_built_checked_and_boots_a_hardened_vm() -> Result<()> {
+    const TEST: &str = "an_image_is_built_checked_and_boots_a_hardened_vm";
+    preflight(TEST)?;
+    let t0 = std::time::Instant::now();
+    let phase = |what: &str| println!("[{:>5.1}s] {what}", t0.elapsed().as_secs_f64());
+    let (built, progress) = build_image()?;
+    println!("{progress}");
+    let image = Image::from_build_json(&built)?;
+    let id = built["id"].as_str().context("id")?.to_string();
+    ensure!(
+        id.starts_with("debian-bookworm-keyhold-"),
+        "the image is named by its definition and input hash: {id}"
+    );
+
+    // Packer's manifest: this build among builds[], its files there with their sizes.
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(image_cache().join("manifest.json"))?)?;
+    let entry = manifest["builds"]
+        .as_array()
+        .context("builds[]")?
+        .iter()
+        .rev()
+        .find(|b| b["artifact_id"] == id.as_str())
+        .with_context(|| format!("{id} in the manifest: {manifest}"))?;
+    ensure!(
+        entry["builder_type"] == "keyhold-debootstrap-chroot"
+            && entry["name"] == "debian-bookworm-keyhold"
+            && entry["build_time"]
+                .as_u64()
+                .is_some_and(|t| t > 1_700_000_000)
+            && entry["custom_data"]["checks"] == "9/9 passed"
+            && manifest["last_run_uuid"]
+                .as_str()
+                .is_some_and(|u| u.len() == 36),
+        "the manifest's build: {entry}"
+    );
+    for file in entry["files"].as_array().context("files[]")? {
+        let path = image_cache().join(file["name"].as_str().context("a file's name")?);
+        let size = std::fs::metadata(&path)
+            .with_context(|| format!("{} named in the manifest", path.display()))?
+            .len();
+        ensure!(file["size"].as_u64() == Some(size), "{file} vs {size}");
+    }
+    let info = Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(&image.disk)
+        .output()?;
+    let info: Value = serde_json::from_slice(&info.stdout)?;
+    ensure!(info["format"] == "qcow2", "the disk: {info}");
+
+    phase("built");
+    // The same inputs: found, not built again.
+    let (again, progress) = build_image()?;
+    ensure!(
+        again["cached"] == true && again["id"] == id.as_str() && progress.contains("unchanged"),
+        "a second build of unchanged inputs: {again}\n{progress}"
+    );
+
+    // The chroot transport, on a copy of the image's tree: the provider conformance cases for
+    // files and commands; then the hardening checks fail, naming what, when items are undone.
+    let dir = test_dir("keyhold-image-")?;
+    let tree = dir.path().join("rootfs");
+    std::fs::create_dir_all(&tree)?;
+    let rootfs = PathBuf::from(built["dir"].as_str().context("dir")?)
+        .join(built["rootfs"].as_str().context("rootfs")?);
+    let out = Command::new("tar")
+        .args(["--numeric-owner", "-I", "zstd", "-xpf"])
+        .arg(&rootfs)
+        .arg("-C")
+        .arg(&tree)
+        .output()?;
+    ensure!(out.status.success(), "unpack the rootfs tarball: {out:?}");
+    let host = ChrootHost::new("image copy", &tree);
+    let all = checks::run(&host, false).await?;
+    ensure!(
+        failed(&all).is_empty(),
+        "the image's own tree: {:?}",
+        failed(&all)
+    );
+    let undo = "chmod 0755 /opt/keyhold/data && chmod g+w /usr/local/bin/keyhold \
+                && echo '/swapfile none swap sw 0 0' >> /etc/fstab \
+                && systemctl enable apt-daily.timer >/dev/null 2>&1";
+    let out = host
+        .run(&["sh", "-c", undo], Duration::from_secs(60))
+        .await?;
+    ensure!(out.success(), "undo hardening in the copy: {out:?}");
+    let broken = failed(&checks::run(&host, false).await?);
+    for want in [
+        "/opt/keyhold/data is 755",
+        "/usr/local/bin/keyhold is group- or world-writable",
+        "/etc/fstab names swap",
+        "timers enabled but not needed: apt-daily.timer",
+    ] {
+        ensure!(
+            broken.iter().any(|b| b.contains(want)),
+            "undone hardening not reported ({want}): {broken:?}"
+        );
+    }
+    let cases_dir = tree.join("tmp");
+    let make =
+        |_: &Path, _: PathBuf| -> Box<dyn Host> { Box::new(ChrootHost::new("image copy", &tree)) };
+    let _ = cases_dir;
+    conformance::run_files_and_commands(make).await;
+    phase("chroot checks and conformance");
+
+    // One VM from the image: it boots, is reached as admin with its host key pinned from the
+    // console, and every hardening item holds on the running system.
+    let key = dir.path().join("id_ed25519");
+    keyhold_tests::provision::ssh_keygen(&key)?;
+    let bridge = Bridge::create(SLOT_ONE_VM).await?;
+    let vm = Vm::boot(
+        &image,
+        &bridge,
+        11,
+        "keyhold-vm-1",
+        &key.with_extension("pub"),
+        &dir.path().join("vm"),
+        768,
+    )
+    .await?;
+    phase("VM booted, sshd up");
+    let host = admin_host(&vm, &key, &dir.path().join("known_hosts"));
+    let live = checks::run(&host, true).await?;
+    for c in &live {
+        println!(
+            "{} {}: {}",
+            if c.ok { "ok " } else { "BAD" },
+            c.name,
+            c.detail
+        );
+    }
+    ensure!(
+        failed(&live).is_empty(),
+        "hardening on the running VM: {:?}",
+        failed(&live)
+    );
+    phase("live checks over SSH");
+    let out = host
+        .run(
+            &[
+                "sh",
+                "-c",
+                "hostname; systemctl is-enabled keyhold.service; id -u keyhold",
+            ],
+            Duration::from_secs(30),
+        )
+        .await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        text.starts_with("keyhold-vm-1\nenabled\n"),
+        "the VM's name and unit: {text}"
+    );
+    // A wrong host key is refused before anything is sent.
+    let wrong = Arc::new(SshSettings {
+        hosts: vec![vm.address.into()],
+        user: "admin".into(),
+        private_key_file: key.clone(),
+        port: 22,
+        sudo: true,
+        known_hosts: dir.path().join("known_hosts"),
+        host_key_fingerprints: vec!["SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into()],
+        trust_on_first_use: false,
+        connect_timeout: Duration::from_secs(20),
+    });
+    let pin = wrong.host_key_fingerprints.first().cloned();
+    let err = SshHost::new("keyhold-vm-1", vm.address.into(), wrong, pin, "/".into())
+        .run(&["true"], Duration::from_secs(30))
+        .await
+        .expect_err("a wrong pinned host key is refused");
+    ensure!(
+        format!("{err:#}").contains("host key"),
+        "the refusal names the host key: {err:#}"
+    );
+    phase("wrong host key refused");
+    drop(vm);
+    drop(bridge);
+    Ok(())
+}
+
+/// Lynis (Debian's package, fetched once with `apt-get download` into the image cache) run
+/// on `vm` as root; its hardening index.
+async fn lynis_index(vm: &Vm, key: &Path, dir: &Path) -> Result<u32> {
+    let cache = image_cache().join("lynis");
+    std::fs::create_dir_all(&cache)?;
+    let find = || -> Result<Option<PathBuf>> {
+        Ok(std::fs::read_dir(&cache)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "deb")))
+    };
+    if find()?.is_none() {
+        let out = Command::new("apt-get")
+            .args(["download", "lynis"])
+            .current_dir(&cache)
+            .output()
+            .context("apt-get download lynis")?;
+        ensure!(out.status.success(), "apt-get download lynis: {out:?}");
+    }
+    let deb = find()?.context("lynis's .deb after apt-get download")?;
+    let host = admin_host(vm, key, &dir.join("known_hosts"));
+    host.install_file(&deb, Path::new("root/lynis.deb"), 0o644)
+        .await?;
+    let out = host
+        .run(
+            &[
+                "sh",
+                "-c",
+                "dpkg -i /root/lynis.deb >/dev/null && \
+                 lynis audit system --quick --no-colors --no-log 2>&1",
+            ],
+            Duration::from_secs(1200),
+        )
+        .await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("Hardening index : "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("no hardening index in Lynis's report:\n{text}"))
+}
+
+/// The harness's 3-node environment deployed onto `vms` by the ssh provider: the image's
+/// `admin` login through sudo, each host key pinned as its console printed it.
+fn vm_environment(vms: &[Vm], key: &Path) -> Result<String> {
+    let local = keyhold_tests::provision::environment_hcl(
+        &keyhold_tests::provision::EnvSpec::nodes(3),
+        std::net::Ipv4Addr::new(127, 0, 0, 1),
+        &keyhold_tests::keyhold_bin()?,
+    );
+    let provider = "provider \"local\" {\n  address_base = \"127.0.0.1\"\n}\n";
+    ensure!(
+        local.contains(provider),
+        "the harness's environment changed:\n{local}"
+    );
+    let list = |items: Vec<String>| {
+        items
+            .iter()
+            .map(|i| format!("\"{i}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Ok(local.replace(
+        provider,
+        &format!(
+            "provider \"ssh\" {{\n  hosts = [{}]\n  user = \"admin\"\n  sudo = true\n  \
+             private_key_file = \"{}\"\n  host_key_fingerprints = [{}]\n  \
+             connect_timeout = \"30s\"\n}}\n",
+            list(vms.iter().map(|v| v.address.to_string()).collect()),
+            key.display(),
+            list(vms.iter().map(|v| v.host_key.clone()).collect()),
+        ),
+    ))
+}
+
+/// The whole VM tier (`tests/vm/run`): three VMs from the image, `provision up` over SSH,
+/// the server's sandbox scored on a live VM, KV through every node, a rolling upgrade under
+/// load with nothing failed or lost, and a VM powered off and on again: its node comes back
+/// sealed (Shamir) and `provision unseal` brings it back into the cluster.
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_provision_up_onto_three_vms_built_from_the_image() -> Result<()> {
+    const TEST: &str = "slow_provision_up_onto_three_vms_built_from_the_image";
+    if !keyhold_tests::slow_tests_enabled(TEST) {
+        return Ok(());
+    }
+    preflight(TEST)?;
+    let next = keyhold_tests::next_keyhold_bin()?;
+    let t0 = std::time::Instant::now();
+    let phase = |what: &str| println!("[{:>5.1}s] {what}", t0.elapsed().as_secs_f64());
+    let (built, _) = build_image()?;
+    let image = Image::from_build_json(&built)?;
+    let dir = test_dir("keyhold-vm-cluster-")?;
+    let key = dir.path().join("id_ed25519");
+    keyhold_tests::provision::ssh_keygen(&key)?;
+    let bridge = Bridge::create(SLOT_CLUSTER).await?;
+    let boots = (1..=3u8).map(|n| {
+        let (image, bridge, key, dir) = (&image, &bridge, &key, dir.path());
+        async move {
+            Vm::boot(
+                image,
+                bridge,
+                10 + n,
+                &format!("keyhold-{n}"),
+                &key.with_extension("pub"),
+                &dir.join("vms"),
+                1024,
+            )
+            .await
+        }
+    });
+    let mut vms = futures::future::try_join_all(boots).await?;
+    phase("three VMs booted");
+
+    let hcl = vm_environment(&vms, &key)?;
+    let mut p = keyhold_tests::provision::Provisioned::with_text(
+        "vm",
+        3,
+        std::net::Ipv4Addr::new(127, 0, 0, 1),
+        &hcl,
+    )?;
+    p.run(&["hosts", "check"]).await?.expect(0)?;
+    let up = p.run(&["up", "--json"]).await?;
+    if up.code != Some(0) {
+        for vm in &vms {
+            eprintln!("{} console:\n{}", vm.name, vm.console_tail(30));
+        }
+    }
+    up.expect(0)?;
+    phase("provision up");
+    let plan = p.run(&["plan"]).await?;
+    ensure!(plan.code == Some(0), "plan after up: {plan:?}");
+    let roles = keyhold_tests::provision::roles_of(&p.status().await?.1)?;
+    ensure!(
+        roles.iter().filter(|r| *r == "active").count() == 1
+            && roles.iter().filter(|r| *r == "standby").count() == 2,
+        "roles: {roles:?}"
+    );
+    for vm in &vms {
+        let host = admin_host(vm, &key, &dir.path().join("known_hosts"));
+        let out = host
+            .run(
+                &[
+                    "systemd-analyze",
+                    "security",
+                    "--no-pager",
+                    "keyhold.service",
+                ],
+                Duration::from_secs(120),
+            )
+            .await?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let score = keyhold_tests::provision::exposure_level(&text, "keyhold.service")
+            .with_context(|| format!("no exposure figure:\n{text}"))?;
+        println!(
+            "systemd-analyze security keyhold.service on {}: {score}",
+            vm.name
+        );
+        ensure!(
+            score <= 2.0,
+            "keyhold.service scores {score} on {} (> 2.0)",
+            vm.name
+        );
+        let live = checks::run(&host, true).await?;
+        ensure!(
+            failed(&live).is_empty(),
+            "hardening on {} with the server running: {:?}",
+            vm.name,
+            failed(&live)
+        );
+    }
+    let index = lynis_index(&vms[0], &key, dir.path()).await?;
+    println!(
+        "Lynis hardening index on {} (server running): {index}",
+        vms[0].name
+    );
+    let floor: u32 = std::fs::read_to_string(repo_root().join("tests/vm/lynis-floor"))?
+        .lines()
+        .find(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .context("a number in tests/vm/lynis-floor")?
+        .trim()
+        .parse()?;
+    ensure!(
+        index >= floor,
+        "the Lynis hardening index fell to {index} (floor {floor}, tests/vm/lynis-floor)"
+    );
+    phase("Lynis audit");
+    let token = p.env_vars().await?["VAULT_TOKEN"].clone();
+    let ca = p.ca_file();
+    for (n, vm) in vms.iter().enumerate() {
+        let api = p.api_at(&ca, &format!("https://{}:8200", vm.address), Some(&token))?;
+        api.kv2_put("kv", &format!("on-vms/{n}"), serde_json::json!({"v": n}))
+            .await?
+            .expect_ok("write through a node")?;
+    }
+    phase("sandbox scored, hardening held, KV through every node");
+
+    p.upgrade_under_load(&next).await?;
+    phase("rolling upgrade under load");
+
+    // Power lost and back: the node is sealed (Shamir keys are not on the machine), and
+    // `provision unseal` brings it back; it serves what was written before.
+    let host_key = vms[1].host_key.clone();
+    let again = vms[1].power_cycle().await?;
+    ensure!(
+        again == host_key,
+        "the host key changed across a reboot: {again}"
+    );
+    let api = p.api_at(&ca, &format!("https://{}:8200", vms[1].address), None)?;
+    keyhold_tests::eventually(
+        "the rebooted node answers sealed",
+        240,
+        Duration::from_millis(500),
+        || async {
+            Ok((api.seal_status().await?["sealed"] == serde_json::json!(true)).then_some(()))
+        },
+    )
+    .await?;
+    p.run(&["unseal"]).await?.expect(0)?;
+    let api = p.api_at(
+        &ca,
+        &format!("https://{}:8200", vms[1].address),
+        Some(&token),
+    )?;
+    keyhold_tests::eventually(
+        "the rebooted node serves again",
+        240,
+        Duration::from_millis(500),
+        || async {
+            Ok((api.kv2_get("kv", "on-vms/0").await.ok().flatten()
+                == Some(serde_json::json!({"v": 0})))
+            .then_some(()))
+        },
+    )
+    .await?;
+    phase("a VM power-cycled, its node unsealed and serving");
+    Ok(())
+}
