@@ -27,6 +27,7 @@
 //! append-entries RPC, which must cover a follower's fsync.
 
 pub mod backend;
+mod lease;
 pub mod listener;
 pub mod log_store;
 pub mod network;

@@ -17,6 +17,7 @@ mod kv;
 mod lifecycle;
 mod monitoring;
 mod moto;
+mod partitions;
 mod provision;
 mod provision_kms;
 mod provision_snapshots;
