@@ -11,6 +11,7 @@ mod ci_job;
 mod cli;
 mod client_admin;
 mod cluster;
+mod damaged_stores;
 mod durability;
 mod fast_cluster;
 mod kv;

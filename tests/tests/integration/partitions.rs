@@ -14,7 +14,7 @@
 //! Needs root (namespaces, links, routes): without it, or without `ip`/`nsenter`, the test fails
 //! and says why. Prints a `chaos-figures:` line for `tests/chaos/run`; nothing asserts on time.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -329,15 +329,15 @@ async fn partition_round(
     Ok(round)
 }
 
-/// Every acknowledged write reads back with its value through the active node; then the
-/// cluster stops and every node's own store holds the same `kv/` ciphertexts, with at least
-/// as many of the workload's versions as were acknowledged. Returns how many were missing.
-async fn every_node_holds(
-    pc: &mut PartitionedCluster,
+/// Every acknowledged write (a key of the KV v2 mount `kv/` and its value) reads back through
+/// the active node; then the cluster stops and every node's own store holds the same `kv/`
+/// ciphertexts, with a version of every acknowledged key. Returns how many did not read back.
+pub(crate) async fn every_node_holds(
+    cluster: &mut Cluster,
     acknowledged: &[(String, Value)],
 ) -> Result<u64> {
-    let active = pc.cluster.wait_roles("before the check").await?;
-    let api = pc.cluster.nodes[active].api();
+    let active = cluster.wait_roles("before the check").await?;
+    let api = cluster.nodes[active].api();
     let mut lost = 0;
     for (key, value) in acknowledged {
         if api.kv2_get("kv", key).await?.as_ref() != Some(value) {
@@ -349,12 +349,13 @@ async fn every_node_holds(
         .as_str()
         .with_context(|| format!("no uuid for kv/ in {}", mounts.text))?
         .to_string();
-    pc.cluster.wait_caught_up().await?;
-    pc.cluster.stop_all().await?;
+    cluster.wait_caught_up().await?;
+    cluster.stop_all().await?;
     let prefix = format!("logical/{uuid}/");
-    let workload = format!("{prefix}versions/partition/k-");
+    let versions_of = format!("{prefix}versions/");
+    let keys: BTreeSet<&str> = acknowledged.iter().map(|(k, _)| k.as_str()).collect();
     let mut first: Option<(String, BTreeMap<String, Vec<u8>>)> = None;
-    for node in &pc.cluster.nodes {
+    for node in &cluster.nodes {
         let store = SledStore::open(&node.data_dir)
             .with_context(|| format!("open the store of {}", node.id))?;
         let kv: BTreeMap<String, Vec<u8>> = store
@@ -363,12 +364,19 @@ async fn every_node_holds(
             .filter(|(k, _)| k.starts_with(&prefix))
             .collect();
         drop(store);
-        let versions = kv.keys().filter(|k| k.starts_with(&workload)).count();
+        // `versions/<path>/<n>`: the keys with a version on this node's disk.
+        let held: BTreeSet<&str> = kv
+            .keys()
+            .filter_map(|k| k.strip_prefix(&versions_of))
+            .filter_map(|v| v.rsplit_once('/').map(|(path, _)| path))
+            .filter(|path| keys.contains(path))
+            .collect();
         ensure!(
-            versions >= acknowledged.len(),
-            "{} holds {versions} of the workload's versions; {} were acknowledged",
+            held.len() == keys.len(),
+            "{} holds a version of {} of the {} acknowledged keys",
             node.id,
-            acknowledged.len()
+            held.len(),
+            keys.len()
         );
         match &first {
             None => first = Some((node.id.clone(), kv)),
@@ -442,7 +450,7 @@ async fn partitions(test: &str, scenario: &str, slot: u8, rounds: u32) -> Result
         .map(|p| p[1].2 - p[0].2)
         .max()
         .unwrap_or_default();
-    let lost = every_node_holds(&mut pc, &acknowledged).await?;
+    let lost = every_node_holds(&mut pc.cluster, &acknowledged).await?;
     let stale_reads: u64 = measured.iter().map(|r| r.stale_reads).sum();
     let minority_writes: u64 = measured.iter().map(|r| r.minority_writes).sum();
     let leader_bound = measured
