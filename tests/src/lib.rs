@@ -22,6 +22,7 @@ pub mod nshost;
 pub mod pki;
 pub mod provision;
 pub mod raw;
+pub mod slow_disk;
 
 pub use api::{list_method, Api, InitKeys, Resp};
 pub use cluster::{retry_join_lines, Cluster, RaftServer, Roles};

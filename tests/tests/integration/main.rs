@@ -27,6 +27,7 @@ mod provision_transit;
 mod provision_upgrade;
 mod seal;
 mod security;
+mod slow_disks;
 mod smoke;
 mod snapshot;
 mod snapshot_agent;

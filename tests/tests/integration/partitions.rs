@@ -128,7 +128,7 @@ impl PartitionedCluster {
 }
 
 /// What one request came back with: a status, or nothing within [`REQUEST_TIMEOUT`].
-async fn send(
+pub(crate) async fn send(
     api: &Api,
     method: reqwest::Method,
     path: &str,
@@ -150,23 +150,28 @@ async fn send(
     Some((status, json))
 }
 
-/// The workload: one key after another (`partition/k-N` = `{"v": "value-N"}`), each tried on
+/// The workload: one key after another (`PREFIX/k-N` = `{"v": "value-N"}`), each tried on
 /// the nodes in turn (a client that retries elsewhere, as Vault clients given several
 /// addresses do), at most two passes over the nodes per key. Every acknowledged write is
 /// recorded with the time of its acknowledgement.
 #[derive(Default)]
-struct Workload {
-    acknowledged: Vec<(String, Value, Instant)>,
-    operations: u64,
-    failed: u64,
+pub(crate) struct Workload {
+    pub(crate) acknowledged: Vec<(String, Value, Instant)>,
+    pub(crate) operations: u64,
+    pub(crate) failed: u64,
 }
 
-async fn run_workload(apis: Vec<Api>, stop: Arc<AtomicBool>, into: Arc<Mutex<Workload>>) {
+pub(crate) async fn run_workload(
+    apis: Vec<Api>,
+    prefix: &'static str,
+    stop: Arc<AtomicBool>,
+    into: Arc<Mutex<Workload>>,
+) {
     let mut next_node = 0usize;
     let mut seq = 0u64;
     while !stop.load(Ordering::SeqCst) {
         seq += 1;
-        let key = format!("partition/k-{seq}");
+        let key = format!("{prefix}/k-{seq}");
         let value = json!({ "v": format!("value-{seq}") });
         let body = json!({ "data": value });
         let mut acked = false;
@@ -410,7 +415,12 @@ async fn partitions(test: &str, scenario: &str, slot: u8, rounds: u32) -> Result
     let apis: Vec<Api> = pc.cluster.nodes.iter().map(|n| n.api()).collect();
     let stop = Arc::new(AtomicBool::new(false));
     let workload = Arc::new(Mutex::new(Workload::default()));
-    let load = tokio::spawn(run_workload(apis, stop.clone(), workload.clone()));
+    let load = tokio::spawn(run_workload(
+        apis,
+        "partition",
+        stop.clone(),
+        workload.clone(),
+    ));
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let mut measured = Vec::new();
