@@ -10,6 +10,7 @@ mod chaos;
 mod ci_job;
 mod cli;
 mod client_admin;
+mod clock_jumps;
 mod cluster;
 mod damaged_stores;
 mod durability;
