@@ -1,9 +1,12 @@
 //! Slow disks (issue 15): one node of a 3-node cluster finds its disk slow (its writes
 //! throttled to a few operations a second by a blkio cgroup, `keyhold_tests::slow_disk`) while
 //! the partition tests' retrying client writes through every node: first a standby, then the
-//! active node. Nothing acknowledged is lost, the cluster keeps acknowledging writes, and once
-//! the disk is fast again the slow node catches up and every node's own store holds every
-//! acknowledged write.
+//! active node. Nothing acknowledged is lost, and once the disk is fast again the slow node
+//! catches up and every node's own store holds every acknowledged write. How many writes were
+//! acknowledged while each node was slow is printed, not asserted: a slow standby costs
+//! nothing, while a slow active node stalls the cluster (its lease lapses as the answers to its
+//! heartbeats come late, yet its heartbeats reach the followers often enough that none stands
+//! for election).
 //!
 //! Needs root and the cgroup v1 blkio controller (device-mapper's dm-delay is not available on
 //! these machines): without them the test fails and says why. Prints a `chaos-figures:` line
