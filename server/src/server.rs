@@ -164,7 +164,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         StorageConfig::Raft(raft) => {
             create_private_dir(&raft.path)?;
             restrict_existing_modes(&raft.path)?;
-            let store = Arc::new(crate::physical::sled_store::SledStore::open(&raft.path)?);
+            // Checked before anything is served: a store damaged while the server was stopped
+            // can hold less than it acknowledged, and sled opens it without a word.
+            let store = Arc::new(crate::raft::integrity::open_checked(&raft.path)?);
             let ha = crate::core::ha::Ha::new(ha_settings(&config, raft)?, store);
             (
                 Core::new_ha(core_config("raft", true), ha, telemetry),

@@ -94,6 +94,11 @@ impl Api {
         }
     }
 
+    /// The token this handle sends, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     /// The underlying HTTP client, for requests the helpers below do not cover.
     pub fn http(&self) -> &reqwest::Client {
         &self.http

@@ -71,7 +71,38 @@ impl Cluster {
     /// Lays out `count` raft nodes (not started) that find each other through `retry_join`:
     /// every node's raft block names every other node (see [`retry_join_lines`]).
     pub fn prepare_ha(count: u8, options: NodeOptions) -> Result<Cluster> {
-        let mut cluster = Cluster::prepare(count, options)?;
+        let cluster = Cluster::prepare(count, options)?;
+        cluster.joined_by_retry_join()
+    }
+
+    /// As [`Cluster::prepare_ha`], with node `i` on `addresses[i]` (IP, port; the cluster
+    /// port is port + 1): nodes in network namespaces of their own, each started in its
+    /// namespace once [`Node::set_netns`] names it.
+    pub fn prepare_ha_at(
+        addresses: &[(std::net::Ipv4Addr, u16)],
+        options: NodeOptions,
+    ) -> Result<Cluster> {
+        let dir = crate::test_dir("keyhold-test-")?;
+        let pki = Pki::new(dir.path(), "ca")?;
+        let nodes = addresses
+            .iter()
+            .enumerate()
+            .map(|(i, (ip, port))| {
+                Node::prepare_at(
+                    &pki,
+                    dir.path(),
+                    u8::try_from(i)?,
+                    *ip,
+                    *port,
+                    options.clone(),
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Cluster { nodes, pki, dir }.joined_by_retry_join()
+    }
+
+    fn joined_by_retry_join(mut self) -> Result<Cluster> {
+        let cluster = &mut self;
         let addrs: Vec<String> = cluster
             .nodes
             .iter()
@@ -89,7 +120,7 @@ impl Cluster {
             node.write_config()
                 .with_context(|| format!("render the config of {}", node.id))?;
         }
-        Ok(cluster)
+        Ok(self)
     }
 
     /// Lays out one more node (not started) whose `retry_join` names every existing node.

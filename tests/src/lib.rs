@@ -22,6 +22,7 @@ pub mod nshost;
 pub mod pki;
 pub mod provision;
 pub mod raw;
+pub mod slow_disk;
 pub mod vm;
 
 pub use api::{list_method, Api, InitKeys, Resp};

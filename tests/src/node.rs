@@ -197,6 +197,8 @@ pub struct Node {
     bin: PathBuf,
     extra_args: Vec<String>,
     dev_args: Option<Vec<String>>,
+    /// The network namespace the server runs in (`nsenter --net=PATH`), if not this one.
+    netns: Option<PathBuf>,
     child: Option<Child>,
     api: Api,
     /// The certificate the harness's own client presents, when the listener requires one.
@@ -210,11 +212,24 @@ impl Node {
     /// `index` is 0-based; node `i` listens on 127.0.0.(i+1).
     pub fn prepare(pki: &Pki, dir: &Path, index: u8, options: NodeOptions) -> Result<Node> {
         let ip = Ipv4Addr::new(127, 0, 0, index + 1);
+        Node::prepare_at(pki, dir, index, ip, free_port(ip)?, options)
+    }
+
+    /// Lays out node `index` (0-based) to listen on `ip:port` (and the cluster port on
+    /// `port + 1`), without starting it: for a node in a network namespace of its own, where
+    /// the address exists only inside (see [`Node::set_netns`]).
+    pub fn prepare_at(
+        pki: &Pki,
+        dir: &Path,
+        index: u8,
+        ip: Ipv4Addr,
+        port: u16,
+        options: NodeOptions,
+    ) -> Result<Node> {
         let id = format!("n{}", index + 1);
         let dir = dir.join(&id);
         let data_dir = dir.join("data");
         fs::create_dir_all(&data_dir).with_context(|| format!("create {}", data_dir.display()))?;
-        let port = free_port(ip)?;
         let (tls_files, server_cert) = match options.tls {
             Some(_) => {
                 let cert = pki.issue_server(
@@ -260,6 +275,7 @@ impl Node {
             bin: keyhold_bin()?,
             extra_args: Vec::new(),
             dev_args: None,
+            netns: None,
             child: None,
             api: Api::new(builder.build()?, format!("{scheme}://{ip}:{port}")),
             client_cert,
@@ -341,6 +357,12 @@ impl Node {
     /// Runs this node with another `keyhold` binary from its next start.
     pub fn set_bin(&mut self, bin: PathBuf) {
         self.bin = bin;
+    }
+
+    /// Runs the server in the network namespace at `path` (`/run/netns/NAME`) from its next
+    /// start. `nsenter` execs the server, so the pid the harness signals is the server's.
+    pub fn set_netns(&mut self, path: PathBuf) {
+        self.netns = Some(path);
     }
 
     pub fn set_extra_args(&mut self, args: &[&str]) {
@@ -447,7 +469,15 @@ impl Node {
                 .chain(self.extra_args.iter().cloned())
                 .collect(),
         };
-        let child = Command::new(&self.bin)
+        let mut command = match &self.netns {
+            Some(netns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", netns.display())).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
+        let child = command
             .arg("server")
             .args(&args)
             .env_remove("VAULT_ADDR")

@@ -4,6 +4,9 @@
 //! SSH: `nshost/ssh-host.sh`). They boot in a second or two, where a VM under TCG takes a
 //! minute, so systemd units and SSH are tested with every run.
 //!
+//! [`NetNs`] is the light form: a named network namespace and nothing else, for a server
+//! process that should only see its own network (the partition tests).
+//!
 //! The machine is left as it was: everything is mounted in the private mount namespace (see
 //! `boot.sh`), systemd's cgroups live under cgroups made for the test, and dropping a host kills
 //! its PID 1 and removes those cgroups.
@@ -313,6 +316,22 @@ impl Bridge {
 
     /// Connects `host` as `10.A.B.N` (its `eth0`); returns that address.
     pub async fn attach(&mut self, host: &NsHost, n: u8) -> Result<std::net::Ipv4Addr> {
+        self.attach_to(&host.pid1.to_string(), Inside::Host(host), n)
+            .await
+    }
+
+    /// Connects the network namespace `netns` as `10.A.B.N` (its `eth0`); returns that address.
+    pub async fn attach_netns(&mut self, netns: &NetNs, n: u8) -> Result<std::net::Ipv4Addr> {
+        self.attach_to(&netns.name, Inside::Netns(netns), n).await
+    }
+
+    /// `target` is what `ip link set ... netns` takes: a pid or a named namespace.
+    async fn attach_to(
+        &mut self,
+        target: &str,
+        inside_ns: Inside<'_>,
+        n: u8,
+    ) -> Result<std::net::Ipv4Addr> {
         self.attached += 1;
         let outside = format!("{}v{}", self.name, self.attached);
         let inside = format!("{}p{}", self.name, self.attached);
@@ -321,22 +340,99 @@ impl Bridge {
         ])
         .await?;
         ip(&["link", "set", &outside, "master", &self.name, "up"]).await?;
-        ip(&["link", "set", &inside, "netns", &host.pid1.to_string()]).await?;
+        ip(&["link", "set", &inside, "netns", target]).await?;
         let address = format!("{}.{n}", self.prefix);
         for args in [
             vec!["link", "set", inside.as_str(), "name", "eth0"],
             vec!["addr", "add", &format!("{address}/24"), "dev", "eth0"],
             vec!["link", "set", "eth0", "up"],
         ] {
-            let out = host.run("ip", &args, &[]).await?;
-            ensure!(
-                out.status.success(),
-                "ip {} on the host: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+            match inside_ns {
+                Inside::Host(host) => {
+                    let out = host.run("ip", &args, &[]).await?;
+                    ensure!(
+                        out.status.success(),
+                        "ip {} on the host: {}",
+                        args.join(" "),
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    );
+                }
+                Inside::Netns(netns) => netns.ip(&args).await?,
+            }
         }
         address.parse().context("a host address")
+    }
+}
+
+/// Where [`Bridge::attach_to`] runs `ip` for the far end of a veth pair.
+#[derive(Clone, Copy)]
+enum Inside<'a> {
+    Host(&'a NsHost),
+    Netns(&'a NetNs),
+}
+
+/// A named network namespace (`ip netns add`) and nothing else: processes run in it through
+/// `nsenter --net=/run/netns/NAME` (which execs, so their pid is the program's), share this
+/// machine's files and pids, and reach others only over the links given to it (a [`Bridge`]).
+/// A peer can be cut off and healed with blackhole routes ([`NetNs::cut_off`]). Dropping it
+/// deletes the namespace; its veth ends go with it.
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    /// A namespace for node `n` of test `slot`, with its loopback up; named by this process
+    /// and the slot, so concurrent tests never share one (a leftover of an interrupted run
+    /// with the same name is deleted first).
+    pub async fn create(slot: u8, n: u8) -> Result<NetNs> {
+        let name = format!("khn{}s{slot}n{n}", std::process::id() % 100_000);
+        let _ = ip(&["netns", "del", &name]).await;
+        ip(&["netns", "add", &name]).await?;
+        let netns = NetNs { name };
+        netns.ip(&["link", "set", "lo", "up"]).await?;
+        Ok(netns)
+    }
+
+    /// `ip ARGS` inside the namespace, which must succeed.
+    pub async fn ip(&self, args: &[&str]) -> Result<()> {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        ip(&all).await
+    }
+
+    /// The path `nsenter --net=` takes.
+    pub fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+
+    /// Drops every packet from here to `peers` (a blackhole route each, so nothing is sent and
+    /// nothing is answered, as on a cut cable: connections time out rather than fail fast).
+    pub async fn cut_off(&self, peers: &[std::net::Ipv4Addr]) -> Result<()> {
+        for peer in peers {
+            self.ip(&["route", "add", "blackhole", &format!("{peer}/32")])
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Undoes [`NetNs::cut_off`] for `peers`.
+    pub async fn heal(&self, peers: &[std::net::Ipv4Addr]) -> Result<()> {
+        for peer in peers {
+            self.ip(&["route", "del", "blackhole", &format!("{peer}/32")])
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 }
 

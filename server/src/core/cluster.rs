@@ -129,7 +129,15 @@ impl Core {
                         // once and this loop spins (a core per idle node).
                         let mut metrics = node.raft().metrics();
                         metrics.borrow_and_update();
-                        let _ = tokio::time::timeout(WATCH_INTERVAL, metrics.changed()).await;
+                        // Look again the moment the leader lease would run out, so an active
+                        // node cut off from its quorum stops at the lease's end.
+                        let wait = node.lease_expiry().map_or(WATCH_INTERVAL, |end| {
+                            WATCH_INTERVAL.min(
+                                end.saturating_duration_since(Instant::now())
+                                    + Duration::from_millis(1),
+                            )
+                        });
+                        let _ = tokio::time::timeout(wait, metrics.changed()).await;
                     }
                     None => tokio::time::sleep(WATCH_INTERVAL).await,
                 }
@@ -175,8 +183,16 @@ impl Core {
     /// One step of the leadership watcher.
     async fn follow_leadership(self: &Arc<Self>) {
         let Some(ha) = self.ha.clone() else { return };
-        let leader = ha.is_leader().await;
-        match (leader, self.role()) {
+        // A leader acts as active only while it holds its lease on a quorum (`raft/lease.rs`):
+        // cut off from its voters it stops serving before the others can elect a new leader.
+        let (leader, lease) = match ha.running().await {
+            Some(node) => (node.is_leader(), node.holds_lease()),
+            None => (false, false),
+        };
+        if leader && !lease && self.role() == Role::Active {
+            tracing::warn!("no quorum of voters answered within the leader lease: no longer acting as the active node until a quorum answers again");
+        }
+        match (leader && lease, self.role()) {
             (true, Role::Standby) => {
                 if let Err(e) = self.become_active(&ha).await {
                     metrics::counter!("vault.core.leadership_setup_failed").increment(1);

@@ -27,6 +27,8 @@
 //! append-entries RPC, which must cover a follower's fsync.
 
 pub mod backend;
+pub mod integrity;
+mod lease;
 pub mod listener;
 pub mod log_store;
 pub mod network;
@@ -292,6 +294,7 @@ impl RaftNode {
             .await
             .map_err(|e| ClusterError::Raft(format!("start raft on {}: {e}", me.name)))?;
         observer::spawn(raft.clone(), client.clone(), id);
+        integrity::spawn_recorder(raft.clone(), config.store.clone());
         Ok(RaftNode {
             shared: Arc::new(Shared {
                 raft,
@@ -765,6 +768,7 @@ impl RaftNode {
         if let Err(e) = self.shared.raft.shutdown().await {
             tracing::warn!(error = %e, "raft did not stop cleanly");
         }
+        integrity::record_now(&self.shared.raft, &self.shared.store).await;
     }
 
     fn member(&self, name: &str) -> Result<(NodeId, bool), ClusterError> {

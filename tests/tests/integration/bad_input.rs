@@ -476,8 +476,8 @@ async fn init_parameters_are_validated() -> Result<()> {
 /// the store's own API while the server is stopped, as an attacker with disk access would.
 ///
 /// Not covered here: random bit flips in sled's own log files. sled treats a record that fails
-/// its CRC as the end of the log on recovery, so later acknowledged writes silently disappear
-/// (measured while writing this test); see ARCHITECTURE.md "Known limitations".
+/// its CRC as the end of the log on recovery, so later acknowledged writes would silently
+/// disappear; `damaged_stores` shows the server refusing such a store at start.
 #[tokio::test]
 async fn tampered_storage_value_is_refused_and_nothing_else_is_lost() -> Result<()> {
     use keyhold::physical::{sled_store::SledStore, Backend};

@@ -43,31 +43,37 @@ fn seeded_rng(test: &str) -> StdRng {
     StdRng::seed_from_u64(seed)
 }
 
-/// One scenario's outcome, as `tests/chaos/run` tabulates it.
-struct Figures {
-    scenario: String,
-    rounds: u32,
-    operations: u64,
-    failed: u64,
-    lost: u64,
-    /// Kill loops: the longest time between two acknowledged writes. Full disks: from the
-    /// moment space returned to the first request served again (no operator in between).
-    longest_unavailability_ms: f64,
+/// One scenario's outcome, as `tests/chaos/run` tabulates it (also used by `partitions` and
+/// `damaged_stores`).
+pub(crate) struct Figures {
+    pub(crate) scenario: String,
+    pub(crate) rounds: u32,
+    pub(crate) operations: u64,
+    pub(crate) failed: u64,
+    pub(crate) lost: u64,
+    /// Kill loops and partitions: the longest time between two acknowledged writes. Full
+    /// disks: from the moment space returned to the first request served again (no operator
+    /// in between).
+    pub(crate) longest_unavailability_ms: f64,
+    /// Figures of the scenario's own (`stale_leader_ms`, `whole`, ...), printed beside the
+    /// others; `tests/chaos/run` lists them in its notes column.
+    pub(crate) extra: serde_json::Map<String, Value>,
 }
 
 impl Figures {
-    fn print(&self) {
-        println!(
-            "chaos-figures: {}",
-            json!({
-                "scenario": self.scenario,
-                "rounds": self.rounds,
-                "operations": self.operations,
-                "failed": self.failed,
-                "lost": self.lost,
-                "longest_unavailability_ms": self.longest_unavailability_ms.round(),
-            })
-        );
+    pub(crate) fn print(&self) {
+        let mut figures = json!({
+            "scenario": self.scenario,
+            "rounds": self.rounds,
+            "operations": self.operations,
+            "failed": self.failed,
+            "lost": self.lost,
+            "longest_unavailability_ms": self.longest_unavailability_ms.round(),
+        });
+        if !self.extra.is_empty() {
+            figures["extra"] = Value::Object(self.extra.clone());
+        }
+        println!("chaos-figures: {figures}");
     }
 }
 
@@ -157,6 +163,7 @@ async fn kill_loop(spec: KillLoop) -> Result<Figures> {
         failed: count(&report, "failures")?,
         lost,
         longest_unavailability_ms: report["longest_write_gap_ms"].as_f64().unwrap_or(f64::NAN),
+        extra: Default::default(),
     })
 }
 
@@ -652,6 +659,7 @@ async fn full_audit_disks_fail_closed_and_recover_by_themselves() -> Result<()> 
         failed,
         lost,
         longest_unavailability_ms: unavailable.as_secs_f64() * 1000.0,
+        extra: Default::default(),
     }
     .print();
     Ok(())
@@ -825,6 +833,7 @@ async fn a_full_data_directory_refuses_writes_cleanly_and_recovers() -> Result<(
         failed,
         lost,
         longest_unavailability_ms: unavailable.as_secs_f64() * 1000.0,
+        extra: Default::default(),
     }
     .print();
     Ok(())
