@@ -416,7 +416,7 @@ fn ssh_environment(hosts: &Hosts, s3: Option<(&str, &str)>) -> Result<String> {
 /// A rolling upgrade over SSH with the workload generator running: standbys first, the active
 /// node last, each binary uploaded and swapped under systemd; nothing fails, nothing is lost,
 /// and leadership ends on the new version. Then new certificates, node by node, each reloaded
-/// by `systemctl reload`, with the workload running again.
+/// by `systemctl reload`, with the workload running again; then a new CA the same way.
 #[tokio::test(flavor = "multi_thread")]
 async fn upgrade_and_certificate_rotation_over_ssh_under_load_fail_nothing() -> Result<()> {
     let next = keyhold_tests::next_keyhold_bin()?;
@@ -465,6 +465,47 @@ async fn upgrade_and_certificate_rotation_over_ssh_under_load_fail_nothing() -> 
                 .iter()
                 .all(|r| r["old_fingerprint_sha256"] != r["new_fingerprint_sha256"]),
         "every node presents a new certificate: {rotated}"
+    );
+    // A new CA over SSH, the workload running: trusted beside the old one on every host, each
+    // host moved to a certificate from it and reloaded, the old CA dropped.
+    let old_ca = std::fs::read_to_string(p.ca_file())?;
+    let load = p.spawn(&["load", "--duration", "10s", "--rate", "30", "--json"])?;
+    let rotated = p
+        .run(&["certs", "rotate", "--ca", "--json"])
+        .await?
+        .expect(0)?
+        .json()?;
+    let during = load.wait().await?.expect(0)?.json()?;
+    println!(
+        "certs rotate --ca over ssh: {} operations, {} failed, {} lost",
+        during["operations"], during["failures"], during["lost_writes"]
+    );
+    ensure!(
+        during["failures"] == serde_json::json!(0) && during["lost_writes"] == serde_json::json!(0),
+        "the workload during the CA rotation: {during}"
+    );
+    let new_ca = std::fs::read_to_string(p.ca_file())?;
+    ensure!(
+        new_ca != old_ca
+            && new_ca.matches("BEGIN CERTIFICATE").count() == 1
+            && rotated["ca"]["old_fingerprint_sha256"] != rotated["ca"]["new_fingerprint_sha256"],
+        "no new CA alone after certs rotate --ca: {rotated}"
+    );
+    let token = p.env_vars().await?["VAULT_TOKEN"].clone();
+    for address in &hosts.addresses {
+        let api = p.api_at(
+            &p.ca_file(),
+            &format!("https://{address}:8200"),
+            Some(&token),
+        )?;
+        api.kv2_put("kv", "after-ca", serde_json::json!({"v": 1}))
+            .await?
+            .expect_ok("a write through a host trusted by the new CA alone")?;
+    }
+    let plan = p.run(&["plan"]).await?;
+    ensure!(
+        plan.code == Some(0),
+        "plan after certs rotate --ca: {plan:?}"
     );
     for host in &hosts.hosts {
         let out = host
