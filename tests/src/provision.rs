@@ -168,6 +168,8 @@ impl Ran {
 /// A `provision` command running in the background; SIGKILLed if dropped while it runs.
 pub struct Running {
     pub what: String,
+    /// How many [`COMMAND_POLL`]s [`Running::wait`] waits before it kills the command.
+    polls: u32,
     child: Option<Child>,
     stdout: PathBuf,
     stderr: PathBuf,
@@ -207,10 +209,11 @@ impl Running {
         Ok(())
     }
 
-    /// Waits (bounded: [`COMMAND_POLLS`] x [`COMMAND_POLL`]) for the command to exit.
+    /// Waits (bounded: [`COMMAND_POLLS`] x [`COMMAND_POLL`], or the environment's own bound,
+    /// [`Provisioned::set_command_limit`]) for the command to exit.
     pub async fn wait(mut self) -> Result<Ran> {
         let mut child = self.child.take().context("already waited on")?;
-        for _ in 0..COMMAND_POLLS {
+        for _ in 0..self.polls {
             if let Some(status) = child.try_wait()? {
                 return Ok(Ran {
                     what: self.what.clone(),
@@ -225,8 +228,9 @@ impl Running {
         let _ = child.kill();
         let _ = child.wait();
         bail!(
-            "{} still ran after {COMMAND_POLLS} polls; killed it\n--- stderr\n{}",
+            "{} still ran after {} polls; killed it\n--- stderr\n{}",
             self.what,
+            self.polls,
             fs::read_to_string(&self.stderr).unwrap_or_default()
         )
     }
@@ -262,6 +266,7 @@ pub struct Provisioned {
     /// Dropped last: processes are killed in `drop` before their files go.
     dir: tempfile::TempDir,
     commands: u32,
+    polls: u32,
 }
 
 impl Provisioned {
@@ -289,7 +294,14 @@ impl Provisioned {
             envs: Vec::new(),
             dir,
             commands: 0,
+            polls: COMMAND_POLLS,
         })
+    }
+
+    /// How long each later command may run before the harness kills it (hosts that are VMs
+    /// under TCG need longer than the default).
+    pub fn set_command_limit(&mut self, limit: Duration) {
+        self.polls = (limit.as_millis() / COMMAND_POLL.as_millis()).max(1) as u32;
     }
 
     pub fn dir(&self) -> &Path {
@@ -397,6 +409,7 @@ impl Provisioned {
             .with_context(|| format!("spawn {what}"))?;
         Ok(Running {
             what,
+            polls: self.polls,
             child: Some(child),
             stdout,
             stderr,

@@ -422,6 +422,8 @@ async fn vm_tier_provision_up_onto_three_vms_built_from_the_image() -> Result<()
         std::net::Ipv4Addr::new(127, 0, 0, 1),
         &hcl,
     )?;
+    // Three TCG VMs on two cores: every command is many times slower than on loopback.
+    p.set_command_limit(Duration::from_secs(1800));
     p.run(&["hosts", "check"]).await?.expect(0)?;
     let up = p.run(&["up", "--json"]).await?;
     if up.code != Some(0) {
