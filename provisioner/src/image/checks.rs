@@ -138,6 +138,10 @@ echo "systemd-timesyncd and auditd installed and enabled""#,
     ),
 ];
 
+/// How long one check may run: a bound against hangs, generous for a VM under emulation that
+/// also runs a server.
+const CHECK_LIMIT: Duration = Duration::from_secs(300);
+
 /// Runs every check on `host`; an error only when the host cannot be reached.
 pub async fn run(host: &dyn Host, live: bool) -> Result<Vec<Check>> {
     let allowed = ALLOWED_SERVICES.join(" ");
@@ -153,7 +157,7 @@ pub async fn run(host: &dyn Host, live: bool) -> Result<Vec<Check>> {
                     "-c",
                     script,
                 ],
-                Duration::from_secs(60),
+                CHECK_LIMIT,
             )
             .await?;
         let text = String::from_utf8_lossy(&output.stdout);
