@@ -5,7 +5,7 @@
 use crate::physical::StorageError;
 use crate::policy::PolicyError;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// 400: the caller sent something wrong; the message says what.
     #[error("{0}")]

@@ -19,7 +19,7 @@ pub(crate) mod conformance;
 use async_trait::async_trait;
 
 /// Errors from a storage layer (physical store or barrier).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StorageError {
     #[error("storage I/O failed: {0}")]
     Io(String),

@@ -189,6 +189,26 @@ impl SledStore {
         self.write_with_meta(writes, meta).await
     }
 
+    /// [`SledStore::transaction_with_meta`] without the flush: for the Raft state machine's
+    /// applies of data that is read only once Raft runs, whose entries are already durable in
+    /// the Raft log of the same database. sled writes one log for all trees and recovers a
+    /// prefix of it, so this write is on disk once any later flush returns (the next log
+    /// append's), and a crash before that loses only state the Raft log replays.
+    pub(crate) async fn apply_with_meta(
+        &self,
+        ops: Vec<TxnOp>,
+        meta: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), StorageError> {
+        let writes = ops
+            .into_iter()
+            .map(|op| match op {
+                TxnOp::Put { key, value } => (key.into_bytes(), Some(value)),
+                TxnOp::Delete { key } => (key.into_bytes(), None),
+            })
+            .collect();
+        self.write_unflushed(writes, meta).await
+    }
+
     /// [`SledStore::replace_all`] and `meta` records in one transaction
     /// (snapshot install: the data and the log id it corresponds to must
     /// never disagree after a crash).
@@ -221,6 +241,16 @@ impl SledStore {
         writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
         meta: Vec<(String, Vec<u8>)>,
     ) -> Result<(), StorageError> {
+        self.write_unflushed(writes, meta).await?;
+        self.flush().await
+    }
+
+    /// [`SledStore::write_with_meta`] without its flush.
+    async fn write_unflushed(
+        &self,
+        writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        meta: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), StorageError> {
         use sled::transaction::ConflictableTransactionError;
         use sled::Transactional;
         let (data, meta_tree) = (self.data.clone(), self.meta.clone());
@@ -241,7 +271,7 @@ impl SledStore {
         .await
         .map_err(|e| StorageError::Io(format!("sled transaction did not complete: {e}")))?
         .map_err(|e| StorageError::Io(format!("sled transaction failed: {e:?}")))?;
-        self.flush().await
+        Ok(())
     }
 
     /// Makes every write to any tree of this database durable.

@@ -1,11 +1,11 @@
 //! [`RaftBackend`]: the `physical::Backend` the server uses on a Raft node.
-//! Reads come from the local state machine; writes are proposed to Raft and
-//! return once committed on a quorum and applied here.
+//! Reads come from the local state machine; writes are proposed to Raft (through the
+//! [`super::proposer`], which lets concurrent writes share a log entry) and return once
+//! committed on a quorum and applied here.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use openraft::error::{ClientWriteError, RaftError};
 
 use super::types::WriteBatch;
 use super::Shared;
@@ -37,28 +37,13 @@ impl RaftBackend {
             return Err(StorageError::NotLeader { leader: None });
         }
         let started = std::time::Instant::now();
-        match self.shared.raft.client_write(batch).await {
-            Ok(_) => {
-                // Vault's names: `apply` counts transactions the leader
-                // proposed; `commitTime` is proposal to committed and applied.
-                metrics::counter!("vault.raft.apply").increment(1);
-                metrics::histogram!("vault.raft.commitTime")
-                    .record(started.elapsed().as_secs_f64() * 1000.0);
-                Ok(())
-            }
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                let leader = f
-                    .leader_node
-                    .map(|n| format!("{} at {}", n.name, n.api_addr));
-                Err(StorageError::NotLeader { leader })
-            }
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                Err(StorageError::Io(format!("raft write failed: {e}")))
-            }
-            Err(RaftError::Fatal(e)) => Err(StorageError::Io(format!(
-                "raft is stopped on this node ({e}); the write was not applied"
-            ))),
-        }
+        self.shared.proposer.propose(batch.0, size).await?;
+        // Vault's names: `apply` counts transactions the leader
+        // proposed; `commitTime` is proposal to committed and applied.
+        metrics::counter!("vault.raft.apply").increment(1);
+        metrics::histogram!("vault.raft.commitTime")
+            .record(started.elapsed().as_secs_f64() * 1000.0);
+        Ok(())
     }
 }
 

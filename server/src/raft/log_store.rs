@@ -5,7 +5,8 @@
 //!
 //! Durability: sled fsyncs on its own only every 500 ms (spacejam/sled#1140),
 //! so every append, vote, truncate and purge awaits `flush_async` before it
-//! reports success: before openraft's `LogFlushed` callback for an append,
+//! reports success (the committed log id alone is not flushed, see
+//! `save_committed`): before openraft's `LogFlushed` callback for an append,
 //! before `save_vote` returns. A vote or an entry that openraft was told is
 //! on disk survives `kill -9`.
 
@@ -159,10 +160,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| StorageIOError::read_vote(e).into())
     }
 
+    /// Not flushed: openraft awaits this in its core loop before every apply, and the
+    /// committed log id only spares a restarted node the wait for its leader to tell it again.
+    /// sled recovers a prefix of its one log, so a committed id that survives a crash never
+    /// names entries that did not.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.write_meta(COMMITTED, &committed)
+        let bytes =
+            serde_json::to_vec(&committed).map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
+        let meta = self.meta.clone();
+        blocking(move || meta.insert(COMMITTED, bytes).map(|_| ()))
             .await
-            .map_err(|e| StorageIOError::write(e).into())
+            .map_err(|e| StorageIOError::write(AnyError::new(&e)).into())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {

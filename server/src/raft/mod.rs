@@ -33,6 +33,7 @@ pub mod listener;
 pub mod log_store;
 pub mod network;
 mod observer;
+mod proposer;
 pub mod snapshot;
 pub mod state_machine;
 pub mod tls;
@@ -226,6 +227,8 @@ pub(crate) struct Shared {
     pub(crate) raft: Raft,
     pub(crate) store: Arc<SledStore>,
     pub(crate) max_entry_size: usize,
+    /// Every write of this node goes through it (group commit).
+    pub(crate) proposer: proposer::Proposer,
     transferring: AtomicBool,
 }
 
@@ -297,6 +300,7 @@ impl RaftNode {
         integrity::spawn_recorder(raft.clone(), config.store.clone());
         Ok(RaftNode {
             shared: Arc::new(Shared {
+                proposer: proposer::Proposer::spawn(raft.clone(), config.max_entry_size),
                 raft,
                 store: config.store.clone(),
                 max_entry_size: config.max_entry_size,

@@ -6,6 +6,17 @@
 //! disagree; and re-applying entries would be harmless anyway, since every
 //! [`TxnOp`] is an absolute put or delete).
 //!
+//! Durability: an apply of secret engine data (`logical/`) is not flushed on
+//! its own. The entries it applies are already durable in the Raft log, in
+//! the same sled database, whose one log sled recovers as a prefix: the apply
+//! is on disk with the next flush (the next append's), and after a crash the
+//! state machine restarts from an earlier `last_applied` and the log replays
+//! the rest before the node serves (`become_active` waits for it). Everything
+//! else is flushed before the apply returns: a node reads the seal
+//! configuration, wrapped root key and keyring from this store while sealed,
+//! before its Raft runs to replay anything. Membership changes, snapshot
+//! installs and restores are flushed too.
+//!
 //! Snapshots ([`super::snapshot`] format) are built from a consistent export
 //! taken between two applies, kept in the `raft_snapshot` tree of the same
 //! database (openraft asks for the current snapshot again after a restart),
@@ -155,6 +166,20 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     }
 }
 
+fn op_key(op: &TxnOp) -> &str {
+    match op {
+        TxnOp::Put { key, .. } | TxnOp::Delete { key } => key,
+    }
+}
+
+/// Whether the node may read `key` from this store before its Raft is running, when the log has
+/// not replayed what the store missed: the seal configuration, the wrapped root key, the keyring
+/// and cluster TLS under `core/`, and every other table a node loads as it unseals. Only the
+/// secret engines' data (`logical/`), read while serving after Raft has caught up, is not.
+fn read_before_raft(key: &str) -> bool {
+    !key.starts_with("logical/")
+}
+
 /// The restore a batch commits, if it is a restore commit.
 fn restore_commit(ops: &[TxnOp]) -> Option<String> {
     ops.iter().find_map(|op| match op {
@@ -225,6 +250,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .read_state()
             .map_err(StorageIOError::read_state_machine)?;
         let mut ops: Vec<TxnOp> = Vec::new();
+        let mut flush = false;
         let mut last = None;
         let mut count = 0;
         for entry in entries {
@@ -256,6 +282,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     None => ops.extend(batch.0),
                 },
                 EntryPayload::Membership(m) => {
+                    flush = true;
                     membership = StoredMembership::new(Some(entry.log_id), m);
                 }
             }
@@ -266,10 +293,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         let meta =
             state_meta(Some(last), &membership).map_err(|e| StorageIOError::apply(last, e))?;
-        self.store
-            .transaction_with_meta(ops, meta)
-            .await
-            .map_err(|e| StorageIOError::apply(last, AnyError::new(&e)))?;
+        let applied = if flush || ops.iter().any(|op| read_before_raft(op_key(op))) {
+            self.store.transaction_with_meta(ops, meta).await
+        } else {
+            self.store.apply_with_meta(ops, meta).await
+        };
+        applied.map_err(|e| StorageIOError::apply(last, AnyError::new(&e)))?;
         metrics::histogram!("vault.raft.fsm.apply")
             .record(started.elapsed().as_secs_f64() * 1000.0);
         metrics::histogram!("vault.raft_storage.fsm.apply_batch_num").record(count as f64);

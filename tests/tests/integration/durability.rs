@@ -2,13 +2,16 @@
 //! the process is killed after a random number of acknowledgements (so at a random point in the
 //! stream, with requests in flight), restarted, found sealed, unsealed with the same keys, and
 //! every write it had acknowledged, in this round or any earlier one, must read back exactly.
+//! On three nodes, the leader is killed under a burst of concurrent writes (which the leader
+//! commits in shared Raft entries): every acknowledged write is on the new leader, and every
+//! other one is there whole or not at all.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Result};
-use keyhold_tests::{Api, Cluster, NodeOptions};
+use keyhold_tests::{Api, Cluster, InitKeys, NodeOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -331,5 +334,172 @@ async fn completed_rekey_survives_kill_9() -> Result<()> {
         node.api().kv2_get("secret", "k").await?,
         Some(json!({"v": "kept"}))
     );
+    Ok(())
+}
+
+/// Writes in each burst: enough that the leader batches many of them into one Raft entry.
+const BURST: usize = 48;
+/// Keys the bursts write; each burst writes every key once, so a key's versions count bursts.
+const BURST_KEYS: usize = BURST;
+
+/// What one write of a burst came back with.
+enum Outcome {
+    Acked,
+    /// Refused with a status, or the connection died: not acknowledged.
+    NotAcked,
+}
+
+/// A key's state on a node: its metadata's `current_version`, the versions the metadata lists,
+/// and the data of the current version.
+async fn kv2_state(api: &Api, key: &str) -> Result<(u64, Vec<u64>, serde_json::Value)> {
+    let meta = api
+        .get(&format!("secret/metadata/{key}"))
+        .await?
+        .expect(200, &format!("metadata of {key}"))?;
+    let current = meta.json["data"]["current_version"]
+        .as_u64()
+        .ok_or_else(|| anyhow::anyhow!("metadata of {key}: {}", meta.text))?;
+    let mut versions: Vec<u64> = meta.json["data"]["versions"]
+        .as_object()
+        .map(|v| v.keys().filter_map(|k| k.parse().ok()).collect())
+        .unwrap_or_default();
+    versions.sort_unstable();
+    let data = api
+        .get(&format!("secret/data/{key}?version={current}"))
+        .await?;
+    ensure!(
+        data.status == 200,
+        "{key}: metadata names version {current}, which reads {} {}",
+        data.status,
+        data.text
+    );
+    Ok((current, versions, data.json["data"]["data"].clone()))
+}
+
+fn burst_value(round: usize, key: usize) -> String {
+    format!("round {round} key {key}")
+}
+
+/// Kills the leader of three nodes with `kill -9` while a burst of concurrent KV v2 writes is in
+/// flight, several rounds. On the new leader (the old one still dead): every acknowledged write
+/// reads back; every key's metadata and version agree (the current version exists and holds
+/// either this round's value or the previous round's, its version list ends at it, and no later
+/// version exists), so an unacknowledged write is applied whole or not at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_killed_under_a_burst_of_writes_keeps_every_acknowledged_one_whole() -> Result<()> {
+    const ROUNDS: usize = 3;
+    let mut rng = seeded_rng();
+    let mut cluster = Cluster::prepare_ha(3, NodeOptions::default())?;
+    let keys: InitKeys = cluster.form(3, 2).await?;
+    let active = cluster.active().await?;
+    let api = cluster.nodes[active].api();
+    api.mount_kv("secret", 2).await?;
+    // Round 0's values, acknowledged one by one: the state every key starts from.
+    for k in 0..BURST_KEYS {
+        api.kv2_put(
+            "secret",
+            &format!("k{k}"),
+            json!({ "v": burst_value(0, k) }),
+        )
+        .await?
+        .expect(200, "first version")?;
+    }
+    // Per key: the last value acknowledged, and the value of a write still unknown.
+    let mut acked: Vec<String> = (0..BURST_KEYS).map(|k| burst_value(0, k)).collect();
+
+    for round in 1..=ROUNDS {
+        let leader = cluster.active().await?;
+        let api = cluster.nodes[leader].api();
+        let mut burst = tokio::task::JoinSet::new();
+        for k in 0..BURST_KEYS {
+            let api = api.clone();
+            burst.spawn(async move {
+                let body = json!({ "v": burst_value(round, k) });
+                let outcome = match api.kv2_put("secret", &format!("k{k}"), body).await {
+                    Ok(resp) if resp.status == 200 => Outcome::Acked,
+                    _ => Outcome::NotAcked,
+                };
+                (k, outcome)
+            });
+        }
+        // Kill after the first few acknowledgements (none at all is allowed too: the burst may
+        // still be queued), so most of the burst is in flight.
+        let wait_for = rng.gen_range(1..=4usize);
+        let mut outcomes = Vec::new();
+        for _ in 0..wait_for {
+            match tokio::time::timeout(Duration::from_secs(30), burst.join_next()).await {
+                Ok(Some(done)) => outcomes.push(done?),
+                _ => break,
+            }
+        }
+        cluster.nodes[leader].kill9()?;
+        while let Some(done) = burst.join_next().await {
+            outcomes.push(done?);
+        }
+        let acked_now = outcomes
+            .iter()
+            .filter(|(_, o)| matches!(o, Outcome::Acked))
+            .count();
+        let new_leader = cluster
+            .wait_new_active(leader, "kill -9 of the leader")
+            .await?;
+        eprintln!(
+            "round {round}: killed {} with {acked_now} of {BURST} writes acknowledged; {} is active",
+            cluster.nodes[leader].id, cluster.nodes[new_leader].id
+        );
+
+        let api = cluster.nodes[new_leader].api();
+        let mut wrong = Vec::new();
+        for (k, outcome) in &outcomes {
+            let key = format!("k{k}");
+            let (current, versions, data) = kv2_state(&api, &key).await?;
+            let new = json!({ "v": burst_value(round, *k) });
+            let old = json!({ "v": acked[*k] });
+            let expect_new = matches!(outcome, Outcome::Acked);
+            // Versions count acknowledged-or-applied writes: one per round at most.
+            let later = api
+                .get(&format!("secret/data/{key}?version={}", current + 1))
+                .await?;
+            if versions.last() != Some(&current) || later.status != 404 {
+                wrong.push(format!(
+                    "{key}: current_version {current}, versions {versions:?}, version {} reads {}",
+                    current + 1,
+                    later.status
+                ));
+            } else if data == new {
+                acked[*k] = burst_value(round, *k);
+            } else if expect_new || data != old {
+                wrong.push(format!(
+                    "{key} ({}): version {current} holds {data}; expected {new}{}",
+                    if expect_new {
+                        "acknowledged"
+                    } else {
+                        "not acknowledged"
+                    },
+                    if expect_new {
+                        String::new()
+                    } else {
+                        format!(" or {old}")
+                    }
+                ));
+            }
+        }
+        ensure!(
+            outcomes.len() == BURST && wrong.is_empty(),
+            "round {round}: {} outcomes; after kill -9 of the leader:\n{}\n{}",
+            outcomes.len(),
+            wrong.join("\n"),
+            cluster.log_tails(20)
+        );
+
+        cluster.nodes[leader].start().await?;
+        let quorum: Vec<String> = (0..keys.threshold)
+            .map(|i| keys.keys[(round + i) % keys.keys.len()].clone())
+            .collect();
+        cluster.nodes[leader].unseal_member(&quorum).await?;
+        cluster
+            .wait_roles(&format!("round {round}: after restarting the old leader"))
+            .await?;
+    }
     Ok(())
 }

@@ -32,6 +32,8 @@ pub(crate) type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 pub struct KvBackend {
     version: u8,
     locks: KeyLocks,
+    /// KV v2 writes waiting for their key's lock ([`v2::WriteQueues`]).
+    queued: Arc<v2::WriteQueues>,
     clock: Clock,
 }
 
@@ -46,6 +48,7 @@ impl KvBackend {
         KvBackend {
             version: if version == 2 { 2 } else { 1 },
             locks: KeyLocks::new(),
+            queued: Arc::default(),
             clock,
         }
     }

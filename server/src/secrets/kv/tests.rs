@@ -183,6 +183,63 @@ async fn v2_write_read_versions_and_cas() {
     .await;
 }
 
+/// Concurrent writes to one key share transactions (`v2::queue`): each still gets a version of
+/// its own, in some order, with its own data; of concurrent `cas: 0` writes exactly one wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v2_concurrent_writes_to_one_key_each_get_their_own_version() {
+    const WRITES: u64 = 40;
+    let kv = Arc::new(Mount::new(2));
+    // Every version kept, so each can be read back.
+    kv.data(W, "config", json!({"max_versions": WRITES})).await;
+    let mut writes = tokio::task::JoinSet::new();
+    for i in 0..WRITES {
+        let kv = kv.clone();
+        writes.spawn(async move {
+            let data = kv.data(W, "data/busy", json!({"data": {"i": i}})).await;
+            (i, data["version"].as_u64().unwrap())
+        });
+    }
+    let mut versions = Vec::new();
+    while let Some(done) = writes.join_next().await {
+        let (i, version) = done.unwrap();
+        let read = kv.data(R, "data/busy", json!({"version": version})).await;
+        assert_eq!(read["data"], json!({"i": i}), "version {version}");
+        versions.push(version);
+    }
+    versions.sort_unstable();
+    assert_eq!(versions, (1..=WRITES).collect::<Vec<_>>());
+    let meta = kv.data(R, "metadata/busy", json!({})).await;
+    assert_eq!(meta["current_version"], json!(WRITES));
+
+    let mut creates = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let kv = kv.clone();
+        creates.spawn(async move {
+            kv.call(
+                W,
+                "data/once",
+                json!({"data": {"i": i}, "options": {"cas": 0}}),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| e.status())
+        });
+    }
+    let mut outcomes = Vec::new();
+    while let Some(done) = creates.join_next().await {
+        outcomes.push(done.unwrap());
+    }
+    assert_eq!(
+        outcomes.iter().filter(|o| o.is_ok()).count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.iter().all(|o| *o == Ok(()) || *o == Err(400)),
+        "{outcomes:?}"
+    );
+}
+
 #[tokio::test]
 async fn v2_cas_required_by_mount_or_by_key() {
     let kv = Mount::new(2);

@@ -68,13 +68,11 @@ fn body_data(req: &BackendRequest<'_>) -> Result<Map<String, Value>> {
     }
 }
 
+/// A write joins the key's queue; whichever write takes the key's lock next
+/// stores every write queued by then as one transaction ([`super::queue`]).
 async fn write(kv: &KvBackend, req: &BackendRequest<'_>, key: &str) -> Result<Response> {
     let data = body_data(req)?;
-    let _guard = kv.locks.for_key(key).write().await;
-    let config = load_config(req.storage).await?;
-    let mut meta = load_metadata(req.storage, key).await?.unwrap_or_default();
-    check_cas(req.data(), &config, &meta)?;
-    write_version(kv, req.storage, &config, &mut meta, key, data).await
+    super::queue::write(kv, req, key, data).await
 }
 
 /// Applies a JSON merge patch (RFC 7386) to the latest version and writes

@@ -18,6 +18,9 @@
 
 mod data;
 mod metadata;
+mod queue;
+
+pub(super) use queue::WriteQueues;
 
 use std::collections::BTreeMap;
 
@@ -246,24 +249,33 @@ async fn write_version(
     key: &str,
     data: Map<String, Value>,
 ) -> Result<Response> {
-    let now = kv.now();
+    let (mut ops, answer) = next_version(kv.now(), config, meta, key, data)?;
+    ops.push(put_op(metadata_key(key), meta)?);
+    storage.transaction(ops).await?;
+    Ok(Response::data(answer))
+}
+
+/// Adds `data` as the key's next version to `meta`: the ops that store it and
+/// delete what `max_versions` no longer keeps (the caller adds the metadata's
+/// own put), and the new version's metadata as a write answers it.
+fn next_version(
+    now: DateTime<Utc>,
+    config: &MountConfig,
+    meta: &mut KeyMetadata,
+    key: &str,
+    data: Map<String, Value>,
+) -> Result<(Vec<TxnOp>, Value)> {
     let deletion_time = config.deletion_time(now, meta);
     let (version, pruned) = meta.add_version(now, deletion_time, config.max_versions);
     let entry = VersionEntry {
         data,
         created_time: now,
     };
-    let mut ops = vec![
-        put_op(version_key(key, version), &entry)?,
-        put_op(metadata_key(key), meta)?,
-    ];
+    let mut ops = vec![put_op(version_key(key, version), &entry)?];
     ops.extend(pruned.into_iter().map(|n| TxnOp::Delete {
         key: version_key(key, n),
     }));
-    storage.transaction(ops).await?;
-    Ok(Response::data(
-        meta.version_json(version, &meta.versions[&version]),
-    ))
+    Ok((ops, meta.version_json(version, &meta.versions[&version])))
 }
 
 /// Enforces check-and-set: a `cas` option must equal the current version
