@@ -179,14 +179,7 @@ impl SledStore {
         ops: Vec<TxnOp>,
         meta: Vec<(String, Vec<u8>)>,
     ) -> Result<(), StorageError> {
-        let writes = ops
-            .into_iter()
-            .map(|op| match op {
-                TxnOp::Put { key, value } => (key.into_bytes(), Some(value)),
-                TxnOp::Delete { key } => (key.into_bytes(), None),
-            })
-            .collect();
-        self.write_with_meta(writes, meta).await
+        self.write_with_meta(txn_writes(ops), meta).await
     }
 
     /// [`SledStore::transaction_with_meta`] without the flush: for the Raft state machine's
@@ -199,14 +192,7 @@ impl SledStore {
         ops: Vec<TxnOp>,
         meta: Vec<(String, Vec<u8>)>,
     ) -> Result<(), StorageError> {
-        let writes = ops
-            .into_iter()
-            .map(|op| match op {
-                TxnOp::Put { key, value } => (key.into_bytes(), Some(value)),
-                TxnOp::Delete { key } => (key.into_bytes(), None),
-            })
-            .collect();
-        self.write_unflushed(writes, meta).await
+        self.write_unflushed(txn_writes(ops), meta).await
     }
 
     /// [`SledStore::replace_all`] and `meta` records in one transaction
@@ -392,6 +378,16 @@ impl Backend for SledStore {
         .map_err(|e| io_error("transaction", "", e))?;
         self.flush().await
     }
+}
+
+/// Transaction ops as the (key, value or delete) writes both meta-transaction paths take.
+fn txn_writes(ops: Vec<TxnOp>) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    ops.into_iter()
+        .map(|op| match op {
+            TxnOp::Put { key, value } => (key.into_bytes(), Some(value)),
+            TxnOp::Delete { key } => (key.into_bytes(), None),
+        })
+        .collect()
 }
 
 #[cfg(test)]
