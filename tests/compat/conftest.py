@@ -19,6 +19,15 @@ KEYHOLD_COMPAT_TOPOLOGY picks what the tests talk to:
   needs a cluster of its own (`active_server`) gets an environment of its own, without the audit
   device (the audit tests add theirs and need it to be the only one). `single_node` tests and
   those that need an uninitialised node are skipped, as in `cluster`.
+- `vm`: the cluster the VM tier (`tests/vm/run`) deployed with `provision up` onto three VMs
+  over SSH: KEYHOLD_COMPAT_ENV names its environment file, KEYHOLD_COMPAT_STATE_DIR its state
+  directory, KEYHOLD_COMPAT_URLS its nodes' API addresses (comma-separated). The root token and
+  shares come from `provision up --show-secrets` (which changes nothing on a healthy cluster);
+  every test shares that one cluster (a test that asks for a cluster of its own gets it too) and
+  nothing is torn down. Tests that read an audit file they named on this machine
+  (`same_machine`) are skipped. The servers' logs are on the VMs: the searchable secrets the
+  run recorded are written to KEYHOLD_COMPAT_SECRETS_OUT (0600) at the end, and the VM tier
+  searches each VM's journal and log directory for them over SSH.
 """
 
 import datetime
@@ -56,7 +65,7 @@ def cluster_session(ca_path: str) -> requests.Session:
 
 WAIT_ATTEMPTS = 400
 WAIT_INTERVAL = 0.05
-TOPOLOGIES = ("single", "cluster", "provisioned")
+TOPOLOGIES = ("single", "cluster", "provisioned", "vm")
 TOPOLOGY = os.environ.get("KEYHOLD_COMPAT_TOPOLOGY", "single")
 
 
@@ -140,9 +149,7 @@ def scan_logs_for_secrets(paths) -> None:
         if not path.is_file():
             continue
         text = path.read_text(errors="replace")
-        for value, what in list(SECRETS.items()):
-            if any(value in url for url in URLS):
-                continue
+        for value, what in searchable_secrets().items():
             at = text.find(value)
             if at >= 0:
                 line = text.count("\n", 0, at) + 1
@@ -181,8 +188,18 @@ def log_files(root: Path):
     return [p for pattern in ("*.log", "*.out") for p in Path(root).rglob(pattern)]
 
 
+def searchable_secrets() -> dict:
+    """The recorded secrets a log is searched for: those not also used as a name in a URL."""
+    return {value: what for value, what in SECRETS.items() if not any(value in url for url in URLS)}
+
+
 def pytest_sessionfinish(session, exitstatus):
     scan_logs_for_secrets(log_files(session.config._tmp_path_factory.getbasetemp()))
+    out = os.environ.get("KEYHOLD_COMPAT_SECRETS_OUT")
+    if TOPOLOGY == "vm" and out:
+        import json
+
+        _write_private(Path(out), json.dumps(searchable_secrets()).encode())
     if LOG_FINDINGS:
         findings = sorted(set(LOG_FINDINGS))
         print(f"\n{len(findings)} secret(s) found in clear in server logs or audit files:")
@@ -209,7 +226,16 @@ def pytest_sessionstart(session):
             f"KEYHOLD_COMPAT_TOPOLOGY={TOPOLOGY!r}: expected one of {', '.join(TOPOLOGIES)}",
             returncode=2,
         )
-    if TOPOLOGY == "provisioned" and not os.access(provision_bin(), os.X_OK):
+    if TOPOLOGY == "vm":
+        unset = [v for v in ("KEYHOLD_COMPAT_ENV", "KEYHOLD_COMPAT_STATE_DIR", "KEYHOLD_COMPAT_URLS")
+                 if not os.environ.get(v)]
+        if unset:
+            pytest.exit(
+                f"vm topology: {', '.join(unset)} not set; tests/vm/run sets them for the cluster "
+                "it deploys onto its VMs",
+                returncode=2,
+            )
+    if TOPOLOGY in ("provisioned", "vm") and not os.access(provision_bin(), os.X_OK):
         pytest.exit(
             f"no provision binary at {provision_bin()}: build it (`cargo build --bins`) or set "
             "PROVISION_BIN",
@@ -223,6 +249,11 @@ def pytest_configure(config):
         "single_node(reason): the test needs the node it talks to to be the only node (it "
         "seals it and expects that very address to go down); skipped in cluster topology",
     )
+    config.addinivalue_line(
+        "markers",
+        "same_machine(reason): the test reads a file the server writes where the test names it "
+        "(an audit file); skipped in vm topology, whose servers run on other machines",
+    )
 
 
 def pytest_report_header(config):
@@ -233,8 +264,10 @@ def pytest_collection_modifyitems(config, items):
     if TOPOLOGY == "single":
         return
     for item in items:
-        marker = item.get_closest_marker("single_node")
-        if marker is not None:
+        for name in ("single_node", "same_machine"):
+            marker = item.get_closest_marker(name)
+            if marker is None or (name == "same_machine" and TOPOLOGY != "vm"):
+                continue
             reason = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "")
             item.add_marker(pytest.mark.skip(reason=f"{TOPOLOGY} topology: {reason}"))
 
@@ -626,8 +659,9 @@ class KeyholdCluster:
 # --- a cluster made by `provision` --------------------------------------------------------------
 
 POLICIES_DIR = Path(__file__).resolve().parents[2] / "environments" / "policies"
-# Beyond provision's own timeouts (a cluster that does not form gives up after 180 s).
-PROVISION_TIMEOUT = 300
+# Beyond provision's own timeouts (a cluster that does not form gives up after 180 s); the VM
+# tier gives more (every command goes over SSH to emulated machines).
+PROVISION_TIMEOUT = int(os.environ.get("KEYHOLD_COMPAT_PROVISION_TIMEOUT", "300"))
 _environments = itertools.count()
 
 
@@ -867,9 +901,56 @@ class ProvisionedCluster:
         return "\n".join(tails)
 
 
+class VmCluster(ProvisionedCluster):
+    """The cluster the VM tier deployed (see the module's docstring): `init` only reads its
+    root token and shares, `stop` leaves it running, and its logs are searched on the VMs."""
+
+    def __init__(self):
+        env_file = Path(os.environ["KEYHOLD_COMPAT_ENV"])
+        super().__init__(env_file.parent)
+        self.env_file = env_file
+        self.state_dir = Path(os.environ["KEYHOLD_COMPAT_STATE_DIR"])
+        self.name = env_file.stem
+
+    def init(self, shares: int = 5, threshold: int = 3) -> dict:
+        self.urls = [u.strip().rstrip("/") for u in os.environ["KEYHOLD_COMPAT_URLS"].split(",") if u.strip()]
+        shown = self.provision("up", "--show-secrets").stdout
+        keys = [line.split(": ", 1)[1].strip() for line in shown.splitlines() if line.startswith("Unseal Key ")]
+        roots = [line.split(": ", 1)[1].strip() for line in shown.splitlines()
+                 if line.startswith("Initial Root Token: ")]
+        assert keys and roots, "provision up --show-secrets printed no shares or root token"
+        self.keys, self.keys_base64, self.root_token = keys, keys, roots[0]
+        self.shares, self.threshold = len(keys), self.environment_threshold()
+        self.wait_active()
+        self.entry_url = next(url for url in self.urls if self.health_code(url) == 429)
+        return {"keys": keys, "keys_base64": keys, "root_token": self.root_token}
+
+    def environment_threshold(self) -> int:
+        """`secret_threshold` (or `recovery_threshold`) in the environment file's `init` block."""
+        import re
+
+        found = re.search(r"^\s*(?:secret|recovery)_threshold\s*=\s*(\d+)", self.env_file.read_text(), re.M)
+        assert found, f"no secret_threshold in {self.env_file}"
+        return int(found.group(1))
+
+    def stop(self) -> None:
+        pass
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "(the servers' logs are on the VMs: journalctl -u keyhold there)"
+
+
+_vm_cluster = None
+
+
 def make_target(directory: Path, pki: Pki, audit_device: bool = True):
     """What the tests talk to in this run's topology, not started. `audit_device` says whether a
-    provisioned environment gets the audit device environments/ci.hcl has."""
+    provisioned environment gets the audit device environments/ci.hcl has. In vm topology every
+    test gets the one cluster on the VMs."""
+    global _vm_cluster
+    if TOPOLOGY == "vm":
+        _vm_cluster = _vm_cluster or VmCluster()
+        return _vm_cluster
     if TOPOLOGY == "cluster":
         return KeyholdCluster(directory, pki)
     if TOPOLOGY == "provisioned":
@@ -908,8 +989,8 @@ def fresh_server(server_factory) -> KeyholdServer:
     skipped: the single-node pass covers them."""
     if TOPOLOGY == "cluster":
         pytest.skip("cluster topology: an uninitialised node has no standby to talk through")
-    if TOPOLOGY == "provisioned":
-        pytest.skip("provisioned topology: provision up initialises every cluster it makes")
+    if TOPOLOGY in ("provisioned", "vm"):
+        pytest.skip(f"{TOPOLOGY} topology: provision up initialises every cluster it makes")
     return server_factory()
 
 
@@ -942,8 +1023,13 @@ def ready(server, shares, threshold):
     secret/."""
     server.start()
     server.init(shares, threshold)
+    if TOPOLOGY != "vm":  # a VmCluster has the shares its environment file names
+        server.shares, server.threshold = shares, threshold
     server.unseal()
-    server.root_client().sys.enable_secrets_engine("kv", path="secret", options={"version": "2"})
+    root = server.root_client()
+    # In vm topology the cluster is shared by every test: KV is mounted once.
+    if "secret/" not in root.sys.list_mounted_secrets_engines()["data"]:
+        root.sys.enable_secrets_engine("kv", path="secret", options={"version": "2"})
     return server
 
 

@@ -10,6 +10,9 @@ import uuid
 import hvac
 import pytest
 
+pytestmark = pytest.mark.same_machine(
+    reason="each test has the server write an audit file where the test can read it, and signals its process"
+)
 
 def entries(path):
     text = path.read_text()

@@ -116,7 +116,7 @@ def test_seal_status_fields_when_unsealed(session_server):
                   "cluster_name", "cluster_id", "storage_type"):
         assert field in status, f"seal-status lacks {field}: {status}"
     assert status["storage_type"] == "raft"
-    assert (status["t"], status["n"]) == (3, 5)
+    assert (status["t"], status["n"]) == (session_server.threshold, session_server.shares)
 
 
 def test_leader_reports_the_active_node(session_server):

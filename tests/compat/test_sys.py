@@ -99,8 +99,10 @@ def decode_root_token(encoded: str, otp: str) -> str:
 
 def test_generate_root_with_otp(active_server):
     client = active_server.client()
+    threshold = active_server.threshold
+    assert threshold >= 2, "the test needs a threshold of at least 2"
     attempt = client.sys.start_root_token_generation()
-    assert attempt["started"] is True and attempt["required"] == 2, attempt
+    assert attempt["started"] is True and attempt["required"] == threshold, attempt
     otp, nonce = attempt["otp"], attempt["nonce"]
     assert otp and attempt["otp_length"] == len(otp), attempt
     assert client.sys.read_root_generation_progress()["progress"] == 0
@@ -109,7 +111,9 @@ def test_generate_root_with_otp(active_server):
         client.sys.generate_root(key=active_server.keys[0], nonce="not-the-nonce")
     first = client.sys.generate_root(key=active_server.keys[0], nonce=nonce)
     assert first["progress"] == 1 and first["complete"] is False, first
-    done = client.sys.generate_root(key=active_server.keys[1], nonce=nonce)
+    for key in active_server.keys[1 : threshold - 1]:
+        assert client.sys.generate_root(key=key, nonce=nonce)["complete"] is False
+    done = client.sys.generate_root(key=active_server.keys[threshold - 1], nonce=nonce)
     assert done["complete"] is True and done["encoded_token"], done
 
     token = decode_root_token(done["encoded_token"], otp)

@@ -13,6 +13,7 @@
 //! upgrade under load, a VM powered off and on again, and Lynis's hardening index against the
 //! floor in `tests/vm/lynis-floor`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -342,11 +343,119 @@ async fn lynis_index(vm: &Vm, key: &Path, dir: &Path) -> Result<u32> {
         .with_context(|| format!("no hardening index in Lynis's report:\n{text}"))
 }
 
+/// The hvac compatibility suite (tests/compat, `vm` topology) against the cluster `p` deployed
+/// onto `vms`, through a standby; then each VM's server journal and log directory are searched
+/// over SSH for every secret the suite sent or received (the values come back in a private file
+/// and are searched for here, never put in a command line).
+async fn compat_suite_against_the_vms(
+    p: &keyhold_tests::provision::Provisioned,
+    vms: &[Vm],
+    key: &Path,
+    dir: &Path,
+) -> Result<()> {
+    let secrets_file = dir.join("compat-secrets.json");
+    let urls: Vec<String> = vms
+        .iter()
+        .map(|v| format!("https://{}:8200", v.address))
+        .collect();
+    let mut pytest = tokio::process::Command::new("python3");
+    pytest
+        .args([
+            "-m",
+            "pytest",
+            "-q",
+            "-rs",
+            "-p",
+            "no:cacheprovider",
+            "tests/compat",
+        ])
+        .current_dir(repo_root())
+        .env("KEYHOLD_COMPAT_TOPOLOGY", "vm")
+        .env("KEYHOLD_COMPAT_ENV", &p.env_file)
+        .env("KEYHOLD_COMPAT_STATE_DIR", &p.state_dir)
+        .env("KEYHOLD_COMPAT_URLS", urls.join(","))
+        .env("KEYHOLD_COMPAT_SECRETS_OUT", &secrets_file)
+        .env("KEYHOLD_COMPAT_PROVISION_TIMEOUT", "1200")
+        .env("KEYHOLD_BIN", keyhold_tests::keyhold_bin()?)
+        .env("PROVISION_BIN", keyhold_tests::provision_bin()?)
+        .kill_on_drop(true);
+    let ran = tokio::time::timeout(Duration::from_secs(3600), pytest.output())
+        .await
+        .context("the hvac suite against the VMs did not finish in an hour")?
+        .context(
+            "run python3 -m pytest tests/compat (pip install -r tests/compat/requirements.txt)",
+        )?;
+    let out = String::from_utf8_lossy(&ran.stdout);
+    println!("hvac compatibility suite (vm topology):\n{out}");
+    ensure!(
+        ran.status.success(),
+        "the hvac suite failed against the VM cluster ({}):\n{}",
+        ran.status,
+        String::from_utf8_lossy(&ran.stderr)
+    );
+
+    let secrets: BTreeMap<String, String> = serde_json::from_slice(
+        &std::fs::read(&secrets_file)
+            .with_context(|| format!("the suite wrote no {}", secrets_file.display()))?,
+    )?;
+    ensure!(
+        !secrets.is_empty(),
+        "the suite recorded no secrets to search for"
+    );
+    let mut findings = Vec::new();
+    for vm in vms {
+        let host = admin_host(vm, key, &dir.join("known_hosts"));
+        for (source, script) in [
+            ("journal", "journalctl -u keyhold --no-pager -o cat"),
+            (
+                "/var/log/keyhold",
+                "find /var/log/keyhold -type f -exec cat {} +",
+            ),
+        ] {
+            let out = host
+                .run(&["sh", "-c", script], Duration::from_secs(300))
+                .await?;
+            ensure!(out.success(), "{script} on {} failed: {out:?}", vm.name);
+            let text = String::from_utf8_lossy(&out.stdout);
+            // The journal has at least the server's start; the log directory may be empty (the
+            // audit file is written where requests are handled).
+            ensure!(
+                source != "journal" || !text.is_empty(),
+                "{source} on {} is empty",
+                vm.name
+            );
+            for (value, what) in &secrets {
+                if text.contains(value.as_str()) {
+                    findings.push(format!(
+                        "{}: {source}: {what} ({} characters) in clear",
+                        vm.name,
+                        value.len()
+                    ));
+                }
+            }
+        }
+    }
+    println!(
+        "{} recorded secrets searched for in 3 VMs' journals and log directories: {} found",
+        secrets.len(),
+        findings.len()
+    );
+    ensure!(
+        findings.is_empty(),
+        "secrets in the VMs' logs: {findings:#?}"
+    );
+    Ok(())
+}
+
 /// The harness's 3-node environment deployed onto `vms` by the ssh provider: the image's
 /// `admin` login through sudo, each host key pinned as its console printed it.
 fn vm_environment(vms: &[Vm], key: &Path) -> Result<String> {
     let local = keyhold_tests::provision::environment_hcl(
-        &keyhold_tests::provision::EnvSpec::nodes(3),
+        // The root token is kept: the hvac suite runs against this cluster as root.
+        &keyhold_tests::provision::EnvSpec {
+            revoke_root_token: false,
+            ..keyhold_tests::provision::EnvSpec::nodes(3)
+        },
         std::net::Ipv4Addr::new(127, 0, 0, 1),
         &keyhold_tests::keyhold_bin()?,
     );
@@ -390,8 +499,9 @@ fn vm_environment(vms: &[Vm], key: &Path) -> Result<String> {
 
 /// The whole VM tier (`tests/vm/run`): three VMs from the image, `provision up` over SSH,
 /// the server's sandbox scored on a live VM, KV through every node, a rolling upgrade under
-/// load with nothing failed or lost, and a VM powered off and on again: its node comes back
-/// sealed (Shamir) and `provision unseal` brings it back into the cluster.
+/// load with nothing failed or lost, a VM powered off and on again (its node comes back
+/// sealed, Shamir, and `provision unseal` brings it back into the cluster), the hvac suite
+/// through a standby with the VMs' logs searched for its secrets, and Lynis on one VM.
 #[tokio::test(flavor = "multi_thread")]
 async fn vm_tier_provision_up_onto_three_vms_built_from_the_image() -> Result<()> {
     const TEST: &str = "vm_tier_provision_up_onto_three_vms_built_from_the_image";
@@ -554,13 +664,16 @@ async fn vm_tier_provision_up_onto_three_vms_built_from_the_image() -> Result<()
     .await?;
     phase("a VM power-cycled, its node unsealed and serving");
 
+    compat_suite_against_the_vms(&p, &vms, &key, dir.path()).await?;
+    phase("hvac compatibility suite against the VM cluster");
+
     // Lynis last, on one VM alone (the cluster stopped, the other VMs off): under TCG it takes
     // many minutes, and far longer beside a running cluster.
     p.run(&["down"]).await?.expect(0)?;
     vms.truncate(1);
     let index = lynis_index(&vms[0], &key, dir.path()).await?;
     println!(
-        "Lynis hardening index on {} (server running): {index}",
+        "Lynis hardening index on {} (its server stopped, the other VMs off): {index}",
         vms[0].name
     );
     let floor: u32 = std::fs::read_to_string(repo_root().join("tests/vm/lynis-floor"))?
