@@ -454,7 +454,7 @@ fn parse_errors_name_file_line_and_key() {
             ),
             (
                 "storage \"inmem\" {}\ncache_size = -5\n",
-                "vault.hcl:2:1: cache_size: must not be negative",
+                "vault.hcl:2:14: cache_size: must not be negative",
             ),
             (
                 "storage \"inmem\" { path = \"/x\" }\n",
