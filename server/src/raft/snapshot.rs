@@ -58,8 +58,15 @@ pub fn encode_snapshot(meta: &SnapshotMeta, entries: &[(String, Vec<u8>)]) -> Ve
     out
 }
 
-/// Decodes and verifies a whole snapshot: its meta and every entry.
-pub fn decode_snapshot(bytes: &[u8]) -> Result<(SnapshotMeta, Entries), SnapshotError> {
+/// The meta of a snapshot, from its header alone (the state is neither decoded nor verified:
+/// for a snapshot this node wrote and keeps, about to be sent whole to a follower, which
+/// verifies it).
+pub fn snapshot_meta(bytes: &[u8]) -> Result<SnapshotMeta, SnapshotError> {
+    Ok(read_header(bytes)?.0.meta)
+}
+
+/// The header and where the state begins.
+fn read_header(bytes: &[u8]) -> Result<(Header, usize), SnapshotError> {
     let len_bytes: [u8; 4] = bytes
         .get(..4)
         .ok_or(SnapshotError::Truncated("no header length"))?
@@ -77,7 +84,13 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<(SnapshotMeta, Entries), Snapshot
             header.format
         )));
     }
-    let state = &bytes[4 + header_len..];
+    Ok((header, 4 + header_len))
+}
+
+/// Decodes and verifies a whole snapshot: its meta and every entry.
+pub fn decode_snapshot(bytes: &[u8]) -> Result<(SnapshotMeta, Entries), SnapshotError> {
+    let (header, state_at) = read_header(bytes)?;
+    let state = &bytes[state_at..];
     if (state.len() as u64) < header.state_len {
         return Err(SnapshotError::Truncated(
             "state shorter than its header says",
@@ -122,7 +135,9 @@ mod tests {
         };
         let data = entries(&[("a", b"1"), ("b", b"2")]);
         let bytes = encode_snapshot(&meta, &data);
+        assert_eq!(snapshot_meta(&bytes).unwrap(), meta);
         assert_eq!(decode_snapshot(&bytes).unwrap(), (meta, data));
+        assert!(snapshot_meta(&bytes[..3]).is_err());
 
         // Every truncation, including a cut exactly at an entry boundary, is refused.
         for cut in 0..bytes.len() {

@@ -20,15 +20,19 @@
 //! Snapshots ([`super::snapshot`] format) are built from a consistent export
 //! taken between two applies, kept in the `raft_snapshot` tree of the same
 //! database (openraft asks for the current snapshot again after a restart),
-//! and installed atomically with `replace_all` plus the meta.
+//! and installed atomically with `replace_all` plus the meta. The current
+//! snapshot is not kept in memory: its bytes (about a megabyte per thousand
+//! secrets) are read back from the tree, meta from its header, when openraft
+//! asks for it (to send it to a follower, which is rare), instead of being
+//! held by every node for good.
 
 use std::io::Cursor;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use openraft::storage::RaftStateMachine;
 use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 
-use super::snapshot::{decode_snapshot, encode_snapshot};
+use super::snapshot::{decode_snapshot, encode_snapshot, snapshot_meta};
 use super::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -41,23 +45,15 @@ const LAST_MEMBERSHIP: &str = "raft_last_membership";
 const SNAPSHOT_TREE: &str = "raft_snapshot";
 const SNAPSHOT_KEY: &str = "current";
 
-/// The last snapshot, as openraft hands it out (decoded meta plus bytes).
-type CachedSnapshot = Arc<Mutex<Option<(SnapshotMeta, Arc<Vec<u8>>)>>>;
-
 pub struct StateMachine {
     store: Arc<SledStore>,
     snapshots: sled::Tree,
-    current: CachedSnapshot,
 }
 
 impl StateMachine {
     pub fn open(store: Arc<SledStore>) -> Result<StateMachine, crate::physical::StorageError> {
         let snapshots = store.open_tree(SNAPSHOT_TREE)?;
-        Ok(StateMachine {
-            store,
-            snapshots,
-            current: Arc::default(),
-        })
+        Ok(StateMachine { store, snapshots })
     }
 
     fn read_state(&self) -> Result<(Option<LogId>, StoredMembership), AnyError> {
@@ -99,7 +95,7 @@ impl StateMachine {
             )
             .await
             .map_err(|e| AnyError::new(&e))?;
-        persist_snapshot(&self.snapshots, &self.current, meta.clone(), bytes).await
+        persist_snapshot(&self.snapshots, bytes).await
     }
 }
 
@@ -120,19 +116,12 @@ fn state_meta(
 }
 
 /// Keeps `bytes` as the current snapshot, durable before returning.
-async fn persist_snapshot(
-    tree: &sled::Tree,
-    current: &CachedSnapshot,
-    meta: SnapshotMeta,
-    bytes: Vec<u8>,
-) -> Result<(), AnyError> {
-    let bytes = Arc::new(bytes);
-    let (t, b) = (tree.clone(), bytes.clone());
-    blocking(move || t.insert(SNAPSHOT_KEY, b.as_slice()).map(|_| ()))
+async fn persist_snapshot(tree: &sled::Tree, bytes: Vec<u8>) -> Result<(), AnyError> {
+    let t = tree.clone();
+    blocking(move || t.insert(SNAPSHOT_KEY, bytes).map(|_| ()))
         .await
         .map_err(|e| AnyError::new(&e))?;
     tree.flush_async().await.map_err(|e| AnyError::new(&e))?;
-    *current.lock().expect("snapshot cache lock") = Some((meta, bytes));
     Ok(())
 }
 
@@ -142,7 +131,6 @@ pub struct SnapshotBuilder {
     meta: SnapshotMeta,
     entries: Result<Vec<(String, Vec<u8>)>, crate::physical::StorageError>,
     snapshots: sled::Tree,
-    current: CachedSnapshot,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -151,14 +139,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .map_err(|e| StorageIOError::read_state_machine(AnyError::new(&e)))?;
         let bytes = encode_snapshot(&self.meta, &entries);
         drop(entries);
-        persist_snapshot(
-            &self.snapshots,
-            &self.current,
-            self.meta.clone(),
-            bytes.clone(),
-        )
-        .await
-        .map_err(|e| StorageIOError::write_snapshot(Some(self.meta.signature()), e))?;
+        // The copy handed to openraft is dropped once it is done with it; the tree keeps
+        // the durable one.
+        persist_snapshot(&self.snapshots, bytes.clone())
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(Some(self.meta.signature()), e))?;
         Ok(Snapshot {
             meta: self.meta.clone(),
             snapshot: Box::new(Cursor::new(bytes)),
@@ -324,7 +309,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             },
             entries: self.store.export(),
             snapshots: self.snapshots.clone(),
-            current: self.current.clone(),
         }
     }
 
@@ -343,27 +327,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        let cached = self.current.lock().expect("snapshot cache lock").clone();
-        let (meta, bytes) = match cached {
-            Some(c) => c,
-            None => {
-                let Some(stored) = self
-                    .snapshots
-                    .get(SNAPSHOT_KEY)
-                    .map_err(|e| StorageIOError::read_snapshot(None, AnyError::new(&e)))?
-                else {
-                    return Ok(None);
-                };
-                let (meta, _) = decode_snapshot(&stored)
-                    .map_err(|e| StorageIOError::read_snapshot(None, AnyError::new(&e)))?;
-                let entry = (meta, Arc::new(stored.to_vec()));
-                *self.current.lock().expect("snapshot cache lock") = Some(entry.clone());
-                entry
-            }
+        let snapshots = self.snapshots.clone();
+        let stored = blocking(move || snapshots.get(SNAPSHOT_KEY))
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(None, AnyError::new(&e)))?;
+        let Some(stored) = stored else {
+            return Ok(None);
         };
+        let meta = snapshot_meta(&stored)
+            .map_err(|e| StorageIOError::read_snapshot(None, AnyError::new(&e)))?;
         Ok(Some(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(bytes.as_ref().clone())),
+            snapshot: Box::new(Cursor::new(stored.to_vec())),
         }))
     }
 }
