@@ -214,6 +214,31 @@ impl Core {
         }
     }
 
+    /// After forwarding a request: waits, at most `standby_read_index_wait`, until this standby
+    /// has applied the index the active node answered with. Without it a client that does not
+    /// send `X-Vault-Index` (hvac, curl) could write through this node and read the old value
+    /// back from it a moment later. An index this node cannot decode is not waited for.
+    pub async fn catch_up_to(self: &Arc<Self>, header: &str) {
+        let Some(ha) = &self.ha else { return };
+        let Ok(u) = self.standby_services().await else {
+            return;
+        };
+        let Ok(index) = decode_index(&u.index_key, &u.cluster.id, header) else {
+            return;
+        };
+        let Some(node) = ha.running().await else {
+            return;
+        };
+        if !node.wait_applied(index, self.config.index_wait).await {
+            metrics::counter!("keyhold.standby_read.catch_up_timeouts").increment(1);
+            tracing::debug!(
+                index,
+                applied = node.applied_index(),
+                "a forwarded answer returned before this standby applied its index"
+            );
+        }
+    }
+
     /// The standby's services as last built, if they still match the replica.
     fn cached_standby_services(&self) -> Option<Arc<Unsealed>> {
         let changes = self.ha.as_ref()?.store().service_changes();

@@ -525,6 +525,18 @@ async fn forward(
                     }
                 }
             }
+            // Read-your-writes through this node for clients that do not pass X-Vault-Index
+            // along (hvac, curl scripts): the answer waits until this standby has applied the
+            // state the active node answered from, so its next read here sees the write.
+            if state.core.may_serve_standby_reads(None) {
+                if let Some(index) = response
+                    .headers()
+                    .get("x-vault-index")
+                    .and_then(|v| v.to_str().ok())
+                {
+                    state.core.catch_up_to(index).await;
+                }
+            }
             response
         }
         Err(e) => error_response(&e),
