@@ -181,6 +181,8 @@ struct Inner {
     salt: OnceCell<Vec<u8>>,
     /// Serialises read-modify-write of entries (use counts, renewals).
     update: Mutex<()>,
+    /// A standby's store ([`TokenStore::read_only`]): it never writes.
+    read_only: bool,
 }
 
 impl std::fmt::Debug for TokenStore {
@@ -288,8 +290,31 @@ impl TokenStore {
                 view,
                 salt: OnceCell::new(),
                 update: Mutex::new(()),
+                read_only: false,
             }),
         }
+    }
+
+    /// The store a standby serving reads uses: lookups never write (an expired token is gone,
+    /// its revocation left to the active node), and what would write (a use of a use-limited
+    /// token, a missing salt) is [`Error::ForwardToActive`].
+    pub fn read_only(view: StorageView) -> Self {
+        TokenStore {
+            inner: Arc::new(Inner {
+                view,
+                salt: OnceCell::new(),
+                update: Mutex::new(()),
+                read_only: true,
+            }),
+        }
+    }
+
+    /// Revokes the invalid subtree at `hash`, unless this is a standby's store.
+    async fn revoke_invalid(&self, hash: &str) -> Result<()> {
+        if self.inner.read_only {
+            return Ok(());
+        }
+        self.revoke_tree(hash).await
     }
 
     fn view(&self) -> &StorageView {
@@ -308,6 +333,9 @@ impl TokenStore {
             .get_or_try_init(|| async {
                 if let Some(salt) = self.view().get("salt").await? {
                     return Ok::<_, Error>(salt);
+                }
+                if self.inner.read_only {
+                    return Err(Error::ForwardToActive);
                 }
                 let mut salt = vec![0u8; 32];
                 rand::rngs::OsRng.fill_bytes(&mut salt);
@@ -344,7 +372,7 @@ impl TokenStore {
         }
         let now = now_ms();
         if entry.is_expired(now) {
-            self.revoke_tree(hash).await?;
+            self.revoke_invalid(hash).await?;
             return Ok(None);
         }
         let mut ancestor = entry.parent.clone();
@@ -357,11 +385,11 @@ impl TokenStore {
             match self.get_by_hash(&parent).await? {
                 None => {
                     // A leftover of an interrupted revocation.
-                    self.revoke_tree(hash).await?;
+                    self.revoke_invalid(hash).await?;
                     return Ok(None);
                 }
                 Some(p) if p.is_expired(now) => {
-                    self.revoke_tree(&parent).await?;
+                    self.revoke_invalid(&parent).await?;
                     return Ok(None);
                 }
                 Some(p) if p.num_uses == REVOCATION_PENDING => return Ok(None),
@@ -399,6 +427,10 @@ impl TokenStore {
         entry.id = id.to_string();
         if entry.num_uses == 0 {
             return Ok(Some(entry));
+        }
+        if self.inner.read_only {
+            // Uses are counted on the active node only.
+            return Err(Error::ForwardToActive);
         }
         entry.num_uses -= 1;
         if entry.num_uses > 0 {
