@@ -239,9 +239,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                     l.reload_tls();
                 }
                 core.follow_cluster_tls().await;
-                if let Ok(u) = core.unsealed() {
-                    u.audit.reopen().await;
-                }
+                core.reopen_audit_files().await;
             }
         }
     }

@@ -271,6 +271,24 @@ impl Core {
         Ok(built)
     }
 
+    /// SIGHUP: reopens the audit files of the services this node has: the active node's, and
+    /// the read-only ones a standby audits its reads with (otherwise a standby would go on
+    /// writing to a rotated, or removed, file).
+    pub async fn reopen_audit_files(&self) {
+        if let Ok(u) = self.unsealed() {
+            u.audit.reopen().await;
+        }
+        let standby = self
+            .standby_services
+            .lock()
+            .expect("standby services lock")
+            .as_ref()
+            .map(|(_, u)| u.clone());
+        if let Some(u) = standby {
+            u.audit.reopen().await;
+        }
+    }
+
     /// Drops the standby's services (sealed, or now active).
     pub(super) fn drop_standby_services(&self) {
         self.standby_services
