@@ -171,7 +171,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             restrict_existing_modes(&raft.path)?;
             // Checked before anything is served: a store damaged while the server was stopped
             // can hold less than it acknowledged, and sled opens it without a word.
-            let store = Arc::new(crate::raft::integrity::open_checked(&raft.path)?);
+            let cache =
+                crate::physical::sled_store::cache_bytes(config.cache_size, config.disable_cache);
+            let store = Arc::new(crate::raft::integrity::open_checked(&raft.path, cache)?);
             let ha = crate::core::ha::Ha::new(ha_settings(&config, raft)?, store);
             (
                 Core::new_ha(core_config("raft", true), ha, telemetry),

@@ -815,17 +815,28 @@ class ProvisionedCluster:
         self.urls = [f"https://{base + i}:8200" for i in range(CLUSTER_SIZE)]
         self.env_file.write_text(provisioned_environment(str(base), shares, threshold, self.audit_device))
         self.provision("up")
+        shown, keys, roots = self.show_secrets()
+        assert len(keys) == shares and roots, f"provision up --show-secrets printed:\n{shown}"
+        self.threshold = threshold
+        return self.adopt(keys, roots[0])
+
+    def show_secrets(self):
+        """What `provision up --show-secrets` (an `up` that changes nothing on a healthy cluster)
+        prints, and the unseal shares and root tokens in it."""
         shown = self.provision("up", "--show-secrets").stdout
         keys = [line.split(": ", 1)[1].strip() for line in shown.splitlines() if line.startswith("Unseal Key ")]
         roots = [line.split(": ", 1)[1].strip() for line in shown.splitlines()
                  if line.startswith("Initial Root Token: ")]
-        assert len(keys) == shares and roots, f"provision up --show-secrets printed:\n{shown}"
+        return shown, keys, roots
+
+    def adopt(self, keys, root_token: str) -> dict:
+        """Keeps the cluster's shares and root token, waits for its roles and picks a standby to
+        talk through."""
         # Base64 shares are accepted wherever hex ones are (unseal, generate-root, rekey).
-        self.keys, self.keys_base64, self.root_token = keys, keys, roots[0]
-        self.threshold = threshold
+        self.keys, self.keys_base64, self.root_token = keys, keys, root_token
         self.wait_active()
         self.entry_url = next(url for url in self.urls if self.health_code(url) == 429)
-        return {"keys": keys, "keys_base64": keys, "root_token": self.root_token}
+        return {"keys": keys, "keys_base64": keys, "root_token": root_token}
 
     def client(self, token=None) -> hvac.Client:
         return hvac.Client(url=self.url, verify=self.ca_path, token=token, timeout=30,
@@ -914,16 +925,10 @@ class VmCluster(ProvisionedCluster):
 
     def init(self, shares: int = 5, threshold: int = 3) -> dict:
         self.urls = [u.strip().rstrip("/") for u in os.environ["KEYHOLD_COMPAT_URLS"].split(",") if u.strip()]
-        shown = self.provision("up", "--show-secrets").stdout
-        keys = [line.split(": ", 1)[1].strip() for line in shown.splitlines() if line.startswith("Unseal Key ")]
-        roots = [line.split(": ", 1)[1].strip() for line in shown.splitlines()
-                 if line.startswith("Initial Root Token: ")]
+        _, keys, roots = self.show_secrets()
         assert keys and roots, "provision up --show-secrets printed no shares or root token"
-        self.keys, self.keys_base64, self.root_token = keys, keys, roots[0]
         self.shares, self.threshold = len(keys), self.environment_threshold()
-        self.wait_active()
-        self.entry_url = next(url for url in self.urls if self.health_code(url) == 429)
-        return {"keys": keys, "keys_base64": keys, "root_token": self.root_token}
+        return self.adopt(keys, roots[0])
 
     def environment_threshold(self) -> int:
         """`secret_threshold` (or `recovery_threshold`) in the environment file's `init` block."""

@@ -61,6 +61,7 @@ top_level! {
     max_lease_ttl: Duration,
     pid_file: PathBuf,
     plugin_directory: PathBuf,
+    cache_size: u64,
     disable_cache: bool,
     raw_storage_endpoint: bool,
     introspection_endpoint: bool,
@@ -146,6 +147,7 @@ impl FileConfig {
 const TOP_KEYS: &[&str] = &[
     "api_addr",
     "audit",
+    "cache_size",
     "cluster_addr",
     "cluster_name",
     "default_lease_ttl",
@@ -354,6 +356,7 @@ pub(super) fn decode_file(src: &Source<'_>, root: Object) -> Result<FileConfig, 
     t.max_lease_ttl = top.duration("max_lease_ttl")?;
     t.pid_file = top.path("pid_file")?;
     t.plugin_directory = top.path("plugin_directory")?;
+    t.cache_size = top.uint("cache_size", u32::MAX.into())?;
     t.disable_cache = top.bool("disable_cache")?;
     t.raw_storage_endpoint = top.bool("raw_storage_endpoint")?;
     t.introspection_endpoint = top.bool("introspection_endpoint")?;

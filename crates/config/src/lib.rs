@@ -68,6 +68,10 @@ pub struct ServerConfig {
     /// `unsupported()` rather than an unknown-key error: Keyhold has no
     /// external plugins.
     pub plugin_directory: Option<PathBuf>,
+    /// Vault's `cache_size`: entries of the storage read cache. Keyhold's read cache is
+    /// sled's page cache, sized in bytes; the server maps one to the other.
+    pub cache_size: Option<u64>,
+    /// Vault's `disable_cache`: the server keeps sled's page cache at its least.
     pub disable_cache: bool,
     pub raw_storage_endpoint: bool,
     pub introspection_endpoint: bool,
@@ -549,6 +553,7 @@ impl ServerConfig {
             audit: Vec::new(),
             pid_file: None,
             plugin_directory: None,
+            cache_size: None,
             disable_cache: false,
             raw_storage_endpoint: false,
             introspection_endpoint: false,
@@ -659,6 +664,7 @@ fn finish(file: decode::FileConfig, sources: &str) -> Result<ServerConfig, Confi
         audit: file.audit,
         pid_file: t.pid_file,
         plugin_directory: t.plugin_directory,
+        cache_size: t.cache_size,
         disable_cache: t.disable_cache.unwrap_or(false),
         raw_storage_endpoint: t.raw_storage_endpoint.unwrap_or(false),
         introspection_endpoint: t.introspection_endpoint.unwrap_or(false),

@@ -322,7 +322,8 @@ fn hcl1_habits_are_accepted() {
         "{base}listener \"tcp\" {{\n  tls_disable = 1\n  max_request_duration = 30\n  \
          max_request_size = \"1024\"\n  tls_cipher_suites = \"TLS_A, TLS_B\"\n  \
          telemetry {{ unauthenticated_metrics_access = \"false\" }}\n}}\n\
-         default_lease_ttl = 60\nmax_lease_ttl = \"2h30m\"\nlog_level = \"WARNING\"\n"
+         default_lease_ttl = 60\nmax_lease_ttl = \"2h30m\"\nlog_level = \"WARNING\"\n\
+         cache_size = \"65536\"\n"
     ))
     .unwrap();
     let l = &c.listeners[0];
@@ -334,6 +335,7 @@ fn hcl1_habits_are_accepted() {
     assert_eq!(c.default_lease_ttl, secs(60));
     assert_eq!(c.max_lease_ttl, secs(9000));
     assert_eq!(c.log_level, "warn");
+    assert_eq!(c.cache_size, Some(65536));
 
     // 0 means "the default" for sizes, durations and TTLs, as in Vault.
     let c = parse(&format!(
@@ -447,8 +449,9 @@ fn parse_errors_name_file_line_and_key() {
             (
                 "storage \"inmem\" {}\nhttp_idle_timeout = \"5m\"\n",
                 "vault.hcl:2:1: unknown key \"http_idle_timeout\" at the top level; allowed: \
-                 api_addr, audit, cluster_addr, cluster_name, default_lease_ttl, disable_cache, \
-                 disable_mlock, disable_standby_reads, enable_response_header_hostname, \
+                 api_addr, audit, cache_size, cluster_addr, cluster_name, default_lease_ttl, \
+                 disable_cache, disable_mlock, disable_standby_reads, \
+                 enable_response_header_hostname, \
                  enable_response_header_raft_node_id, introspection_endpoint, listener, log_file, \
                  log_format, log_level, log_rotate_bytes, log_rotate_duration, \
                  log_rotate_max_files, max_lease_ttl, pid_file, plugin_directory, \
@@ -473,6 +476,10 @@ fn parse_errors_name_file_line_and_key() {
                 "storage \"inmem\" {}\nlistener \"tcp\" {\n  telemetry {\n    foo = true\n  }\n}\n",
                 "vault.hcl:4:5: unknown key \"foo\" in listener \"tcp\" telemetry; allowed: \
                  unauthenticated_metrics_access",
+            ),
+            (
+                "storage \"inmem\" {}\ncache_size = -5\n",
+                "vault.hcl:2:14: cache_size: must not be negative",
             ),
             (
                 "storage \"inmem\" { path = \"/x\" }\n",

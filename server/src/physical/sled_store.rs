@@ -6,6 +6,11 @@
 //! is as durable as sled gets.) Opened in `Mode::LowSpace` against sled's space
 //! growth (databend PR #14709).
 //!
+//! Memory: sled keeps the pages it has read or written in a cache of its own, 1 GiB unless
+//! told otherwise, and a node touches every page as it applies writes: at 100,000 secrets
+//! that cache alone held most of a node's resident memory. The server bounds it
+//! ([`DEFAULT_CACHE_BYTES`], or the config's `cache_size`, see [`cache_bytes`]).
+//!
 //! Layout: tree `data` holds the [`Backend`] entries (barrier ciphertext, paths
 //! as UTF-8 keys); tree `meta` holds the Raft state machine's own records
 //! (last applied log id, membership), kept apart so a snapshot's
@@ -43,9 +48,42 @@ impl fmt::Debug for SledStore {
     }
 }
 
+/// sled's page cache when the config says nothing.
+pub const DEFAULT_CACHE_BYTES: u64 = 32 << 20;
+
+/// Vault's `cache_size` counts entries of its read cache; sled's cache counts bytes of
+/// pages. An entry is taken as this many bytes, so Vault's default of 131,072 entries is
+/// [`DEFAULT_CACHE_BYTES`].
+pub const CACHE_BYTES_PER_ENTRY: u64 = 256;
+
+/// The least sled cache: with `disable_cache` (sled has no uncached mode) or a tiny
+/// `cache_size`.
+pub const MIN_CACHE_BYTES: u64 = 4 << 20;
+
+/// sled's cache size for the config's `cache_size` (entries, as in Vault) and
+/// `disable_cache`.
+pub fn cache_bytes(cache_size: Option<u64>, disable_cache: bool) -> u64 {
+    if disable_cache {
+        return MIN_CACHE_BYTES;
+    }
+    match cache_size {
+        // 0 means the default, as for Vault's other sizes.
+        None | Some(0) => DEFAULT_CACHE_BYTES,
+        Some(entries) => entries
+            .saturating_mul(CACHE_BYTES_PER_ENTRY)
+            .max(MIN_CACHE_BYTES),
+    }
+}
+
 impl SledStore {
-    /// Opens (or creates) the store in the directory `path`.
+    /// Opens (or creates) the store in the directory `path`, with the default cache.
     pub fn open(path: &Path) -> Result<SledStore, StorageError> {
+        SledStore::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens (or creates) the store in the directory `path`, with a page cache of at most
+    /// `cache_bytes`.
+    pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<SledStore, StorageError> {
         // sled's flusher thread releases the directory lock a moment after
         // the last handle is dropped, so a reopen in the same process (a
         // restore, a test) can see the lock still held: retry briefly.
@@ -54,6 +92,7 @@ impl SledStore {
             match sled::Config::new()
                 .path(path)
                 .mode(sled::Mode::LowSpace)
+                .cache_capacity(cache_bytes)
                 .open()
             {
                 Ok(db) => break db,
@@ -411,6 +450,26 @@ fn txn_writes(ops: Vec<TxnOp>) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cache_size_maps_entries_to_bytes() {
+        for (cache_size, disable_cache, bytes) in [
+            (None, false, DEFAULT_CACHE_BYTES),
+            (Some(0), false, DEFAULT_CACHE_BYTES),
+            // Vault's default entry count is Keyhold's default size.
+            (Some(131_072), false, DEFAULT_CACHE_BYTES),
+            (Some(1_000_000), false, 256_000_000),
+            (Some(10), false, MIN_CACHE_BYTES),
+            (Some(1_000_000), true, MIN_CACHE_BYTES),
+            (None, true, MIN_CACHE_BYTES),
+        ] {
+            assert_eq!(
+                cache_bytes(cache_size, disable_cache),
+                bytes,
+                "{cache_size:?} {disable_cache}"
+            );
+        }
+    }
 
     #[tokio::test]
     async fn reopen_keeps_data_and_meta() {

@@ -405,11 +405,14 @@ async fn compat_suite_against_the_vms(
     let mut findings = Vec::new();
     for vm in vms {
         let host = admin_host(vm, key, &dir.join("known_hosts"));
-        for (source, script) in [
-            ("journal", "journalctl -u keyhold --no-pager -o cat"),
+        // The journal has at least the server's start; the log directory may be empty (the
+        // audit file is written where requests are handled).
+        for (source, script, may_be_empty) in [
+            ("journal", "journalctl -u keyhold --no-pager -o cat", false),
             (
                 "/var/log/keyhold",
                 "find /var/log/keyhold -type f -exec cat {} +",
+                true,
             ),
         ] {
             let out = host
@@ -417,10 +420,8 @@ async fn compat_suite_against_the_vms(
                 .await?;
             ensure!(out.success(), "{script} on {} failed: {out:?}", vm.name);
             let text = String::from_utf8_lossy(&out.stdout);
-            // The journal has at least the server's start; the log directory may be empty (the
-            // audit file is written where requests are handled).
             ensure!(
-                source != "journal" || !text.is_empty(),
+                may_be_empty || !text.is_empty(),
                 "{source} on {} is empty",
                 vm.name
             );
@@ -436,8 +437,9 @@ async fn compat_suite_against_the_vms(
         }
     }
     println!(
-        "{} recorded secrets searched for in 3 VMs' journals and log directories: {} found",
+        "{} recorded secrets searched for in {} VMs' journals and log directories: {} found",
         secrets.len(),
+        vms.len(),
         findings.len()
     );
     ensure!(
