@@ -693,7 +693,10 @@ impl Core {
         };
         let policies = PolicyStore::new(self.view("sys/"));
         let tokens = if read_only {
-            TokenStore::read_only(self.view("sys/token/"))
+            // A standby judges expiry by the active node's clock, as its appends carry it.
+            let ha = self.ha.as_ref().ok_or(Error::ForwardToActive)?;
+            let node = ha.running().await.ok_or(Error::ForwardToActive)?;
+            TokenStore::read_only(self.view("sys/token/"), node.leader_clock())
         } else {
             policies.setup().await?;
             TokenStore::new(self.view("sys/token/"))
@@ -1230,7 +1233,11 @@ fn backend_factory(entry: &MountEntry, tokens: &TokenStore) -> Result<Arc<dyn Lo
                 .get("version")
                 .map(String::as_str)
                 .unwrap_or("1");
-            Arc::new(KvBackend::new(if version == "2" { 2 } else { 1 }))
+            // The token store's clock: a standby's mounts read the active node's time too.
+            Arc::new(KvBackend::with_clock(
+                if version == "2" { 2 } else { 1 },
+                tokens.clock(),
+            ))
         }
         (Table::Secret, "transit") => Arc::new(TransitBackend::new()),
         (table, kind) => {

@@ -8,7 +8,11 @@
 //!   policy reads, `sys/mounts`, `sys/auth`, capabilities, token lookups); anything else,
 //!   and anything whose handling turns out to write, goes to the active node;
 //! - its token exists here and has no use limit (uses are counted on the active node); an
-//!   unknown token is forwarded too, since it may have been created a moment ago;
+//!   unknown token is forwarded too, since it may have been created a moment ago. Expiry (and
+//!   the TTL a lookup reports) is judged by the active node's clock as the leader's last
+//!   append carried it, advanced by this node's monotonic clock (`raft/follower_reads.rs`):
+//!   a standby whose wall clock jumped neither refuses a live token nor accepts an expired
+//!   one;
 //! - the node heard from the leader within `standby_read_max_staleness` (an append or
 //!   heartbeat it accepted: `raft/follower_reads.rs`) and has applied everything that leader
 //!   told it was committed; otherwise it forwards, and without an active node it answers as
@@ -142,6 +146,12 @@ impl Core {
         let Some(contact) = node.leader_contact() else {
             return StandbyRead::Forward;
         };
+        // Token expiry is judged by the active node's clock, which its appends carry; a
+        // leader that does not send it (an older version, mid-upgrade) gets everything.
+        if contact.leader_time_ms.is_none() {
+            metrics::counter!("keyhold.standby_read.forwarded", "reason" => "clock").increment(1);
+            return StandbyRead::Forward;
+        }
         let age = contact.at.elapsed();
         if age > bound {
             metrics::counter!("keyhold.standby_read.forwarded", "reason" => "stale").increment(1);

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -23,26 +23,34 @@ use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest};
 
 use super::follower_reads::LeaderContact;
 use super::network::{
-    decode_chunk, APPEND_PATH, ELECT_PATH, MAX_RPC_BYTES, SNAPSHOT_PATH, VERSION_PATH, VOTE_PATH,
+    decode_chunk, APPEND_PATH, ELECT_PATH, MAX_RPC_BYTES, SENT_AT_HEADER, SNAPSHOT_PATH,
+    VERSION_PATH, VOTE_PATH,
 };
 use super::tls::{ClusterTls, PROBE_PATH};
 use super::types::{NodeId, Raft, TypeConfig};
 use super::ClusterError;
 
 /// The Raft RPC endpoints, calling into the local `raft`; each append accepted from a leader
-/// is noted in `contact` (standby reads).
+/// is noted in `contact` (standby reads), with when it arrived and the leader's clock then.
 pub fn raft_routes(raft: Raft, contact: Arc<LeaderContact>) -> Router {
     let append_route = post(
-        move |State(raft): State<Raft>, Json(req): Json<AppendEntriesRequest<TypeConfig>>| {
+        move |State(raft): State<Raft>,
+              headers: HeaderMap,
+              Json(req): Json<AppendEntriesRequest<TypeConfig>>| {
             let contact = contact.clone();
             async move {
+                let arrived = std::time::Instant::now();
+                let leader_time_ms = headers
+                    .get(SENT_AT_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i64>().ok());
                 let leader_commit = req.leader_commit.map_or(0, |l| l.index);
                 let answer = raft.append_entries(req).await;
                 if matches!(
                     answer,
                     Ok(AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_))
                 ) {
-                    contact.record(leader_commit);
+                    contact.record(leader_commit, arrived, leader_time_ms);
                 }
                 Json(answer).into_response()
             }
