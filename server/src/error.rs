@@ -37,6 +37,14 @@ pub enum Error {
     /// 503 while a standby has no active node to forward to.
     #[error("node not active but active cluster node not found")]
     NoActiveNode,
+    /// 412: the request's `X-Vault-Index` names a state this node has not applied within the
+    /// wait (Vault's answer; its clients retry a 412).
+    #[error("{0}")]
+    IndexNotApplied(String),
+    /// A standby cannot serve this request itself (it would write, or it needs the active
+    /// node's view): the HTTP layer forwards it. Answered 503 if it ever reaches a client.
+    #[error("this request must be handled by the active node")]
+    ForwardToActive,
     /// 500, with a message that is safe to show (never a secret).
     #[error("{0}")]
     Internal(String),
@@ -61,7 +69,8 @@ impl Error {
             Error::NotFound | Error::UnsupportedPath(_) => 404,
             Error::UnsupportedOperation => 405,
             Error::TooLarge => 413,
-            Error::Sealed | Error::NoActiveNode => 503,
+            Error::IndexNotApplied(_) => 412,
+            Error::Sealed | Error::NoActiveNode | Error::ForwardToActive => 503,
             Error::AuditFailed | Error::Internal(_) => 500,
             Error::Storage(StorageError::Sealed)
             | Error::Storage(StorageError::NotLeader { .. }) => 503,

@@ -17,6 +17,7 @@ pub mod audit;
 pub mod auth;
 pub mod barrier;
 pub mod cli;
+pub mod clock;
 pub mod core;
 pub mod error;
 #[doc(hidden)]

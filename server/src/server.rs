@@ -119,6 +119,11 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         prometheus_enabled: !config.telemetry.prometheus_retention_time.is_zero(),
         usage_gauge_period: config.telemetry.usage_gauge_interval(),
         audit_write_timeout: Duration::from_secs(5),
+        standby_reads: !config.disable_standby_reads,
+        standby_read_max_staleness: config.standby_read_max_staleness,
+        index_wait: config
+            .standby_read_index_wait
+            .unwrap_or(Duration::from_secs(2)),
         seals: seals.clone(),
         user_lockout: config
             .user_lockout
@@ -236,9 +241,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                     l.reload_tls();
                 }
                 core.follow_cluster_tls().await;
-                if let Ok(u) = core.unsealed() {
-                    u.audit.reopen().await;
-                }
+                core.reopen_audit_files().await;
             }
         }
     }

@@ -1,6 +1,7 @@
 //! A small HTTP client for the Vault-shaped API of one node: raw requests that keep the status
 //! and body for assertions, plus the operator steps every test needs (init, unseal, KV writes).
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -69,6 +70,58 @@ pub struct Api {
     pub base: String,
     /// Sent as `X-Vault-Token` when set.
     pub token: Option<String>,
+    /// Shared by the handles on every node of one cluster: read-your-writes across nodes.
+    session: Option<Session>,
+}
+
+/// What Vault Agent does with `enforce_consistency = "always"` and `when_inconsistent =
+/// "retry"`: every request carries the newest `X-Vault-Index` any answer of the cluster gave,
+/// and a 412 (that state not applied on the node yet) is retried. Standbys serve reads from
+/// their own replica, so without it a read through one node right after a write through
+/// another may not see the write yet.
+#[derive(Clone, Default)]
+pub struct Session {
+    newest: Arc<Mutex<Option<(u64, String)>>>,
+}
+
+impl Session {
+    /// The Raft index inside an `X-Vault-Index` value (base64 of `cluster:index:tag`); the
+    /// value stays opaque to everything but this ordering.
+    fn index_of(value: &str) -> Option<u64> {
+        use base64::Engine;
+        let text = base64::engine::general_purpose::STANDARD
+            .decode(value)
+            .ok()?;
+        let text = String::from_utf8(text).ok()?;
+        let mut fields = text.rsplitn(3, ':');
+        fields.next()?;
+        fields.next()?.parse().ok()
+    }
+
+    fn record(&self, resp: &reqwest::Response) {
+        let Some(value) = resp
+            .headers()
+            .get("x-vault-index")
+            .and_then(|v| v.to_str().ok())
+        else {
+            return;
+        };
+        let Some(index) = Self::index_of(value) else {
+            return;
+        };
+        let mut newest = self.newest.lock().expect("session lock");
+        if newest.as_ref().is_none_or(|(seen, _)| index > *seen) {
+            *newest = Some((index, value.to_string()));
+        }
+    }
+
+    fn header(&self) -> Option<String> {
+        self.newest
+            .lock()
+            .expect("session lock")
+            .as_ref()
+            .map(|(_, v)| v.clone())
+    }
 }
 
 /// The `LIST` verb hvac and the CLI use.
@@ -82,6 +135,26 @@ impl Api {
             http,
             base,
             token: None,
+            session: None,
+        }
+    }
+
+    /// This handle (and its clones) joins `session`: see [`Session`].
+    pub fn with_session(mut self, session: Session) -> Api {
+        self.session = Some(session);
+        self
+    }
+
+    /// The session this handle belongs to, if any.
+    pub fn session(&self) -> Option<Session> {
+        self.session.clone()
+    }
+
+    /// The same node, outside any session: its requests carry no `X-Vault-Index`.
+    pub fn without_session(&self) -> Api {
+        Api {
+            session: None,
+            ..self.clone()
         }
     }
 
@@ -91,6 +164,7 @@ impl Api {
             http: self.http.clone(),
             base: self.base.clone(),
             token: token.map(str::to_string),
+            session: self.session.clone(),
         }
     }
 
@@ -111,39 +185,63 @@ impl Api {
 
     /// Sends one request and returns whatever came back; only a transport failure is an error.
     pub async fn request(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Resp> {
-        let mut req = self
-            .http
-            .request(method.clone(), self.url(path))
-            .timeout(Duration::from_secs(30));
-        if let Some(token) = &self.token {
-            req = req.header("X-Vault-Token", token);
-        }
-        if let Some(body) = body {
-            req = req.json(body);
-        }
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("{method} /v1/{path}"))?;
-        Self::read(resp).await
+        self.send_in_session(&method, path, |http| {
+            let req = http
+                .request(method.clone(), self.url(path))
+                .timeout(Duration::from_secs(30));
+            match body {
+                Some(body) => req.json(body),
+                None => req,
+            }
+        })
+        .await
     }
 
     /// Sends a body given as raw bytes (for malformed or oversized input).
     pub async fn request_raw(&self, method: Method, path: &str, body: Vec<u8>) -> Result<Resp> {
-        let mut req = self
-            .http
-            .request(method.clone(), self.url(path))
-            .timeout(Duration::from_secs(30))
-            .header("Content-Type", "application/json")
-            .body(body);
-        if let Some(token) = &self.token {
-            req = req.header("X-Vault-Token", token);
+        self.send_in_session(&method, path, |http| {
+            http.request(method.clone(), self.url(path))
+                .timeout(Duration::from_secs(30))
+                .header("Content-Type", "application/json")
+                .body(body.clone())
+        })
+        .await
+    }
+
+    /// Sends what `build` makes with the token and the session's index, records the index
+    /// of the answer, and retries a 412 (bounded: 50 times, 100 ms apart).
+    async fn send_in_session(
+        &self,
+        method: &Method,
+        path: &str,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<Resp> {
+        let mut attempt = 0;
+        loop {
+            let mut req = build(&self.http);
+            if let Some(token) = &self.token {
+                req = req.header("X-Vault-Token", token);
+            }
+            if let Some(index) = self.session.as_ref().and_then(Session::header) {
+                req = req.header("X-Vault-Index", index);
+            }
+            let resp = req
+                .send()
+                .await
+                .with_context(|| format!("{method} /v1/{path}"))?;
+            if let Some(session) = &self.session {
+                session.record(&resp);
+            }
+            attempt += 1;
+            if resp.status() == StatusCode::PRECONDITION_FAILED
+                && self.session.is_some()
+                && attempt < 50
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            return Self::read(resp).await;
         }
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("{method} /v1/{path}"))?;
-        Self::read(resp).await
     }
 
     async fn read(resp: reqwest::Response) -> Result<Resp> {

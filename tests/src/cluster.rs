@@ -65,7 +65,7 @@ impl Cluster {
         let nodes = (0..count)
             .map(|i| Node::prepare(&pki, dir.path(), i, options.clone()))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Cluster { nodes, pki, dir })
+        Ok(Cluster { nodes, pki, dir }.in_one_session())
     }
 
     /// Lays out `count` raft nodes (not started) that find each other through `retry_join`:
@@ -98,7 +98,20 @@ impl Cluster {
                 )
             })
             .collect::<Result<Vec<_>>>()?;
-        Cluster { nodes, pki, dir }.joined_by_retry_join()
+        Cluster { nodes, pki, dir }
+            .in_one_session()
+            .joined_by_retry_join()
+    }
+
+    /// Every node's API handles share one [`crate::api::Session`]: a read through any node
+    /// sees the writes acknowledged through any other, as a Vault client that passes
+    /// `X-Vault-Index` along does.
+    fn in_one_session(mut self) -> Cluster {
+        let session = crate::api::Session::default();
+        for node in &mut self.nodes {
+            node.join_session(session.clone());
+        }
+        self
     }
 
     fn joined_by_retry_join(mut self) -> Result<Cluster> {
@@ -132,7 +145,10 @@ impl Cluster {
             self.nodes.iter().map(|n| n.api_addr()),
             &self.pki.ca_path,
         ));
-        let node = Node::prepare(&self.pki, self.dir.path(), index_u8, options)?;
+        let mut node = Node::prepare(&self.pki, self.dir.path(), index_u8, options)?;
+        if let Some(session) = self.nodes.first().and_then(|n| n.api().session()) {
+            node.join_session(session);
+        }
         self.nodes.push(node);
         Ok(index)
     }

@@ -25,7 +25,7 @@ pub mod raw;
 pub mod slow_disk;
 pub mod vm;
 
-pub use api::{list_method, Api, InitKeys, Resp};
+pub use api::{list_method, Api, InitKeys, Resp, Session};
 pub use cluster::{retry_join_lines, Cluster, RaftServer, Roles};
 pub use moto::{moto_ip, Moto};
 pub use node::{

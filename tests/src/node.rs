@@ -378,6 +378,11 @@ impl Node {
     }
 
     /// An API handle with the root token if the node has been initialised through the harness.
+    /// Joins this node's API handles to `session` (read-your-writes across one cluster's nodes).
+    pub fn join_session(&mut self, session: crate::api::Session) {
+        self.api = self.api.clone().with_session(session);
+    }
+
     pub fn api(&self) -> Api {
         let token = self.init_keys.as_ref().map(|k| k.root_token.as_str());
         self.api.with_token(token)

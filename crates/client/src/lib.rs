@@ -218,6 +218,56 @@ pub struct Client {
     address: String,
     token: Option<String>,
     namespace: Option<String>,
+    consistency: Option<Consistency>,
+}
+
+/// Read-your-writes across the nodes of a cluster whose standbys serve reads, as Vault's Go
+/// client does with `RecordState`/`RequireState` and Vault Agent with `enforce_consistency =
+/// "always"`: the newest `X-Vault-Index` any answer carried is kept, and every request of the
+/// clients sharing this value sends it, so a standby answers only once it has applied it (or
+/// with 412, which callers retry). Keyhold's index names its Raft index; a value this client
+/// cannot order (another server's format) replaces the one kept.
+#[derive(Debug, Clone, Default)]
+pub struct Consistency {
+    newest: std::sync::Arc<std::sync::Mutex<Option<KeptIndex>>>,
+}
+
+/// An `X-Vault-Index` value and the Raft index it names, when this client can read it.
+type KeptIndex = (Option<u64>, String);
+
+impl Consistency {
+    /// The Raft index in a Keyhold `X-Vault-Index` (base64 of `cluster:index:tag`).
+    fn order(value: &str) -> Option<u64> {
+        use base64::Engine;
+        let text = base64::engine::general_purpose::STANDARD
+            .decode(value.trim())
+            .ok()?;
+        let text = String::from_utf8(text).ok()?;
+        let mut fields = text.rsplitn(3, ':');
+        fields.next()?;
+        fields.next()?.parse().ok()
+    }
+
+    fn record(&self, value: &str) {
+        let index = Self::order(value);
+        let mut newest = self.newest.lock().expect("consistency lock");
+        let newer = match (&*newest, index) {
+            (Some((Some(kept), _)), Some(index)) => index > *kept,
+            _ => true,
+        };
+        if newer {
+            *newest = Some((index, value.to_string()));
+        }
+    }
+
+    /// The value requests carry now, if any answer gave one.
+    pub fn header(&self) -> Option<String> {
+        self.newest
+            .lock()
+            .expect("consistency lock")
+            .as_ref()
+            .map(|(_, v)| v.clone())
+    }
 }
 
 impl fmt::Debug for Client {
@@ -256,7 +306,14 @@ impl Client {
             address,
             token: config.token.clone(),
             namespace: config.namespace.clone(),
+            consistency: None,
         })
+    }
+
+    /// This client (and every clone) takes part in `consistency`: see [`Consistency`].
+    pub fn with_consistency(mut self, consistency: Consistency) -> Self {
+        self.consistency = Some(consistency);
+        self
     }
 
     /// The DER certificate the server presents, read from `sys/health` (any state answers). A
@@ -387,6 +444,9 @@ impl Client {
         if let Some(ns) = &self.namespace {
             req = req.header("X-Vault-Namespace", ns);
         }
+        if let Some(index) = self.consistency.as_ref().and_then(Consistency::header) {
+            req = req.header("X-Vault-Index", index);
+        }
         if let Some(body) = body {
             req = req
                 .header("Content-Type", body.content_type)
@@ -396,6 +456,14 @@ impl Client {
             .send()
             .await
             .map_err(|e| self.transport(method, &url, e))?;
+        if let (Some(consistency), Some(index)) = (
+            &self.consistency,
+            resp.headers()
+                .get("x-vault-index")
+                .and_then(|v| v.to_str().ok()),
+        ) {
+            consistency.record(index);
+        }
         let status = resp.status().as_u16();
         if status < 400 {
             return Ok((resp, url));

@@ -513,3 +513,24 @@ async fn pem_tls_settings_on_a_real_handshake() {
     assert!(full.needs_custom());
     assert!(!PemTls::default().needs_custom());
 }
+
+#[test]
+fn consistency_keeps_the_newest_index_it_can_order() {
+    use base64::Engine;
+    let index =
+        |n: u64| base64::engine::general_purpose::STANDARD.encode(format!("cluster-a:{n}:00ff"));
+    let c = Consistency::default();
+    assert_eq!(c.header(), None);
+    c.record(&index(7));
+    c.record(&index(5)); // an older state, from a node that is behind: not kept
+    assert_eq!(c.header(), Some(index(7)));
+    c.record(&index(9));
+    assert_eq!(c.header(), Some(index(9)));
+    // A value in another server's format cannot be ordered: the newest answer's is kept.
+    c.record("opaque-vault-wal-state");
+    assert_eq!(c.header().as_deref(), Some("opaque-vault-wal-state"));
+    // Clones share the state (one per cluster session).
+    let clone = c.clone();
+    clone.record(&index(3));
+    assert_eq!(c.header(), Some(index(3)));
+}

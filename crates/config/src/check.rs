@@ -132,6 +132,27 @@ impl ServerConfig {
                 ),
             ));
         }
+        if self.standby_read_max_staleness.is_some_and(|d| d.is_zero()) {
+            out.push(top(
+                "standby_read_max_staleness",
+                "must be greater than zero; to have standbys forward every read instead, set \
+                 disable_standby_reads = true"
+                    .into(),
+            ));
+        }
+        if self
+            .standby_read_index_wait
+            .is_some_and(|d| d > std::time::Duration::from_secs(60))
+        {
+            out.push(top(
+                "standby_read_index_wait",
+                format!(
+                    "({}) is over 60s: a client holding an index waits at most this long per \
+                     request; use a few seconds (Vault waits 2s)",
+                    human(self.standby_read_index_wait.unwrap_or_default())
+                ),
+            ));
+        }
         if self.log_rotate_duration.is_some_and(|d| d.is_zero()) {
             out.push(top(
                 "log_rotate_duration",

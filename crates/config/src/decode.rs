@@ -67,6 +67,9 @@ top_level! {
     introspection_endpoint: bool,
     enable_response_header_hostname: bool,
     enable_response_header_raft_node_id: bool,
+    disable_standby_reads: bool,
+    standby_read_max_staleness: Duration,
+    standby_read_index_wait: Duration,
 }
 
 impl FileConfig {
@@ -150,6 +153,7 @@ const TOP_KEYS: &[&str] = &[
     "default_lease_ttl",
     "disable_cache",
     "disable_mlock",
+    "disable_standby_reads",
     "enable_response_header_hostname",
     "enable_response_header_raft_node_id",
     "introspection_endpoint",
@@ -165,6 +169,8 @@ const TOP_KEYS: &[&str] = &[
     "plugin_directory",
     "raw_storage_endpoint",
     "seal",
+    "standby_read_index_wait",
+    "standby_read_max_staleness",
     "storage",
     "telemetry",
     "ui",
@@ -356,6 +362,9 @@ pub(super) fn decode_file(src: &Source<'_>, root: Object) -> Result<FileConfig, 
     t.introspection_endpoint = top.bool("introspection_endpoint")?;
     t.enable_response_header_hostname = top.bool("enable_response_header_hostname")?;
     t.enable_response_header_raft_node_id = top.bool("enable_response_header_raft_node_id")?;
+    t.disable_standby_reads = top.bool("disable_standby_reads")?;
+    t.standby_read_max_staleness = top.duration("standby_read_max_staleness")?;
+    t.standby_read_index_wait = top.duration("standby_read_index_wait")?;
     Ok(out)
 }
 

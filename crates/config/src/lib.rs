@@ -77,6 +77,17 @@ pub struct ServerConfig {
     pub introspection_endpoint: bool,
     pub enable_response_header_hostname: bool,
     pub enable_response_header_raft_node_id: bool,
+    /// OpenBao's `disable_standby_reads`: standbys forward every request to the active node, as
+    /// Vault OSS does. By default (false) a standby serves pure reads (KV, policies, token
+    /// lookups) from its own replica, within the consistency contract below.
+    pub disable_standby_reads: bool,
+    /// How long after it last heard from the leader a standby stops serving reads itself (it
+    /// forwards them instead). `None`: the Raft election timeout (1 s times
+    /// `performance_multiplier`), the same bound as the active node's leader lease.
+    pub standby_read_max_staleness: Option<Duration>,
+    /// How long a request carrying `X-Vault-Index` waits for this node to apply that index
+    /// before it is answered 412 or forwarded (`X-Vault-Inconsistent`). `None`: 2 s, Vault's wait.
+    pub standby_read_index_wait: Option<Duration>,
     /// Built by `ServerConfig::dev`: no listener requirement, in-memory storage.
     pub dev_mode: bool,
     /// Where each top-level key was written; also `storage`, `seal` and
@@ -548,6 +559,9 @@ impl ServerConfig {
             introspection_endpoint: false,
             enable_response_header_hostname: false,
             enable_response_header_raft_node_id: false,
+            disable_standby_reads: false,
+            standby_read_max_staleness: None,
+            standby_read_index_wait: None,
             dev_mode: true,
             keys: KeyLocations::new(),
         }
@@ -656,6 +670,9 @@ fn finish(file: decode::FileConfig, sources: &str) -> Result<ServerConfig, Confi
         introspection_endpoint: t.introspection_endpoint.unwrap_or(false),
         enable_response_header_hostname: t.enable_response_header_hostname.unwrap_or(false),
         enable_response_header_raft_node_id: t.enable_response_header_raft_node_id.unwrap_or(false),
+        disable_standby_reads: t.disable_standby_reads.unwrap_or(false),
+        standby_read_max_staleness: t.standby_read_max_staleness,
+        standby_read_index_wait: t.standby_read_index_wait,
         dev_mode: false,
         keys: file.keys,
     })

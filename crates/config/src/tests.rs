@@ -293,6 +293,29 @@ fn without_locations(mut c: ServerConfig) -> ServerConfig {
 }
 
 #[test]
+fn standby_reads_settings() {
+    let base = "storage \"inmem\" {}\nlistener \"tcp\" { tls_disable = true }\n";
+    let c = parse(base).unwrap();
+    assert!(
+        !c.disable_standby_reads,
+        "OpenBao's default: standbys serve reads"
+    );
+    assert_eq!(c.standby_read_max_staleness, None);
+    assert_eq!(c.standby_read_index_wait, None);
+    let c = parse(&format!(
+        "{base}disable_standby_reads = true\nstandby_read_max_staleness = \"1500ms\"\n\
+         standby_read_index_wait = \"5s\"\n"
+    ))
+    .unwrap();
+    assert!(c.disable_standby_reads);
+    assert_eq!(
+        c.standby_read_max_staleness,
+        Some(Duration::from_millis(1500))
+    );
+    assert_eq!(c.standby_read_index_wait, Some(secs(5)));
+}
+
+#[test]
 fn hcl1_habits_are_accepted() {
     let base = "storage \"inmem\" {}\n";
     let c = parse(&format!(
@@ -426,12 +449,14 @@ fn parse_errors_name_file_line_and_key() {
             (
                 "storage \"inmem\" {}\nhttp_idle_timeout = \"5m\"\n",
                 "vault.hcl:2:1: unknown key \"http_idle_timeout\" at the top level; allowed: \
-                 api_addr, audit, cache_size, cluster_addr, cluster_name, default_lease_ttl, disable_cache, \
-                 disable_mlock, enable_response_header_hostname, \
+                 api_addr, audit, cache_size, cluster_addr, cluster_name, default_lease_ttl, \
+                 disable_cache, disable_mlock, disable_standby_reads, \
+                 enable_response_header_hostname, \
                  enable_response_header_raft_node_id, introspection_endpoint, listener, log_file, \
                  log_format, log_level, log_rotate_bytes, log_rotate_duration, \
                  log_rotate_max_files, max_lease_ttl, pid_file, plugin_directory, \
-                 raw_storage_endpoint, seal, storage, telemetry, ui, user_lockout",
+                 raw_storage_endpoint, seal, standby_read_index_wait, standby_read_max_staleness, \
+                 storage, telemetry, ui, user_lockout",
             ),
             (
                 "storage \"raft\" {\n  path = \"/d\"\n  retry_join {\n    leader_api_adr = \"x\"\n  }\n}\n",
@@ -728,6 +753,18 @@ fn validation_errors_point_at_the_cause() {
                  default_lease_ttl = \"48h\"\nmax_lease_ttl = \"24h\"\n",
                 "vault.hcl:4:1: max_lease_ttl: (1day) is shorter than default_lease_ttl (2days); \
                  raise max_lease_ttl or lower default_lease_ttl",
+            ),
+            (
+                "storage \"inmem\" {}\nlistener \"tcp\" { tls_disable = true }\n\
+                 standby_read_max_staleness = \"0s\"\n",
+                "vault.hcl:3:1: standby_read_max_staleness: must be greater than zero; to have \
+                 standbys forward every read instead, set disable_standby_reads = true",
+            ),
+            (
+                "storage \"inmem\" {}\nlistener \"tcp\" { tls_disable = true }\n\
+                 standby_read_index_wait = \"5m\"\n",
+                "vault.hcl:3:1: standby_read_index_wait: (5m) is over 60s: a client holding an \
+                 index waits at most this long per request; use a few seconds (Vault waits 2s)",
             ),
             (
                 "storage \"inmem\" {}\nlistener \"tcp\" { tls_disable = true }\n\

@@ -84,23 +84,31 @@ struct Run {
     write_times: Mutex<Vec<Instant>>,
     retries: std::sync::atomic::AtomicU64,
     failures: Mutex<Vec<String>>,
+    /// Every operation carries the newest `X-Vault-Index` seen: a read served by a standby
+    /// (the node believed active may be one, a moment after a hand-over) sees every write
+    /// acknowledged before it.
+    consistency: keyhold_client::Consistency,
 }
 
-/// Whether an error is one a Vault client retries: no answer, a 5xx, or a 429.
+/// Whether an error is one a Vault client retries: no answer, a 5xx, a 429, or a 412 (a
+/// standby has not applied the client's `X-Vault-Index` yet).
 fn retryable(e: &ClientError) -> bool {
     match e {
         ClientError::Transport { .. } => true,
-        other => other.status().is_some_and(|s| s >= 500 || s == 429),
+        other => other
+            .status()
+            .is_some_and(|s| s >= 500 || s == 429 || s == 412),
     }
 }
 
 impl Run {
     async fn client(&self) -> Result<Client> {
         let node = *self.active.lock().await;
-        match tokio::fs::read(&self.ca_file).await {
+        let client = match tokio::fs::read(&self.ca_file).await {
             Ok(ca) => Cluster::new(self.cluster.nodes.clone(), ca).client(node, Some(&self.token)),
             Err(_) => self.cluster.client(node, Some(&self.token)),
-        }
+        }?;
+        Ok(client.with_consistency(self.consistency.clone()))
     }
 
     /// Looks for the active node again (bounded by the cluster's own health timeouts).
@@ -250,6 +258,7 @@ pub async fn run_until(
         write_times: Mutex::new(Vec::new()),
         retries: Default::default(),
         failures: Mutex::new(Vec::new()),
+        consistency: keyhold_client::Consistency::default(),
     });
     let started = Instant::now();
     let slots = Arc::new(Semaphore::new(spec.concurrency.max(1)));

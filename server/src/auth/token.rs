@@ -29,6 +29,7 @@ use sha2::Sha256;
 use tokio::sync::{Mutex, OnceCell};
 
 use crate::auth::fields;
+use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::logical::{
     Auth, BackendRequest, LogicalBackend, MountInfo, Operation, Response, StorageView,
@@ -109,11 +110,11 @@ impl TokenEntry {
             .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
     }
 
-    /// Seconds left before expiry (0 for a token without TTL).
-    pub fn remaining_ttl(&self) -> u64 {
+    /// Seconds left before expiry at `now_ms` (0 for a token without TTL).
+    pub fn remaining_ttl(&self, now_ms: i64) -> u64 {
         match self.expires_at_ms {
             None => 0,
-            Some(ms) => ((ms - now_ms()).max(0) as u64).div_ceil(1000),
+            Some(ms) => ((ms - now_ms).max(0) as u64).div_ceil(1000),
         }
     }
 
@@ -121,8 +122,8 @@ impl TokenEntry {
         self.expires_at_ms.is_some_and(|at| at <= now_ms)
     }
 
-    /// Vault's `lookup` data block.
-    pub fn lookup_data(&self) -> Map<String, Value> {
+    /// Vault's `lookup` data block, its `ttl` as at `now_ms`.
+    pub fn lookup_data(&self, now_ms: i64) -> Map<String, Value> {
         let rfc3339 = |t: chrono::DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::AutoSi, true);
         let issue = Utc
             .timestamp_opt(self.creation_time, 0)
@@ -145,7 +146,7 @@ impl TokenEntry {
             "path": self.path,
             "policies": self.policies,
             "renewable": self.renewable,
-            "ttl": self.remaining_ttl(),
+            "ttl": self.remaining_ttl(now_ms),
             "type": self.token_type,
         });
         let map = data.as_object_mut().expect("json object");
@@ -181,6 +182,11 @@ struct Inner {
     salt: OnceCell<Vec<u8>>,
     /// Serialises read-modify-write of entries (use counts, renewals).
     update: Mutex<()>,
+    /// A standby's store ([`TokenStore::read_only`]): it never writes.
+    read_only: bool,
+    /// Expiry is judged by this clock: the active node's own, or on a standby the active
+    /// node's as its appends carry it.
+    clock: Clock,
 }
 
 impl std::fmt::Debug for TokenStore {
@@ -189,10 +195,6 @@ impl std::fmt::Debug for TokenStore {
             .field("view", &self.inner.view)
             .finish_non_exhaustive()
     }
-}
-
-fn now_ms() -> i64 {
-    Utc::now().timestamp_millis()
 }
 
 fn random_base62(len: usize) -> String {
@@ -288,8 +290,43 @@ impl TokenStore {
                 view,
                 salt: OnceCell::new(),
                 update: Mutex::new(()),
+                read_only: false,
+                clock: crate::clock::system(),
             }),
         }
+    }
+
+    /// The store a standby serving reads uses: lookups never write (an expired token is gone,
+    /// its revocation left to the active node), and what would write (a use of a use-limited
+    /// token, a missing salt) is [`Error::ForwardToActive`]. Expiry is judged by `clock`, the
+    /// active node's time as the standby last heard it.
+    pub fn read_only(view: StorageView, clock: Clock) -> Self {
+        TokenStore {
+            inner: Arc::new(Inner {
+                view,
+                salt: OnceCell::new(),
+                update: Mutex::new(()),
+                read_only: true,
+                clock,
+            }),
+        }
+    }
+
+    /// The clock this store judges expiry by (the mounts of the same node share it).
+    pub fn clock(&self) -> Clock {
+        self.inner.clock.clone()
+    }
+
+    fn now_ms(&self) -> i64 {
+        (self.inner.clock)().timestamp_millis()
+    }
+
+    /// Revokes the invalid subtree at `hash`, unless this is a standby's store.
+    async fn revoke_invalid(&self, hash: &str) -> Result<()> {
+        if self.inner.read_only {
+            return Ok(());
+        }
+        self.revoke_tree(hash).await
     }
 
     fn view(&self) -> &StorageView {
@@ -308,6 +345,9 @@ impl TokenStore {
             .get_or_try_init(|| async {
                 if let Some(salt) = self.view().get("salt").await? {
                     return Ok::<_, Error>(salt);
+                }
+                if self.inner.read_only {
+                    return Err(Error::ForwardToActive);
                 }
                 let mut salt = vec![0u8; 32];
                 rand::rngs::OsRng.fill_bytes(&mut salt);
@@ -342,9 +382,9 @@ impl TokenStore {
         if entry.num_uses == REVOCATION_PENDING {
             return Ok(None);
         }
-        let now = now_ms();
+        let now = self.now_ms();
         if entry.is_expired(now) {
-            self.revoke_tree(hash).await?;
+            self.revoke_invalid(hash).await?;
             return Ok(None);
         }
         let mut ancestor = entry.parent.clone();
@@ -357,11 +397,11 @@ impl TokenStore {
             match self.get_by_hash(&parent).await? {
                 None => {
                     // A leftover of an interrupted revocation.
-                    self.revoke_tree(hash).await?;
+                    self.revoke_invalid(hash).await?;
                     return Ok(None);
                 }
                 Some(p) if p.is_expired(now) => {
-                    self.revoke_tree(&parent).await?;
+                    self.revoke_invalid(&parent).await?;
                     return Ok(None);
                 }
                 Some(p) if p.num_uses == REVOCATION_PENDING => return Ok(None),
@@ -399,6 +439,10 @@ impl TokenStore {
         entry.id = id.to_string();
         if entry.num_uses == 0 {
             return Ok(Some(entry));
+        }
+        if self.inner.read_only {
+            // Uses are counted on the active node only.
+            return Err(Error::ForwardToActive);
         }
         entry.num_uses -= 1;
         if entry.num_uses > 0 {
@@ -463,7 +507,7 @@ impl TokenStore {
     /// Live tokens, and how many of them expire (hold a lease), for the usage
     /// gauges `vault.token.count` and `vault.expire.num_leases`.
     pub async fn usage(&self) -> Result<TokenUsage> {
-        let now = now_ms();
+        let now = self.now_ms();
         let mut usage = TokenUsage::default();
         for hash in self.view().list("id/").await? {
             let Some(entry) = self.get_by_hash(&hash).await? else {
@@ -488,7 +532,7 @@ impl TokenStore {
             id,
             policies: vec!["root".into()],
             display_name: "root".into(),
-            creation_time: Utc::now().timestamp(),
+            creation_time: (self.inner.clock)().timestamp(),
             path: "auth/token/root".into(),
             token_type: "service".into(),
             ..Default::default()
@@ -515,7 +559,7 @@ impl TokenStore {
             login.period,
             root,
         );
-        let now = now_ms();
+        let now = self.now_ms();
         let path = if login.path.is_empty() {
             format!("{}login", mount.path)
         } else {
@@ -539,12 +583,12 @@ impl TokenStore {
                 ..Default::default()
             })
             .await?;
-        Ok(Self::to_auth(&entry))
+        Ok(self.to_auth(&entry))
     }
 
     /// An `auth` block for a response or an audit entry; `lease_duration` is
     /// the remaining TTL.
-    pub fn to_auth(entry: &TokenEntry) -> Auth {
+    pub fn to_auth(&self, entry: &TokenEntry) -> Auth {
         Auth {
             client_token: entry.id.clone(),
             accessor: entry.accessor.clone(),
@@ -558,7 +602,7 @@ impl TokenStore {
             orphan: entry.orphan,
             renewable: entry.renewable,
             num_uses: entry.num_uses.max(0),
-            lease_duration: entry.remaining_ttl(),
+            lease_duration: entry.remaining_ttl(self.now_ms()),
             max_ttl: entry.max_ttl,
             explicit_max_ttl: entry.explicit_max_ttl,
             period: entry.period,
@@ -710,7 +754,7 @@ impl TokenStore {
             // Nothing to extend: a token without a TTL never expires.
             return Ok((entry, warnings));
         }
-        let now = now_ms();
+        let now = self.now_ms();
         let (ttl, cap) = if entry.period > 0 {
             (entry.period, entry.explicit_max_ttl)
         } else {
@@ -749,7 +793,7 @@ impl TokenStore {
     /// index entries it removed.
     pub async fn tidy(&self) -> Result<usize> {
         let mut removed = 0;
-        let now = now_ms();
+        let now = self.now_ms();
         let mut live = HashSet::new();
         let mut entries = Vec::new();
         for hash in self.view().list("id/").await? {
@@ -878,7 +922,7 @@ impl TokenStore {
                 "TTL of \"{requested_ttl}s\" exceeded the effective max_ttl of \"{ttl}s\"; TTL value is capped accordingly"
             ));
         }
-        let now = now_ms();
+        let now = self.now_ms();
         let parent_hash = if orphan {
             None
         } else {
@@ -906,7 +950,7 @@ impl TokenStore {
             })
             .await?;
         Ok(Response {
-            auth: Some(Self::to_auth(&entry)),
+            auth: Some(self.to_auth(&entry)),
             warnings,
             ..Default::default()
         })
@@ -930,14 +974,14 @@ impl TokenStore {
 
     fn lookup_response(entry: &TokenEntry) -> Response {
         Response {
-            data: Some(entry.lookup_data()),
+            data: Some(entry.lookup_data(self.now_ms())),
             ..Default::default()
         }
     }
 
     fn renew_response((entry, warnings): (TokenEntry, Vec<String>)) -> Response {
         Response {
-            auth: Some(Self::to_auth(&entry)),
+            auth: Some(self.to_auth(&entry)),
             warnings,
             ..Default::default()
         }

@@ -15,6 +15,7 @@ pub mod mounts;
 mod root_ops;
 mod sealing;
 mod snapshot;
+mod standby;
 mod system;
 
 use std::collections::BTreeMap;
@@ -39,6 +40,7 @@ pub use cluster::AutopilotConfig;
 pub use keys::KeyCollector;
 pub use mounts::{MountEntry, Table};
 pub use root_ops::{GenerateRootStatus, RekeyStatus, RekeyTarget, RekeyUpdate, RekeyVerifyStatus};
+pub use standby::StandbyRead;
 
 use mounts::{Mount, Router};
 
@@ -76,6 +78,13 @@ pub struct CoreConfig {
     /// tokens and leases (`vault.token.count`, `vault.expire.num_leases`);
     /// `None` turns that off.
     pub usage_gauge_period: Option<Duration>,
+    /// Standbys serve pure reads themselves (`disable_standby_reads = false`, the default);
+    /// `false` forwards every request to the active node, as Vault OSS does.
+    pub standby_reads: bool,
+    /// `standby_read_max_staleness`; `None`: the Raft election timeout.
+    pub standby_read_max_staleness: Option<Duration>,
+    /// `standby_read_index_wait`: how long a request's `X-Vault-Index` is waited for.
+    pub index_wait: Duration,
 }
 
 impl Default for CoreConfig {
@@ -95,6 +104,9 @@ impl Default for CoreConfig {
             config_audit: Vec::new(),
             config_source: String::new(),
             usage_gauge_period: Some(Duration::from_secs(600)),
+            standby_reads: true,
+            standby_read_max_staleness: None,
+            index_wait: Duration::from_secs(2),
         }
     }
 }
@@ -174,7 +186,10 @@ pub struct Unsealed {
     table_lock: Mutex<()>,
     pub cluster: ClusterInfo,
     pub active_time: DateTime<Utc>,
-    tidy: tokio::task::JoinHandle<()>,
+    /// Signs the `X-Vault-Index` values this cluster hands out (`standby.rs`).
+    index_key: zeroize::Zeroizing<Vec<u8>>,
+    /// Sweeps expired tokens (the active node only).
+    tidy: Option<tokio::task::JoinHandle<()>>,
     /// Counts tokens and leases every `usage_gauge_period`, and sets the gauges
     /// while the flag (cleared on drop) says this node still counts.
     usage_gauges: Option<(tokio::task::JoinHandle<()>, Arc<std::sync::Mutex<bool>>)>,
@@ -186,7 +201,9 @@ pub struct Unsealed {
 
 impl Drop for Unsealed {
     fn drop(&mut self) {
-        self.tidy.abort();
+        if let Some(tidy) = &self.tidy {
+            tidy.abort();
+        }
         if let Some((usage, counting)) = &self.usage_gauges {
             usage.abort();
             // Only the active node counts; gauges never age out, so a node that stops
@@ -244,6 +261,9 @@ pub struct Core {
     watcher: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Held while a cluster TLS rotation step is read, checked and stored.
     cluster_tls_rotation: Mutex<()>,
+    /// A standby's read-only services (`standby.rs`), and the lock one build holds.
+    standby_services: std::sync::Mutex<standby::StandbyServices>,
+    standby_build: Mutex<()>,
 }
 
 impl Core {
@@ -292,6 +312,8 @@ impl Core {
             cluster_routes: std::sync::OnceLock::new(),
             watcher: std::sync::Mutex::new(None),
             cluster_tls_rotation: Mutex::new(()),
+            standby_services: std::sync::Mutex::new(None),
+            standby_build: Mutex::new(()),
         })
     }
 
@@ -650,6 +672,17 @@ impl Core {
 
     /// Builds the unsealed services from what is stored behind the barrier.
     async fn post_unseal(self: &Arc<Self>) -> Result<Arc<Unsealed>> {
+        let unsealed = Arc::new(self.build_services(false).await?);
+        self.drop_standby_services();
+        *self.state.write().expect("state lock") = Some(unsealed.clone());
+        metrics::gauge!("vault.core.unsealed").set(1.0);
+        Ok(unsealed)
+    }
+
+    /// The services, built from storage. `read_only` builds a standby's (`standby.rs`): it
+    /// writes nothing (what is missing is the active node's to create, and the build fails
+    /// with [`Error::ForwardToActive`]) and runs no background task.
+    async fn build_services(self: &Arc<Self>, read_only: bool) -> Result<Unsealed> {
         let cluster: ClusterInfo = match self.view("").get_json(CLUSTER_INFO_KEY).await? {
             Some(info) => info,
             None => {
@@ -659,9 +692,17 @@ impl Core {
             }
         };
         let policies = PolicyStore::new(self.view("sys/"));
-        policies.setup().await?;
-        let tokens = TokenStore::new(self.view("sys/token/"));
+        let tokens = if read_only {
+            // A standby judges expiry by the active node's clock, as its appends carry it.
+            let ha = self.ha.as_ref().ok_or(Error::ForwardToActive)?;
+            let node = ha.running().await.ok_or(Error::ForwardToActive)?;
+            TokenStore::read_only(self.view("sys/token/"), node.leader_clock())
+        } else {
+            policies.setup().await?;
+            TokenStore::new(self.view("sys/token/"))
+        };
         tokens.setup().await?;
+        let index_key = self.index_key(read_only).await?;
         let audit = Arc::new(AuditBroker::with_write_timeout(
             self.config.audit_write_timeout,
         ));
@@ -689,6 +730,7 @@ impl Core {
         ] {
             let entries: Vec<MountEntry> = match self.view("").get_json(key).await? {
                 Some(entries) => entries,
+                None if read_only => return Err(Error::ForwardToActive),
                 None => {
                     self.view("").put_json(key, &defaults).await?;
                     defaults
@@ -738,7 +780,7 @@ impl Core {
             })?;
         }
 
-        let tidy = {
+        let tidy = (!read_only).then(|| {
             let tokens = tokens.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(TIDY_INTERVAL);
@@ -752,8 +794,8 @@ impl Core {
                     }
                 }
             })
-        };
-        let usage_gauges = self.config.usage_gauge_period.map(|period| {
+        });
+        let usage_gauges = self.config.usage_gauge_period.filter(|_| !read_only).map(|period| {
             let tokens = tokens.clone();
             let counting = Arc::new(std::sync::Mutex::new(true));
             let still = counting.clone();
@@ -778,7 +820,7 @@ impl Core {
             });
             (task, counting)
         });
-        let unsealed = Arc::new(Unsealed {
+        Ok(Unsealed {
             router: RwLock::new(router),
             tokens,
             policies,
@@ -786,14 +828,12 @@ impl Core {
             table_lock: Mutex::new(()),
             cluster,
             active_time: Utc::now(),
+            index_key,
             tidy,
             usage_gauges,
             autopilot: std::sync::Mutex::new(None),
             lockout: lockout::UserLockout::default(),
-        });
-        *self.state.write().expect("state lock") = Some(unsealed.clone());
-        metrics::gauge!("vault.core.unsealed").set(1.0);
-        Ok(unsealed)
+        })
     }
 
     fn backend_for(
@@ -812,6 +852,7 @@ impl Core {
             watcher.abort();
         }
         *self.state.write().expect("state lock") = None;
+        self.drop_standby_services();
         if let Some(ha) = &self.ha {
             ha.stop().await;
         }
@@ -1192,7 +1233,11 @@ fn backend_factory(entry: &MountEntry, tokens: &TokenStore) -> Result<Arc<dyn Lo
                 .get("version")
                 .map(String::as_str)
                 .unwrap_or("1");
-            Arc::new(KvBackend::new(if version == "2" { 2 } else { 1 }))
+            // The token store's clock: a standby's mounts read the active node's time too.
+            Arc::new(KvBackend::with_clock(
+                if version == "2" { 2 } else { 1 },
+                tokens.clock(),
+            ))
         }
         (Table::Secret, "transit") => Arc::new(TransitBackend::new()),
         (table, kind) => {

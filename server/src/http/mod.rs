@@ -21,7 +21,7 @@ use axum::Router;
 use serde_json::{json, Map, Value};
 
 use crate::core::ha::{ForwardedRequest, ForwardedResponse};
-use crate::core::{Core, Role};
+use crate::core::{Core, Role, StandbyRead};
 use crate::error::Error;
 use crate::logical::{Auth, Operation, Request, Response};
 
@@ -284,8 +284,10 @@ async fn serve(
         }
     };
 
-    // A standby answers only the node-local paths; the active node serves
-    // the rest. A request already forwarded is never forwarded again.
+    // A standby answers only the node-local paths and the reads it may serve from its own
+    // replica; the active node serves the rest. A request already forwarded is never
+    // forwarded again.
+    let mut standby_read = false;
     if !sys_raw::served_locally(&path) && !unauthenticated_metrics(state, &path) {
         match (state.core.role(), forwarded) {
             (Role::Standby, false) if method == Method::GET && is_metrics(&path) => {
@@ -299,9 +301,17 @@ async fn serve(
                 }
                 return local_metrics(state, &query);
             }
-            (Role::Standby, false) => {
+            (Role::Standby, false)
+                if sys_raw::is_raw_path(&path)
+                    || !state
+                        .core
+                        .may_serve_standby_reads(header_str(&headers, "x-vault-forward")) =>
+            {
                 return forward(state, remote, &method, &uri, &headers, &bytes).await
             }
+            // Served here when it is a pure read and this node is fresh enough
+            // (`core/standby.rs`); forwarded below otherwise.
+            (Role::Standby, false) => standby_read = true,
             (Role::Standby, true) => return error_response(&Error::NoActiveNode),
             _ => {}
         }
@@ -377,18 +387,49 @@ async fn serve(
         })
         .collect();
 
-    let result = state.core.handle_request(req).await;
-    if method == Method::HEAD {
+    let index = header_str(&headers, "x-vault-index");
+    let result = if standby_read {
+        let inconsistent = header_str(&headers, "x-vault-inconsistent");
+        match state
+            .core
+            .handle_standby_read(req, index, inconsistent)
+            .await
+        {
+            StandbyRead::Served(result) => *result,
+            StandbyRead::Forward => {
+                return forward(state, remote, &method, &uri, &headers, &bytes).await
+            }
+        }
+    } else {
+        match state.core.await_index(index).await {
+            Ok(()) => state.core.handle_request(req).await,
+            Err(e) => Err(e),
+        }
+    };
+    let mut response = if method == Method::HEAD {
         let status = match &result {
             Ok(r) => StatusCode::from_u16(r.status.unwrap_or(200)).unwrap_or(StatusCode::OK),
             Err(e) => StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         };
-        return status.into_response();
+        status.into_response()
+    } else {
+        match result {
+            Ok(resp) => logical_response(&path, resp),
+            Err(e) => error_response(&e),
+        }
+    };
+    // The state this node answered from, for a client's next request (read-your-writes).
+    if let Some(index) = state.core.index_header().await {
+        if let Ok(value) = header::HeaderValue::from_str(&index) {
+            response.headers_mut().insert("x-vault-index", value);
+        }
     }
-    match result {
-        Ok(resp) => logical_response(&path, resp),
-        Err(e) => error_response(&e),
-    }
+    response
+}
+
+/// A request header as text, if present and printable.
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 /// The client token: `X-Vault-Token`, or `Authorization: Bearer`.
@@ -482,6 +523,18 @@ async fn forward(
                     if !hop_by_hop(name.as_str()) {
                         response.headers_mut().append(name, value);
                     }
+                }
+            }
+            // Read-your-writes through this node for clients that do not pass X-Vault-Index
+            // along (hvac, curl scripts): the answer waits until this standby has applied the
+            // state the active node answered from, so its next read here sees the write.
+            if state.core.may_serve_standby_reads(None) {
+                if let Some(index) = response
+                    .headers()
+                    .get("x-vault-index")
+                    .and_then(|v| v.to_str().ok())
+                {
+                    state.core.catch_up_to(index).await;
                 }
             }
             response

@@ -35,6 +35,9 @@ pub struct SledStore {
     /// Bumped each time the whole data set is replaced (a restored or installed
     /// snapshot), so the core can tell that its keys may no longer fit.
     replacements: std::sync::atomic::AtomicU64,
+    /// Bumped after each Raft apply that changed what a standby serving reads keeps in memory
+    /// (mount and audit tables, policies, salts): see `raft::state_machine::shapes_services`.
+    service_changes: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for SledStore {
@@ -111,12 +114,27 @@ impl SledStore {
             meta,
             db,
             replacements: std::sync::atomic::AtomicU64::new(0),
+            service_changes: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
     /// How many times the data set was replaced wholesale since the store was opened.
     pub fn replacements(&self) -> u64 {
         self.replacements.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// How many applies changed the services a standby builds from storage (see
+    /// `service_changes`), plus the wholesale replacements; a standby rebuilds when it moves.
+    pub fn service_changes(&self) -> u64 {
+        self.service_changes
+            .load(std::sync::atomic::Ordering::SeqCst)
+            .wrapping_add(self.replacements())
+    }
+
+    /// Called by the state machine after an apply that changed such keys is visible.
+    pub(crate) fn note_service_change(&self) {
+        self.service_changes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn path(&self) -> &Path {

@@ -13,25 +13,51 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use axum_server::tls_rustls::RustlsConfig;
 use axum_server::Handle;
-use openraft::raft::{AppendEntriesRequest, VoteRequest};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest};
 
+use super::follower_reads::LeaderContact;
 use super::network::{
-    decode_chunk, APPEND_PATH, ELECT_PATH, MAX_RPC_BYTES, SNAPSHOT_PATH, VERSION_PATH, VOTE_PATH,
+    decode_chunk, APPEND_PATH, ELECT_PATH, MAX_RPC_BYTES, SENT_AT_HEADER, SNAPSHOT_PATH,
+    VERSION_PATH, VOTE_PATH,
 };
 use super::tls::{ClusterTls, PROBE_PATH};
 use super::types::{NodeId, Raft, TypeConfig};
 use super::ClusterError;
 
-/// The Raft RPC endpoints, calling into the local `raft`.
-pub fn raft_routes(raft: Raft) -> Router {
+/// The Raft RPC endpoints, calling into the local `raft`; each append accepted from a leader
+/// is noted in `contact` (standby reads), with when it arrived and the leader's clock then.
+pub fn raft_routes(raft: Raft, contact: Arc<LeaderContact>) -> Router {
+    let append_route = post(
+        move |State(raft): State<Raft>,
+              headers: HeaderMap,
+              Json(req): Json<AppendEntriesRequest<TypeConfig>>| {
+            let contact = contact.clone();
+            async move {
+                let arrived = std::time::Instant::now();
+                let leader_time_ms = headers
+                    .get(SENT_AT_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i64>().ok());
+                let leader_commit = req.leader_commit.map_or(0, |l| l.index);
+                let answer = raft.append_entries(req).await;
+                if matches!(
+                    answer,
+                    Ok(AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_))
+                ) {
+                    contact.record(leader_commit, arrived, leader_time_ms);
+                }
+                Json(answer).into_response()
+            }
+        },
+    );
     Router::new()
-        .route(APPEND_PATH, post(append))
+        .route(APPEND_PATH, append_route)
         .route(VOTE_PATH, post(vote))
         .route(SNAPSHOT_PATH, post(snapshot))
         .route(ELECT_PATH, post(elect))
@@ -42,13 +68,6 @@ pub fn raft_routes(raft: Raft) -> Router {
         // Headroom over the largest request a peer sends (its own limit).
         .layer(DefaultBodyLimit::max(MAX_RPC_BYTES + 4 * 1024 * 1024))
         .with_state(raft)
-}
-
-async fn append(
-    State(raft): State<Raft>,
-    Json(req): Json<AppendEntriesRequest<TypeConfig>>,
-) -> Response {
-    Json(raft.append_entries(req).await).into_response()
 }
 
 async fn vote(State(raft): State<Raft>, Json(req): Json<VoteRequest<NodeId>>) -> Response {

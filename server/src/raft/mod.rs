@@ -27,6 +27,7 @@
 //! append-entries RPC, which must cover a follower's fsync.
 
 pub mod backend;
+pub mod follower_reads;
 pub mod integrity;
 mod lease;
 pub mod listener;
@@ -247,6 +248,8 @@ pub struct RaftNode {
     timing: Timing,
     client: ClusterClient,
     listener: Arc<Mutex<Option<ClusterListener>>>,
+    /// The last append this node accepted from a leader (standby reads).
+    contact: Arc<follower_reads::LeaderContact>,
 }
 
 /// A node's view of the cluster, for `sys/leader`, `sys/storage/raft/*` and metrics.
@@ -311,6 +314,7 @@ impl RaftNode {
             timing: config.timing(),
             client,
             listener: Arc::default(),
+            contact: Arc::default(),
         })
     }
 
@@ -353,7 +357,7 @@ impl RaftNode {
         extra: axum::Router,
     ) -> Result<ClusterListener, ClusterError> {
         self.client.configure(tls)?;
-        let app = raft_routes(self.shared.raft.clone()).merge(extra);
+        let app = raft_routes(self.shared.raft.clone(), self.contact.clone()).merge(extra);
         let running = listener::serve(listener, tls, app).await?;
         if let Some(old) = self
             .listener

@@ -47,6 +47,9 @@ pub const MAX_RPC_BYTES: usize = 16 * 1024 * 1024;
 pub const APPEND_BATCH_BYTES: usize = 1024 * 1024;
 
 pub(crate) const APPEND_PATH: &str = "/v1/cluster/raft/append";
+/// The sender's wall-clock time (Unix milliseconds) when it sent an RPC: on an append a
+/// follower accepts, the active node's clock, which a standby judges token expiry by.
+pub(crate) const SENT_AT_HEADER: &str = "x-keyhold-sent-at";
 pub(crate) const VOTE_PATH: &str = "/v1/cluster/raft/vote";
 pub(crate) const SNAPSHOT_PATH: &str = "/v1/cluster/raft/snapshot";
 pub(crate) const ELECT_PATH: &str = "/v1/cluster/raft/elect";
@@ -153,6 +156,7 @@ impl ClusterClient {
         let send = client
             .post(url)
             .header(reqwest::header::CONTENT_TYPE, content_type)
+            .header(SENT_AT_HEADER, chrono::Utc::now().timestamp_millis())
             .body(body)
             .timeout(timeout)
             .send();

@@ -15,6 +15,7 @@
 //! so applying them in order is applying the writes one after another. A snapshot restore's
 //! commit is proposed alone: the state machine swaps the whole data set on it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use openraft::error::{ClientWriteError, RaftError};
@@ -38,6 +39,10 @@ struct Pending {
 /// The queue into the proposing task; the task ends when this is dropped.
 pub(crate) struct Proposer {
     queue: mpsc::UnboundedSender<Pending>,
+    /// The highest log index of a write this node proposed, committed and applied: Raft's
+    /// metrics publish an apply a moment after `client_write` returns, and an `X-Vault-Index`
+    /// taken from them could name a state before the write the response acknowledges.
+    written: Arc<AtomicU64>,
 }
 
 impl Proposer {
@@ -45,8 +50,14 @@ impl Proposer {
     /// keys and values (one write larger than that is refused before it gets here).
     pub(crate) fn spawn(raft: Raft, max_entry_size: usize) -> Proposer {
         let (queue, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(raft, rx, max_entry_size));
-        Proposer { queue }
+        let written = Arc::new(AtomicU64::new(0));
+        tokio::spawn(run(raft, rx, max_entry_size, written.clone()));
+        Proposer { queue, written }
+    }
+
+    /// The highest log index of a write proposed here that is applied here.
+    pub(crate) fn written(&self) -> u64 {
+        self.written.load(Ordering::SeqCst)
     }
 
     /// Proposes `ops` as one atomic write (sharing an entry with others) and returns when it is
@@ -74,7 +85,12 @@ impl Proposer {
     }
 }
 
-async fn run(raft: Raft, mut queue: mpsc::UnboundedReceiver<Pending>, limit: usize) {
+async fn run(
+    raft: Raft,
+    mut queue: mpsc::UnboundedReceiver<Pending>,
+    limit: usize,
+    written: Arc<AtomicU64>,
+) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut carried: Option<Pending> = None;
     loop {
@@ -101,14 +117,15 @@ async fn run(raft: Raft, mut queue: mpsc::UnboundedReceiver<Pending>, limit: usi
             }
         }
         let raft = raft.clone();
+        let written = written.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            commit(&raft, batch).await;
+            commit(&raft, batch, &written).await;
         });
     }
 }
 
-async fn commit(raft: &Raft, batch: Vec<Pending>) {
+async fn commit(raft: &Raft, batch: Vec<Pending>, written: &AtomicU64) {
     let mut ops = Vec::with_capacity(batch.iter().map(|p| p.ops.len()).sum());
     let mut waiters = Vec::with_capacity(batch.len());
     for p in batch {
@@ -117,6 +134,9 @@ async fn commit(raft: &Raft, batch: Vec<Pending>) {
     }
     metrics::histogram!("keyhold.raft.proposal.writes").record(waiters.len() as f64);
     let outcome = raft.client_write(WriteBatch(ops)).await;
+    if let Ok(answer) = &outcome {
+        written.fetch_max(answer.log_id.index, Ordering::SeqCst);
+    }
     for done in waiters {
         let result = match &outcome {
             Ok(_) => Ok(()),

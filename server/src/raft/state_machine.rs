@@ -165,6 +165,19 @@ fn read_before_raft(key: &str) -> bool {
     !key.starts_with("logical/")
 }
 
+/// Whether a key is one the core's services keep in memory once built (mount and audit tables,
+/// cluster identity, policies, the token store's and audit devices' salts): a standby serving
+/// reads must rebuild them after such a key changes, so that a deleted policy or a disabled
+/// mount stops working there as soon as the change is applied.
+fn shapes_services(key: &str) -> bool {
+    matches!(
+        key,
+        "core/mounts" | "core/auth" | "core/audit" | "core/cluster-info" | "core/index-hmac-key"
+    ) || key.starts_with("sys/policy/")
+        || key.starts_with("sys/token/salt")
+        || key.starts_with("audit/")
+}
+
 /// The restore a batch commits, if it is a restore commit.
 fn restore_commit(ops: &[TxnOp]) -> Option<String> {
     ops.iter().find_map(|op| match op {
@@ -278,12 +291,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         let meta =
             state_meta(Some(last), &membership).map_err(|e| StorageIOError::apply(last, e))?;
+        let services_changed = ops.iter().any(|op| shapes_services(op_key(op)));
         let applied = if flush || ops.iter().any(|op| read_before_raft(op_key(op))) {
             self.store.transaction_with_meta(ops, meta).await
         } else {
             self.store.apply_with_meta(ops, meta).await
         };
         applied.map_err(|e| StorageIOError::apply(last, AnyError::new(&e)))?;
+        if services_changed {
+            self.store.note_service_change();
+        }
         metrics::histogram!("vault.raft.fsm.apply")
             .record(started.elapsed().as_secs_f64() * 1000.0);
         metrics::histogram!("vault.raft_storage.fsm.apply_batch_num").record(count as f64);

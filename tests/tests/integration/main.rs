@@ -34,6 +34,7 @@ mod smoke;
 mod snapshot;
 mod snapshot_agent;
 mod ssh_hosts;
+mod standby_reads;
 mod tidy;
 mod tls;
 mod transit;

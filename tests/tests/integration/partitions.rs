@@ -29,9 +29,14 @@ use serde_json::{json, Value};
 
 use super::chaos::Figures;
 
-// Bridge slots (see `Bridge::create`): 61-64 are `ssh_hosts`', 70-71 this module's.
+// Bridge slots (see `Bridge::create`): 61-64 are `ssh_hosts`', 70-72 this module's.
 const SLOT_ONE_ROUND: u8 = 70;
 const SLOT_SLOW: u8 = 71;
+const SLOT_STANDBY_READS: u8 = 72;
+
+/// The staleness bound of standby reads in these clusters: `performance_multiplier = 1` makes
+/// the default (the Raft election timeout) 1 s.
+const STANDBY_READ_BOUND: Duration = Duration::from_secs(1);
 
 /// The API port inside every namespace (each has its own address, so all use the same one).
 const PORT: u16 = 8200;
@@ -269,7 +274,15 @@ async fn partition_round(
         let served = matches!(&read, Some((200, body)) if body["data"]["data"].is_object());
         if served {
             round.last_read_after_cut = Some(now - cut_at);
-            if majority_acked_at.is_some_and(|t| t <= now) {
+            // A standby serves reads from its replica for up to its staleness bound after it
+            // last heard from the leader (by design, as Vault's performance standbys do); past
+            // the bound (plus a margin for the probe itself) a read there is a stale read.
+            let allowed = if victim_was_active {
+                Duration::ZERO
+            } else {
+                STANDBY_READ_BOUND + REQUEST_TIMEOUT
+            };
+            if majority_acked_at.is_some_and(|t| t <= now) && now - cut_at > allowed {
                 round.stale_reads += 1;
             }
             refused_in_a_row = 0;
@@ -537,5 +550,177 @@ async fn slow_partitions_of_random_nodes_heal_without_loss() -> Result<()> {
     partitions(TEST, "partitions, 3 nodes, long", SLOT_SLOW, 6)
         .await?
         .print();
+    Ok(())
+}
+
+/// A standby cut off from the leader serves reads from its replica only until its staleness
+/// bound has passed since it last heard from the leader; then it forwards, and with nobody to
+/// forward to it answers nothing: never the old value of a key the majority has changed since.
+/// A read carrying the `X-Vault-Index` of such a change is never answered with the old value
+/// either (412, or no answer). The time from the cut to the last read the standby served is
+/// printed; nothing asserts on time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_standby_stops_serving_reads_after_its_bound() -> Result<()> {
+    const TEST: &str = "a_cut_off_standby_stops_serving_reads_after_its_bound";
+    preflight(TEST)?;
+    let pc = PartitionedCluster::form(SLOT_STANDBY_READS).await?;
+    let active = pc.cluster.wait_roles("before the cut").await?;
+    let victim = (active + 1) % 3;
+    let majority: Vec<Api> = (0..3)
+        .filter(|&i| i != victim)
+        .map(|i| pc.cluster.nodes[i].api().without_session())
+        .collect();
+    let victim_api = pc.cluster.nodes[victim].api().without_session();
+    let write = |value: &'static str| {
+        let majority = majority.clone();
+        async move {
+            for api in majority.iter().cycle().take(20) {
+                let body = json!({ "data": { "v": value } });
+                let mut req = api
+                    .http()
+                    .post(api.url("kv/data/probe"))
+                    .timeout(REQUEST_TIMEOUT)
+                    .json(&body);
+                if let Some(token) = api.token() {
+                    req = req.header("X-Vault-Token", token);
+                }
+                if let Ok(resp) = req.send().await {
+                    if resp.status().is_success() {
+                        return resp
+                            .headers()
+                            .get("x-vault-index")
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_string)
+                            .context("a write's answer has no X-Vault-Index");
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            bail!("the majority acknowledged no write of {value:?}")
+        }
+    };
+    let read_on_victim = move |headers: Vec<(&'static str, String)>| {
+        let api = victim_api.clone();
+        async move {
+            let mut req = api
+                .http()
+                .get(api.url("kv/data/probe"))
+                .timeout(REQUEST_TIMEOUT);
+            if let Some(token) = api.token() {
+                req = req.header("X-Vault-Token", token);
+            }
+            for (name, value) in headers {
+                req = req.header(name, value);
+            }
+            let resp = req.send().await.ok()?;
+            let status = resp.status().as_u16();
+            let body = resp.json::<Value>().await.unwrap_or(Value::Null);
+            Some((
+                status,
+                body["data"]["data"]["v"].as_str().map(str::to_string),
+            ))
+        }
+    };
+
+    // Before the cut the standby serves the current value itself.
+    let index = write("before").await?;
+    let got = read_on_victim(vec![("X-Vault-Index", index)]).await;
+    ensure!(
+        matches!(&got, Some((200, Some(v))) if v == "before"),
+        "before the cut the standby read {got:?}"
+    );
+
+    pc.cut(victim).await?;
+    let cut_at = Instant::now();
+    // The majority moves on at once: from now on "before" is stale.
+    let index_after = write("after").await?;
+    let changed_at = cut_at.elapsed();
+    // Reads carrying the change's index, beside the plain probes (each may wait out
+    // `standby_read_index_wait`): never the old value.
+    let index_probes = {
+        let read_on_victim = read_on_victim.clone();
+        let index_after = index_after.clone();
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for round in 0..4 {
+                for mode in ["fail", "forward-active-node"] {
+                    let at = cut_at.elapsed();
+                    let got = read_on_victim(vec![
+                        ("X-Vault-Index", index_after.clone()),
+                        ("X-Vault-Inconsistent", mode.to_string()),
+                    ])
+                    .await;
+                    seen.push((at, mode, got));
+                }
+                if round < 3 {
+                    tokio::time::sleep(Duration::from_millis(700)).await;
+                }
+            }
+            seen
+        })
+    };
+    // Bounded: at most 60 probes 100 ms apart (plus each probe's own timeout).
+    let mut last_served: Option<Duration> = None;
+    let mut stale_past_bound = Vec::new();
+    for _ in 0..60 {
+        let at = cut_at.elapsed();
+        let got = read_on_victim(Vec::new()).await;
+        if let Some((200, Some(value))) = &got {
+            last_served = Some(at);
+            if value == "before" && at > STANDBY_READ_BOUND + REQUEST_TIMEOUT {
+                stale_past_bound.push(format!("{at:?}: {value}"));
+            }
+        }
+        if at > STANDBY_READ_BOUND + 2 * REQUEST_TIMEOUT
+            && last_served.is_none_or(|l| at - l > REQUEST_TIMEOUT)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let index_probes = index_probes.await.context("the index probes")?;
+    for (at, mode, got) in &index_probes {
+        ensure!(
+            !matches!(got, Some((200, Some(v))) if v == "before"),
+            "the cut-off standby answered a read carrying the change's X-Vault-Index with the \
+             old value ({mode}, {at:?} after the cut)"
+        );
+    }
+    let with_index: Vec<String> = index_probes
+        .iter()
+        .map(|(at, mode, got)| format!("{at:?} {mode}: {got:?}"))
+        .collect();
+    eprintln!(
+        "a cut-off standby: the majority changed the key {changed_at:?} after the cut; the \
+         standby served its last read {last_served:?} after the cut (bound {STANDBY_READ_BOUND:?}); \
+         reads with the change's index: {with_index:?}"
+    );
+    ensure!(
+        stale_past_bound.is_empty(),
+        "the cut-off standby served the old value past its bound: {stale_past_bound:?}\n{}",
+        pc.cluster.log_tails(20)
+    );
+    let final_read = read_on_victim(Vec::new()).await;
+    ensure!(
+        !matches!(&final_read, Some((200, _))),
+        "the cut-off standby still serves reads {:?} after the cut: {final_read:?}",
+        cut_at.elapsed()
+    );
+
+    pc.heal(victim).await?;
+    pc.cluster.wait_roles("after healing").await?;
+    // Healed, it serves the current value again (read-your-writes through the index).
+    let mut healed = None;
+    for _ in 0..50 {
+        healed = read_on_victim(vec![("X-Vault-Index", index_after.clone())]).await;
+        if matches!(&healed, Some((200, _))) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ensure!(
+        matches!(&healed, Some((200, Some(v))) if v == "after"),
+        "after healing the standby read {healed:?}"
+    );
     Ok(())
 }

@@ -594,7 +594,7 @@ async fn login_tokens() {
     assert_eq!(data["meta"], json!({"username": "alice"}));
     // Renewal stays within the login's max.
     let (entry, _) = h.store.renew(&auth.client_token, 100_000).await.unwrap();
-    assert!(entry.remaining_ttl() <= 1800);
+    assert!(entry.remaining_ttl(chrono::Utc::now().timestamp_millis()) <= 1800);
 
     let periodic = Auth {
         period: 300,
@@ -679,4 +679,36 @@ async fn routing() {
         assert_eq!(got.err().map(|e| e.status()), Some(status), "{op:?} {path}");
     }
     assert_eq!(err_msg(h.lookup_self("").await), "403 permission denied");
+}
+
+#[tokio::test]
+async fn a_read_only_store_judges_expiry_by_the_clock_it_is_given() {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    let h = Harness::new().await;
+    let token = h
+        .create(&h.root, json!({"ttl": "30m"}))
+        .await
+        .unwrap()
+        .client_token;
+    // A standby's store over the same replica, reading a clock the test moves (the active
+    // node's time as its appends carry it).
+    let offset_ms = Arc::new(AtomicI64::new(0));
+    let clock: Clock = {
+        let offset_ms = offset_ms.clone();
+        Arc::new(move || {
+            Utc::now() + chrono::Duration::milliseconds(offset_ms.load(Ordering::SeqCst))
+        })
+    };
+    let standby = TokenStore::read_only(h.view.clone(), clock);
+    let ttl = |s: &TokenStore, e: &TokenEntry| e.remaining_ttl(s.now_ms());
+    let entry = standby.lookup(&token).await.unwrap().expect("live token");
+    assert!((1790..=1800).contains(&ttl(&standby, &entry)));
+    // The given clock an hour ahead: the token is expired there, and nothing was revoked.
+    offset_ms.store(3_600_000, Ordering::SeqCst);
+    assert!(standby.lookup(&token).await.unwrap().is_none());
+    assert!(h.alive(&token).await, "a read-only store revoked a token");
+    // Ten minutes ahead: 20 minutes left, whatever this machine's clock says.
+    offset_ms.store(600_000, Ordering::SeqCst);
+    let entry = standby.lookup(&token).await.unwrap().expect("live token");
+    assert!((1190..=1200).contains(&ttl(&standby, &entry)));
 }

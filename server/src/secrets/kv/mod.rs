@@ -25,8 +25,7 @@ use super::key_locks::KeyLocks;
 use crate::error::{Error, Result};
 use crate::logical::{BackendRequest, LogicalBackend, Response};
 
-/// Where the engine reads the time; tests substitute a clock they can move.
-pub(crate) type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+pub(crate) use crate::clock::Clock;
 
 /// The `kv` secret engine for one mount.
 pub struct KvBackend {
@@ -41,7 +40,7 @@ impl KvBackend {
     /// `version` 2 gives the versioned engine; any other value gives v1, as a
     /// Vault `kv` mount without `options.version = "2"` is v1.
     pub fn new(version: u8) -> KvBackend {
-        Self::with_clock(version, Arc::new(Utc::now))
+        Self::with_clock(version, crate::clock::system())
     }
 
     pub(crate) fn with_clock(version: u8, clock: Clock) -> KvBackend {
