@@ -972,14 +972,14 @@ impl TokenStore {
         value.ok_or_else(|| Error::invalid(format!("missing {key}")))
     }
 
-    fn lookup_response(entry: &TokenEntry) -> Response {
+    fn lookup_response(&self, entry: &TokenEntry) -> Response {
         Response {
             data: Some(entry.lookup_data(self.now_ms())),
             ..Default::default()
         }
     }
 
-    fn renew_response((entry, warnings): (TokenEntry, Vec<String>)) -> Response {
+    fn renew_response(&self, (entry, warnings): (TokenEntry, Vec<String>)) -> Response {
         Response {
             auth: Some(self.to_auth(&entry)),
             warnings,
@@ -1015,14 +1015,14 @@ impl LogicalBackend for TokenStore {
             ("lookup", _) if write || op == Read => {
                 let id = Self::param(&req, "token", tail)?;
                 let entry = self.lookup(&id).await?.ok_or(Error::PermissionDenied)?;
-                Ok(Self::lookup_response(&entry))
+                Ok(self.lookup_response(&entry))
             }
             ("lookup-self", None) if write || op == Read => {
                 let entry = self
                     .lookup(&Self::caller(&req)?)
                     .await?
                     .ok_or(Error::PermissionDenied)?;
-                Ok(Self::lookup_response(&entry))
+                Ok(self.lookup_response(&entry))
             }
             ("lookup-accessor", _) if write || op == Read => {
                 let accessor = Self::param(&req, "accessor", tail)?;
@@ -1030,15 +1030,15 @@ impl LogicalBackend for TokenStore {
                     .lookup_accessor(&accessor)
                     .await?
                     .ok_or_else(|| Error::invalid("invalid accessor"))?;
-                Ok(Self::lookup_response(&entry))
+                Ok(self.lookup_response(&entry))
             }
             ("renew", _) if write => {
                 let id = Self::param(&req, "token", tail)?;
-                Ok(Self::renew_response(self.renew(&id, increment()?).await?))
+                Ok(self.renew_response(self.renew(&id, increment()?).await?))
             }
-            ("renew-self", None) if write => Ok(Self::renew_response(
-                self.renew(&Self::caller(&req)?, increment()?).await?,
-            )),
+            ("renew-self", None) if write => {
+                Ok(self.renew_response(self.renew(&Self::caller(&req)?, increment()?).await?))
+            }
             ("renew-accessor", _) if write => {
                 let accessor = Self::param(&req, "accessor", tail)?;
                 let hash = self
@@ -1048,7 +1048,7 @@ impl LogicalBackend for TokenStore {
                 let (mut entry, warnings) = self.renew_hash(&hash, increment()?).await?;
                 // Renewing by accessor must not hand out the token itself.
                 entry.id.clear();
-                Ok(Self::renew_response((entry, warnings)))
+                Ok(self.renew_response((entry, warnings)))
             }
             ("revoke", _) if write => {
                 self.revoke(&Self::param(&req, "token", tail)?).await?;

@@ -997,7 +997,7 @@ impl Core {
         if token_entry.is_none() && !unauthenticated {
             return self.refuse(u, req, Error::PermissionDenied).await;
         }
-        req.auth = token_entry.as_ref().map(TokenStore::to_auth);
+        req.auth = token_entry.as_ref().map(|e| u.tokens.to_auth(e));
 
         if !unauthenticated {
             let policies = token_entry
