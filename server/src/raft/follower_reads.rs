@@ -139,11 +139,11 @@ mod tests {
     fn the_leaders_time_advances_by_this_nodes_monotonic_clock() {
         let contact = LeaderContact::default();
         // The leader an hour behind this machine, its append arrived 1.5 s ago.
-        let leader_then = Utc::now() - chrono::Duration::hours(1);
+        let leader_then_ms = (Utc::now() - chrono::Duration::hours(1)).timestamp_millis();
         let arrived = Instant::now() - Duration::from_millis(1500);
-        contact.record(1, arrived, Some(leader_then.timestamp_millis()));
+        contact.record(1, arrived, Some(leader_then_ms));
         let now = contact.last().unwrap().leader_now().unwrap();
-        let ahead = (now - leader_then).num_milliseconds();
+        let ahead = now.timestamp_millis() - leader_then_ms;
         assert!((1500..1500 + 1000).contains(&ahead), "{ahead} ms");
         // Without the leader's time there is no leader clock.
         contact.record(2, Instant::now(), None);
