@@ -35,6 +35,7 @@ use serde_json::{json, Value};
 
 use super::chaos::Figures;
 use super::partitions::{every_node_holds, run_workload, Workload};
+use super::standby_reads::served_locally;
 
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
@@ -128,12 +129,20 @@ async fn clock_jumps_move_token_expiry_only_on_the_active_node_and_lose_nothing(
 
     // A standby an hour ahead: nothing changes for a client.
     set_offset(&via_standby, &clocks[standby], JUMP_SECS).await?;
+    let served_before = served_locally(&via_standby).await?;
     let long_standby_jumped = ttl(&via_standby, &long).await?;
     let short_standby_jumped = ttl(&via_standby, &short).await?;
+    let served = served_locally(&via_standby).await? - served_before;
     eprintln!(
         "{} an hour ahead: long token ttl {long_standby_jumped:?} (was {long_before}), short \
-         {short_standby_jumped:?}",
+         {short_standby_jumped:?}; {served} of the 2 lookups served by the standby itself",
         cluster.nodes[standby].id
+    );
+    // The workload only writes (forwarded): the standby served the lookups itself, judging
+    // expiry by the active node's clock, not forwarded them.
+    ensure!(
+        served >= 2,
+        "the standby forwarded the token lookups instead of serving them ({served} served)"
     );
     ensure!(
         long_standby_jumped.is_ok_and(|t| (long_before - t).abs() < 600)

@@ -43,7 +43,7 @@ async fn send(
 }
 
 /// How many reads this node served from its own replica (its own `sys/metrics`).
-async fn served_locally(api: &Api) -> Result<u64> {
+pub(crate) async fn served_locally(api: &Api) -> Result<u64> {
     let metrics = api
         .get("sys/metrics?format=prometheus")
         .await?
