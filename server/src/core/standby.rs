@@ -24,7 +24,9 @@
 //! Every answer a node gives carries `X-Vault-Index` (OpenBao returns it on every response,
 //! Vault on writes): base64 of `<cluster id>:<raft index>:<tag>`, the tag an HMAC-SHA256 under a
 //! key kept behind the barrier (`core/index-hmac-key`), so a client cannot forge an index
-//! (to make a node wait for one that never comes) nor carry one across clusters.
+//! (to make a node wait for one that never comes). An index of another cluster id is ignored:
+//! a client keeps its last index across a restore of another cluster's snapshot, after which
+//! the cluster id and key are the snapshot's.
 //!
 //! Caches: the services are rebuilt when the state machine applied a change to what they keep
 //! in memory (`SledStore::service_changes`: mount and audit tables, policies, salts, or a
@@ -365,7 +367,10 @@ fn encode_index(key: &[u8], cluster_id: &str, index: u64) -> String {
         .encode(format!("{payload}:{}", hex::encode(&tag[..TAG_BYTES])))
 }
 
-/// The Raft index an `X-Vault-Index` names; 400 when it was not issued by this cluster.
+/// The Raft index an `X-Vault-Index` names; 400 when it is malformed or its tag does not verify.
+/// An index of another cluster (a client's state from before a restore of another cluster's
+/// snapshot, or from another cluster altogether) names nothing here: it is ignored (0, which
+/// every node has applied), as a request without the header would be.
 fn decode_index(key: &[u8], cluster_id: &str, header: &str) -> Result<u64> {
     use base64::Engine;
     let invalid = || {
@@ -384,13 +389,15 @@ fn decode_index(key: &[u8], cluster_id: &str, header: &str) -> Result<u64> {
     if given.len() != TAG_BYTES {
         return Err(invalid());
     }
+    let (cluster, index) = payload.rsplit_once(':').ok_or_else(invalid)?;
+    if cluster != cluster_id {
+        tracing::debug!("an X-Vault-Index of another cluster was ignored");
+        metrics::counter!("keyhold.standby_read.foreign_index").increment(1);
+        return Ok(0);
+    }
     tag(key, payload)
         .verify_truncated_left(&given)
         .map_err(|_| invalid())?;
-    let (cluster, index) = payload.rsplit_once(':').ok_or_else(invalid)?;
-    if cluster != cluster_id {
-        return Err(invalid());
-    }
     index.parse().map_err(|_| invalid())
 }
 
@@ -403,7 +410,9 @@ mod tests {
         let key = b"0123456789abcdef0123456789abcdef";
         let header = encode_index(key, "cluster-a", 42);
         assert_eq!(decode_index(key, "cluster-a", &header).unwrap(), 42);
-        // Another cluster, another key, a changed index, garbage: all 400.
+        // Another cluster's index is ignored (0: nothing to wait for).
+        assert_eq!(decode_index(key, "cluster-b", &header).unwrap(), 0);
+        // Another key, a changed index, garbage: all 400.
         let forged = {
             use base64::Engine;
             let text = String::from_utf8(
@@ -415,7 +424,6 @@ mod tests {
             base64::engine::general_purpose::STANDARD.encode(text.replace(":42:", ":4200:"))
         };
         for (key, cluster, value) in [
-            (&key[..], "cluster-b", header.as_str()),
             (&b"another key"[..], "cluster-a", header.as_str()),
             (&key[..], "cluster-a", forged.as_str()),
             (&key[..], "cluster-a", "not base64!"),
