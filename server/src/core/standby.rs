@@ -166,7 +166,7 @@ impl Core {
             metrics::counter!("keyhold.standby_read.forwarded", "reason" => "behind").increment(1);
             return StandbyRead::Forward;
         }
-        let u = match self.standby_services().await {
+        let mut u = match self.standby_services().await {
             Ok(u) => u,
             Err(e) => {
                 tracing::debug!(error = %e, "standby read services unavailable: forwarding");
@@ -189,6 +189,15 @@ impl Core {
                     node.applied_index(),
                 ))));
             }
+            // What was applied while this request waited may have changed the services (a
+            // policy deleted, a mount disabled): take them as they are now.
+            u = match self.standby_services().await {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::debug!(error = %e, "standby read services unavailable: forwarding");
+                    return StandbyRead::Forward;
+                }
+            };
         }
         // A token this node knows, without a use limit; an unknown one may be newer than this
         // replica, and the active node decides.

@@ -187,7 +187,8 @@ async fn a_standby_serves_reads_and_gives_a_client_its_own_writes() -> Result<()
         .await?
         .expect(200, "a write through the reading standby is forwarded")?;
 
-    // An index this cluster did not issue is refused, not waited for.
+    // A malformed index (a forged one: its tag is not even the right length) is refused, not
+    // waited for.
     let (status, body, _) = send(
         &reader,
         Method::GET,
@@ -199,6 +200,23 @@ async fn a_standby_serves_reads_and_gives_a_client_its_own_writes() -> Result<()
     ensure!(
         status == 400,
         "a forged X-Vault-Index: HTTP {status} {body}"
+    );
+    // A well-formed index of another cluster (what a client holds after a restore of another
+    // cluster's snapshot) names nothing here: answered as without the header, not waited for.
+    let (status, body, _) = send(
+        &reader,
+        Method::GET,
+        "ryw/data/key",
+        None,
+        &[(
+            "X-Vault-Index",
+            "b3RoZXItY2x1c3Rlcjo5OTk5OTk5OTk6MDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDA=",
+        )],
+    )
+    .await?;
+    ensure!(
+        status == 200,
+        "an X-Vault-Index of another cluster: HTTP {status} {body}"
     );
     Ok(())
 }
