@@ -166,12 +166,8 @@ impl Core {
             metrics::counter!("keyhold.standby_read.forwarded", "reason" => "behind").increment(1);
             return StandbyRead::Forward;
         }
-        let mut u = match self.standby_services().await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::debug!(error = %e, "standby read services unavailable: forwarding");
-                return StandbyRead::Forward;
-            }
+        let Some(mut u) = self.standby_services_or_none().await else {
+            return StandbyRead::Forward;
         };
         if let Some(header) = index {
             let wanted = match decode_index(&u.index_key, &u.cluster.id, header) {
@@ -191,13 +187,10 @@ impl Core {
             }
             // What was applied while this request waited may have changed the services (a
             // policy deleted, a mount disabled): take them as they are now.
-            u = match self.standby_services().await {
-                Ok(u) => u,
-                Err(e) => {
-                    tracing::debug!(error = %e, "standby read services unavailable: forwarding");
-                    return StandbyRead::Forward;
-                }
+            let Some(now) = self.standby_services_or_none().await else {
+                return StandbyRead::Forward;
             };
+            u = now;
         }
         // A token this node knows, without a use limit; an unknown one may be newer than this
         // replica, and the active node decides.
@@ -267,6 +260,16 @@ impl Core {
             Some((built_at, u)) if *built_at == changes => Some(u.clone()),
             _ => None,
         }
+    }
+
+    /// [`Self::standby_services`], or `None` (logged) when the request must be forwarded.
+    async fn standby_services_or_none(self: &Arc<Self>) -> Option<Arc<Unsealed>> {
+        self.standby_services()
+            .await
+            .inspect_err(|e| {
+                tracing::debug!(error = %e, "standby read services unavailable: forwarding");
+            })
+            .ok()
     }
 
     /// The standby's services, rebuilt when the replica changed what they hold.
