@@ -159,9 +159,9 @@ fn held(store: &SledStore, dir: &Path) -> Result<u64, Damaged> {
     )
 }
 
-/// Opens the store in `dir` for the server, with a page cache of `cache_bytes`, and [`check`]s it. sled itself panics on some
-/// damage (a flipped byte in a record header: "tried to serialize Uninitialized"); that panic
-/// becomes the same [`Damaged`] error, with what to do.
+/// Opens the store in `dir` for the server, with a page cache of `cache_bytes`, and
+/// [`check`]s it. sled itself panics on some damage (a flipped byte in a record header: "tried
+/// to serialize Uninitialized"); that panic becomes the same [`Damaged`] error, with what to do.
 pub fn open_checked(dir: &Path, cache_bytes: u64) -> anyhow::Result<SledStore> {
     let opened = std::panic::catch_unwind(|| SledStore::open_with_cache(dir, cache_bytes))
         .map_err(|panic| {
