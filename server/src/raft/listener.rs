@@ -17,7 +17,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use axum_server::tls_rustls::RustlsConfig;
+use axum_server::accept::NoDelayAcceptor;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use axum_server::Handle;
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest};
 
@@ -136,8 +137,12 @@ pub async fn serve(
         .map_err(|e| ClusterError::Io(format!("cluster listener {address}: {e}")))?;
     let config = RustlsConfig::from_config(Arc::new(tls.server_config()?));
     let handle: Handle<SocketAddr> = Handle::new();
+    // TCP_NODELAY: an append's answer must not wait for the leader's delayed ACK of the
+    // segment before it (Nagle's algorithm).
+    let acceptor = RustlsAcceptor::new(config.clone()).acceptor(NoDelayAcceptor::new());
     let server = axum_server::from_tcp_rustls(listener, config.clone())
         .map_err(|e| ClusterError::Io(format!("cluster listener {address}: {e}")))?
+        .acceptor(acceptor)
         .handle(handle.clone());
     let service = app.into_make_service_with_connect_info::<SocketAddr>();
     tokio::spawn(async move {

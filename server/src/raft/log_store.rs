@@ -94,6 +94,24 @@ fn key_bound(b: Bound<&u64>) -> Bound<[u8; 8]> {
     }
 }
 
+/// The most entries a log read takes on the calling task (see `try_get_log_entries`).
+const INLINE_READ_ENTRIES: u64 = 64;
+
+/// How many indexes `range` spans, when it is bounded at both ends.
+fn span<RB: RangeBounds<u64>>(range: &RB) -> Option<u64> {
+    let start = match range.start_bound() {
+        Bound::Included(i) => *i,
+        Bound::Excluded(i) => i.checked_add(1)?,
+        Bound::Unbounded => return None,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(i) => i.checked_add(1)?,
+        Bound::Excluded(i) => *i,
+        Bound::Unbounded => return None,
+    };
+    Some(end.saturating_sub(start))
+}
+
 fn decode_entry(bytes: &[u8]) -> Result<Entry, AnyError> {
     serde_json::from_slice(bytes).map_err(|e| AnyError::new(&e).add_context(|| "decode log entry"))
 }
@@ -105,12 +123,19 @@ impl RaftLogReader<TypeConfig> for LogStore {
     ) -> Result<Vec<Entry>, StorageError> {
         let bounds = (key_bound(range.start_bound()), key_bound(range.end_bound()));
         let log = self.log.clone();
-        let raw = blocking(move || {
+        let read = move || {
             log.range(bounds)
                 .values()
                 .collect::<sled::Result<Vec<sled::IVec>>>()
-        })
-        .await
+        };
+        // The entries just appended, read back to replicate and apply them, are in sled's
+        // cache: read on this task (a hop to the blocking pool and back costs more than the
+        // read). A follower catching up asks for hundreds: those go to the blocking pool.
+        let raw = if span(&range).is_some_and(|n| n <= INLINE_READ_ENTRIES) {
+            read()
+        } else {
+            blocking(read).await
+        }
         .map_err(|e| StorageIOError::read_logs(AnyError::new(&e)))?;
         let mut entries = Vec::with_capacity(raw.len());
         for bytes in &raw {
@@ -307,6 +332,39 @@ mod tests {
         assert_eq!(state.last_log_id.unwrap(), entry(2, 8).log_id);
         assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(2, 7)));
         assert_eq!(log.read_committed().await.unwrap().unwrap().index, 6);
+    }
+
+    #[test]
+    fn span_counts_bounded_ranges_only() {
+        assert_eq!(span(&(5..=6)), Some(2));
+        assert_eq!(span(&(5..5)), Some(0));
+        assert_eq!(
+            span(&(Bound::Included(7u64), Bound::Excluded(3u64))),
+            Some(0)
+        );
+        assert_eq!(span(&(3..)), None);
+        assert_eq!(span(&(..3)), None);
+        assert_eq!(span(&(0..=u64::MAX)), None);
+        let excluded_start = (Bound::Excluded(4u64), Bound::Included(9u64));
+        assert_eq!(span(&excluded_start), Some(5));
+    }
+
+    #[tokio::test]
+    async fn large_reads_return_the_same_entries_as_small_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let sled = SledStore::open(dir.path()).unwrap();
+        let mut log = LogStore::open(&sled).unwrap();
+        let n = INLINE_READ_ENTRIES * 2;
+        append(&mut log, (1..=n).map(|i| entry(1, i)).collect()).await;
+        // Over the inline limit (read on the blocking pool) and under it (read inline).
+        let all = log.try_get_log_entries(1..=n).await.unwrap();
+        assert_eq!(all.len() as u64, n);
+        let mut pieces = Vec::new();
+        for start in (1..=n).step_by(10) {
+            let end = (start + 10).min(n + 1);
+            pieces.extend(log.try_get_log_entries(start..end).await.unwrap());
+        }
+        assert_eq!(pieces, all);
     }
 
     #[tokio::test]
