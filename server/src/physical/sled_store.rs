@@ -163,8 +163,13 @@ impl SledStore {
     }
 
     pub fn export(&self) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+        self.export_prefix("")
+    }
+
+    /// The data entries whose keys start with `prefix`, sorted by key.
+    pub fn export_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
         self.data
-            .iter()
+            .scan_prefix(prefix.as_bytes())
             .map(|item| {
                 let (k, v) = item.map_err(|e| io_error("export", "", e))?;
                 let key = String::from_utf8(k.to_vec()).map_err(|_| {
@@ -176,6 +181,24 @@ impl SledStore {
                 Ok((key, v.to_vec()))
             })
             .collect()
+    }
+
+    /// Every data entry, sorted by key, encoded as a snapshot's `state.bin` stream: what
+    /// `encode_state(&self.export()?)` returns, without holding the entries in between (at
+    /// 100,000 secrets they are some 200,000 allocations beside the stream's one).
+    pub fn export_state(&self) -> Result<Vec<u8>, StorageError> {
+        let mut state = Vec::new();
+        for item in self.data.iter() {
+            let (k, v) = item.map_err(|e| io_error("export", "", e))?;
+            let key = std::str::from_utf8(&k).map_err(|_| {
+                StorageError::Io(format!(
+                    "sled store at {}: a data key is not UTF-8",
+                    self.path.display()
+                ))
+            })?;
+            keyhold_client::snapshot::state::encode_entry(&mut state, key, &v);
+        }
+        Ok(state)
     }
 
     /// Atomically replaces the whole data tree with `entries` (snapshot

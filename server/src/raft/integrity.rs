@@ -200,15 +200,25 @@ pub fn check(store: &SledStore) -> Result<(), Damaged> {
 
 /// Writes `record` to `dir` atomically and durably.
 fn write_record(dir: &Path, record: Record) -> std::io::Result<()> {
-    let path = dir.join(MARKER_FILE);
-    let tmp: PathBuf = dir.join(format!("{MARKER_FILE}.tmp"));
+    let bytes = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
+    replace_file(dir, MARKER_FILE, &[&bytes])
+}
+
+/// Replaces the file `name` in `dir` with `parts`, one after another, atomically and durably:
+/// a temp file (mode 0600), fsync, rename over `name`, fsync of the directory. After a crash the
+/// file is the old one or the new one, whole.
+pub(crate) fn replace_file(dir: &Path, name: &str, parts: &[&[u8]]) -> std::io::Result<()> {
+    let path = dir.join(name);
+    let tmp: PathBuf = dir.join(format!("{name}.tmp"));
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(&tmp)?;
-    file.write_all(&serde_json::to_vec(&record).map_err(std::io::Error::other)?)?;
+    for part in parts {
+        file.write_all(part)?;
+    }
     file.sync_all()?;
     std::fs::rename(&tmp, &path)?;
     std::fs::File::open(dir)?.sync_all()

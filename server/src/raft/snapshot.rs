@@ -44,17 +44,24 @@ struct Header {
 /// Encodes a snapshot of `entries` (sorted or not) with its meta.
 pub fn encode_snapshot(meta: &SnapshotMeta, entries: &[(String, Vec<u8>)]) -> Vec<u8> {
     let state = encode_state(entries);
+    let mut out = snapshot_prefix(meta, &state);
+    out.extend_from_slice(&state);
+    out
+}
+
+/// What comes before `state` (an encoded `state.bin`) in a snapshot of it with `meta`: the
+/// header's length and the header. The snapshot is this followed by `state`.
+pub fn snapshot_prefix(meta: &SnapshotMeta, state: &[u8]) -> Vec<u8> {
     let header = Header {
         format: FORMAT,
         meta: meta.clone(),
         state_len: state.len() as u64,
-        state_sha256: hex::encode(Sha256::digest(&state)),
+        state_sha256: hex::encode(Sha256::digest(state)),
     };
     let header = serde_json::to_vec(&header).expect("a snapshot header always serializes");
-    let mut out = Vec::with_capacity(4 + header.len() + state.len());
+    let mut out = Vec::with_capacity(4 + header.len());
     out.extend_from_slice(&(header.len() as u32).to_be_bytes());
     out.extend_from_slice(&header);
-    out.extend_from_slice(&state);
     out
 }
 

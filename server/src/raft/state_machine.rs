@@ -18,32 +18,41 @@
 //! installs and restores are flushed too.
 //!
 //! Snapshots ([`super::snapshot`] format) are built from a consistent export
-//! taken between two applies, kept in the `raft_snapshot` tree of the same
-//! database (openraft asks for the current snapshot again after a restart),
-//! and installed atomically with `replace_all` plus the meta. The current
-//! snapshot is not kept in memory: its bytes (about a megabyte per thousand
-//! secrets) are read back from the tree, meta from its header, when openraft
-//! asks for it (to send it to a follower, which is rare), instead of being
-//! held by every node for good.
+//! taken between two applies (encoded straight into the `state.bin` stream,
+//! never held as entries), kept in the file [`SNAPSHOT_FILE`] beside sled's
+//! (openraft asks for the current snapshot again after a restart), and
+//! installed atomically with `replace_all` plus the meta. The current snapshot
+//! is not kept in memory: its bytes (about a megabyte per thousand secrets) are
+//! read back from the file, meta from its header, when openraft asks for it
+//! (to send it to a follower, which is rare), instead of being held by every
+//! node for good. Building one holds the stream once: openraft 0.9 takes only
+//! the meta of a snapshot it had built (`sm::worker::build_snapshot`), so the
+//! builder hands it no second copy. Earlier builds kept the snapshot in the
+//! `raft_snapshot` tree: it is still read from there until a snapshot is
+//! written to the file, and then removed.
 
 use std::io::Cursor;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use openraft::storage::RaftStateMachine;
 use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 
-use super::snapshot::{decode_snapshot, encode_snapshot, snapshot_meta};
+use super::integrity::replace_file;
+use super::snapshot::{decode_snapshot, snapshot_meta, snapshot_prefix};
 use super::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 use super::{RESTORE_COMMIT_KEY, RESTORE_STAGING_PREFIX};
-use crate::physical::sled_store::{blocking, SledStore};
+use crate::physical::sled_store::SledStore;
 use crate::physical::TxnOp;
 
 const LAST_APPLIED: &str = "raft_last_applied";
 const LAST_MEMBERSHIP: &str = "raft_last_membership";
 const SNAPSHOT_TREE: &str = "raft_snapshot";
 const SNAPSHOT_KEY: &str = "current";
+/// The current Raft snapshot, in the store's directory.
+pub const SNAPSHOT_FILE: &str = "keyhold-raft-snapshot.bin";
 
 pub struct StateMachine {
     store: Arc<SledStore>,
@@ -95,7 +104,7 @@ impl StateMachine {
             )
             .await
             .map_err(|e| AnyError::new(&e))?;
-        persist_snapshot(&self.snapshots, bytes).await
+        persist_snapshot(self.store.path(), &self.snapshots, vec![bytes]).await
     }
 }
 
@@ -115,13 +124,28 @@ fn state_meta(
     ])
 }
 
-/// Keeps `bytes` as the current snapshot, durable before returning.
-async fn persist_snapshot(tree: &sled::Tree, bytes: Vec<u8>) -> Result<(), AnyError> {
-    let t = tree.clone();
-    blocking(move || t.insert(SNAPSHOT_KEY, bytes).map(|_| ()))
-        .await
-        .map_err(|e| AnyError::new(&e))?;
-    tree.flush_async().await.map_err(|e| AnyError::new(&e))?;
+/// Keeps `parts` (one after another: a snapshot) as the current snapshot in `dir`'s
+/// [`SNAPSHOT_FILE`], durable before returning, and drops an older version's copy in `tree`.
+async fn persist_snapshot(
+    dir: &Path,
+    tree: &sled::Tree,
+    parts: Vec<Vec<u8>>,
+) -> Result<(), AnyError> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        replace_file(&dir, SNAPSHOT_FILE, &parts)
+    })
+    .await
+    .map_err(|e| AnyError::error(format!("the snapshot write did not complete: {e}")))?
+    .map_err(|e| AnyError::new(&e).add_context(|| format!("write {SNAPSHOT_FILE}")))?;
+    if tree
+        .contains_key(SNAPSHOT_KEY)
+        .map_err(|e| AnyError::new(&e))?
+    {
+        tree.remove(SNAPSHOT_KEY).map_err(|e| AnyError::new(&e))?;
+        tree.flush_async().await.map_err(|e| AnyError::new(&e))?;
+    }
     Ok(())
 }
 
@@ -129,24 +153,25 @@ async fn persist_snapshot(tree: &sled::Tree, bytes: Vec<u8>) -> Result<(), AnyEr
 /// (between two applies, so data and last-applied agree).
 pub struct SnapshotBuilder {
     meta: SnapshotMeta,
-    entries: Result<Vec<(String, Vec<u8>)>, crate::physical::StorageError>,
+    /// The data as a `state.bin` stream.
+    state: Result<Vec<u8>, crate::physical::StorageError>,
+    dir: PathBuf,
     snapshots: sled::Tree,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let entries = std::mem::replace(&mut self.entries, Ok(Vec::new()))
+        let state = std::mem::replace(&mut self.state, Ok(Vec::new()))
             .map_err(|e| StorageIOError::read_state_machine(AnyError::new(&e)))?;
-        let bytes = encode_snapshot(&self.meta, &entries);
-        drop(entries);
-        // The copy handed to openraft is dropped once it is done with it; the tree keeps
-        // the durable one.
-        persist_snapshot(&self.snapshots, bytes.clone())
+        let prefix = snapshot_prefix(&self.meta, &state);
+        persist_snapshot(&self.dir, &self.snapshots, vec![prefix, state])
             .await
             .map_err(|e| StorageIOError::write_snapshot(Some(self.meta.signature()), e))?;
+        // openraft 0.9 keeps only the meta of a snapshot it had built; the file is the
+        // snapshot, read back by `get_current_snapshot` when a follower needs it.
         Ok(Snapshot {
             meta: self.meta.clone(),
-            snapshot: Box::new(Cursor::new(bytes)),
+            snapshot: Box::new(Cursor::new(Vec::new())),
         })
     }
 }
@@ -198,13 +223,8 @@ impl StateMachine {
         meta: Vec<(String, Vec<u8>)>,
     ) -> Result<(), crate::physical::StorageError> {
         let prefix = format!("{RESTORE_STAGING_PREFIX}{id}/");
-        let mut staged: Vec<(String, Vec<u8>)> = self
-            .store
-            .export()?
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(&prefix))
-            .collect();
-        staged.sort_by(|a, b| a.0.cmp(&b.0));
+        // Sorted by key, so the chunks in order.
+        let staged = self.store.export_prefix(&prefix)?;
         let state: Vec<u8> = staged.iter().flat_map(|(_, v)| v.iter().copied()).collect();
         match crate::raft::snapshot::decode_state(&state) {
             Ok(entries) => {
@@ -324,7 +344,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 last_membership: membership,
                 snapshot_id,
             },
-            entries: self.store.export(),
+            state: self.store.export_state(),
+            dir: self.store.path().to_path_buf(),
             snapshots: self.snapshots.clone(),
         }
     }
@@ -344,10 +365,25 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let file = self.store.path().join(SNAPSHOT_FILE);
         let snapshots = self.snapshots.clone();
-        let stored = blocking(move || snapshots.get(SNAPSHOT_KEY))
-            .await
-            .map_err(|e| StorageIOError::read_snapshot(None, AnyError::new(&e)))?;
+        let stored = tokio::task::spawn_blocking(move || match std::fs::read(&file) {
+            Ok(bytes) => Ok(Some(bytes)),
+            // Not written yet by this version: an older version's, if any.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => snapshots
+                .get(SNAPSHOT_KEY)
+                .map(|v| v.map(|v| v.to_vec()))
+                .map_err(|e| AnyError::new(&e)),
+            Err(e) => Err(AnyError::new(&e).add_context(|| format!("read {}", file.display()))),
+        })
+        .await
+        .map_err(|e| {
+            StorageIOError::read_snapshot(
+                None,
+                AnyError::error(format!("the snapshot read did not complete: {e}")),
+            )
+        })?
+        .map_err(|e| StorageIOError::read_snapshot(None, e))?;
         let Some(stored) = stored else {
             return Ok(None);
         };
@@ -355,7 +391,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(|e| StorageIOError::read_snapshot(None, AnyError::new(&e)))?;
         Ok(Some(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(stored.to_vec())),
+            snapshot: Box::new(Cursor::new(stored)),
         }))
     }
 }
@@ -443,7 +479,15 @@ mod tests {
         let other_dir = tempfile::tempdir().unwrap();
         let (other_store, mut other) = open(other_dir.path()).await;
         other_store.put("stale", b"gone".to_vec()).await.unwrap();
-        let bytes = snapshot.snapshot.get_ref().clone();
+        // openraft keeps only the meta of what it built: the bytes come from the file.
+        assert!(snapshot.snapshot.get_ref().is_empty());
+        let bytes = sm
+            .get_current_snapshot()
+            .await
+            .unwrap()
+            .unwrap()
+            .snapshot
+            .into_inner();
         other
             .install_snapshot(&snapshot.meta, Box::new(Cursor::new(bytes)))
             .await
@@ -484,7 +528,14 @@ mod tests {
             .build_snapshot()
             .await
             .unwrap();
-        let good = snapshot.snapshot.get_ref().clone();
+        let good = sm
+            .get_current_snapshot()
+            .await
+            .unwrap()
+            .unwrap()
+            .snapshot
+            .into_inner();
+        assert_eq!(snapshot_meta(&good).unwrap(), snapshot.meta);
 
         let target_dir = tempfile::tempdir().unwrap();
         let (target_store, mut target) = open(target_dir.path()).await;
@@ -532,5 +583,41 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    /// A node upgraded from a build that kept the current snapshot in the `raft_snapshot` tree
+    /// still has it; the next one it builds goes to the file and the tree's copy goes away.
+    #[tokio::test]
+    async fn a_snapshot_kept_in_the_tree_by_an_earlier_build_is_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, mut sm) = open(dir.path()).await;
+        sm.apply([membership_entry(1), put(2, "a", b"1")])
+            .await
+            .unwrap();
+        let old_meta = SnapshotMeta {
+            last_log_id: Some(log_id(2)),
+            snapshot_id: "1-2-old".into(),
+            ..Default::default()
+        };
+        let old =
+            crate::raft::snapshot::encode_snapshot(&old_meta, &[("a".to_string(), b"1".to_vec())]);
+        sm.snapshots.insert(SNAPSHOT_KEY, old.clone()).unwrap();
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta, old_meta);
+        assert_eq!(current.snapshot.into_inner(), old);
+
+        sm.apply([put(3, "b", b"2")]).await.unwrap();
+        let built = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        assert!(sm.snapshots.get(SNAPSHOT_KEY).unwrap().is_none());
+        assert!(dir.path().join(SNAPSHOT_FILE).exists());
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta, built.meta);
+        let (_, entries) = decode_snapshot(&current.snapshot.into_inner()).unwrap();
+        assert_eq!(entries, store.export().unwrap());
     }
 }
