@@ -441,6 +441,15 @@ mod tests {
         (store, sm)
     }
 
+    /// A state machine in `dir` with a membership (index 1) and `a` = 1 (index 2) applied.
+    async fn open_with_a(dir: &std::path::Path) -> (Arc<SledStore>, StateMachine) {
+        let (store, mut sm) = open(dir).await;
+        sm.apply([membership_entry(1), put(2, "a", b"1")])
+            .await
+            .unwrap();
+        (store, sm)
+    }
+
     #[tokio::test]
     async fn apply_snapshot_and_install_round_trip() {
         let dir = tempfile::tempdir().unwrap();
@@ -518,10 +527,7 @@ mod tests {
     #[tokio::test]
     async fn damaged_snapshot_is_refused_and_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let (_, mut sm) = open(dir.path()).await;
-        sm.apply([membership_entry(1), put(2, "a", b"1")])
-            .await
-            .unwrap();
+        let (_, mut sm) = open_with_a(dir.path()).await;
         let snapshot = sm
             .get_snapshot_builder()
             .await
@@ -590,10 +596,7 @@ mod tests {
     #[tokio::test]
     async fn a_snapshot_kept_in_the_tree_by_an_earlier_build_is_still_read() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, mut sm) = open(dir.path()).await;
-        sm.apply([membership_entry(1), put(2, "a", b"1")])
-            .await
-            .unwrap();
+        let (store, mut sm) = open_with_a(dir.path()).await;
         let old_meta = SnapshotMeta {
             last_log_id: Some(log_id(2)),
             snapshot_id: "1-2-old".into(),
