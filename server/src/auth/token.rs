@@ -532,7 +532,7 @@ impl TokenStore {
             id,
             policies: vec!["root".into()],
             display_name: "root".into(),
-            creation_time: (self.inner.clock)().timestamp(),
+            creation_time: self.now_ms() / 1000,
             path: "auth/token/root".into(),
             token_type: "service".into(),
             ..Default::default()
