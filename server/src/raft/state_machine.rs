@@ -57,12 +57,19 @@ pub const SNAPSHOT_FILE: &str = "keyhold-raft-snapshot.bin";
 pub struct StateMachine {
     store: Arc<SledStore>,
     snapshots: sled::Tree,
+    /// Held while the snapshot file is written: a build (openraft runs it on a task of its
+    /// own) and an install may write it at the same time, and they share its temp file.
+    file_lock: Arc<std::sync::Mutex<()>>,
 }
 
 impl StateMachine {
     pub fn open(store: Arc<SledStore>) -> Result<StateMachine, crate::physical::StorageError> {
         let snapshots = store.open_tree(SNAPSHOT_TREE)?;
-        Ok(StateMachine { store, snapshots })
+        Ok(StateMachine {
+            store,
+            snapshots,
+            file_lock: Arc::default(),
+        })
     }
 
     fn read_state(&self) -> Result<(Option<LogId>, StoredMembership), AnyError> {
@@ -104,7 +111,13 @@ impl StateMachine {
             )
             .await
             .map_err(|e| AnyError::new(&e))?;
-        persist_snapshot(self.store.path(), &self.snapshots, vec![bytes]).await
+        persist_snapshot(
+            self.store.path(),
+            &self.file_lock,
+            &self.snapshots,
+            vec![bytes],
+        )
+        .await
     }
 }
 
@@ -126,13 +139,17 @@ fn state_meta(
 
 /// Keeps `parts` (one after another: a snapshot) as the current snapshot in `dir`'s
 /// [`SNAPSHOT_FILE`], durable before returning, and drops an older version's copy in `tree`.
+/// One write at a time under `lock`.
 async fn persist_snapshot(
     dir: &Path,
+    lock: &Arc<std::sync::Mutex<()>>,
     tree: &sled::Tree,
     parts: Vec<Vec<u8>>,
 ) -> Result<(), AnyError> {
     let dir = dir.to_path_buf();
+    let lock = lock.clone();
     tokio::task::spawn_blocking(move || {
+        let _writing = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
         replace_file(&dir, SNAPSHOT_FILE, &parts)
     })
@@ -156,6 +173,7 @@ pub struct SnapshotBuilder {
     /// The data as a `state.bin` stream.
     state: Result<Vec<u8>, crate::physical::StorageError>,
     dir: PathBuf,
+    file_lock: Arc<std::sync::Mutex<()>>,
     snapshots: sled::Tree,
 }
 
@@ -164,9 +182,14 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let state = std::mem::replace(&mut self.state, Ok(Vec::new()))
             .map_err(|e| StorageIOError::read_state_machine(AnyError::new(&e)))?;
         let prefix = snapshot_prefix(&self.meta, &state);
-        persist_snapshot(&self.dir, &self.snapshots, vec![prefix, state])
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(Some(self.meta.signature()), e))?;
+        persist_snapshot(
+            &self.dir,
+            &self.file_lock,
+            &self.snapshots,
+            vec![prefix, state],
+        )
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(Some(self.meta.signature()), e))?;
         // openraft 0.9 keeps only the meta of a snapshot it had built; the file is the
         // snapshot, read back by `get_current_snapshot` when a follower needs it.
         Ok(Snapshot {
@@ -346,6 +369,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             },
             state: self.store.export_state(),
             dir: self.store.path().to_path_buf(),
+            file_lock: self.file_lock.clone(),
             snapshots: self.snapshots.clone(),
         }
     }
@@ -658,5 +682,32 @@ mod tests {
         sm.apply(entries()).await.unwrap();
         assert_eq!(store.export().unwrap(), after);
         assert_eq!(sm.applied_state().await.unwrap(), state);
+    }
+
+    /// Builds run on tasks of their own and may overlap (with each other, with an install):
+    /// the file they leave is always one whole snapshot.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn overlapping_snapshot_writes_leave_one_whole_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, mut sm) = open_with_a(dir.path()).await;
+        let mut builders = Vec::new();
+        for i in 0..4u64 {
+            // Megabytes each, so that unserialised writes of the one temp file would overlap.
+            let big = vec![b'x' + i as u8; 2 << 20];
+            sm.apply([put(3 + i, "logical/m/big", &big)]).await.unwrap();
+            builders.push(sm.get_snapshot_builder().await);
+        }
+        let builds: Vec<_> = builders
+            .into_iter()
+            .map(|mut b| tokio::spawn(async move { b.build_snapshot().await.unwrap().meta }))
+            .collect();
+        let mut metas = Vec::new();
+        for build in builds {
+            metas.push(build.await.unwrap());
+        }
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert!(metas.contains(&current.meta));
+        let (meta, _) = decode_snapshot(&current.snapshot.into_inner()).unwrap();
+        assert_eq!(meta, current.meta);
     }
 }
