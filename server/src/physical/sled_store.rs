@@ -172,13 +172,7 @@ impl SledStore {
             .scan_prefix(prefix.as_bytes())
             .map(|item| {
                 let (k, v) = item.map_err(|e| io_error("export", "", e))?;
-                let key = String::from_utf8(k.to_vec()).map_err(|_| {
-                    StorageError::Io(format!(
-                        "sled store at {}: a data key is not UTF-8",
-                        self.path.display()
-                    ))
-                })?;
-                Ok((key, v.to_vec()))
+                Ok((self.data_key(&k)?.to_string(), v.to_vec()))
             })
             .collect()
     }
@@ -190,15 +184,19 @@ impl SledStore {
         let mut state = Vec::new();
         for item in self.data.iter() {
             let (k, v) = item.map_err(|e| io_error("export", "", e))?;
-            let key = std::str::from_utf8(&k).map_err(|_| {
-                StorageError::Io(format!(
-                    "sled store at {}: a data key is not UTF-8",
-                    self.path.display()
-                ))
-            })?;
-            keyhold_client::snapshot::state::encode_entry(&mut state, key, &v);
+            keyhold_client::snapshot::state::encode_entry(&mut state, self.data_key(&k)?, &v);
         }
         Ok(state)
+    }
+
+    /// A data key as text (every key the server writes is).
+    fn data_key<'k>(&self, key: &'k [u8]) -> Result<&'k str, StorageError> {
+        std::str::from_utf8(key).map_err(|_| {
+            StorageError::Io(format!(
+                "sled store at {}: a data key is not UTF-8",
+                self.path.display()
+            ))
+        })
     }
 
     /// Atomically replaces the whole data tree with `entries` (snapshot

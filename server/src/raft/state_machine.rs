@@ -465,6 +465,16 @@ mod tests {
         (store, sm)
     }
 
+    /// The bytes of `sm`'s current snapshot (there must be one).
+    async fn current_bytes(sm: &mut StateMachine) -> Vec<u8> {
+        sm.get_current_snapshot()
+            .await
+            .unwrap()
+            .unwrap()
+            .snapshot
+            .into_inner()
+    }
+
     /// A state machine in `dir` with a membership (index 1) and `a` = 1 (index 2) applied.
     async fn open_with_a(dir: &std::path::Path) -> (Arc<SledStore>, StateMachine) {
         let (store, mut sm) = open(dir).await;
@@ -514,13 +524,7 @@ mod tests {
         other_store.put("stale", b"gone".to_vec()).await.unwrap();
         // openraft keeps only the meta of what it built: the bytes come from the file.
         assert!(snapshot.snapshot.get_ref().is_empty());
-        let bytes = sm
-            .get_current_snapshot()
-            .await
-            .unwrap()
-            .unwrap()
-            .snapshot
-            .into_inner();
+        let bytes = current_bytes(&mut sm).await;
         other
             .install_snapshot(&snapshot.meta, Box::new(Cursor::new(bytes)))
             .await
@@ -558,13 +562,7 @@ mod tests {
             .build_snapshot()
             .await
             .unwrap();
-        let good = sm
-            .get_current_snapshot()
-            .await
-            .unwrap()
-            .unwrap()
-            .snapshot
-            .into_inner();
+        let good = current_bytes(&mut sm).await;
         assert_eq!(snapshot_meta(&good).unwrap(), snapshot.meta);
 
         let target_dir = tempfile::tempdir().unwrap();
