@@ -208,6 +208,17 @@ fn write_record(dir: &Path, record: Record) -> std::io::Result<()> {
 /// a temp file (mode 0600), fsync, rename over `name`, fsync of the directory. After a crash the
 /// file is the old one or the new one, whole.
 pub(crate) fn replace_file(dir: &Path, name: &str, parts: &[&[u8]]) -> std::io::Result<()> {
+    replace_file_with(dir, name, |file| {
+        parts.iter().try_for_each(|part| file.write_all(part))
+    })
+}
+
+/// [`replace_file`] with what `write` writes to the temp file.
+pub(crate) fn replace_file_with(
+    dir: &Path,
+    name: &str,
+    write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let path = dir.join(name);
     let tmp: PathBuf = dir.join(format!("{name}.tmp"));
     let mut file = std::fs::OpenOptions::new()
@@ -216,9 +227,7 @@ pub(crate) fn replace_file(dir: &Path, name: &str, parts: &[&[u8]]) -> std::io::
         .truncate(true)
         .mode(0o600)
         .open(&tmp)?;
-    for part in parts {
-        file.write_all(part)?;
-    }
+    write(&mut file)?;
     file.sync_all()?;
     std::fs::rename(&tmp, &path)?;
     std::fs::File::open(dir)?.sync_all()

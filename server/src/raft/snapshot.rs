@@ -10,6 +10,8 @@
 //! entry before anything is installed: a truncated or altered snapshot is an
 //! error, never a partial state.
 
+use std::io::{Read, Write};
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -49,20 +51,105 @@ pub fn encode_snapshot(meta: &SnapshotMeta, entries: &[(String, Vec<u8>)]) -> Ve
     out
 }
 
+/// The length and SHA-256 of a `state.bin` stream: what a snapshot's header says of its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateSummary {
+    len: u64,
+    sha256: String,
+}
+
+impl StateSummary {
+    pub fn of(state: &[u8]) -> StateSummary {
+        StateSummary {
+            len: state.len() as u64,
+            sha256: hex::encode(Sha256::digest(state)),
+        }
+    }
+}
+
+/// Passes a `state.bin` stream through to `inner` and sums it up on the way, so a snapshot's
+/// header can be written without the state ever held whole in memory.
+pub struct StateWriter<W> {
+    inner: W,
+    sha256: Sha256,
+    len: u64,
+}
+
+impl<W: Write> StateWriter<W> {
+    pub fn new(inner: W) -> StateWriter<W> {
+        StateWriter {
+            inner,
+            sha256: Sha256::new(),
+            len: 0,
+        }
+    }
+
+    /// The writer underneath (not flushed) and the summary of everything written.
+    pub fn finish(self) -> (W, StateSummary) {
+        let summary = StateSummary {
+            len: self.len,
+            sha256: hex::encode(self.sha256.finalize()),
+        };
+        (self.inner, summary)
+    }
+}
+
+impl<W: Write> Write for StateWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.sha256.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// What comes before `state` (an encoded `state.bin`) in a snapshot of it with `meta`: the
 /// header's length and the header. The snapshot is this followed by `state`.
 pub fn snapshot_prefix(meta: &SnapshotMeta, state: &[u8]) -> Vec<u8> {
+    prefix_for(meta, &StateSummary::of(state))
+}
+
+/// [`snapshot_prefix`] for a state known by its summary.
+pub fn prefix_for(meta: &SnapshotMeta, state: &StateSummary) -> Vec<u8> {
     let header = Header {
         format: FORMAT,
         meta: meta.clone(),
-        state_len: state.len() as u64,
-        state_sha256: hex::encode(Sha256::digest(state)),
+        state_len: state.len,
+        state_sha256: state.sha256.clone(),
     };
     let header = serde_json::to_vec(&header).expect("a snapshot header always serializes");
     let mut out = Vec::with_capacity(4 + header.len());
     out.extend_from_slice(&(header.len() as u32).to_be_bytes());
     out.extend_from_slice(&header);
     out
+}
+
+/// The longest header [`read_meta`] reads: a header is a few hundred bytes per cluster member.
+const MAX_HEADER: usize = 1 << 20;
+
+/// The meta of the snapshot `input` starts with, read from its header alone.
+pub fn read_meta(input: &mut impl Read) -> Result<SnapshotMeta, SnapshotError> {
+    let mut len = [0u8; 4];
+    input
+        .read_exact(&mut len)
+        .map_err(|_| SnapshotError::Truncated("no header length"))?;
+    let header_len = u32::from_be_bytes(len) as usize;
+    if header_len > MAX_HEADER {
+        return Err(SnapshotError::Malformed(format!(
+            "a header of {header_len} bytes (at most {MAX_HEADER})"
+        )));
+    }
+    let mut bytes = Vec::with_capacity(4 + header_len);
+    bytes.extend_from_slice(&len);
+    bytes.resize(4 + header_len, 0);
+    input
+        .read_exact(&mut bytes[4..])
+        .map_err(|_| SnapshotError::Truncated("header"))?;
+    snapshot_meta(&bytes)
 }
 
 /// The meta of a snapshot, from its header alone (the state is neither decoded nor verified:
@@ -143,8 +230,24 @@ mod tests {
         let data = entries(&[("a", b"1"), ("b", b"2")]);
         let bytes = encode_snapshot(&meta, &data);
         assert_eq!(snapshot_meta(&bytes).unwrap(), meta);
-        assert_eq!(decode_snapshot(&bytes).unwrap(), (meta, data));
+        assert_eq!(
+            decode_snapshot(&bytes).unwrap(),
+            (meta.clone(), data.clone())
+        );
         assert!(snapshot_meta(&bytes[..3]).is_err());
+        assert_eq!(read_meta(&mut bytes.as_slice()).unwrap(), meta);
+        assert!(read_meta(&mut &bytes[..3]).is_err());
+        assert!(read_meta(&mut &bytes[..10]).is_err());
+
+        // A state written through a StateWriter gets the header the whole state gets.
+        let state = encode_state(&data);
+        let mut writer = StateWriter::new(Vec::new());
+        for chunk in state.chunks(3) {
+            writer.write_all(chunk).unwrap();
+        }
+        let (written, summary) = writer.finish();
+        assert_eq!(written, state);
+        assert_eq!(prefix_for(&meta, &summary), snapshot_prefix(&meta, &state));
 
         // Every truncation, including a cut exactly at an entry boundary, is refused.
         for cut in 0..bytes.len() {

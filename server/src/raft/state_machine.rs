@@ -18,28 +18,33 @@
 //! installs and restores are flushed too.
 //!
 //! Snapshots ([`super::snapshot`] format) are built from a consistent export
-//! taken between two applies (encoded straight into the `state.bin` stream,
-//! never held as entries), kept in the file [`SNAPSHOT_FILE`] beside sled's
+//! taken between two applies (encoded straight into a `state.bin` stream in a
+//! temp file beside sled's, [`STATE_TEMP_PREFIX`], never held in memory), kept
+//! in the file [`SNAPSHOT_FILE`] beside sled's
 //! (openraft asks for the current snapshot again after a restart), and
 //! installed atomically with `replace_all` plus the meta. The current snapshot
 //! is not kept in memory: its bytes (about a megabyte per thousand secrets) are
 //! read back from the file, meta from its header, when openraft asks for it
 //! (to send it to a follower, which is rare), instead of being held by every
-//! node for good. Building one holds the stream once: openraft 0.9 takes only
-//! the meta of a snapshot it had built (`sm::worker::build_snapshot`), so the
-//! builder hands it no second copy. Earlier builds kept the snapshot in the
+//! node for good. Building one holds none of it: openraft 0.9 takes only the
+//! meta of a snapshot it had built (`sm::worker::build_snapshot`), so the
+//! builder copies the staged state into the file after its header and hands
+//! openraft no copy. The file only moves forward: a build that finishes after
+//! a newer snapshot was written (an install, a later build) leaves the newer. Earlier builds kept the snapshot in the
 //! `raft_snapshot` tree: it is still read from there until a snapshot is
 //! written to the file, and then removed.
 
-use std::io::Cursor;
+use std::io::{Cursor, Seek as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use openraft::storage::RaftStateMachine;
 use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 
-use super::integrity::replace_file;
-use super::snapshot::{decode_snapshot, snapshot_meta, snapshot_prefix};
+use super::integrity::replace_file_with;
+use super::snapshot::{
+    decode_snapshot, prefix_for, read_meta, snapshot_meta, StateSummary, StateWriter,
+};
 use super::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -53,6 +58,9 @@ const SNAPSHOT_TREE: &str = "raft_snapshot";
 const SNAPSHOT_KEY: &str = "current";
 /// The current Raft snapshot, in the store's directory.
 pub const SNAPSHOT_FILE: &str = "keyhold-raft-snapshot.bin";
+/// A build's staged state, in the store's directory until the build is done (a crash leaves
+/// it behind; the next start removes it).
+pub const STATE_TEMP_PREFIX: &str = "keyhold-snapshot-state.";
 
 pub struct StateMachine {
     store: Arc<SledStore>,
@@ -65,6 +73,7 @@ pub struct StateMachine {
 impl StateMachine {
     pub fn open(store: Arc<SledStore>) -> Result<StateMachine, crate::physical::StorageError> {
         let snapshots = store.open_tree(SNAPSHOT_TREE)?;
+        remove_staged_states(store.path());
         Ok(StateMachine {
             store,
             snapshots,
@@ -115,7 +124,8 @@ impl StateMachine {
             self.store.path(),
             &self.file_lock,
             &self.snapshots,
-            vec![bytes],
+            meta.last_log_id,
+            move |file| file.write_all(&bytes),
         )
         .await
     }
@@ -137,21 +147,31 @@ fn state_meta(
     ])
 }
 
-/// Keeps `parts` (one after another: a snapshot) as the current snapshot in `dir`'s
-/// [`SNAPSHOT_FILE`], durable before returning, and drops an older version's copy in `tree`.
-/// One write at a time under `lock`.
+/// Keeps what `write` writes (a snapshot of everything up to `last_log_id`) as the current
+/// snapshot in `dir`'s [`SNAPSHOT_FILE`], durable before returning, unless the file already
+/// holds a later one; drops an older version's copy in `tree`. One write at a time under `lock`.
 async fn persist_snapshot(
     dir: &Path,
     lock: &Arc<std::sync::Mutex<()>>,
     tree: &sled::Tree,
-    parts: Vec<Vec<u8>>,
+    last_log_id: Option<LogId>,
+    write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()> + Send + 'static,
 ) -> Result<(), AnyError> {
     let dir = dir.to_path_buf();
     let lock = lock.clone();
     tokio::task::spawn_blocking(move || {
         let _writing = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
-        replace_file(&dir, SNAPSHOT_FILE, &parts)
+        if let Some(kept) = current_last_log_id(&dir) {
+            if kept > last_log_id {
+                tracing::debug!(
+                    kept = ?kept,
+                    built = ?last_log_id,
+                    "a later snapshot was written while this one was built; keeping it"
+                );
+                return Ok(());
+            }
+        }
+        replace_file_with(&dir, SNAPSHOT_FILE, write)
     })
     .await
     .map_err(|e| AnyError::error(format!("the snapshot write did not complete: {e}")))?
@@ -166,12 +186,62 @@ async fn persist_snapshot(
     Ok(())
 }
 
+/// The last log id of the snapshot in `dir`'s [`SNAPSHOT_FILE`]; `None` when there is none or
+/// its header cannot be read (a file this node cannot read is replaced).
+fn current_last_log_id(dir: &Path) -> Option<Option<LogId>> {
+    let mut file = std::fs::File::open(dir.join(SNAPSHOT_FILE)).ok()?;
+    read_meta(&mut std::io::BufReader::new(&mut file))
+        .ok()
+        .map(|meta| meta.last_log_id)
+}
+
+/// A build's `state.bin` stream, staged in a temp file (removed when dropped).
+struct StagedState {
+    file: tempfile::NamedTempFile,
+    summary: StateSummary,
+}
+
+/// Exports `store`'s data into a staged state file in its directory.
+fn stage_state(store: &SledStore) -> Result<StagedState, AnyError> {
+    let file = tempfile::Builder::new()
+        .prefix(STATE_TEMP_PREFIX)
+        .tempfile_in(store.path())
+        .map_err(|e| AnyError::new(&e).add_context(|| "create the snapshot's staging file"))?;
+    let mut out = StateWriter::new(std::io::BufWriter::with_capacity(1 << 16, file));
+    store
+        .export_state_to(&mut out)
+        .map_err(|e| AnyError::new(&e))?;
+    let (buffered, summary) = out.finish();
+    let file = buffered
+        .into_inner()
+        .map_err(|e| AnyError::new(e.error()).add_context(|| "write the snapshot's state"))?;
+    Ok(StagedState { file, summary })
+}
+
+/// Removes the staged states a crash left in `dir` (best effort: they only take space).
+fn remove_staged_states(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry
+            .file_name()
+            .to_str()
+            .is_some_and(|name| name.starts_with(STATE_TEMP_PREFIX))
+        {
+            if let Err(e) = std::fs::remove_file(entry.path()) {
+                tracing::warn!(file = %entry.path().display(), error = %e, "could not remove a snapshot build's leftover staging file");
+            }
+        }
+    }
+}
+
 /// Builds a snapshot from an export taken when the builder was created
 /// (between two applies, so data and last-applied agree).
 pub struct SnapshotBuilder {
     meta: SnapshotMeta,
-    /// The data as a `state.bin` stream.
-    state: Result<Vec<u8>, crate::physical::StorageError>,
+    /// The data as a `state.bin` stream (taken by the first build).
+    state: Option<Result<StagedState, AnyError>>,
     dir: PathBuf,
     file_lock: Arc<std::sync::Mutex<()>>,
     snapshots: sled::Tree,
@@ -179,17 +249,27 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let state = std::mem::replace(&mut self.state, Ok(Vec::new()))
-            .map_err(|e| StorageIOError::read_state_machine(AnyError::new(&e)))?;
-        let prefix = snapshot_prefix(&self.meta, &state);
+        let signature = self.meta.signature();
+        let StagedState { mut file, summary } = self
+            .state
+            .take()
+            .unwrap_or_else(|| Err(AnyError::error("this builder has built its snapshot")))
+            .map_err(StorageIOError::read_state_machine)?;
+        let prefix = prefix_for(&self.meta, &summary);
         persist_snapshot(
             &self.dir,
             &self.file_lock,
             &self.snapshots,
-            vec![prefix, state],
+            self.meta.last_log_id,
+            move |out| {
+                out.write_all(&prefix)?;
+                let staged = file.as_file_mut();
+                staged.rewind()?;
+                std::io::copy(staged, out).map(|_| ())
+            },
         )
         .await
-        .map_err(|e| StorageIOError::write_snapshot(Some(self.meta.signature()), e))?;
+        .map_err(|e| StorageIOError::write_snapshot(Some(signature), e))?;
         // openraft 0.9 keeps only the meta of a snapshot it had built; the file is the
         // snapshot, read back by `get_current_snapshot` when a follower needs it.
         Ok(Snapshot {
@@ -367,7 +447,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 last_membership: membership,
                 snapshot_id,
             },
-            state: self.store.export_state(),
+            state: Some(stage_state(&self.store)),
             dir: self.store.path().to_path_buf(),
             file_lock: self.file_lock.clone(),
             snapshots: self.snapshots.clone(),
@@ -703,9 +783,74 @@ mod tests {
         for build in builds {
             metas.push(build.await.unwrap());
         }
+        // Whichever finished last, the file holds the latest of them, whole.
         let current = sm.get_current_snapshot().await.unwrap().unwrap();
-        assert!(metas.contains(&current.meta));
+        let latest = metas.iter().max_by_key(|m| m.last_log_id).unwrap();
+        assert_eq!(&current.meta, latest);
         let (meta, _) = decode_snapshot(&current.snapshot.into_inner()).unwrap();
         assert_eq!(meta, current.meta);
+    }
+
+    /// A build that was started before a newer snapshot was installed and finishes after it
+    /// leaves the installed one in place; the build's staging file is gone either way.
+    #[tokio::test]
+    async fn a_build_finishing_after_a_newer_install_keeps_the_newer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, mut sm) = open_with_a(dir.path()).await;
+        let mut stale = sm.get_snapshot_builder().await;
+        assert_eq!(staged_files(dir.path()), 1);
+
+        // A newer snapshot, from another node's state machine.
+        let other_dir = tempfile::tempdir().unwrap();
+        let (_, mut other) = open_with_a(other_dir.path()).await;
+        other.apply([put(3, "b", b"2")]).await.unwrap();
+        let newer = other
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let bytes = current_bytes(&mut other).await;
+        sm.install_snapshot(&newer.meta, Box::new(Cursor::new(bytes)))
+            .await
+            .unwrap();
+
+        let built = stale.build_snapshot().await.unwrap();
+        assert_eq!(built.meta.last_log_id, Some(log_id(2)));
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta, newer.meta);
+        assert_eq!(staged_files(dir.path()), 0);
+        // A builder builds once.
+        assert!(stale.build_snapshot().await.is_err());
+    }
+
+    /// A staging file a crash left behind is removed when the store opens again.
+    #[tokio::test]
+    async fn a_staging_file_left_by_a_crash_is_removed_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, mut sm) = open_with_a(dir.path()).await;
+        let mut builder = sm.get_snapshot_builder().await;
+        // What a crash mid-build leaves: the staging file, never removed.
+        let staged = builder.state.take().unwrap().unwrap();
+        staged.file.keep().unwrap();
+        drop(builder);
+        assert_eq!(staged_files(dir.path()), 1);
+        drop((sm, store));
+        let (_, _sm) = open(dir.path()).await;
+        assert_eq!(staged_files(dir.path()), 0);
+    }
+
+    fn staged_files(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_str()
+                    .unwrap()
+                    .starts_with(STATE_TEMP_PREFIX)
+            })
+            .count()
     }
 }
