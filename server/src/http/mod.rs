@@ -148,8 +148,8 @@ enum BodyError {
 
 /// Reads a body of at most `limit` bytes, counting JSON structure as it arrives when `json` is
 /// given, so a body past a JSON limit is refused before the rest is buffered. After a refusal
-/// the remainder is read and dropped (still bounded by `limit`), so the client gets its answer
-/// instead of a reset connection.
+/// the remainder is read and dropped (still bounded by `limit`), and past `limit` by
+/// [`linger`], so the client gets its answer instead of a reset connection.
 async fn read_body(
     body: Body,
     limit: usize,
@@ -168,6 +168,7 @@ async fn read_body(
         };
         seen = seen.saturating_add(chunk.len());
         if seen > limit {
+            linger(body, limit);
             return Err(refusal.unwrap_or(BodyError::TooLarge));
         }
         if refusal.is_some() {
@@ -186,19 +187,54 @@ async fn read_body(
     }
 }
 
-/// Reads and drops a body the server will not use, up to `limit` bytes.
+/// Reads and drops a body the server will not use, up to `limit` bytes, and past it by
+/// [`linger`].
 async fn discard_body(body: Body, limit: usize) {
-    use http_body_util::BodyExt;
     let mut body = body;
+    if drain(&mut body, limit).await == Drained::Cut {
+        linger(body, limit);
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Drained {
+    /// The body ended (or its connection failed).
+    Ended,
+    /// More than the bytes allowed arrived.
+    Cut,
+}
+
+/// Reads and drops `body` until it ends or more than `bytes` arrived.
+async fn drain(body: &mut Body, bytes: usize) -> Drained {
+    use http_body_util::BodyExt;
     let mut seen = 0usize;
     while let Some(Ok(frame)) = body.frame().await {
         if let Ok(chunk) = frame.into_data() {
             seen = seen.saturating_add(chunk.len());
-            if seen > limit {
-                return;
+            if seen > bytes {
+                return Drained::Cut;
             }
         }
     }
+    Drained::Ended
+}
+
+/// How much more of a refused body [`linger`] reads at least (past the listener's limit).
+const LINGER_BYTES: usize = 64 << 20;
+/// How long [`linger`] reads at most.
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Reads and drops the rest of a body refused for its size, beside the answer, for at most
+/// [`LINGER_TIME`] and `max(limit, LINGER_BYTES)` more bytes. A client that sends its whole
+/// body before reading (Python's requests, most HTTP/1.1 clients without `Expect:
+/// 100-continue`) otherwise writes into a closed connection and sees a reset instead of the
+/// 413 (over TLS always; over plain TCP when the kernel's buffers fill). Nothing is kept, and
+/// past either bound the connection is closed as before, so a stranger gains no more than a
+/// bounded read per request.
+fn linger(mut body: Body, limit: usize) {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(LINGER_TIME, drain(&mut body, limit.max(LINGER_BYTES))).await;
+    });
 }
 
 /// Who sent a request, and how it reached this node.
