@@ -245,6 +245,67 @@ async fn three_nodes_replicate_fail_over_and_catch_up() {
     }
 }
 
+/// With five voters the successor needs a third vote, which a follower refuses while its
+/// lease on the old leader runs: the hand-over lets the leases lapse before the successor
+/// stands, so one election moves leadership (it took three to six, the old leader standing
+/// again in between, before), and the node that handed over does not lead again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_voters_hand_over_in_one_election() {
+    let tls = ClusterTls::generate().unwrap();
+    let dirs: Vec<tempfile::TempDir> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let addr: SocketAddr = format!("127.0.0.{}:0", i + 2).parse().unwrap();
+        nodes.push(start(&format!("node-{}", i + 1), dir.path(), addr, &tls).await);
+    }
+    let all: Vec<&TestNode> = nodes.iter().collect();
+    let first = all[0];
+    first.node.bootstrap().await.unwrap();
+    wait_for("node-1 to lead", || first.node.is_leader()).await;
+    for other in &all[1..] {
+        first
+            .node
+            .add_learner(other.node.node().clone())
+            .await
+            .unwrap();
+        first.node.promote(&other.name).await.unwrap();
+    }
+    let backend = first.node.backend();
+    for i in 0..20 {
+        backend.transaction(batch(i)).await.unwrap();
+    }
+    wait_for("all five to agree on the leader", || {
+        leader_of(&all).is_some()
+    })
+    .await;
+
+    let term = |n: &TestNode| n.node.raft().metrics().borrow().current_term;
+    let before = term(first);
+    first.node.transfer_leadership().await.unwrap();
+    wait_for("a leader other than node-1", || {
+        leader_of(&all).is_some_and(|l| l != "node-1")
+    })
+    .await;
+    let leader = by_name(&all, &leader_of(&all).unwrap());
+    assert_eq!(
+        term(leader),
+        before + 1,
+        "leadership moved in one election (term {before} to {})",
+        term(leader)
+    );
+    leader.node.backend().transaction(batch(20)).await.unwrap();
+    for n in &all {
+        wait_for(&format!("{} to have 21 batches", n.name), || {
+            has_batches(&n.store, 21)
+        })
+        .await;
+    }
+    assert!(!first.node.is_leader());
+    for n in all {
+        n.node.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_node_enforces_max_entry_size_and_survives_restart() {
     let tls = ClusterTls::generate().unwrap();

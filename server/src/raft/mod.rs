@@ -564,7 +564,9 @@ impl RaftNode {
     /// only once their lease of `election_timeout_max` has lapsed). So: stop
     /// accepting writes here, wait for a voter to match the leader's last log
     /// index, ask it to elect (`/v1/cluster/raft/elect`), and wait for
-    /// another leader; retried until a bounded deadline.
+    /// another leader; retried until a bounded deadline, but only while this
+    /// node still leads: once it has granted a higher term an election is
+    /// under way, and asking again would depose its winner.
     ///
     /// When the whole cluster is being stopped there is nobody to take over:
     /// every other voter's last RPC failed since the hand-over began (stopped
@@ -641,10 +643,34 @@ impl RaftNode {
         let probe_until = started + t.election_timeout_max;
         let poll = Duration::from_millis(10);
         let _ = self.shared.raft.trigger().heartbeat().await;
+        // This node must not stand again once it has stepped down: a leader that granted the
+        // target's term and then lost its own leader (the target short of votes) stood itself
+        // and won back, and asked the target again (a rolling upgrade of 5 nodes under load).
+        let _restore = RestoreTimers::stop_elections(&self.shared.raft);
+        let mut stepped_down: Option<Instant> = None;
         while Instant::now() < deadline {
             let m = self.shared.raft.metrics().borrow().clone();
             if m.current_leader.is_some() && m.current_leader != Some(self.id) {
                 return Ok(());
+            }
+            if m.state != ServerState::Leader {
+                // A voter stood for election (the one asked, or another whose timer ran out)
+                // and this node granted it a higher term: the election is under way. Asking
+                // the target to stand again would depose whoever wins it (a rolling upgrade
+                // under load saw two voters take turns this way for six seconds). Wait for a
+                // leader to show, and past a bound leave the others to finish electing.
+                if stepped_down.is_none() {
+                    tracing::info!(state = ?m.state, term = m.current_term, "leadership transfer: stepped down for an election");
+                }
+                let since = *stepped_down.get_or_insert_with(Instant::now);
+                if since.elapsed() >= t.election_timeout_max * 2 {
+                    tracing::info!(
+                        "stepped down for an election; stopping before its winner was heard from"
+                    );
+                    return Ok(());
+                }
+                tokio::time::sleep(poll).await;
+                continue;
             }
             let membership = m.membership_config.membership();
             let others: Vec<NodeId> = membership.voter_ids().filter(|v| *v != self.id).collect();
@@ -735,6 +761,18 @@ impl RaftNode {
                 tokio::time::sleep(lease - since_elected).await;
                 continue;
             }
+            // With more than 3 voters the target needs a vote beyond its own and this node's,
+            // and a follower refuses one while its lease on this leader runs (openraft's
+            // leader lease: `election_timeout_max` since it last heard from it). Fall silent
+            // and let the leases lapse first, so the target wins at once instead of failing
+            // while the followers' own timers run out and they stand against it. The quiet is
+            // shorter than any follower's timer (`election_timeout_max` plus at least
+            // `election_timeout_min` of silence).
+            if membership.voter_ids().count() > 3 {
+                self.shared.raft.runtime_config().heartbeat(false);
+                tokio::time::sleep(t.election_timeout_max + t.election_timeout_min / 4).await;
+            }
+            tracing::info!(target = %target, term = m.current_term, "leadership transfer: asking a caught-up voter to stand for election");
             if let Err(e) = self
                 .client
                 .post::<()>(
@@ -809,6 +847,25 @@ const LEASE_MARGIN: Duration = Duration::from_millis(50);
 
 fn raft_error(e: impl std::fmt::Display) -> ClusterError {
     ClusterError::Raft(e.to_string())
+}
+
+/// Stops a node's own elections (and, when asked, its heartbeats) for a leadership
+/// hand-over, and turns both back on when dropped (a step-down leaves the node running).
+struct RestoreTimers<'a>(&'a types::Raft);
+
+impl<'a> RestoreTimers<'a> {
+    fn stop_elections(raft: &'a types::Raft) -> RestoreTimers<'a> {
+        raft.runtime_config().elect(false);
+        RestoreTimers(raft)
+    }
+}
+
+impl Drop for RestoreTimers<'_> {
+    fn drop(&mut self) {
+        let timers = self.0.runtime_config();
+        timers.heartbeat(true);
+        timers.elect(true);
+    }
 }
 
 /// `POST /v1/cluster/raft/version` on `target`'s cluster port, bounded by `timeout`.
