@@ -17,8 +17,53 @@ const SUMS_SEAL_PATH: &str = "core/raft/snapshot-sums";
 /// Staged chunk size: well under the default `max_entry_size` (1 MiB).
 const CHUNK: usize = 256 * 1024;
 
+/// Staged chunks proposed at once: enough for the proposer to put several in an entry with
+/// `max_entry_size` at its default, and to keep two entries in Raft.
+const CHUNKS_IN_FLIGHT: usize = 6;
+
+/// Waits for one staged chunk's write. A failure leaves the staged chunks to the next restore's
+/// clean-up: nothing is committed without the commit entry.
+async fn join_staged(
+    staging: &mut tokio::task::JoinSet<std::result::Result<(), crate::physical::StorageError>>,
+) -> Result<()> {
+    match staging.join_next().await {
+        Some(Ok(written)) => Ok(written?),
+        Some(Err(e)) => Err(Error::internal(format!("staging the snapshot: {e}"))),
+        None => Ok(()),
+    }
+}
+
 fn is_restore_bookkeeping(key: &str) -> bool {
     key.starts_with(RESTORE_STAGING_PREFIX) || key == RESTORE_COMMIT_KEY
+}
+
+/// `state` (a `state.bin` stream) without a restore's bookkeeping entries, and how many
+/// entries it keeps. Unchanged, not copied, when it holds none (the usual case).
+fn without_bookkeeping(state: Vec<u8>) -> Result<(Vec<u8>, usize)> {
+    use crate::client::snapshot::state::{decode_entry, encode_entry, next_message};
+    let damaged = |e: String| Error::internal(format!("the Raft snapshot's state: {e}"));
+    let (mut kept, mut dropped) = (0usize, false);
+    let mut input = state.as_slice();
+    while let Some(message) = next_message(&mut input).map_err(|e| damaged(e.to_string()))? {
+        let (key, _) = decode_entry(&message).map_err(|e| damaged(e.to_string()))?;
+        if is_restore_bookkeeping(&key) {
+            dropped = true;
+        } else {
+            kept += 1;
+        }
+    }
+    if !dropped {
+        return Ok((state, kept));
+    }
+    let mut out = Vec::with_capacity(state.len());
+    let mut input = state.as_slice();
+    while let Some(message) = next_message(&mut input).map_err(|e| damaged(e.to_string()))? {
+        let (key, value) = decode_entry(&message).map_err(|e| damaged(e.to_string()))?;
+        if !is_restore_bookkeeping(&key) {
+            encode_entry(&mut out, &key, &value);
+        }
+    }
+    Ok((out, kept))
 }
 
 impl Core {
@@ -34,33 +79,32 @@ impl Core {
                 Error::internal("timed out waiting for the log to be applied before the snapshot")
             })?
             .map_err(|e| Error::internal(format!("not the leader any more: {e}")))?;
-        let status = node.status().await;
-        let entries: Vec<(String, Vec<u8>)> = ha
-            .store()
-            .export()?
-            .into_iter()
-            .filter(|(k, _)| !is_restore_bookkeeping(k))
-            .collect();
-        let state = archive::encode_state(&entries);
-        let index = status.applied_index.unwrap_or(0);
+        let applied = node.status().await.applied_index.unwrap_or(0);
+        // The Raft snapshot is the data between two applies: a point in time, as Vault's
+        // (a read of the live store while writes apply could pair one key's old value with
+        // another's new one).
+        let (snapshot, state) = node
+            .snapshot_state_since(applied, Duration::from_secs(120))
+            .await
+            .map_err(|e| Error::internal(format!("take the snapshot: {e}")))?;
+        let (state, keys) = without_bookkeeping(state)?;
+        let (index, term) = snapshot
+            .last_log_id
+            .map_or((0, 0), |l| (l.index, l.leader_id.term));
+        let membership = snapshot.last_membership.membership();
+        let voters: std::collections::BTreeSet<_> = membership.voter_ids().collect();
         let meta = ArchiveMeta {
             version: 1,
-            id: format!(
-                "{}-{}-{}",
-                status.term,
-                index,
-                chrono::Utc::now().timestamp_millis()
-            ),
+            id: format!("{term}-{index}-{}", chrono::Utc::now().timestamp_millis()),
             index,
-            term: status.term,
+            term,
             configuration: Configuration {
-                servers: node
-                    .membership()
-                    .into_iter()
-                    .map(|(m, voter)| Server {
-                        suffrage: if voter { 0 } else { 1 },
-                        id: m.name,
-                        address: m.cluster_addr,
+                servers: membership
+                    .nodes()
+                    .map(|(id, m)| Server {
+                        suffrage: if voters.contains(id) { 0 } else { 1 },
+                        id: m.name.clone(),
+                        address: m.cluster_addr.clone(),
                     })
                     .collect(),
             },
@@ -74,12 +118,7 @@ impl Core {
                 .map_err(|e| e.to_string())
         })
         .map_err(|e| Error::internal(format!("build the snapshot archive: {e}")))?;
-        tracing::info!(
-            index,
-            keys = entries.len(),
-            bytes = bytes.len(),
-            "snapshot taken"
-        );
+        tracing::info!(index, keys, bytes = bytes.len(), "snapshot taken");
         Ok(bytes)
     }
 
@@ -115,13 +154,23 @@ impl Core {
         }
         let physical = self.barrier.physical().clone();
         let id = uuid::Uuid::new_v4().simple().to_string();
+        // Several chunks in Raft at once, so the proposer fills its entries and keeps its
+        // pipeline busy (one at a time, each waited a whole Raft round trip); their order in
+        // the log does not matter, the keys are numbered.
+        let mut staging = tokio::task::JoinSet::new();
         for (n, chunk) in archive.state.chunks(CHUNK).enumerate() {
-            physical
-                .put(
-                    &format!("{RESTORE_STAGING_PREFIX}{id}/{n:08}"),
-                    chunk.to_vec(),
-                )
-                .await?;
+            if staging.len() >= CHUNKS_IN_FLIGHT {
+                join_staged(&mut staging).await?;
+            }
+            let (physical, key) = (
+                physical.clone(),
+                format!("{RESTORE_STAGING_PREFIX}{id}/{n:08}"),
+            );
+            let chunk = chunk.to_vec();
+            staging.spawn(async move { physical.put(&key, chunk).await });
+        }
+        while !staging.is_empty() {
+            join_staged(&mut staging).await?;
         }
         physical
             .put(RESTORE_COMMIT_KEY, id.clone().into_bytes())
@@ -137,5 +186,42 @@ impl Core {
             self.seal_internal().await;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::snapshot::state::{decode_state, encode_state};
+
+    fn entries(keys: &[&str]) -> Vec<(String, Vec<u8>)> {
+        keys.iter()
+            .map(|k| (k.to_string(), format!("value of {k}").into_bytes()))
+            .collect()
+    }
+
+    #[test]
+    fn a_saved_state_leaves_out_only_a_restores_bookkeeping() {
+        let plain = encode_state(&entries(&["core/keyring", "logical/a/x"]));
+        let (kept, count) = without_bookkeeping(plain.clone()).unwrap();
+        assert_eq!((kept, count), (plain, 2));
+
+        let staged = format!("{RESTORE_STAGING_PREFIX}0123/00000000");
+        let mixed = encode_state(&entries(&[
+            "core/keyring",
+            &staged,
+            RESTORE_COMMIT_KEY,
+            "logical/a/x",
+        ]));
+        let (kept, count) = without_bookkeeping(mixed).unwrap();
+        assert_eq!(count, 2);
+        assert_eq!(
+            decode_state(&kept).unwrap(),
+            entries(&["core/keyring", "logical/a/x"])
+        );
+
+        let mut cut = encode_state(&entries(&["core/keyring"]));
+        cut.pop();
+        assert!(without_bookkeeping(cut).is_err());
     }
 }

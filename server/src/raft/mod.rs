@@ -805,6 +805,50 @@ impl RaftNode {
         ))
     }
 
+    /// The state machine's data at log index `index` or later, as a point in time: the meta
+    /// and `state.bin` of the Raft snapshot, which is built between two applies. A build is
+    /// triggered when the current snapshot is older (waited for up to `timeout`); the file is
+    /// verified (length, digest) before its state is returned.
+    pub async fn snapshot_state_since(
+        &self,
+        index: u64,
+        timeout: Duration,
+    ) -> Result<(types::SnapshotMeta, Vec<u8>), ClusterError> {
+        let deadline = Instant::now() + timeout;
+        let mut metrics = self.shared.raft.metrics();
+        loop {
+            let built = metrics.borrow().snapshot;
+            if built.is_some_and(|l| l.index >= index) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(ClusterError::Timeout(format!(
+                    "waiting for a Raft snapshot at index {index} (the last one is at {})",
+                    built.map_or("none".to_string(), |l| l.index.to_string())
+                )));
+            }
+            // Ignored while a build runs; asked again when it ends short of `index`.
+            let _ = self.shared.raft.trigger().snapshot().await;
+            let _ = tokio::time::timeout(Duration::from_millis(100), metrics.changed()).await;
+        }
+        let path = self.shared.store.path().join(state_machine::SNAPSHOT_FILE);
+        let read = path.clone();
+        let mut bytes = tokio::task::spawn_blocking(move || std::fs::read(read))
+            .await
+            .map_err(|e| ClusterError::Io(format!("reading {}: {e}", path.display())))?
+            .map_err(|e| ClusterError::Io(format!("reading {}: {e}", path.display())))?;
+        let (meta, state_at) = snapshot::verify_snapshot(&bytes)
+            .map_err(|e| ClusterError::Io(format!("{}: {e}", path.display())))?;
+        if meta.last_log_id.map_or(0, |l| l.index) < index {
+            return Err(ClusterError::Io(format!(
+                "{} holds the snapshot at {meta}, older than index {index}",
+                path.display()
+            )));
+        }
+        bytes.drain(..state_at);
+        Ok((meta, bytes))
+    }
+
     /// Stops the cluster listener and Raft on this node (call
     /// [`RaftNode::transfer_leadership`] first on a graceful shutdown).
     pub async fn shutdown(&self) {

@@ -183,6 +183,13 @@ fn read_header(bytes: &[u8]) -> Result<(Header, usize), SnapshotError> {
 
 /// Decodes and verifies a whole snapshot: its meta and every entry.
 pub fn decode_snapshot(bytes: &[u8]) -> Result<(SnapshotMeta, Entries), SnapshotError> {
+    let (meta, state_at) = verify_snapshot(bytes)?;
+    Ok((meta, decode_state(&bytes[state_at..])?))
+}
+
+/// Verifies a snapshot's header, length and digest (not its entries): its meta and where its
+/// `state.bin` begins.
+pub fn verify_snapshot(bytes: &[u8]) -> Result<(SnapshotMeta, usize), SnapshotError> {
     let (header, state_at) = read_header(bytes)?;
     let state = &bytes[state_at..];
     if (state.len() as u64) < header.state_len {
@@ -198,7 +205,7 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<(SnapshotMeta, Entries), Snapshot
     if hex::encode(Sha256::digest(state)) != header.state_sha256 {
         return Err(SnapshotError::Digest);
     }
-    Ok((header.meta, decode_state(state)?))
+    Ok((header.meta, state_at))
 }
 
 impl From<StateError> for SnapshotError {

@@ -328,7 +328,12 @@ impl StateMachine {
         let prefix = format!("{RESTORE_STAGING_PREFIX}{id}/");
         // Sorted by key, so the chunks in order.
         let staged = self.store.export_prefix(&prefix)?;
-        let state: Vec<u8> = staged.iter().flat_map(|(_, v)| v.iter().copied()).collect();
+        let mut state = Vec::with_capacity(staged.iter().map(|(_, v)| v.len()).sum());
+        let mut keys = Vec::with_capacity(staged.len());
+        for (key, chunk) in staged {
+            state.extend_from_slice(&chunk);
+            keys.push(key);
+        }
         match crate::raft::snapshot::decode_state(&state) {
             Ok(entries) => {
                 tracing::info!(
@@ -336,13 +341,14 @@ impl StateMachine {
                     keys = entries.len(),
                     "restoring a snapshot into the state machine"
                 );
+                drop(state);
                 self.store.replace_all_with_meta(entries, meta).await
             }
             Err(e) => {
                 tracing::error!(restore = id, error = %e, "a staged snapshot did not decode; the data is unchanged");
-                let deletes = staged
+                let deletes = keys
                     .into_iter()
-                    .map(|(key, _)| TxnOp::Delete { key })
+                    .map(|key| TxnOp::Delete { key })
                     .chain([TxnOp::Delete {
                         key: RESTORE_COMMIT_KEY.into(),
                     }])

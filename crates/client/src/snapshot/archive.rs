@@ -90,7 +90,12 @@ pub fn write(
     let meta_json = serde_json::to_vec_pretty(meta).map_err(|e| e.to_string())?;
     let sums = sums(&meta_json, state);
     let sealed = seal(&sums)?;
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::none());
+    // Sized up front: the state is most of the archive, and growing by doubling would hold
+    // up to twice its size (stored deflate blocks add 5 bytes per 64 KiB, tar 512 per file).
+    let capacity =
+        state.len() + state.len() / 8192 + meta_json.len() + sums.len() + sealed.len() + (16 << 10);
+    let gz =
+        flate2::write::GzEncoder::new(Vec::with_capacity(capacity), flate2::Compression::none());
     let mut tar = tar::Builder::new(gz);
     let mtime = chrono::Utc::now().timestamp().max(0) as u64;
     for (name, body) in [
@@ -127,7 +132,10 @@ pub fn read(bytes: &[u8]) -> Result<Archive, ArchiveError> {
             .map_err(|e| ArchiveError::Format(e.to_string()))?
             .to_string_lossy()
             .into_owned();
-        let mut body = Vec::new();
+        // The header's size, bounded by what the archive holds, so a forged size reserves
+        // nothing beyond it.
+        let size = usize::try_from(entry.header().size().unwrap_or(0)).unwrap_or(0);
+        let mut body = Vec::with_capacity(size.min(bytes.len()));
         entry
             .read_to_end(&mut body)
             .map_err(|e| ArchiveError::Format(e.to_string()))?;
