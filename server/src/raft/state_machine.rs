@@ -42,9 +42,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 
 use super::integrity::replace_file_with;
-use super::snapshot::{
-    decode_snapshot, prefix_for, read_meta, snapshot_meta, StateSummary, StateWriter,
-};
+use super::snapshot::{decode_snapshot, prefix_for, read_meta, snapshot_meta, StateWriter};
 use super::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -198,7 +196,6 @@ fn current_last_log_id(dir: &Path) -> Option<Option<LogId>> {
 /// A build's `state.bin` stream, staged in a temp file (removed when dropped).
 struct StagedState {
     file: tempfile::NamedTempFile,
-    summary: StateSummary,
 }
 
 /// Exports `store`'s data into a staged state file in its directory.
@@ -207,15 +204,16 @@ fn stage_state(store: &SledStore) -> Result<StagedState, AnyError> {
         .prefix(STATE_TEMP_PREFIX)
         .tempfile_in(store.path())
         .map_err(|e| AnyError::new(&e).add_context(|| "create the snapshot's staging file"))?;
-    let mut out = StateWriter::new(std::io::BufWriter::with_capacity(1 << 16, file));
+    // Only written here, between two applies: its digest is taken by the build, on a task of
+    // its own, so applies wait for the export alone.
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, file);
     store
         .export_state_to(&mut out)
         .map_err(|e| AnyError::new(&e))?;
-    let (buffered, summary) = out.finish();
-    let file = buffered
+    let file = out
         .into_inner()
         .map_err(|e| AnyError::new(e.error()).add_context(|| "write the snapshot's state"))?;
-    Ok(StagedState { file, summary })
+    Ok(StagedState { file })
 }
 
 /// Removes the staged states a crash left in `dir` (best effort: they only take space).
@@ -250,20 +248,26 @@ pub struct SnapshotBuilder {
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let signature = self.meta.signature();
-        let StagedState { mut file, summary } = self
+        let StagedState { mut file } = self
             .state
             .take()
             .unwrap_or_else(|| Err(AnyError::error("this builder has built its snapshot")))
             .map_err(StorageIOError::read_state_machine)?;
-        let prefix = prefix_for(&self.meta, &summary);
+        let meta = self.meta.clone();
         persist_snapshot(
             &self.dir,
             &self.file_lock,
             &self.snapshots,
             self.meta.last_log_id,
             move |out| {
-                out.write_all(&prefix)?;
+                // Two reads of the staged state (in the page cache): its digest for the
+                // header, then the copy after it.
                 let staged = file.as_file_mut();
+                staged.rewind()?;
+                let mut summing = StateWriter::new(std::io::sink());
+                std::io::copy(staged, &mut summing)?;
+                let (_, summary) = summing.finish();
+                out.write_all(&prefix_for(&meta, &summary))?;
                 staged.rewind()?;
                 std::io::copy(staged, out).map(|_| ())
             },
