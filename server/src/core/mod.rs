@@ -250,6 +250,8 @@ pub struct Core {
     migration: std::sync::Mutex<Option<sealing::MigrationKeys>>,
     /// Serialises init, unseal, seal, rekey.
     lifecycle: Mutex<()>,
+    /// Held while a snapshot restore runs here (`snapshot.rs`: one at a time).
+    restoring: Mutex<()>,
     unseal_keys: std::sync::Mutex<KeyCollector>,
     root_ops: root_ops::RootOps,
     pub telemetry: crate::metrics::Telemetry,
@@ -305,6 +307,7 @@ impl Core {
             storage,
             state: RwLock::new(None),
             lifecycle: Mutex::new(()),
+            restoring: Mutex::new(()),
             unseal_keys: std::sync::Mutex::new(KeyCollector::new()),
             root_ops: root_ops::RootOps::default(),
             telemetry,

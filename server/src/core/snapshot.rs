@@ -133,6 +133,15 @@ impl Core {
                 "no snapshot in the request body: send the archive as the raw body",
             ));
         }
+        // One restore at a time: a second one's commit would swap out the first one's staged
+        // chunks with the old data (a client retrying a restore it gave up waiting for).
+        let _restoring = self.restoring.try_lock().map_err(|_| {
+            Error::invalid(
+                "a snapshot restore is already running on this node: wait for it to finish \
+                 (its request answers when the data is replaced), then check the data before \
+                 restoring again",
+            )
+        })?;
         let archive = archive::read(bytes).map_err(|e| Error::invalid(e.to_string()))?;
         if !force {
             let ours = matches!(self.barrier.open_value(SUMS_SEAL_PATH, &archive.sealed_sums), Ok(sums) if sums.as_slice() == archive.sums.as_slice());

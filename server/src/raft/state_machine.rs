@@ -338,8 +338,13 @@ impl StateMachine {
             state.extend_from_slice(&chunk);
             keys.push(key);
         }
+        if keys.is_empty() {
+            // Another restore committed first and took every staged chunk with the old data.
+            // Decoding nothing would replace the data with nothing.
+            tracing::error!(restore = id, "a restore's commit found none of its staged chunks (another restore committed first); the data is unchanged");
+        }
         match crate::raft::snapshot::decode_state(&state) {
-            Ok(entries) => {
+            Ok(entries) if !keys.is_empty() => {
                 tracing::info!(
                     restore = id,
                     keys = entries.len(),
@@ -348,8 +353,10 @@ impl StateMachine {
                 drop(state);
                 self.store.replace_all_with_meta(entries, meta).await
             }
-            Err(e) => {
-                tracing::error!(restore = id, error = %e, "a staged snapshot did not decode; the data is unchanged");
+            decoded => {
+                if let Err(e) = decoded {
+                    tracing::error!(restore = id, error = %e, "a staged snapshot did not decode; the data is unchanged");
+                }
                 let deletes = keys
                     .into_iter()
                     .map(|key| TxnOp::Delete { key })
@@ -770,6 +777,21 @@ mod tests {
         sm.apply(entries()).await.unwrap();
         assert_eq!(store.export().unwrap(), after);
         assert_eq!(sm.applied_state().await.unwrap(), state);
+    }
+
+    /// A restore's commit whose staged chunks are gone (a second restore committed first and
+    /// swapped them out with the old data) leaves the data as it is, instead of replacing it
+    /// with the nothing it decodes to.
+    #[tokio::test]
+    async fn a_restore_commit_without_its_staged_chunks_changes_no_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, mut sm) = open_with_a(dir.path()).await;
+        let before = store.export().unwrap();
+        sm.apply([put(3, RESTORE_COMMIT_KEY, b"0123456789abcdef")])
+            .await
+            .unwrap();
+        assert_eq!(store.export().unwrap(), before);
+        assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(3)));
     }
 
     /// Builds run on tasks of their own and may overlap (with each other, with an install):
