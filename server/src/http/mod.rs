@@ -189,8 +189,7 @@ async fn read_body(
 
 /// Reads and drops a body the server will not use, up to `limit` bytes, and past it by
 /// [`linger`].
-async fn discard_body(body: Body, limit: usize) {
-    let mut body = body;
+async fn discard_body(mut body: Body, limit: usize) {
     if drain(&mut body, limit).await == Drained::Cut {
         linger(body, limit);
     }

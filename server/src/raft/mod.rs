@@ -832,11 +832,14 @@ impl RaftNode {
             let _ = tokio::time::timeout(Duration::from_millis(100), metrics.changed()).await;
         }
         let path = self.shared.store.path().join(state_machine::SNAPSHOT_FILE);
+        let unread = |e: &dyn std::fmt::Display| {
+            ClusterError::Io(format!("reading {}: {e}", path.display()))
+        };
         let read = path.clone();
         let mut bytes = tokio::task::spawn_blocking(move || std::fs::read(read))
             .await
-            .map_err(|e| ClusterError::Io(format!("reading {}: {e}", path.display())))?
-            .map_err(|e| ClusterError::Io(format!("reading {}: {e}", path.display())))?;
+            .map_err(|e| unread(&e))?
+            .map_err(|e| unread(&e))?;
         let (meta, state_at) = snapshot::verify_snapshot(&bytes)
             .map_err(|e| ClusterError::Io(format!("{}: {e}", path.display())))?;
         if meta.last_log_id.map_or(0, |l| l.index) < index {

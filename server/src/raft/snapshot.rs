@@ -10,7 +10,7 @@
 //! entry before anything is installed: a truncated or altered snapshot is an
 //! error, never a partial state.
 
-use std::io::{Read, Write};
+use std::io::Read;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -65,45 +65,15 @@ impl StateSummary {
             sha256: hex::encode(Sha256::digest(state)),
         }
     }
-}
 
-/// Passes a `state.bin` stream through to `inner` and sums it up on the way, so a snapshot's
-/// header can be written without the state ever held whole in memory.
-pub struct StateWriter<W> {
-    inner: W,
-    sha256: Sha256,
-    len: u64,
-}
-
-impl<W: Write> StateWriter<W> {
-    pub fn new(inner: W) -> StateWriter<W> {
-        StateWriter {
-            inner,
-            sha256: Sha256::new(),
-            len: 0,
-        }
-    }
-
-    /// The writer underneath (not flushed) and the summary of everything written.
-    pub fn finish(self) -> (W, StateSummary) {
-        let summary = StateSummary {
-            len: self.len,
-            sha256: hex::encode(self.sha256.finalize()),
-        };
-        (self.inner, summary)
-    }
-}
-
-impl<W: Write> Write for StateWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.sha256.update(&buf[..n]);
-        self.len += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
+    /// The summary of the `state.bin` stream `state` reads to its end (never held whole).
+    pub fn read(state: &mut impl Read) -> std::io::Result<StateSummary> {
+        let mut sha256 = Sha256::new();
+        let len = std::io::copy(state, &mut sha256)?;
+        Ok(StateSummary {
+            len,
+            sha256: hex::encode(sha256.finalize()),
+        })
     }
 }
 
@@ -246,14 +216,9 @@ mod tests {
         assert!(read_meta(&mut &bytes[..3]).is_err());
         assert!(read_meta(&mut &bytes[..10]).is_err());
 
-        // A state written through a StateWriter gets the header the whole state gets.
+        // A state summed as it is read gets the header the whole state gets.
         let state = encode_state(&data);
-        let mut writer = StateWriter::new(Vec::new());
-        for chunk in state.chunks(3) {
-            writer.write_all(chunk).unwrap();
-        }
-        let (written, summary) = writer.finish();
-        assert_eq!(written, state);
+        let summary = StateSummary::read(&mut state.as_slice()).unwrap();
         assert_eq!(prefix_for(&meta, &summary), snapshot_prefix(&meta, &state));
 
         // Every truncation, including a cut exactly at an entry boundary, is refused.

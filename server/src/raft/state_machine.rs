@@ -30,9 +30,9 @@
 //! meta of a snapshot it had built (`sm::worker::build_snapshot`), so the
 //! builder copies the staged state into the file after its header and hands
 //! openraft no copy. The file only moves forward: a build that finishes after
-//! a newer snapshot was written (an install, a later build) leaves the newer. Earlier builds kept the snapshot in the
-//! `raft_snapshot` tree: it is still read from there until a snapshot is
-//! written to the file, and then removed.
+//! a newer snapshot was written (an install, a later build) leaves the newer.
+//! Earlier builds kept the snapshot in the `raft_snapshot` tree: it is still
+//! read from there until a snapshot is written to the file, and then removed.
 
 use std::io::{Cursor, Seek as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -42,7 +42,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 
 use super::integrity::replace_file_with;
-use super::snapshot::{decode_snapshot, prefix_for, read_meta, snapshot_meta, StateWriter};
+use super::snapshot::{decode_snapshot, prefix_for, read_meta, snapshot_meta, StateSummary};
 use super::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -187,19 +187,15 @@ async fn persist_snapshot(
 /// The last log id of the snapshot in `dir`'s [`SNAPSHOT_FILE`]; `None` when there is none or
 /// its header cannot be read (a file this node cannot read is replaced).
 fn current_last_log_id(dir: &Path) -> Option<Option<LogId>> {
-    let mut file = std::fs::File::open(dir.join(SNAPSHOT_FILE)).ok()?;
-    read_meta(&mut std::io::BufReader::new(&mut file))
+    let file = std::fs::File::open(dir.join(SNAPSHOT_FILE)).ok()?;
+    read_meta(&mut std::io::BufReader::new(file))
         .ok()
         .map(|meta| meta.last_log_id)
 }
 
-/// A build's `state.bin` stream, staged in a temp file (removed when dropped).
-struct StagedState {
-    file: tempfile::NamedTempFile,
-}
-
-/// Exports `store`'s data into a staged state file in its directory.
-fn stage_state(store: &SledStore) -> Result<StagedState, AnyError> {
+/// Exports `store`'s data as a `state.bin` stream into a temp file in its directory (removed
+/// when dropped).
+fn stage_state(store: &SledStore) -> Result<tempfile::NamedTempFile, AnyError> {
     let file = tempfile::Builder::new()
         .prefix(STATE_TEMP_PREFIX)
         .tempfile_in(store.path())
@@ -210,10 +206,8 @@ fn stage_state(store: &SledStore) -> Result<StagedState, AnyError> {
     store
         .export_state_to(&mut out)
         .map_err(|e| AnyError::new(&e))?;
-    let file = out
-        .into_inner()
-        .map_err(|e| AnyError::new(e.error()).add_context(|| "write the snapshot's state"))?;
-    Ok(StagedState { file })
+    out.into_inner()
+        .map_err(|e| AnyError::new(e.error()).add_context(|| "write the snapshot's state"))
 }
 
 /// Removes the staged states a crash left in `dir` (best effort: they only take space).
@@ -239,7 +233,7 @@ fn remove_staged_states(dir: &Path) {
 pub struct SnapshotBuilder {
     meta: SnapshotMeta,
     /// The data as a `state.bin` stream (taken by the first build).
-    state: Option<Result<StagedState, AnyError>>,
+    state: Option<Result<tempfile::NamedTempFile, AnyError>>,
     dir: PathBuf,
     file_lock: Arc<std::sync::Mutex<()>>,
     snapshots: sled::Tree,
@@ -248,7 +242,7 @@ pub struct SnapshotBuilder {
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let signature = self.meta.signature();
-        let StagedState { mut file } = self
+        let mut file = self
             .state
             .take()
             .unwrap_or_else(|| Err(AnyError::error("this builder has built its snapshot")))
@@ -264,9 +258,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 // header, then the copy after it.
                 let staged = file.as_file_mut();
                 staged.rewind()?;
-                let mut summing = StateWriter::new(std::io::sink());
-                std::io::copy(staged, &mut summing)?;
-                let (_, summary) = summing.finish();
+                let summary = StateSummary::read(staged)?;
                 out.write_all(&prefix_for(&meta, &summary))?;
                 staged.rewind()?;
                 std::io::copy(staged, out).map(|_| ())
@@ -338,25 +330,31 @@ impl StateMachine {
             state.extend_from_slice(&chunk);
             keys.push(key);
         }
-        if keys.is_empty() {
+        let entries = if keys.is_empty() {
             // Another restore committed first and took every staged chunk with the old data.
             // Decoding nothing would replace the data with nothing.
             tracing::error!(restore = id, "a restore's commit found none of its staged chunks (another restore committed first); the data is unchanged");
-        }
-        match crate::raft::snapshot::decode_state(&state) {
-            Ok(entries) if !keys.is_empty() => {
+            None
+        } else {
+            match crate::raft::snapshot::decode_state(&state) {
+                Ok(entries) => Some(entries),
+                Err(e) => {
+                    tracing::error!(restore = id, error = %e, "a staged snapshot did not decode; the data is unchanged");
+                    None
+                }
+            }
+        };
+        drop(state);
+        match entries {
+            Some(entries) => {
                 tracing::info!(
                     restore = id,
                     keys = entries.len(),
                     "restoring a snapshot into the state machine"
                 );
-                drop(state);
                 self.store.replace_all_with_meta(entries, meta).await
             }
-            decoded => {
-                if let Err(e) = decoded {
-                    tracing::error!(restore = id, error = %e, "a staged snapshot did not decode; the data is unchanged");
-                }
+            None => {
                 let deletes = keys
                     .into_iter()
                     .map(|key| TxnOp::Delete { key })
@@ -562,6 +560,15 @@ mod tests {
         (store, sm)
     }
 
+    /// A snapshot of `sm` as it is now, built.
+    async fn build(sm: &mut StateMachine) -> Snapshot {
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap()
+    }
+
     /// The bytes of `sm`'s current snapshot (there must be one).
     async fn current_bytes(sm: &mut StateMachine) -> Vec<u8> {
         sm.get_current_snapshot()
@@ -605,12 +612,7 @@ mod tests {
         assert_eq!(membership.log_id(), &Some(log_id(1)));
         assert_eq!(store.get("b/c").await.unwrap().unwrap(), b"2");
 
-        let snapshot = sm
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let snapshot = build(&mut sm).await;
         assert_eq!(snapshot.meta.last_log_id, Some(log_id(4)));
         // Later writes are not in the snapshot.
         sm.apply([put(5, "later", b"x")]).await.unwrap();
@@ -653,12 +655,7 @@ mod tests {
     async fn damaged_snapshot_is_refused_and_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let (_, mut sm) = open_with_a(dir.path()).await;
-        let snapshot = sm
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let snapshot = build(&mut sm).await;
         let good = current_bytes(&mut sm).await;
         assert_eq!(snapshot_meta(&good).unwrap(), snapshot.meta);
 
@@ -729,12 +726,7 @@ mod tests {
         assert_eq!(current.snapshot.into_inner(), old);
 
         sm.apply([put(3, "b", b"2")]).await.unwrap();
-        let built = sm
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let built = build(&mut sm).await;
         assert!(sm.snapshots.get(SNAPSHOT_KEY).unwrap().is_none());
         assert!(dir.path().join(SNAPSHOT_FILE).exists());
         let current = sm.get_current_snapshot().await.unwrap().unwrap();
@@ -836,12 +828,7 @@ mod tests {
         let other_dir = tempfile::tempdir().unwrap();
         let (_, mut other) = open_with_a(other_dir.path()).await;
         other.apply([put(3, "b", b"2")]).await.unwrap();
-        let newer = other
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let newer = build(&mut other).await;
         let bytes = current_bytes(&mut other).await;
         sm.install_snapshot(&newer.meta, Box::new(Cursor::new(bytes)))
             .await
@@ -864,7 +851,7 @@ mod tests {
         let mut builder = sm.get_snapshot_builder().await;
         // What a crash mid-build leaves: the staging file, never removed.
         let staged = builder.state.take().unwrap().unwrap();
-        staged.file.keep().unwrap();
+        staged.keep().unwrap();
         drop(builder);
         assert_eq!(staged_files(dir.path()), 1);
         drop((sm, store));
