@@ -11,6 +11,7 @@
 //! (`raft::RaftBackend`, the HA backend of `core::ha`).
 
 pub mod inmem;
+mod sled_export;
 pub mod sled_store;
 
 #[cfg(test)]
@@ -63,6 +64,15 @@ pub enum StorageError {
 pub enum TxnOp {
     Put { key: String, value: Vec<u8> },
     Delete { key: String },
+}
+
+impl TxnOp {
+    /// The key the operation writes or deletes.
+    pub fn key(&self) -> &str {
+        match self {
+            TxnOp::Put { key, .. } | TxnOp::Delete { key } => key,
+        }
+    }
 }
 
 /// A key/value store with Vault's list semantics.

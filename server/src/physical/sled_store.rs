@@ -11,24 +11,42 @@
 //! that cache alone held most of a node's resident memory. The server bounds it
 //! ([`DEFAULT_CACHE_BYTES`], or the config's `cache_size`, see [`cache_bytes`]).
 //!
-//! Layout: tree `data` holds the [`Backend`] entries (barrier ciphertext, paths
-//! as UTF-8 keys); tree `meta` holds the Raft state machine's own records
-//! (last applied log id, membership), kept apart so a snapshot's
-//! [`SledStore::export`] and [`SledStore::replace_all`] never touch them.
+//! Layout: the data tree holds the [`Backend`] entries (barrier ciphertext, paths
+//! as UTF-8 keys): `data`, or after a wholesale replacement (a snapshot install or
+//! restore) the generation the meta record `data_tree` names (`data.1`, `data.2`,
+//! ...; see [`SledStore::replace_all_with_meta`]); tree `meta` holds the Raft state
+//! machine's own records (last applied log id, membership), kept apart so a
+//! snapshot's [`SledStore::export`] and [`SledStore::replace_all`] never touch them.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 
+use super::sled_export::{Export, Exports};
 use super::{list_children, Backend, StorageError, TxnOp};
 
 const DATA_TREE: &str = "data";
 const META_TREE: &str = "meta";
+/// The meta record naming the current data tree: absent for [`DATA_TREE`], else
+/// `data.<generation>` (a wholesale replacement writes the next generation beside it).
+const DATA_TREE_KEY: &str = "data_tree";
+/// How many entries, or bytes of them, a replacement writes to its new tree in one sled batch:
+/// sled holds what a batch replaces until the batch ends.
+const REPLACE_BATCH_ENTRIES: usize = 1024;
+const REPLACE_BATCH_BYTES: usize = 4 << 20;
+/// How long a replaced tree may stay in use (a long scan that began before the switch) before
+/// it is left for the next start to drop.
+const RETIRE_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 pub struct SledStore {
     path: PathBuf,
-    data: sled::Tree,
+    /// The current data tree. A wholesale replacement fills a new tree and switches to it
+    /// ([`SledStore::replace_all_with_meta`]); every user takes the tree through
+    /// [`SledStore::data`] for one operation, and the old tree is dropped once none holds it.
+    data: ArcSwap<sled::Tree>,
     meta: sled::Tree,
     // Kept so the database outlives its trees' users and flushes on drop.
     db: sled::Db,
@@ -38,6 +56,9 @@ pub struct SledStore {
     /// Bumped after each Raft apply that changed what a standby serving reads keeps in memory
     /// (mount and audit tables, policies, salts): see `raft::state_machine::shapes_services`.
     service_changes: std::sync::atomic::AtomicU64,
+    /// The running point-in-time export, which every write to the data tree keeps the values
+    /// it replaces for (`sled_export`).
+    exports: Exports,
 }
 
 impl fmt::Debug for SledStore {
@@ -106,15 +127,28 @@ impl SledStore {
                 Err(e) => return Err(open_error(path, e)),
             }
         };
-        let data = db.open_tree(DATA_TREE).map_err(|e| open_error(path, e))?;
         let meta = db.open_tree(META_TREE).map_err(|e| open_error(path, e))?;
+        let current = current_data_tree(&meta).map_err(|e| open_error(path, e))?;
+        // A replacement a crash interrupted leaves its new tree (before the switch) or the old
+        // one (after it): neither is the current tree, and nothing else uses them.
+        for name in db.tree_names() {
+            if is_data_tree(&name) && *name != *current.as_bytes() {
+                tracing::info!(
+                    tree = %String::from_utf8_lossy(&name),
+                    "dropping a data tree left by an interrupted snapshot install or restore"
+                );
+                db.drop_tree(&name).map_err(|e| open_error(path, e))?;
+            }
+        }
+        let data = db.open_tree(&current).map_err(|e| open_error(path, e))?;
         Ok(SledStore {
             path: path.to_path_buf(),
-            data,
+            data: ArcSwap::from_pointee(data),
             meta,
             db,
             replacements: std::sync::atomic::AtomicU64::new(0),
             service_changes: std::sync::atomic::AtomicU64::new(0),
+            exports: Exports::default(),
         })
     }
 
@@ -139,6 +173,12 @@ impl SledStore {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The current data tree, for one operation: held no longer, so that a replaced tree can
+    /// be dropped once its last user is done.
+    fn data(&self) -> Arc<sled::Tree> {
+        self.data.load_full()
     }
 
     /// Every data entry, sorted by key (a snapshot's contents).
@@ -168,8 +208,8 @@ impl SledStore {
 
     /// The data entries whose keys start with `prefix`, sorted by key.
     pub fn export_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
-        self.data
-            .scan_prefix(prefix.as_bytes())
+        let data = self.data();
+        data.scan_prefix(prefix.as_bytes())
             .map(|item| {
                 let (k, v) = item.map_err(|e| io_error("export", "", e))?;
                 Ok((self.data_key(&k)?.to_string(), v.to_vec()))
@@ -177,50 +217,56 @@ impl SledStore {
             .collect()
     }
 
+    /// The values of the data entries whose keys start with `prefix`, in key order, read as one
+    /// stream (a restore's staged chunks), one value in memory at a time.
+    pub(crate) fn prefix_reader(&self, prefix: &str) -> PrefixReader {
+        let tree = self.data();
+        PrefixReader {
+            entries: tree.scan_prefix(prefix.as_bytes()),
+            _tree: tree,
+            current: sled::IVec::default(),
+            at: 0,
+        }
+    }
+
+    /// Starts a point-in-time export of the data (see `sled_export`): what
+    /// [`StateExport::write_state_to`] writes is the data as it is now, however long it takes
+    /// and whatever is written meanwhile. `None` while another export runs.
+    pub fn begin_export(&self) -> Option<StateExport> {
+        Some(StateExport {
+            export: self.exports.begin(self.data())?,
+            path: self.path.clone(),
+        })
+    }
+
     /// Writes every data entry, sorted by key, to `out` as a snapshot's `state.bin` stream:
     /// what `encode_state(&self.export()?)` returns, one entry at a time (at 100,000 secrets
     /// the stream is over 100 MiB, and a build holding it in memory set the node's peak RSS).
-    pub fn export_state_to(&self, out: &mut impl std::io::Write) -> Result<(), StorageError> {
+    /// The data as it is when called, if no writes run meanwhile; [`SledStore::begin_export`]
+    /// for an export beside writes.
+    pub fn export_state_to(&self, out: &mut dyn std::io::Write) -> Result<(), StorageError> {
         let mut entry = Vec::new();
-        for item in self.data.iter() {
+        let data = self.data();
+        for item in data.iter() {
             let (k, v) = item.map_err(|e| io_error("export", "", e))?;
-            entry.clear();
-            keyhold_client::snapshot::state::encode_entry(&mut entry, self.data_key(&k)?, &v);
-            out.write_all(&entry).map_err(|e| {
-                StorageError::Io(format!("write the snapshot's state while exporting: {e}"))
-            })?;
+            write_state_entry(&self.path, &mut entry, &k, &v, out)?;
         }
         Ok(())
     }
 
     /// A data key as text (every key the server writes is).
     fn data_key<'k>(&self, key: &'k [u8]) -> Result<&'k str, StorageError> {
-        std::str::from_utf8(key).map_err(|_| {
-            StorageError::Io(format!(
-                "sled store at {}: a data key is not UTF-8",
-                self.path.display()
-            ))
-        })
+        data_key(&self.path, key)
     }
 
-    /// Atomically replaces the whole data tree with `entries` (snapshot
-    /// install), flushed before returning. The metadata tree is untouched.
+    /// Atomically replaces the whole data tree with `entries` (offline restore), flushed before
+    /// returning. The metadata tree is untouched but for the record of which tree holds the data.
     pub async fn replace_all(&self, entries: Vec<(String, Vec<u8>)>) -> Result<(), StorageError> {
-        let data = self.data.clone();
-        blocking(move || {
-            let mut batch = sled::Batch::default();
-            for item in data.iter().keys() {
-                batch.remove(item?);
-            }
-            // A later insert of the same key overrides the remove above.
-            for (k, v) in entries {
-                batch.insert(k.as_bytes(), v);
-            }
-            data.apply_batch(batch)
-        })
-        .await
-        .map_err(|e| io_error("replace all entries", "", e))?;
-        self.flush().await
+        let entries = entries.into_iter().map(Ok::<_, std::convert::Infallible>);
+        match self.replace_all_with_meta(entries, Vec::new()).await? {
+            Ok(()) => Ok(()),
+            Err(never) => match never {},
+        }
     }
 
     pub fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
@@ -277,29 +323,111 @@ impl SledStore {
         self.write_unflushed(txn_writes(ops), meta).await
     }
 
-    /// [`SledStore::replace_all`] and `meta` records in one transaction
-    /// (snapshot install: the data and the log id it corresponds to must
-    /// never disagree after a crash).
-    pub(crate) async fn replace_all_with_meta(
+    /// Replaces the whole data set with `entries` and writes `meta` records, atomically: a
+    /// snapshot install or restore, whose data and the log id it corresponds to must never
+    /// disagree after a crash. `entries` are written, a batch at a time, into a new tree beside
+    /// the current one (memory holds one batch, not the data set: one sled transaction over
+    /// every old and new key held 1.8-2.5 GB at 100,000 secrets); then one transaction on the
+    /// meta tree makes it the current tree along with `meta`, and a flush makes that durable.
+    /// Readers see the old data until the switch and the new after it. A crash before the
+    /// switch leaves the old data (the new tree is dropped at the next open), after it the new.
+    ///
+    /// `entries` may fail (a stream that does not decode): then nothing has changed, the new
+    /// tree is dropped, and the inner result carries the error. The caller holds the only
+    /// writer (the Raft state machine, or an offline restore).
+    pub(crate) async fn replace_all_with_meta<I, E>(
         &self,
-        entries: Vec<(String, Vec<u8>)>,
+        entries: I,
         meta: Vec<(String, Vec<u8>)>,
-    ) -> Result<(), StorageError> {
-        // The keys to remove are read outside the transaction (sled
-        // transactions cannot iterate); the caller holds the only writer.
-        let data = self.data.clone();
-        let old_keys = blocking(move || data.iter().keys().collect::<sled::Result<Vec<_>>>())
-            .await
-            .map_err(|e| io_error("replace all entries", "", e))?;
-        let mut writes: Vec<(Vec<u8>, Option<Vec<u8>>)> =
-            Vec::with_capacity(old_keys.len() + entries.len());
-        writes.extend(old_keys.into_iter().map(|k| (k.to_vec(), None)));
-        // A later put of the same key overrides the removal above.
-        writes.extend(entries.into_iter().map(|(k, v)| (k.into_bytes(), Some(v))));
-        self.write_with_meta(writes, meta).await?;
+    ) -> Result<Result<(), E>, StorageError>
+    where
+        I: IntoIterator<Item = Result<(String, Vec<u8>), E>> + Send + 'static,
+        I::IntoIter: Send,
+        E: Send + 'static,
+    {
+        let (db, meta_tree) = (self.db.clone(), self.meta.clone());
+        let next = blocking(move || {
+            let next_name = next_data_tree(&current_data_tree(&meta_tree)?);
+            // Left by a replacement whose entries failed and whose drop failed too.
+            db.drop_tree(&next_name)?;
+            let next = db.open_tree(&next_name)?;
+            let mut batch = sled::Batch::default();
+            let (mut count, mut bytes) = (0, 0);
+            for entry in entries {
+                let (key, value) = match entry {
+                    Ok(entry) => entry,
+                    Err(e) => {
+                        drop(next);
+                        db.drop_tree(&next_name)?;
+                        return Ok(Err(e));
+                    }
+                };
+                count += 1;
+                bytes += key.len() + value.len();
+                batch.insert(key.as_bytes(), value);
+                if count == REPLACE_BATCH_ENTRIES || bytes >= REPLACE_BATCH_BYTES {
+                    next.apply_batch(std::mem::take(&mut batch))?;
+                    (count, bytes) = (0, 0);
+                }
+            }
+            next.apply_batch(batch)?;
+            // sled recovers a prefix of its one log: once the switch below is on disk, so is
+            // every entry written before it.
+            meta_tree
+                .transaction(|m| {
+                    m.insert(DATA_TREE_KEY, next_name.as_bytes())?;
+                    for (k, v) in &meta {
+                        m.insert(k.as_bytes(), v.as_slice())?;
+                    }
+                    Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+                })
+                .map_err(|e| match e {
+                    sled::transaction::TransactionError::Storage(e) => e,
+                    sled::transaction::TransactionError::Abort(()) => {
+                        sled::Error::ReportableBug("the meta transaction aborted".into())
+                    }
+                })?;
+            Ok(Ok(next))
+        })
+        .await
+        .map_err(|e| io_error("replace all entries", "", e))?;
+        let next = match next {
+            Ok(next) => next,
+            Err(e) => return Ok(Err(e)),
+        };
+        self.flush().await?;
+        let old = self.data.swap(Arc::new(next));
         self.replacements
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Ok(())
+        self.retire(old);
+        Ok(Ok(()))
+    }
+
+    /// Drops a replaced data tree once no operation holds it (a read or scan that began before
+    /// the switch), on a thread of its own; one still held after [`RETIRE_WAIT`] is left for the
+    /// next open to drop.
+    fn retire(&self, old: Arc<sled::Tree>) {
+        let db = self.db.clone();
+        let spawned = std::thread::Builder::new()
+            .name("keyhold-retire-tree".into())
+            .spawn(move || {
+                let started = std::time::Instant::now();
+                while Arc::strong_count(&old) > 1 {
+                    if started.elapsed() > RETIRE_WAIT {
+                        tracing::warn!("a replaced data tree is still in use; it is dropped at the next start");
+                        return;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                let name = old.name();
+                drop(old);
+                if let Err(e) = db.drop_tree(&name) {
+                    tracing::warn!(error = %e, "could not drop a replaced data tree; it is dropped at the next start");
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "could not start dropping a replaced data tree; it is dropped at the next start");
+        }
     }
 
     /// Puts (`Some`) and removals (`None`) in the data tree plus `meta`
@@ -321,9 +449,13 @@ impl SledStore {
     ) -> Result<(), StorageError> {
         use sled::transaction::ConflictableTransactionError;
         use sled::Transactional;
-        let (data, meta_tree) = (self.data.clone(), self.meta.clone());
+        let (data, meta_tree) = (self.data(), self.meta.clone());
+        let exports = self.exports.clone();
         tokio::task::spawn_blocking(move || {
-            (&data, &meta_tree).transaction(|(d, m)| {
+            exports
+                .before_write(&data, writes.iter().map(|(k, _)| k.as_slice()))
+                .map_err(sled::transaction::TransactionError::Storage)?;
+            (&*data, &meta_tree).transaction(|(d, m)| {
                 for (k, v) in &writes {
                     match v {
                         Some(v) => d.insert(k.as_slice(), v.as_slice())?,
@@ -344,12 +476,106 @@ impl SledStore {
 
     /// Makes every write to any tree of this database durable.
     pub(crate) async fn flush(&self) -> Result<(), StorageError> {
-        self.data
+        self.db
             .flush_async()
             .await
             .map(|_| ())
             .map_err(|e| io_error("flush", "", e))
     }
+}
+
+/// A data key as text (every key the server writes is).
+fn data_key<'k>(path: &Path, key: &'k [u8]) -> Result<&'k str, StorageError> {
+    std::str::from_utf8(key).map_err(|_| {
+        StorageError::Io(format!(
+            "sled store at {}: a data key is not UTF-8",
+            path.display()
+        ))
+    })
+}
+
+/// Appends one entry to a `state.bin` stream in `out`, through the reused buffer `entry`.
+fn write_state_entry(
+    path: &Path,
+    entry: &mut Vec<u8>,
+    key: &[u8],
+    value: &[u8],
+    out: &mut dyn std::io::Write,
+) -> Result<(), StorageError> {
+    entry.clear();
+    keyhold_client::snapshot::state::encode_entry(entry, data_key(path, key)?, value);
+    out.write_all(entry)
+        .map_err(|e| StorageError::Io(format!("write the snapshot's state while exporting: {e}")))
+}
+
+/// A point-in-time export of the data, begun by [`SledStore::begin_export`].
+pub struct StateExport {
+    export: Export,
+    path: PathBuf,
+}
+
+impl StateExport {
+    /// Writes the data as it was when the export began to `out` as a `state.bin` stream, in key
+    /// order (what [`SledStore::export_state_to`] wrote then), while writes go on.
+    pub fn write_state_to(self, out: &mut dyn std::io::Write) -> Result<(), StorageError> {
+        let mut entry = Vec::new();
+        let path = self.path;
+        self.export.for_each(
+            |key, value| write_state_entry(&path, &mut entry, key, value, out),
+            |e| io_error("export", "", e),
+        )
+    }
+}
+
+/// See [`SledStore::prefix_reader`].
+pub(crate) struct PrefixReader {
+    entries: sled::Iter,
+    /// Held so that the tree is not dropped under the scan (see [`SledStore::data`]).
+    _tree: Arc<sled::Tree>,
+    current: sled::IVec,
+    at: usize,
+}
+
+impl std::io::Read for PrefixReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.current.len() {
+            match self.entries.next() {
+                Some(Ok((_, value))) => (self.current, self.at) = (value, 0),
+                Some(Err(e)) => {
+                    return Err(std::io::Error::other(format!("sled scan failed: {e}")))
+                }
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.at);
+        buf[..n].copy_from_slice(&self.current[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+/// The name of the current data tree, from the meta tree.
+fn current_data_tree(meta: &sled::Tree) -> sled::Result<String> {
+    Ok(match meta.get(DATA_TREE_KEY)? {
+        Some(name) => String::from_utf8_lossy(&name).into_owned(),
+        None => DATA_TREE.to_string(),
+    })
+}
+
+/// The tree a replacement of `current` fills: the next generation.
+fn next_data_tree(current: &str) -> String {
+    let generation = current
+        .strip_prefix("data.")
+        .and_then(|g| g.parse::<u64>().ok())
+        .unwrap_or(0);
+    format!("{DATA_TREE}.{}", generation + 1)
+}
+
+/// Whether a tree of the database is a data tree (the current one or a generation of it).
+fn is_data_tree(name: &[u8]) -> bool {
+    name == DATA_TREE.as_bytes()
+        || name
+            .strip_prefix(b"data.")
+            .is_some_and(|g| !g.is_empty() && g.iter().all(u8::is_ascii_digit))
 }
 
 /// Runs a sled call off the async worker threads. sled calls can block on
@@ -410,31 +636,38 @@ impl Backend for SledStore {
     /// (its token, the secret's metadata, ...). Writes, flushes and scans stay off the workers.
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
         self.data
+            .load()
             .get(key)
             .map(|v| v.map(|v| v.to_vec()))
             .map_err(|e| io_error("get", key, e))
     }
 
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), StorageError> {
-        let data = self.data.clone();
+        let (data, exports) = (self.data(), self.exports.clone());
         let k = key.to_string();
-        blocking(move || data.insert(k, value).map(|_| ()))
-            .await
-            .map_err(|e| io_error("put", key, e))?;
+        blocking(move || {
+            exports.before_write(&data, [k.as_bytes()])?;
+            data.insert(k, value).map(|_| ())
+        })
+        .await
+        .map_err(|e| io_error("put", key, e))?;
         self.flush().await
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
-        let data = self.data.clone();
+        let (data, exports) = (self.data(), self.exports.clone());
         let k = key.to_string();
-        blocking(move || data.remove(k).map(|_| ()))
-            .await
-            .map_err(|e| io_error("delete", key, e))?;
+        blocking(move || {
+            exports.before_write(&data, [k.as_bytes()])?;
+            data.remove(k).map(|_| ())
+        })
+        .await
+        .map_err(|e| io_error("delete", key, e))?;
         self.flush().await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
-        let data = self.data.clone();
+        let data = self.data();
         let p = prefix.to_string();
         let keys = blocking(move || {
             data.scan_prefix(p.as_bytes())
@@ -448,8 +681,9 @@ impl Backend for SledStore {
     }
 
     async fn transaction(&self, ops: Vec<TxnOp>) -> Result<(), StorageError> {
-        let data = self.data.clone();
+        let (data, exports) = (self.data(), self.exports.clone());
         blocking(move || {
+            exports.before_write(&data, ops.iter().map(|op| op.key().as_bytes()))?;
             let mut batch = sled::Batch::default();
             for op in ops {
                 match op {
@@ -574,6 +808,339 @@ mod tests {
         assert_eq!(store.list("").await.unwrap(), ["m", "q"]);
     }
 
+    fn data_trees(store: &SledStore) -> Vec<String> {
+        let mut names: Vec<String> = store
+            .db
+            .tree_names()
+            .into_iter()
+            .filter(|n| is_data_tree(n))
+            .map(|n| String::from_utf8_lossy(&n).into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Waits (bounded) for a replaced tree to be dropped by its retiring thread.
+    fn wait_for_one_data_tree(store: &SledStore) -> Vec<String> {
+        for _ in 0..500 {
+            if data_trees(store).len() == 1 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        data_trees(store)
+    }
+
+    #[tokio::test]
+    async fn a_replacement_switches_trees_and_drops_the_old_once_unused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        store.put("old", b"1".to_vec()).await.unwrap();
+        // A scan that began before the switch reads the old data to its end.
+        let mut scan = store.prefix_reader("");
+        let entries = (0..3000).map(|i| Ok::<_, ()>((format!("k/{i:05}"), vec![i as u8; 100])));
+        store
+            .replace_all_with_meta(entries, vec![("applied".into(), b"9".to_vec())])
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(store.get("old").await.unwrap(), None);
+        assert_eq!(store.list("k/").await.unwrap().len(), 3000);
+        assert_eq!(store.get_meta("applied").unwrap().unwrap(), b"9");
+        assert_eq!(store.replacements(), 1);
+        let mut old = Vec::new();
+        std::io::Read::read_to_end(&mut scan, &mut old).unwrap();
+        assert_eq!(old, b"1");
+        assert_eq!(data_trees(&store), ["data", "data.1"], "held by the scan");
+        drop(scan);
+        assert_eq!(wait_for_one_data_tree(&store), ["data.1"]);
+
+        // Again, from a generation past the first; then the data survives a reopen.
+        store
+            .replace_all_with_meta([Ok::<_, ()>(("k/new".into(), b"n".to_vec()))], vec![])
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(wait_for_one_data_tree(&store), ["data.2"]);
+        drop(store);
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store.export().unwrap(),
+            [("k/new".to_string(), b"n".to_vec())]
+        );
+        assert_eq!(store.get_meta("applied").unwrap().unwrap(), b"9");
+    }
+
+    #[tokio::test]
+    async fn a_replacement_whose_entries_fail_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        store.put("kept", b"1".to_vec()).await.unwrap();
+        // Past one batch, so some of the new tree was written before the failure.
+        let entries = (0..REPLACE_BATCH_ENTRIES * 2 + 1).map(|i| {
+            if i == REPLACE_BATCH_ENTRIES * 2 {
+                Err("cut off")
+            } else {
+                Ok((format!("k/{i:05}"), vec![1; 10]))
+            }
+        });
+        let result = store
+            .replace_all_with_meta(entries, vec![("applied".into(), b"9".to_vec())])
+            .await
+            .unwrap();
+        assert_eq!(result, Err("cut off"));
+        assert_eq!(
+            store.export().unwrap(),
+            [("kept".to_string(), b"1".to_vec())]
+        );
+        assert_eq!(store.get_meta("applied").unwrap(), None);
+        assert_eq!(store.replacements(), 0);
+        assert_eq!(data_trees(&store), ["data"]);
+    }
+
+    #[tokio::test]
+    async fn the_tree_an_interrupted_replacement_leaves_is_dropped_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // Before the switch: a new tree half written.
+            let store = SledStore::open(dir.path()).unwrap();
+            store.put("old", b"1".to_vec()).await.unwrap();
+            store
+                .db
+                .open_tree("data.1")
+                .unwrap()
+                .insert("half", b"x")
+                .unwrap();
+            store.flush().await.unwrap();
+        }
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            assert_eq!(data_trees(&store), ["data"]);
+            assert_eq!(
+                store.export().unwrap(),
+                [("old".to_string(), b"1".to_vec())]
+            );
+            // After the switch, before the old tree was dropped.
+            store
+                .db
+                .open_tree("data.1")
+                .unwrap()
+                .insert("new", b"2")
+                .unwrap();
+            store
+                .set_meta(DATA_TREE_KEY, b"data.1".to_vec())
+                .await
+                .unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(data_trees(&store), ["data.1"]);
+        assert_eq!(
+            store.export().unwrap(),
+            [("new".to_string(), b"2".to_vec())]
+        );
+    }
+
+    /// A `Write` that, every few writes of the export into it, writes to the store all over
+    /// the key space: overwrites, deletes and new keys, before and after the export's place.
+    struct Meddling {
+        out: Vec<u8>,
+        calls: u64,
+        store: Arc<SledStore>,
+        rng: rand::rngs::StdRng,
+        handle: tokio::runtime::Handle,
+    }
+
+    impl std::io::Write for Meddling {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            use rand::Rng as _;
+            self.calls += 1;
+            if self.calls.is_multiple_of(7) {
+                let ops = (0..10)
+                    .map(|_| {
+                        let key = format!("k/{:04}", self.rng.gen_range(0..700));
+                        if self.rng.gen_bool(0.4) {
+                            TxnOp::Delete { key }
+                        } else {
+                            TxnOp::Put {
+                                key,
+                                value: self.calls.to_be_bytes().to_vec(),
+                            }
+                        }
+                    })
+                    .collect();
+                let store = self.store.clone();
+                self.handle
+                    .block_on(store.apply_with_meta(ops, vec![]))
+                    .unwrap();
+            }
+            self.out.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_export_is_the_data_when_it_began_whatever_is_written_meanwhile() {
+        use rand::SeedableRng as _;
+        for seed in 0..4 {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Arc::new(SledStore::open(dir.path()).unwrap());
+            for i in (0..600).step_by(2) {
+                store.put(&format!("k/{i:04}"), vec![1; 50]).await.unwrap();
+            }
+            let mut expected = Vec::new();
+            store.export_state_to(&mut expected).unwrap();
+
+            let export = store.begin_export().unwrap();
+            assert!(store.begin_export().is_none(), "one export at a time");
+            let mut out = Meddling {
+                out: Vec::new(),
+                calls: 0,
+                store: store.clone(),
+                rng: rand::rngs::StdRng::seed_from_u64(seed),
+                handle: tokio::runtime::Handle::current(),
+            };
+            let out = tokio::task::spawn_blocking(move || {
+                export.write_state_to(&mut out).unwrap();
+                out
+            })
+            .await
+            .unwrap();
+            assert!(
+                out.calls > 100,
+                "the export was written to {} times",
+                out.calls
+            );
+            let mut now = Vec::new();
+            store.export_state_to(&mut now).unwrap();
+            assert_ne!(now, expected, "the writes changed the data");
+            assert_eq!(
+                keyhold_client::snapshot::state::decode_state(&out.out).unwrap(),
+                keyhold_client::snapshot::state::decode_state(&expected).unwrap(),
+                "seed {seed}"
+            );
+            assert!(store.begin_export().is_some(), "the export ended");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_export_outlives_a_replacement_of_the_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        store.put("old", b"1".to_vec()).await.unwrap();
+        let export = store.begin_export().unwrap();
+        store
+            .replace_all_with_meta([Ok::<_, ()>(("new".into(), b"2".to_vec()))], vec![])
+            .await
+            .unwrap()
+            .unwrap();
+        store.put("newer", b"3".to_vec()).await.unwrap();
+        let mut out = Vec::new();
+        export.write_state_to(&mut out).unwrap();
+        assert_eq!(
+            keyhold_client::snapshot::state::decode_state(&out).unwrap(),
+            [("old".to_string(), b"1".to_vec())]
+        );
+        assert_eq!(wait_for_one_data_tree(&store), ["data.1"]);
+    }
+
+    /// This test binary again, running only the child test `name` of this module (with `env`
+    /// set to `dir`), its stdout piped.
+    fn crash_child(name: &str, env: &str, dir: &Path) -> std::process::Child {
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                &format!("physical::sled_store::tests::{name}"),
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(env, dir)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    const REPLACE_CRASH_DIR_ENV: &str = "KEYHOLD_TEST_SLED_REPLACE_CRASH_DIR";
+
+    /// The data set number `n` writes: a key count and a value that differ from the next's.
+    fn replace_state(n: u64) -> Vec<(String, Vec<u8>)> {
+        (0..2000 + n % 2 * 500)
+            .map(|i| (format!("{}/{i:05}", n % 2), n.to_be_bytes().to_vec()))
+            .collect()
+    }
+
+    /// The child half of `a_replacement_is_all_or_nothing_under_kill_9`: replaces the data
+    /// set again and again, each time with its number in the meta, and prints each number once
+    /// its replacement has returned. A no-op in a normal run.
+    #[tokio::test]
+    async fn replace_crash_child() {
+        let Ok(dir) = std::env::var(REPLACE_CRASH_DIR_ENV) else {
+            return;
+        };
+        let store = SledStore::open(Path::new(&dir)).unwrap();
+        for n in 1u64.. {
+            let meta = vec![("state".to_string(), n.to_be_bytes().to_vec())];
+            let entries = replace_state(n).into_iter().map(Ok::<_, ()>);
+            store
+                .replace_all_with_meta(entries, meta)
+                .await
+                .unwrap()
+                .unwrap();
+            println!("replaced {n}");
+        }
+    }
+
+    #[test]
+    fn a_replacement_is_all_or_nothing_under_kill_9() {
+        use std::io::{BufRead, BufReader};
+
+        // Killed after a different number of replacements each time, so at different points
+        // of the next one.
+        for stop_after in [1u64, 2, 5, 8] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut child = crash_child("replace_crash_child", REPLACE_CRASH_DIR_ENV, dir.path());
+            let mut acked = 0;
+            for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+                if let Some(n) = line.unwrap().strip_prefix("replaced ") {
+                    acked = n.parse().unwrap();
+                    if acked >= stop_after {
+                        break;
+                    }
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(stop_after * 3));
+            child.kill().unwrap();
+            child.wait().unwrap();
+            assert!(
+                acked >= stop_after,
+                "the child stopped after {acked} replacements"
+            );
+
+            let store = SledStore::open(dir.path()).unwrap();
+            let state = u64::from_be_bytes(
+                store
+                    .get_meta("state")
+                    .unwrap()
+                    .unwrap()
+                    .try_into()
+                    .unwrap(),
+            );
+            assert!(
+                state >= acked,
+                "replacement {acked} was acknowledged, {state} is on disk"
+            );
+            assert_eq!(
+                store.export().unwrap(),
+                replace_state(state),
+                "data set {state}"
+            );
+            assert_eq!(data_trees(&store).len(), 1);
+        }
+    }
+
     const CRASH_DIR_ENV: &str = "KEYHOLD_TEST_SLED_CRASH_DIR";
 
     /// The child half of `acknowledged_writes_survive_kill_9`: writes keys and
@@ -593,20 +1160,9 @@ mod tests {
     #[test]
     fn acknowledged_writes_survive_kill_9() {
         use std::io::{BufRead, BufReader};
-        use std::process::{Command, Stdio};
 
         let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "physical::sled_store::tests::crash_child_writer",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CRASH_DIR_ENV, dir.path())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = crash_child("crash_child_writer", CRASH_DIR_ENV, dir.path());
         let mut last_acked = None;
         for line in BufReader::new(child.stdout.take().unwrap()).lines() {
             if let Some(n) = line.unwrap().strip_prefix("acked ") {

@@ -9,6 +9,7 @@
 //! new routes under `/v1/cluster/`.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -33,7 +34,8 @@ use super::ClusterError;
 
 /// The Raft RPC endpoints, calling into the local `raft`; each append accepted from a leader
 /// is noted in `contact` (standby reads), with when it arrived and the leader's clock then.
-pub fn raft_routes(raft: Raft, contact: Arc<LeaderContact>) -> Router {
+/// Once `stopping` is set they answer 503 (the node is shutting down its Raft).
+pub fn raft_routes(raft: Raft, contact: Arc<LeaderContact>, stopping: Arc<AtomicBool>) -> Router {
     let append_route = post(
         move |State(raft): State<Raft>,
               headers: HeaderMap,
@@ -66,6 +68,18 @@ pub fn raft_routes(raft: Raft, contact: Arc<LeaderContact>) -> Router {
         // Answered by any node whose listener accepted the caller's handshake:
         // a rotation's proof that the node has taken its current step.
         .route(PROBE_PATH, get(|| async { "ok" }))
+        .route_layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                let stopping = stopping.load(Ordering::SeqCst);
+                async move {
+                    if stopping {
+                        return (StatusCode::SERVICE_UNAVAILABLE, "this node is stopping")
+                            .into_response();
+                    }
+                    next.run(request).await
+                }
+            },
+        ))
         // Headroom over the largest request a peer sends (its own limit).
         .layer(DefaultBodyLimit::max(MAX_RPC_BYTES + 4 * 1024 * 1024))
         .with_state(raft)

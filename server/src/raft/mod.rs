@@ -231,6 +231,10 @@ pub(crate) struct Shared {
     /// Every write of this node goes through it (group commit).
     pub(crate) proposer: proposer::Proposer,
     transferring: AtomicBool,
+    /// Set by [`RaftNode::shutdown`] before Raft stops: the cluster listener then answers the
+    /// Raft RPCs still arriving with 503 instead of handing them to a stopped Raft (which
+    /// logged each as an error).
+    stopping: Arc<AtomicBool>,
 }
 
 impl Shared {
@@ -308,6 +312,7 @@ impl RaftNode {
                 store: config.store.clone(),
                 max_entry_size: config.max_entry_size,
                 transferring: AtomicBool::new(false),
+                stopping: Arc::default(),
             }),
             me,
             id,
@@ -357,7 +362,12 @@ impl RaftNode {
         extra: axum::Router,
     ) -> Result<ClusterListener, ClusterError> {
         self.client.configure(tls)?;
-        let app = raft_routes(self.shared.raft.clone(), self.contact.clone()).merge(extra);
+        let app = raft_routes(
+            self.shared.raft.clone(),
+            self.contact.clone(),
+            self.shared.stopping.clone(),
+        )
+        .merge(extra);
         let running = listener::serve(listener, tls, app).await?;
         if let Some(old) = self
             .listener
@@ -855,6 +865,7 @@ impl RaftNode {
     /// Stops the cluster listener and Raft on this node (call
     /// [`RaftNode::transfer_leadership`] first on a graceful shutdown).
     pub async fn shutdown(&self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
         if let Some(listener) = self.listener.lock().expect("listener lock").take() {
             listener.shutdown();
         }

@@ -17,12 +17,16 @@
 //! before its Raft runs to replay anything. Membership changes, snapshot
 //! installs and restores are flushed too.
 //!
-//! Snapshots ([`super::snapshot`] format) are built from a consistent export
-//! taken between two applies (encoded straight into a `state.bin` stream in a
-//! temp file beside sled's, [`STATE_TEMP_PREFIX`], never held in memory), kept
-//! in the file [`SNAPSHOT_FILE`] beside sled's
-//! (openraft asks for the current snapshot again after a restart), and
-//! installed atomically with `replace_all` plus the meta. The current snapshot
+//! Snapshots ([`super::snapshot`] format) are built from a point-in-time export
+//! begun between two applies and written by the build, on its own task, while
+//! applies go on (`physical::sled_export`: a write keeps the values it replaces
+//! for the export until the export has passed them), encoded straight into a
+//! `state.bin` stream in a temp file beside sled's, [`STATE_TEMP_PREFIX`], never
+//! held in memory; kept in the file [`SNAPSHOT_FILE`] beside sled's
+//! (openraft asks for the current snapshot again after a restart); and
+//! installed, or restored, by decoding the stream into a new data tree that
+//! replaces the old one atomically with the meta
+//! (`SledStore::replace_all_with_meta`), one batch in memory. The current snapshot
 //! is not kept in memory: its bytes (about a megabyte per thousand secrets) are
 //! read back from the file, meta from its header, when openraft asks for it
 //! (to send it to a follower, which is rare), instead of being held by every
@@ -42,13 +46,16 @@ use openraft::storage::RaftStateMachine;
 use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 
 use super::integrity::replace_file_with;
-use super::snapshot::{decode_snapshot, prefix_for, read_meta, snapshot_meta, StateSummary};
+use super::snapshot::{
+    prefix_for, read_meta, snapshot_meta, verify_snapshot, SnapshotError, StateSummary,
+};
 use super::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 use super::{RESTORE_COMMIT_KEY, RESTORE_STAGING_PREFIX};
-use crate::physical::sled_store::SledStore;
-use crate::physical::TxnOp;
+use crate::physical::sled_store::{SledStore, StateExport};
+use crate::physical::{Backend as _, TxnOp};
+use keyhold_client::snapshot::state::StateReader;
 
 const LAST_APPLIED: &str = "raft_last_applied";
 const LAST_MEMBERSHIP: &str = "raft_last_membership";
@@ -99,11 +106,12 @@ impl StateMachine {
         Ok((last_applied, membership))
     }
 
-    /// Installs an encoded snapshot: verified and decoded in full first, then
-    /// the data and meta replaced in one transaction. On any error nothing
-    /// has changed.
+    /// Installs an encoded snapshot: its header and digest verified first, then its entries
+    /// decoded as they are written into a new data tree that replaces the old one, with the
+    /// meta, atomically ([`SledStore::replace_all_with_meta`]). On any error nothing has
+    /// changed.
     async fn install(&self, meta: &SnapshotMeta, bytes: Vec<u8>) -> Result<(), AnyError> {
-        let (header_meta, entries) = decode_snapshot(&bytes).map_err(|e| AnyError::new(&e))?;
+        let (header_meta, state_at) = verify_snapshot(&bytes).map_err(|e| AnyError::new(&e))?;
         if header_meta.last_log_id != meta.last_log_id
             || header_meta.last_membership != meta.last_membership
         {
@@ -111,13 +119,17 @@ impl StateMachine {
                 "the snapshot's own meta ({header_meta}) is not the one it was sent with ({meta})"
             )));
         }
+        let bytes = bytes::Bytes::from(bytes);
+        let mut state = Cursor::new(bytes.clone());
+        state.set_position(state_at as u64);
         self.store
             .replace_all_with_meta(
-                entries,
+                StateReader::new(state),
                 state_meta(meta.last_log_id, &meta.last_membership)?,
             )
             .await
-            .map_err(|e| AnyError::new(&e))?;
+            .map_err(|e| AnyError::new(&e))?
+            .map_err(|e| AnyError::new(&SnapshotError::from(e)))?;
         persist_snapshot(
             self.store.path(),
             &self.file_lock,
@@ -193,21 +205,35 @@ fn current_last_log_id(dir: &Path) -> Option<Option<LogId>> {
         .map(|meta| meta.last_log_id)
 }
 
-/// Exports `store`'s data as a `state.bin` stream into a temp file in its directory (removed
-/// when dropped).
-fn stage_state(store: &SledStore) -> Result<tempfile::NamedTempFile, AnyError> {
+/// Writes a `state.bin` stream with `export` into a temp file in `dir` (removed when dropped).
+fn stage_state(
+    dir: &Path,
+    export: impl FnOnce(&mut dyn std::io::Write) -> Result<(), crate::physical::StorageError>,
+) -> Result<tempfile::NamedTempFile, AnyError> {
+    let started = std::time::Instant::now();
     let file = tempfile::Builder::new()
         .prefix(STATE_TEMP_PREFIX)
-        .tempfile_in(store.path())
+        .tempfile_in(dir)
         .map_err(|e| AnyError::new(&e).add_context(|| "create the snapshot's staging file"))?;
-    // Only written here, between two applies: its digest is taken by the build, on a task of
-    // its own, so applies wait for the export alone.
     let mut out = std::io::BufWriter::with_capacity(1 << 16, file);
-    store
-        .export_state_to(&mut out)
-        .map_err(|e| AnyError::new(&e))?;
-    out.into_inner()
-        .map_err(|e| AnyError::new(e.error()).add_context(|| "write the snapshot's state"))
+    export(&mut out).map_err(|e| AnyError::new(&e))?;
+    let file = out
+        .into_inner()
+        .map_err(|e| AnyError::new(e.error()).add_context(|| "write the snapshot's state"))?;
+    tracing::debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        bytes = file.as_file().metadata().map(|m| m.len()).unwrap_or(0),
+        "exported the data for a Raft snapshot"
+    );
+    Ok(file)
+}
+
+/// A snapshot's state: exported into a staging file by the build, on its own task, beside the
+/// applies (a point in time however long it takes, see `physical::sled_export`); or, when
+/// another export was running, staged already, between two applies.
+enum Staging {
+    Exporting(StateExport),
+    Staged(Result<tempfile::NamedTempFile, AnyError>),
 }
 
 /// Removes the staged states a crash left in `dir` (best effort: they only take space).
@@ -228,12 +254,12 @@ fn remove_staged_states(dir: &Path) {
     }
 }
 
-/// Builds a snapshot from an export taken when the builder was created
-/// (between two applies, so data and last-applied agree).
+/// Builds a snapshot of the data as it was when the builder was created (between two applies,
+/// so data and last-applied agree).
 pub struct SnapshotBuilder {
     meta: SnapshotMeta,
-    /// The data as a `state.bin` stream (taken by the first build).
-    state: Option<Result<tempfile::NamedTempFile, AnyError>>,
+    /// The data, to be written as a `state.bin` stream (taken by the first build).
+    state: Option<Staging>,
     dir: PathBuf,
     file_lock: Arc<std::sync::Mutex<()>>,
     snapshots: sled::Tree,
@@ -242,11 +268,21 @@ pub struct SnapshotBuilder {
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let signature = self.meta.signature();
-        let mut file = self
-            .state
-            .take()
-            .unwrap_or_else(|| Err(AnyError::error("this builder has built its snapshot")))
-            .map_err(StorageIOError::read_state_machine)?;
+        let staged = match self.state.take() {
+            Some(Staging::Exporting(export)) => {
+                let dir = self.dir.clone();
+                tokio::task::spawn_blocking(move || {
+                    stage_state(&dir, |out| export.write_state_to(out))
+                })
+                .await
+                .unwrap_or_else(|e| {
+                    Err(AnyError::error(format!("the export did not complete: {e}")))
+                })
+            }
+            Some(Staging::Staged(staged)) => staged,
+            None => Err(AnyError::error("this builder has built its snapshot")),
+        };
+        let mut file = staged.map_err(StorageIOError::read_state_machine)?;
         let meta = self.meta.clone();
         persist_snapshot(
             &self.dir,
@@ -272,12 +308,6 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             meta: self.meta.clone(),
             snapshot: Box::new(Cursor::new(Vec::new())),
         })
-    }
-}
-
-fn op_key(op: &TxnOp) -> &str {
-    match op {
-        TxnOp::Put { key, .. } | TxnOp::Delete { key } => key,
     }
 }
 
@@ -313,58 +343,57 @@ fn restore_commit(ops: &[TxnOp]) -> Option<String> {
 }
 
 impl StateMachine {
-    /// Replaces the data with the staged `state.bin` of restore `id` (the
-    /// staged chunks go with the old data). A staged stream that does not
-    /// decode leaves the data as it was, on every node alike.
+    /// Replaces the data with the staged `state.bin` of restore `id` (the staged chunks go with
+    /// the old data), decoding the chunks as they are read into the new data tree. A staged
+    /// stream that does not decode leaves the data as it was, on every node alike.
     async fn apply_restore(
         &self,
         id: &str,
         meta: Vec<(String, Vec<u8>)>,
     ) -> Result<(), crate::physical::StorageError> {
         let prefix = format!("{RESTORE_STAGING_PREFIX}{id}/");
-        // Sorted by key, so the chunks in order.
-        let staged = self.store.export_prefix(&prefix)?;
-        let mut state = Vec::with_capacity(staged.iter().map(|(_, v)| v.len()).sum());
-        let mut keys = Vec::with_capacity(staged.len());
-        for (key, chunk) in staged {
-            state.extend_from_slice(&chunk);
-            keys.push(key);
-        }
-        let entries = if keys.is_empty() {
+        if self.store.list(&prefix).await?.is_empty() {
             // Another restore committed first and took every staged chunk with the old data.
             // Decoding nothing would replace the data with nothing.
             tracing::error!(restore = id, "a restore's commit found none of its staged chunks (another restore committed first); the data is unchanged");
-            None
-        } else {
-            match crate::raft::snapshot::decode_state(&state) {
-                Ok(entries) => Some(entries),
-                Err(e) => {
-                    tracing::error!(restore = id, error = %e, "a staged snapshot did not decode; the data is unchanged");
-                    None
-                }
-            }
-        };
-        drop(state);
-        match entries {
-            Some(entries) => {
-                tracing::info!(
-                    restore = id,
-                    keys = entries.len(),
-                    "restoring a snapshot into the state machine"
-                );
-                self.store.replace_all_with_meta(entries, meta).await
-            }
-            None => {
-                let deletes = keys
-                    .into_iter()
-                    .map(|key| TxnOp::Delete { key })
-                    .chain([TxnOp::Delete {
-                        key: RESTORE_COMMIT_KEY.into(),
-                    }])
-                    .collect();
-                self.store.transaction_with_meta(deletes, meta).await
+            return self.drop_restore(&prefix, meta).await;
+        }
+        tracing::info!(restore = id, "restoring a snapshot into the state machine");
+        // Sorted by key, so the chunks in order.
+        let state = StateReader::new(self.store.prefix_reader(&prefix));
+        match self
+            .store
+            .replace_all_with_meta(state, meta.clone())
+            .await?
+        {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::error!(restore = id, error = %e, "a staged snapshot did not decode; the data is unchanged");
+                self.drop_restore(&prefix, meta).await
             }
         }
+    }
+
+    /// Removes restore bookkeeping (its staged chunks, under `prefix`, and the commit key),
+    /// recording the commit as applied, the data otherwise unchanged.
+    async fn drop_restore(
+        &self,
+        prefix: &str,
+        meta: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), crate::physical::StorageError> {
+        let deletes = self
+            .store
+            .list(prefix)
+            .await?
+            .into_iter()
+            .map(|key| TxnOp::Delete {
+                key: format!("{prefix}{key}"),
+            })
+            .chain([TxnOp::Delete {
+                key: RESTORE_COMMIT_KEY.into(),
+            }])
+            .collect();
+        self.store.transaction_with_meta(deletes, meta).await
     }
 }
 
@@ -396,8 +425,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Blank => {}
                 EntryPayload::Normal(batch) => match restore_commit(&batch.0) {
                     // A snapshot restore: what came before is applied first,
-                    // then the data tree is swapped in one transaction that
-                    // also records this entry as applied.
+                    // then the data tree is swapped, atomically with the
+                    // record of this entry as applied.
                     Some(id) => {
                         if !ops.is_empty() {
                             let meta = state_meta(applied, &membership)
@@ -429,8 +458,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         let meta =
             state_meta(Some(last), &membership).map_err(|e| StorageIOError::apply(last, e))?;
-        let services_changed = ops.iter().any(|op| shapes_services(op_key(op)));
-        let applied = if flush || ops.iter().any(|op| read_before_raft(op_key(op))) {
+        let services_changed = ops.iter().any(|op| shapes_services(op.key()));
+        let applied = if flush || ops.iter().any(|op| read_before_raft(op.key())) {
             self.store.transaction_with_meta(ops, meta).await
         } else {
             self.store.apply_with_meta(ops, meta).await
@@ -462,7 +491,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 last_membership: membership,
                 snapshot_id,
             },
-            state: Some(stage_state(&self.store)),
+            state: Some(match self.store.begin_export() {
+                Some(export) => Staging::Exporting(export),
+                None => Staging::Staged(stage_state(self.store.path(), |out| {
+                    self.store.export_state_to(out)
+                })),
+            }),
             dir: self.store.path().to_path_buf(),
             file_lock: self.file_lock.clone(),
             snapshots: self.snapshots.clone(),
@@ -523,6 +557,7 @@ mod tests {
 
     use super::*;
     use crate::physical::Backend;
+    use crate::raft::snapshot::decode_snapshot;
     use crate::raft::types::{ClusterNode, WriteBatch};
 
     fn log_id(index: u64) -> LogId {
@@ -821,8 +856,8 @@ mod tests {
     async fn a_build_finishing_after_a_newer_install_keeps_the_newer() {
         let dir = tempfile::tempdir().unwrap();
         let (_, mut sm) = open_with_a(dir.path()).await;
+        // The build exports the data as it was here, beside the install.
         let mut stale = sm.get_snapshot_builder().await;
-        assert_eq!(staged_files(dir.path()), 1);
 
         // A newer snapshot, from another node's state machine.
         let other_dir = tempfile::tempdir().unwrap();
@@ -850,7 +885,10 @@ mod tests {
         let (store, mut sm) = open_with_a(dir.path()).await;
         let mut builder = sm.get_snapshot_builder().await;
         // What a crash mid-build leaves: the staging file, never removed.
-        let staged = builder.state.take().unwrap().unwrap();
+        let Some(Staging::Exporting(export)) = builder.state.take() else {
+            panic!("no other export runs, so the build exports beside the applies");
+        };
+        let staged = stage_state(dir.path(), |out| export.write_state_to(out)).unwrap();
         staged.keep().unwrap();
         drop(builder);
         assert_eq!(staged_files(dir.path()), 1);

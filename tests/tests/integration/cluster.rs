@@ -696,7 +696,26 @@ async fn sigterm_of_the_active_node_hands_over_without_failed_writes() -> Result
         &acknowledged,
         "after the handoff",
     )
-    .await
+    .await?;
+    // The others stop too, one after the other: the Raft RPCs a node receives while it stops
+    // its Raft are answered 503, not handed to a stopped Raft (which logged an error for each).
+    for i in cluster.running() {
+        let status = cluster.nodes[i].sigterm().await?;
+        ensure!(status.success(), "node {i} exited with {status} on SIGTERM");
+    }
+    for node in &cluster.nodes {
+        let log = node.log();
+        ensure!(
+            !log.contains("failure sending RaftMsg"),
+            "{} logged errors on its way out:\n{}",
+            node.id,
+            log.lines()
+                .filter(|l| l.contains("RaftMsg"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    Ok(())
 }
 
 // ------------------------------------------------------------------ cluster port rotation

@@ -53,17 +53,44 @@ pub fn encode_state(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
 
 /// Decodes a whole `state.bin` stream. Unknown fields are skipped, as protobuf requires; a
 /// message or field cut short is an error.
-pub fn decode_state(mut input: &[u8]) -> Result<Entries, StateError> {
-    let mut entries = Vec::new();
-    loop {
-        match next_message(&mut input) {
-            Ok(Some(message)) => entries.push(decode_entry(&message)?),
-            Ok(None) => return Ok(entries),
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                return Err(StateError::Truncated("entry"))
-            }
-            Err(e) => return Err(StateError::Malformed(e.to_string())),
+pub fn decode_state(input: &[u8]) -> Result<Entries, StateError> {
+    StateReader::new(input).collect()
+}
+
+/// The entries of a `state.bin` stream, decoded one at a time as they are read (a restore or an
+/// install at 100,000 secrets need not hold the decoded state beside its encoding): what
+/// [`decode_state`] returns, item by item. After an error it yields nothing more.
+pub struct StateReader<R> {
+    input: R,
+    failed: bool,
+}
+
+impl<R: Read> StateReader<R> {
+    pub fn new(input: R) -> StateReader<R> {
+        StateReader {
+            input,
+            failed: false,
         }
+    }
+}
+
+impl<R: Read> Iterator for StateReader<R> {
+    type Item = Result<(String, Vec<u8>), StateError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        let entry = match next_message(&mut self.input) {
+            Ok(Some(message)) => decode_entry(&message),
+            Ok(None) => return None,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                Err(StateError::Truncated("entry"))
+            }
+            Err(e) => Err(StateError::Malformed(e.to_string())),
+        };
+        self.failed = entry.is_err();
+        Some(entry)
     }
 }
 
