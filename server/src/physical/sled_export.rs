@@ -105,16 +105,14 @@ impl Export {
                     .expect("an export's state lives as long as the export");
                 // Kept keys before the next one the tree holds: deleted since (or written and
                 // deleted); the ones that were there come first.
-                let later = match &next {
-                    Some((key, _)) => running.before.split_off(key),
-                    None => BTreeMap::new(),
-                };
-                let earlier = std::mem::replace(&mut running.before, later);
-                out.extend(
-                    earlier
-                        .into_iter()
-                        .filter_map(|(key, value)| value.map(|v| (key, v))),
-                );
+                while let Some(kept) = running.before.first_entry() {
+                    if next.as_ref().is_some_and(|(key, _)| kept.key() >= key) {
+                        break;
+                    }
+                    if let (key, Some(value)) = kept.remove_entry() {
+                        out.push((key, value));
+                    }
+                }
                 if let Some((key, value)) = &next {
                     let value = match running.before.remove(key) {
                         Some(kept) => kept,
