@@ -1,7 +1,7 @@
 //! The durable store on local disk (sled), under the Raft state machine: data tree plus a metadata tree.
 //!
 //! Durability: sled fsyncs on its own only every 500 ms (spacejam/sled#1140), so
-//! every write here awaits `flush_async` before it returns; an acknowledged
+//! every write here awaits a flush before it returns; an acknowledged
 //! write survives `kill -9`. (sled's flush uses `sync_file_range`, #1452: that
 //! is as durable as sled gets.) Opened in `Mode::LowSpace` against sled's space
 //! growth (databend PR #14709).
@@ -59,6 +59,10 @@ pub struct SledStore {
     /// The running point-in-time export, which every write to the data tree keeps the values
     /// it replaces for (`sled_export`).
     exports: Exports,
+    /// Held for writing while a Raft apply writes its ops one by one
+    /// ([`SledStore::apply_with_meta`]) and for reading by every read of the data, so a read
+    /// sees an entry's writes all or none, as it would a sled transaction's.
+    applying: Arc<std::sync::RwLock<()>>,
 }
 
 impl fmt::Debug for SledStore {
@@ -149,6 +153,7 @@ impl SledStore {
             replacements: std::sync::atomic::AtomicU64::new(0),
             service_changes: std::sync::atomic::AtomicU64::new(0),
             exports: Exports::default(),
+            applying: Arc::default(),
         })
     }
 
@@ -315,12 +320,40 @@ impl SledStore {
     /// the Raft log of the same database. sled writes one log for all trees and recovers a
     /// prefix of it, so this write is on disk once any later flush returns (the next log
     /// append's), and a crash before that loses only state the Raft log replays.
+    ///
+    /// Not a sled transaction either: the ops are written one after another, then `meta`
+    /// (the applied log id) last. sled starts every transaction by writing out its current
+    /// buffer and a batch marker, each its own write and sync on sled's thread pool, which the
+    /// next log append's flush waits for. A crash part way through leaves some of the ops
+    /// with the meta of the entry before; Raft applies the entry again, and each op being an
+    /// absolute put or delete, applying a prefix of them and then all of them is applying all.
     pub(crate) async fn apply_with_meta(
         &self,
         ops: Vec<TxnOp>,
         meta: Vec<(String, Vec<u8>)>,
     ) -> Result<(), StorageError> {
-        self.write_unflushed(txn_writes(ops), meta).await
+        let writes = txn_writes(ops);
+        if writes.len() + meta.len() > INLINE_WRITES {
+            return self.write_unflushed(writes, meta).await;
+        }
+        let data = self.data();
+        self.exports
+            .before_write(&data, writes.iter().map(|(k, _)| k.as_slice()))
+            .map_err(|e| io_error("read before an apply", "", e))?;
+        let _applying = self.applying.write().unwrap_or_else(|p| p.into_inner());
+        for (k, v) in writes {
+            match v {
+                Some(v) => data.insert(k, v),
+                None => data.remove(k),
+            }
+            .map_err(|e| io_error("apply", "", e))?;
+        }
+        for (k, v) in meta {
+            self.meta
+                .insert(k.as_bytes(), v)
+                .map_err(|e| io_error("apply", &k, e))?;
+        }
+        Ok(())
     }
 
     /// Replaces the whole data set with `entries` and writes `meta` records, atomically: a
@@ -451,7 +484,8 @@ impl SledStore {
         use sled::Transactional;
         let (data, meta_tree) = (self.data(), self.meta.clone());
         let exports = self.exports.clone();
-        tokio::task::spawn_blocking(move || {
+        let inline = writes.len() + meta.len() <= INLINE_WRITES;
+        let run = move || {
             exports
                 .before_write(&data, writes.iter().map(|(k, _)| k.as_slice()))
                 .map_err(sled::transaction::TransactionError::Storage)?;
@@ -467,20 +501,24 @@ impl SledStore {
                 }
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
-        })
-        .await
-        .map_err(|e| StorageError::Io(format!("sled transaction did not complete: {e}")))?
-        .map_err(|e| StorageError::Io(format!("sled transaction failed: {e:?}")))?;
+        };
+        // A Raft entry's few writes go in on the calling task: the hop to the blocking pool
+        // and back cost more than the transaction (sled writes to memory; its reads are
+        // already made on the calling task, see `get`).
+        let done = if inline {
+            run()
+        } else {
+            tokio::task::spawn_blocking(run)
+                .await
+                .map_err(|e| StorageError::Io(format!("sled transaction did not complete: {e}")))?
+        };
+        done.map_err(|e| StorageError::Io(format!("sled transaction failed: {e:?}")))?;
         Ok(())
     }
 
     /// Makes every write to any tree of this database durable.
     pub(crate) async fn flush(&self) -> Result<(), StorageError> {
-        self.db
-            .flush_async()
-            .await
-            .map(|_| ())
-            .map_err(|e| io_error("flush", "", e))
+        flush(&self.db).await.map_err(|e| io_error("flush", "", e))
     }
 }
 
@@ -578,6 +616,19 @@ fn is_data_tree(name: &[u8]) -> bool {
             .is_some_and(|g| !g.is_empty() && g.iter().all(u8::is_ascii_digit))
 }
 
+/// At most this many writes of one transaction are made on the calling task
+/// ([`SledStore::write_with_meta`]); more go to the blocking pool.
+const INLINE_WRITES: usize = 64;
+
+/// Flushes every tree of `tree`'s database (a `Db` is a tree) to disk, from tokio's blocking
+/// pool. Not sled's `flush_async`: that hands the flush to sled's own thread pool, whose every
+/// job wakes all seven of its idle threads (`notify_all`), on top of the job sled's flush
+/// itself queues there to write the buffer.
+pub(crate) async fn flush(tree: &sled::Tree) -> sled::Result<()> {
+    let tree = tree.clone();
+    blocking(move || tree.flush().map(|_| ())).await
+}
+
 /// Runs a sled call off the async worker threads. sled calls can block on
 /// disk I/O; `spawn_blocking` (not `block_in_place`) also works on a
 /// current-thread runtime, as in `#[tokio::test]`.
@@ -635,6 +686,7 @@ impl Backend for SledStore {
     /// the blocking pool and back cost two thread wake-ups, and a request reads several keys
     /// (its token, the secret's metadata, ...). Writes, flushes and scans stay off the workers.
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        let _whole = self.applying.read().unwrap_or_else(|p| p.into_inner());
         self.data
             .load()
             .get(key)
@@ -667,9 +719,10 @@ impl Backend for SledStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
-        let data = self.data();
+        let (data, applying) = (self.data(), self.applying.clone());
         let p = prefix.to_string();
         let keys = blocking(move || {
+            let _whole = applying.read().unwrap_or_else(|p| p.into_inner());
             data.scan_prefix(p.as_bytes())
                 .keys()
                 .map(|k| k.map(|k| String::from_utf8_lossy(&k).into_owned()))
@@ -712,6 +765,7 @@ fn txn_writes(ops: Vec<TxnOp>) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     #[test]
     fn cache_size_maps_entries_to_bytes() {
@@ -1047,10 +1101,19 @@ mod tests {
         assert_eq!(wait_for_one_data_tree(&store), ["data.1"]);
     }
 
-    /// This test binary again, running only the child test `name` of this module (with `env`
-    /// set to `dir`), its stdout piped.
-    fn crash_child(name: &str, env: &str, dir: &Path) -> std::process::Child {
-        std::process::Command::new(std::env::current_exe().unwrap())
+    /// Runs this test binary again, only the child test `name` of this module (with `env` set
+    /// to `dir`), reads the numbers it prints after `prefix` until one is at least `at_least`,
+    /// lets it go on for `linger`, then kills it (SIGKILL: no destructor, no sled flush on
+    /// drop). Returns the last number read. The pipe stays open until the kill: a child
+    /// writing to a closed pipe would die of that write's panic, cleanly, at its next line.
+    fn kill_child_after(
+        (name, env, dir): (&str, &str, &Path),
+        prefix: &str,
+        at_least: u64,
+        linger: std::time::Duration,
+    ) -> u64 {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
                 &format!("physical::sled_store::tests::{name}"),
@@ -1060,7 +1123,28 @@ mod tests {
             .env(env, dir)
             .stdout(std::process::Stdio::piped())
             .spawn()
-            .unwrap()
+            .unwrap();
+        let mut last = 0;
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        for line in &mut lines {
+            if let Some(n) = line.unwrap().strip_prefix(prefix) {
+                last = n.trim().parse().unwrap();
+                if last >= at_least {
+                    break;
+                }
+            }
+        }
+        std::thread::sleep(linger);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(last >= at_least, "the child {name} stopped at {last}");
+        last
+    }
+
+    /// The meta record `key`, a big-endian number.
+    fn meta_u64(store: &SledStore, key: &str) -> u64 {
+        let bytes = store.get_meta(key).unwrap().expect("the meta record");
+        u64::from_be_bytes(bytes.try_into().unwrap())
     }
 
     const REPLACE_CRASH_DIR_ENV: &str = "KEYHOLD_TEST_SLED_REPLACE_CRASH_DIR";
@@ -1095,39 +1179,16 @@ mod tests {
 
     #[test]
     fn a_replacement_is_all_or_nothing_under_kill_9() {
-        use std::io::{BufRead, BufReader};
-
         // Killed after a different number of replacements each time, so at different points
         // of the next one.
         for stop_after in [1u64, 2, 5, 8] {
             let dir = tempfile::tempdir().unwrap();
-            let mut child = crash_child("replace_crash_child", REPLACE_CRASH_DIR_ENV, dir.path());
-            let mut acked = 0;
-            for line in BufReader::new(child.stdout.take().unwrap()).lines() {
-                if let Some(n) = line.unwrap().strip_prefix("replaced ") {
-                    acked = n.parse().unwrap();
-                    if acked >= stop_after {
-                        break;
-                    }
-                }
-            }
-            std::thread::sleep(std::time::Duration::from_millis(stop_after * 3));
-            child.kill().unwrap();
-            child.wait().unwrap();
-            assert!(
-                acked >= stop_after,
-                "the child stopped after {acked} replacements"
-            );
+            let child = ("replace_crash_child", REPLACE_CRASH_DIR_ENV, dir.path());
+            let linger = std::time::Duration::from_millis(stop_after * 3);
+            let acked = kill_child_after(child, "replaced ", stop_after, linger);
 
             let store = SledStore::open(dir.path()).unwrap();
-            let state = u64::from_be_bytes(
-                store
-                    .get_meta("state")
-                    .unwrap()
-                    .unwrap()
-                    .try_into()
-                    .unwrap(),
-            );
+            let state = meta_u64(&store, "state");
             assert!(
                 state >= acked,
                 "replacement {acked} was acknowledged, {state} is on disk"
@@ -1138,6 +1199,154 @@ mod tests {
                 "data set {state}"
             );
             assert_eq!(data_trees(&store).len(), 1);
+        }
+    }
+
+    /// A Raft apply writes its ops one by one, yet a read sees an entry whole: each entry
+    /// puts `y`, twenty other keys, then `x`, all to its number; a reader reading `y` and then
+    /// `x` never finds `x` behind `y` (it would, in the middle of an entry, without the lock).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_sees_an_apply_whole_or_not_at_all() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let put = |key: &str, n: u64| TxnOp::Put {
+            key: key.to_string(),
+            value: n.to_be_bytes().to_vec(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::open(dir.path()).unwrap());
+        let done = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (store, done) = (store.clone(), done.clone());
+            tokio::spawn(async move {
+                let (mut reads, mut torn) = (0u64, 0u64);
+                while !done.load(Ordering::SeqCst) {
+                    let y = store.get("y").await.unwrap();
+                    let x = store.get("x").await.unwrap();
+                    reads += 1;
+                    if x < y {
+                        torn += 1;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                (reads, torn)
+            })
+        };
+        for n in 1u64..=3000 {
+            let mut ops = vec![put("y", n)];
+            ops.extend((0..20).map(|i| put(&format!("pad/{i:02}"), n)));
+            ops.push(put("x", n));
+            store.apply_with_meta(ops, vec![]).await.unwrap();
+            tokio::task::yield_now().await;
+        }
+        done.store(true, Ordering::SeqCst);
+        let (reads, torn) = reader.await.unwrap();
+        assert!(reads > 100, "only {reads} reads ran beside the applies");
+        assert_eq!(torn, 0, "{torn} of {reads} reads found x behind y");
+    }
+
+    const APPLY_CRASH_DIR_ENV: &str = "KEYHOLD_TEST_SLED_APPLY_CRASH_DIR";
+
+    /// Entry `n` of `an_apply_cut_short_by_kill_9_is_completed_by_applying_it_again`: 40
+    /// of 100 keys (which ones depends on `n`) put to `n`, or deleted. With its meta record,
+    /// few enough writes for the inline path (not the blocking pool's transaction).
+    fn apply_ops(n: u64) -> Vec<TxnOp> {
+        (0..40)
+            .map(|i| {
+                let key = format!("k/{:03}", (n * 37 + i * 13) % 100);
+                if (n + i).is_multiple_of(7) {
+                    TxnOp::Delete { key }
+                } else {
+                    TxnOp::Put {
+                        key,
+                        value: n.to_be_bytes().to_vec(),
+                    }
+                }
+            })
+            .collect()
+    }
+
+    fn apply_ops_to(data: &mut BTreeMap<String, Vec<u8>>, ops: &[TxnOp]) {
+        for op in ops {
+            match op {
+                TxnOp::Put { key, value } => data.insert(key.clone(), value.clone()),
+                TxnOp::Delete { key } => data.remove(key),
+            };
+        }
+    }
+
+    /// The data after entries `1..=n`.
+    fn applied_through(n: u64) -> BTreeMap<String, Vec<u8>> {
+        let mut data = BTreeMap::new();
+        for i in 1..=n {
+            apply_ops_to(&mut data, &apply_ops(i));
+        }
+        data
+    }
+
+    /// The child half of `an_apply_cut_short_by_kill_9_is_completed_by_applying_it_again`:
+    /// applies entries as the state machine does (unflushed, the entry's number as the meta),
+    /// flushes after every third as the next log append would, and prints the number once
+    /// that flush has returned. A no-op in a normal run.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn apply_crash_child() {
+        let Ok(dir) = std::env::var(APPLY_CRASH_DIR_ENV) else {
+            return;
+        };
+        let store = Arc::new(SledStore::open(Path::new(&dir)).unwrap());
+        // Flushes all the time besides, so that what reaches the disk ends anywhere, in the
+        // middle of an apply too, not only where the flushes below put it.
+        let flusher = store.clone();
+        tokio::spawn(async move {
+            loop {
+                flusher.flush().await.unwrap();
+            }
+        });
+        for n in 1u64.. {
+            let meta = vec![("applied".to_string(), n.to_be_bytes().to_vec())];
+            store.apply_with_meta(apply_ops(n), meta).await.unwrap();
+            if n.is_multiple_of(3) {
+                store.flush().await.unwrap();
+                println!("flushed {n}");
+            }
+        }
+    }
+
+    /// An apply is not one sled transaction: a crash may leave part of an entry's writes with
+    /// the meta of the entry before. What is on disk is then always the entries up to the
+    /// recorded one plus a prefix of the next one's writes, and applying that entry again (as
+    /// Raft does after a restart) gives exactly the data of both applied whole.
+    #[test]
+    fn an_apply_cut_short_by_kill_9_is_completed_by_applying_it_again() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        for stop_after in [3u64, 12, 30, 57, 99, 150, 201, 300] {
+            let dir = tempfile::tempdir().unwrap();
+            let child = ("apply_crash_child", APPLY_CRASH_DIR_ENV, dir.path());
+            let linger = std::time::Duration::from_millis(stop_after % 7);
+            let flushed = kill_child_after(child, "flushed ", stop_after, linger);
+
+            let store = SledStore::open(dir.path()).unwrap();
+            let applied = meta_u64(&store, "applied");
+            assert!(
+                applied >= flushed,
+                "{flushed} was flushed, {applied} is on disk"
+            );
+            let on_disk: BTreeMap<String, Vec<u8>> = store.export().unwrap().into_iter().collect();
+            let next = apply_ops(applied + 1);
+            let prefix = (0..=next.len()).find(|&k| {
+                let mut expected = applied_through(applied);
+                apply_ops_to(&mut expected, &next[..k]);
+                expected == on_disk
+            });
+            assert!(
+                prefix.is_some(),
+                "the data is neither entries 1..={applied} nor those and a prefix of the next"
+            );
+            let meta = vec![("applied".to_string(), (applied + 1).to_be_bytes().to_vec())];
+            rt.block_on(store.apply_with_meta(next, meta)).unwrap();
+            let after: BTreeMap<String, Vec<u8>> = store.export().unwrap().into_iter().collect();
+            assert_eq!(after, applied_through(applied + 1));
         }
     }
 
@@ -1159,24 +1368,9 @@ mod tests {
 
     #[test]
     fn acknowledged_writes_survive_kill_9() {
-        use std::io::{BufRead, BufReader};
-
         let dir = tempfile::tempdir().unwrap();
-        let mut child = crash_child("crash_child_writer", CRASH_DIR_ENV, dir.path());
-        let mut last_acked = None;
-        for line in BufReader::new(child.stdout.take().unwrap()).lines() {
-            if let Some(n) = line.unwrap().strip_prefix("acked ") {
-                let n: u32 = n.parse().unwrap();
-                last_acked = Some(n);
-                if n >= 200 {
-                    break;
-                }
-            }
-        }
-        child.kill().unwrap(); // SIGKILL on Unix: no destructor, no sled flush on drop
-        child.wait().unwrap();
-
-        let last = last_acked.expect("the child acknowledged writes");
+        let child = ("crash_child_writer", CRASH_DIR_ENV, dir.path());
+        let last = kill_child_after(child, "acked ", 200, std::time::Duration::ZERO);
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();

@@ -4,7 +4,7 @@
 //! id, last purged log id).
 //!
 //! Durability: sled fsyncs on its own only every 500 ms (spacejam/sled#1140),
-//! so every append, vote, truncate and purge awaits `flush_async` before it
+//! so every append, vote, truncate and purge awaits a flush (`sled_store::flush`) before it
 //! reports success (the committed log id alone is not flushed, see
 //! `save_committed`): before openraft's `LogFlushed` callback for an append,
 //! before `save_vote` returns. A vote or an entry that openraft was told is
@@ -45,7 +45,7 @@ impl LogStore {
     }
 
     async fn flush(&self) -> Result<(), sled::Error> {
-        self.log.flush_async().await.map(|_| ())
+        crate::physical::sled_store::flush(&self.log).await
     }
 
     fn read_meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, AnyError> {
@@ -192,9 +192,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         let bytes =
             serde_json::to_vec(&committed).map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
-        let meta = self.meta.clone();
-        blocking(move || meta.insert(COMMITTED, bytes).map(|_| ()))
-            .await
+        self.meta
+            .insert(COMMITTED, bytes)
+            .map(|_| ())
             .map_err(|e| StorageIOError::write(AnyError::new(&e)).into())
     }
 
@@ -214,14 +214,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
+        // One insert per entry, in log order, not a `sled::Batch`: sled starts every batch
+        // (and transaction) by writing out its current buffer and then a batch marker, each
+        // written and synced by its own job on sled's thread pool, which the flush below then
+        // waits for. A crash part way through leaves a prefix of these entries (sled recovers
+        // a prefix of its log), never a hole, and none of them was reported flushed.
+        let mut written = Ok(());
         for entry in entries {
             let bytes = serde_json::to_vec(&entry)
                 .map_err(|e| StorageIOError::write_logs(AnyError::new(&e)))?;
-            batch.insert(&index_key(entry.log_id.index), bytes);
+            if let Err(e) = self.log.insert(index_key(entry.log_id.index), bytes) {
+                written = Err(e);
+                break;
+            }
         }
-        let log = self.log.clone();
-        let written = match blocking(move || log.apply_batch(batch)).await {
+        let written = match written {
             Ok(()) => self.flush().await,
             Err(e) => Err(e),
         };

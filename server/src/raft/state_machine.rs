@@ -125,7 +125,7 @@ impl StateMachine {
         self.store
             .replace_all_with_meta(
                 StateReader::new(state),
-                state_meta(meta.last_log_id, &meta.last_membership)?,
+                state_meta(meta.last_log_id, Some(&meta.last_membership))?,
             )
             .await
             .map_err(|e| AnyError::new(&e))?
@@ -141,20 +141,23 @@ impl StateMachine {
     }
 }
 
+/// The meta records of a state machine at `last_applied`: the applied log id, and the
+/// membership when `membership` is given (else the stored one stays).
 fn state_meta(
     last_applied: Option<LogId>,
-    membership: &StoredMembership,
+    membership: Option<&StoredMembership>,
 ) -> Result<Vec<(String, Vec<u8>)>, AnyError> {
-    Ok(vec![
-        (
-            LAST_APPLIED.to_string(),
-            serde_json::to_vec(&last_applied).map_err(|e| AnyError::new(&e))?,
-        ),
-        (
+    let mut meta = vec![(
+        LAST_APPLIED.to_string(),
+        serde_json::to_vec(&last_applied).map_err(|e| AnyError::new(&e))?,
+    )];
+    if let Some(membership) = membership {
+        meta.push((
             LAST_MEMBERSHIP.to_string(),
             serde_json::to_vec(membership).map_err(|e| AnyError::new(&e))?,
-        ),
-    ])
+        ));
+    }
+    Ok(meta)
 }
 
 /// Keeps what `write` writes (a snapshot of everything up to `last_log_id`) as the current
@@ -191,7 +194,9 @@ async fn persist_snapshot(
         .map_err(|e| AnyError::new(&e))?
     {
         tree.remove(SNAPSHOT_KEY).map_err(|e| AnyError::new(&e))?;
-        tree.flush_async().await.map_err(|e| AnyError::new(&e))?;
+        crate::physical::sled_store::flush(tree)
+            .await
+            .map_err(|e| AnyError::new(&e))?;
     }
     Ok(())
 }
@@ -411,11 +416,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let started = std::time::Instant::now();
-        let (mut applied, mut membership) = self
-            .read_state()
-            .map_err(StorageIOError::read_state_machine)?;
+        // The membership record is written only when an entry changes it: it is most of an
+        // apply's meta (over a kilobyte of JSON), the same for every other entry.
+        let mut membership: Option<StoredMembership> = None;
         let mut ops: Vec<TxnOp> = Vec::new();
         let mut flush = false;
+        let mut applied = None;
         let mut last = None;
         let mut count = 0;
         for entry in entries {
@@ -429,7 +435,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     // record of this entry as applied.
                     Some(id) => {
                         if !ops.is_empty() {
-                            let meta = state_meta(applied, &membership)
+                            let meta = state_meta(applied, membership.as_ref())
                                 .map_err(|e| StorageIOError::apply(entry.log_id, e))?;
                             self.store
                                 .transaction_with_meta(std::mem::take(&mut ops), meta)
@@ -438,7 +444,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                     StorageIOError::apply(entry.log_id, AnyError::new(&e))
                                 })?;
                         }
-                        let meta = state_meta(Some(entry.log_id), &membership)
+                        let meta = state_meta(Some(entry.log_id), membership.as_ref())
                             .map_err(|e| StorageIOError::apply(entry.log_id, e))?;
                         self.apply_restore(&id, meta)
                             .await
@@ -448,7 +454,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 },
                 EntryPayload::Membership(m) => {
                     flush = true;
-                    membership = StoredMembership::new(Some(entry.log_id), m);
+                    membership = Some(StoredMembership::new(Some(entry.log_id), m));
                 }
             }
             applied = Some(entry.log_id);
@@ -456,8 +462,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let Some(last) = last else {
             return Ok(Vec::new());
         };
-        let meta =
-            state_meta(Some(last), &membership).map_err(|e| StorageIOError::apply(last, e))?;
+        let meta = state_meta(Some(last), membership.as_ref())
+            .map_err(|e| StorageIOError::apply(last, e))?;
         let services_changed = ops.iter().any(|op| shapes_services(op.key()));
         let applied = if flush || ops.iter().any(|op| read_before_raft(op.key())) {
             self.store.transaction_with_meta(ops, meta).await
@@ -686,6 +692,35 @@ mod tests {
         );
     }
 
+    /// The membership record is written by the entry that changes it, not by every apply:
+    /// applies after it keep it, across a reopen, and a later change in a batch of puts wins.
+    #[tokio::test]
+    async fn the_membership_outlives_applies_that_do_not_change_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = {
+            let (_store, mut sm) = open_with_a(dir.path()).await;
+            let first = sm.applied_state().await.unwrap().1;
+            assert_eq!(first.log_id(), &Some(log_id(1)));
+            sm.apply([put(3, "b", b"2")]).await.unwrap();
+            sm.apply([put(4, "c", b"3"), put(5, "d", b"4")])
+                .await
+                .unwrap();
+            assert_eq!(
+                sm.applied_state().await.unwrap(),
+                (Some(log_id(5)), first.clone())
+            );
+            first
+        };
+        let (_store, mut sm) = open(dir.path()).await;
+        assert_eq!(sm.applied_state().await.unwrap(), (Some(log_id(5)), first));
+        sm.apply([put(6, "e", b"5"), membership_entry(7), put(8, "f", b"6")])
+            .await
+            .unwrap();
+        let (applied, membership) = sm.applied_state().await.unwrap();
+        assert_eq!(applied, Some(log_id(8)));
+        assert_eq!(membership.log_id(), &Some(log_id(7)));
+    }
+
     #[tokio::test]
     async fn damaged_snapshot_is_refused_and_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
@@ -796,7 +831,7 @@ mod tests {
         assert_eq!(state.0, Some(log_id(8)));
 
         // The meta as it was before those entries, the data as after them.
-        let earlier = state_meta(Some(log_id(2)), &state.1).unwrap();
+        let earlier = state_meta(Some(log_id(2)), Some(&state.1)).unwrap();
         for (key, value) in earlier {
             store.set_meta(&key, value).await.unwrap();
         }
