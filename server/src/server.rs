@@ -346,10 +346,12 @@ pub async fn restore_offline(config: &[PathBuf], archive_bytes: &[u8]) -> anyhow
     };
     let archive = crate::client::snapshot::archive::read(archive_bytes)?;
     let entries = archive.entries()?;
-    for required in ["core/seal-config", "core/keyring"] {
-        if !entries.iter().any(|(k, _)| k == required) {
-            bail!("the snapshot has no {required}: it is not a snapshot of an initialised cluster");
-        }
+    let required = crate::client::snapshot::archive::REQUIRED_KEYS;
+    if let Some(required) = required
+        .iter()
+        .find(|r| !entries.iter().any(|(k, _)| k == *r))
+    {
+        bail!("the snapshot has no {required}: it is not a snapshot of an initialised cluster");
     }
     create_private_dir(&raft.path)?;
     let store = crate::physical::sled_store::SledStore::open(&raft.path)?;

@@ -153,13 +153,11 @@ impl Core {
                 ));
             }
         }
-        let entries = archive
-            .entries()
+        let (keys, missing) = archive
+            .count_and_missing()
             .map_err(|e| Error::invalid(e.to_string()))?;
-        for required in ["core/seal-config", "core/keyring"] {
-            if !entries.iter().any(|(k, _)| k == required) {
-                return Err(Error::invalid(format!("the snapshot has no {required}: it is not a snapshot of an initialised keyhold/Vault cluster")));
-            }
+        if let Some(required) = missing.first() {
+            return Err(Error::invalid(format!("the snapshot has no {required}: it is not a snapshot of an initialised keyhold/Vault cluster")));
         }
         let physical = self.barrier.physical().clone();
         let id = uuid::Uuid::new_v4().simple().to_string();
@@ -184,7 +182,7 @@ impl Core {
         physical
             .put(RESTORE_COMMIT_KEY, id.clone().into_bytes())
             .await?;
-        tracing::warn!(restore = %id, index = archive.meta.index, keys = entries.len(), force, "snapshot restored: all data replaced");
+        tracing::warn!(restore = %id, index = archive.meta.index, keys, force, "snapshot restored: all data replaced");
 
         // The services were built from the old data: rebuild them, or seal
         // if the restored keyring belongs to other keys.

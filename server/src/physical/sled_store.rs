@@ -722,11 +722,20 @@ impl Backend for SledStore {
         let (data, applying) = (self.data(), self.applying.clone());
         let p = prefix.to_string();
         let keys = blocking(move || {
-            let _whole = applying.read().unwrap_or_else(|p| p.into_inner());
-            data.scan_prefix(p.as_bytes())
-                .keys()
-                .map(|k| k.map(|k| String::from_utf8_lossy(&k).into_owned()))
-                .collect::<sled::Result<Vec<String>>>()
+            // The lock is taken for each step, not the whole scan (as sled's own lock for its
+            // batches): a long listing must not hold up the applies.
+            let mut scan = data.scan_prefix(p.as_bytes()).keys();
+            let mut keys = Vec::new();
+            loop {
+                let next = {
+                    let _whole = applying.read().unwrap_or_else(|p| p.into_inner());
+                    scan.next()
+                };
+                match next {
+                    Some(key) => keys.push(String::from_utf8_lossy(&key?).into_owned()),
+                    None => return Ok(keys),
+                }
+            }
         })
         .await
         .map_err(|e| io_error("list", prefix, e))?;

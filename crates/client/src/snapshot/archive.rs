@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use super::state::encode_state;
-use super::state::{decode_state, Entries};
+use super::state::{Entries, StateReader};
 pub use super::{META, SEALED_SUMS, STATE, SUMS};
 
 /// `meta.json`, as hashicorp/raft writes it.
@@ -178,7 +178,11 @@ pub fn read(bytes: &[u8]) -> Result<Archive, ArchiveError> {
     }
     let meta: ArchiveMeta = serde_json::from_slice(&meta_json)
         .map_err(|e| ArchiveError::Malformed(META, e.to_string()))?;
-    decode_state(&state).map_err(|e| ArchiveError::Malformed(STATE, e.to_string()))?;
+    // Decoded one entry at a time, to check it, not collected: at 100,000 secrets the state
+    // is over 100 MB, and the server holds the upload and the state already.
+    for entry in StateReader::new(state.as_slice()) {
+        entry.map_err(|e| ArchiveError::Malformed(STATE, e.to_string()))?;
+    }
     Ok(Archive {
         meta,
         state,
@@ -187,9 +191,33 @@ pub fn read(bytes: &[u8]) -> Result<Archive, ArchiveError> {
     })
 }
 
+/// The keys the snapshot of every initialised cluster holds (its seal configuration and
+/// keyring): a restore refuses a snapshot without them.
+pub const REQUIRED_KEYS: [&str; 2] = ["core/seal-config", "core/keyring"];
+
 impl Archive {
+    /// The entries of `state.bin`, decoded one at a time as they are taken.
+    pub fn entry_reader(
+        &self,
+    ) -> impl Iterator<Item = Result<(String, Vec<u8>), ArchiveError>> + '_ {
+        StateReader::new(self.state.as_slice())
+            .map(|entry| entry.map_err(|e| ArchiveError::Malformed(STATE, e.to_string())))
+    }
+
     pub fn entries(&self) -> Result<Entries, ArchiveError> {
-        decode_state(&self.state).map_err(|e| ArchiveError::Malformed(STATE, e.to_string()))
+        self.entry_reader().collect()
+    }
+
+    /// How many entries the state holds, and which of [`REQUIRED_KEYS`] it lacks, without
+    /// holding the decoded entries.
+    pub fn count_and_missing(&self) -> Result<(usize, Vec<&'static str>), ArchiveError> {
+        let (mut count, mut missing) = (0, REQUIRED_KEYS.to_vec());
+        for entry in self.entry_reader() {
+            let (key, _) = entry?;
+            missing.retain(|required| *required != key);
+            count += 1;
+        }
+        Ok((count, missing))
     }
 }
 
