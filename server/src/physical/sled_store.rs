@@ -217,7 +217,7 @@ impl SledStore {
         data.scan_prefix(prefix.as_bytes())
             .map(|item| {
                 let (k, v) = item.map_err(|e| io_error("export", "", e))?;
-                Ok((self.data_key(&k)?.to_string(), v.to_vec()))
+                Ok((data_key(&self.path, &k)?.to_string(), v.to_vec()))
             })
             .collect()
     }
@@ -257,11 +257,6 @@ impl SledStore {
             write_state_entry(&self.path, &mut entry, &k, &v, out)?;
         }
         Ok(())
-    }
-
-    /// A data key as text (every key the server writes is).
-    fn data_key<'k>(&self, key: &'k [u8]) -> Result<&'k str, StorageError> {
-        data_key(&self.path, key)
     }
 
     /// Atomically replaces the whole data tree with `entries` (offline restore), flushed before
