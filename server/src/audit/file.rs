@@ -11,6 +11,14 @@
 //! The thread opens the file itself, so even opening a FIFO cannot block the
 //! caller.
 //!
+//! A write that cannot block is made on the calling task instead (`Sink::write_direct`):
+//! to `discard`, or to a regular file on a local file system (ext4, xfs, btrfs, tmpfs...),
+//! where a `write` lands in the page cache. Two hand-offs between threads per line cost
+//! more than the write itself (measured: `discard` through the thread cost as much as a
+//! file). The thread stays for FIFOs, stdout, sockets, network and FUSE file systems, for
+//! every open and reopen, for the retry after a failed write, for lines that arrive while
+//! another write holds the file, and for good once a direct write was slow.
+//!
 //! Like Vault, the device keeps writing to the file it opened until it is
 //! reopened (SIGHUP): a file that is renamed or deleted underneath it keeps
 //! receiving lines (a deleted one invisibly, hashicorp/vault#31718), which is
@@ -21,8 +29,9 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -203,12 +212,22 @@ enum Job {
     },
 }
 
+/// A direct write slower than this sends the device's writes back to its thread
+/// until it is reopened: a file system that stalls a write once may stall the
+/// next one for good, and a stalled direct write holds a runtime worker.
+const SLOW_DIRECT_WRITE: Duration = Duration::from_millis(100);
+
 /// State shared between the async side and the writer thread.
-#[derive(Default)]
 struct Shared {
     /// When the thread started the job (or open) it is busy with; `None` when
     /// idle. A job older than the write timeout means the device is blocked.
     busy_since: Mutex<Option<Instant>>,
+    /// The output, written by the thread and, while `direct` holds, by callers.
+    writer: Mutex<Writer>,
+    /// Whether the open output takes writes on the calling task (`Writer::cannot_block`).
+    direct: AtomicBool,
+    /// A direct write was slow (`SLOW_DIRECT_WRITE`): only the thread writes until a reopen.
+    slowed: AtomicBool,
 }
 
 impl Shared {
@@ -221,6 +240,42 @@ impl Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .map(|t| t.elapsed())
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Opens (or reopens) the output on the thread. A reopen (SIGHUP) also lets callers
+    /// write directly again after a slow direct write.
+    fn open(&self) -> io::Result<()> {
+        self.direct.store(false, Ordering::Release);
+        self.slowed.store(false, Ordering::Release);
+        let mut writer = self.writer();
+        let result = writer.open();
+        self.publish(&writer);
+        result
+    }
+
+    /// Writes on the thread: first try, reopen, second try (`Writer::try_write`).
+    fn write(&self, line: &[u8]) -> io::Result<()> {
+        let mut writer = self.writer();
+        let mut result = writer.try_write(line);
+        let retry = match &result {
+            Ok(()) => false,
+            Err(e) => !writer.is_net() || net::worth_reconnecting(e),
+        };
+        if retry {
+            result = writer.open().and_then(|()| writer.try_write(line));
+        }
+        self.publish(&writer);
+        result
+    }
+
+    /// Whether callers may write to the output as it is now (`Sink::write_direct`).
+    fn publish(&self, writer: &Writer) {
+        let direct = writer.cannot_block() && !self.slowed.load(Ordering::Acquire);
+        self.direct.store(direct, Ordering::Release);
     }
 }
 
@@ -241,22 +296,35 @@ pub(crate) enum WriteError {
 
 /// A started write: resolves when the writer thread has written and flushed
 /// the line, failed to, or the deadline passed.
-pub(crate) struct PendingWrite {
-    done: oneshot::Receiver<io::Result<()>>,
-    timeout: Duration,
-    started: tokio::time::Instant,
+pub(crate) enum PendingWrite {
+    /// Written on the calling task.
+    Written,
+    /// Queued for the writer thread.
+    Queued {
+        done: oneshot::Receiver<io::Result<()>>,
+        timeout: Duration,
+        started: tokio::time::Instant,
+    },
 }
 
 impl PendingWrite {
     /// Waits until `deadline` (the broker's) or the device's own timeout,
     /// whichever comes first.
     pub(crate) async fn wait(self, deadline: tokio::time::Instant) -> Result<(), WriteError> {
-        let deadline = deadline.min(self.started + self.timeout);
-        match tokio::time::timeout_at(deadline, self.done).await {
+        let (done, timeout, started) = match self {
+            PendingWrite::Written => return Ok(()),
+            PendingWrite::Queued {
+                done,
+                timeout,
+                started,
+            } => (done, timeout, started),
+        };
+        let deadline = deadline.min(started + timeout);
+        match tokio::time::timeout_at(deadline, done).await {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(e))) => Err(WriteError::Io(e)),
             Ok(Err(_)) => Err(WriteError::Stopped),
-            Err(_) => Err(WriteError::Timeout(self.timeout)),
+            Err(_) => Err(WriteError::Timeout(timeout)),
         }
     }
 }
@@ -283,18 +351,23 @@ impl Sink {
             _ => timeout,
         };
         let (jobs, queue) = mpsc::sync_channel(QUEUE_DEPTH);
-        let shared = Arc::new(Shared::default());
         let (opened_tx, opened_rx) = oneshot::channel();
         let description = describe(&target);
-        let writer = Writer {
-            target,
-            out: None,
-            shared: shared.clone(),
-            timeout,
-        };
+        let shared = Arc::new(Shared {
+            busy_since: Mutex::new(None),
+            writer: Mutex::new(Writer {
+                target,
+                out: None,
+                local: false,
+                timeout,
+            }),
+            direct: AtomicBool::new(false),
+            slowed: AtomicBool::new(false),
+        });
+        let thread_shared = shared.clone();
         std::thread::Builder::new()
             .name(format!("audit-{}", name.trim_end_matches('/')))
-            .spawn(move || writer.run(queue, opened_tx))
+            .spawn(move || run(&thread_shared, queue, opened_tx))
             .map_err(|e| Error::internal(format!("start the audit writer thread: {e}")))?;
         let sink = Sink {
             jobs,
@@ -314,10 +387,41 @@ impl Sink {
         }
     }
 
-    /// Queues a line. Fails at once if the device is blocked or its queue is
-    /// full, so a stuck device costs a request nothing but its failure.
+    /// Writes a line on the calling task when that cannot block, or else queues it. Fails
+    /// at once if the device is blocked or its queue is full, so a stuck device costs a
+    /// request nothing but its failure.
     pub(crate) fn write(&self, line: Vec<u8>) -> Result<PendingWrite, WriteError> {
+        if self.write_direct(&line) {
+            return Ok(PendingWrite::Written);
+        }
         self.submit(|done| Job::Write { line, done })
+    }
+
+    /// Writes `line` here and now if the output cannot block and nobody else holds it;
+    /// false leaves the line to the thread (which also retries after a failed try here:
+    /// the failed try cut off what it wrote, and reopening is the thread's job).
+    fn write_direct(&self, line: &[u8]) -> bool {
+        if !self.shared.direct.load(Ordering::Acquire) {
+            return false;
+        }
+        let Ok(mut writer) = self.shared.writer.try_lock() else {
+            return false;
+        };
+        let started = Instant::now();
+        let written = writer.cannot_block() && writer.try_write(line).is_ok();
+        let took = started.elapsed();
+        if took > SLOW_DIRECT_WRITE {
+            self.shared.slowed.store(true, Ordering::Release);
+        }
+        self.shared.publish(&writer);
+        drop(writer);
+        if written && took > SLOW_DIRECT_WRITE {
+            tracing::warn!(
+                "an audit write took {took:?}; this device's writes go through its own thread \
+                 until it is reopened (SIGHUP)"
+            );
+        }
+        written
     }
 
     /// Asks the thread to close and reopen the file (after logrotate moved
@@ -338,7 +442,7 @@ impl Sink {
             TrySendError::Full(_) => WriteError::QueueFull,
             TrySendError::Disconnected(_) => WriteError::Stopped,
         })?;
-        Ok(PendingWrite {
+        Ok(PendingWrite::Queued {
             done: rx,
             timeout: self.timeout,
             started: tokio::time::Instant::now(),
@@ -369,83 +473,87 @@ enum Output {
     Net(Conn),
 }
 
-/// The writer thread's state.
+/// The writer thread's loop. Ends when the sink is dropped and the queue is drained.
+fn run(shared: &Shared, queue: mpsc::Receiver<Job>, opened: oneshot::Sender<io::Result<()>>) {
+    shared.set_busy(true);
+    let (fifo, net, batches) = {
+        let writer = shared.writer();
+        (writer.is_fifo(), writer.is_net(), writer.batches())
+    };
+    if fifo {
+        // Opening blocks until a reader appears: report success now and
+        // let writes wait (and time out) instead of the caller.
+        let _ = opened.send(Ok(()));
+        if let Err(e) = shared.open() {
+            tracing::warn!(file = %describe(&shared.writer().target), "open audit FIFO: {e}");
+        }
+    } else if net {
+        // Connected on the first write: a daemon or listener that is down
+        // now fails writes (and heals), it does not refuse the device.
+        let _ = opened.send(Ok(()));
+    } else {
+        let _ = opened.send(shared.open());
+    }
+    shared.set_busy(false);
+    let mut waiting: Option<Job> = None;
+    loop {
+        let job = match waiting.take() {
+            Some(job) => job,
+            None => match queue.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+        };
+        shared.set_busy(true);
+        match job {
+            Job::Write { line, done } if batches => {
+                // The lines queued behind this one go out with it, in one write: under
+                // load the thread takes what piled up while it wrote, instead of a wake-up
+                // and a write per line. Each line's request gets the batch's outcome.
+                let (mut lines, mut dones) = (line, vec![done]);
+                while lines.len() < BATCH_BYTES {
+                    match queue.try_recv() {
+                        Ok(Job::Write { line, done }) => {
+                            lines.extend_from_slice(&line);
+                            dones.push(done);
+                        }
+                        Ok(other) => {
+                            waiting = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let result = shared.write(&lines);
+                for done in dones {
+                    let _ = done.send(match &result {
+                        Ok(()) => Ok(()),
+                        Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                    });
+                }
+            }
+            Job::Write { line, done } => {
+                let _ = done.send(shared.write(&line));
+            }
+            Job::Reopen { done } => {
+                let _ = done.send(shared.open());
+            }
+        }
+        shared.set_busy(false);
+    }
+}
+
+/// The output and what it takes to (re)open it.
 struct Writer {
     target: Target,
     out: Option<Output>,
-    shared: Arc<Shared>,
+    /// Whether writes to `out` cannot block, found when it was opened (`out_cannot_block`).
+    local: bool,
     /// Bounds each send to the syslog socket.
     timeout: Duration,
 }
 
 impl Writer {
-    fn run(mut self, queue: mpsc::Receiver<Job>, opened: oneshot::Sender<io::Result<()>>) {
-        self.shared.set_busy(true);
-        if self.is_fifo() {
-            // Opening blocks until a reader appears: report success now and
-            // let writes wait (and time out) instead of the caller.
-            let _ = opened.send(Ok(()));
-            if let Err(e) = self.open() {
-                tracing::warn!(file = %describe(&self.target), "open audit FIFO: {e}");
-            }
-        } else if self.is_net() {
-            // Connected on the first write: a daemon or listener that is down
-            // now fails writes (and heals), it does not refuse the device.
-            let _ = opened.send(Ok(()));
-        } else {
-            let _ = opened.send(self.open());
-        }
-        self.shared.set_busy(false);
-        // Ends when the sink is dropped and the queue is drained.
-        let mut waiting: Option<Job> = None;
-        loop {
-            let job = match waiting.take() {
-                Some(job) => job,
-                None => match queue.recv() {
-                    Ok(job) => job,
-                    Err(_) => return,
-                },
-            };
-            self.shared.set_busy(true);
-            match job {
-                Job::Write { line, done } if self.batches() => {
-                    // The lines queued behind this one go out with it, in one write: under
-                    // load the thread takes what piled up while it wrote, instead of a wake-up
-                    // and a write per line. Each line's request gets the batch's outcome.
-                    let (mut lines, mut dones) = (line, vec![done]);
-                    while lines.len() < BATCH_BYTES {
-                        match queue.try_recv() {
-                            Ok(Job::Write { line, done }) => {
-                                lines.extend_from_slice(&line);
-                                dones.push(done);
-                            }
-                            Ok(other) => {
-                                waiting = Some(other);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    let result = self.write(&lines);
-                    for done in dones {
-                        let _ = done.send(match &result {
-                            Ok(()) => Ok(()),
-                            Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
-                        });
-                    }
-                }
-                Job::Write { line, done } => {
-                    let _ = done.send(self.write(&line));
-                }
-                Job::Reopen { done } => {
-                    self.out = None;
-                    let _ = done.send(self.open());
-                }
-            }
-            self.shared.set_busy(false);
-        }
-    }
-
     /// Whether queued lines may go out in one write: to a file or stdout, yes (a batch is
     /// whole lines, appended whole or cut off again); to syslog or a socket, one message
     /// per line, as their readers expect.
@@ -466,8 +574,15 @@ impl Writer {
         matches!(self.target, Target::Syslog(_) | Target::Socket(_))
     }
 
+    /// Whether the output is open and a write to it returns without waiting on anything
+    /// but this machine's memory.
+    fn cannot_block(&self) -> bool {
+        self.out.is_some() && self.local
+    }
+
     fn open(&mut self) -> io::Result<()> {
         self.out = None;
+        self.local = false;
         let out = match &self.target {
             Target::Stdout => Output::Stdout,
             Target::Discard => Output::Discard,
@@ -487,27 +602,16 @@ impl Writer {
             Target::Syslog(syslog) => Output::Net(syslog.connect(self.timeout)?),
             Target::Socket(socket) => Output::Net(socket.connect()?),
         };
+        self.local = out_cannot_block(&out);
         self.out = Some(out);
         Ok(())
     }
 
-    /// Writes and flushes one line. After a failure the file is reopened and
-    /// the write tried once more, as Vault does, so a file that can be
-    /// recreated recovers without a SIGHUP.
-    /// A connection is remade the same way, except after a timeout, which a
-    /// second try would only repeat (doubling the wait on a peer that does
-    /// not read).
-    fn write(&mut self, line: &[u8]) -> io::Result<()> {
-        let first = self.try_write(line);
-        match &first {
-            Ok(()) => return first,
-            Err(e) if self.is_net() && !net::worth_reconnecting(e) => return first,
-            Err(_) => {}
-        }
-        self.open()?;
-        self.try_write(line)
-    }
-
+    /// Writes and flushes one line, opening the output first if it is closed. After a
+    /// failure the caller (`Shared::write`) reopens the file and tries once more, as
+    /// Vault does, so a file that can be recreated recovers without a SIGHUP. A
+    /// connection is remade the same way, except after a timeout, which a second try
+    /// would only repeat (doubling the wait on a peer that does not read).
     fn try_write(&mut self, line: &[u8]) -> io::Result<()> {
         if self.out.is_none() {
             self.open()?;
@@ -541,6 +645,38 @@ impl Writer {
     }
 }
 
+/// Whether a write to `out` returns without waiting on anything but this machine's memory:
+/// `discard`, or a regular file on a local disk file system.
+fn out_cannot_block(out: &Output) -> bool {
+    match out {
+        Output::Discard => true,
+        Output::File(file) => {
+            file.metadata().is_ok_and(|m| m.file_type().is_file())
+                && rustix::fs::fstatfs(file).is_ok_and(|fs| is_local_disk(fs.f_type))
+        }
+        Output::Stdout | Output::Net(_) => false,
+    }
+}
+
+/// File systems whose writes land in this machine's page cache (`statfs`'s `f_type`): ext2/3/4,
+/// xfs, btrfs, tmpfs, f2fs, bcachefs, overlayfs, zfs. Network (NFS, SMB, AFS...), FUSE and
+/// anything else keep their writes on the device's thread.
+fn is_local_disk(magic: i64) -> bool {
+    const ZFS_SUPER_MAGIC: i64 = 0x2fc1_2fc1;
+    [
+        libc::EXT4_SUPER_MAGIC,
+        libc::XFS_SUPER_MAGIC,
+        libc::BTRFS_SUPER_MAGIC,
+        libc::TMPFS_MAGIC,
+        libc::F2FS_SUPER_MAGIC,
+        libc::BCACHEFS_SUPER_MAGIC,
+        libc::OVERLAYFS_SUPER_MAGIC,
+    ]
+    .into_iter()
+    .chain([ZFS_SUPER_MAGIC])
+    .any(|local| local == magic)
+}
+
 /// Appends `line` to `file` whole or not at all. A full file system takes part of a line and
 /// then refuses the rest (ENOSPC); that part is cut off again, since the next line would
 /// otherwise continue it and the log would hold a line that is neither entry. Shrinking a file
@@ -563,8 +699,9 @@ mod tests {
 
     type Options = &'static [(&'static str, &'static str)];
 
-    /// Lines queued while the writer is busy go out together (`Writer::run`): however they
-    /// are batched, every line lands whole, once, and every write is confirmed.
+    /// Lines queued while the writer is busy go out together (`run`): however they are
+    /// batched, every line lands whole, once, and every write is confirmed. The test holds the
+    /// output while it queues each round, so that every line goes to the thread.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn queued_lines_land_whole_and_each_is_confirmed() {
         let dir = tempfile::tempdir().unwrap();
@@ -578,6 +715,7 @@ mod tests {
             .unwrap();
         let mut expected = Vec::new();
         for round in 0..20 {
+            let held = sink.shared.writer();
             let pending: Vec<_> = (0..200)
                 .map(|i| {
                     let line = format!(
@@ -585,9 +723,12 @@ mod tests {
                         "x".repeat(i * 7)
                     );
                     expected.push(line.trim_end().to_string());
-                    sink.write(line.into_bytes()).unwrap()
+                    let pending = sink.write(line.into_bytes()).unwrap();
+                    assert!(matches!(pending, PendingWrite::Queued { .. }));
+                    pending
                 })
                 .collect();
+            drop(held);
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
             for write in pending {
                 write.wait(deadline).await.unwrap();
@@ -596,6 +737,70 @@ mod tests {
         let written = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<&str> = written.lines().collect();
         assert_eq!(lines, expected);
+    }
+
+    /// A regular file on a local file system, and `discard`, are written on the calling task;
+    /// a FIFO (whose write blocks without a reader) and stdout (a pipe, perhaps full) only ever
+    /// by the device's thread. A direct write that was slow sends the device's writes to the
+    /// thread until it is reopened.
+    #[tokio::test]
+    async fn a_write_that_cannot_block_is_made_on_the_calling_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let fifo = dir.path().join("audit.fifo");
+        let status = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("run mkfifo");
+        assert!(status.success());
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::read_to_string(fifo).unwrap())
+        };
+        let timeout = Duration::from_secs(10);
+        let file = Target::File {
+            path: path.clone(),
+            mode: None,
+        };
+        let deadline = || tokio::time::Instant::now() + Duration::from_secs(10);
+        for (target, direct) in [
+            (file.clone(), true),
+            (Target::Discard, true),
+            (Target::Stdout, false),
+            (
+                Target::File {
+                    path: fifo,
+                    mode: None,
+                },
+                false,
+            ),
+        ] {
+            let what = describe(&target);
+            let sink = Sink::open("test", target, timeout).await.unwrap();
+            for i in 0..3 {
+                let pending = sink
+                    .write(format!("{{\"line\":{i}}}\n").into_bytes())
+                    .unwrap();
+                let written = matches!(pending, PendingWrite::Written);
+                assert_eq!(written, direct, "{what}, line {i}");
+                pending.wait(deadline()).await.unwrap();
+            }
+        }
+        assert_eq!(reader.join().unwrap().lines().count(), 3);
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 3);
+
+        let sink = Sink::open("test", file, timeout).await.unwrap();
+        sink.shared.slowed.store(true, Ordering::Release);
+        sink.shared.publish(&sink.shared.writer());
+        let pending = sink.write(b"{}\n".to_vec()).unwrap();
+        assert!(matches!(pending, PendingWrite::Queued { .. }));
+        pending.wait(deadline()).await.unwrap();
+        sink.reopen().unwrap().wait(deadline()).await.unwrap();
+        assert!(matches!(
+            sink.write(b"{}\n".to_vec()).unwrap(),
+            PendingWrite::Written
+        ));
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 5);
     }
 
     #[test]

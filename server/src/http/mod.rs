@@ -459,6 +459,12 @@ async fn serve(
             response.headers_mut().insert("x-vault-index", value);
         }
     }
+    // The answer waits until the other requests that are ready on this worker have run. A
+    // request whose every step completes at once (an audit line written on this task, a
+    // read from the replica) never lets go of its worker otherwise, and the answers go out
+    // one wake-up of the client each; yielding here lets them go out together. Measured
+    // with tests/bench/costs: reads c=16/64 +15-45%, CPU per read -20-30%; writes +2-8%.
+    tokio::task::yield_now().await;
     response
 }
 
