@@ -222,10 +222,8 @@ struct Shared {
     /// When the thread started the job (or open) it is busy with; `None` when
     /// idle. A job older than the write timeout means the device is blocked.
     busy_since: Mutex<Option<Instant>>,
-    /// The output, written by the thread and, while `direct` holds, by callers.
+    /// The output, written by the thread and, when it cannot block, by callers.
     writer: Mutex<Writer>,
-    /// Whether the open output takes writes on the calling task (`Writer::cannot_block`).
-    direct: AtomicBool,
     /// A direct write was slow (`SLOW_DIRECT_WRITE`): only the thread writes until a reopen.
     slowed: AtomicBool,
 }
@@ -249,12 +247,8 @@ impl Shared {
     /// Opens (or reopens) the output on the thread. A reopen (SIGHUP) also lets callers
     /// write directly again after a slow direct write.
     fn open(&self) -> io::Result<()> {
-        self.direct.store(false, Ordering::Release);
         self.slowed.store(false, Ordering::Release);
-        let mut writer = self.writer();
-        let result = writer.open();
-        self.publish(&writer);
-        result
+        self.writer().open()
     }
 
     /// Writes on the thread: first try, reopen, second try (`Writer::try_write`).
@@ -268,14 +262,7 @@ impl Shared {
         if retry {
             result = writer.open().and_then(|()| writer.try_write(line));
         }
-        self.publish(&writer);
         result
-    }
-
-    /// Whether callers may write to the output as it is now (`Sink::write_direct`).
-    fn publish(&self, writer: &Writer) {
-        let direct = writer.cannot_block() && !self.slowed.load(Ordering::Acquire);
-        self.direct.store(direct, Ordering::Release);
     }
 }
 
@@ -361,7 +348,6 @@ impl Sink {
                 local: false,
                 timeout,
             }),
-            direct: AtomicBool::new(false),
             slowed: AtomicBool::new(false),
         });
         let thread_shared = shared.clone();
@@ -401,20 +387,22 @@ impl Sink {
     /// false leaves the line to the thread (which also retries after a failed try here:
     /// the failed try cut off what it wrote, and reopening is the thread's job).
     fn write_direct(&self, line: &[u8]) -> bool {
-        if !self.shared.direct.load(Ordering::Acquire) {
+        if self.shared.slowed.load(Ordering::Acquire) {
             return false;
         }
         let Ok(mut writer) = self.shared.writer.try_lock() else {
             return false;
         };
+        if !writer.cannot_block() {
+            return false;
+        }
         let started = Instant::now();
-        let written = writer.cannot_block() && writer.try_write(line).is_ok();
+        let written = writer.try_write(line).is_ok();
+        drop(writer);
         let took = started.elapsed();
         if took > SLOW_DIRECT_WRITE {
             self.shared.slowed.store(true, Ordering::Release);
         }
-        self.shared.publish(&writer);
-        drop(writer);
         if written && took > SLOW_DIRECT_WRITE {
             tracing::warn!(
                 "an audit write took {took:?}; this device's writes go through its own thread \
@@ -791,7 +779,6 @@ mod tests {
 
         let sink = Sink::open("test", file, timeout).await.unwrap();
         sink.shared.slowed.store(true, Ordering::Release);
-        sink.shared.publish(&sink.shared.writer());
         let pending = sink.write(b"{}\n".to_vec()).unwrap();
         assert!(matches!(pending, PendingWrite::Queued { .. }));
         pending.wait(deadline()).await.unwrap();
