@@ -3,8 +3,9 @@
 //! as the archive's bytes, and as the parts of an archive (`meta.json`, `state.bin`, sums, the
 //! sealed sums) that the target packs with correct checksums, so the fuzzer reaches the metadata
 //! and state decoders behind the gzip CRC and the SHA-256 sums. Never a panic; an archive the
-//! server accepts, `inspect` accepts too, with the same metadata and key count, and its
-//! `state.bin` decodes to entries that encode back to the same bytes.
+//! server accepts, `inspect` accepts too, with the same metadata, key count, required keys
+//! and sums; `state_chunks` (the online restore's second pass) reads the same `state.bin`
+//! again; and it decodes to entries that encode back to the same bytes.
 #![no_main]
 
 use keyhold_client::snapshot::archive::{self, encode_state};
@@ -50,6 +51,22 @@ fn check(bytes: &[u8]) {
     let entries = read.entries().expect("read checked that state.bin decodes");
     let keyed = entries.iter().filter(|(k, _)| !k.is_empty()).count() as u64;
     assert_eq!(info.total_count, keyed);
+    assert_eq!(info.entries, entries.len() as u64);
+    for required in archive::REQUIRED_KEYS {
+        let held = entries.iter().any(|(k, _)| k == required);
+        assert_eq!(info.missing.contains(&required), !held);
+    }
+    assert_eq!(info.sums, read.sums);
+    assert_eq!(info.sealed_sums, read.sealed_sums);
+    // The server's restore stages what `state_chunks` reads again: the same state.bin.
+    let mut staged = Vec::new();
+    snapshot::state_chunks(bytes, 7, |piece| {
+        assert!(!piece.is_empty() && piece.len() <= 7);
+        staged.extend_from_slice(&piece);
+        true
+    })
+    .expect("an inspected archive's state reads again");
+    assert_eq!(staged, read.state);
     let reencoded = encode_state(&entries);
     let back = keyhold_client::snapshot::state::decode_state(&reencoded).unwrap();
     assert_eq!(back, entries);

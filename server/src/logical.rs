@@ -76,8 +76,9 @@ pub struct Request {
     pub mount: Option<MountInfo>,
     /// The caller's token, once the core has resolved it.
     pub auth: Option<Auth>,
-    /// A body that is not JSON (a snapshot archive being restored).
-    pub raw_body: Option<Vec<u8>>,
+    /// A body that is not JSON (a snapshot archive being restored): the bytes as read from
+    /// the connection, shared, not copied.
+    pub raw_body: Option<axum::body::Bytes>,
 }
 
 impl Request {

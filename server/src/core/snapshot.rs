@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use super::Core;
+use crate::client::snapshot;
 use crate::client::snapshot::archive::{self, ArchiveMeta, Configuration, Server};
 use crate::error::{Error, Result};
 use crate::raft::{RESTORE_COMMIT_KEY, RESTORE_STAGING_PREFIX};
@@ -122,7 +123,15 @@ impl Core {
         Ok(bytes)
     }
 
-    pub(super) async fn raft_snapshot_restore(&self, bytes: &[u8], force: bool) -> Result<()> {
+    /// Restores the archive `bytes`, checked whole first ([`snapshot::inspect`], on a
+    /// blocking thread, its state read as a stream), then staged a piece at a time as
+    /// [`snapshot::state_chunks`] decompresses it again: the node holds the upload and the
+    /// pieces in flight, never the decompressed state beside the upload.
+    pub(super) async fn raft_snapshot_restore(
+        &self,
+        bytes: axum::body::Bytes,
+        force: bool,
+    ) -> Result<()> {
         if self.ha.is_none() {
             return Err(Error::invalid(
                 "snapshots need raft storage; this server uses inmem",
@@ -142,7 +151,15 @@ impl Core {
                  restoring again",
             )
         })?;
-        let archive = archive::read(bytes).map_err(|e| Error::invalid(e.to_string()))?;
+        let upload = bytes.clone();
+        let inspect = snapshot::InspectOptions {
+            details: false,
+            ..Default::default()
+        };
+        let archive = tokio::task::spawn_blocking(move || snapshot::inspect(&upload[..], &inspect))
+            .await
+            .map_err(|e| Error::internal(format!("checking the snapshot: {e}")))?
+            .map_err(|e| Error::invalid(e.to_string()))?;
         if !force {
             let ours = matches!(self.barrier.open_value(SUMS_SEAL_PATH, &archive.sealed_sums), Ok(sums) if sums.as_slice() == archive.sums.as_slice());
             if !ours {
@@ -153,10 +170,8 @@ impl Core {
                 ));
             }
         }
-        let (keys, missing) = archive
-            .count_and_missing()
-            .map_err(|e| Error::invalid(e.to_string()))?;
-        if let Some(required) = missing.first() {
+        let keys = archive.entries;
+        if let Some(required) = archive.missing.first() {
             return Err(Error::invalid(format!("the snapshot has no {required}: it is not a snapshot of an initialised keyhold/Vault cluster")));
         }
         let physical = self.barrier.physical().clone();
@@ -165,7 +180,17 @@ impl Core {
         // pipeline busy (one at a time, each waited a whole Raft round trip); their order in
         // the log does not matter, the keys are numbered.
         let mut staging = tokio::task::JoinSet::new();
-        for (n, chunk) in archive.state.chunks(CHUNK).enumerate() {
+        // The state decompressed again on a blocking thread, a chunk at a time; the channel
+        // holds two, so the reader stays just ahead of Raft. A failed stage drops `chunks`,
+        // which stops the reader at its next chunk.
+        let (sender, mut chunks) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+        let reader = tokio::task::spawn_blocking(move || {
+            snapshot::state_chunks(&bytes[..], CHUNK, |chunk| {
+                sender.blocking_send(chunk).is_ok()
+            })
+        });
+        let mut n = 0usize;
+        while let Some(chunk) = chunks.recv().await {
             if staging.len() >= CHUNKS_IN_FLIGHT {
                 join_staged(&mut staging).await?;
             }
@@ -173,9 +198,14 @@ impl Core {
                 physical.clone(),
                 format!("{RESTORE_STAGING_PREFIX}{id}/{n:08}"),
             );
-            let chunk = chunk.to_vec();
+            n += 1;
             staging.spawn(async move { physical.put(&key, chunk).await });
         }
+        // The archive was checked whole above: a reader error here is not the upload's.
+        reader
+            .await
+            .map_err(|e| Error::internal(format!("reading the snapshot's state: {e}")))?
+            .map_err(|e| Error::internal(format!("reading the snapshot's state again: {e}")))?;
         while !staging.is_empty() {
             join_staged(&mut staging).await?;
         }

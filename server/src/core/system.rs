@@ -157,7 +157,7 @@ impl Core {
                 ..Default::default()
             }),
             "storage/raft/snapshot" | "storage/raft/snapshot-force" if write => {
-                let body = req.raw_body.as_deref().unwrap_or_default();
+                let body = req.raw_body.clone().unwrap_or_default();
                 self.raft_snapshot_restore(body, rel.ends_with("-force"))
                     .await?;
                 Ok(Response::empty())

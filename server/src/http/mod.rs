@@ -303,7 +303,7 @@ async fn serve(
             "sys/storage/raft/snapshot" | "sys/storage/raft/snapshot-force"
         );
     let json_limits = (!raw_upload && !forwarded).then_some(state.settings.json_limits);
-    let bytes = if refused {
+    let mut bytes = if refused {
         discard_body(body, limit).await;
         axum::body::Bytes::new()
     } else {
@@ -411,7 +411,10 @@ async fn serve(
     };
     let mut req = Request::new(operation, path.clone());
     req.data = data;
-    req.raw_body = raw_upload.then(|| bytes.to_vec());
+    // Moved, not copied: a restore's archive is the largest body a node takes (hundreds of
+    // megabytes at 100,000 secrets), and only a standby read (never an upload) forwards
+    // `bytes` after this.
+    req.raw_body = raw_upload.then(|| std::mem::take(&mut bytes));
     req.client_token = token;
     req.remote_addr = Some(remote);
     req.headers = headers

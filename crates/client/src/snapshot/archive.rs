@@ -207,18 +207,6 @@ impl Archive {
     pub fn entries(&self) -> Result<Entries, ArchiveError> {
         self.entry_reader().collect()
     }
-
-    /// How many entries the state holds, and which of [`REQUIRED_KEYS`] it lacks, without
-    /// holding the decoded entries.
-    pub fn count_and_missing(&self) -> Result<(usize, Vec<&'static str>), ArchiveError> {
-        let (mut count, mut missing) = (0, REQUIRED_KEYS.to_vec());
-        for entry in self.entry_reader() {
-            let (key, _) = entry?;
-            missing.retain(|required| *required != key);
-            count += 1;
-        }
-        Ok((count, missing))
-    }
 }
 
 #[cfg(test)]

@@ -4,8 +4,12 @@
 //! seal, which only a server can open).
 //!
 //! [`inspect`] checks everything that can be checked without the seal: the gzip stream to
-//! its CRC, the tar layout, both checksums, and that the sealed sums are there.
-//! [`has_sealed_sums`] is the narrower check Vault's client makes on a downloaded snapshot.
+//! its CRC, the tar layout, both checksums, and that the sealed sums are there, reading
+//! `state.bin` as a stream (its memory does not grow with the snapshot). [`state_chunks`]
+//! reads an inspected archive's `state.bin` again, a piece at a time: the server's restore
+//! checks an upload with the one and stages it with the other, and never holds the state
+//! beside the upload. [`has_sealed_sums`] is the narrower check Vault's client makes on a
+//! downloaded snapshot.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read};
@@ -47,6 +51,36 @@ pub enum SnapshotError {
     /// Vault's `ErrIncompleteSnapshot`: the seal never wrote the sealed sums.
     #[error("incomplete snapshot, unable to read SHA256SUMS.sealed file")]
     Incomplete,
+    /// A file other than `state.bin` over [`MAX_SMALL_FILE`], or one file twice: not an
+    /// archive a Vault-compatible server wrote (and a small upload cannot decompress into
+    /// gigabytes of metadata held in memory).
+    #[error("the snapshot's {0}: it is not an archive of a Vault-compatible Raft snapshot")]
+    Layout(String),
+}
+
+/// The most `meta.json`, `SHA256SUMS` or `SHA256SUMS.sealed` may hold: each is well under a
+/// kilobyte in an archive Vault or Keyhold wrote (`meta.json` grows with the cluster's
+/// members, a few hundred bytes each).
+pub const MAX_SMALL_FILE: u64 = 1 << 20;
+
+/// Reads a file other than `state.bin` whole, refusing it over [`MAX_SMALL_FILE`].
+fn read_small(
+    entry: &mut impl Read,
+    name: &str,
+    wrap: fn(String) -> SnapshotError,
+) -> Result<Vec<u8>, SnapshotError> {
+    let mut buf = Vec::new();
+    entry
+        .take(MAX_SMALL_FILE + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| read_error(&e, wrap))?;
+    if buf.len() as u64 > MAX_SMALL_FILE {
+        return Err(SnapshotError::Layout(format!(
+            "{name} is over {} KiB",
+            MAX_SMALL_FILE >> 10
+        )));
+    }
+    Ok(buf)
 }
 
 /// `meta.json`: the fields of hashicorp/raft's `SnapshotMeta` that `inspect` shows (Go
@@ -102,6 +136,15 @@ pub struct SnapshotInfo {
     pub stats: Vec<KeyStats>,
     pub total_count: u64,
     pub total_size: u64,
+    /// Every entry of `state.bin`, whatever the options.
+    pub entries: u64,
+    /// Which of [`archive::REQUIRED_KEYS`] `state.bin` lacks: a snapshot of an initialised
+    /// cluster holds them all.
+    pub missing: Vec<&'static str>,
+    /// `SHA256SUMS` as the archive holds it, and `SHA256SUMS.sealed`: a server opens the
+    /// latter with its keys and compares (whether the snapshot is its own).
+    pub sums: Vec<u8>,
+    pub sealed_sums: Vec<u8>,
 }
 
 /// Reads and verifies a whole archive.
@@ -121,18 +164,22 @@ pub fn inspect(input: impl Read, opts: &InspectOptions) -> Result<SnapshotInfo, 
     let mut meta_sum = None;
     let mut state: Option<StateStats> = None;
     let mut state_sum = None;
-    let mut sums: Option<String> = None;
-    let mut sealed = false;
+    let mut sums: Option<Vec<u8>> = None;
+    let mut sealed: Option<Vec<u8>> = None;
+    let mut seen: Vec<String> = Vec::new();
     let entries = archive.entries().map_err(|e| tar_error(&e))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| tar_error(&e))?;
         let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        // One of each: a restore stages the state.bin this check read (`state_chunks` takes
+        // the first), never another one further on.
+        if seen.contains(&name) {
+            return Err(SnapshotError::Layout(format!("{name} is in it twice")));
+        }
+        seen.push(name.clone());
         match name.as_str() {
             META => {
-                let mut buf = Vec::new();
-                entry
-                    .read_to_end(&mut buf)
-                    .map_err(|e| read_error(&e, SnapshotError::Meta))?;
+                let buf = read_small(&mut entry, META, SnapshotError::Meta)?;
                 meta_sum = Some(hex::encode(Sha256::digest(&buf)));
                 meta = Some(
                     serde_json::from_slice(&buf).map_err(|e| SnapshotError::Meta(e.to_string()))?,
@@ -149,28 +196,9 @@ pub fn inspect(input: impl Read, opts: &InspectOptions) -> Result<SnapshotInfo, 
                     .map_err(|e| read_error(&e, SnapshotError::State))?;
                 state_sum = Some(hex::encode(hashing.hash.finalize()));
             }
-            SUMS => {
-                let mut buf = Vec::new();
-                entry
-                    .by_ref()
-                    .take(10_000)
-                    .read_to_end(&mut buf)
-                    .map_err(|e| read_error(&e, SnapshotError::Sums))?;
-                sums = Some(String::from_utf8_lossy(&buf).into_owned());
-            }
+            SUMS => sums = Some(read_small(&mut entry, SUMS, SnapshotError::Sums)?),
             SEALED_SUMS => {
-                let mut n = 0u64;
-                let mut chunk = [0u8; 8192];
-                loop {
-                    let read = entry
-                        .read(&mut chunk)
-                        .map_err(|e| read_error(&e, SnapshotError::Tar))?;
-                    if read == 0 {
-                        break;
-                    }
-                    n += read as u64;
-                }
-                sealed = n > 0;
+                sealed = Some(read_small(&mut entry, SEALED_SUMS, SnapshotError::Tar)?);
             }
             other => return Err(SnapshotError::UnexpectedFile(other.to_string())),
         }
@@ -193,10 +221,10 @@ pub fn inspect(input: impl Read, opts: &InspectOptions) -> Result<SnapshotInfo, 
     ]
     .into_iter()
     .collect();
-    verify_sums(&sums, &have)?;
-    if !sealed {
-        return Err(SnapshotError::Incomplete);
-    }
+    verify_sums(&String::from_utf8_lossy(&sums), &have)?;
+    let sealed_sums = sealed
+        .filter(|s| !s.is_empty())
+        .ok_or(SnapshotError::Incomplete)?;
     let mut stats: Vec<KeyStats> = state.by_prefix.into_values().collect();
     stats.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.name.cmp(&b.name)));
     Ok(SnapshotInfo {
@@ -204,7 +232,48 @@ pub fn inspect(input: impl Read, opts: &InspectOptions) -> Result<SnapshotInfo, 
         stats,
         total_count: state.total_count,
         total_size: state.total_size,
+        entries: state.entries,
+        missing: archive::REQUIRED_KEYS
+            .into_iter()
+            .filter(|k| !state.required.contains(k))
+            .collect(),
+        sums,
+        sealed_sums,
     })
+}
+
+/// `state.bin` of an archive [`inspect`] accepted, read again in pieces of `size` bytes
+/// (the last one shorter), each handed to `each` in order as soon as it is read; `each`
+/// returns false to stop early. Only the pieces are held, never the whole state. Reads the
+/// archive up to the end of `state.bin` and checks nothing `inspect` checked; an archive
+/// without one gives no pieces and an error.
+pub fn state_chunks(
+    input: impl Read,
+    size: usize,
+    mut each: impl FnMut(Vec<u8>) -> bool,
+) -> Result<(), SnapshotError> {
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(input));
+    let entries = archive.entries().map_err(|e| tar_error(&e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| tar_error(&e))?;
+        if entry.path_bytes().as_ref() != STATE.as_bytes() {
+            continue;
+        }
+        let mut entry = entry;
+        loop {
+            let mut piece = Vec::with_capacity(size);
+            (&mut entry)
+                .take(size as u64)
+                .read_to_end(&mut piece)
+                .map_err(|e| read_error(&e, SnapshotError::State))?;
+            if piece.is_empty() || !each(piece) {
+                return Ok(());
+            }
+        }
+    }
+    Err(SnapshotError::Integrity(format!(
+        "file missing for \"{STATE}\""
+    )))
 }
 
 /// Whether the archive ends with a non-empty `SHA256SUMS.sealed`, as Vault's client checks
@@ -263,6 +332,9 @@ struct StateStats {
     by_prefix: BTreeMap<String, KeyStats>,
     total_count: u64,
     total_size: u64,
+    entries: u64,
+    /// Which of [`archive::REQUIRED_KEYS`] were seen.
+    required: Vec<&'static str>,
 }
 
 /// Reads `state.bin`'s entries and counts their keys by prefix.
@@ -283,6 +355,10 @@ fn read_state(r: &mut impl Read, opts: &InspectOptions) -> Result<StateStats, Sn
         let len = message.len() as u64;
         let (key, _) =
             state::decode_entry(&message).map_err(|e| SnapshotError::State(e.to_string()))?;
+        stats.entries += 1;
+        if let Some(required) = archive::REQUIRED_KEYS.iter().find(|k| **k == key) {
+            stats.required.push(required);
+        }
         if !opts.details || key.is_empty() || !key.starts_with(opts.filter.as_str()) {
             continue;
         }
@@ -521,6 +597,93 @@ mod tests {
         check(
             &build_archive(&[(META, meta), (STATE, &cut_state)]),
             "error parsing snapshot state: the last entry is cut off (unexpected EOF)",
+        );
+    }
+
+    #[test]
+    fn inspect_reports_what_a_restore_checks() {
+        let info = inspect(&good()[..], &InspectOptions::default()).unwrap();
+        assert_eq!(info.entries, ENTRIES.len() as u64);
+        // core/keyring is there, core/seal-config is not.
+        assert_eq!(info.missing, vec!["core/seal-config"]);
+        assert_eq!(info.sealed_sums, b"sealed-blob");
+        let sums = String::from_utf8(info.sums.clone()).unwrap();
+        assert!(sums.ends_with("  state.bin\n"), "{sums}");
+        // The counts do not depend on the breakdown asked for.
+        let bare = InspectOptions {
+            details: false,
+            ..Default::default()
+        };
+        let without = inspect(&good()[..], &bare).unwrap();
+        assert_eq!(
+            (without.entries, without.missing),
+            (info.entries, info.missing)
+        );
+    }
+
+    #[test]
+    fn state_chunks_reads_the_state_again_in_pieces() {
+        let archive = good();
+        let whole = archive::read(&archive).unwrap().state;
+        assert!(whole.len() > 20);
+        for size in [1, 7, whole.len(), whole.len() + 1] {
+            let mut pieces: Vec<Vec<u8>> = Vec::new();
+            state_chunks(&archive[..], size, |piece| {
+                pieces.push(piece);
+                true
+            })
+            .unwrap();
+            assert!(pieces.iter().all(|p| !p.is_empty() && p.len() <= size));
+            assert_eq!(pieces.len(), whole.len().div_ceil(size), "size {size}");
+            assert_eq!(pieces.concat(), whole, "size {size}");
+        }
+        // Stopped by its caller after the second piece.
+        let mut taken = 0;
+        state_chunks(&archive[..], 4, |_| {
+            taken += 1;
+            taken < 2
+        })
+        .unwrap();
+        assert_eq!(taken, 2);
+        let no_state = build_archive(&[(META, b"{}")]);
+        assert_eq!(
+            state_chunks(&no_state[..], 4, |_| panic!("no state to read")),
+            Err(SnapshotError::Integrity(
+                "file missing for \"state.bin\"".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn an_archive_of_another_shape_is_refused_before_its_state_is_used() {
+        let entries: state::Entries = ENTRIES
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_vec()))
+            .collect();
+        let state = state::encode_state(&entries);
+        let meta = b"{}";
+        let sums = archive::sums(meta, &state);
+        // A second state.bin after the checked one: a restore would have staged the first.
+        check(
+            &build_archive(&[
+                (META, meta),
+                (STATE, &state),
+                (SUMS, &sums),
+                (SEALED_SUMS, b"s"),
+                (STATE, b"other"),
+            ]),
+            "the snapshot's state.bin is in it twice: it is not an archive of a Vault-compatible Raft snapshot",
+        );
+        // A metadata file that decompresses into more than a mebibyte (here stored; a
+        // deflated one of a few kilobytes would do the same) is not read whole.
+        let big = vec![b' '; (MAX_SMALL_FILE + 1) as usize];
+        check(
+            &build_archive(&[(META, &big)]),
+            "the snapshot's meta.json is over 1024 KiB: it is not an archive of a Vault-compatible Raft snapshot",
+        );
+        check(
+            &build_archive(&[(META, meta), (STATE, &state), (SUMS, &big)]),
+            "the snapshot's SHA256SUMS is over 1024 KiB: it is not an archive of a Vault-compatible Raft snapshot",
         );
     }
 }
