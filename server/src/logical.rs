@@ -165,7 +165,22 @@ pub struct Lease {
 #[derive(Debug, Clone)]
 pub struct RawBody {
     pub content_type: String,
-    pub body: Vec<u8>,
+    pub body: RawContent,
+}
+
+/// What a raw body holds.
+#[derive(Debug, Clone)]
+pub enum RawContent {
+    Bytes(Vec<u8>),
+    /// A file sent as it is read, from its start, and its length: a snapshot archive, which
+    /// is hundreds of megabytes at 100,000 secrets, waits on the data disk, not in memory.
+    File(std::sync::Arc<std::fs::File>, u64),
+}
+
+impl From<Vec<u8>> for RawContent {
+    fn from(bytes: Vec<u8>) -> Self {
+        RawContent::Bytes(bytes)
+    }
 }
 
 /// What a handler answers.

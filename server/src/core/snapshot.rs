@@ -5,12 +5,19 @@
 //! Raft and committed by one entry, so every node swaps its data at the same
 //! index, all or nothing.
 
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::sync::Arc;
 use std::time::Duration;
 
+use sha2::Digest;
+
 use super::Core;
+use crate::barrier::Barrier;
 use crate::client::snapshot;
 use crate::client::snapshot::archive::{self, ArchiveMeta, Configuration, Server};
 use crate::error::{Error, Result};
+use crate::logical::RawContent;
+use crate::raft::SnapshotFile;
 use crate::raft::{RESTORE_COMMIT_KEY, RESTORE_STAGING_PREFIX};
 
 /// The "path" `SHA256SUMS` is sealed at.
@@ -43,16 +50,7 @@ fn is_restore_bookkeeping(key: &str) -> bool {
 fn without_bookkeeping(state: Vec<u8>) -> Result<(Vec<u8>, usize)> {
     use crate::client::snapshot::state::{decode_entry, encode_entry, next_message};
     let damaged = |e: String| Error::internal(format!("the Raft snapshot's state: {e}"));
-    let (mut kept, mut dropped) = (0usize, false);
-    let mut input = state.as_slice();
-    while let Some(message) = next_message(&mut input).map_err(|e| damaged(e.to_string()))? {
-        let (key, _) = decode_entry(&message).map_err(|e| damaged(e.to_string()))?;
-        if is_restore_bookkeeping(&key) {
-            dropped = true;
-        } else {
-            kept += 1;
-        }
-    }
+    let (kept, dropped) = scan_state(state.as_slice())?;
     if !dropped {
         return Ok((state, kept));
     }
@@ -67,8 +65,136 @@ fn without_bookkeeping(state: Vec<u8>) -> Result<(Vec<u8>, usize)> {
     Ok((out, kept))
 }
 
+/// An archive [`build_archive`] wrote.
+struct Built {
+    file: std::fs::File,
+    len: u64,
+    keys: usize,
+    index: u64,
+}
+
+/// How many entries the state `input` holds, and whether a restore's bookkeeping is among
+/// them, decoding one at a time.
+fn scan_state(mut input: impl Read) -> Result<(usize, bool)> {
+    use crate::client::snapshot::state::{decode_entry, next_message};
+    let damaged = |e: String| Error::internal(format!("the Raft snapshot's state: {e}"));
+    let (mut keys, mut bookkeeping) = (0usize, false);
+    while let Some(message) = next_message(&mut input).map_err(|e| damaged(e.to_string()))? {
+        let (key, _) = decode_entry(&message).map_err(|e| damaged(e.to_string()))?;
+        if is_restore_bookkeeping(&key) {
+            bookkeeping = true;
+        } else {
+            keys += 1;
+        }
+    }
+    Ok((keys, bookkeeping))
+}
+
+/// Vault's archive of `snapshot` in an unnamed file in the node's data directory, its
+/// `SHA256SUMS` sealed with `barrier`. The state is read twice from the file (to count it,
+/// then into the archive) and never held, unless it holds a restore's bookkeeping (a save
+/// while a restore was staging: rare), which is left out in memory. The state's length and
+/// SHA-256 are checked against the snapshot's header on the way: a damaged file is an
+/// error, never an archive.
+fn build_archive(snapshot: SnapshotFile, barrier: &Barrier) -> Result<Built> {
+    let SnapshotFile {
+        header,
+        mut file,
+        dir,
+        path,
+    } = snapshot;
+    let io =
+        |e: &dyn std::fmt::Display| Error::internal(format!("reading {}: {e}", path.display()));
+    let damaged = || {
+        Error::internal(format!(
+            "{} does not match the length and SHA-256 its header gives: this node's Raft \
+             snapshot is damaged; take the snapshot from another node after it becomes active, \
+             or restart this one (it builds a new one)",
+            path.display()
+        ))
+    };
+    let start = file.stream_position().map_err(|e| io(&e))?;
+    let (keys, bookkeeping) = scan_state(BufReader::new((&file).take(header.state_len)))?;
+    file.seek(SeekFrom::Start(start)).map_err(|e| io(&e))?;
+    let meta = &header.meta;
+    let (index, term) = meta
+        .last_log_id
+        .map_or((0, 0), |l| (l.index, l.leader_id.term));
+    let membership = meta.last_membership.membership();
+    let voters: std::collections::BTreeSet<_> = membership.voter_ids().collect();
+    let mut archive_meta = ArchiveMeta {
+        version: 1,
+        id: format!("{term}-{index}-{}", chrono::Utc::now().timestamp_millis()),
+        index,
+        term,
+        configuration: Configuration {
+            servers: membership
+                .nodes()
+                .map(|(id, m)| Server {
+                    suffrage: if voters.contains(id) { 0 } else { 1 },
+                    id: m.name.clone(),
+                    address: m.cluster_addr.clone(),
+                })
+                .collect(),
+        },
+        configuration_index: index,
+        size: header.state_len,
+    };
+    let out = tempfile::tempfile_in(&dir).map_err(|e| {
+        Error::internal(format!(
+            "a file for the snapshot archive in {}: {e}",
+            dir.display()
+        ))
+    })?;
+    let out = std::io::BufWriter::with_capacity(256 << 10, out);
+    let seal = |sums: &[u8]| {
+        barrier
+            .seal_value(SUMS_SEAL_PATH, sums)
+            .map_err(|e| e.to_string())
+    };
+    let build = |e: String| Error::internal(format!("build the snapshot archive: {e}"));
+    let out = if bookkeeping {
+        let mut state = Vec::with_capacity(header.state_len as usize);
+        (&file)
+            .take(header.state_len)
+            .read_to_end(&mut state)
+            .map_err(|e| io(&e))?;
+        if state.len() as u64 != header.state_len
+            || hex::encode(sha2::Sha256::digest(&state)) != header.state_sha256
+        {
+            return Err(damaged());
+        }
+        let (state, _) = without_bookkeeping(state)?;
+        archive_meta.size = state.len() as u64;
+        archive::write_to(out, &archive_meta, &state[..], state.len() as u64, seal)
+            .map_err(build)?
+            .0
+    } else {
+        let state = BufReader::with_capacity(256 << 10, (&file).take(header.state_len));
+        // A state shorter or longer than the header says fails here, with both lengths.
+        let (out, sha256) =
+            archive::write_to(out, &archive_meta, state, header.state_len, seal).map_err(build)?;
+        if sha256 != header.state_sha256 {
+            return Err(damaged());
+        }
+        out
+    };
+    let file = out.into_inner().map_err(|e| build(e.error().to_string()))?;
+    let len = file.metadata().map_err(|e| build(e.to_string()))?.len();
+    Ok(Built {
+        file,
+        len,
+        keys,
+        index,
+    })
+}
+
 impl Core {
-    pub(super) async fn raft_snapshot_save(&self) -> Result<Vec<u8>> {
+    /// Vault's archive of the Raft snapshot at or after the applied index, built into an
+    /// unnamed file on the data disk (on a blocking thread, the state read from the Raft
+    /// snapshot's file as it is written) and sent from there: the node holds neither the
+    /// state nor the archive in memory.
+    pub(super) async fn raft_snapshot_save(&self) -> Result<RawContent> {
         let ha = self
             .ha
             .as_ref()
@@ -84,43 +210,21 @@ impl Core {
         // The Raft snapshot is the data between two applies: a point in time, as Vault's
         // (a read of the live store while writes apply could pair one key's old value with
         // another's new one).
-        let (snapshot, state) = node
-            .snapshot_state_since(applied, Duration::from_secs(120))
+        let snapshot = node
+            .snapshot_file_since(applied, Duration::from_secs(120))
             .await
             .map_err(|e| Error::internal(format!("take the snapshot: {e}")))?;
-        let (state, keys) = without_bookkeeping(state)?;
-        let (index, term) = snapshot
-            .last_log_id
-            .map_or((0, 0), |l| (l.index, l.leader_id.term));
-        let membership = snapshot.last_membership.membership();
-        let voters: std::collections::BTreeSet<_> = membership.voter_ids().collect();
-        let meta = ArchiveMeta {
-            version: 1,
-            id: format!("{term}-{index}-{}", chrono::Utc::now().timestamp_millis()),
-            index,
-            term,
-            configuration: Configuration {
-                servers: membership
-                    .nodes()
-                    .map(|(id, m)| Server {
-                        suffrage: if voters.contains(id) { 0 } else { 1 },
-                        id: m.name.clone(),
-                        address: m.cluster_addr.clone(),
-                    })
-                    .collect(),
-            },
-            configuration_index: index,
-            size: state.len() as u64,
-        };
         let barrier = self.barrier.clone();
-        let bytes = archive::write(&meta, &state, |sums| {
-            barrier
-                .seal_value(SUMS_SEAL_PATH, sums)
-                .map_err(|e| e.to_string())
-        })
-        .map_err(|e| Error::internal(format!("build the snapshot archive: {e}")))?;
-        tracing::info!(index, keys, bytes = bytes.len(), "snapshot taken");
-        Ok(bytes)
+        let built = tokio::task::spawn_blocking(move || build_archive(snapshot, &barrier))
+            .await
+            .map_err(|e| Error::internal(format!("build the snapshot archive: {e}")))??;
+        tracing::info!(
+            index = built.index,
+            keys = built.keys,
+            bytes = built.len,
+            "snapshot taken"
+        );
+        Ok(RawContent::File(Arc::new(built.file), built.len))
     }
 
     /// Restores the archive `bytes`, checked whole first ([`snapshot::inspect`], on a

@@ -728,7 +728,7 @@ impl Core {
                 Ok(Response {
                     raw: Some(crate::logical::RawBody {
                         content_type: "text/plain; version=0.0.4".into(),
-                        body: self.telemetry.render_prometheus().into_bytes(),
+                        body: self.telemetry.render_prometheus().into_bytes().into(),
                     }),
                     ..Default::default()
                 })
@@ -737,7 +737,8 @@ impl Core {
                 raw: Some(crate::logical::RawBody {
                     content_type: "application/json".into(),
                     body: serde_json::to_vec(&self.telemetry.render_json())
-                        .map_err(|e| Error::internal(e.to_string()))?,
+                        .map_err(|e| Error::internal(e.to_string()))?
+                        .into(),
                 }),
                 ..Default::default()
             }),

@@ -23,7 +23,7 @@ use serde_json::{json, Map, Value};
 use crate::core::ha::{ForwardedRequest, ForwardedResponse};
 use crate::core::{Core, Role, StandbyRead};
 use crate::error::Error;
-use crate::logical::{Auth, Operation, Request, Response};
+use crate::logical::{Auth, Operation, RawContent, Request, Response};
 
 pub use json_limits::{JsonLimitError, JsonLimits};
 pub use listener::{serve_listener, tls_server_config, ListenerHandle};
@@ -811,11 +811,33 @@ fn auth_json(auth: &Auth) -> Value {
     })
 }
 
+/// `len` bytes of `file` from its start, read as they are sent (through a handle of its own:
+/// the file's offset is shared with `file`, which nothing else reads).
+fn file_body(file: &std::fs::File, len: u64) -> std::io::Result<axum::body::Body> {
+    use std::io::Seek;
+    use tokio::io::AsyncReadExt;
+    let mut own = file.try_clone()?;
+    own.rewind()?;
+    let reader = tokio::fs::File::from_std(own).take(len);
+    Ok(axum::body::Body::from_stream(
+        tokio_util::io::ReaderStream::with_capacity(reader, 256 << 10),
+    ))
+}
+
 /// The normal wrapper (and the injector variant) for a logical response.
 fn logical_response(path: &str, resp: Response) -> HttpResponse {
     if let Some(raw) = resp.raw {
         let status = StatusCode::from_u16(resp.status.unwrap_or(200)).unwrap_or(StatusCode::OK);
-        return (status, [(header::CONTENT_TYPE, raw.content_type)], raw.body).into_response();
+        let body = match raw.body {
+            RawContent::Bytes(bytes) => axum::body::Body::from(bytes),
+            RawContent::File(file, len) => match file_body(&file, len) {
+                Ok(body) => body,
+                Err(e) => {
+                    return error_response(&Error::internal(format!("sending the response: {e}")))
+                }
+            },
+        };
+        return (status, [(header::CONTENT_TYPE, raw.content_type)], body).into_response();
     }
     let has_content = resp.data.is_some() || resp.auth.is_some() || !resp.warnings.is_empty();
     let status = resp.status.unwrap_or(if has_content { 200 } else { 204 });

@@ -815,15 +815,16 @@ impl RaftNode {
         ))
     }
 
-    /// The state machine's data at log index `index` or later, as a point in time: the meta
-    /// and `state.bin` of the Raft snapshot, which is built between two applies. A build is
-    /// triggered when the current snapshot is older (waited for up to `timeout`); the file is
-    /// verified (length, digest) before its state is returned.
-    pub async fn snapshot_state_since(
+    /// The state machine's data at log index `index` or later, as a point in time: the Raft
+    /// snapshot, which is built between two applies, opened at its state. A build is
+    /// triggered when the current snapshot is older (waited for up to `timeout`). The state is
+    /// not read here: the caller streams it and checks it against the header's length and
+    /// digest (the open file stays the same snapshot if a newer build replaces it).
+    pub async fn snapshot_file_since(
         &self,
         index: u64,
         timeout: Duration,
-    ) -> Result<(types::SnapshotMeta, Vec<u8>), ClusterError> {
+    ) -> Result<SnapshotFile, ClusterError> {
         let deadline = Instant::now() + timeout;
         let mut metrics = self.shared.raft.metrics();
         loop {
@@ -841,25 +842,30 @@ impl RaftNode {
             let _ = self.shared.raft.trigger().snapshot().await;
             let _ = tokio::time::timeout(Duration::from_millis(100), metrics.changed()).await;
         }
-        let path = self.shared.store.path().join(state_machine::SNAPSHOT_FILE);
-        let unread = |e: &dyn std::fmt::Display| {
-            ClusterError::Io(format!("reading {}: {e}", path.display()))
-        };
-        let read = path.clone();
-        let mut bytes = tokio::task::spawn_blocking(move || std::fs::read(read))
-            .await
-            .map_err(|e| unread(&e))?
-            .map_err(|e| unread(&e))?;
-        let (meta, state_at) = snapshot::verify_snapshot(&bytes)
-            .map_err(|e| ClusterError::Io(format!("{}: {e}", path.display())))?;
-        if meta.last_log_id.map_or(0, |l| l.index) < index {
+        let dir = self.shared.store.path().to_path_buf();
+        let path = dir.join(state_machine::SNAPSHOT_FILE);
+        let opened = path.clone();
+        let (header, file) = tokio::task::spawn_blocking(move || {
+            let mut file = std::fs::File::open(&opened).map_err(|e| e.to_string())?;
+            let header = snapshot::read_header_from(&mut file).map_err(|e| e.to_string())?;
+            Ok::<_, String>((header, file))
+        })
+        .await
+        .map_err(|e| ClusterError::Io(format!("reading {}: {e}", path.display())))?
+        .map_err(|e| ClusterError::Io(format!("reading {}: {e}", path.display())))?;
+        if header.meta.last_log_id.map_or(0, |l| l.index) < index {
             return Err(ClusterError::Io(format!(
-                "{} holds the snapshot at {meta}, older than index {index}",
-                path.display()
+                "{} holds the snapshot at {}, older than index {index}",
+                path.display(),
+                header.meta
             )));
         }
-        bytes.drain(..state_at);
-        Ok((meta, bytes))
+        Ok(SnapshotFile {
+            header,
+            file,
+            dir,
+            path,
+        })
     }
 
     /// Stops the cluster listener and Raft on this node (call
@@ -943,4 +949,17 @@ async fn ask_version(
         .await
         .ok()?;
     semver::Version::parse(&reported).ok()
+}
+
+/// A Raft snapshot opened by [`RaftNode::snapshot_file_since`].
+pub struct SnapshotFile {
+    /// Its meta, and the length and SHA-256 its state should have.
+    pub header: snapshot::Header,
+    /// Open at the first byte of the state.
+    pub file: std::fs::File,
+    /// The node's data directory: where files made from the snapshot belong (the disk the
+    /// data is on, not a tmpfs).
+    pub dir: std::path::PathBuf,
+    /// For messages.
+    pub path: std::path::PathBuf,
 }

@@ -34,13 +34,14 @@ pub enum SnapshotError {
     Digest,
 }
 
+/// What a snapshot says of itself before its state.
 #[derive(Debug, Serialize, Deserialize)]
-struct Header {
+pub struct Header {
     format: u32,
-    meta: SnapshotMeta,
-    state_len: u64,
+    pub meta: SnapshotMeta,
+    pub state_len: u64,
     /// Hex SHA-256 of `state.bin`, as in Vault's `SHA256SUMS`.
-    state_sha256: String,
+    pub state_sha256: String,
 }
 
 /// Encodes a snapshot of `entries` (sorted or not) with its meta.
@@ -103,6 +104,12 @@ const MAX_HEADER: usize = 1 << 20;
 
 /// The meta of the snapshot `input` starts with, read from its header alone.
 pub fn read_meta(input: &mut impl Read) -> Result<SnapshotMeta, SnapshotError> {
+    Ok(read_header_from(input)?.meta)
+}
+
+/// The header of the snapshot `input` starts with, `input` left where its state begins (the
+/// state is neither read nor verified).
+pub fn read_header_from(input: &mut impl Read) -> Result<Header, SnapshotError> {
     let mut len = [0u8; 4];
     input
         .read_exact(&mut len)
@@ -119,7 +126,7 @@ pub fn read_meta(input: &mut impl Read) -> Result<SnapshotMeta, SnapshotError> {
     input
         .read_exact(&mut bytes[4..])
         .map_err(|_| SnapshotError::Truncated("header"))?;
-    snapshot_meta(&bytes)
+    Ok(read_header(&bytes)?.0)
 }
 
 /// The meta of a snapshot, from its header alone (the state is neither decoded nor verified:

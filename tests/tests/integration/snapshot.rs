@@ -13,6 +13,17 @@ use serde_json::json;
 
 /// `GET sys/storage/raft/snapshot` as raw bytes.
 async fn save(cluster: &mut Cluster) -> Result<Vec<u8>> {
+    let (status, body) = save_answer(cluster).await?;
+    ensure!(
+        status == 200,
+        "snapshot save: {status} {}",
+        String::from_utf8_lossy(&body)
+    );
+    Ok(body)
+}
+
+/// `GET sys/storage/raft/snapshot`: its status and body, whatever they are.
+async fn save_answer(cluster: &mut Cluster) -> Result<(u16, Vec<u8>)> {
     let node = cluster.node();
     let api = node.api();
     let token = node
@@ -27,8 +38,82 @@ async fn save(cluster: &mut Cluster) -> Result<Vec<u8>> {
         .header("X-Vault-Token", token)
         .send()
         .await?;
-    ensure!(resp.status() == 200, "snapshot save: {}", resp.status());
-    Ok(resp.bytes().await?.to_vec())
+    Ok((resp.status().as_u16(), resp.bytes().await?.to_vec()))
+}
+
+/// The one file named `name` under `dir`.
+fn find_file(dir: &std::path::Path, name: &str) -> Result<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.file_name().is_some_and(|n| n == name) {
+                found.push(path);
+            }
+        }
+    }
+    ensure!(
+        found.len() == 1,
+        "{name} under {}: {found:?}",
+        dir.display()
+    );
+    Ok(found.remove(0))
+}
+
+/// A save streams the Raft snapshot's state from its file into the archive (nothing held in
+/// memory) and checks it against the file's header on the way: a file damaged on disk is an
+/// error that says so, never an archive; the next snapshot built after a write saves again.
+#[tokio::test]
+async fn a_save_from_a_damaged_raft_snapshot_file_is_an_error_not_an_archive() -> Result<()> {
+    let mut cluster = Cluster::single_active(NodeOptions::default()).await?;
+    let api = cluster.node().api();
+    api.mount_kv("secret", 2).await?;
+    for i in 0..20 {
+        api.kv2_put(
+            "secret",
+            &format!("k{i}"),
+            json!({"v": format!("value-{i}")}),
+        )
+        .await?
+        .expect(200, "write")?;
+    }
+    let good = save(&mut cluster).await?;
+    let parsed = archive::read(&good).context("the first save must be a whole archive")?;
+    ensure!(parsed.entries()?.len() > 20, "the archive holds the data");
+
+    // The snapshot file the save read, one byte of its state (its last) changed.
+    let file = find_file(
+        &cluster.node().data_dir,
+        keyhold::raft::state_machine::SNAPSHOT_FILE,
+    )?;
+    let mut bytes = std::fs::read(&file)?;
+    *bytes.last_mut().context("a snapshot file is never empty")? ^= 0x55;
+    std::fs::write(&file, &bytes)?;
+    // No write since: the save reads the same (now damaged) snapshot.
+    let (status, body) = save_answer(&mut cluster).await?;
+    let body = String::from_utf8_lossy(&body);
+    ensure!(
+        status == 500,
+        "a damaged snapshot file must fail the save: {status} {body}"
+    );
+    ensure!(
+        body.contains("does not match the length and SHA-256 its header gives"),
+        "the error says what is wrong: {body}"
+    );
+
+    api.kv2_put("secret", "after", json!({"v": "after"}))
+        .await?
+        .expect(200, "write after")?;
+    let again = save(&mut cluster).await?;
+    let parsed = archive::read(&again).context("a save after a new snapshot is whole again")?;
+    ensure!(
+        parsed.entries()?.len() > 20,
+        "the new archive holds the data"
+    );
+    Ok(())
 }
 
 async fn restore(

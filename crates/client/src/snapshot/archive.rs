@@ -73,12 +73,12 @@ fn hex_sum(bytes: &[u8]) -> String {
 
 /// `SHA256SUMS` for the two data files.
 pub fn sums(meta_json: &[u8], state: &[u8]) -> Vec<u8> {
-    format!(
-        "{}  {META}\n{}  {STATE}\n",
-        hex_sum(meta_json),
-        hex_sum(state)
-    )
-    .into_bytes()
+    sums_of(&hex_sum(meta_json), &hex_sum(state))
+}
+
+/// `SHA256SUMS` for the two data files' hex digests.
+fn sums_of(meta_sha256: &str, state_sha256: &str) -> Vec<u8> {
+    format!("{meta_sha256}  {META}\n{state_sha256}  {STATE}\n").into_bytes()
 }
 
 /// Writes the archive; `seal` seals `SHA256SUMS`.
@@ -87,35 +87,66 @@ pub fn write(
     state: &[u8],
     seal: impl FnOnce(&[u8]) -> Result<Vec<u8>, String>,
 ) -> Result<Vec<u8>, String> {
-    let meta_json = serde_json::to_vec_pretty(meta).map_err(|e| e.to_string())?;
-    let sums = sums(&meta_json, state);
-    let sealed = seal(&sums)?;
     // Sized up front: the state is most of the archive, and growing by doubling would hold
     // up to twice its size (stored deflate blocks add 5 bytes per 64 KiB, tar 512 per file).
-    let capacity =
-        state.len() + state.len() / 8192 + meta_json.len() + sums.len() + sealed.len() + (16 << 10);
-    let gz =
-        flate2::write::GzEncoder::new(Vec::with_capacity(capacity), flate2::Compression::none());
+    let capacity = state.len() + state.len() / 8192 + (64 << 10);
+    let (bytes, _) = write_to(
+        Vec::with_capacity(capacity),
+        meta,
+        state,
+        state.len() as u64,
+        seal,
+    )?;
+    Ok(bytes)
+}
+
+/// Writes the archive into `out` with `state` read as it is written (never held whole):
+/// `state_len` bytes of it, which `meta.json` (written first) and the tar header say; the
+/// SHA-256 for `SHA256SUMS` is taken on the way. `out` back, and the state's hex SHA-256 (a
+/// caller whose state came with a digest compares the two). A state that ends before
+/// `state_len`, or goes on after it, is an error, never a short archive.
+pub fn write_to<W: Write>(
+    out: W,
+    meta: &ArchiveMeta,
+    state: impl Read,
+    state_len: u64,
+    seal: impl FnOnce(&[u8]) -> Result<Vec<u8>, String>,
+) -> Result<(W, String), String> {
+    let meta_json = serde_json::to_vec_pretty(meta).map_err(|e| e.to_string())?;
+    let gz = flate2::write::GzEncoder::new(out, flate2::Compression::none());
     let mut tar = tar::Builder::new(gz);
     let mtime = chrono::Utc::now().timestamp().max(0) as u64;
-    for (name, body) in [
-        (META, &meta_json[..]),
-        (STATE, state),
-        (SUMS, &sums[..]),
-        (SEALED_SUMS, &sealed[..]),
-    ] {
+    let header = |len: u64| {
         let mut header = tar::Header::new_gnu();
-        header.set_size(body.len() as u64);
+        header.set_size(len);
         header.set_mode(0o600);
         header.set_mtime(mtime);
         header.set_cksum();
-        tar.append_data(&mut header, name, body)
+        header
+    };
+    tar.append_data(&mut header(meta_json.len() as u64), META, &meta_json[..])
+        .map_err(|e| e.to_string())?;
+    // One byte past the length, to tell a longer state from one of exactly that length.
+    let mut hashing = super::HashingReader::new(state.take(state_len.saturating_add(1)));
+    tar.append_data(&mut header(state_len), STATE, &mut hashing)
+        .map_err(|e| e.to_string())?;
+    if hashing.len != state_len {
+        return Err(format!(
+            "the state is {} bytes where {state_len} were expected",
+            hashing.len
+        ));
+    }
+    let state_sha256 = hex::encode(hashing.hash.finalize());
+    let sums = sums_of(&hex_sum(&meta_json), &state_sha256);
+    let sealed = seal(&sums)?;
+    for (name, body) in [(SUMS, &sums[..]), (SEALED_SUMS, &sealed[..])] {
+        tar.append_data(&mut header(body.len() as u64), name, body)
             .map_err(|e| e.to_string())?;
     }
     let gz = tar.into_inner().map_err(|e| e.to_string())?;
-    let mut bytes = gz.finish().map_err(|e| e.to_string())?;
-    bytes.flush().map_err(|e| e.to_string())?;
-    Ok(bytes)
+    let mut out = gz.finish().map_err(|e| e.to_string())?;
+    out.flush().map_err(|e| e.to_string())?;
+    Ok((out, state_sha256))
 }
 
 /// Reads and checks an archive (not the sealed sums: only the cluster can).
@@ -249,6 +280,29 @@ mod tests {
         assert!(String::from_utf8(archive.sums.clone())
             .unwrap()
             .contains("  state.bin\n"));
+    }
+
+    #[test]
+    fn a_streamed_state_of_another_length_is_an_error_not_a_short_archive() {
+        let state = encode_state(&[("core/keyring".to_string(), vec![7; 100])]);
+        let meta = ArchiveMeta {
+            version: 1,
+            id: "1-1-1".into(),
+            index: 1,
+            term: 1,
+            configuration: Configuration { servers: vec![] },
+            configuration_index: 1,
+            size: state.len() as u64,
+        };
+        let seal = |sums: &[u8]| Ok(sums.to_vec());
+        let len = state.len() as u64;
+        let (whole, sha256) = write_to(Vec::new(), &meta, &state[..], len, seal).unwrap();
+        assert_eq!(sha256, hex_sum(&state));
+        assert_eq!(read(&whole).unwrap().state, state);
+        for (given, claimed) in [(&state[..state.len() - 1], len), (&state[..], len - 1)] {
+            let err = write_to(Vec::new(), &meta, given, claimed, seal).unwrap_err();
+            assert!(err.starts_with("the state is"), "{err}");
+        }
     }
 
     #[test]

@@ -186,10 +186,7 @@ pub fn inspect(input: impl Read, opts: &InspectOptions) -> Result<SnapshotInfo, 
                 );
             }
             STATE => {
-                let mut hashing = HashingReader {
-                    inner: &mut entry,
-                    hash: Sha256::new(),
-                };
+                let mut hashing = HashingReader::new(&mut entry);
                 state = Some(read_state(&mut hashing, opts)?);
                 // Whatever the parser left unread still counts for the checksum.
                 io::copy(&mut hashing, &mut io::sink())
@@ -384,15 +381,28 @@ fn read_state(r: &mut impl Read, opts: &InspectOptions) -> Result<StateStats, Sn
     }
 }
 
-struct HashingReader<R> {
+/// A reader that hashes (SHA-256) and counts what is read through it.
+pub(crate) struct HashingReader<R> {
     inner: R,
-    hash: Sha256,
+    pub(crate) hash: Sha256,
+    pub(crate) len: u64,
+}
+
+impl<R> HashingReader<R> {
+    pub(crate) fn new(inner: R) -> HashingReader<R> {
+        HashingReader {
+            inner,
+            hash: Sha256::new(),
+            len: 0,
+        }
+    }
 }
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.hash.update(&buf[..n]);
+        self.len += n as u64;
         Ok(n)
     }
 }
