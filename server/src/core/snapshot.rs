@@ -9,14 +9,13 @@ use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sha2::Digest;
-
 use super::Core;
 use crate::barrier::Barrier;
 use crate::client::snapshot;
 use crate::client::snapshot::archive::{self, ArchiveMeta, Configuration, Server};
 use crate::error::{Error, Result};
 use crate::logical::RawContent;
+use crate::raft::snapshot::StateSummary;
 use crate::raft::SnapshotFile;
 use crate::raft::{RESTORE_COMMIT_KEY, RESTORE_STAGING_PREFIX};
 
@@ -159,9 +158,7 @@ fn build_archive(snapshot: SnapshotFile, barrier: &Barrier) -> Result<Built> {
             .take(header.state_len)
             .read_to_end(&mut state)
             .map_err(|e| io(&e))?;
-        if state.len() as u64 != header.state_len
-            || hex::encode(sha2::Sha256::digest(&state)) != header.state_sha256
-        {
+        if StateSummary::of(&state) != header.state() {
             return Err(damaged());
         }
         let (state, _) = without_bookkeeping(state)?;

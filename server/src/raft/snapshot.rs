@@ -44,6 +44,16 @@ pub struct Header {
     pub state_sha256: String,
 }
 
+impl Header {
+    /// The length and SHA-256 the header gives its state.
+    pub fn state(&self) -> StateSummary {
+        StateSummary {
+            len: self.state_len,
+            sha256: self.state_sha256.clone(),
+        }
+    }
+}
+
 /// Encodes a snapshot of `entries` (sorted or not) with its meta.
 pub fn encode_snapshot(meta: &SnapshotMeta, entries: &[(String, Vec<u8>)]) -> Vec<u8> {
     let state = encode_state(entries);

@@ -7,6 +7,7 @@
 use anyhow::{ensure, Context, Result};
 use keyhold::client::snapshot::archive;
 use keyhold::physical::sled_store::SledStore;
+use keyhold_tests::provision::files_under;
 use keyhold_tests::{keyhold_bin, Cluster, NodeOptions};
 use reqwest::Method;
 use serde_json::json;
@@ -41,28 +42,6 @@ async fn save_answer(cluster: &mut Cluster) -> Result<(u16, Vec<u8>)> {
     Ok((resp.status().as_u16(), resp.bytes().await?.to_vec()))
 }
 
-/// The one file named `name` under `dir`.
-fn find_file(dir: &std::path::Path, name: &str) -> Result<std::path::PathBuf> {
-    let mut found = Vec::new();
-    let mut dirs = vec![dir.to_path_buf()];
-    while let Some(d) = dirs.pop() {
-        for entry in std::fs::read_dir(&d)? {
-            let path = entry?.path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path.file_name().is_some_and(|n| n == name) {
-                found.push(path);
-            }
-        }
-    }
-    ensure!(
-        found.len() == 1,
-        "{name} under {}: {found:?}",
-        dir.display()
-    );
-    Ok(found.remove(0))
-}
-
 /// A save streams the Raft snapshot's state from its file into the archive (nothing held in
 /// memory) and checks it against the file's header on the way: a file damaged on disk is an
 /// error that says so, never an archive; the next snapshot built after a write saves again.
@@ -85,13 +64,19 @@ async fn a_save_from_a_damaged_raft_snapshot_file_is_an_error_not_an_archive() -
     ensure!(parsed.entries()?.len() > 20, "the archive holds the data");
 
     // The snapshot file the save read, one byte of its state (its last) changed.
-    let file = find_file(
-        &cluster.node().data_dir,
-        keyhold::raft::state_machine::SNAPSHOT_FILE,
-    )?;
-    let mut bytes = std::fs::read(&file)?;
+    let name = keyhold::raft::state_machine::SNAPSHOT_FILE;
+    let found: Vec<_> = files_under(&cluster.node().data_dir)?
+        .into_iter()
+        .filter(|f| f.file_name().is_some_and(|n| n == name))
+        .collect();
+    ensure!(
+        found.len() == 1,
+        "one {name} in the data directory: {found:?}"
+    );
+    let file = &found[0];
+    let mut bytes = std::fs::read(file)?;
     *bytes.last_mut().context("a snapshot file is never empty")? ^= 0x55;
-    std::fs::write(&file, &bytes)?;
+    std::fs::write(file, &bytes)?;
     // No write since: the save reads the same (now damaged) snapshot.
     let (status, body) = save_answer(&mut cluster).await?;
     let body = String::from_utf8_lossy(&body);

@@ -252,11 +252,10 @@ pub fn state_chunks(
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(input));
     let entries = archive.entries().map_err(|e| tar_error(&e))?;
     for entry in entries {
-        let entry = entry.map_err(|e| tar_error(&e))?;
+        let mut entry = entry.map_err(|e| tar_error(&e))?;
         if entry.path_bytes().as_ref() != STATE.as_bytes() {
             continue;
         }
-        let mut entry = entry;
         loop {
             let mut piece = Vec::with_capacity(size);
             (&mut entry)
