@@ -266,13 +266,65 @@ async fn ip(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Deletes the test bridges (`khb<pid>s<slot>`) that hold `prefix`.1/24 for a process that is
+/// gone (no running process has that pid modulo 100,000). The prefix comes from the pid modulo
+/// 100, so an interrupted run's bridge can hold the /24 a later process with another pid takes,
+/// and the host would route that /24 to the dead bridge ("No route to host"). A live owner is a
+/// concurrent test on the same /24: an error.
+async fn remove_stale_bridges(prefix: &str) -> Result<()> {
+    let mut cmd = tokio::process::Command::new("ip");
+    cmd.args(["-o", "-4", "addr", "show"]).stdin(Stdio::null());
+    let out = bounded_output(cmd, "ip -o -4 addr show").await?;
+    ensure!(
+        out.status.success(),
+        "ip -o -4 addr show: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let ours = format!("{prefix}.1/24");
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        // "7: khb10822s63    inet 10.122.63.1/24 scope global khb10822s63 ..."
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(name), Some(addr)) = (fields.get(1), fields.get(3)) else {
+            continue;
+        };
+        if *addr != ours {
+            continue;
+        }
+        let owner = name
+            .strip_prefix("khb")
+            .and_then(|rest| rest.split_once('s'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok());
+        match owner {
+            Some(id) if !named_process_alive(id) => ip(&["link", "del", name]).await?,
+            _ => bail!(
+                "{name} holds {ours}, which this test's bridge needs, and its owner is running \
+                 (or it is not a test bridge): stop it or delete the link"
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// Whether a running process could own a name made from `id` (its pid modulo 100,000).
+fn named_process_alive(id: u32) -> bool {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return true;
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .any(|pid| pid % 100_000 == id && crate::provision::is_alive(pid))
+}
+
 impl Bridge {
-    /// A bridge for test `slot` (1-99) of this process, on 10.A.B.0/24.
+    /// A bridge for test `slot` (1-99) of this process, on 10.A.B.0/24 (A from the pid). A
+    /// bridge a gone process left on the same /24 is deleted first ([`remove_stale_bridges`]).
     pub async fn create(slot: u8) -> Result<Bridge> {
         let id = std::process::id() % 100_000;
         let name = format!("khb{id}s{slot}");
         let prefix = format!("10.{}.{}", 100 + id % 100, slot);
         let _ = ip(&["link", "del", &name]).await;
+        remove_stale_bridges(&prefix).await?;
         ip(&["link", "add", &name, "type", "bridge"]).await?;
         let bridge = Bridge {
             name,

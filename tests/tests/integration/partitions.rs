@@ -29,10 +29,11 @@ use serde_json::{json, Value};
 
 use super::chaos::Figures;
 
-// Bridge slots (see `Bridge::create`): 61-64 are `ssh_hosts`', 70-72 this module's.
+// Bridge slots (see `Bridge::create`): 61-64 are `ssh_hosts`', 70-73 this module's.
 const SLOT_ONE_ROUND: u8 = 70;
 const SLOT_SLOW: u8 = 71;
 const SLOT_STANDBY_READS: u8 = 72;
+const SLOT_STALE_BRIDGE: u8 = 73;
 
 /// The staleness bound of standby reads in these clusters: `performance_multiplier = 1` makes
 /// the default (the Raft election timeout) 1 s.
@@ -721,6 +722,78 @@ async fn a_cut_off_standby_stops_serving_reads_after_its_bound() -> Result<()> {
     ensure!(
         matches!(&healed, Some((200, Some(v))) if v == "after"),
         "after healing the standby read {healed:?}"
+    );
+    Ok(())
+}
+
+/// `ip ARGS`; whether it succeeded.
+fn ip(args: &[&str]) -> Result<bool> {
+    Ok(std::process::Command::new("ip")
+        .args(args)
+        .stderr(std::process::Stdio::null())
+        .status()?
+        .success())
+}
+
+/// A bridge named as a test bridge of process `id`, holding `address`, up.
+fn leftover_bridge(name: &str, address: &str) -> Result<()> {
+    let _ = ip(&["link", "del", name])?;
+    ensure!(
+        ip(&["link", "add", name, "type", "bridge"])?,
+        "ip link add {name}"
+    );
+    ensure!(
+        ip(&["addr", "add", address, "dev", name])?,
+        "ip addr add {address} dev {name}"
+    );
+    ensure!(ip(&["link", "set", name, "up"])?, "ip link set {name} up");
+    Ok(())
+}
+
+/// A bridge an interrupted run left on the /24 this process's bridge takes (a process gone,
+/// with another pid but the same pid modulo 100) is deleted before the new bridge is made: the
+/// host would route that /24 to the dead bridge, and every namespace's SSH or API address
+/// would answer "No route to host" (which failed `ssh_hosts` once in CI). One whose owner runs
+/// is refused, saying so.
+#[tokio::test]
+async fn a_bridge_left_on_the_same_subnet_is_cleared_only_when_its_process_is_gone() -> Result<()> {
+    preflight("a_bridge_left_on_the_same_subnet_is_cleared_only_when_its_process_is_gone")?;
+    let id = std::process::id() % 100_000;
+    let address = format!("10.{}.{SLOT_STALE_BRIDGE}.1/24", 100 + id % 100);
+    let running_pids: Vec<u32> = std::fs::read_dir("/proc")?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    // A name no running process can own: another id with the same last two digits.
+    let dead = (1..1000u32)
+        .map(|k| (id % 100 + 100 * k) % 100_000)
+        .find(|d| *d != id && !running_pids.iter().any(|p| p % 100_000 == *d))
+        .context("an id no running process has")?;
+    let live = format!("khb1s{SLOT_STALE_BRIDGE}");
+    let stale = format!("khb{dead}s{SLOT_STALE_BRIDGE}");
+
+    // pid 1 runs: its bridge stays, and this test's bridge is refused.
+    leftover_bridge(&live, &address)?;
+    let refused = Bridge::create(SLOT_STALE_BRIDGE).await;
+    let _ = ip(&["link", "del", &live])?;
+    let err = match refused {
+        Ok(_) => anyhow::bail!("a bridge on a live process's /24 must be refused"),
+        Err(e) => format!("{e:#}"),
+    };
+    ensure!(
+        err.contains(&live) && err.contains("its owner is running"),
+        "{err}"
+    );
+
+    leftover_bridge(&stale, &address)?;
+    let bridge = Bridge::create(SLOT_STALE_BRIDGE).await;
+    let stale_left = ip(&["link", "show", &stale])?;
+    let _ = ip(&["link", "del", &stale])?;
+    let bridge = bridge.context("a dead run's bridge on the same /24 is cleared first")?;
+    ensure!(!stale_left, "{stale} was left in place");
+    ensure!(
+        bridge.gateway().to_string() == address.trim_end_matches("/24"),
+        "the new bridge holds {address}"
     );
     Ok(())
 }
